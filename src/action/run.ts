@@ -1,0 +1,67 @@
+import * as core from '@actions/core';
+import { Inputs, Summary, type CommandDef, type RunContext } from '../core/command.js';
+import { describeError, OrbError } from '../core/errors.js';
+import { resolveInputs, type RawInputs } from '../core/inputs.js';
+import { mask, onMask, redact, type Logger } from '../core/log.js';
+import { progressInterval, RateProgress } from '../core/progress.js';
+import { runCleanup } from '../core/cleanup.js';
+import { findCommand } from '../commands/index.js';
+
+const actionsLogger: Logger = {
+  info: (m) => core.info(redact(m)),
+  warn: (m) => core.warning(redact(m)),
+  error: (m) => core.error(redact(m)),
+  debug: (m) => core.debug(redact(m)),
+};
+
+/** Reads every declared input from the INPUT_* environment, the way @actions/core does. */
+export function getInputs(cmd: CommandDef): Inputs {
+  const raw: RawInputs = {};
+  for (const spec of cmd.inputs) {
+    const value = core.getInput(spec.name);
+    if (value !== '') raw[spec.name] = spec.type === 'list' ? value.split('\n') : value;
+  }
+  const values = resolveInputs(cmd.inputs, raw);
+  for (const spec of cmd.inputs) if (spec.secret && typeof values[spec.name] === 'string') mask(values[spec.name] as string);
+  return new Inputs(values, cmd.inputs);
+}
+
+/** The whole life of one action step: inputs, run, outputs, the job summary (written once), errors. */
+export async function runAction(name: string): Promise<void> {
+  onMask((s) => core.setSecret(s));
+  const controller = new AbortController();
+  process.once('SIGTERM', () => controller.abort(new OrbError('interrupted', 'the job was cancelled')));
+  const summary = new Summary();
+  const cmd = findCommand(name);
+  try {
+    if (!cmd) throw new OrbError('internal', `no command '${name}'`);
+    const inputs = getInputs(cmd);
+    const ctx: RunContext = {
+      log: actionsLogger,
+      summary,
+      mask,
+      signal: controller.signal,
+      mode: 'action',
+      progress: (label, total) =>
+        new RateProgress(label, total, { write: (line) => core.info(redact(line)) }, progressInterval()),
+      uploadArtifact: async (artifactName, files, rootDir) => {
+        const { DefaultArtifactClient } = await import('@actions/artifact');
+        await new DefaultArtifactClient().uploadArtifact(artifactName, files, rootDir, { retentionDays: 7 });
+      },
+    };
+    const outputs = await cmd.run(inputs, ctx);
+    const secretOutputs = new Set(cmd.outputs.filter((o) => o.secret).map((o) => o.name));
+    for (const [key, value] of Object.entries(outputs)) {
+      if (value === undefined) continue;
+      if (secretOutputs.has(key)) core.setSecret(String(value));
+      core.setOutput(key, value);
+    }
+  } catch (err) {
+    core.setFailed(redact(describeError(err)));
+  } finally {
+    await runCleanup();
+    if (!summary.empty && process.env.GITHUB_STEP_SUMMARY) {
+      await core.summary.addRaw(redact(summary.markdown)).write();
+    }
+  }
+}

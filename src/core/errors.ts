@@ -1,0 +1,49 @@
+/**
+ * Typed errors. Every failure that reaches a user goes through one top-level catch (CLI or action
+ * wrapper), which prints `message` and, when present, `hint` (what to do about it).
+ */
+export type ErrorKind =
+  | 'usage' // bad input: flag, type, range, missing value
+  | 'input' // input file or reference is unusable (corrupt, wrong type, missing)
+  | 'environment' // missing tool, no permission, not enough disk
+  | 'network' // remote server refused or failed after retries
+  | 'integrity' // digest or size mismatch
+  | 'timeout'
+  | 'check' // a smoke test or probe ran and the check failed
+  | 'interrupted'
+  | 'internal';
+
+export class OrbError extends Error {
+  readonly kind: ErrorKind;
+  readonly hint: string | undefined;
+  constructor(kind: ErrorKind, message: string, options: { hint?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'OrbError';
+    this.kind = kind;
+    this.hint = options.hint;
+  }
+}
+
+export class UsageError extends OrbError {
+  constructor(message: string, hint?: string) {
+    super('usage', message, hint === undefined ? {} : { hint });
+    this.name = 'UsageError';
+  }
+}
+
+/** Exit codes: 2 for usage (as getopt tools do), 130 for interruption, 1 otherwise. */
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof OrbError) {
+    if (err.kind === 'usage') return 2;
+    if (err.kind === 'interrupted') return 130;
+  }
+  return 1;
+}
+
+export function describeError(err: unknown): string {
+  if (err instanceof OrbError) {
+    return err.hint ? `${err.message}\n  hint: ${err.hint}` : err.message;
+  }
+  if (err instanceof Error) return `${err.name}: ${err.message}`;
+  return String(err);
+}

@@ -1,0 +1,81 @@
+import { readFile } from 'node:fs/promises';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { OrbError } from './errors.js';
+import { writeFileAtomic } from './fsutil.js';
+
+/**
+ * The hand-over between stages: build -> convert -> publish -> pull -> smoke-test. Each stage
+ * reads the previous manifest (when given) and writes its own beside its output, so the stages
+ * compose in any CI or on a laptop without re-deriving facts (firmware, digests, sizes).
+ */
+export const MANIFEST_SCHEMA = 'orb-manifest/v1';
+
+export type ImageFormat = 'raw' | 'qcow2' | 'raw.zst' | 'chunked' | 'vhdx' | 'vmdk' | 'vdi' | 'vpc';
+
+export interface BuildInfo {
+  os: 'windows' | 'linux' | 'test';
+  arch: 'x86_64' | 'aarch64';
+  firmware: 'bios' | 'uefi' | 'uefi-secure';
+  tpm?: boolean;
+  edition?: string;
+  adminUser?: string;
+  /** where the guest's RDP (or other) service listens, for smoke tests */
+  ports?: number[];
+  /** seconds the build took */
+  seconds?: number;
+  [key: string]: unknown;
+}
+
+export interface ChunkInfo {
+  layout: string;
+  tag: string;
+  chunkSize: number;
+  chunks: number;
+  storedChunks: number;
+  manifestDigest: string;
+}
+
+export interface OrbManifest {
+  schema: typeof MANIFEST_SCHEMA;
+  stage: string;
+  createdAt: string;
+  image: {
+    /** relative to the manifest's directory, or absolute */
+    path: string;
+    format: ImageFormat;
+    virtualSize: number;
+    fileSize: number;
+    sha256?: string;
+    contentSha256?: string;
+    chunked?: ChunkInfo;
+  };
+  build?: BuildInfo;
+  published?: { reference: string; digest: string; [key: string]: unknown };
+  previous?: string;
+}
+
+export async function readManifest(path: string): Promise<OrbManifest> {
+  let data: unknown;
+  try {
+    data = JSON.parse(await readFile(path, 'utf8'));
+  } catch (err) {
+    throw new OrbError('input', `cannot read manifest ${path}: ${(err as Error).message}`, { cause: err });
+  }
+  const m = data as Partial<OrbManifest>;
+  if (m.schema !== MANIFEST_SCHEMA || !m.image?.path) {
+    throw new OrbError('input', `${path} is not an orb manifest (schema ${String(m.schema)})`);
+  }
+  return m as OrbManifest;
+}
+
+export function manifestImagePath(manifestPath: string, m: OrbManifest): string {
+  return isAbsolute(m.image.path) ? m.image.path : resolve(dirname(manifestPath), m.image.path);
+}
+
+export async function writeManifest(path: string, m: OrbManifest): Promise<void> {
+  await writeFileAtomic(path, JSON.stringify(m, null, 2) + '\n');
+}
+
+export function newManifest(stage: string, image: OrbManifest['image'], extra: Partial<OrbManifest> = {}): OrbManifest {
+  return { schema: MANIFEST_SCHEMA, stage, createdAt: new Date().toISOString(), image, ...extra };
+}

@@ -1,0 +1,75 @@
+/**
+ * Media types and annotations of orb's distribution format (docs/chunked-format.md). Every
+ * stage, store and test imports these constants; never spell the strings elsewhere.
+ */
+export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+export const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
+export const OCI_EMPTY = 'application/vnd.oci.empty.v1+json';
+
+/** artifactType of a chunked disk image */
+export const DISK_ARTIFACT = 'application/vnd.orb.disk.v1';
+/** config blob: DiskConfig as JSON */
+export const DISK_CONFIG = 'application/vnd.orb.disk.config.v1+json';
+/** one chunk of the disk content, compressed with zstd on its own */
+export const DISK_CHUNK_ZSTD = 'application/vnd.orb.disk.chunk.v1.zstd';
+/** one chunk stored uncompressed (when zstd does not make it smaller) */
+export const DISK_CHUNK_RAW = 'application/vnd.orb.disk.chunk.v1';
+
+/** artifactType of a single file (qcow2, .zst) published in parts */
+export const FILE_ARTIFACT = 'application/vnd.orb.file.v1';
+export const FILE_PART = 'application/vnd.orb.file.part.v1';
+
+export const ANN_TITLE = 'org.opencontainers.image.title';
+export const ANN_REF_NAME = 'org.opencontainers.image.ref.name';
+export const ANN_CREATED = 'org.opencontainers.image.created';
+/** byte offset of the chunk in the disk content */
+export const ANN_CHUNK_OFFSET = 'dev.orb.chunk.offset';
+/** uncompressed length of the chunk */
+export const ANN_CHUNK_LENGTH = 'dev.orb.chunk.length';
+/** sha256:<hex> of the uncompressed chunk */
+export const ANN_CHUNK_DIGEST = 'dev.orb.chunk.digest';
+/** for file parts: name of the whole file, part index, offset in the whole file */
+export const ANN_PART_FILE = 'dev.orb.part.file';
+export const ANN_PART_INDEX = 'dev.orb.part.index';
+export const ANN_PART_OFFSET = 'dev.orb.part.offset';
+/** on the manifest: sha256:<hex> of the whole disk content or file */
+export const ANN_CONTENT_DIGEST = 'dev.orb.content.digest';
+
+export interface Descriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  annotations?: Record<string, string>;
+  artifactType?: string;
+  urls?: string[];
+}
+
+export interface ImageManifest {
+  schemaVersion: 2;
+  mediaType: typeof OCI_MANIFEST;
+  artifactType?: string;
+  config: Descriptor;
+  layers: Descriptor[];
+  subject?: Descriptor;
+  annotations?: Record<string, string>;
+}
+
+export interface ImageIndex {
+  schemaVersion: 2;
+  mediaType: typeof OCI_INDEX;
+  manifests: Descriptor[];
+  annotations?: Record<string, string>;
+}
+
+/** The config blob of a chunked disk image. */
+export interface DiskConfig {
+  schema: 'orb-disk/v1';
+  virtualSize: number;
+  chunkSize: number;
+  /** sha256:<hex> of the whole disk content (the raw bytes the guest sees) */
+  contentDigest: string;
+  sourceFormat: string;
+  compression: 'zstd';
+  level: number;
+  build?: Record<string, unknown>;
+}
