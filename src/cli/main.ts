@@ -126,7 +126,7 @@ export function mainHelp(): string {
     'Usage: orb <command> [options]     orb <command> --help for its options',
     '',
     'Commands:',
-    ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.title}`),
+    ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.title}${c.aliases?.length ? ` (also: ${c.aliases.join(', ')})` : ''}`),
     '',
   ].join('\n');
 }

@@ -1,10 +1,14 @@
 import type { CommandDef } from '../core/command.js';
+// One import per command, one line each (several people add commands here).
 import demo from './demo.js';
 import setupQemu from './setup-qemu.js';
 
 /** Every command; the CLI, the action entry points and the generated docs all read this list. */
-export const commands: readonly CommandDef[] = [setupQemu, demo];
+export const commands: readonly CommandDef[] = [
+  setupQemu,
+  demo,
+];
 
 export function findCommand(name: string): CommandDef | undefined {
-  return commands.find((c) => c.name === name);
+  return commands.find((c) => c.name === name || c.aliases?.includes(name));
 }

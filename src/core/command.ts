@@ -99,6 +99,8 @@ export class Inputs {
 export interface CommandDef {
   /** CLI subcommand, and the action folder name when `action` is set */
   name: string;
+  /** other CLI names (`orb convert` for the convert-and-compress action) */
+  aliases?: readonly string[];
   title: string;
   description: string;
   /** true: has an action folder `<name>/action.yml` at the repo root */
