@@ -9,5 +9,7 @@ export default defineConfig({
     fileParallelism: true,
     maxWorkers: 2,
     globalSetup: ['test/global-setup.ts'],
+    // workflow-parser imports its JSON schemas without import attributes; let Vite transform it.
+    server: { deps: { inline: ['@actions/workflow-parser'] } },
   },
 });

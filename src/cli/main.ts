@@ -173,7 +173,9 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
     const secretKeys = new Set(cmd.outputs.filter((o) => o.secret).map((o) => o.name));
     const entries = Object.entries(result).filter(([, v]) => v !== undefined) as [string, string | number | boolean][];
     if (parsed.dotenv) {
-      writeFileSync(parsed.dotenv, entries.map(([k, v]) => dotenvLine(k, String(v))).join('\n') + '\n', { mode: 0o600 });
+      // Dotenv reports become plain CI variables in later jobs: secret outputs stay out of them.
+      const lines = entries.filter(([k]) => !secretKeys.has(k)).map(([k, v]) => dotenvLine(k, String(v)));
+      writeFileSync(parsed.dotenv, lines.join('\n') + '\n', { mode: 0o600 });
     }
     if (parsed.json) {
       // JSON goes to stdout, which the user asked for: secrets included there and nowhere else.
