@@ -2,11 +2,13 @@ import type { CommandDef } from '../core/command.js';
 // One import per command, one line each (several people add commands here).
 import demo from './demo.js';
 import setupQemu from './setup-qemu.js';
+import rdpProbe from './rdp-probe.js';
 
 /** Every command; the CLI, the action entry points and the generated docs all read this list. */
 export const commands: readonly CommandDef[] = [
   setupQemu,
   demo,
+  rdpProbe,
 ];
 
 export function findCommand(name: string): CommandDef | undefined {
