@@ -3,12 +3,14 @@ import type { CommandDef } from '../core/command.js';
 import demo from './demo.js';
 import setupQemu from './setup-qemu.js';
 import rdpProbe from './rdp-probe.js';
+import smokeTest from './smoke-test.js';
 
 /** Every command; the CLI, the action entry points and the generated docs all read this list. */
 export const commands: readonly CommandDef[] = [
   setupQemu,
   demo,
   rdpProbe,
+  smokeTest,
 ];
 
 export function findCommand(name: string): CommandDef | undefined {

@@ -1,0 +1,347 @@
+import { copyFile, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { trackPath } from '../core/cleanup.js';
+import { OrbError } from '../core/errors.js';
+import { readManifest, type OrbManifest } from '../core/manifest.js';
+import { startVm, type Firmware, type Vm } from '../qemu/runner.js';
+import { probeRdp, type RdpProbeResult } from '../rdp/probe.js';
+import { createOverlay, describeDisk, inspectDisk } from './disk.js';
+import { ScreenshotRecorder, tailFile } from './evidence.js';
+import { probeForwardedPort, type PortState } from './ports.js';
+import { compareImages, readPng, SettleTracker } from './screen.js';
+import type { CheckResult, SmokeOptions, SmokeResult } from './types.js';
+
+export type { CheckResult, SmokeOptions, SmokeResult } from './types.js';
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((res) => {
+    if (signal?.aborted) return res();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      res();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+
+const MEMORY_BY_OS: Record<string, number> = { windows: 4096, linux: 1024, test: 256 };
+
+async function loadManifest(o: SmokeOptions): Promise<OrbManifest | undefined> {
+  if (o.manifest) return readManifest(o.manifest);
+  const beside = `${o.image}.orb.json`;
+  if (await stat(beside).catch(() => undefined)) return readManifest(beside);
+  return undefined;
+}
+
+function secs(ms: number): string {
+  return `${Math.round(ms / 1000)} s`;
+}
+
+/**
+ * Boots the image on a throw-away overlay, runs the checks, collects evidence and always stops
+ * the VM and removes the overlay. Check failures come back as `passed: false`; errors before the
+ * boot (unusable image, missing tools) and interruption are thrown.
+ */
+export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
+  const log = o.log;
+  const begin = performance.now();
+  const disk = await inspectDisk(o.image, o.signal);
+  log.info(`image ${describeDisk(disk)}${disk.check ? `, metadata ${disk.check}` : ''}`);
+  const manifest = await loadManifest(o);
+  const build = manifest?.build;
+  const arch = o.arch ?? build?.arch ?? 'x86_64';
+  const firmware: Firmware =
+    arch === 'aarch64' ? 'uefi' : o.firmware && o.firmware !== 'auto' ? o.firmware : (build?.firmware ?? disk.suggestedFirmware);
+  const tpm = o.tpm === true || ((o.tpm === undefined || o.tpm === 'auto') && build?.tpm === true);
+  const memoryMiB = o.memoryMiB ?? MEMORY_BY_OS[build?.os ?? ''] ?? 2048;
+  const rdpEnabled = o.rdp?.enabled ?? true;
+  const rdpGuestPort = o.rdp?.guestPort ?? 3389;
+  const ports = [...new Set(o.ports ?? [])].filter((p) => !(rdpEnabled && p === rdpGuestPort));
+  const screenOpts = o.screen ?? {};
+  // Unreadable reference screenshots and a missing VARS file fail now, not after a long boot.
+  const reference = screenOpts.reference ? await readPng(screenOpts.reference) : undefined;
+  if (o.uefiVars && !(await stat(o.uefiVars).catch(() => undefined))) throw new OrbError('input', `UEFI variable store ${o.uefiVars} does not exist`);
+
+  const evidenceDir = resolve(o.evidenceDir);
+  await mkdir(evidenceDir, { recursive: true });
+  const work = await mkdtemp(join(tmpdir(), 'orb-smoke-'));
+  const tracked = trackPath(work);
+  const checks: CheckResult[] = [];
+  const failures: string[] = [];
+  const serialLog = join(evidenceDir, 'serial.log');
+  const qemuLog = join(evidenceDir, 'qemu.log');
+  let vm: Vm | undefined;
+  let shutdown: string | undefined;
+  let rdp: RdpProbeResult | undefined;
+  let firstSerial: number | undefined;
+  let rdpReady: number | undefined;
+  let referenceDifference: number | undefined;
+  let recorder: ScreenshotRecorder | undefined;
+  let interrupted = false;
+  try {
+    const overlay = join(work, 'overlay.qcow2');
+    await createOverlay(disk, overlay, o.signal);
+    let uefiVars: string | undefined;
+    if (o.uefiVars && firmware !== 'bios') {
+      uefiVars = join(work, 'vars.fd');
+      await copyFile(o.uefiVars, uefiVars);
+    }
+    const guestPorts = [...(rdpEnabled ? [rdpGuestPort] : []), ...ports];
+    // Timings count from the launch of QEMU.
+    const t0 = performance.now();
+    log.info(`starting the VM: ${arch}, ${firmware}${tpm ? ' + TPM' : ''}, ${o.accelerator}, ${memoryMiB} MiB, forwarding guest ports ${guestPorts.join(', ') || '(none)'} to 127.0.0.1`);
+    vm = await startVm({
+      arch,
+      accel: o.accelerator,
+      memoryMiB,
+      cpus: o.cpus ?? 2,
+      disks: [{ path: overlay, format: 'qcow2', interface: o.diskInterface ?? 'sata' }],
+      firmware,
+      ...(uefiVars ? { uefiVars } : {}),
+      tpm,
+      network: { forwards: guestPorts.map((guestPort) => ({ guestPort })), restrict: o.isolate ?? true, ...(o.nic ? { nic: o.nic } : {}) },
+      workDir: join(work, 'vm'),
+      name: 'orb-smoke-test',
+      onSerialLine: () => {
+        firstSerial ??= (performance.now() - t0) / 1000;
+      },
+      ...(o.qemuBinary ? { qemuBinary: o.qemuBinary } : {}),
+      ...(o.signal ? { signal: o.signal } : {}),
+    });
+    const since = () => (performance.now() - t0) / 1000;
+    const deadline = t0 + o.timeoutMs;
+    const remaining = () => Math.max(0, deadline - performance.now());
+    log.info(`VM running (QEMU pid ${vm.pid}); checks have ${secs(o.timeoutMs)}`);
+    const runningVm = vm;
+
+    // Everything below stops when the VM dies or we are interrupted.
+    const stop = new AbortController();
+    const onOuter = () => {
+      interrupted = true;
+      stop.abort();
+    };
+    o.signal?.addEventListener('abort', onOuter, { once: true });
+    let vmGone: string | undefined;
+    void runningVm.waitForExit(o.timeoutMs + 24 * 3600_000).then(
+      (exit) => {
+        if (stop.signal.aborted) return;
+        vmGone = exit.guestInitiated
+          ? `the guest powered off after ${since().toFixed(0)} s`
+          : `QEMU exited after ${since().toFixed(0)} s (${exit.shutdownReason ?? (exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`)})`;
+        log.warn(vmGone);
+        stop.abort();
+      },
+      () => undefined,
+    );
+
+    recorder = new ScreenshotRecorder(join(evidenceDir, 'screenshots'), t0);
+    const interval = o.screenshotIntervalMs ?? Math.max(5000, o.timeoutMs / 60);
+    let bootChecksDone = false;
+    const rdpState = { last: '' };
+    const filmStrip = (async () => {
+      let lastBeat = performance.now();
+      while (!bootChecksDone && !stop.signal.aborted) {
+        const r = await recorder!.take(runningVm);
+        if ('error' in r) log.debug(`screenshot failed: ${r.error}`);
+        if (performance.now() - lastBeat >= 60_000) {
+          lastBeat = performance.now();
+          log.info(`waiting: ${since().toFixed(0)} s of ${secs(o.timeoutMs)}${rdpEnabled && rdpReady === undefined ? `; RDP: ${rdpState.last || 'no attempt yet'}` : ''}; serial output ${firstSerial === undefined ? 'none yet' : 'seen'}`);
+        }
+        await sleep(interval, stop.signal);
+      }
+    })();
+
+    const gone = (what: string) => `${what}: ${vmGone ?? 'interrupted'}`;
+    const tasks: Promise<void>[] = [];
+    if (rdpEnabled) {
+      const hostPort = runningVm.ports[rdpGuestPort]!;
+      tasks.push(
+        (async () => {
+          try {
+            rdp = await probeRdp({
+              host: '127.0.0.1',
+              port: hostPort,
+              timeoutMs: remaining(),
+              // Under TCG a booting guest can take seconds to answer through slirp.
+              attemptTimeoutMs: 10_000,
+              intervalMs: 2000,
+              cookie: 'orb',
+              ...(o.rdp?.expectProtocols?.length ? { expectProtocols: o.rdp.expectProtocols } : {}),
+              // A guest in its first boot may refuse TLS until its certificate exists: keep trying.
+              finalReasons: ['not-rdp', 'unexpected-protocol'],
+              signal: stop.signal,
+              onAttempt: (_n, f) => {
+                if (f.message !== rdpState.last) log.debug(`RDP: ${f.message}`);
+                rdpState.last = f.reason === 'closed' || f.reason === 'no-answer' ? 'not answering yet' : f.message;
+              },
+            });
+            rdpReady = since();
+            const detail = `${rdp.description}${rdp.tls ? `; certificate ${rdp.tls.subject}` : ''}`;
+            log.info(`RDP answered after ${rdpReady.toFixed(1)} s: ${detail}`);
+            checks.push({ name: `RDP on guest port ${rdpGuestPort}`, status: 'passed', seconds: rdpReady, detail });
+          } catch (err) {
+            const msg = stop.signal.aborted ? gone('the VM stopped before RDP answered') : (err as Error).message;
+            checks.push({ name: `RDP on guest port ${rdpGuestPort}`, status: 'failed', seconds: since(), detail: msg });
+            failures.push(msg);
+          }
+        })(),
+      );
+    }
+    for (const port of ports) {
+      tasks.push(
+        (async () => {
+          let state: PortState = 'no-answer';
+          while (!stop.signal.aborted && remaining() > 0) {
+            state = await probeForwardedPort(runningVm.qmp, runningVm.ports[port]!, port, Math.min(5000, remaining()));
+            if (state === 'open') break;
+            await sleep(Math.min(2000, remaining()), stop.signal);
+          }
+          const name = `TCP port ${port}`;
+          if (state === 'open') {
+            checks.push({ name, status: 'passed', seconds: since(), detail: 'accepts connections' });
+            log.info(`guest port ${port} accepts connections after ${since().toFixed(1)} s`);
+            return;
+          }
+          const msg = stop.signal.aborted
+            ? gone(`the VM stopped before guest port ${port} opened`)
+            : `guest port ${port} ${state === 'closed' ? 'refuses connections' : 'does not answer'} after ${secs(o.timeoutMs)}`;
+          checks.push({ name, status: 'failed', seconds: since(), detail: msg });
+          failures.push(msg);
+        })(),
+      );
+    }
+    if (o.serialPattern) {
+      const pattern = o.serialPattern;
+      tasks.push(
+        (async () => {
+          const name = `serial console matches ${pattern}`;
+          try {
+            const line = await runningVm.waitForSerial(pattern, remaining());
+            checks.push({ name, status: 'passed', seconds: since(), detail: line.trim().slice(0, 200) });
+          } catch (err) {
+            const msg = stop.signal.aborted
+              ? gone(`the VM stopped before a serial line matched ${pattern}`)
+              : (err as OrbError).kind === 'timeout'
+                ? `no serial console line matched ${pattern} within ${secs(o.timeoutMs)}`
+                : `no serial console line matched ${pattern}: ${(err as Error).message}`;
+            checks.push({ name, status: 'failed', seconds: since(), detail: msg });
+            failures.push(msg);
+          }
+        })(),
+      );
+    }
+    await Promise.all(tasks);
+    bootChecksDone = true;
+    await filmStrip;
+    if (interrupted) throw new OrbError('interrupted', 'smoke test interrupted');
+
+    // Screen checks look at a guest that is up: after the boot checks, with their own time.
+    const wantSettle = screenOpts.settle === true;
+    const screenNames = [...(wantSettle ? ['screen not black and settled'] : []), ...(reference ? ['screen matches the reference'] : [])];
+    if (screenNames.length && (failures.length || vmGone)) {
+      for (const name of screenNames) checks.push({ name, status: 'skipped', detail: 'the boot checks failed' });
+    } else if (screenNames.length) {
+      const tracker = new SettleTracker(3, 0.002, screenOpts.masks ?? []);
+      const threshold = screenOpts.threshold ?? 0.02;
+      const screenDeadline = performance.now() + (screenOpts.timeoutMs ?? 60_000);
+      let settledAt: number | undefined;
+      let matchedAt: number | undefined;
+      let lastError = '';
+      let sizeError: string | undefined;
+      while (!stop.signal.aborted && performance.now() < screenDeadline) {
+        const shot = await recorder.take(runningVm, 'screen');
+        if ('error' in shot) lastError = shot.error;
+        else {
+          const img = await readPng(shot.path);
+          if (wantSettle && settledAt === undefined && tracker.add(img)) settledAt = since();
+          if (reference && matchedAt === undefined) {
+            try {
+              const d = compareImages(img, reference, screenOpts.masks ?? []);
+              referenceDifference = Math.min(referenceDifference ?? 1, d.fraction);
+              if (d.fraction <= threshold) matchedAt = since();
+            } catch (err) {
+              sizeError = (err as Error).message;
+            }
+          }
+        }
+        if (sizeError || ((!wantSettle || settledAt !== undefined) && (!reference || matchedAt !== undefined))) break;
+        await sleep(2000, stop.signal);
+      }
+      if (interrupted) throw new OrbError('interrupted', 'smoke test interrupted');
+      const screenTime = secs(screenOpts.timeoutMs ?? 60_000);
+      if (wantSettle) {
+        const name = 'screen not black and settled';
+        if (settledAt !== undefined) checks.push({ name, status: 'passed', seconds: settledAt, detail: `${((tracker.lastFacts?.litFraction ?? 0) * 100).toFixed(1)}% of pixels lit` });
+        else {
+          const msg = lastError && !tracker.lastFacts ? `no screenshot could be taken: ${lastError}` : `the screen did not settle within ${screenTime}: ${tracker.describe()}`;
+          checks.push({ name, status: 'failed', seconds: since(), detail: msg });
+          failures.push(msg);
+        }
+      }
+      if (reference) {
+        const name = 'screen matches the reference';
+        const pct = (f: number) => `${(f * 100).toFixed(2)}%`;
+        if (matchedAt !== undefined) checks.push({ name, status: 'passed', seconds: matchedAt, detail: `${pct(referenceDifference ?? 0)} of pixels differ (allowed ${pct(threshold)})` });
+        else {
+          const msg =
+            sizeError ??
+            (referenceDifference === undefined
+              ? `no screenshot could be compared with the reference${lastError ? `: ${lastError}` : ''}`
+              : `the screen does not match the reference: at best ${pct(referenceDifference)} of unmasked pixels differ (allowed ${pct(threshold)}) within ${screenTime}`);
+          checks.push({ name, status: 'failed', seconds: since(), detail: msg });
+          failures.push(msg);
+        }
+      }
+    }
+    if (!stop.signal.aborted) await recorder.take(runningVm, 'final');
+    o.signal?.removeEventListener('abort', onOuter);
+  } catch (err) {
+    if (o.signal?.aborted) interrupted = true;
+    throw err;
+  } finally {
+    if (vm) {
+      try {
+        const p = await vm.powerOff({ graceMs: interrupted ? 0 : (o.shutdownGraceMs ?? 20_000) });
+        shutdown = { acpi: 'ACPI power-off', quit: 'stopped through QMP after the grace period', kill: 'killed after the grace period', 'already-exited': 'had already stopped' }[p.method];
+      } catch {
+        shutdown = 'killed';
+      }
+      await copyFile(vm.serialLogPath, serialLog).catch(() => writeFile(serialLog, ''));
+      await copyFile(vm.qemuLogPath, qemuLog).catch(() => writeFile(qemuLog, ''));
+      await vm.dispose().catch(() => undefined);
+    }
+    await rm(work, { recursive: true, force: true });
+    tracked.keep();
+  }
+
+  const total = (performance.now() - begin) / 1000;
+  const result: SmokeResult = {
+    passed: failures.length === 0,
+    failures,
+    checks,
+    disk,
+    imageDescription: describeDisk(disk),
+    arch,
+    firmware,
+    tpm,
+    accelerator: o.accelerator,
+    memoryMiB,
+    rdpEnabled,
+    ...(rdp ? { rdp } : {}),
+    ...(rdpEnabled && vm ? { rdpHostPort: vm.ports[rdpGuestPort] } : {}),
+    timings: { ...(firstSerial !== undefined ? { firstSerial } : {}), ...(rdpReady !== undefined ? { rdpReady } : {}), total },
+    ...(referenceDifference !== undefined ? { referenceDifference } : {}),
+    screenshots: recorder?.files ?? [],
+    serialLog,
+    qemuLog,
+    evidenceDir,
+    ...(shutdown ? { shutdown } : {}),
+  };
+  if (!result.passed && firstSerial === undefined) {
+    result.failures.push('the guest printed nothing on the serial console (it may not have booted at all, or its console is not on the serial port)');
+  }
+  await writeFile(join(evidenceDir, 'result.json'), JSON.stringify({ ...result, serialTail: await tailFile(serialLog, 50) }, null, 2) + '\n');
+  return result;
+}
