@@ -1,0 +1,133 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { OrbError } from '../core/errors.js';
+import { requireTool, run } from '../core/proc.js';
+import { stagedScriptName } from '../windows/media.js';
+import { makeDataIso } from './iso.js';
+
+/**
+ * cloud-init NoCloud seed for Linux cloud images: an ISO labelled "cidata" holding user-data and
+ * meta-data. One boot does everything: create the admin user, install packages, run the
+ * provisioning scripts in order (their output on the serial console between orb's markers, see
+ * protocol.ts), clean up, optionally generalize, trim, and power off.
+ */
+export interface SeedOptions {
+  hostname: string;
+  adminUser: string;
+  adminPassword: string;
+  sshAuthorizedKeys?: readonly string[];
+  packages?: readonly string[];
+  /** shell scripts, run in order as root */
+  scripts?: readonly string[];
+  /** cloud-init clean + new machine-id on next boot: every clone gets its own identity */
+  generalize: boolean;
+  /** how long cloud-init waits before it powers off anyway after a failure (seconds) */
+  powerOffTimeout?: number;
+}
+
+export const RUNNER_PATH = '/var/lib/orb/run.sh';
+const SCRIPTS_DIR = '/var/lib/orb/scripts';
+
+/** sha512-crypt hash for cloud-init's `passwd` (the password goes to openssl on stdin, never argv). */
+export async function hashPassword(password: string): Promise<string> {
+  const openssl = requireTool('openssl', 'openssl');
+  const res = await run(openssl, ['passwd', '-6', '-stdin'], { input: password + '\n', check: true });
+  const hash = res.stdout.trim();
+  if (!hash.startsWith('$6$')) throw new OrbError('environment', 'openssl did not produce a sha512-crypt hash');
+  return hash;
+}
+
+/**
+ * The script cloud-init runs (runcmd). POSIX sh, so the busybox test guest runs it too. It writes
+ * to the serial port directly: the console may be elsewhere (graphics) and cloud-init's own
+ * output goes to a log file we remove.
+ */
+export function runnerScript(names: readonly string[], generalize: boolean): string {
+  const list = names.map((n) => `'${n.replace(/'/g, '')}'`).join(' ');
+  return `#!/bin/sh
+# orb: provisioning and clean-up, run once by cloud-init.
+out=/dev/console
+for t in /dev/ttyS0 /dev/ttyAMA0; do [ -c "$t" ] && { out=$t; break; }; done
+say() { echo "$*" > "$out"; echo "$*" >> /var/log/orb-provision.log; }
+fail() { say "ORB-FAIL $*"; exit 1; }
+say "ORB-STAGE provision"
+n=0
+for s in ${list}; do
+  n=$((n + 1))
+  say "ORB-SCRIPT-BEGIN $n $s"
+  # Output streams live; the exit code travels through a file because a pipe loses it in POSIX sh.
+  { ( cd ${SCRIPTS_DIR} && sh "./$s" ) 2>&1; echo "$?" > /tmp/orb-code; } | while IFS= read -r line; do say "$line"; done
+  code=$(cat /tmp/orb-code 2>/dev/null || echo 255)
+  rm -f /tmp/orb-code
+  say "ORB-SCRIPT-END $n $code"
+  [ "$code" = 0 ] || fail "script $s exited with code $code"
+done
+say "ORB-DONE provisioned"
+say "ORB-STAGE finalize"
+# user-data (with the password hash) is cached by cloud-init; the seed ISO is gone after the build.
+rm -rf /var/lib/orb /var/log/orb-provision.log
+rm -f /var/lib/cloud/instance/user-data.txt* /var/lib/cloud/instances/*/user-data.txt* /var/log/cloud-init*.log
+${
+  generalize
+    ? `if command -v cloud-init >/dev/null 2>&1; then cloud-init clean --logs --seed >/dev/null 2>&1 || cloud-init clean --logs >/dev/null 2>&1; fi
+[ -f /etc/machine-id ] && : > /etc/machine-id
+rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*`
+    : ':'
+}
+command -v fstrim >/dev/null 2>&1 && fstrim -a >/dev/null 2>&1
+sync
+say "ORB-DONE ${generalize ? 'generalized' : 'finalized'}"
+`;
+}
+
+export async function buildUserData(o: SeedOptions): Promise<string> {
+  const names = (o.scripts ?? []).map((s, i) => stagedScriptName(i, s));
+  const files = [];
+  for (const [i, s] of (o.scripts ?? []).entries()) {
+    files.push({ path: `${SCRIPTS_DIR}/${names[i]}`, permissions: '0755', encoding: 'b64', content: (await readFile(s)).toString('base64') });
+  }
+  files.push({
+    path: RUNNER_PATH,
+    permissions: '0755',
+    encoding: 'b64',
+    content: Buffer.from(runnerScript(names, o.generalize)).toString('base64'),
+  });
+  const config: Record<string, unknown> = {
+    hostname: o.hostname,
+    preserve_hostname: false,
+    users: [
+      {
+        name: o.adminUser,
+        gecos: 'orb admin',
+        groups: ['sudo', 'wheel', 'adm'].join(','),
+        sudo: 'ALL=(ALL) ALL',
+        shell: '/bin/bash',
+        lock_passwd: false,
+        passwd: await hashPassword(o.adminPassword),
+        ...(o.sshAuthorizedKeys?.length ? { ssh_authorized_keys: [...o.sshAuthorizedKeys] } : {}),
+      },
+    ],
+    ssh_pwauth: !o.sshAuthorizedKeys?.length,
+    write_files: files,
+    runcmd: [['/bin/sh', RUNNER_PATH]],
+    power_state: { mode: 'poweroff', condition: true, timeout: o.powerOffTimeout ?? 60, message: 'orb: build stage finished' },
+  };
+  if (o.packages?.length) {
+    config.package_update = true;
+    config.packages = [...o.packages];
+  }
+  return '#cloud-config\n' + stringify(config, { lineWidth: 0 });
+}
+
+/** Writes the seed ISO; returns its path. The directory it was built from is left to the caller. */
+export async function writeSeedIso(workDir: string, isoPath: string, o: SeedOptions, signal?: AbortSignal): Promise<void> {
+  const dir = join(workDir, 'cidata');
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'user-data'), await buildUserData(o), { mode: 0o600 });
+  // A fresh instance-id makes cloud-init treat every build boot as a first boot.
+  const meta = stringify({ 'instance-id': `orb-${randomBytes(6).toString('hex')}`, 'local-hostname': o.hostname });
+  await writeFile(join(dir, 'meta-data'), meta);
+  await makeDataIso(dir, isoPath, { label: 'cidata', signal });
+}
