@@ -4,6 +4,7 @@ import demo from './demo.js';
 import setupQemu from './setup-qemu.js';
 import rdpProbe from './rdp-probe.js';
 import smokeTest from './smoke-test.js';
+import unattend from './unattend.js';
 
 /** Every command; the CLI, the action entry points and the generated docs all read this list. */
 export const commands: readonly CommandDef[] = [
@@ -11,6 +12,7 @@ export const commands: readonly CommandDef[] = [
   demo,
   rdpProbe,
   smokeTest,
+  unattend,
 ];
 
 export function findCommand(name: string): CommandDef | undefined {
