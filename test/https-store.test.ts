@@ -53,7 +53,9 @@ describe('https:// single files', () => {
     const got = await readAll(stream);
     expect(createHash('sha256').update(got).digest('hex')).toBe(hex);
     // several ranged requests were made in parallel (8 MiB segments)
-    expect(server.requests.filter((r) => r.path === '/disk.qcow2' && r.range && r.range !== 'bytes=0-0').length).toBeGreaterThanOrEqual(3);
+    expect(
+      server.requests.filter((r) => r.path === '/disk.qcow2' && r.range && r.range !== 'bytes=0-0').length,
+    ).toBeGreaterThanOrEqual(3);
   });
 
   it('resumes from an offset with a Range request', async () => {
@@ -109,7 +111,14 @@ describe('https:// single files', () => {
       expect(got.equals(data)).toBe(true);
       expect(cuts).toBeGreaterThanOrEqual(3);
       // the resumed requests start in the middle of a segment
-      expect(srv.requests.some((r) => r.range && /^bytes=(\d+)-/.exec(r.range)![1]! !== '0' && Number(/^bytes=(\d+)-/.exec(r.range)![1]) % (8 << 20) !== 0)).toBe(true);
+      expect(
+        srv.requests.some(
+          (r) =>
+            r.range &&
+            /^bytes=(\d+)-/.exec(r.range)![1]! !== '0' &&
+            Number(/^bytes=(\d+)-/.exec(r.range)![1]) % (8 << 20) !== 0,
+        ),
+      ).toBe(true);
     } finally {
       await srv.close();
     }
@@ -118,14 +127,19 @@ describe('https:// single files', () => {
   it('reports a pre-signed URL that expires mid-download', async () => {
     const date = new Date(Date.now() - 60_000).toISOString().replace(/[-:]/g, '').replace(/\.\d+/, '');
     let n = 0;
-    const srv = await startFileServer(dir, { status: (_p, range) => (range && range !== 'bytes=0-0' && n++ >= 1 ? 403 : undefined) });
+    const srv = await startFileServer(dir, {
+      status: (_p, range) => (range && range !== 'bytes=0-0' && n++ >= 1 ? 403 : undefined),
+    });
     try {
       const url = `${srv.url}/disk.qcow2?X-Amz-Date=${date}&X-Amz-Expires=30&X-Amz-Signature=abc#sha256=${hex}`;
       const s = new HttpsStore(url, { log: silentLogger, connections: 2 });
       const man = JSON.parse((await s.getManifest('x')).bytes.toString()) as ImageManifest;
       // the first segment arrives, the second range request meets the expiry
       const { stream } = await s.getBlob(man.layers[0]!);
-      const err = await readAll(stream).then(() => undefined, (e: unknown) => e);
+      const err = await readAll(stream).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(String(err)).toMatch(/pre-signed URL expired at/);
       expect((err as { hint?: string }).hint).toMatch(/new pre-signed URL/);
       expect(s.describe()).not.toContain('abc');
@@ -135,7 +149,11 @@ describe('https:// single files', () => {
   });
 
   it('pulls through a pre-signed bundle: manifest plus one URL per blob', async () => {
-    const manifest = JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', layers: [] });
+    const manifest = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      layers: [],
+    });
     const bundle: PresignedBundle = {
       schema: PRESIGNED_SCHEMA,
       expires: new Date(Date.now() + 3600_000).toISOString(),
@@ -150,7 +168,9 @@ describe('https:// single files', () => {
     const m = await s.getManifest('v1');
     expect(m.bytes.toString()).toBe(manifest);
     expect(m.digest).toBe(bundle.digest);
-    const got = await readAll((await s.getBlob({ mediaType: 'x', digest: `sha256:${hex}`, size: SIZE })).stream);
+    const got = await readAll(
+      (await s.getBlob({ mediaType: 'x', digest: `sha256:${hex}`, size: SIZE })).stream,
+    );
     expect(got.equals(data)).toBe(true);
   });
 });

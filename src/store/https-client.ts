@@ -102,7 +102,11 @@ function once(url: URL, req: HttpRequest, headers: Record<string, string>): Prom
     );
     r.on('error', reject);
     if (req.timeoutMs) {
-      r.setTimeout(req.timeoutMs, () => r.destroy(new OrbError('timeout', `no data from ${url.host} for ${Math.round(req.timeoutMs! / 1000)} s`)));
+      r.setTimeout(req.timeoutMs, () =>
+        r.destroy(
+          new OrbError('timeout', `no data from ${url.host} for ${Math.round(req.timeoutMs! / 1000)} s`),
+        ),
+      );
     }
     if (body === undefined) r.end();
     else if (typeof body === 'function') {
@@ -169,9 +173,18 @@ export async function statusError(res: HttpResponse, what: string): Promise<Http
       'ask the publisher for a new pre-signed URL (orb publish --presign, at most 7 days) and rerun: the download resumes from what is already on disk',
     );
   }
-  if (res.status === 401 || res.status === 403) hint = 'check the token or credentials and that they grant access to this resource';
-  if (res.status === 404) hint = 'check the reference: the project, bucket, release or file does not exist or is not visible with these credentials';
-  return new HttpStatusError(res.status, url, `${what}: HTTP ${res.status}${detail ? ` (${detail})` : ''} from ${url}`, retryAfterMs(res.headers), hint);
+  if (res.status === 401 || res.status === 403)
+    hint = 'check the token or credentials and that they grant access to this resource';
+  if (res.status === 404)
+    hint =
+      'check the reference: the project, bucket, release or file does not exist or is not visible with these credentials';
+  return new HttpStatusError(
+    res.status,
+    url,
+    `${what}: HTTP ${res.status}${detail ? ` (${detail})` : ''} from ${url}`,
+    retryAfterMs(res.headers),
+    hint,
+  );
 }
 
 /** When a SigV4 pre-signed URL stops working (ms since epoch), if `href` is one. */
@@ -195,9 +208,22 @@ export function isRetryable(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException)?.code;
   if (code === 'ABORT_ERR' || (err as Error)?.name === 'AbortError') return false;
   return (
-    typeof code === 'string' &&
-    ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED', 'UND_ERR_SOCKET', 'ERR_STREAM_PREMATURE_CLOSE', 'EHOSTUNREACH', 'ENETUNREACH'].includes(code)
-  ) || /socket hang up|premature close|aborted/i.test((err as Error)?.message ?? '');
+    (typeof code === 'string' &&
+      [
+        'ECONNRESET',
+        'ECONNREFUSED',
+        'EPIPE',
+        'ETIMEDOUT',
+        'EAI_AGAIN',
+        'ENOTFOUND',
+        'ECONNABORTED',
+        'UND_ERR_SOCKET',
+        'ERR_STREAM_PREMATURE_CLOSE',
+        'EHOSTUNREACH',
+        'ENETUNREACH',
+      ].includes(code)) ||
+    /socket hang up|premature close|aborted/i.test((err as Error)?.message ?? '')
+  );
 }
 
 export interface RetryOptions {
@@ -226,7 +252,9 @@ export async function withRetries<T>(fn: (attempt: number) => Promise<T>, opts: 
       const after = err instanceof HttpStatusError ? err.retryAfterMs : undefined;
       const backoff = Math.min(max, base * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
       const wait = after !== undefined ? Math.min(after, 120_000) : backoff;
-      opts.log?.warn(`${opts.what}: ${(err as Error).message}; retrying in ${(wait / 1000).toFixed(1)} s (attempt ${attempt + 1} of ${attempts})`);
+      opts.log?.warn(
+        `${opts.what}: ${(err as Error).message}; retrying in ${(wait / 1000).toFixed(1)} s (attempt ${attempt + 1} of ${attempts})`,
+      );
       await sleep(wait, undefined, opts.signal ? { signal: opts.signal } : undefined);
     }
   }
@@ -254,12 +282,23 @@ export async function requestOk(
       if ((res.status >= 200 && res.status < 300) || ok.includes(res.status)) return res;
       throw await statusError(res, req.what);
     },
-    { what: req.what, ...(req.signal ? { signal: req.signal } : {}), ...(req.log ? { log: req.log } : {}), ...(req.attempts ? { attempts: req.attempts } : {}) },
+    {
+      what: req.what,
+      ...(req.signal ? { signal: req.signal } : {}),
+      ...(req.log ? { log: req.log } : {}),
+      ...(req.attempts ? { attempts: req.attempts } : {}),
+    },
   );
 }
 
-export async function getJson<T>(href: string, req: HttpRequest & { what: string; log?: Logger }): Promise<T> {
-  const res = await requestOk(href, { ...req, headers: { accept: 'application/json', ...(req.headers ?? {}) } });
+export async function getJson<T>(
+  href: string,
+  req: HttpRequest & { what: string; log?: Logger },
+): Promise<T> {
+  const res = await requestOk(href, {
+    ...req,
+    headers: { accept: 'application/json', ...(req.headers ?? {}) },
+  });
   const body = await readBody(res);
   try {
     return JSON.parse(body.toString('utf8')) as T;

@@ -33,7 +33,11 @@ export interface Probe {
 export function digestFromHeaders(h: HttpResponse['headers']): string | undefined {
   for (const name of ['x-amz-meta-sha256', 'x-goog-meta-sha256', 'x-checksum-sha256', 'x-orb-sha256']) {
     const v = h[name];
-    if (typeof v === 'string' && /^(sha256:)?[a-f0-9]{64}$/i.test(v.trim())) return v.trim().toLowerCase().replace(/^sha256:/, '');
+    if (typeof v === 'string' && /^(sha256:)?[a-f0-9]{64}$/i.test(v.trim()))
+      return v
+        .trim()
+        .toLowerCase()
+        .replace(/^sha256:/, '');
   }
   for (const name of ['repr-digest', 'content-digest', 'digest']) {
     const v = h[name];
@@ -70,7 +74,13 @@ export class RemoteFile {
     const status = res.status;
     if (status === 416) {
       res.body.resume();
-      this.probed = { size: 0, ranges: true, finalUrl: res.url, contentType: String(res.headers['content-type'] ?? ''), headers: res.headers };
+      this.probed = {
+        size: 0,
+        ranges: true,
+        finalUrl: res.url,
+        contentType: String(res.headers['content-type'] ?? ''),
+        headers: res.headers,
+      };
       return this.probed;
     }
     if (status !== 206 && status !== 200) throw await statusError(res, this.opts.what);
@@ -78,11 +88,19 @@ export class RemoteFile {
     let size: number;
     if (status === 206) {
       const m = /\/(\d+)\s*$/.exec(String(res.headers['content-range'] ?? ''));
-      if (!m) throw new OrbError('network', `${this.opts.what}: ${redactUrl(res.url)} sent 206 without a total size in Content-Range`);
+      if (!m)
+        throw new OrbError(
+          'network',
+          `${this.opts.what}: ${redactUrl(res.url)} sent 206 without a total size in Content-Range`,
+        );
       size = Number(m[1]);
     } else {
       size = Number(res.headers['content-length']);
-      if (!Number.isFinite(size)) throw new OrbError('network', `${this.opts.what}: ${redactUrl(res.url)} does not say how large the file is`);
+      if (!Number.isFinite(size))
+        throw new OrbError(
+          'network',
+          `${this.opts.what}: ${redactUrl(res.url)} does not say how large the file is`,
+        );
     }
     this.probed = {
       size,
@@ -116,7 +134,10 @@ export class RemoteFile {
         const m = /bytes (\d+)-(\d+)\//.exec(String(res.headers['content-range'] ?? ''));
         if (!m || Number(m[1]) !== start) {
           res.body.destroy();
-          throw new OrbError('network', `${this.opts.what}: asked for bytes from ${start}, got ${String(res.headers['content-range'])}`);
+          throw new OrbError(
+            'network',
+            `${this.opts.what}: asked for bytes from ${start}, got ${String(res.headers['content-range'])}`,
+          );
         }
         return res.body as Readable;
       }
@@ -152,7 +173,11 @@ export class RemoteFile {
   /** Whole small body (manifests, JSON bundles, .sha256 side files). */
   async text(limit = 8 << 20): Promise<Buffer> {
     const p = await this.probe();
-    if (p.size > limit) throw new OrbError('input', `${this.opts.what}: ${redactUrl(this.url)} is ${p.size} bytes, expected a small document`);
+    if (p.size > limit)
+      throw new OrbError(
+        'input',
+        `${this.opts.what}: ${redactUrl(this.url)} is ${p.size} bytes, expected a small document`,
+      );
     const { stream } = await this.read(0);
     const parts: Buffer[] = [];
     for await (const c of stream) parts.push(c as Buffer);

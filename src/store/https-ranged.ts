@@ -32,38 +32,49 @@ export interface RangedOptions {
 export const DEFAULT_SEGMENT = 8 << 20;
 
 /** Bytes [start, end] with in-place resumption after a dropped connection. */
-async function* resilient(opts: RangedOptions, start: number, end: number, signal: AbortSignal): AsyncGenerator<Buffer> {
+async function* resilient(
+  opts: RangedOptions,
+  start: number,
+  end: number,
+  signal: AbortSignal,
+): AsyncGenerator<Buffer> {
   let pos = start;
   let failures = 0;
   while (pos <= end) {
-    let stream: Readable;
-    try {
-      stream = await withRetries(() => opts.fetch(pos, end, signal), {
-        what: opts.what,
-        signal,
-        ...(opts.log ? { log: opts.log } : {}),
-      });
-    } catch (err) {
-      throw err;
-    }
+    const stream = await withRetries(() => opts.fetch(pos, end, signal), {
+      what: opts.what,
+      signal,
+      ...(opts.log ? { log: opts.log } : {}),
+    });
     try {
       for await (const chunk of stream) {
         const b = chunk as Buffer;
         const room = end - pos + 1;
         if (b.length > room) {
           stream.destroy();
-          throw new OrbError('integrity', `${opts.what}: the server sent more bytes than requested for range ${start}-${end}`);
+          throw new OrbError(
+            'integrity',
+            `${opts.what}: the server sent more bytes than requested for range ${start}-${end}`,
+          );
         }
         pos += b.length;
         failures = 0;
         yield b;
       }
-      if (pos <= end) throw Object.assign(new Error(`connection closed at byte ${pos} of range ${start}-${end}`), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+      if (pos <= end)
+        throw Object.assign(new Error(`connection closed at byte ${pos} of range ${start}-${end}`), {
+          code: 'ERR_STREAM_PREMATURE_CLOSE',
+        });
     } catch (err) {
       stream.destroy();
       if (signal.aborted) throw signal.reason ?? err;
       if (err instanceof OrbError && err.kind !== 'network') throw err;
-      if (++failures > 8) throw new OrbError('network', `${opts.what}: download kept failing at byte ${pos}: ${(err as Error).message}`, { cause: err });
+      if (++failures > 8)
+        throw new OrbError(
+          'network',
+          `${opts.what}: download kept failing at byte ${pos}: ${(err as Error).message}`,
+          { cause: err },
+        );
       opts.log?.warn(`${opts.what}: ${(err as Error).message}; continuing from byte ${pos}`);
       await new Promise((r) => setTimeout(r, Math.min(5000, 200 * 2 ** (failures - 1))));
     }

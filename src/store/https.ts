@@ -49,7 +49,8 @@ export const httpsInputs: InputSpec[] = [
   {
     name: 'digest',
     type: 'string',
-    description: 'https:// sources: expected sha256:<hex> of the file (otherwise taken from #sha256= in the URL, the server headers or a .sha256 file beside it)',
+    description:
+      'https:// sources: expected sha256:<hex> of the file (otherwise taken from #sha256= in the URL, the server headers or a .sha256 file beside it)',
   },
   {
     name: 'connections',
@@ -62,7 +63,11 @@ export const httpsInputs: InputSpec[] = [
 ];
 
 const EMPTY_JSON = Buffer.from('{}');
-const EMPTY_DESC: Descriptor = { mediaType: OCI_EMPTY, digest: 'sha256:' + createHash('sha256').update(EMPTY_JSON).digest('hex'), size: 2 };
+const EMPTY_DESC: Descriptor = {
+  mediaType: OCI_EMPTY,
+  digest: 'sha256:' + createHash('sha256').update(EMPTY_JSON).digest('hex'),
+  size: 2,
+};
 
 function sha(buf: Buffer): string {
   return 'sha256:' + createHash('sha256').update(buf).digest('hex');
@@ -92,7 +97,12 @@ export function singleFileManifest(name: string, digest: string, size: number): 
         mediaType: FILE_PART,
         digest,
         size,
-        annotations: { [ANN_TITLE]: name, [ANN_PART_FILE]: name, [ANN_PART_INDEX]: '0', [ANN_PART_OFFSET]: '0' },
+        annotations: {
+          [ANN_TITLE]: name,
+          [ANN_PART_FILE]: name,
+          [ANN_PART_INDEX]: '0',
+          [ANN_PART_OFFSET]: '0',
+        },
       },
     ],
     annotations: { [ANN_CONTENT_DIGEST]: digest, [ANN_TITLE]: name },
@@ -112,7 +122,13 @@ export class HttpsStore implements BlobStore {
   readonly url: URL;
   constructor(
     href: string,
-    private readonly opts: { digest?: string; connections?: number; log: Logger; signal?: AbortSignal; plainHttp?: boolean },
+    private readonly opts: {
+      digest?: string;
+      connections?: number;
+      log: Logger;
+      signal?: AbortSignal;
+      plainHttp?: boolean;
+    },
   ) {
     this.url = new URL(href);
     checkUrlScheme(this.url, opts.plainHttp);
@@ -156,12 +172,21 @@ export class HttpsStore implements BlobStore {
     const name = fileName(href);
     const digest = await this.fileDigest(fragment, probe.headers, href);
     const files = new Map([[digest, main]]);
-    return { manifest: singleFileManifest(name, digest, probe.size), mediaType: OCI_MANIFEST, digest: '', files };
+    return {
+      manifest: singleFileManifest(name, digest, probe.size),
+      mediaType: OCI_MANIFEST,
+      digest: '',
+      files,
+    };
   }
 
   private fromBundle(b: PresignedBundle): Resolved {
     const manifest = Buffer.from(b.manifest, 'utf8');
-    if (sha(manifest) !== b.digest) throw new OrbError('integrity', `the pre-signed bundle at ${this.describe()} carries a manifest that does not match its digest ${b.digest}`);
+    if (sha(manifest) !== b.digest)
+      throw new OrbError(
+        'integrity',
+        `the pre-signed bundle at ${this.describe()} carries a manifest that does not match its digest ${b.digest}`,
+      );
     const expires = Date.parse(b.expires);
     if (Number.isFinite(expires) && expires < Date.now()) {
       throw new OrbError('input', `the pre-signed URLs of ${b.reference} expired at ${b.expires}`, {
@@ -169,8 +194,11 @@ export class HttpsStore implements BlobStore {
       });
     }
     const files = new Map<string, RemoteFile>();
-    for (const [digest, url] of Object.entries(b.blobs)) files.set(digest, this.file(url, `download blob ${digest.slice(7, 19)} of ${b.reference}`));
-    this.opts.log.info(`pre-signed bundle of ${b.reference}: ${files.size} blobs, URLs valid until ${b.expires}`);
+    for (const [digest, url] of Object.entries(b.blobs))
+      files.set(digest, this.file(url, `download blob ${digest.slice(7, 19)} of ${b.reference}`));
+    this.opts.log.info(
+      `pre-signed bundle of ${b.reference}: ${files.size} blobs, URLs valid until ${b.expires}`,
+    );
     return { manifest, mediaType: b.mediaType, digest: b.digest, files };
   }
 
@@ -193,9 +221,13 @@ export class HttpsStore implements BlobStore {
         }
       }
     }
-    throw new OrbError('input', `no SHA-256 is known for ${this.describe()}, so the download could not be verified`, {
-      hint: 'append #sha256=<hex> to the URL or pass --digest sha256:<hex> (publishers: put a .sha256 file beside it)',
-    });
+    throw new OrbError(
+      'input',
+      `no SHA-256 is known for ${this.describe()}, so the download could not be verified`,
+      {
+        hint: 'append #sha256=<hex> to the URL or pass --digest sha256:<hex> (publishers: put a .sha256 file beside it)',
+      },
+    );
   }
 
   async statBlob(digest: string): Promise<number | undefined> {
@@ -205,7 +237,10 @@ export class HttpsStore implements BlobStore {
   }
 
   async putBlob(): Promise<void> {
-    throw new UsageError('https:// URLs are a pull source only', 'publish to s3://, gitlab://, github-release:// or oci:// and pull from the URL it gives');
+    throw new UsageError(
+      'https:// URLs are a pull source only',
+      'publish to s3://, gitlab://, github-release:// or oci:// and pull from the URL it gives',
+    );
   }
 
   async putManifest(): Promise<string> {
@@ -213,7 +248,8 @@ export class HttpsStore implements BlobStore {
   }
 
   async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
-    if (desc.digest === EMPTY_DESC.digest) return { stream: Readable.from([EMPTY_JSON.subarray(offset)]), offset };
+    if (desc.digest === EMPTY_DESC.digest)
+      return { stream: Readable.from([EMPTY_JSON.subarray(offset)]), offset };
     const r = await this.resolve();
     const f = r.files.get(desc.digest);
     if (!f) throw new OrbError('input', `${this.describe()} has no blob ${desc.digest}`);

@@ -35,7 +35,11 @@ export async function startFileServer(root: string, options: FileServerOptions =
     const forced = options.status?.(path, range);
     if (forced) {
       res.writeHead(forced, { 'content-type': 'application/xml' });
-      res.end(forced === 403 ? '<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>' : '');
+      res.end(
+        forced === 403
+          ? '<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>'
+          : '',
+      );
       return;
     }
     const file = normalize(join(root, path));
@@ -79,7 +83,11 @@ export async function startFileServer(root: string, options: FileServerOptions =
       return;
     }
     const cut = options.breakAfter?.(path, range);
-    const src = createReadStream(file, { start, end: cut === undefined ? end : Math.min(end, start + cut - 1), highWaterMark: 1 << 20 });
+    const src = createReadStream(file, {
+      start,
+      end: cut === undefined ? end : Math.min(end, start + cut - 1),
+      highWaterMark: 1 << 20,
+    });
     if (cut === undefined) src.pipe(res);
     else {
       src.on('data', (d) => res.write(d));

@@ -1,0 +1,538 @@
+import {
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  type S3Client,
+} from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { createHash } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { OrbError, UsageError } from '../core/errors.js';
+import type { InputSpec } from '../core/inputs.js';
+import { mask, type Logger } from '../core/log.js';
+import { formatDuration } from '../core/progress.js';
+import {
+  ANN_REF_NAME,
+  OCI_INDEX,
+  OCI_MANIFEST,
+  type Descriptor,
+  type ImageIndex,
+  type ImageManifest,
+} from '../oci/media.js';
+import { rangedStream } from './https-ranged.js';
+import { PRESIGNED_SCHEMA, type PresignedBundle } from './https.js';
+import { isNotFound, makeS3Client, s3Call } from './s3-client.js';
+import {
+  checksumUnsupported,
+  MAX_OBJECT,
+  MiB,
+  multipartUpload,
+  type ChecksumSupport,
+} from './s3-multipart.js';
+import type { OpenedStore, StoreOptions } from './open.js';
+import type { BlobStore } from './types.js';
+
+/**
+ * `s3://BUCKET[/PREFIX][:TAG|@sha256:...]` on AWS or any S3-compatible server. Layout under the
+ * prefix (an OCI image layout, so `aws s3 sync` of the prefix gives a directory skopeo and oras
+ * read as `oci:DIR:TAG`):
+ *   blobs/sha256/<hex>   every blob and manifest, metadata x-amz-meta-sha256=<hex>
+ *   tags/<tag>           the tag's manifest descriptor (JSON): the authoritative tag pointer
+ *   index.json, oci-layout  rebuilt from tags/ after each publish
+ *   presigned/<tag>.json with `presign`: manifest + one pre-signed URL per blob (orb-presigned/v1)
+ */
+export const PRESIGN_MAX_SECONDS = 7 * 24 * 3600;
+
+export const s3Inputs: InputSpec[] = [
+  {
+    name: 's3-endpoint',
+    type: 'string',
+    env: ['AWS_ENDPOINT_URL_S3', 'AWS_ENDPOINT_URL'],
+    description: 'S3: endpoint URL of an S3-compatible server (MinIO, Ceph, R2, ...); empty for AWS',
+  },
+  {
+    name: 's3-path-style',
+    type: 'boolean',
+    default: false,
+    description: 'S3: path-style addressing (http://HOST/BUCKET/KEY), needed by most S3-compatible servers',
+  },
+  {
+    name: 's3-region',
+    type: 'string',
+    description: 'S3: region (default: AWS_REGION or the profile; us-east-1 with a custom endpoint)',
+  },
+  {
+    name: 's3-part-size',
+    type: 'size',
+    default: '16MiB',
+    min: 5 * MiB,
+    max: 5 * 1024 * MiB,
+    description: 'S3: multipart part size; raised automatically so an object needs at most 10,000 parts',
+  },
+  {
+    name: 'presign',
+    type: 'duration',
+    min: 1,
+    description:
+      'S3: also output a pre-signed URL valid this long (at most 7d, the S3 limit) that `orb pull` can use without credentials',
+  },
+];
+
+export interface S3Ref {
+  bucket: string;
+  prefix: string;
+  tag?: string;
+  digest?: string;
+}
+
+export function formatS3Ref(r: S3Ref, tagOrDigest: string): string {
+  return `s3://${r.bucket}/${r.prefix.replace(/\/$/, '')}${tagOrDigest.startsWith('sha256:') ? '@' : ':'}${tagOrDigest}`;
+}
+
+export function parseS3Ref(ref: string): S3Ref {
+  const m = /^s3:\/\/([^/:@]+)(\/[^@]*)?(?:@(sha256:[a-f0-9]{64}))?$/.exec(ref);
+  if (!m)
+    throw new UsageError(
+      `'${ref}' is not an S3 reference`,
+      'write s3://BUCKET/PREFIX[:TAG] or s3://BUCKET/PREFIX@sha256:<hex>',
+    );
+  const bucket = m[1]!;
+  let path = (m[2] ?? '').replace(/^\/+/, '');
+  let tag: string | undefined;
+  const lastSlash = path.lastIndexOf('/');
+  const colon = path.indexOf(':', lastSlash + 1);
+  if (colon >= 0) {
+    tag = path.slice(colon + 1);
+    path = path.slice(0, colon);
+    if (!/^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/.test(tag))
+      throw new UsageError(`'${tag}' is not a valid tag`, 'tags use letters, digits, _ . - (at most 128)');
+  }
+  const prefix = path.replace(/\/+$/, '');
+  return {
+    bucket,
+    prefix: prefix ? prefix + '/' : '',
+    ...(tag ? { tag } : {}),
+    ...(m[3] ? { digest: m[3] } : {}),
+  };
+}
+
+function hexOf(digest: string): string {
+  const m = /^sha256:([a-f0-9]{64})$/.exec(digest);
+  if (!m) throw new OrbError('integrity', `unsupported digest '${digest}'`);
+  return m[1]!;
+}
+
+async function readAll(stream: Readable, limit: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of stream) {
+    n += (c as Buffer).length;
+    if (n > limit) {
+      stream.destroy();
+      throw new OrbError('integrity', `more than the expected ${limit} bytes`);
+    }
+    parts.push(c as Buffer);
+  }
+  return Buffer.concat(parts);
+}
+
+export interface S3StoreOptions {
+  endpoint?: string;
+  pathStyle?: boolean;
+  region?: string;
+  partSize?: number;
+  concurrency?: number;
+  connections?: number;
+  presignSeconds?: number;
+  /** single PUT up to this size (buffered); multipart above */
+  singlePutLimit?: number;
+  memoryBudget?: number;
+  log: Logger;
+  signal?: AbortSignal;
+}
+
+export class S3Store implements BlobStore {
+  readonly maxBlobSize = MAX_OBJECT;
+  private clientP?: Promise<{ client: S3Client; anonymous: boolean }>;
+  private readonly checksums: ChecksumSupport = { enabled: true };
+  private outputs: Record<string, string> = {};
+
+  constructor(
+    readonly ref: S3Ref,
+    private readonly o: S3StoreOptions,
+  ) {
+    if (o.presignSeconds !== undefined && o.presignSeconds > PRESIGN_MAX_SECONDS) {
+      throw new UsageError(
+        `presign: ${formatDuration(o.presignSeconds)} is longer than S3 allows`,
+        'S3 pre-signed URLs are valid for at most 7 days (604800 s); choose 7d or less',
+      );
+    }
+  }
+
+  describe(): string {
+    return `s3://${this.ref.bucket}/${this.ref.prefix}${this.o.endpoint ? ` at ${this.o.endpoint}` : ''}`;
+  }
+
+  private async c(): Promise<{ client: S3Client; anonymous: boolean }> {
+    this.clientP ??= makeS3Client({
+      ...(this.o.endpoint ? { endpoint: this.o.endpoint } : {}),
+      ...(this.o.region ? { region: this.o.region } : {}),
+      pathStyle: this.o.pathStyle === true,
+      log: this.o.log,
+    });
+    return this.clientP;
+  }
+
+  private call<T>(fn: (client: S3Client) => Promise<T>, what: string): Promise<T> {
+    return this.c().then(({ client, anonymous }) =>
+      s3Call(() => fn(client), what, {
+        log: this.o.log,
+        anonymous,
+        ...(this.o.signal ? { signal: this.o.signal } : {}),
+      }),
+    );
+  }
+
+  private sig(): { abortSignal?: AbortSignal } {
+    return this.o.signal ? { abortSignal: this.o.signal } : {};
+  }
+
+  blobKey(digest: string): string {
+    return `${this.ref.prefix}blobs/sha256/${hexOf(digest)}`;
+  }
+
+  tagKey(tag: string): string {
+    return `${this.ref.prefix}tags/${tag}`;
+  }
+
+  async statBlob(digest: string): Promise<number | undefined> {
+    try {
+      const head = await this.call(
+        (c) =>
+          c.send(new HeadObjectCommand({ Bucket: this.ref.bucket, Key: this.blobKey(digest) }), this.sig()),
+        `check ${digest.slice(0, 19)}`,
+      );
+      const recorded = head.Metadata?.['sha256'];
+      // An object under our key with another recorded digest is not this blob: upload again.
+      if (recorded && recorded !== hexOf(digest)) return undefined;
+      return head.ContentLength;
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  /** PutObject with SHA-256 checked by the server where it implements checksums. */
+  private async putSmall(
+    key: string,
+    body: Buffer,
+    contentType: string,
+    hex: string,
+    what: string,
+  ): Promise<void> {
+    const send = (withChecksum: boolean) =>
+      this.call(
+        (c) =>
+          c.send(
+            new PutObjectCommand({
+              Bucket: this.ref.bucket,
+              Key: key,
+              Body: body,
+              ContentLength: body.length,
+              ContentType: contentType,
+              Metadata: { sha256: hex },
+              ...(withChecksum ? { ChecksumSHA256: Buffer.from(hex, 'hex').toString('base64') } : {}),
+            }),
+            this.sig(),
+          ),
+        what,
+      );
+    if (!this.checksums.enabled) {
+      await send(false);
+      return;
+    }
+    try {
+      await send(true);
+    } catch (err) {
+      if (!checksumUnsupported(err)) throw err;
+      this.checksums.enabled = false;
+      this.o.log.info(
+        'the S3 server rejects S3 checksums; SHA-256 is verified locally and recorded in object metadata',
+      );
+      await send(false);
+    }
+  }
+
+  async putBlob(
+    desc: Descriptor,
+    open: (offset: number) => Readable,
+    onBytes?: (n: number) => void,
+  ): Promise<void> {
+    const hex = hexOf(desc.digest);
+    const key = this.blobKey(desc.digest);
+    const limit = this.o.singlePutLimit ?? 64 * MiB;
+    if (desc.size <= limit) {
+      const body = await readAll(open(0), desc.size);
+      if (body.length !== desc.size || createHash('sha256').update(body).digest('hex') !== hex) {
+        throw new OrbError(
+          'integrity',
+          `blob ${desc.digest} does not match its content (size ${body.length}, expected ${desc.size}); nothing was uploaded`,
+        );
+      }
+      await this.putSmall(
+        key,
+        body,
+        desc.mediaType || 'application/octet-stream',
+        hex,
+        `upload ${desc.digest.slice(0, 19)}`,
+      );
+      onBytes?.(body.length);
+      return;
+    }
+    const { client, anonymous } = await this.c();
+    await multipartUpload({
+      client,
+      anonymous,
+      bucket: this.ref.bucket,
+      key,
+      desc,
+      open,
+      ...(onBytes ? { onBytes } : {}),
+      partSize: this.o.partSize ?? 16 * MiB,
+      concurrency: this.o.concurrency ?? 4,
+      memoryBudget: this.o.memoryBudget ?? 512 * MiB,
+      checksums: this.checksums,
+      metadata: { sha256: hex },
+      contentType: desc.mediaType || 'application/octet-stream',
+      log: this.o.log,
+      ...(this.o.signal ? { signal: this.o.signal } : {}),
+    });
+  }
+
+  async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
+    const hex = hexOf(desc.digest);
+    const key = this.blobKey(desc.digest);
+    let checked = false;
+    const stream = rangedStream({
+      size: desc.size,
+      offset,
+      connections: desc.size > 64 * MiB ? (this.o.connections ?? 8) : 1,
+      what: `download ${desc.digest.slice(0, 19)}`,
+      log: this.o.log,
+      ...(this.o.signal ? { signal: this.o.signal } : {}),
+      fetch: async (start, end, signal) => {
+        const res = await this.call(
+          (c) =>
+            c.send(
+              new GetObjectCommand({ Bucket: this.ref.bucket, Key: key, Range: `bytes=${start}-${end}` }),
+              { abortSignal: signal },
+            ),
+          `download ${desc.digest.slice(0, 19)}`,
+        ).catch((err: unknown) => {
+          if (isNotFound(err))
+            throw new OrbError('input', `blob ${desc.digest} is missing from ${this.describe()}`, {
+              hint: 'publish the image again',
+            });
+          throw err;
+        });
+        const recorded = res.Metadata?.['sha256'];
+        if (!checked && recorded && recorded !== hex) {
+          (res.Body as Readable).destroy();
+          throw new OrbError('integrity', `${this.describe()}${key} records SHA-256 ${recorded}, not ${hex}`);
+        }
+        checked = true;
+        return res.Body as Readable;
+      },
+    });
+    return { stream, offset };
+  }
+
+  private async getSmall(key: string, what: string, limit = 16 * MiB): Promise<Buffer | undefined> {
+    try {
+      const res = await this.call(
+        (c) => c.send(new GetObjectCommand({ Bucket: this.ref.bucket, Key: key }), this.sig()),
+        what,
+      );
+      return await readAll(res.Body as Readable, limit);
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async putManifest(bytes: Buffer, mediaType: string, tags: readonly string[]): Promise<string> {
+    const hex = createHash('sha256').update(bytes).digest('hex');
+    const digest = `sha256:${hex}`;
+    await this.putSmall(this.blobKey(digest), bytes, mediaType, hex, 'upload manifest');
+    let artifactType: string | undefined;
+    try {
+      artifactType = (JSON.parse(bytes.toString('utf8')) as ImageManifest).artifactType;
+    } catch {
+      /* not JSON: stored as is */
+    }
+    const desc: Descriptor = {
+      mediaType,
+      digest,
+      size: bytes.length,
+      ...(artifactType ? { artifactType } : {}),
+    };
+    for (const tag of tags) {
+      const body = Buffer.from(JSON.stringify(desc));
+      await this.putSmall(
+        this.tagKey(tag),
+        body,
+        'application/json',
+        createHash('sha256').update(body).digest('hex'),
+        `tag ${tag}`,
+      );
+    }
+    await this.writeIndex().catch((err: Error) =>
+      this.o.log.warn(`could not refresh index.json under ${this.describe()}: ${err.message}`),
+    );
+    if (this.o.presignSeconds) await this.presign(bytes, mediaType, digest, tags[0] ?? hex.slice(0, 12));
+    return digest;
+  }
+
+  /** index.json + oci-layout from tags/: makes the prefix a valid OCI image layout. */
+  private async writeIndex(): Promise<void> {
+    const manifests: Descriptor[] = [];
+    let token: string | undefined;
+    const tagPrefix = `${this.ref.prefix}tags/`;
+    do {
+      const res = await this.call(
+        (c) =>
+          c.send(
+            new ListObjectsV2Command({
+              Bucket: this.ref.bucket,
+              Prefix: tagPrefix,
+              ContinuationToken: token,
+            }),
+            this.sig(),
+          ),
+        'list tags',
+      );
+      for (const o of res.Contents ?? []) {
+        const tag = o.Key!.slice(tagPrefix.length);
+        const body = await this.getSmall(o.Key!, `read tag ${tag}`, 64 << 10);
+        if (!body) continue;
+        const d = JSON.parse(body.toString('utf8')) as Descriptor;
+        manifests.push({ ...d, annotations: { ...(d.annotations ?? {}), [ANN_REF_NAME]: tag } });
+      }
+      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+    } while (token);
+    const index: ImageIndex = { schemaVersion: 2, mediaType: OCI_INDEX, manifests };
+    const put = (key: string, text: string) => {
+      const b = Buffer.from(text);
+      return this.putSmall(
+        `${this.ref.prefix}${key}`,
+        b,
+        'application/json',
+        createHash('sha256').update(b).digest('hex'),
+        `write ${key}`,
+      );
+    };
+    await put('oci-layout', JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+    await put('index.json', JSON.stringify(index, null, 2));
+  }
+
+  private async presign(manifest: Buffer, mediaType: string, digest: string, tag: string): Promise<void> {
+    const seconds = this.o.presignSeconds!;
+    const { client, anonymous } = await this.c();
+    if (anonymous)
+      throw new UsageError('presign needs AWS credentials (pre-signed URLs are signed with them)');
+    const creds = await client.config.credentials();
+    const until = Date.now() + seconds * 1000;
+    if (creds.expiration && creds.expiration.getTime() < until) {
+      this.o.log.warn(
+        `the pre-signed URLs stop working at ${creds.expiration.toISOString()}, when the temporary credentials expire, not after ${formatDuration(seconds)}: ` +
+          'sign with long-term credentials (an IAM user) for longer links',
+      );
+    }
+    const sign = async (key: string) => {
+      const url = await getSignedUrl(client, new GetObjectCommand({ Bucket: this.ref.bucket, Key: key }), {
+        expiresIn: seconds,
+      });
+      const s = new URL(url).searchParams.get('X-Amz-Signature');
+      if (s) mask(s);
+      return url;
+    };
+    const m = JSON.parse(manifest.toString('utf8')) as ImageManifest;
+    const blobs: Record<string, string> = {};
+    for (const d of [m.config, ...(m.layers ?? [])])
+      if (d?.digest && !blobs[d.digest]) blobs[d.digest] = await sign(this.blobKey(d.digest));
+    const bundle: PresignedBundle = {
+      schema: PRESIGNED_SCHEMA,
+      expires: new Date(Math.min(until, creds.expiration?.getTime() ?? until)).toISOString(),
+      reference: formatS3Ref(this.ref, tag),
+      mediaType,
+      digest,
+      manifest: manifest.toString('utf8'),
+      blobs,
+    };
+    const body = Buffer.from(JSON.stringify(bundle));
+    const key = `${this.ref.prefix}presigned/${tag}.json`;
+    await this.putSmall(
+      key,
+      body,
+      'application/json',
+      createHash('sha256').update(body).digest('hex'),
+      'upload pre-signed bundle',
+    );
+    this.outputs['presigned-url'] = await sign(key);
+    this.outputs['presigned-expires'] = bundle.expires;
+    if (m.layers?.length === 1) this.outputs['presigned-file-url'] = blobs[m.layers[0]!.digest]!;
+    this.o.log.info(
+      `pre-signed URL valid until ${bundle.expires}: orb pull '<presigned-url>' (the URL is a secret; it is in the outputs)`,
+    );
+  }
+
+  /** Extra publish outputs (presigned-url, presigned-expires, presigned-file-url). */
+  publishedOutputs(): Record<string, string> {
+    return { ...this.outputs };
+  }
+
+  async getManifest(ref: string): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
+    let digest = ref;
+    let mediaType = OCI_MANIFEST;
+    if (!ref.startsWith('sha256:')) {
+      const body = await this.getSmall(this.tagKey(ref), `read tag ${ref}`, 64 << 10);
+      if (!body)
+        throw new OrbError('input', `no tag '${ref}' under ${this.describe()}`, {
+          hint: 'check the tag (s3://BUCKET/PREFIX:TAG) and the prefix',
+        });
+      const d = JSON.parse(body.toString('utf8')) as Descriptor;
+      digest = d.digest;
+      mediaType = d.mediaType || OCI_MANIFEST;
+    }
+    const bytes = await this.getSmall(this.blobKey(digest), `read manifest ${digest.slice(0, 19)}`, 16 * MiB);
+    if (!bytes) throw new OrbError('input', `manifest ${digest} is missing from ${this.describe()}`);
+    if (`sha256:${createHash('sha256').update(bytes).digest('hex')}` !== digest) {
+      throw new OrbError('integrity', `manifest ${digest} in ${this.describe()} does not match its digest`);
+    }
+    return { bytes, mediaType, digest };
+  }
+}
+
+export async function openS3(ref: string, opts: StoreOptions): Promise<OpenedStore> {
+  const r = parseS3Ref(ref);
+  const o = opts.options;
+  const str = (k: string) => (typeof o[k] === 'string' && o[k] !== '' ? (o[k] as string) : undefined);
+  const num = (k: string) => (typeof o[k] === 'number' ? (o[k] as number) : undefined);
+  const endpoint = str('s3-endpoint');
+  if (endpoint && !/^https?:\/\//.test(endpoint))
+    throw new UsageError(`--s3-endpoint '${endpoint}' is not a URL`, 'give http(s)://HOST[:PORT]');
+  const store = new S3Store(r, {
+    log: opts.log,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    ...(endpoint ? { endpoint } : {}),
+    pathStyle: o['s3-path-style'] === true,
+    ...(str('s3-region') ? { region: str('s3-region')! } : {}),
+    ...(num('s3-part-size') ? { partSize: num('s3-part-size')! } : {}),
+    ...(num('concurrency') ? { concurrency: num('concurrency')! } : {}),
+    ...(num('connections') ? { connections: num('connections')! } : {}),
+    ...(num('presign') ? { presignSeconds: num('presign')! } : {}),
+  });
+  const tag = r.digest ?? r.tag ?? 'latest';
+  return { store, tag, display: formatS3Ref(r, tag) };
+}
