@@ -170,6 +170,30 @@ export class RemoteFile {
     return { stream, offset: start };
   }
 
+  /** The first `n` bytes (format detection), one short request. */
+  async head(n: number): Promise<Buffer> {
+    const p = await this.probe();
+    const len = Math.min(n, p.size);
+    if (len === 0) return Buffer.alloc(0);
+    const ctl = new AbortController();
+    const parts: Buffer[] = [];
+    let got = 0;
+    let stream: Readable;
+    try {
+      stream = p.ranges ? await this.fetcher()(0, len - 1, ctl.signal) : (await this.read(0)).stream;
+    } catch (err) {
+      ctl.abort();
+      throw err;
+    }
+    for await (const c of stream) {
+      parts.push(c as Buffer);
+      got += (c as Buffer).length;
+      if (got >= len) break;
+    }
+    stream.destroy();
+    return Buffer.concat(parts).subarray(0, len);
+  }
+
   /** Whole small body (manifests, JSON bundles, .sha256 side files). */
   async text(limit = 8 << 20): Promise<Buffer> {
     const p = await this.probe();

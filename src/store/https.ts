@@ -5,17 +5,20 @@ import type { InputSpec } from '../core/inputs.js';
 import type { Logger } from '../core/log.js';
 import {
   ANN_CONTENT_DIGEST,
+  ANN_FILE_FORMAT,
+  ANN_FILE_SIZE,
   ANN_PART_FILE,
   ANN_PART_INDEX,
   ANN_PART_OFFSET,
   ANN_TITLE,
   FILE_ARTIFACT,
   FILE_PART,
-  OCI_EMPTY,
+  EMPTY_CONFIG,
   OCI_MANIFEST,
   type Descriptor,
   type ImageManifest,
 } from '../oci/media.js';
+import { detectFileFormat } from '../transfer/source.js';
 import { checkUrlScheme, redactUrl } from './https-client.js';
 import { digestFromHeaders, RemoteFile } from './https-file.js';
 import type { OpenedStore, StoreOptions } from './open.js';
@@ -63,11 +66,7 @@ export const httpsInputs: InputSpec[] = [
 ];
 
 const EMPTY_JSON = Buffer.from('{}');
-const EMPTY_DESC: Descriptor = {
-  mediaType: OCI_EMPTY,
-  digest: 'sha256:' + createHash('sha256').update(EMPTY_JSON).digest('hex'),
-  size: 2,
-};
+const EMPTY_DESC: Descriptor = { ...EMPTY_CONFIG };
 
 function sha(buf: Buffer): string {
   return 'sha256:' + createHash('sha256').update(buf).digest('hex');
@@ -85,8 +84,8 @@ export function fileName(url: URL): string {
   return last.replace(/[^A-Za-z0-9._+-]/g, '_') || 'download';
 }
 
-/** The one-part file-artifact manifest that stands for a plain file. */
-export function singleFileManifest(name: string, digest: string, size: number): Buffer {
+/** The one-part file-artifact manifest that stands for a plain file (as publish builds them). */
+export function singleFileManifest(name: string, digest: string, size: number, format: string): Buffer {
   const m: ImageManifest = {
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
@@ -105,7 +104,12 @@ export function singleFileManifest(name: string, digest: string, size: number): 
         },
       },
     ],
-    annotations: { [ANN_CONTENT_DIGEST]: digest, [ANN_TITLE]: name },
+    annotations: {
+      [ANN_TITLE]: name,
+      [ANN_CONTENT_DIGEST]: digest,
+      [ANN_FILE_FORMAT]: format,
+      [ANN_FILE_SIZE]: String(size),
+    },
   };
   return Buffer.from(JSON.stringify(m));
 }
@@ -172,8 +176,9 @@ export class HttpsStore implements BlobStore {
     const name = fileName(href);
     const digest = await this.fileDigest(fragment, probe.headers, href);
     const files = new Map([[digest, main]]);
+    const format = detectFileFormat(Buffer.concat([await main.head(512), Buffer.alloc(8)]));
     return {
-      manifest: singleFileManifest(name, digest, probe.size),
+      manifest: singleFileManifest(name, digest, probe.size, format),
       mediaType: OCI_MANIFEST,
       digest: '',
       files,
