@@ -8,8 +8,13 @@ export const OCI_EMPTY = 'application/vnd.oci.empty.v1+json';
 
 /** artifactType of a chunked disk image */
 export const DISK_ARTIFACT = 'application/vnd.orb.disk.v1';
-/** config blob: DiskConfig as JSON */
-export const DISK_CONFIG = 'application/vnd.orb.disk.config.v1+json';
+/**
+ * config blob media type: an OCI image config (architecture, os, rootfs with no diff_ids) whose
+ * JSON also carries the DiskConfig fields. Not a custom type because `skopeo inspect` (and other
+ * image tools) refuse manifests whose config is not an image config; `artifactType` still says
+ * what this is, and the chunk layers' media types keep runtimes from unpacking it.
+ */
+export const DISK_CONFIG = 'application/vnd.oci.image.config.v1+json';
 /** one chunk of the disk content, compressed with zstd on its own */
 export const DISK_CHUNK_ZSTD = 'application/vnd.orb.disk.chunk.v1.zstd';
 /** one chunk stored uncompressed (when zstd does not make it smaller) */
@@ -34,6 +39,11 @@ export const ANN_PART_INDEX = 'dev.orb.part.index';
 export const ANN_PART_OFFSET = 'dev.orb.part.offset';
 /** on the manifest: sha256:<hex> of the whole disk content or file */
 export const ANN_CONTENT_DIGEST = 'dev.orb.content.digest';
+/** on a file artifact's manifest: format of the whole file (qcow2, raw.zst, raw, ...) and its size */
+export const ANN_FILE_FORMAT = 'dev.orb.file.format';
+export const ANN_FILE_SIZE = 'dev.orb.file.size';
+/** the OCI empty config `{}` (image-spec 1.1), used by file artifacts */
+export const EMPTY_CONFIG = { mediaType: OCI_EMPTY, digest: 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a', size: 2 } as const;
 
 export interface Descriptor {
   mediaType: string;

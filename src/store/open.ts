@@ -1,4 +1,5 @@
 import { UsageError } from '../core/errors.js';
+import type { InputSpec, OutputSpec } from '../core/inputs.js';
 import type { Logger } from '../core/log.js';
 import type { BlobStore } from './types.js';
 
@@ -40,6 +41,53 @@ export async function openStore(ref: string, opts: StoreOptions): Promise<Opened
   }
   throw new UsageError(
     `unsupported reference '${ref}'`,
-    `use one of: ${knownSchemes().map((s) => s + '...').join(', ') || '(no backends registered)'}`,
+    `use one of: ${
+      knownSchemes()
+        .map((s) => s + '...')
+        .join(', ') || '(no backends registered)'
+    }`,
   );
+}
+
+/**
+ * Inputs a backend adds to `orb publish` / `orb pull` (and their actions): declare them here at
+ * import time (from the backend module or its line in schemes.ts); the commands append them to
+ * their own declarations (the first declaration of a name wins) and pass every input value to
+ * the factory in `StoreOptions.options`, keyed by input name.
+ */
+const extraInputs: { commands: readonly StoreCommand[]; spec: InputSpec }[] = [];
+export type StoreCommand = 'publish' | 'pull';
+
+export function registerStoreInputs(commands: readonly StoreCommand[], specs: readonly InputSpec[]): void {
+  for (const spec of specs) extraInputs.push({ commands, spec });
+}
+
+/** Backend inputs for `command`, minus names in `taken` (the command's own inputs). */
+export function storeInputs(command: StoreCommand, taken: readonly InputSpec[]): InputSpec[] {
+  const names = new Set(taken.map((s) => s.name));
+  const out: InputSpec[] = [];
+  for (const { commands, spec } of extraInputs) {
+    if (!commands.includes(command) || names.has(spec.name)) continue;
+    names.add(spec.name);
+    out.push(spec);
+  }
+  return out;
+}
+
+/** Outputs a backend adds (declared like inputs; values come from BlobStore.publishedOutputs()). */
+const extraOutputs: { commands: readonly StoreCommand[]; spec: OutputSpec }[] = [];
+
+export function registerStoreOutputs(commands: readonly StoreCommand[], specs: readonly OutputSpec[]): void {
+  for (const spec of specs) extraOutputs.push({ commands, spec });
+}
+
+export function storeOutputs(command: StoreCommand, taken: readonly OutputSpec[]): OutputSpec[] {
+  const names = new Set(taken.map((s) => s.name));
+  const out: OutputSpec[] = [];
+  for (const { commands, spec } of extraOutputs) {
+    if (!commands.includes(command) || names.has(spec.name)) continue;
+    names.add(spec.name);
+    out.push(spec);
+  }
+  return out;
 }

@@ -1,2 +1,14 @@
 // Importing this module registers every backend's scheme with open.ts (one line per backend).
-export {};
+import { registerScheme } from './open.js';
+import { openLayoutStore } from '../oci/layout-store.js';
+import { openRegistryStore } from '../oci/registry-store.js';
+
+registerScheme('oci://', openRegistryStore);
+registerScheme('oci-layout:', openLayoutStore);
+import { openS3 } from './s3.js';
+registerScheme('s3://', openS3);
+import { openHttps } from './https.js';
+registerScheme('https://', openHttps);
+registerScheme('http://', openHttps);
+import { openGitlab } from './gitlab.js';
+registerScheme('gitlab://', openGitlab);

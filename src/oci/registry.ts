@@ -1,0 +1,421 @@
+import type { OutgoingHttpHeaders } from 'node:http';
+import { OrbError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
+import { Authenticator, credentialHint } from './auth.js';
+import { resolveCredentials, type CredentialOptions, type Credentials } from './credentials.js';
+import {
+  backoffMs,
+  defaultRetryPolicy,
+  HttpClient,
+  isRetryableStatus,
+  parseRetryAfter,
+  sleep,
+  TransientError,
+  type Body,
+  type HttpResponse,
+  type RetryPolicy,
+} from './http.js';
+import { sha256Digest } from './layout.js';
+import { OCI_INDEX, OCI_MANIFEST, type Descriptor, type ImageIndex } from './media.js';
+import { isLoopbackHost, type RegistryRef } from './reference.js';
+
+/**
+ * Our OCI distribution-spec client (v1.1): ping and auth, blobs (HEAD, ranged GET following
+ * storage redirects without credentials, cross-repository mount), manifests and tags, and the
+ * referrers API with the tag-schema fallback for registries that lack it. Uploads live in
+ * upload.ts. Every call goes through `request`, which owns retries and token refresh.
+ */
+export const MANIFEST_ACCEPT = [
+  OCI_MANIFEST,
+  OCI_INDEX,
+  'application/vnd.docker.distribution.manifest.v2+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+].join(', ');
+
+export interface RegistryClientOptions {
+  ref: Pick<RegistryRef, 'host' | 'apiHost' | 'repository'>;
+  /** use http:// (always allowed for loopback hosts) */
+  plainHttp?: boolean;
+  /** explicit credentials; otherwise resolved from the environment and docker config */
+  credentials?: CredentialOptions | Credentials | null;
+  log: Logger;
+  signal?: AbortSignal | undefined;
+  retry?: RetryPolicy;
+  maxSockets?: number;
+  http?: HttpClient;
+}
+
+export interface RequestOptions {
+  method: string;
+  /** path under the registry (`/v2/...`) or an absolute URL */
+  path: string;
+  headers?: OutgoingHttpHeaders;
+  body?: Body;
+  scopes: readonly string[];
+  /** what the user would call this request, for messages */
+  what: string;
+  /** false: a retryable failure is thrown at once as TransientError (callers with their own resume logic) */
+  retry?: boolean;
+  /** statuses the caller handles itself (404 for HEAD, 3xx for redirects, ...) */
+  accept?: readonly number[];
+}
+
+export class RegistryClient {
+  readonly host: string;
+  readonly repository: string;
+  readonly base: string;
+  readonly http: HttpClient;
+  readonly retry: RetryPolicy;
+  readonly log: Logger;
+  readonly signal: AbortSignal | undefined;
+  readonly auth: Authenticator;
+  private pinged: Promise<void> | undefined;
+  private readonly ownsHttp: boolean;
+
+  constructor(opts: RegistryClientOptions) {
+    this.host = opts.ref.host;
+    this.repository = opts.ref.repository;
+    const plain = opts.plainHttp || isLoopbackHost(opts.ref.apiHost);
+    this.base = `${plain ? 'http' : 'https'}://${opts.ref.apiHost}`;
+    this.ownsHttp = !opts.http;
+    this.http = opts.http ?? new HttpClient({ maxSockets: opts.maxSockets ?? 16 });
+    this.retry = opts.retry ?? defaultRetryPolicy();
+    this.log = opts.log;
+    this.signal = opts.signal;
+    const creds =
+      opts.credentials === null
+        ? undefined
+        : opts.credentials && 'source' in opts.credentials
+          ? (opts.credentials as Credentials)
+          : resolveCredentials(opts.ref.host, (opts.credentials as CredentialOptions | undefined) ?? {});
+    if (creds) this.log.debug(`${this.host}: using credentials from ${creds.source}`);
+    this.auth = new Authenticator(this.http, this.host, creds, this.log);
+  }
+
+  get pullScope(): string {
+    return `repository:${this.repository}:pull`;
+  }
+  get pushScope(): string {
+    return `repository:${this.repository}:pull,push`;
+  }
+
+  close(): void {
+    if (this.ownsHttp) this.http.close();
+  }
+
+  /** GET /v2/: learns the auth challenge before any request with a large body is sent. */
+  ping(): Promise<void> {
+    this.pinged ??= (async () => {
+      let res: HttpResponse;
+      try {
+        res = await this.sendWithRetry('GET', `${this.base}/v2/`, {}, undefined, 'connect');
+      } catch (err) {
+        this.pinged = undefined;
+        const msg = (err as Error).message;
+        const tlsHint = /EPROTO|wrong version number|SSL|certificate/i.test(msg)
+          ? 'if the registry speaks plain HTTP, add --plain-http (plain-http: true); for a private CA set NODE_EXTRA_CA_CERTS'
+          : 'check the host name and port, and that the registry is reachable from here';
+        throw new OrbError('network', `cannot reach the registry at ${this.base}: ${msg}`, { hint: tlsHint, cause: err });
+      }
+      if (res.status === 401) this.auth.learn(res);
+      else if (res.status !== 200) {
+        await res.discard();
+        this.pinged = undefined;
+        throw new OrbError('network', `${this.base}/v2/ answered HTTP ${res.status}: this does not look like an OCI registry`, {
+          hint: 'check the host and port of the oci:// reference',
+        });
+      }
+      await res.discard();
+    })();
+    return this.pinged;
+  }
+
+  private async sendWithRetry(method: string, url: string, headers: OutgoingHttpHeaders, body: Body | undefined, what: string): Promise<HttpResponse> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.http.send({ method, url, headers, ...(body !== undefined ? { body } : {}), signal: this.signal });
+      } catch (err) {
+        if (!(err instanceof TransientError) || attempt >= this.retry.attempts) throw err;
+        const wait = backoffMs(attempt, this.retry);
+        this.log.info(`${what}: ${err.message}; retrying in ${(wait / 1000).toFixed(1)} s`);
+        await sleep(wait, this.signal);
+      }
+    }
+  }
+
+  url(path: string): string {
+    return /^https?:\/\//.test(path) ? path : `${this.base}${path}`;
+  }
+
+  /**
+   * One logical request: adds the Authorization the challenge asks for, refreshes the token
+   * once on 401, retries 408/429/5xx and dropped connections with backoff (Retry-After wins).
+   */
+  async request(o: RequestOptions): Promise<HttpResponse> {
+    await this.ping();
+    let authRetried = false;
+    for (let attempt = 1; ; ) {
+      const headers: OutgoingHttpHeaders = { ...(o.headers ?? {}) };
+      const authz = await this.auth.header(o.scopes);
+      if (authz) headers.authorization = authz;
+      let res: HttpResponse;
+      try {
+        res = await this.http.send({ method: o.method, url: this.url(o.path), headers, ...(o.body !== undefined ? { body: o.body } : {}), signal: this.signal });
+      } catch (err) {
+        if (!(err instanceof TransientError)) throw err;
+        if (o.retry === false) throw err;
+        if (attempt >= this.retry.attempts) throw this.gaveUp(o, err.message, attempt);
+        const wait = backoffMs(attempt, this.retry);
+        this.log.info(`${o.what}: ${err.message}; retry ${attempt}/${this.retry.attempts - 1} in ${(wait / 1000).toFixed(1)} s`);
+        await sleep(wait, this.signal);
+        attempt++;
+        continue;
+      }
+      if (o.accept?.includes(res.status)) return res;
+      if (res.status === 401) {
+        await res.discard();
+        // A token can expire (or be revoked) mid-transfer: fetch a fresh one, once.
+        if (!authRetried && (this.auth.learn(res) || this.auth.scheme !== 'none')) {
+          authRetried = true;
+          this.auth.invalidate(o.scopes);
+          this.log.debug(`${o.what}: 401, refreshing the token`);
+          continue;
+        }
+        throw new OrbError('network', `${this.host} refused ${o.what} (HTTP 401 unauthorized)`, { hint: credentialHint(this.host) });
+      }
+      if (res.status === 403) {
+        const detail = errorText(await res.text(64 << 10).catch(() => ''));
+        throw new OrbError('network', `${this.host} denied ${o.what} (HTTP 403${detail ? ': ' + detail : ''})`, {
+          hint: `the credentials lack permission on ${this.repository}; ${credentialHint(this.host)}`,
+        });
+      }
+      if (isRetryableStatus(res.status)) {
+        const retryAfter = parseRetryAfter(res.header('retry-after'));
+        const detail = errorText(await res.text(64 << 10).catch(() => ''));
+        const msg = `HTTP ${res.status}${detail ? ' ' + detail : ''}`;
+        if (o.retry === false) throw new TransientError(`${o.what}: ${msg}`, retryAfter);
+        if (attempt >= this.retry.attempts) throw this.gaveUp(o, msg, attempt);
+        if (retryAfter !== undefined && retryAfter > this.retry.maxRetryAfterMs) {
+          throw new OrbError('network', `${this.host} asks to retry ${o.what} after ${Math.round(retryAfter / 1000)} s (${msg})`, {
+            hint: 'the registry is rate-limiting or down; run again later',
+          });
+        }
+        const wait = backoffMs(attempt, this.retry, retryAfter);
+        this.log.info(`${o.what}: ${msg}; retry ${attempt}/${this.retry.attempts - 1} in ${(wait / 1000).toFixed(1)} s`);
+        await sleep(wait, this.signal);
+        attempt++;
+        continue;
+      }
+      return res;
+    }
+  }
+
+  private gaveUp(o: RequestOptions, last: string, attempts: number): OrbError {
+    return new OrbError('network', `${o.what} failed after ${attempts} attempts: ${last}`, {
+      hint: 'the registry or the network kept failing; run the same command again to resume',
+    });
+  }
+
+  /** Throws a clear error for an unexpected status (after reading the registry's error body). */
+  async unexpected(res: HttpResponse, what: string): Promise<never> {
+    const detail = errorText(await res.text(64 << 10).catch(() => ''));
+    throw new OrbError(res.status === 404 ? 'input' : 'network', `${what}: ${this.host} answered HTTP ${res.status}${detail ? ' (' + detail + ')' : ''}`);
+  }
+
+  // ---- blobs ----
+
+  async headBlob(digest: string, repository = this.repository): Promise<number | undefined> {
+    const res = await this.request({
+      method: 'HEAD',
+      path: `/v2/${repository}/blobs/${digest}`,
+      scopes: [this.pullScope],
+      what: `check for blob ${digest.slice(7, 19)}`,
+      accept: [200, 404, 307, 302],
+    });
+    await res.discard();
+    if (res.status === 404) return undefined;
+    const len = Number(res.header('content-length'));
+    return Number.isFinite(len) && res.status === 200 ? len : -1;
+  }
+
+  /**
+   * GET a blob from `offset` (Range). Follows storage redirects without sending our credentials
+   * to another host. Returns the stream and the offset it really starts at (0 when the server
+   * ignored the Range).
+   */
+  async getBlob(digest: string, size: number, offset = 0): Promise<{ res: HttpResponse; offset: number }> {
+    const range = offset > 0 ? { range: `bytes=${offset}-` } : {};
+    let res = await this.request({
+      method: 'GET',
+      path: `/v2/${this.repository}/blobs/${digest}`,
+      headers: range,
+      scopes: [this.pullScope],
+      what: `download blob ${digest.slice(7, 19)}`,
+      accept: [200, 206, 301, 302, 303, 307, 308, 404, 416],
+    });
+    for (let hops = 0; res.status >= 300 && res.status < 400; hops++) {
+      const location = res.header('location');
+      await res.discard();
+      if (!location || hops >= 5) throw new OrbError('network', `download blob ${digest}: redirect without a usable Location`);
+      const target = new URL(location, res.url);
+      // Pre-signed storage URLs carry their own authorization; never add ours.
+      res = await this.fetchUrl(target.toString(), range, `download blob ${digest.slice(7, 19)}`);
+    }
+    if (res.status === 404) {
+      await res.discard();
+      throw new OrbError('input', `blob ${digest} is missing from ${this.host}/${this.repository}`, {
+        hint: 'the manifest refers to a blob the registry no longer has; publish the image again',
+      });
+    }
+    if (res.status === 416) {
+      await res.discard();
+      if (offset >= size) return { res, offset: size };
+      throw new TransientError(`download blob ${digest.slice(7, 19)}: HTTP 416 for bytes=${offset}-`);
+    }
+    if (res.status === 206) {
+      const m = /bytes\s+(\d+)-/.exec(res.header('content-range') ?? '');
+      return { res, offset: m ? Number(m[1]) : offset };
+    }
+    if (res.status === 200) return { res, offset: 0 };
+    return this.unexpected(res, `download blob ${digest}`);
+  }
+
+  /** A GET to a storage URL (after a redirect): retries, no registry credentials. */
+  async fetchUrl(url: string, headers: OutgoingHttpHeaders, what: string): Promise<HttpResponse> {
+    for (let attempt = 1; ; attempt++) {
+      let res: HttpResponse | undefined;
+      let msg: string;
+      let retryAfter: number | undefined;
+      try {
+        res = await this.http.send({ method: 'GET', url, headers, signal: this.signal });
+        if (!isRetryableStatus(res.status)) return res;
+        retryAfter = parseRetryAfter(res.header('retry-after'));
+        msg = `HTTP ${res.status}`;
+        await res.discard();
+      } catch (err) {
+        if (!(err instanceof TransientError)) throw err;
+        msg = err.message;
+      }
+      if (attempt >= this.retry.attempts) throw new OrbError('network', `${what} failed after ${attempt} attempts: ${msg}`);
+      await sleep(backoffMs(attempt, this.retry, retryAfter), this.signal);
+    }
+  }
+
+  // ---- manifests ----
+
+  async getManifest(ref: string): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
+    const res = await this.request({
+      method: 'GET',
+      path: `/v2/${this.repository}/manifests/${ref}`,
+      headers: { accept: MANIFEST_ACCEPT },
+      scopes: [this.pullScope],
+      what: `get manifest ${this.repository}:${ref}`,
+      accept: [200, 404],
+    });
+    if (res.status === 404) {
+      await res.discard();
+      throw new OrbError('input', `${this.host}/${this.repository} has no manifest '${ref}'`, {
+        hint: 'check the tag or digest (and the repository name); it may not be published yet',
+      });
+    }
+    const bytes = await res.buffer(8 << 20);
+    const digest = sha256Digest(bytes);
+    if (ref.startsWith('sha256:') && digest !== ref) {
+      throw new OrbError('integrity', `manifest ${ref} from ${this.host} has digest ${digest}: the registry returned different bytes`);
+    }
+    const header = res.header('docker-content-digest');
+    if (header && header.startsWith('sha256:') && header !== digest) {
+      throw new OrbError('integrity', `manifest ${this.repository}:${ref} from ${this.host}: body digest ${digest} differs from the registry's ${header}`);
+    }
+    const mediaType = (res.header('content-type') ?? '').split(';')[0]!.trim() || guessMediaType(bytes);
+    return { bytes, mediaType, digest };
+  }
+
+  /** PUT a manifest under `ref` (a tag or its digest); returns whether the registry handled `subject`. */
+  async putManifest(bytes: Buffer, mediaType: string, ref: string): Promise<{ digest: string; subjectHandled: boolean }> {
+    const res = await this.request({
+      method: 'PUT',
+      path: `/v2/${this.repository}/manifests/${ref}`,
+      headers: { 'content-type': mediaType },
+      body: bytes,
+      scopes: [this.pushScope],
+      what: `push manifest ${this.repository}:${ref}`,
+      accept: [200, 201, 202, 400, 404],
+    });
+    if (res.status >= 400) return this.unexpected(res, `push manifest ${this.repository}:${ref}`);
+    await res.discard();
+    const digest = sha256Digest(bytes);
+    const header = res.header('docker-content-digest');
+    if (header && header !== digest) {
+      throw new OrbError('integrity', `the registry stored manifest ${ref} as ${header}, expected ${digest}`);
+    }
+    return { digest, subjectHandled: !!res.header('oci-subject') };
+  }
+
+  // ---- referrers ----
+
+  /** Manifests whose `subject` is `digest`: the referrers API, else the `sha256-<hex>` tag. */
+  async referrers(digest: string, artifactType?: string): Promise<Descriptor[]> {
+    const q = artifactType ? `?artifactType=${encodeURIComponent(artifactType)}` : '';
+    const res = await this.request({
+      method: 'GET',
+      path: `/v2/${this.repository}/referrers/${digest}${q}`,
+      headers: { accept: OCI_INDEX },
+      scopes: [this.pullScope],
+      what: `list referrers of ${digest.slice(0, 19)}`,
+      accept: [200, 404, 400, 405],
+    });
+    let manifests: Descriptor[];
+    if (res.status === 200 && (res.header('content-type') ?? '').includes(OCI_INDEX)) {
+      manifests = (JSON.parse(await res.text()) as ImageIndex).manifests ?? [];
+    } else {
+      await res.discard();
+      manifests = (await this.fallbackIndex(digest))?.manifests ?? [];
+    }
+    return artifactType ? manifests.filter((m) => m.artifactType === artifactType) : manifests;
+  }
+
+  static fallbackTag(digest: string): string {
+    return digest.replace(':', '-');
+  }
+
+  async fallbackIndex(subject: string): Promise<ImageIndex | undefined> {
+    try {
+      const m = await this.getManifest(RegistryClient.fallbackTag(subject));
+      return JSON.parse(m.bytes.toString('utf8')) as ImageIndex;
+    } catch (err) {
+      if (err instanceof OrbError && err.kind === 'input') return undefined;
+      throw err;
+    }
+  }
+
+  /** Referrers tag schema (distribution-spec 1.1): add `desc` to the index tagged `sha256-<hex>`. */
+  async addFallbackReferrer(subject: string, desc: Descriptor): Promise<void> {
+    const index: ImageIndex = (await this.fallbackIndex(subject)) ?? { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [] };
+    if (index.manifests.some((m) => m.digest === desc.digest)) return;
+    index.manifests.push(desc);
+    await this.putManifest(Buffer.from(JSON.stringify(index)), OCI_INDEX, RegistryClient.fallbackTag(subject));
+  }
+}
+
+/** The `errors[0].message` of a distribution error body, or a short excerpt of the body. */
+export function errorText(body: string): string {
+  if (!body) return '';
+  try {
+    const j = JSON.parse(body) as { errors?: { code?: string; message?: string; detail?: unknown }[] };
+    const e = j.errors?.[0];
+    if (e) return [e.code, e.message].filter(Boolean).join(': ');
+  } catch {
+    /* not JSON */
+  }
+  return body.slice(0, 200).replace(/\s+/g, ' ').trim();
+}
+
+function guessMediaType(bytes: Buffer): string {
+  try {
+    const j = JSON.parse(bytes.toString('utf8')) as { mediaType?: string; manifests?: unknown };
+    return j.mediaType ?? (j.manifests ? OCI_INDEX : OCI_MANIFEST);
+  } catch {
+    return OCI_MANIFEST;
+  }
+}

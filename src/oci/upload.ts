@@ -1,0 +1,227 @@
+import { Transform, type Readable } from 'node:stream';
+import { OrbError } from '../core/errors.js';
+import { backoffMs, sleep, TransientError, type HttpResponse } from './http.js';
+import type { Descriptor } from './media.js';
+import { errorText, type RegistryClient } from './registry.js';
+
+/**
+ * Blob uploads (distribution-spec "pushing blobs"): a blob up to `chunkSize` goes up
+ * monolithically (POST, then one PUT with the body); a larger one in PATCH chunks of `chunkSize`,
+ * so a registry that limits request size or duration (GHCR: 10 minutes) accepts it. After a
+ * dropped connection or a retryable status we ask the registry where the session stands (GET on
+ * the upload URL: Range) and continue from that offset; when the session is gone (distribution
+ * 2.x cancels a session whose data and state disagree) only this blob starts over.
+ */
+export interface UploadOptions {
+  /** blobs larger than this go up in PATCH chunks of this size; 0: always one request */
+  chunkSize: number;
+  /** repositories on the same registry to mount the blob from instead of uploading it */
+  mountFrom?: readonly string[];
+}
+
+export interface UploadResult {
+  /** 'uploaded', or 'mounted' when the registry linked it from another repository */
+  how: 'uploaded' | 'mounted';
+  /** bytes sent over the wire, retries included */
+  sent: number;
+}
+
+/** Counts bytes as they leave the source, and stops after `limit` bytes. */
+function meter(source: Readable, limit: number, onBytes: (n: number) => void): Readable {
+  let left = limit;
+  const t = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      if (left <= 0) return cb();
+      const part = chunk.length > left ? chunk.subarray(0, left) : chunk;
+      left -= part.length;
+      onBytes(part.length);
+      cb(null, part);
+      if (left <= 0) {
+        source.unpipe(t);
+        source.destroy();
+        t.end();
+      }
+    },
+  });
+  source.on('error', (err) => t.destroy(err));
+  return source.pipe(t);
+}
+
+function locationOf(client: RegistryClient, res: HttpResponse, fallback?: string): string {
+  const loc = res.header('location');
+  if (!loc) {
+    if (fallback) return fallback;
+    throw new OrbError('network', `${client.host} started an upload without a Location header`);
+  }
+  return new URL(loc, res.url).toString();
+}
+
+/** Offset after the last byte the registry holds, from a `Range: 0-<last>` header. */
+function rangeEnd(res: HttpResponse): number | undefined {
+  const m = /^(?:bytes=)?0-(\d+)$/.exec((res.header('range') ?? '').trim());
+  if (!m) return undefined;
+  const last = Number(m[1]);
+  // distribution answers "0-0" for an empty session too; resending one byte is harmless.
+  return last === 0 ? 0 : last + 1;
+}
+
+function withDigest(url: string, digest: string): string {
+  const u = new URL(url);
+  u.searchParams.set('digest', digest);
+  return u.toString();
+}
+
+async function startSession(client: RegistryClient, desc: Descriptor, from?: string): Promise<{ mounted: boolean; url?: string }> {
+  const q = from ? `?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(from)}` : '';
+  const scopes = from ? [client.pushScope, `repository:${from}:pull`] : [client.pushScope];
+  const res = await client.request({
+    method: 'POST',
+    path: `/v2/${client.repository}/blobs/uploads/${q}`,
+    scopes,
+    what: from ? `mount blob ${desc.digest.slice(7, 19)} from ${from}` : `start upload of ${desc.digest.slice(7, 19)}`,
+    accept: [201, 202],
+  });
+  await res.discard();
+  if (res.status === 201) return { mounted: true };
+  return { mounted: false, url: locationOf(client, res) };
+}
+
+/** Where an upload session stands; undefined when the registry no longer knows it. */
+async function sessionStatus(client: RegistryClient, url: string): Promise<{ url: string; offset: number } | undefined> {
+  const res = await client.request({
+    method: 'GET',
+    path: url,
+    scopes: [client.pushScope],
+    what: 'check upload status',
+    accept: [204, 200, 400, 404, 416],
+  });
+  await res.discard();
+  if (res.status !== 204 && res.status !== 200) return undefined;
+  const offset = rangeEnd(res);
+  if (offset === undefined) return undefined;
+  return { url: locationOf(client, res, url), offset };
+}
+
+export async function uploadBlob(
+  client: RegistryClient,
+  desc: Descriptor,
+  open: (offset: number) => Readable,
+  opts: UploadOptions,
+  onBytes: (n: number) => void = () => {},
+): Promise<UploadResult> {
+  const short = desc.digest.slice(7, 19);
+  let url: string | undefined;
+  for (const from of opts.mountFrom ?? []) {
+    if (from === client.repository) continue;
+    const s = await startSession(client, desc, from);
+    if (s.mounted) return { how: 'mounted', sent: 0 };
+    url = s.url;
+    break;
+  }
+  let offset = 0;
+  // bytes reported to onBytes for this blob; corrected when the registry holds fewer
+  let counted = 0;
+  let sent = 0;
+  const count = (n: number) => {
+    counted += n;
+    sent += n;
+    onBytes(n);
+  };
+  for (let failures = 0; ; ) {
+    try {
+      if (!url) {
+        url = (await startSession(client, desc)).url!;
+        offset = 0;
+      }
+      let res: HttpResponse;
+      if (offset === 0 && (opts.chunkSize <= 0 || desc.size <= opts.chunkSize)) {
+        res = await client.request({
+          method: 'PUT',
+          path: withDigest(url, desc.digest),
+          headers: { 'content-type': 'application/octet-stream' },
+          body: { length: desc.size, open: () => meter(open(0), desc.size, count) },
+          scopes: [client.pushScope],
+          what: `upload blob ${short}`,
+          retry: false,
+          accept: [201, 204, 400, 404, 416],
+        });
+      } else {
+        while (offset < desc.size) {
+          const n = Math.min(opts.chunkSize > 0 ? opts.chunkSize : desc.size, desc.size - offset);
+          const start = offset;
+          const patch = await client.request({
+            method: 'PATCH',
+            path: url,
+            headers: { 'content-type': 'application/octet-stream', 'content-range': `${start}-${start + n - 1}` },
+            body: { length: n, open: () => meter(open(start), n, count) },
+            scopes: [client.pushScope],
+            what: `upload blob ${short} bytes ${start}-${start + n - 1}`,
+            retry: false,
+            accept: [202, 204, 400, 404, 416],
+          });
+          await patch.discard();
+          if (patch.status === 416) throw new TransientError(`upload blob ${short}: the registry expected another offset than ${start}`);
+          if (patch.status === 404) throw new TransientError(`upload blob ${short}: the upload session expired`);
+          if (patch.status === 400) return await client.unexpected(patch, `upload blob ${desc.digest}`);
+          url = locationOf(client, patch, url);
+          offset = rangeEnd(patch) ?? start + n;
+          if (offset !== start + n) client.log.debug(`upload ${short}: the registry holds ${offset} bytes after sending up to ${start + n}`);
+        }
+        res = await client.request({
+          method: 'PUT',
+          path: withDigest(url, desc.digest),
+          scopes: [client.pushScope],
+          what: `finish upload of ${short}`,
+          retry: false,
+          accept: [201, 204, 400, 404, 416],
+        });
+      }
+      if (res.status === 201 || res.status === 204) {
+        await res.discard();
+        const got = res.header('docker-content-digest');
+        if (got && got !== desc.digest) {
+          throw new OrbError('integrity', `the registry stored blob ${desc.digest} as ${got}`);
+        }
+        return { how: 'uploaded', sent };
+      }
+      const detail = errorText(await res.text(64 << 10).catch(() => ''));
+      if (res.status === 400 && /DIGEST_INVALID|SIZE_INVALID/i.test(detail)) {
+        throw new OrbError('integrity', `the registry rejected blob ${desc.digest}: ${detail}`, {
+          hint: 'the source changed while it was being published, or it is corrupt; check it and publish again',
+        });
+      }
+      if (res.status === 400 || res.status === 404 || res.status === 416) {
+        // The session is confused (distribution cancels it after a partial request): start over.
+        throw new TransientError(`upload blob ${short}: HTTP ${res.status} ${detail}`);
+      }
+      throw new OrbError('network', `upload blob ${desc.digest}: HTTP ${res.status} ${detail}`);
+    } catch (err) {
+      if (!(err instanceof TransientError)) throw err;
+      failures++;
+      if (failures >= client.retry.attempts) {
+        throw new OrbError('network', `upload of blob ${desc.digest} failed ${failures} times: ${err.message}`, {
+          hint: 'run the same command again: blobs already uploaded are skipped',
+        });
+      }
+      const wait = backoffMs(failures, client.retry, err.retryAfterMs);
+      client.log.info(`${err.message}; retrying in ${(wait / 1000).toFixed(1)} s`);
+      await sleep(wait, client.signal);
+      const status = url ? await sessionStatus(client, url).catch(() => undefined) : undefined;
+      if (status && status.offset <= desc.size) {
+        url = status.url;
+        offset = status.offset;
+        client.log.info(`upload of ${short} resumes at byte ${offset} of ${desc.size}`);
+      } else if ((await client.headBlob(desc.digest).catch(() => undefined)) !== undefined) {
+        // The upload completed but its answer was lost.
+        onBytes(desc.size - counted);
+        return { how: 'uploaded', sent };
+      } else {
+        url = undefined;
+        offset = 0;
+        client.log.info(`upload of ${short} starts over (the registry dropped the session)`);
+      }
+      onBytes(offset - counted);
+      counted = offset;
+    }
+  }
+}

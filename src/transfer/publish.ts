@@ -1,0 +1,210 @@
+import { UsageError } from '../core/errors.js';
+import { exists } from '../core/fsutil.js';
+import type { Logger } from '../core/log.js';
+import { newManifest, readManifest, writeManifest, type OrbManifest } from '../core/manifest.js';
+import { formatBytes, type Progress } from '../core/progress.js';
+import { readSmallBlob } from '../oci/layout-store.js';
+import { DISK_ARTIFACT, OCI_MANIFEST, type DiskConfig, type ImageManifest } from '../oci/media.js';
+import { isDigest, TAG_RE } from '../oci/reference.js';
+import type { BlobStore } from '../store/types.js';
+import { runPool } from './pool.js';
+import { prepareSource, type PreparedArtifact } from './source.js';
+
+/**
+ * Publish engine, generic over BlobStore: prepare the artifact, ask the target which blobs it
+ * already has (those are skipped, or mounted from a sibling repository), upload the rest in
+ * parallel, and only then push the manifest under every tag, so a tag never points at a
+ * manifest whose blobs are missing (two publishes racing for one tag leave it on one complete
+ * manifest: the last one pushed).
+ */
+export interface PublishOptions {
+  source: string;
+  /** tag inside a layout source */
+  sourceTag?: string;
+  target: BlobStore;
+  /** tags to push (the first is the main one); empty: push by digest only */
+  tags: readonly string[];
+  concurrency: number;
+  /** single files are split into parts of at most this size */
+  partSize: number;
+  /** repositories of the same registry to mount blobs from */
+  mountFrom?: readonly string[];
+  /** digest or tag (in the target) of a manifest this artifact refers to (OCI referrers) */
+  subject?: string;
+  /** extra manifest annotations (changes the digest of a layout's manifest) */
+  annotations?: Record<string, string>;
+  /** stage manifest to write or update with where the image went */
+  manifestPath?: string;
+  log: Logger;
+  progress(label: string, total?: number): Progress;
+  signal?: AbortSignal;
+}
+
+export interface PublishResult {
+  digest: string;
+  /** pullable reference by digest */
+  reference: string;
+  tags: string[];
+  artifactType: string;
+  contentDigest?: string;
+  blobs: number;
+  blobsUploaded: number;
+  blobsSkipped: number;
+  blobsMounted: number;
+  bytesTotal: number;
+  bytesUploaded: number;
+  bytesSkipped: number;
+  seconds: number;
+  manifestPath?: string;
+}
+
+async function applySubjectAndAnnotations(p: PreparedArtifact, opts: PublishOptions): Promise<void> {
+  if (!opts.subject && !opts.annotations) return;
+  const manifest: ImageManifest = JSON.parse(p.manifestBytes.toString('utf8')) as ImageManifest;
+  if (opts.annotations) manifest.annotations = { ...(manifest.annotations ?? {}), ...opts.annotations };
+  if (opts.subject) {
+    if (!isDigest(opts.subject) && !TAG_RE.test(opts.subject)) throw new UsageError(`subject '${opts.subject}' is neither a digest nor a tag`);
+    const s = await opts.target.getManifest(opts.subject);
+    manifest.subject = { mediaType: s.mediaType || OCI_MANIFEST, digest: s.digest, size: s.bytes.length };
+  }
+  p.manifest = manifest;
+  p.manifestBytes = Buffer.from(JSON.stringify(manifest));
+}
+
+export async function publish(opts: PublishOptions): Promise<PublishResult> {
+  const started = Date.now();
+  const log = opts.log;
+  for (const t of opts.tags) if (!TAG_RE.test(t)) throw new UsageError(`'${t}' is not a valid tag`, 'tags are up to 128 letters, digits, _ . and -');
+  const prepared = await prepareSource(opts.source, {
+    partSize: opts.partSize,
+    log,
+    progress: opts.progress,
+    ...(opts.sourceTag ? { tag: opts.sourceTag } : {}),
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  });
+  await applySubjectAndAnnotations(prepared, opts);
+  const target = opts.target;
+  const bytesTotal = prepared.blobs.reduce((a, b) => a + b.desc.size, 0);
+  log.info(`publishing ${prepared.describe} (${prepared.blobs.length} blobs, ${formatBytes(bytesTotal)}) to ${target.describe()}`);
+
+  // 1. What does the target have already?
+  const present = new Set<string>();
+  await runPool(
+    prepared.blobs,
+    Math.min(16, opts.concurrency * 2),
+    async (b) => {
+      const size = await target.statBlob(b.desc.digest);
+      if (size !== undefined && (size === b.desc.size || size === 0)) present.add(b.desc.digest);
+    },
+    opts.signal,
+  );
+  let missing = prepared.blobs.filter((b) => !present.has(b.desc.digest));
+
+  // 2. Cross-repository mounts cost no upload.
+  let mounted = 0;
+  let bytesMounted = 0;
+  if (missing.length && opts.mountFrom?.length && target.mountBlob) {
+    const mount = target.mountBlob.bind(target);
+    const done = new Set<string>();
+    await runPool(
+      missing,
+      Math.min(8, opts.concurrency * 2),
+      async (b) => {
+        for (const from of opts.mountFrom!) {
+          if (await mount(b.desc, from).catch(() => false)) {
+            done.add(b.desc.digest);
+            mounted++;
+            bytesMounted += b.desc.size;
+            return;
+          }
+        }
+      },
+      opts.signal,
+    );
+    missing = missing.filter((b) => !done.has(b.desc.digest));
+    if (mounted) log.info(`mounted ${mounted} blobs (${formatBytes(bytesMounted)}) from ${opts.mountFrom.join(', ')}`);
+  }
+  const toUpload = missing.reduce((a, b) => a + b.desc.size, 0);
+  const skipped = bytesTotal - toUpload;
+  log.info(
+    `${prepared.blobs.length - missing.length} of ${prepared.blobs.length} blobs already there (${formatBytes(skipped)} skipped); uploading ${missing.length} (${formatBytes(toUpload)})`,
+  );
+
+  // 3. Upload the rest, largest first so the tail of the transfer is not one big blob alone.
+  const progress = opts.progress('uploading', toUpload);
+  missing.sort((a, b) => b.desc.size - a.desc.size);
+  await runPool(
+    missing,
+    opts.concurrency,
+    async (b) => {
+      await target.putBlob(b.desc, (offset) => b.open(offset), (n) => progress.add(n));
+    },
+    opts.signal,
+  );
+  progress.done();
+
+  // 4. The manifest, under every tag, only now that every blob it names is there.
+  const digest = await target.putManifest(prepared.manifestBytes, prepared.mediaType, opts.tags);
+  const reference = `${target.describe()}@${digest}`;
+  const seconds = (Date.now() - started) / 1000;
+  log.info(`published ${reference}${opts.tags.length ? ` (tags: ${opts.tags.join(', ')})` : ''} in ${seconds.toFixed(1)} s`);
+
+  const result: PublishResult = {
+    digest,
+    reference,
+    tags: [...opts.tags],
+    artifactType: prepared.artifactType,
+    ...(prepared.contentDigest ? { contentDigest: prepared.contentDigest } : {}),
+    blobs: prepared.blobs.length,
+    blobsUploaded: missing.length,
+    blobsSkipped: prepared.blobs.length - missing.length - mounted,
+    blobsMounted: mounted,
+    bytesTotal,
+    bytesUploaded: toUpload,
+    bytesSkipped: skipped,
+    seconds,
+  };
+  const manifestPath = opts.manifestPath ?? prepared.stageManifest?.path;
+  if (manifestPath) {
+    await recordInStageManifest(manifestPath, prepared, result, target);
+    result.manifestPath = manifestPath;
+  }
+  return result;
+}
+
+async function recordInStageManifest(path: string, p: PreparedArtifact, r: PublishResult, target: BlobStore): Promise<void> {
+  let m: OrbManifest;
+  if (p.stageManifest?.path === path) m = p.stageManifest.manifest;
+  else if (await exists(path)) m = await readManifest(path);
+  else m = await describeImage(p, target);
+  m.published = {
+    reference: r.reference,
+    digest: r.digest,
+    tags: r.tags,
+    artifactType: r.artifactType,
+    ...(r.contentDigest ? { contentDigest: r.contentDigest } : {}),
+    bytesUploaded: r.bytesUploaded,
+    bytesSkipped: r.bytesSkipped,
+    at: new Date().toISOString(),
+  };
+  await writeManifest(path, m);
+}
+
+async function describeImage(p: PreparedArtifact, target: BlobStore): Promise<OrbManifest> {
+  if (p.image) return newManifest('publish', p.image);
+  let virtualSize = 0;
+  let contentSha256: string | undefined;
+  if (p.artifactType === DISK_ARTIFACT) {
+    const cfg = JSON.parse((await readSmallBlob(target, p.manifest.config)).toString('utf8')) as DiskConfig;
+    virtualSize = cfg.virtualSize;
+    contentSha256 = cfg.contentDigest?.replace(/^sha256:/, '');
+  }
+  const fileSize = p.blobs.reduce((a, b) => a + b.desc.size, 0);
+  return newManifest('publish', {
+    path: p.describe.replace(/^oci-layout:/, '').replace(/:[^:/]*$/, ''),
+    format: 'chunked',
+    virtualSize,
+    fileSize,
+    ...(contentSha256 ? { contentSha256 } : {}),
+  });
+}

@@ -1,0 +1,262 @@
+import { mkdir, open, rm, stat, type FileHandle } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { OrbError, UsageError } from '../core/errors.js';
+import { ensureFreeSpace, exists } from '../core/fsutil.js';
+import type { Logger } from '../core/log.js';
+import { newManifest, writeManifest, type BuildInfo, type ImageFormat } from '../core/manifest.js';
+import { formatBytes, type Progress } from '../core/progress.js';
+import { defaultRetryPolicy, type RetryPolicy } from '../oci/http.js';
+import type { BlobStore } from '../store/types.js';
+import { openBase, type BaseSource } from './base.js';
+import { Journal } from './journal.js';
+import { OrderedHasher } from './hasher.js';
+import { finishOutput, type OutputFormat } from './output.js';
+import { contentSegments, makePlan, resolveManifest, type Plan, type Region, type Unit } from './plan.js';
+import { ByteBudget, runPool } from './pool.js';
+import { downloadUnit, type UnitContext } from './unit.js';
+
+/**
+ * Pull engine, generic over BlobStore. The output is assembled in `<output>.partial` (sparse:
+ * zero chunks are never written), with a journal beside it so a rerun after any interruption
+ * fetches only what is missing. Every blob is checked against its digest and every chunk
+ * against its content digest before it counts; the whole content's sha256 is computed in order
+ * while the pieces land and compared at the end. Only then does the output path appear
+ * (rename), converted to qcow2 when asked.
+ */
+export interface PullOptions {
+  source: BlobStore;
+  /** tag or digest in the source */
+  ref: string;
+  /** the reference as the user wrote it, for messages */
+  display: string;
+  output: string;
+  format: OutputFormat;
+  base?: string;
+  concurrency: number;
+  /** write a stage manifest describing the pulled image here */
+  manifestPath?: string;
+  log: Logger;
+  progress(label: string, total?: number): Progress;
+  signal?: AbortSignal;
+  retry?: RetryPolicy;
+  /** memory for compressed chunks in flight (bigger blobs are spooled to disk) */
+  memoryBudget?: number;
+}
+
+export interface PullResult {
+  path: string;
+  format: string;
+  digest: string;
+  reference: string;
+  artifactType: string;
+  contentSha256: string;
+  virtualSize: number;
+  fileSize: number;
+  bytesDownloaded: number;
+  bytesReused: number;
+  bytesResumed: number;
+  chunks: number;
+  chunksDownloaded: number;
+  chunksReused: number;
+  seconds: number;
+  manifestPath?: string;
+}
+
+export async function pull(o: PullOptions): Promise<PullResult> {
+  const started = Date.now();
+  const log = o.log;
+  const out = resolve(o.output);
+  const { manifest, digest } = await resolveManifest(o.source, o.ref, o.display);
+  const plan = await makePlan(o.source, manifest, digest, o.display);
+  const srcFormat = plan.kind === 'disk' ? 'raw' : (plan.fileFormat ?? 'raw');
+  if (plan.kind === 'disk' && o.format === 'auto') o.format = 'raw';
+  const regionCount = plan.units.reduce((a, u) => a + u.regions.length, 0);
+  log.info(`${o.display}: ${plan.kind === 'disk' ? 'disk image' : `file ${plan.fileName} (${srcFormat})`}, ${formatBytes(plan.size)}, ${regionCount} ${plan.kind === 'disk' ? 'chunks' : 'parts'} in ${plan.units.length} blobs`);
+
+  const partial = `${out}.partial`;
+  const journalPath = `${partial}.journal`;
+  const spoolDir = `${partial}.d`;
+  await mkdir(dirname(out), { recursive: true });
+  if ((await stat(out).catch(() => undefined))?.isDirectory()) throw new UsageError(`output ${out} is a directory`, 'give a file path');
+
+  const fh = await open(partial, (await exists(partial)) ? 'r+' : 'w+');
+  let hasher: OrderedHasher | undefined;
+  let base: BaseSource | undefined;
+  try {
+    const { journal, resumed } = await Journal.open(journalPath, { manifest: digest, size: plan.size }, fh);
+    if (!resumed) await fh.truncate(0); // stale bytes of another manifest would break the zero gaps
+    await fh.truncate(plan.size);
+    const segments = contentSegments(plan);
+    const segIndex = new Map<number, number>();
+    segments.forEach((s, i) => {
+      if (!s.zero) segIndex.set(s.offset, i);
+    });
+    hasher = new OrderedHasher(partial, segments);
+    const h = hasher;
+    const done = new Set<number>();
+    let bytesResumed = 0;
+    for (const u of plan.units) {
+      for (const r of u.regions) {
+        if (journal.regions.get(r.offset) === r.digest) {
+          done.add(r.offset);
+          bytesResumed += r.length;
+          h.markDone(segIndex.get(r.offset)!);
+        }
+      }
+    }
+    const markDone = (r: Region) => {
+      done.add(r.offset);
+      journal.regionDone(r.offset, r.digest);
+      h.markDone(segIndex.get(r.offset)!);
+    };
+    const pending = (u: Unit) => u.regions.filter((r) => !done.has(r.offset));
+    if (resumed && bytesResumed) log.info(`resuming: ${formatBytes(bytesResumed)} already in place from an earlier run`);
+
+    const remainingBytes = plan.units.reduce((a, u) => a + pending(u).reduce((b, r) => b + r.length, 0), 0);
+    await ensureFreeSpace(out, remainingBytes + (o.format === 'qcow2' || (plan.kind === 'file' && o.format !== 'auto') ? plan.size : 0), `pulling ${o.display}`);
+    const budget = new ByteBudget(o.memoryBudget ?? 256 << 20);
+
+    // 1. Take what the base has (verified chunk by chunk).
+    let bytesReused = 0;
+    let chunksReused = 0;
+    if (o.base) {
+      base = await openBase(o.base);
+      const b = base;
+      const candidates = plan.units.filter((u) => pending(u).length);
+      const progress = o.progress(`reusing from ${b.describe}`, candidates.reduce((a, u) => a + pending(u).reduce((s, r) => s + r.length, 0), 0));
+      await runPool(
+        candidates,
+        Math.max(2, Math.min(4, o.concurrency)),
+        async (u) => {
+          for (const r of pending(u)) {
+            await budget.acquire(r.length);
+            try {
+              const data = await b.lookup(r);
+              if (data) {
+                await writeAll(fh, data, r.offset);
+                markDone(r);
+                bytesReused += r.length;
+                chunksReused++;
+              }
+            } finally {
+              budget.release(r.length);
+            }
+            progress.add(r.length);
+          }
+        },
+        o.signal,
+      );
+      progress.done(`reused ${formatBytes(bytesReused)} (${chunksReused} chunks) from ${b.describe}`);
+    }
+
+    // 2. Download the rest in parallel.
+    const todo = plan.units.filter((u) => pending(u).length);
+    const downloadTotal = todo.reduce((a, u) => a + u.blob.size - (journal.partial.get(u.blob.digest)?.bytes ?? 0), 0);
+    const progress = o.progress('downloading', downloadTotal);
+    let bytesDownloaded = 0;
+    const ctx: UnitContext = {
+      store: o.source,
+      fh,
+      partialPath: partial,
+      spoolDir,
+      journal,
+      budget,
+      retry: o.retry ?? defaultRetryPolicy(),
+      log,
+      signal: o.signal,
+      onBytes: (n) => {
+        bytesDownloaded += n;
+        progress.add(n);
+      },
+      markDone,
+      regionsDownloaded: 0,
+    };
+    await runPool(todo, o.concurrency, (u) => downloadUnit(ctx, u, pending(u)), o.signal);
+    progress.done();
+    await journal.flush();
+
+    // 3. The whole content, hashed in order as it landed.
+    const content = await h.finish();
+    hasher = undefined;
+    if (content !== plan.contentDigest) {
+      await journal.remove();
+      await fh.close().catch(() => undefined);
+      await rm(partial, { force: true });
+      throw new OrbError('integrity', `the assembled ${plan.kind === 'disk' ? 'disk' : 'file'} has sha256 ${content}, the image says ${plan.contentDigest}`, {
+        hint: 'every chunk matched its digest, so the published manifest is inconsistent; publish the image again',
+      });
+    }
+    await fh.datasync();
+    await fh.close();
+    const format = await finishOutput(partial, srcFormat, out, o.format, log, o.signal);
+    await journal.remove();
+    await rm(spoolDir, { recursive: true, force: true });
+    const fileSize = (await stat(out)).size;
+    const seconds = (Date.now() - started) / 1000;
+    const result: PullResult = {
+      path: out,
+      format,
+      digest,
+      reference: `${o.source.describe()}@${digest}`,
+      artifactType: plan.artifactType,
+      contentSha256: plan.contentDigest.slice('sha256:'.length),
+      virtualSize: plan.kind === 'disk' ? plan.size : format === srcFormat ? plan.size : await virtualSizeOf(out, format),
+      fileSize,
+      bytesDownloaded,
+      bytesReused,
+      bytesResumed,
+      chunks: regionCount,
+      chunksDownloaded: ctx.regionsDownloaded,
+      chunksReused,
+      seconds,
+    };
+    log.info(
+      `pulled ${o.display} to ${out} (${format}) in ${seconds.toFixed(1)} s: downloaded ${formatBytes(bytesDownloaded)}, reused ${formatBytes(bytesReused)}` +
+        (bytesResumed ? `, ${formatBytes(bytesResumed)} from an earlier run` : ''),
+    );
+    if (o.manifestPath) {
+      await writeStageManifest(o.manifestPath, plan, result);
+      result.manifestPath = o.manifestPath;
+    }
+    return result;
+  } catch (err) {
+    await hasher?.abort();
+    await fh.close().catch(() => undefined);
+    if (err instanceof OrbError && (err.kind === 'network' || err.kind === 'interrupted' || err.kind === 'integrity')) {
+      const hint = err.hint ? `${err.hint}. ` : '';
+      throw new OrbError(err.kind, err.message, {
+        hint: `${hint}What was fetched is kept in ${partial}: run the same command again to continue, or delete ${partial}* to start over`,
+        cause: err,
+      });
+    }
+    throw err;
+  } finally {
+    await base?.close();
+  }
+}
+
+export async function writeAll(fh: FileHandle, data: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+async function virtualSizeOf(path: string, format: string): Promise<number> {
+  if (format === 'raw') return (await stat(path)).size;
+  const { run, requireTool } = await import('../core/proc.js');
+  const r = await run(requireTool('qemu-img', 'qemu-utils'), ['info', '--output=json', '-f', format, path], { check: true });
+  return (JSON.parse(r.stdout) as { 'virtual-size': number })['virtual-size'];
+}
+
+async function writeStageManifest(path: string, plan: Plan, r: PullResult): Promise<void> {
+  const m = newManifest(
+    'pull',
+    { path: r.path, format: r.format as ImageFormat, virtualSize: r.virtualSize, fileSize: r.fileSize, contentSha256: r.contentSha256 },
+    { published: { reference: r.reference, digest: r.digest } },
+  );
+  const build = plan.config?.build as BuildInfo | undefined;
+  if (build) m.build = build;
+  await writeManifest(path, m);
+}
