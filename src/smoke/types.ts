@@ -1,5 +1,5 @@
 import type { Logger } from '../core/log.js';
-import type { Accelerator, Arch, DiskInterface, Firmware } from '../qemu/runner.js';
+import type { Accelerator, Arch, DiskInterface, Firmware, Vm } from '../qemu/runner.js';
 import type { RdpProbeResult } from '../rdp/probe.js';
 import type { RdpProtocol } from '../rdp/x224.js';
 import type { DiskFacts } from './disk.js';
@@ -51,6 +51,8 @@ export interface SmokeOptions {
   /** ACPI power-off grace before QEMU is stopped hard, default 20 s */
   shutdownGraceMs?: number;
   qemuBinary?: string;
+  /** called once QEMU runs (tests inspect the forwards; callers can log the pid) */
+  onVmStarted?: (vm: Vm) => void;
   signal?: AbortSignal;
   log: Logger;
 }
@@ -92,6 +94,8 @@ export interface SmokeResult {
   serialLog: string;
   qemuLog: string;
   evidenceDir: string;
+  /** QEMU's process id (gone by the time the result is returned) */
+  qemuPid?: number;
   /** how the VM was stopped */
   shutdown?: string;
 }
