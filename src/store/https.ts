@@ -21,7 +21,7 @@ import {
 import { detectFileFormat } from '../transfer/source.js';
 import { checkUrlScheme, redactUrl } from './https-client.js';
 import { digestFromHeaders, RemoteFile } from './https-file.js';
-import type { OpenedStore, StoreOptions } from './open.js';
+import { registerStoreInputs, type OpenedStore, type StoreOptions } from './open.js';
 import type { BlobStore } from './types.js';
 
 /**
@@ -278,3 +278,5 @@ export async function openHttps(ref: string, opts: StoreOptions): Promise<Opened
   });
   return { store, display: store.describe() };
 }
+
+registerStoreInputs(['pull'], httpsInputs);

@@ -30,7 +30,7 @@ import {
   multipartUpload,
   type ChecksumSupport,
 } from './s3-multipart.js';
-import type { OpenedStore, StoreOptions } from './open.js';
+import { registerStoreInputs, registerStoreOutputs, type OpenedStore, type StoreOptions } from './open.js';
 import type { BlobStore } from './types.js';
 
 /**
@@ -156,7 +156,7 @@ export class S3Store implements BlobStore {
   readonly maxBlobSize = MAX_OBJECT;
   private clientP?: Promise<{ client: S3Client; anonymous: boolean }>;
   private readonly checksums: ChecksumSupport = { enabled: true };
-  private outputs: Record<string, string> = {};
+  private extraOutputs: Record<string, string> = {};
 
   constructor(
     readonly ref: S3Ref,
@@ -170,8 +170,9 @@ export class S3Store implements BlobStore {
     }
   }
 
+  /** The reference without tag (publish appends @digest to it for the pullable reference). */
   describe(): string {
-    return `s3://${this.ref.bucket}/${this.ref.prefix}${this.o.endpoint ? ` at ${this.o.endpoint}` : ''}`;
+    return `s3://${this.ref.bucket}${this.ref.prefix ? '/' + this.ref.prefix.replace(/\/$/, '') : ''}`;
   }
 
   private async c(): Promise<{ client: S3Client; anonymous: boolean }> {
@@ -339,7 +340,10 @@ export class S3Store implements BlobStore {
         const recorded = res.Metadata?.['sha256'];
         if (!checked && recorded && recorded !== hex) {
           (res.Body as Readable).destroy();
-          throw new OrbError('integrity', `${this.describe()}${key} records SHA-256 ${recorded}, not ${hex}`);
+          throw new OrbError(
+            'integrity',
+            `s3://${this.ref.bucket}/${key} records SHA-256 ${recorded}, not ${hex}`,
+          );
         }
         checked = true;
         return res.Body as Readable;
@@ -479,9 +483,9 @@ export class S3Store implements BlobStore {
       createHash('sha256').update(body).digest('hex'),
       'upload pre-signed bundle',
     );
-    this.outputs['presigned-url'] = await sign(key);
-    this.outputs['presigned-expires'] = bundle.expires;
-    if (m.layers?.length === 1) this.outputs['presigned-file-url'] = blobs[m.layers[0]!.digest]!;
+    this.extraOutputs['presigned-url'] = await sign(key);
+    this.extraOutputs['presigned-expires'] = bundle.expires;
+    if (m.layers?.length === 1) this.extraOutputs['presigned-file-url'] = blobs[m.layers[0]!.digest]!;
     this.o.log.info(
       `pre-signed URL valid until ${bundle.expires}: orb pull '<presigned-url>' (the URL is a secret; it is in the outputs)`,
     );
@@ -489,7 +493,7 @@ export class S3Store implements BlobStore {
 
   /** Extra publish outputs (presigned-url, presigned-expires, presigned-file-url). */
   publishedOutputs(): Record<string, string> {
-    return { ...this.outputs };
+    return { ...this.extraOutputs };
   }
 
   async getManifest(ref: string): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
@@ -536,3 +540,33 @@ export async function openS3(ref: string, opts: StoreOptions): Promise<OpenedSto
   const tag = r.digest ?? r.tag ?? 'latest';
   return { store, tag, display: formatS3Ref(r, tag) };
 }
+
+registerStoreInputs(
+  ['publish', 'pull'],
+  s3Inputs.filter((i) => i.name !== 'presign' && i.name !== 's3-part-size'),
+);
+registerStoreInputs(
+  ['publish'],
+  s3Inputs.filter((i) => i.name === 'presign' || i.name === 's3-part-size'),
+);
+registerStoreOutputs(
+  ['publish'],
+  [
+    {
+      name: 'presigned-url',
+      secret: true,
+      description:
+        'S3 with presign: URL of the pre-signed bundle; `orb pull URL` fetches the image without credentials until it expires',
+    },
+    {
+      name: 'presigned-expires',
+      description: 'S3 with presign: when the pre-signed URLs stop working (ISO 8601)',
+    },
+    {
+      name: 'presigned-file-url',
+      secret: true,
+      description:
+        'S3 with presign, single-file artifacts of one part: pre-signed URL of the file itself (for curl or a browser)',
+    },
+  ],
+);

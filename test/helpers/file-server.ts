@@ -52,47 +52,18 @@ export async function startFileServer(root: string, options: FileServerOptions =
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
       return;
     }
-    const headers: Record<string, string> = {
-      'content-type': path.endsWith('.json') ? 'application/json' : 'application/octet-stream',
-      'last-modified': st.mtime.toUTCString(),
-      ...(options.ignoreRange ? {} : { 'accept-ranges': 'bytes' }),
-      ...(options.headers?.(path) ?? {}),
-    };
-    let start = 0;
-    let end = st.size - 1;
-    let status = 200;
-    const m = !options.ignoreRange && range ? /^bytes=(\d*)-(\d*)$/.exec(range) : null;
-    if (m) {
-      if (m[1] === '') {
-        start = Math.max(0, st.size - Number(m[2]));
-      } else {
-        start = Number(m[1]);
-        if (m[2] !== '') end = Math.min(end, Number(m[2]));
-      }
-      if (start >= st.size || start > end) {
-        res.writeHead(416, { 'content-range': `bytes */${st.size}` }).end();
-        return;
-      }
-      status = 206;
-      headers['content-range'] = `bytes ${start}-${end}/${st.size}`;
-    }
-    headers['content-length'] = String(Math.max(0, end - start + 1));
-    res.writeHead(status, headers);
-    if (req.method === 'HEAD' || st.size === 0) {
-      res.end();
-      return;
-    }
-    const cut = options.breakAfter?.(path, range);
-    const src = createReadStream(file, {
-      start,
-      end: cut === undefined ? end : Math.min(end, start + cut - 1),
-      highWaterMark: 1 << 20,
-    });
-    if (cut === undefined) src.pipe(res);
-    else {
-      src.on('data', (d) => res.write(d));
-      src.on('end', () => setTimeout(() => res.socket?.destroy(), 20));
-    }
+    serveFile(
+      req,
+      res,
+      file,
+      st.size,
+      {
+        'content-type': path.endsWith('.json') ? 'application/json' : 'application/octet-stream',
+        'last-modified': st.mtime.toUTCString(),
+        ...(options.headers?.(path) ?? {}),
+      },
+      { ignoreRange: options.ignoreRange === true, breakAfter: options.breakAfter?.(path, range) },
+    );
   });
   server.keepAliveTimeout = 30_000;
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -108,4 +79,55 @@ export async function startFileServer(root: string, options: FileServerOptions =
         server.close(() => r());
       }),
   };
+}
+
+/** Answers GET/HEAD for one file with single-range support (206/416), as static servers do. */
+export function serveFile(
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  file: string,
+  size: number,
+  extra: Record<string, string>,
+  opts: { ignoreRange?: boolean; breakAfter?: number } = {},
+): void {
+  const range = req.headers.range;
+  const headers: Record<string, string> = {
+    ...(opts.ignoreRange ? {} : { 'accept-ranges': 'bytes' }),
+    ...extra,
+  };
+  let start = 0;
+  let end = size - 1;
+  let status = 200;
+  const m = !opts.ignoreRange && range ? /^bytes=(\d*)-(\d*)$/.exec(range) : null;
+  if (m) {
+    if (m[1] === '') {
+      start = Math.max(0, size - Number(m[2]));
+    } else {
+      start = Number(m[1]);
+      if (m[2] !== '') end = Math.min(end, Number(m[2]));
+    }
+    if (start >= size || start > end) {
+      res.writeHead(416, { 'content-range': `bytes */${size}` }).end();
+      return;
+    }
+    status = 206;
+    headers['content-range'] = `bytes ${start}-${end}/${size}`;
+  }
+  headers['content-length'] = String(Math.max(0, end - start + 1));
+  res.writeHead(status, headers);
+  if (req.method === 'HEAD' || size === 0) {
+    res.end();
+    return;
+  }
+  const cut = opts.breakAfter;
+  const src = createReadStream(file, {
+    start,
+    end: cut === undefined ? end : Math.min(end, start + cut - 1),
+    highWaterMark: 1 << 20,
+  });
+  if (cut === undefined) src.pipe(res);
+  else {
+    src.on('data', (d) => res.write(d));
+    src.on('end', () => setTimeout(() => res.socket?.destroy(), 20));
+  }
 }
