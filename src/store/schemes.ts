@@ -5,3 +5,10 @@ import { openRegistryStore } from '../oci/registry-store.js';
 
 registerScheme('oci://', openRegistryStore);
 registerScheme('oci-layout:', openLayoutStore);
+import { openS3 } from './s3.js';
+registerScheme('s3://', openS3);
+import { openHttps } from './https.js';
+registerScheme('https://', openHttps);
+registerScheme('http://', openHttps);
+import { openGitlab } from './gitlab.js';
+registerScheme('gitlab://', openGitlab);
