@@ -43,7 +43,7 @@ interface Token {
 
 export class Authenticator {
   private challenge: Challenge | undefined;
-  private readonly tokens = new Map<string, Promise<Token>>();
+  private readonly tokens = new Map<string, { pending: Promise<Token>; value?: string }>();
 
   constructor(
     private readonly http: HttpClient,
@@ -76,25 +76,36 @@ export class Authenticator {
     }
     if (this.creds?.registryToken) return `Bearer ${this.creds.registryToken}`;
     const key = [...scopes].sort().join(' ');
-    let pending = this.tokens.get(key);
-    if (pending) {
-      const t = await pending.catch(() => undefined);
+    const cached = this.tokens.get(key);
+    if (cached) {
+      const t = await cached.pending.catch(() => undefined);
       if (t && t.expiresAt - Date.now() > 10_000) return `Bearer ${t.value}`;
-      if (this.tokens.get(key) === pending) this.tokens.delete(key);
+      if (this.tokens.get(key) === cached) this.tokens.delete(key);
     }
-    pending = this.tokens.get(key) ?? this.fetchToken(c, scopes);
-    this.tokens.set(key, pending);
+    let entry = this.tokens.get(key);
+    if (!entry) {
+      const e: { pending: Promise<Token>; value?: string } = { pending: this.fetchToken(c, scopes) };
+      e.pending.then((t) => (e.value = t.value)).catch(() => undefined);
+      this.tokens.set(key, e);
+      entry = e;
+    }
     try {
-      return `Bearer ${(await pending).value}`;
+      return `Bearer ${(await entry.pending).value}`;
     } catch (err) {
-      this.tokens.delete(key);
+      if (this.tokens.get(key) === entry) this.tokens.delete(key);
       throw err;
     }
   }
 
-  /** Forget the token for `scopes` (the registry rejected it); the next header() fetches anew. */
-  invalidate(scopes: readonly string[]): void {
-    this.tokens.delete([...scopes].sort().join(' '));
+  /**
+   * The registry rejected `used` for `scopes`: forget it, so the next header() fetches anew.
+   * When several requests fail with the same token at once, only the first refresh happens.
+   */
+  invalidate(scopes: readonly string[], used?: string): void {
+    const key = [...scopes].sort().join(' ');
+    const cached = this.tokens.get(key);
+    if (!cached) return;
+    if (used === undefined || (cached.value !== undefined && `Bearer ${cached.value}` === used)) this.tokens.delete(key);
   }
 
   private async fetchToken(c: Challenge, scopes: readonly string[]): Promise<Token> {

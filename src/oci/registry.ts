@@ -177,7 +177,7 @@ export class RegistryClient {
         // A token can expire (or be revoked) mid-transfer: fetch a fresh one, once.
         if (!authRetried && (this.auth.learn(res) || this.auth.scheme !== 'none')) {
           authRetried = true;
-          this.auth.invalidate(o.scopes);
+          this.auth.invalidate(o.scopes, authz);
           this.log.debug(`${o.what}: 401, refreshing the token`);
           continue;
         }

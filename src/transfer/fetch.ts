@@ -41,6 +41,8 @@ export async function fetchBlob(o: FetchOptions): Promise<{ digest: string; down
   // Attempts that moved no byte count toward giving up; progress resets the count, so a long
   // transfer over a flaky link keeps going as long as it advances.
   let stalls = 0;
+  // the server ended a response early, or refused the range of the rest: its copy may be short
+  let shortBody = false;
   for (;;) {
     if (o.signal?.aborted) throw new OrbError('interrupted', 'interrupted');
     if (have >= size) break;
@@ -81,16 +83,18 @@ export async function fetchBlob(o: FetchOptions): Promise<{ digest: string; down
         stream.destroy();
       }
       if (have >= size) break;
+      shortBody = true;
       why = `the connection closed after ${have} of ${size} bytes`;
     } catch (err) {
       // OrbErrors are final (the store already retried what it could); anything else is the
       // connection failing mid-blob, which a ranged request continues.
       if (err instanceof OrbError) throw err;
       why = (err as Error).message || String(err);
+      if (/HTTP 416/.test(why)) shortBody = true;
     }
     stalls = have > before ? 1 : stalls + 1;
     if (stalls >= o.retry.attempts) {
-      if (have > 0 && /closed after/.test(why)) {
+      if (shortBody) {
         throw new OrbError('integrity', `blob ${o.desc.digest} from ${o.store.describe()} is truncated: the server sends only ${have} of ${size} bytes`, {
           hint: 'the registry copy is damaged or a proxy cuts it short; publish the image again',
         });

@@ -82,8 +82,10 @@ export async function pull(o: PullOptions): Promise<PullResult> {
   const fh = await open(partial, (await exists(partial)) ? 'r+' : 'w+');
   let hasher: OrderedHasher | undefined;
   let base: BaseSource | undefined;
+  let openJournal: Journal | undefined;
   try {
     const { journal, resumed } = await Journal.open(journalPath, { manifest: digest, size: plan.size }, fh);
+    openJournal = journal;
     if (!resumed) await fh.truncate(0); // stale bytes of another manifest would break the zero gaps
     await fh.truncate(plan.size);
     const segments = contentSegments(plan);
@@ -173,12 +175,13 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     };
     await runPool(todo, o.concurrency, (u) => downloadUnit(ctx, u, pending(u)), o.signal);
     progress.done();
-    await journal.flush();
+    await journal.close();
 
     // 3. The whole content, hashed in order as it landed.
     const content = await h.finish();
     hasher = undefined;
     if (content !== plan.contentDigest) {
+      openJournal = undefined;
       await journal.remove();
       await fh.close().catch(() => undefined);
       await rm(partial, { force: true });
@@ -188,6 +191,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     }
     await fh.datasync();
     await fh.close();
+    openJournal = undefined;
     const format = await finishOutput(partial, srcFormat, out, o.format, log, o.signal);
     await journal.remove();
     await rm(spoolDir, { recursive: true, force: true });
@@ -221,6 +225,8 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     return result;
   } catch (err) {
     await hasher?.abort();
+    // Record what did land, so the rerun the hint suggests continues from there.
+    await openJournal?.close().catch(() => undefined);
     await fh.close().catch(() => undefined);
     if (err instanceof OrbError && (err.kind === 'network' || err.kind === 'interrupted' || err.kind === 'integrity')) {
       const hint = err.hint ? `${err.hint}. ` : '';
