@@ -2,6 +2,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseHostPort, probeOnce, probeRdp, RdpProbeError } from '../src/rdp/probe.js';
 import { connectionRequest, parseConfirm, PROTOCOL_HYBRID, PROTOCOL_RDP, PROTOCOL_SSL } from '../src/rdp/x224.js';
+import { orb } from './helpers/cli.js';
 import { freePort, startXrdp, type Xrdp } from './helpers/xrdp.js';
 
 /** A TCP server on 127.0.0.1 whose behaviour per connection is given. */
@@ -86,6 +87,27 @@ describe('RDP probe against xrdp', () => {
     expect(r.tls?.version).toMatch(/^TLSv1\.[23]$/);
     expect(new Date(r.tls!.validTo).getTime()).toBeGreaterThan(Date.now());
     expect(r.attempts).toBe(1);
+  });
+
+  it('orb rdp-probe HOST:PORT --json reports protocol and tls-subject', async () => {
+    const r = await orb(['rdp-probe', `${xrdp.host}:${xrdp.port}`, '--timeout', '10', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as Record<string, unknown>;
+    expect(out).toMatchObject({ protocol: 'tls', 'tls-subject': xrdp.subject, 'tls-issuer': xrdp.subject, host: xrdp.host, port: xrdp.port, attempts: 1 });
+    expect(out['tls-not-after']).toMatch(/^\d{4}-\d\d-\d\dT/);
+    expect(r.stderr).toMatch(/answered RDP: TLS, certificate CN=orb-xrdp-test/);
+  });
+
+  it('orb rdp-probe fails with a clear message and a non-zero exit', async () => {
+    const port = await freePort();
+    const r = await orb(['rdp-probe', `127.0.0.1:${port}`, '--timeout', '2', '--json']);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/error: RDP check failed: no RDP answer from 127\.0\.0\.1:\d+ within 2 s .*connection refused/);
+    expect(r.stderr).toMatch(/hint: /);
+    const bad = await orb(['rdp-probe', 'host:notaport']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/'host:notaport' is not HOST:PORT/);
   });
 
   it('reports standard RDP security when only that is offered', async () => {

@@ -1,6 +1,8 @@
+import '../store/schemes.js';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { defineCommand, type Outputs } from '../core/command.js';
+import type { InputSpec } from '../core/inputs.js';
 import { OrbError, UsageError } from '../core/errors.js';
 import { requireTool } from '../core/proc.js';
 import { probeAccelerator } from '../qemu/probe.js';
@@ -9,6 +11,8 @@ import { writeSummary } from '../smoke/evidence.js';
 import { smokeTest, type SmokeResult } from '../smoke/run.js';
 import { parseRect } from '../smoke/screen.js';
 import { resolveImageSource } from '../smoke/source.js';
+import { storeInputs } from '../store/open.js';
+import { accessInputs, storeOptions } from './publish.js';
 import { expectedProtocols, rdpOutputs, rdpOutputSpecs } from './rdp-probe.js';
 
 function outputsOf(r: SmokeResult): Outputs {
@@ -35,6 +39,40 @@ function stamp(): string {
   return new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '').replace('T', '-');
 }
 
+const own: InputSpec[] = [
+  { name: 'image', type: 'string', required: true, positional: 0, description: 'disk image file (raw, qcow2, vhdx, vmdk, ...), chunked layout (oci-layout:DIR:TAG) or published reference' },
+  { name: 'manifest', type: 'string', description: 'stage manifest giving firmware, TPM and OS (default: <image>.orb.json when it exists)' },
+  { name: 'timeout', type: 'duration', default: 900, min: 5, max: 86400, description: 'seconds from VM start for RDP (and the other boot checks) to pass' },
+  { name: 'accelerator', type: 'enum', choices: ['auto', 'kvm', 'tcg'], default: 'auto', description: 'auto probes KVM as setup-qemu does; pass its accelerator output to skip the probe' },
+  { name: 'firmware', type: 'enum', choices: ['auto', 'bios', 'uefi', 'uefi-secure'], default: 'auto', description: "auto: the manifest's, else UEFI for GPT disks and BIOS otherwise" },
+  { name: 'tpm', type: 'enum', choices: ['auto', 'true', 'false'], default: 'auto', description: "attach a TPM 2.0 (swtpm); auto: the manifest's" },
+  { name: 'uefi-vars', type: 'string', description: 'UEFI variable store to start from (copied; default a fresh one)' },
+  { name: 'memory', type: 'size', min: 64 * 1024 * 1024, description: "guest memory (default by the manifest's OS: Windows 4G, Linux 1G, else 2G)" },
+  { name: 'cpus', type: 'integer', default: 2, min: 1, max: 64, description: 'virtual CPUs' },
+  { name: 'disk-interface', type: 'enum', choices: ['sata', 'virtio', 'ide', 'nvme'], default: 'sata', description: 'how the disk is attached (sata boots every OS without extra drivers)' },
+  { name: 'isolate-network', type: 'boolean', default: true, description: "the guest cannot reach the host's networks (forwarded ports still work)" },
+  { name: 'rdp', type: 'boolean', default: true, description: 'check RDP (turn off for images without RDP and use the other checks)' },
+  { name: 'rdp-port', type: 'integer', default: 3389, min: 1, max: 65535, description: 'guest port of the RDP service' },
+  { name: 'expect-protocol', type: 'list', description: 'fail unless the server selects one of these: rdp, tls, credssp, rdstls, credssp-ex (empty: any)' },
+  { name: 'ports', type: 'list', description: 'more guest TCP ports that must accept connections, e.g. 8006' },
+  { name: 'serial-pattern', type: 'string', description: 'regular expression a serial console line must match' },
+  { name: 'screen-check', type: 'boolean', default: false, description: 'require a screen that is not black and has stopped changing' },
+  { name: 'reference-screenshot', type: 'string', description: 'PNG the screen must match (for example a screenshot from an earlier run)' },
+  { name: 'reference-threshold', type: 'number', default: 0.02, min: 0, max: 1, description: 'fraction of unmasked pixels allowed to differ from the reference' },
+  { name: 'reference-mask', type: 'list', description: 'rectangles WIDTHxHEIGHT+X+Y left out of the comparison (clocks, host names)' },
+  { name: 'screen-timeout', type: 'duration', default: 60, min: 5, max: 3600, description: 'seconds for the screen checks after the boot checks passed' },
+  { name: 'screenshot-interval', type: 'duration', min: 1, max: 3600, description: 'seconds between screenshots (default: timeout / 60, at least 5)' },
+  { name: 'evidence-dir', type: 'string', description: 'where screenshots, logs and result.json go (default: a new directory under RUNNER_TEMP or the temporary directory)' },
+  { name: 'upload-evidence', type: 'enum', choices: ['on-failure', 'always', 'never'], default: 'on-failure', description: 'upload the evidence as a workflow artifact (Actions only)' },
+  { name: 'artifact-name', type: 'string', description: 'name of the evidence artifact (default smoke-test-evidence-<image>-<job>)' },
+  { name: 'shutdown-grace', type: 'duration', default: 20, min: 0, max: 600, description: 'seconds the guest gets to power off after the ACPI request before QEMU is stopped' },
+  { name: 'pull-dir', type: 'string', description: 'where a referenced image is pulled to (removed afterwards; default RUNNER_TEMP or the temporary directory)' },
+  ...accessInputs,
+];
+// Registry and store access (credentials, endpoints) exactly as orb pull takes them.
+const inputs = [...own, ...storeInputs('pull', own)];
+const storeSpecs = [...accessInputs, ...storeInputs('pull', own)];
+
 export default defineCommand({
   name: 'smoke-test',
   title: 'Boot an image headless and prove it answers RDP',
@@ -45,34 +83,7 @@ export default defineCommand({
     'and timings as evidence, and always stops the VM.',
   action: true,
   usage: '--image PATH_OR_REF',
-  inputs: [
-    { name: 'image', type: 'string', required: true, positional: 0, description: 'disk image file (raw, qcow2, vhdx, vmdk, ...), chunked layout (oci-layout:DIR:TAG) or published reference' },
-    { name: 'manifest', type: 'string', description: 'stage manifest giving firmware, TPM and OS (default: <image>.orb.json when it exists)' },
-    { name: 'timeout', type: 'duration', default: 900, min: 5, max: 86400, description: 'seconds from VM start for RDP (and the other boot checks) to pass' },
-    { name: 'accelerator', type: 'enum', choices: ['auto', 'kvm', 'tcg'], default: 'auto', description: 'auto probes KVM as setup-qemu does; pass its accelerator output to skip the probe' },
-    { name: 'firmware', type: 'enum', choices: ['auto', 'bios', 'uefi', 'uefi-secure'], default: 'auto', description: "auto: the manifest's, else UEFI for GPT disks and BIOS otherwise" },
-    { name: 'tpm', type: 'enum', choices: ['auto', 'true', 'false'], default: 'auto', description: "attach a TPM 2.0 (swtpm); auto: the manifest's" },
-    { name: 'uefi-vars', type: 'string', description: 'UEFI variable store to start from (copied; default a fresh one)' },
-    { name: 'memory', type: 'size', min: 64 * 1024 * 1024, description: "guest memory (default by the manifest's OS: Windows 4G, Linux 1G, else 2G)" },
-    { name: 'cpus', type: 'integer', default: 2, min: 1, max: 64, description: 'virtual CPUs' },
-    { name: 'disk-interface', type: 'enum', choices: ['sata', 'virtio', 'ide', 'nvme'], default: 'sata', description: 'how the disk is attached (sata boots every OS without extra drivers)' },
-    { name: 'isolate-network', type: 'boolean', default: true, description: "the guest cannot reach the host's networks (forwarded ports still work)" },
-    { name: 'rdp', type: 'boolean', default: true, description: 'check RDP (turn off for images without RDP and use the other checks)' },
-    { name: 'rdp-port', type: 'integer', default: 3389, min: 1, max: 65535, description: 'guest port of the RDP service' },
-    { name: 'expect-protocol', type: 'list', description: 'fail unless the server selects one of these: rdp, tls, credssp, rdstls, credssp-ex (empty: any)' },
-    { name: 'ports', type: 'list', description: 'more guest TCP ports that must accept connections, e.g. 8006' },
-    { name: 'serial-pattern', type: 'string', description: 'regular expression a serial console line must match' },
-    { name: 'screen-check', type: 'boolean', default: false, description: 'require a screen that is not black and has stopped changing' },
-    { name: 'reference-screenshot', type: 'string', description: 'PNG the screen must match (for example a screenshot from an earlier run)' },
-    { name: 'reference-threshold', type: 'number', default: 0.02, min: 0, max: 1, description: 'fraction of unmasked pixels allowed to differ from the reference' },
-    { name: 'reference-mask', type: 'list', description: 'rectangles WIDTHxHEIGHT+X+Y left out of the comparison (clocks, host names)' },
-    { name: 'screen-timeout', type: 'duration', default: 60, min: 5, max: 3600, description: 'seconds for the screen checks after the boot checks passed' },
-    { name: 'screenshot-interval', type: 'duration', min: 1, max: 3600, description: 'seconds between screenshots (default: timeout / 60, at least 5)' },
-    { name: 'evidence-dir', type: 'string', description: 'where screenshots, logs and result.json go (default: a new directory under RUNNER_TEMP or the temporary directory)' },
-    { name: 'upload-evidence', type: 'enum', choices: ['on-failure', 'always', 'never'], default: 'on-failure', description: 'upload the evidence as a workflow artifact (Actions only)' },
-    { name: 'artifact-name', type: 'string', description: 'name of the evidence artifact (default smoke-test-evidence-<image>-<job>)' },
-    { name: 'shutdown-grace', type: 'duration', default: 20, min: 0, max: 600, description: 'seconds the guest gets to power off after the ACPI request before QEMU is stopped' },
-  ],
+  inputs,
   outputs: [
     { name: 'passed', description: 'true when every check passed' },
     { name: 'failures', description: 'one line per failed check' },
@@ -110,7 +121,13 @@ export default defineCommand({
       throw new UsageError('nothing to check: RDP is off and no other check was asked for', 'keep --rdp, or add --ports, --serial-pattern, --screen-check or --reference-screenshot');
     }
     const tpmIn = inputs.string('tpm');
-    const image = await resolveImageSource(inputs.string('image'), { log: ctx.log, signal: ctx.signal });
+    const image = await resolveImageSource(inputs.string('image'), {
+      log: ctx.log,
+      signal: ctx.signal,
+      progress: ctx.progress,
+      store: storeOptions(inputs, storeSpecs, ctx),
+      ...(inputs.optString('pull-dir') ? { pullDir: inputs.string('pull-dir') } : {}),
+    });
     const evidenceDir = inputs.optString('evidence-dir') ?? join(process.env.RUNNER_TEMP || tmpdir(), `orb-smoke-${stamp()}`);
 
     let accelerator = inputs.string('accelerator') as 'auto' | 'kvm' | 'tcg';
