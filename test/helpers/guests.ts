@@ -34,34 +34,102 @@ export const GUEST_MARKERS = {
 
 export type GuestVariant = 'rdp' | 'silent' | 'poweroff' | 'noboot' | (string & {});
 
-/** File content for an initramfs or a disk: text, bytes, or either with a mode (default 0644). */
-export type GuestFile = string | Buffer | { data: string | Buffer; mode?: number };
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
+import { buildInitramfs, cached, fileData, guestKernel, hostFileHash, type GuestFile } from './initramfs.js';
+
+export type { GuestFile, InitramfsOptions } from './initramfs.js';
+export { buildInitramfs, guestKernel, testCacheDir } from './initramfs.js';
+
+const exec = promisify(execFile);
 
 /** The bytes the RDP answerer sends: TPKT + X.224 Connection Confirm + RDP_NEG_RSP(PROTOCOL_RDP). */
-export declare const RDP_CONNECTION_CONFIRM: Buffer;
+export const RDP_CONNECTION_CONFIRM = Buffer.from([
+  0x03, 0x00, 0x00, 0x13, // TPKT v3, length 19
+  0x0e, 0xd0, 0x00, 0x00, 0x12, 0x34, 0x00, // X.224 CC: LI 14, dst-ref 0, src-ref 0x1234, class 0
+  0x02, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, // RDP_NEG_RSP, flags 0, length 8, PROTOCOL_RDP
+]);
+
 /** A minimal X.224 Connection Request with an RDP_NEG_REQ (what a client sends first). */
-export declare const RDP_CONNECTION_REQUEST: Buffer;
+export const RDP_CONNECTION_REQUEST = Buffer.from([
+  0x03, 0x00, 0x00, 0x13, // TPKT v3, length 19
+  0x0e, 0xe0, 0x00, 0x00, 0x00, 0x00, 0x00, // X.224 CR: LI 14, dst-ref 0, src-ref 0, class 0
+  0x01, 0x00, 0x08, 0x00, 0x03, 0x00, 0x00, 0x00, // RDP_NEG_REQ, requesting TLS|HYBRID
+]);
 
-/** $ORB_TEST_CACHE, falling back to /work/main/.cache (created when missing). */
-export declare function testCacheDir(): string;
-
-/** Debian's kernel image (/boot/vmlinuz-*) and its version (for /lib/modules/<version>). */
-export declare function guestKernel(): { path: string; version: string };
-
-export interface InitramfsOptions {
-  /** /init: a busybox sh script (a `#!/bin/sh` line is added when missing) */
-  init: string;
-  /** extra files by absolute guest path ('/etc/x.conf'); parent directories are created */
-  files?: Record<string, GuestFile>;
-  /** kernel modules to include, relative to /lib/modules/<version>/kernel (e.g. 'drivers/net/ethernet/intel/e1000/e1000.ko'); placed in /lib/modules/ */
-  modules?: string[];
-}
+const E1000 = 'drivers/net/ethernet/intel/e1000/e1000.ko';
 
 /**
- * A gzip-compressed cpio (newc) initramfs with busybox-static (/bin/busybox plus applet links in
- * /bin and /sbin), /dev/console, the given /init and files. Returns the cached path.
+ * The standard /init. The RDP answerer checks the request is a TPKT-framed X.224 Connection
+ * Request (first byte 03, code E0), reads the whole packet (closing with unread data would reset
+ * the connection and could drop our reply), answers, then holds the connection until the client
+ * closes it, as a server waiting for the next PDU would.
  */
-export declare function buildInitramfs(opts: InitramfsOptions): Promise<string>;
+const STANDARD_INIT = `#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tmpfs tmpfs /tmp
+exec </dev/console >/dev/console 2>&1
+orb_marker() { echo "${GUEST_MARKERS.custom} $*"; }
+orb_net_up() {
+  insmod /lib/modules/e1000.ko 2>/dev/null
+  i=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  ip link set lo up
+  ip link set eth0 up
+  ip addr add 10.0.2.15/24 dev eth0
+  ip route add default via 10.0.2.2
+  echo "${GUEST_MARKERS.netUp} $(ip -4 -o addr show dev eth0 | awk '{print $4}')"
+}
+orb_wait_listen() {
+  i=0
+  while ! netstat -ltn 2>/dev/null | grep -q ":$1 "; do sleep 0.1; i=$((i+1)); [ $i -gt 100 ] && break; done
+}
+orb_rdp_serve() {
+  nc -ll -p 3389 -e /bin/orb-rdp-reply &
+  orb_wait_listen 3389
+  echo "${GUEST_MARKERS.rdpListening}"
+}
+orb_http_serve() {
+  httpd -p "$1" -h "$2"
+  orb_wait_listen "$1"
+  orb_marker "http-listening $1"
+}
+variant=
+for w in $(cat /proc/cmdline); do
+  case "$w" in orb.variant=*) variant="\${w#orb.variant=}" ;; esac
+done
+tpm=no
+[ -e /dev/tpm0 ] && tpm=yes
+echo "${GUEST_MARKERS.boot} variant=$variant tpm=$tpm"
+case "$variant" in
+  rdp) orb_net_up; orb_rdp_serve ;;
+  silent) ;;
+  poweroff) echo "${GUEST_MARKERS.poweringOff}"; sync; poweroff -f ;;
+  *)
+    if [ -f "/etc/orb/variants/$variant.sh" ]; then . "/etc/orb/variants/$variant.sh"
+    else orb_marker "unknown variant '$variant'"; fi ;;
+esac
+# PID 1 must never exit (the kernel would panic); idle, ignoring the ACPI power button.
+while true; do sleep 3600; done
+`;
+
+const RDP_REPLY = `#!/bin/sh
+hdr=$(dd bs=1 count=6 2>/dev/null | od -An -tx1 | tr -d ' \\n')
+case "$hdr" in
+  0300??????e0) ;;
+  *) exit 0 ;;
+esac
+len=$((0x$(echo "$hdr" | cut -c5-8)))
+[ "$len" -gt 6 ] && dd bs=1 count=$((len - 6)) of=/dev/null 2>/dev/null
+cat /etc/orb/rdp-cc.bin
+cat >/dev/null
+`;
 
 export interface GuestInitramfsOptions {
   /** extra variants: name -> busybox sh script run by the standard init */
@@ -71,16 +139,37 @@ export interface GuestInitramfsOptions {
 }
 
 /** The standard test-guest initramfs (all standard variants plus `variants`). Returns the cached path. */
-export declare function buildGuestInitramfs(opts?: GuestInitramfsOptions): Promise<string>;
+export function buildGuestInitramfs(opts: GuestInitramfsOptions = {}): Promise<string> {
+  const files: Record<string, GuestFile> = {
+    '/bin/orb-rdp-reply': { data: RDP_REPLY, mode: 0o755 },
+    '/etc/orb/rdp-cc.bin': RDP_CONNECTION_CONFIRM,
+    ...opts.files,
+  };
+  for (const [name, script] of Object.entries(opts.variants ?? {})) {
+    if (!/^[a-z0-9][a-z0-9_-]*$/i.test(name)) throw new Error(`bad variant name '${name}'`);
+    files[`/etc/orb/variants/${name}.sh`] = script;
+  }
+  return buildInitramfs({ init: STANDARD_INIT, files, modules: [E1000] });
+}
 
 /** Kernel command line for a variant: serial console on ttyS0 plus `orb.variant=<name>` and `extra`. */
-export declare function guestAppend(variant: GuestVariant, extra?: string): string;
+export function guestAppend(variant: GuestVariant, extra = ''): string {
+  return `console=ttyS0,115200 quiet panic=-1 orb.variant=${variant}${extra ? ' ' + extra : ''}`;
+}
 
 /** Everything startVm needs for a direct kernel boot of a variant (no disk needed). */
-export declare function guestKernelBoot(
+export async function guestKernelBoot(
   variant: GuestVariant,
-  opts?: GuestInitramfsOptions,
-): Promise<{ kernel: string; initrd: string; append: string }>;
+  opts: GuestInitramfsOptions = {},
+): Promise<{ kernel: string; initrd: string; append: string }> {
+  return { kernel: guestKernel().path, initrd: await buildGuestInitramfs(opts), append: guestAppend(variant) };
+}
+
+/** The boot disk of a standard (or extra) variant; 'noboot' has no kernel. Returns the cached path. */
+export async function testGuestDisk(variant: GuestVariant, opts: GuestInitramfsOptions = {}): Promise<string> {
+  if (variant === 'noboot') return buildBootDisk({ kernel: null, append: guestAppend(variant) });
+  return buildBootDisk({ initrd: await buildGuestInitramfs(opts), append: guestAppend(variant) });
+}
 
 export interface BootDiskOptions {
   /** kernel to boot; default Debian's; null makes a disk whose bootloader finds no kernel */
@@ -96,14 +185,75 @@ export interface BootDiskOptions {
   label?: string;
 }
 
-/**
- * A raw disk image with one FAT file system carrying syslinux, bootable under BIOS (SeaBIOS)
- * and UEFI (OVMF, \EFI\BOOT\BOOTX64.EFI = syslinux.efi). Returns the cached path.
- */
-export declare function buildBootDisk(opts: BootDiskOptions): Promise<string>;
+const SYSLINUX_EFI = '/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi';
+const LDLINUX_E64 = '/usr/lib/syslinux/modules/efi64/ldlinux.e64';
+const MTOOLS_ENV = { ...process.env, MTOOLS_SKIP_CHECK: '1', MTOOLS_NO_VFAT: '0' };
 
-/** The boot disk of a standard (or extra) variant; 'noboot' has no kernel. Returns the cached path. */
-export declare function testGuestDisk(variant: GuestVariant, opts?: GuestInitramfsOptions): Promise<string>;
+async function mcopy(image: string, src: string, dest: string): Promise<void> {
+  await exec('mcopy', ['-o', '-i', image, src, `::${dest}`], { env: MTOOLS_ENV });
+}
+
+/**
+ * A raw disk image that is one FAT file system without a partition table ("superfloppy"):
+ * syslinux's boot sector for BIOS (SeaBIOS runs sector 0) and \EFI\BOOT\BOOTX64.EFI =
+ * syslinux.efi for UEFI (OVMF reads FAT on an unpartitioned disk). Returns the cached path.
+ */
+export function buildBootDisk(opts: BootDiskOptions): Promise<string> {
+  const kernel = opts.kernel === undefined ? guestKernel().path : opts.kernel;
+  const sizeMiB = opts.sizeMiB ?? 48;
+  const label = (opts.label ?? 'ORBGUEST').toUpperCase().slice(0, 11);
+  const cfg = [
+    'SERIAL 0 115200',
+    'DEFAULT orb',
+    'PROMPT 0',
+    'TIMEOUT 0',
+    'LABEL orb',
+    `  LINUX /${kernel ? 'vmlinuz' : 'no-kernel-here'}`,
+    ...(opts.initrd ? ['  INITRD /initrd.img'] : []),
+    ...(opts.append ? [`  APPEND ${opts.append}`] : []),
+    '',
+  ].join('\n');
+  const recipe = {
+    kernel: kernel ? hostFileHash(kernel) : null,
+    initrd: opts.initrd ? hostFileHash(opts.initrd) : null,
+    cfg,
+    sizeMiB,
+    label,
+    files: opts.files ?? {},
+    syslinux: [hostFileHash(SYSLINUX_EFI), hostFileHash(LDLINUX_E64), hostFileHash('/usr/lib/syslinux/modules/bios/ldlinux.c32')],
+  };
+  return cached('bootdisk', recipe, '.img', async (img) => {
+    const work = await mkdtemp(join(tmpdir(), 'orb-bootdisk-'));
+    try {
+      await exec('truncate', ['-s', `${sizeMiB}M`, img]);
+      await exec('mkfs.fat', ['-n', label, img]);
+      // The mtools flavour of syslinux: writes the boot sector and ldlinux.sys/.c32 into the
+      // image file without mounting it (no root).
+      await exec('syslinux', ['--install', img], { env: MTOOLS_ENV });
+      const cfgPath = join(work, 'syslinux.cfg');
+      await writeFile(cfgPath, cfg);
+      await exec('mmd', ['-i', img, '::/EFI', '::/EFI/BOOT'], { env: MTOOLS_ENV });
+      await mcopy(img, cfgPath, '/syslinux.cfg');
+      await mcopy(img, cfgPath, '/EFI/BOOT/syslinux.cfg');
+      await mcopy(img, SYSLINUX_EFI, '/EFI/BOOT/BOOTX64.EFI');
+      await mcopy(img, LDLINUX_E64, '/EFI/BOOT/ldlinux.e64');
+      if (kernel) await mcopy(img, kernel, '/vmlinuz');
+      if (opts.initrd) await mcopy(img, opts.initrd, '/initrd.img');
+      for (const [path, f] of Object.entries(opts.files ?? {})) {
+        const local = join(work, 'f', path);
+        await mkdir(dirname(local), { recursive: true });
+        await writeFile(local, fileData(f).data);
+        const parts = path.split('/').filter(Boolean);
+        for (let i = 1; i < parts.length; i++) {
+          await exec('mmd', ['-D', 's', '-i', img, `::/${parts.slice(0, i).join('/')}`], { env: MTOOLS_ENV }).catch(() => undefined);
+        }
+        await mcopy(img, local, '/' + parts.join('/'));
+      }
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+}
 
 export interface Ext4DiskOptions {
   /** total image size in MiB */
@@ -117,5 +267,67 @@ export interface Ext4DiskOptions {
   label?: string;
 }
 
+/** Deterministic incompressible bytes (xorshift), so cached fixtures are reproducible. */
+function pseudoRandom(bytes: number, seed = 0x9e3779b9): Buffer {
+  const buf = Buffer.alloc(bytes);
+  let x = seed >>> 0;
+  for (let i = 0; i + 4 <= bytes; i += 4) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    buf.writeUInt32LE(x, i);
+  }
+  return buf;
+}
+
+/** Writes a DOS partition table with one partition (sfdisk is not always installed; this is 16 bytes). */
+async function writeMbr(img: string, startLba: number, sectors: number, type: number): Promise<void> {
+  const mbr = Buffer.alloc(512);
+  mbr.writeUInt32LE(0x6f726221, 440); // disk signature
+  const e = 446;
+  mbr[e] = 0x00; // not active
+  mbr.set([0xfe, 0xff, 0xff], e + 1); // CHS unused: LBA only
+  mbr[e + 4] = type;
+  mbr.set([0xfe, 0xff, 0xff], e + 5);
+  mbr.writeUInt32LE(startLba, e + 8);
+  mbr.writeUInt32LE(sectors, e + 12);
+  mbr[510] = 0x55;
+  mbr[511] = 0xaa;
+  const fh = await open(img, 'r+');
+  try {
+    await fh.write(mbr, 0, 512, 0);
+  } finally {
+    await fh.close();
+  }
+}
+
 /** A raw disk with a real ext4 file system and content (mkfs.ext4 -d, no root). Returns the cached path. */
-export declare function buildExt4Disk(opts: Ext4DiskOptions): Promise<string>;
+export function buildExt4Disk(opts: Ext4DiskOptions): Promise<string> {
+  const recipe = { ...opts, files: opts.files ?? {} };
+  return cached('ext4disk', recipe, '.img', async (img) => {
+    const work = await mkdtemp(join(tmpdir(), 'orb-ext4-'));
+    try {
+      const root = join(work, 'root');
+      await mkdir(root);
+      for (const [path, f] of Object.entries(opts.files ?? {})) {
+        const local = join(root, path);
+        await mkdir(dirname(local), { recursive: true });
+        const { data, mode } = fileData(f);
+        await writeFile(local, data, { mode });
+      }
+      if (opts.fillMiB) await writeFile(join(root, 'fill.bin'), pseudoRandom(opts.fillMiB * 1024 * 1024));
+      await exec('truncate', ['-s', `${opts.sizeMiB}M`, img]);
+      const offset = opts.partitioned ? 1024 * 1024 : 0;
+      const fsBytes = opts.sizeMiB * 1024 * 1024 - offset;
+      // Fixed UUID and hash seed: the same recipe gives the same bytes.
+      const args = ['-q', '-F', '-t', 'ext4', '-L', opts.label ?? 'orbdata', '-U', '6f7262d0-0000-4000-8000-000000000001',
+        '-E', `offset=${offset},hash_seed=6f7262d0-0000-4000-8000-000000000002,root_owner=0:0`, '-d', root, img, `${fsBytes / 1024}k`];
+      await exec('mkfs.ext4', args, { env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' } });
+      if (opts.partitioned) await writeMbr(img, 2048, fsBytes / 512, 0x83);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+}
