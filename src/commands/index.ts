@@ -5,6 +5,9 @@ import setupQemu from './setup-qemu.js';
 import rdpProbe from './rdp-probe.js';
 import smokeTest from './smoke-test.js';
 import unattend from './unattend.js';
+import publish from './publish.js';
+import pull from './pull.js';
+import blobUrl from './blob-url.js';
 
 /** Every command; the CLI, the action entry points and the generated docs all read this list. */
 export const commands: readonly CommandDef[] = [
@@ -13,6 +16,9 @@ export const commands: readonly CommandDef[] = [
   rdpProbe,
   smokeTest,
   unattend,
+  publish,
+  pull,
+  blobUrl,
 ];
 
 export function findCommand(name: string): CommandDef | undefined {
