@@ -12,3 +12,5 @@ registerScheme('https://', openHttps);
 registerScheme('http://', openHttps);
 import { openGitlab } from './gitlab.js';
 registerScheme('gitlab://', openGitlab);
+import { openGithubRelease } from './github-release.js';
+registerScheme('github-release://', openGithubRelease);
