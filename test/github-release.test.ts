@@ -215,3 +215,50 @@ describe('GitHub release store (local API server)', () => {
     expect((err as { hint?: string }).hint).toMatch(/GITHUB_TOKEN/);
   });
 });
+
+describe('GitHub release publish and pull (engines)', () => {
+  it('round-trips a chunked image through release assets', async () => {
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { publish } = await import('../src/transfer/publish.js');
+    const { pull } = await import('../src/transfer/pull.js');
+    const { sha256File } = await import('../src/core/fsutil.js');
+    const { nullProgress } = await import('../src/core/progress.js');
+    const { buildLayout, makeDisk } = await import('./helpers/oci-images.js');
+    const dir = mkdtempSync(join(tmpdir(), 'orb-gh-e2e-'));
+    try {
+      const sum = makeDisk(join(dir, 'd.raw'), { size: 12 << 20, chunkSize: 1 << 20 });
+      const l = await buildLayout(join(dir, 'd.raw'), join(dir, 'layout'), 'v1', 1 << 20);
+      const s = store();
+      const progress = () => nullProgress;
+      const r = await publish({
+        source: l.dir,
+        target: s,
+        tags: [s.ref.tag],
+        concurrency: 4,
+        partSize: 1 << 30,
+        log: silentLogger,
+        progress,
+      });
+      expect(r.reference).toBe(`github-release://${gh.owner}/${gh.repo}/${s.ref.tag}@${l.manifestDigest}`);
+      const rel = gh.releases.find((x) => x.tag_name === s.ref.tag)!;
+      expect(rel.assets.length).toBe(l.blobs + 2); // blobs, manifest by digest, manifest.json
+      const out = join(dir, 'out.raw');
+      const p = await pull({
+        source: store({ token: undefined }, s.ref.tag),
+        ref: s.ref.tag,
+        display: 'gh',
+        output: out,
+        format: 'raw',
+        concurrency: 4,
+        log: silentLogger,
+        progress,
+      });
+      expect(await sha256File(out)).toBe(sum);
+      expect(p.digest).toBe(l.manifestDigest);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -177,3 +177,58 @@ describe('GitLab generic package store (local API server)', () => {
     expect((err as { hint?: string }).hint).toMatch(/token/);
   });
 });
+
+describe('GitLab publish and pull (engines)', () => {
+  it('round-trips a chunked image and a re-publish uploads nothing', async () => {
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { publish } = await import('../src/transfer/publish.js');
+    const { pull } = await import('../src/transfer/pull.js');
+    const { sha256File } = await import('../src/core/fsutil.js');
+    const { nullProgress } = await import('../src/core/progress.js');
+    const { buildLayout, makeDisk } = await import('./helpers/oci-images.js');
+    const dir = mkdtempSync(join(tmpdir(), 'orb-gl-e2e-'));
+    try {
+      const sum = makeDisk(join(dir, 'd.raw'), { size: 12 << 20, chunkSize: 1 << 20 });
+      const l = await buildLayout(join(dir, 'd.raw'), join(dir, 'layout'), 'v1', 1 << 20);
+      const s = store();
+      const progress = () => nullProgress;
+      const r = await publish({
+        source: l.dir,
+        target: s,
+        tags: [s.ref.version],
+        concurrency: 4,
+        partSize: 1 << 30,
+        log: silentLogger,
+        progress,
+      });
+      expect(r.reference).toBe(`gitlab://${gl.project}/win11/${s.ref.version}@${l.manifestDigest}`);
+      const again = await publish({
+        source: l.dir,
+        target: store({}, s.ref.version),
+        tags: [s.ref.version],
+        concurrency: 4,
+        partSize: 1 << 30,
+        log: silentLogger,
+        progress,
+      });
+      expect(again.bytesUploaded).toBe(0);
+      gl.knobs.redirectDownloads = true;
+      const out = join(dir, 'out.raw');
+      await pull({
+        source: store({}, s.ref.version),
+        ref: s.ref.version,
+        display: 'gl',
+        output: out,
+        format: 'raw',
+        concurrency: 4,
+        log: silentLogger,
+        progress,
+      });
+      expect(await sha256File(out)).toBe(sum);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -174,3 +174,29 @@ describe('https:// single files', () => {
     expect(got.equals(data)).toBe(true);
   });
 });
+
+describe('https:// pulls through the pull engine', () => {
+  it('pulls a qcow2 file, verifies it and converts it to raw', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { pull } = await import('../src/transfer/pull.js');
+    const { sha256File } = await import('../src/core/fsutil.js');
+    const { nullProgress } = await import('../src/core/progress.js');
+    const raw = join(dir, 'src.raw');
+    await writeFile(raw, Buffer.concat([randomBytes(3 << 20), Buffer.alloc(5 << 20), randomBytes(1 << 20)]));
+    execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, join(dir, 'src.qcow2')]);
+    const qhex = await sha256File(join(dir, 'src.qcow2'));
+    const out = join(dir, 'pulled.raw');
+    const r = await pull({
+      source: store(`/src.qcow2#sha256=${qhex}`),
+      ref: 'latest',
+      display: 'https',
+      output: out,
+      format: 'raw',
+      concurrency: 2,
+      log: silentLogger,
+      progress: () => nullProgress,
+    });
+    expect(await sha256File(out)).toBe(await sha256File(raw));
+    expect(r.contentSha256.replace(/^sha256:/, '')).toBe(qhex);
+  });
+});

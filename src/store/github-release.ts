@@ -171,21 +171,43 @@ export class GithubReleaseStore implements BlobStore {
     );
   }
 
+  private releaseP?: Promise<Release | undefined>;
+
+  /** The release of the tag (created once when `create`, however many uploads ask at once). */
   private async getRelease(create: boolean): Promise<Release | undefined> {
     if (this.release) return this.release;
+    const pending = this.releaseP;
+    if (pending) {
+      const r = await pending.catch(() => undefined);
+      if (r || !create) return r;
+    }
+    if (this.releaseP === pending) this.releaseP = this.findOrCreate(create);
+    const r = await this.releaseP;
+    if (r) this.release = r;
+    else this.releaseP = undefined;
+    return r;
+  }
+
+  private async findOrCreate(create: boolean): Promise<Release | undefined> {
     const { owner, repo, tag } = this.ref;
+    const find = async () => {
+      try {
+        return (
+          await this.call(
+            () => this.octokit.rest.repos.getReleaseByTag({ owner, repo, tag }),
+            `find release ${tag}`,
+          )
+        ).data as Release;
+      } catch (err) {
+        if (err instanceof HttpStatusError && err.status === 404) return undefined;
+        throw err;
+      }
+    };
+    const found = await find();
+    if (found || !create) return found;
+    this.o.log.info(`creating release ${tag} in ${owner}/${repo}`);
     try {
-      this.release = (
-        await this.call(
-          () => this.octokit.rest.repos.getReleaseByTag({ owner, repo, tag }),
-          `find release ${tag}`,
-        )
-      ).data as Release;
-    } catch (err) {
-      if (!(err instanceof HttpStatusError) || err.status !== 404) throw err;
-      if (!create) return undefined;
-      this.o.log.info(`creating release ${tag} in ${owner}/${repo}`);
-      this.release = (
+      return (
         await this.call(
           () =>
             this.octokit.rest.repos.createRelease({
@@ -199,12 +221,31 @@ export class GithubReleaseStore implements BlobStore {
           `create release ${tag}`,
         )
       ).data as Release;
+    } catch (err) {
+      // another publish created it meanwhile
+      if (err instanceof HttpStatusError && err.status === 422) {
+        const again = await find();
+        if (again) return again;
+      }
+      throw err;
     }
-    return this.release;
   }
 
-  private async listAssets(refresh = false): Promise<Map<string, Asset>> {
-    if (this.assets && !refresh) return this.assets;
+  private assetsP?: Promise<Map<string, Asset>>;
+
+  private listAssets(refresh = false): Promise<Map<string, Asset>> {
+    if (this.assets && !refresh) return Promise.resolve(this.assets);
+    if (!this.assetsP || refresh) {
+      const p = this.fetchAssets();
+      this.assetsP = p;
+      p.catch(() => {
+        if (this.assetsP === p) this.assetsP = undefined;
+      });
+    }
+    return this.assetsP;
+  }
+
+  private async fetchAssets(): Promise<Map<string, Asset>> {
     const rel = await this.getRelease(false);
     const map = new Map<string, Asset>();
     if (rel) {

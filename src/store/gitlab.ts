@@ -156,8 +156,21 @@ export class GitlabStore implements BlobStore {
   }
 
   /** The package of this name and version, and its files by name (newest file of a name wins). */
-  private async listFiles(refresh = false): Promise<Map<string, PackageFile>> {
-    if (this.files && !refresh) return this.files;
+  private filesP?: Promise<Map<string, PackageFile>>;
+
+  private listFiles(refresh = false): Promise<Map<string, PackageFile>> {
+    if (this.files && !refresh) return Promise.resolve(this.files);
+    if (!this.filesP || refresh) {
+      const p = this.fetchFiles(refresh);
+      this.filesP = p;
+      p.catch(() => {
+        if (this.filesP === p) this.filesP = undefined;
+      });
+    }
+    return this.filesP;
+  }
+
+  private async fetchFiles(refresh: boolean): Promise<Map<string, PackageFile>> {
     const files = new Map<string, PackageFile>();
     if (!this.pkg || refresh) {
       const q = new URLSearchParams({
