@@ -1,12 +1,20 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseHostPort, probeOnce, probeRdp, RdpProbeError } from '../src/rdp/probe.js';
-import { connectionRequest, parseConfirm, PROTOCOL_HYBRID, PROTOCOL_RDP, PROTOCOL_SSL } from '../src/rdp/x224.js';
+import {
+  connectionRequest,
+  parseConfirm,
+  PROTOCOL_HYBRID,
+  PROTOCOL_RDP,
+  PROTOCOL_SSL,
+} from '../src/rdp/x224.js';
 import { orb } from './helpers/cli.js';
 import { freePort, startXrdp, type Xrdp } from './helpers/xrdp.js';
 
 /** A TCP server on 127.0.0.1 whose behaviour per connection is given. */
-async function tcpServer(onConn: (s: Socket) => void): Promise<{ port: number; server: Server; sockets: Set<Socket> }> {
+async function tcpServer(
+  onConn: (s: Socket) => void,
+): Promise<{ port: number; server: Server; sockets: Set<Socket> }> {
   const sockets = new Set<Socket>();
   const server = createServer((s) => {
     sockets.add(s);
@@ -49,14 +57,29 @@ describe('X.224 encoding', () => {
   });
 
   it('parses confirms, failures, legacy confirms and garbage', () => {
-    const cc = (neg: number[]) => Buffer.from([3, 0, 0, 11 + neg.length, 6 + neg.length, 0xd0, 0, 0, 0x12, 0x34, 0, ...neg]);
-    expect(parseConfirm(cc([2, 0x1f, 8, 0, 2, 0, 0, 0]))).toMatchObject({ kind: 'confirm', selected: 2, flags: 0x1f, negotiated: true });
+    const cc = (neg: number[]) =>
+      Buffer.from([3, 0, 0, 11 + neg.length, 6 + neg.length, 0xd0, 0, 0, 0x12, 0x34, 0, ...neg]);
+    expect(parseConfirm(cc([2, 0x1f, 8, 0, 2, 0, 0, 0]))).toMatchObject({
+      kind: 'confirm',
+      selected: 2,
+      flags: 0x1f,
+      negotiated: true,
+    });
     expect(parseConfirm(cc([3, 0, 8, 0, 5, 0, 0, 0]))).toMatchObject({ kind: 'failure', code: 5 });
-    expect(parseConfirm(cc([]))).toMatchObject({ kind: 'confirm', selected: PROTOCOL_RDP, negotiated: false });
+    expect(parseConfirm(cc([]))).toMatchObject({
+      kind: 'confirm',
+      selected: PROTOCOL_RDP,
+      negotiated: false,
+    });
     expect(parseConfirm(cc([2, 0, 8, 0, 1, 0, 0, 0]).subarray(0, 15))).toMatchObject({ kind: 'incomplete' }); // TPKT says more is coming
     expect(parseConfirm(cc([2, 0, 8]))).toMatchObject({ kind: 'not-rdp', detail: /truncated/ });
-    expect(parseConfirm(Buffer.from('SSH-2.0-OpenSSH_9.2\r\n'))).toMatchObject({ kind: 'not-rdp', preview: '"SSH-2.0-OpenSSH_9.2\\r\\n"' });
-    expect(parseConfirm(Buffer.from([3, 0, 0, 11, 6, 0x80, 0, 0, 0, 0, 0]))).toMatchObject({ kind: 'disconnect' });
+    expect(parseConfirm(Buffer.from('SSH-2.0-OpenSSH_9.2\r\n'))).toMatchObject({
+      kind: 'not-rdp',
+      preview: '"SSH-2.0-OpenSSH_9.2\\r\\n"',
+    });
+    expect(parseConfirm(Buffer.from([3, 0, 0, 11, 6, 0x80, 0, 0, 0, 0, 0]))).toMatchObject({
+      kind: 'disconnect',
+    });
   });
 
   it('parses HOST:PORT', () => {
@@ -93,7 +116,14 @@ describe('RDP probe against xrdp', () => {
     const r = await orb(['rdp-probe', `${xrdp.host}:${xrdp.port}`, '--timeout', '10', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as Record<string, unknown>;
-    expect(out).toMatchObject({ protocol: 'tls', 'tls-subject': xrdp.subject, 'tls-issuer': xrdp.subject, host: xrdp.host, port: xrdp.port, attempts: 1 });
+    expect(out).toMatchObject({
+      protocol: 'tls',
+      'tls-subject': xrdp.subject,
+      'tls-issuer': xrdp.subject,
+      host: xrdp.host,
+      port: xrdp.port,
+      attempts: 1,
+    });
     expect(out['tls-not-after']).toMatch(/^\d{4}-\d\d-\d\dT/);
     expect(r.stderr).toMatch(/answered RDP: TLS, certificate CN=orb-xrdp-test/);
   });
@@ -103,7 +133,9 @@ describe('RDP probe against xrdp', () => {
     const r = await orb(['rdp-probe', `127.0.0.1:${port}`, '--timeout', '2', '--json']);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
-    expect(r.stderr).toMatch(/error: RDP check failed: no RDP answer from 127\.0\.0\.1:\d+ within 2 s .*connection refused/);
+    expect(r.stderr).toMatch(
+      /error: RDP check failed: no RDP answer from 127\.0\.0\.1:\d+ within 2 s .*connection refused/,
+    );
     expect(r.stderr).toMatch(/hint: /);
     const bad = await orb(['rdp-probe', 'host:notaport']);
     expect(bad.code).toBe(2);
@@ -111,7 +143,12 @@ describe('RDP probe against xrdp', () => {
   });
 
   it('reports standard RDP security when only that is offered', async () => {
-    const r = await probeOnce({ host: xrdp.host, port: xrdp.port, timeoutMs: 5000, requestedProtocols: PROTOCOL_RDP });
+    const r = await probeOnce({
+      host: xrdp.host,
+      port: xrdp.port,
+      timeoutMs: 5000,
+      requestedProtocols: PROTOCOL_RDP,
+    });
     expect(r).toMatchObject({ ok: true, result: { protocol: 'rdp', negotiated: true } });
     expect(r.ok && r.result.tls).toBeUndefined();
   });
@@ -121,7 +158,9 @@ describe('RDP probe against xrdp', () => {
     try {
       const r = await probeRdp({ host: x.host, port: x.port, timeoutMs: 5000 });
       expect(r).toMatchObject({ protocol: 'rdp', description: 'standard RDP security (no TLS)' });
-      const err = await probeError(probeRdp({ host: x.host, port: x.port, timeoutMs: 5000, expectProtocols: ['tls', 'credssp'] }));
+      const err = await probeError(
+        probeRdp({ host: x.host, port: x.port, timeoutMs: 5000, expectProtocols: ['tls', 'credssp'] }),
+      );
       expect(err.failure.reason).toBe('unexpected-protocol');
       expect(err.message).toMatch(/selected standard RDP security \(no TLS\); expected tls or credssp/);
     } finally {
@@ -156,7 +195,9 @@ describe('RDP probe failures', () => {
   });
 
   it('says what a non-RDP server sent, without waiting for the timeout', async () => {
-    const http = await tcpServer((s) => s.once('data', () => s.end('HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n')));
+    const http = await tcpServer((s) =>
+      s.once('data', () => s.end('HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n')),
+    );
     try {
       const t0 = Date.now();
       const err = await probeError(probeRdp({ host: '127.0.0.1', port: http.port, timeoutMs: 20_000 }));
@@ -172,10 +213,20 @@ describe('RDP probe failures', () => {
     const silent = await tcpServer(() => {});
     const hangup = await tcpServer((s) => s.end());
     try {
-      const a = await probeError(probeRdp({ host: '127.0.0.1', port: silent.port, timeoutMs: 1500, attemptTimeoutMs: 700, intervalMs: 200 }));
+      const a = await probeError(
+        probeRdp({
+          host: '127.0.0.1',
+          port: silent.port,
+          timeoutMs: 1500,
+          attemptTimeoutMs: 700,
+          intervalMs: 200,
+        }),
+      );
       expect(a.failure.reason).toBe('no-answer');
       expect(a.message).toMatch(/accepted the TCP connection but sent no Connection Confirm/);
-      const b = await probeError(probeRdp({ host: '127.0.0.1', port: hangup.port, timeoutMs: 1000, intervalMs: 200 }));
+      const b = await probeError(
+        probeRdp({ host: '127.0.0.1', port: hangup.port, timeoutMs: 1000, intervalMs: 200 }),
+      );
       expect(b.failure.reason).toBe('closed');
       expect(b.message).toMatch(/closed it without a Connection Confirm/);
     } finally {
@@ -193,7 +244,9 @@ describe('RDP probe failures', () => {
       }),
     );
     try {
-      const err = await probeError(probeRdp({ host: '127.0.0.1', port: fake.port, timeoutMs: 1500, intervalMs: 300 }));
+      const err = await probeError(
+        probeRdp({ host: '127.0.0.1', port: fake.port, timeoutMs: 1500, intervalMs: 300 }),
+      );
       expect(err.failure.reason).toBe('tls-failed');
       expect(err.message).toMatch(/selected tls but the TLS handshake failed/);
     } finally {

@@ -1,5 +1,14 @@
 import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,7 +23,18 @@ import { smokeGuestDisk } from './helpers/smoke-guests.js';
  * boot, and a corrupt image. Each child gets its own TMPDIR so leftovers are visible.
  */
 let dir: string;
-const common = ['--accelerator', 'tcg', '--memory', '256M', '--cpus', '1', '--shutdown-grace', '2', '--screenshot-interval', '3'];
+const common = [
+  '--accelerator',
+  'tcg',
+  '--memory',
+  '256M',
+  '--cpus',
+  '1',
+  '--shutdown-grace',
+  '2',
+  '--screenshot-interval',
+  '3',
+];
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'orb-smoke-cli-'));
@@ -35,10 +55,35 @@ describe('smoke-test CLI and action', () => {
     await buildLayout(raw, layout, 'v1', 4 << 20);
     const tmp = freshTmp('tmp-pass');
     const evidence = join(dir, 'ev-pass');
-    const r = await orb(['smoke-test', '--image', `oci-layout:${layout}:v1`, ...common, '--timeout', '90', '--ports', '8006', '--evidence-dir', evidence, '--json'], { TMPDIR: tmp }, 240_000);
+    const r = await orb(
+      [
+        'smoke-test',
+        '--image',
+        `oci-layout:${layout}:v1`,
+        ...common,
+        '--timeout',
+        '90',
+        '--ports',
+        '8006',
+        '--evidence-dir',
+        evidence,
+        '--json',
+      ],
+      { TMPDIR: tmp },
+      240_000,
+    );
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as Record<string, unknown>;
-    expect(out).toMatchObject({ passed: true, failures: '', protocol: 'rdp', 'tls-subject': '', accelerator: 'tcg', firmware: 'bios', 'image-format': 'raw', 'evidence-dir': evidence });
+    expect(out).toMatchObject({
+      passed: true,
+      failures: '',
+      protocol: 'rdp',
+      'tls-subject': '',
+      accelerator: 'tcg',
+      firmware: 'bios',
+      'image-format': 'raw',
+      'evidence-dir': evidence,
+    });
     expect(out['seconds-to-rdp']).toBeGreaterThan(out['seconds-to-first-serial'] as number);
     expect(out.screenshots).toBeGreaterThan(0);
     expect(r.stderr).toMatch(/unpacking the chunked layout oci-layout:/);
@@ -58,7 +103,16 @@ describe('smoke-test CLI and action', () => {
     const evidence = join(dir, 'ev-noboot');
     const tmp = freshTmp('tmp-noboot');
     const env = actionEnv(
-      { image, accelerator: 'tcg', memory: '256M', cpus: '1', timeout: '15', 'shutdown-grace': '2', 'screenshot-interval': '3', 'evidence-dir': evidence },
+      {
+        image,
+        accelerator: 'tcg',
+        memory: '256M',
+        cpus: '1',
+        timeout: '15',
+        'shutdown-grace': '2',
+        'screenshot-interval': '3',
+        'evidence-dir': evidence,
+      },
       files,
     );
     const r = await runNode('dist/smoke-test/index.js', [], { ...env, TMPDIR: tmp }, 120_000);
@@ -83,10 +137,24 @@ describe('smoke-test CLI and action', () => {
     const image = join(dir, 'silent.img');
     copyFileSync(await smokeGuestDisk('silent'), image);
     const tmp = freshTmp('tmp-int');
-    const child = spawn(NODE, [join(ROOT, 'bin/orb.js'), 'smoke-test', '--image', image, ...common, '--timeout', '120', '--evidence-dir', join(dir, 'ev-int')], {
-      env: { ...process.env, TMPDIR: tmp },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      NODE,
+      [
+        join(ROOT, 'bin/orb.js'),
+        'smoke-test',
+        '--image',
+        image,
+        ...common,
+        '--timeout',
+        '120',
+        '--evidence-dir',
+        join(dir, 'ev-int'),
+      ],
+      {
+        env: { ...process.env, TMPDIR: tmp },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let stderr = '';
     const pid = await new Promise<number>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`no VM start seen:\n${stderr}`)), 60_000);
@@ -125,7 +193,9 @@ describe('smoke-test CLI and action', () => {
     const r = await orb(['smoke-test', '--image', bad, ...common, '--evidence-dir', evidence, '--json']);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
-    expect(r.stderr).toMatch(/error: .*garbage\.img is not a bootable disk image: its first sector has no boot signature/);
+    expect(r.stderr).toMatch(
+      /error: .*garbage\.img is not a bootable disk image: its first sector has no boot signature/,
+    );
     expect(r.stderr).not.toMatch(/starting the VM/);
     expect(existsSync(evidence)).toBe(false);
   });

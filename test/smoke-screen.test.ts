@@ -26,7 +26,14 @@ function chunk(type: string, body: Buffer): Buffer {
  * A test PNG encoder independent of the decoder: packed rows (any depth), each row encoded with
  * filter (y % 5) so every filter type is exercised.
  */
-function encodePng(width: number, height: number, colorType: number, depth: number, rows: Buffer[], palette?: Buffer): Buffer {
+function encodePng(
+  width: number,
+  height: number,
+  colorType: number,
+  depth: number,
+  rows: Buffer[],
+  palette?: Buffer,
+): Buffer {
   const channels = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 }[colorType as 0]!;
   const bpp = Math.max(1, (channels * depth) >> 3);
   const out: Buffer[] = [];
@@ -40,7 +47,12 @@ function encodePng(width: number, height: number, colorType: number, depth: numb
       const b = prev[i]!;
       const c = i >= bpp ? prev[i - bpp]! : 0;
       const p = a + b - c;
-      const pr = Math.abs(p - a) <= Math.abs(p - b) && Math.abs(p - a) <= Math.abs(p - c) ? a : Math.abs(p - b) <= Math.abs(p - c) ? b : c;
+      const pr =
+        Math.abs(p - a) <= Math.abs(p - b) && Math.abs(p - a) <= Math.abs(p - c)
+          ? a
+          : Math.abs(p - b) <= Math.abs(p - c)
+            ? b
+            : c;
       const pred = [0, a, b, (a + b) >> 1, pr][f]!;
       line[i + 1] = (row[i]! - pred) & 0xff;
     }
@@ -61,13 +73,21 @@ function encodePng(width: number, height: number, colorType: number, depth: numb
   ]);
 }
 
-function rgbImage(width: number, height: number, fn: (x: number, y: number) => [number, number, number]): RgbImage {
+function rgbImage(
+  width: number,
+  height: number,
+  fn: (x: number, y: number) => [number, number, number],
+): RgbImage {
   const data = Buffer.alloc(width * height * 3);
   for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) data.set(fn(x, y), (y * width + x) * 3);
   return { width, height, data };
 }
 
-const pattern = (x: number, y: number): [number, number, number] => [(x * 37 + y) & 255, (y * 11) & 255, (x ^ y) & 255];
+const pattern = (x: number, y: number): [number, number, number] => [
+  (x * 37 + y) & 255,
+  (y * 11) & 255,
+  (x ^ y) & 255,
+];
 
 describe('PNG decoding', () => {
   it('reads RGB and RGBA with every row filter', () => {
@@ -98,7 +118,9 @@ describe('PNG decoding', () => {
   });
 
   it('rejects what is not a readable PNG with a clear message', () => {
-    expect(() => decodePng(Buffer.from('GIF89a....'), 'ref.gif')).toThrow(/ref\.gif is not a PNG this tool can read: no PNG signature/);
+    expect(() => decodePng(Buffer.from('GIF89a....'), 'ref.gif')).toThrow(
+      /ref\.gif is not a PNG this tool can read: no PNG signature/,
+    );
     const good = encodePng(2, 2, 2, 8, [Buffer.alloc(6), Buffer.alloc(6)]);
     const interlaced = Buffer.from(good);
     interlaced[8 + 8 + 12] = 1; // IHDR interlace byte (CRC mismatch is not checked)
@@ -109,7 +131,9 @@ describe('PNG decoding', () => {
 
 describe('screen analysis', () => {
   const black = rgbImage(64, 48, () => [0, 0, 0]);
-  const desktop = rgbImage(64, 48, (x, y) => (y > 40 ? [30, 60, 200] : x > 50 && y < 10 ? [255, 255, 255] : [0, 120, 215]));
+  const desktop = rgbImage(64, 48, (x, y) =>
+    y > 40 ? [30, 60, 200] : x > 50 && y < 10 ? [255, 255, 255] : [0, 120, 215],
+  );
 
   it('tells a black screen from a desktop; a cursor does not count', () => {
     expect(screenFacts(black).black).toBe(true);
@@ -120,7 +144,15 @@ describe('screen analysis', () => {
 
   it('compares with a reference outside masked rectangles', () => {
     // the "clock" (top-right 14x10) differs; masked, the screens match
-    const other = rgbImage(64, 48, (x, y) => (x > 50 && y < 10 ? [0, 0, 0] : desktop.data.subarray((y * 64 + x) * 3, (y * 64 + x) * 3 + 3) as unknown as [number, number, number]));
+    const other = rgbImage(64, 48, (x, y) =>
+      x > 50 && y < 10
+        ? [0, 0, 0]
+        : (desktop.data.subarray((y * 64 + x) * 3, (y * 64 + x) * 3 + 3) as unknown as [
+            number,
+            number,
+            number,
+          ]),
+    );
     const unmasked = compareImages(other, desktop);
     expect(unmasked.differing).toBe(13 * 10);
     const masked = compareImages(other, desktop, [parseRect('14x10+50+0')]);
@@ -131,7 +163,9 @@ describe('screen analysis', () => {
       return [Math.min(255, desktop.data[o]! + 10), desktop.data[o + 1]!, desktop.data[o + 2]!];
     });
     expect(compareImages(noisy, desktop).fraction).toBe(0);
-    expect(() => compareImages(rgbImage(32, 24, pattern), desktop)).toThrow(/screen is 32x24 but the reference screenshot is 64x48/);
+    expect(() => compareImages(rgbImage(32, 24, pattern), desktop)).toThrow(
+      /screen is 32x24 but the reference screenshot is 64x48/,
+    );
   });
 
   it('parses rectangles and refuses bad ones', () => {
@@ -146,7 +180,9 @@ describe('screen analysis', () => {
     expect(t.add(black)).toBe(false);
     expect(t.add(black)).toBe(false);
     expect(t.describe()).toMatch(/black/);
-    const frames = [pattern, desktop, desktop, desktop].map((f) => (typeof f === 'function' ? rgbImage(64, 48, f) : f));
+    const frames = [pattern, desktop, desktop, desktop].map((f) =>
+      typeof f === 'function' ? rgbImage(64, 48, f) : f,
+    );
     const results = frames.map((f) => t.add(f));
     expect(results).toEqual([false, false, false, true]);
   });

@@ -111,7 +111,9 @@ describe('smoke test', () => {
           forwardsOk = vm.forwards
             .map((f) => {
               const l = listeners(f.hostPort);
-              return f.hostAddress === '127.0.0.1' && l.length > 0 && l.every((a) => a === '0100007F') ? '' : `${f.hostPort}: ${l.join(',')}`;
+              return f.hostAddress === '127.0.0.1' && l.length > 0 && l.every((a) => a === '0100007F')
+                ? ''
+                : `${f.hostPort}: ${l.join(',')}`;
             })
             .join('');
         },
@@ -140,7 +142,12 @@ describe('smoke test', () => {
   it('matches a reference screenshot outside masked regions', async () => {
     const reference = passed.screenshots.at(-1)!;
     // the bottom half (cursor, late kernel messages) is masked out
-    const r = await smokeTest(opts(images['smoke-rdp']!, 'ev-ref', { rdp: { enabled: true }, screen: { reference, masks: [{ x: 0, y: 160, width: 720, height: 240 }], threshold: 0.01 } }));
+    const r = await smokeTest(
+      opts(images['smoke-rdp']!, 'ev-ref', {
+        rdp: { enabled: true },
+        screen: { reference, masks: [{ x: 0, y: 160, width: 720, height: 240 }], threshold: 0.01 },
+      }),
+    );
     expect(r.failures).toEqual([]);
     expect(r.referenceDifference).toBeLessThanOrEqual(0.01);
     expect(r.checks.find((c) => c.name === 'screen matches the reference')?.status).toBe('passed');
@@ -161,13 +168,18 @@ describe('smoke test', () => {
     const r = await smokeTest(opts(image, 'ev-silent', { timeoutMs: 20_000, screen: { settle: true } }));
     const took = (Date.now() - t0) / 1000;
     expect(r.passed).toBe(false);
-    expect(r.failures[0]).toMatch(/RDP check failed: no RDP answer from 127\.0\.0\.1:\d+ within 20 s \(\d+ attempts\); last attempt: /);
+    expect(r.failures[0]).toMatch(
+      /RDP check failed: no RDP answer from 127\.0\.0\.1:\d+ within 20 s \(\d+ attempts\); last attempt: /,
+    );
     expect(r.checks.find((c) => c.name === 'screen not black and settled')?.status).toBe('skipped');
     expect(took).toBeGreaterThanOrEqual(20);
     expect(took).toBeLessThan(45);
     expect(r.screenshots.length).toBeGreaterThanOrEqual(4);
     expect(readFileSync(r.serialLog, 'utf8')).toMatch(/ORB-GUEST-BOOT variant=silent/);
-    const result = JSON.parse(readFileSync(join(r.evidenceDir, 'result.json'), 'utf8')) as { passed: boolean; serialTail: string };
+    const result = JSON.parse(readFileSync(join(r.evidenceDir, 'result.json'), 'utf8')) as {
+      passed: boolean;
+      serialTail: string;
+    };
     expect(result).toMatchObject({ passed: false, serialTail: expect.stringMatching(/variant=silent/) });
     expect(await sha256File(image)).toBe(before);
     await expectCleanEnd(r);

@@ -9,7 +9,9 @@ const PROTOCOLS = Object.keys(PROTOCOL_DESCRIPTION) as RdpProtocol[];
 export function expectedProtocols(values: string[]): RdpProtocol[] {
   for (const v of values) {
     if (!PROTOCOLS.includes(v as RdpProtocol)) {
-      throw new UsageError(`input 'expect-protocol': '${v}' is not valid; expected any of ${PROTOCOLS.join(', ')}`);
+      throw new UsageError(
+        `input 'expect-protocol': '${v}' is not valid; expected any of ${PROTOCOLS.join(', ')}`,
+      );
     }
   }
   return values as RdpProtocol[];
@@ -30,7 +32,11 @@ export function rdpOutputs(r: RdpProbeResult): Record<string, string | number | 
 }
 
 export const rdpOutputSpecs = [
-  { name: 'protocol', description: 'security protocol the server selected: rdp (standard RDP security), tls, credssp (NLA), rdstls or credssp-ex' },
+  {
+    name: 'protocol',
+    description:
+      'security protocol the server selected: rdp (standard RDP security), tls, credssp (NLA), rdstls or credssp-ex',
+  },
   { name: 'protocol-description', description: 'the selected protocol in words' },
   { name: 'tls-subject', description: "subject of the server's TLS certificate (empty without TLS)" },
   { name: 'tls-issuer', description: "issuer of the server's TLS certificate" },
@@ -50,8 +56,21 @@ export default defineCommand({
   action: false,
   usage: 'HOST:PORT',
   inputs: [
-    { name: 'target', type: 'string', required: true, positional: 0, description: 'HOST:PORT to probe (port 3389 when omitted)' },
-    { name: 'timeout', type: 'duration', default: 30, min: 1, max: 86400, description: 'seconds to keep retrying before the check fails' },
+    {
+      name: 'target',
+      type: 'string',
+      required: true,
+      positional: 0,
+      description: 'HOST:PORT to probe (port 3389 when omitted)',
+    },
+    {
+      name: 'timeout',
+      type: 'duration',
+      default: 30,
+      min: 1,
+      max: 86400,
+      description: 'seconds to keep retrying before the check fails',
+    },
     {
       name: 'expect-protocol',
       type: 'list',
@@ -84,8 +103,13 @@ export default defineCommand({
         lastReason = f.reason;
       },
     });
-    ctx.log.info(`${host}:${port} answered RDP: ${r.description}${r.tls ? `, certificate ${r.tls.subject}` : ''}`);
-    if (r.tls?.expired) ctx.log.warn(`the server's certificate is not valid now (valid ${r.tls.validFrom} to ${r.tls.validTo})`);
+    ctx.log.info(
+      `${host}:${port} answered RDP: ${r.description}${r.tls ? `, certificate ${r.tls.subject}` : ''}`,
+    );
+    if (r.tls?.expired)
+      ctx.log.warn(
+        `the server's certificate is not valid now (valid ${r.tls.validFrom} to ${r.tls.validTo})`,
+      );
     ctx.summary.heading('rdp-probe').table(
       ['', ''],
       [

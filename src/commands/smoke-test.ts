@@ -27,7 +27,8 @@ function outputsOf(r: SmokeResult): Outputs {
     accelerator: r.accelerator,
     firmware: r.firmware,
     'image-format': r.disk.format,
-    'reference-difference': r.referenceDifference === undefined ? '' : Number(r.referenceDifference.toFixed(4)),
+    'reference-difference':
+      r.referenceDifference === undefined ? '' : Number(r.referenceDifference.toFixed(4)),
     'evidence-dir': r.evidenceDir,
     screenshots: r.screenshots.length,
     'serial-log': r.serialLog,
@@ -40,33 +41,174 @@ function stamp(): string {
 }
 
 const own: InputSpec[] = [
-  { name: 'image', type: 'string', required: true, positional: 0, description: 'disk image file (raw, qcow2, vhdx, vmdk, ...), chunked layout (oci-layout:DIR:TAG) or published reference' },
-  { name: 'manifest', type: 'string', description: 'stage manifest giving firmware, TPM and OS (default: <image>.orb.json when it exists)' },
-  { name: 'timeout', type: 'duration', default: 900, min: 5, max: 86400, description: 'seconds from VM start for RDP (and the other boot checks) to pass' },
-  { name: 'accelerator', type: 'enum', choices: ['auto', 'kvm', 'tcg'], default: 'auto', description: 'auto probes KVM as setup-qemu does; pass its accelerator output to skip the probe' },
-  { name: 'firmware', type: 'enum', choices: ['auto', 'bios', 'uefi', 'uefi-secure'], default: 'auto', description: "auto: the manifest's, else UEFI for GPT disks and BIOS otherwise" },
-  { name: 'tpm', type: 'enum', choices: ['auto', 'true', 'false'], default: 'auto', description: "attach a TPM 2.0 (swtpm); auto: the manifest's" },
-  { name: 'uefi-vars', type: 'string', description: 'UEFI variable store to start from (copied; default a fresh one)' },
-  { name: 'memory', type: 'size', min: 64 * 1024 * 1024, description: "guest memory (default by the manifest's OS: Windows 4G, Linux 1G, else 2G)" },
+  {
+    name: 'image',
+    type: 'string',
+    required: true,
+    positional: 0,
+    description:
+      'disk image file (raw, qcow2, vhdx, vmdk, ...), chunked layout (oci-layout:DIR:TAG) or published reference',
+  },
+  {
+    name: 'manifest',
+    type: 'string',
+    description: 'stage manifest giving firmware, TPM and OS (default: <image>.orb.json when it exists)',
+  },
+  {
+    name: 'timeout',
+    type: 'duration',
+    default: 900,
+    min: 5,
+    max: 86400,
+    description: 'seconds from VM start for RDP (and the other boot checks) to pass',
+  },
+  {
+    name: 'accelerator',
+    type: 'enum',
+    choices: ['auto', 'kvm', 'tcg'],
+    default: 'auto',
+    description: 'auto probes KVM as setup-qemu does; pass its accelerator output to skip the probe',
+  },
+  {
+    name: 'firmware',
+    type: 'enum',
+    choices: ['auto', 'bios', 'uefi', 'uefi-secure'],
+    default: 'auto',
+    description: "auto: the manifest's, else UEFI for GPT disks and BIOS otherwise",
+  },
+  {
+    name: 'tpm',
+    type: 'enum',
+    choices: ['auto', 'true', 'false'],
+    default: 'auto',
+    description: "attach a TPM 2.0 (swtpm); auto: the manifest's",
+  },
+  {
+    name: 'uefi-vars',
+    type: 'string',
+    description: 'UEFI variable store to start from (copied; default a fresh one)',
+  },
+  {
+    name: 'memory',
+    type: 'size',
+    min: 64 * 1024 * 1024,
+    description: "guest memory (default by the manifest's OS: Windows 4G, Linux 1G, else 2G)",
+  },
   { name: 'cpus', type: 'integer', default: 2, min: 1, max: 64, description: 'virtual CPUs' },
-  { name: 'disk-interface', type: 'enum', choices: ['sata', 'virtio', 'ide', 'nvme'], default: 'sata', description: 'how the disk is attached (sata boots every OS without extra drivers)' },
-  { name: 'isolate-network', type: 'boolean', default: true, description: "the guest cannot reach the host's networks (forwarded ports still work)" },
-  { name: 'rdp', type: 'boolean', default: true, description: 'check RDP (turn off for images without RDP and use the other checks)' },
-  { name: 'rdp-port', type: 'integer', default: 3389, min: 1, max: 65535, description: 'guest port of the RDP service' },
-  { name: 'expect-protocol', type: 'list', description: 'fail unless the server selects one of these: rdp, tls, credssp, rdstls, credssp-ex (empty: any)' },
-  { name: 'ports', type: 'list', description: 'more guest TCP ports that must accept connections, e.g. 8006' },
-  { name: 'serial-pattern', type: 'string', description: 'regular expression a serial console line must match' },
-  { name: 'screen-check', type: 'boolean', default: false, description: 'require a screen that is not black and has stopped changing' },
-  { name: 'reference-screenshot', type: 'string', description: 'PNG the screen must match (for example a screenshot from an earlier run)' },
-  { name: 'reference-threshold', type: 'number', default: 0.02, min: 0, max: 1, description: 'fraction of unmasked pixels allowed to differ from the reference' },
-  { name: 'reference-mask', type: 'list', description: 'rectangles WIDTHxHEIGHT+X+Y left out of the comparison (clocks, host names)' },
-  { name: 'screen-timeout', type: 'duration', default: 60, min: 5, max: 3600, description: 'seconds for the screen checks after the boot checks passed' },
-  { name: 'screenshot-interval', type: 'duration', min: 1, max: 3600, description: 'seconds between screenshots (default: timeout / 60, at least 5)' },
-  { name: 'evidence-dir', type: 'string', description: 'where screenshots, logs and result.json go (default: a new directory under RUNNER_TEMP or the temporary directory)' },
-  { name: 'upload-evidence', type: 'enum', choices: ['on-failure', 'always', 'never'], default: 'on-failure', description: 'upload the evidence as a workflow artifact (Actions only)' },
-  { name: 'artifact-name', type: 'string', description: 'name of the evidence artifact (default smoke-test-evidence-<image>-<job>)' },
-  { name: 'shutdown-grace', type: 'duration', default: 20, min: 0, max: 600, description: 'seconds the guest gets to power off after the ACPI request before QEMU is stopped' },
-  { name: 'pull-dir', type: 'string', description: 'where a referenced image is pulled to (removed afterwards; default RUNNER_TEMP or the temporary directory)' },
+  {
+    name: 'disk-interface',
+    type: 'enum',
+    choices: ['sata', 'virtio', 'ide', 'nvme'],
+    default: 'sata',
+    description: 'how the disk is attached (sata boots every OS without extra drivers)',
+  },
+  {
+    name: 'isolate-network',
+    type: 'boolean',
+    default: true,
+    description: "the guest cannot reach the host's networks (forwarded ports still work)",
+  },
+  {
+    name: 'rdp',
+    type: 'boolean',
+    default: true,
+    description: 'check RDP (turn off for images without RDP and use the other checks)',
+  },
+  {
+    name: 'rdp-port',
+    type: 'integer',
+    default: 3389,
+    min: 1,
+    max: 65535,
+    description: 'guest port of the RDP service',
+  },
+  {
+    name: 'expect-protocol',
+    type: 'list',
+    description:
+      'fail unless the server selects one of these: rdp, tls, credssp, rdstls, credssp-ex (empty: any)',
+  },
+  {
+    name: 'ports',
+    type: 'list',
+    description: 'more guest TCP ports that must accept connections, e.g. 8006',
+  },
+  {
+    name: 'serial-pattern',
+    type: 'string',
+    description: 'regular expression a serial console line must match',
+  },
+  {
+    name: 'screen-check',
+    type: 'boolean',
+    default: false,
+    description: 'require a screen that is not black and has stopped changing',
+  },
+  {
+    name: 'reference-screenshot',
+    type: 'string',
+    description: 'PNG the screen must match (for example a screenshot from an earlier run)',
+  },
+  {
+    name: 'reference-threshold',
+    type: 'number',
+    default: 0.02,
+    min: 0,
+    max: 1,
+    description: 'fraction of unmasked pixels allowed to differ from the reference',
+  },
+  {
+    name: 'reference-mask',
+    type: 'list',
+    description: 'rectangles WIDTHxHEIGHT+X+Y left out of the comparison (clocks, host names)',
+  },
+  {
+    name: 'screen-timeout',
+    type: 'duration',
+    default: 60,
+    min: 5,
+    max: 3600,
+    description: 'seconds for the screen checks after the boot checks passed',
+  },
+  {
+    name: 'screenshot-interval',
+    type: 'duration',
+    min: 1,
+    max: 3600,
+    description: 'seconds between screenshots (default: timeout / 60, at least 5)',
+  },
+  {
+    name: 'evidence-dir',
+    type: 'string',
+    description:
+      'where screenshots, logs and result.json go (default: a new directory under RUNNER_TEMP or the temporary directory)',
+  },
+  {
+    name: 'upload-evidence',
+    type: 'enum',
+    choices: ['on-failure', 'always', 'never'],
+    default: 'on-failure',
+    description: 'upload the evidence as a workflow artifact (Actions only)',
+  },
+  {
+    name: 'artifact-name',
+    type: 'string',
+    description: 'name of the evidence artifact (default smoke-test-evidence-<image>-<job>)',
+  },
+  {
+    name: 'shutdown-grace',
+    type: 'duration',
+    default: 20,
+    min: 0,
+    max: 600,
+    description: 'seconds the guest gets to power off after the ACPI request before QEMU is stopped',
+  },
+  {
+    name: 'pull-dir',
+    type: 'string',
+    description:
+      'where a referenced image is pulled to (removed afterwards; default RUNNER_TEMP or the temporary directory)',
+  },
   ...accessInputs,
 ];
 // Registry and store access (credentials, endpoints) exactly as orb pull takes them.
@@ -87,14 +229,20 @@ export default defineCommand({
   outputs: [
     { name: 'passed', description: 'true when every check passed' },
     { name: 'failures', description: 'one line per failed check' },
-    { name: 'seconds-to-first-serial', description: 'seconds from VM start to the first serial console output' },
+    {
+      name: 'seconds-to-first-serial',
+      description: 'seconds from VM start to the first serial console output',
+    },
     { name: 'seconds-to-rdp', description: 'seconds from VM start until RDP answered' },
     { name: 'seconds-total', description: 'seconds the whole test took' },
     ...rdpOutputSpecs,
     { name: 'accelerator', description: 'kvm or tcg' },
     { name: 'firmware', description: 'bios, uefi or uefi-secure' },
     { name: 'image-format', description: 'format of the image as qemu-img detected it' },
-    { name: 'reference-difference', description: 'fraction of unmasked pixels that differed from the reference (best match)' },
+    {
+      name: 'reference-difference',
+      description: 'fraction of unmasked pixels that differed from the reference (best match)',
+    },
     { name: 'evidence-dir', description: 'directory with screenshots, serial.log, qemu.log and result.json' },
     { name: 'screenshots', description: 'number of screenshots kept' },
     { name: 'serial-log', description: 'path of the serial console log' },
@@ -105,7 +253,10 @@ export default defineCommand({
     const protocols = expectedProtocols(inputs.list('expect-protocol'));
     const ports = inputs.list('ports').map((p) => {
       const n = Number(p);
-      if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(`input 'ports': '${p}' is not a TCP port; expected whole numbers from 1 to 65535`);
+      if (!Number.isInteger(n) || n < 1 || n > 65535)
+        throw new UsageError(
+          `input 'ports': '${p}' is not a TCP port; expected whole numbers from 1 to 65535`,
+        );
       return n;
     });
     let serialPattern: RegExp | undefined;
@@ -117,8 +268,17 @@ export default defineCommand({
         throw new UsageError(`input 'serial-pattern': ${(err as Error).message}`);
       }
     }
-    if (!inputs.bool('rdp') && !ports.length && !serialPattern && !inputs.bool('screen-check') && !inputs.has('reference-screenshot')) {
-      throw new UsageError('nothing to check: RDP is off and no other check was asked for', 'keep --rdp, or add --ports, --serial-pattern, --screen-check or --reference-screenshot');
+    if (
+      !inputs.bool('rdp') &&
+      !ports.length &&
+      !serialPattern &&
+      !inputs.bool('screen-check') &&
+      !inputs.has('reference-screenshot')
+    ) {
+      throw new UsageError(
+        'nothing to check: RDP is off and no other check was asked for',
+        'keep --rdp, or add --ports, --serial-pattern, --screen-check or --reference-screenshot',
+      );
     }
     const tpmIn = inputs.string('tpm');
     const image = await resolveImageSource(inputs.string('image'), {
@@ -128,40 +288,56 @@ export default defineCommand({
       store: storeOptions(inputs, storeSpecs, ctx),
       ...(inputs.optString('pull-dir') ? { pullDir: inputs.string('pull-dir') } : {}),
     });
-    const evidenceDir = inputs.optString('evidence-dir') ?? join(process.env.RUNNER_TEMP || tmpdir(), `orb-smoke-${stamp()}`);
+    const evidenceDir =
+      inputs.optString('evidence-dir') ?? join(process.env.RUNNER_TEMP || tmpdir(), `orb-smoke-${stamp()}`);
 
     let accelerator = inputs.string('accelerator') as 'auto' | 'kvm' | 'tcg';
     if (accelerator === 'auto') {
       const qemu = requireTool('qemu-system-x86_64', 'qemu-system-x86');
       const d = await probeAccelerator({ qemu });
       accelerator = d.accelerator;
-      if (d.reason) ctx.log.warn(`using software emulation (TCG): ${d.reason}. Booting will be many times slower than with KVM; raise --timeout accordingly.`);
+      if (d.reason)
+        ctx.log.warn(
+          `using software emulation (TCG): ${d.reason}. Booting will be many times slower than with KVM; raise --timeout accordingly.`,
+        );
     }
     let result: SmokeResult;
     try {
       result = await smokeTest({
         image: image.path,
-        ...(inputs.optString('manifest') ?? image.manifest ? { manifest: (inputs.optString('manifest') ?? image.manifest)! } : {}),
+        ...((inputs.optString('manifest') ?? image.manifest)
+          ? { manifest: (inputs.optString('manifest') ?? image.manifest)! }
+          : {}),
         accelerator,
         firmware: inputs.string('firmware') as Firmware | 'auto',
         tpm: tpmIn === 'auto' ? 'auto' : tpmIn === 'true',
         ...(inputs.optString('uefi-vars') ? { uefiVars: inputs.string('uefi-vars') } : {}),
-        ...(inputs.optNumber('memory') !== undefined ? { memoryMiB: Math.floor(inputs.number('memory') / (1024 * 1024)) } : {}),
+        ...(inputs.optNumber('memory') !== undefined
+          ? { memoryMiB: Math.floor(inputs.number('memory') / (1024 * 1024)) }
+          : {}),
         cpus: inputs.number('cpus'),
         diskInterface: inputs.string('disk-interface') as DiskInterface,
         isolate: inputs.bool('isolate-network'),
         timeoutMs: inputs.number('timeout') * 1000,
-        rdp: { enabled: inputs.bool('rdp'), guestPort: inputs.number('rdp-port'), expectProtocols: protocols },
+        rdp: {
+          enabled: inputs.bool('rdp'),
+          guestPort: inputs.number('rdp-port'),
+          expectProtocols: protocols,
+        },
         ports,
         ...(serialPattern ? { serialPattern } : {}),
         screen: {
           settle: inputs.bool('screen-check'),
-          ...(inputs.optString('reference-screenshot') ? { reference: inputs.string('reference-screenshot') } : {}),
+          ...(inputs.optString('reference-screenshot')
+            ? { reference: inputs.string('reference-screenshot') }
+            : {}),
           threshold: inputs.number('reference-threshold'),
           masks,
           timeoutMs: inputs.number('screen-timeout') * 1000,
         },
-        ...(inputs.optNumber('screenshot-interval') !== undefined ? { screenshotIntervalMs: inputs.number('screenshot-interval') * 1000 } : {}),
+        ...(inputs.optNumber('screenshot-interval') !== undefined
+          ? { screenshotIntervalMs: inputs.number('screenshot-interval') * 1000 }
+          : {}),
         evidenceDir,
         shutdownGraceMs: inputs.number('shutdown-grace') * 1000,
         signal: ctx.signal,
@@ -177,8 +353,16 @@ export default defineCommand({
     if (ctx.uploadArtifact && (upload === 'always' || (upload === 'on-failure' && !result.passed))) {
       const name =
         inputs.optString('artifact-name') ??
-        `smoke-test-evidence-${basename(image.path)}-${process.env.GITHUB_JOB ?? 'job'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}`.replace(/[^A-Za-z0-9._-]/g, '_');
-      const files = [...result.screenshots, result.serialLog, result.qemuLog, join(result.evidenceDir, 'result.json')];
+        `smoke-test-evidence-${basename(image.path)}-${process.env.GITHUB_JOB ?? 'job'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}`.replace(
+          /[^A-Za-z0-9._-]/g,
+          '_',
+        );
+      const files = [
+        ...result.screenshots,
+        result.serialLog,
+        result.qemuLog,
+        join(result.evidenceDir, 'result.json'),
+      ];
       try {
         await ctx.uploadArtifact(name, files, result.evidenceDir);
         ctx.log.info(`evidence uploaded as artifact '${name}'`);
@@ -196,7 +380,9 @@ export default defineCommand({
         hint: `see the screenshots and logs in ${result.evidenceDir}`,
       });
     }
-    ctx.log.info(`smoke test passed in ${result.timings.total.toFixed(0)} s; evidence in ${result.evidenceDir}`);
+    ctx.log.info(
+      `smoke test passed in ${result.timings.total.toFixed(0)} s; evidence in ${result.evidenceDir}`,
+    );
     return outputs;
   },
 });

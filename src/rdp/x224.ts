@@ -56,11 +56,17 @@ export function usesTls(code: number): boolean {
 /** failureCode values of RDP_NEG_FAILURE (MS-RDPBCGR 2.2.1.2.2) with what they mean for a user. */
 export const NEG_FAILURES: Record<number, { name: string; meaning: string }> = {
   1: { name: 'SSL_REQUIRED_BY_SERVER', meaning: 'the server requires TLS' },
-  2: { name: 'SSL_NOT_ALLOWED_BY_SERVER', meaning: 'the server only allows standard RDP security (no TLS, no NLA)' },
+  2: {
+    name: 'SSL_NOT_ALLOWED_BY_SERVER',
+    meaning: 'the server only allows standard RDP security (no TLS, no NLA)',
+  },
   3: { name: 'SSL_CERT_NOT_ON_SERVER', meaning: 'the server has no certificate for TLS' },
   4: { name: 'INCONSISTENT_FLAGS', meaning: 'the server found the requested protocol flags inconsistent' },
   5: { name: 'HYBRID_REQUIRED_BY_SERVER', meaning: 'the server requires CredSSP (NLA)' },
-  6: { name: 'SSL_WITH_USER_AUTH_REQUIRED_BY_SERVER', meaning: 'the server requires TLS with user authentication' },
+  6: {
+    name: 'SSL_WITH_USER_AUTH_REQUIRED_BY_SERVER',
+    meaning: 'the server requires TLS with user authentication',
+  },
 };
 
 export interface ConnectionRequestOptions {
@@ -73,7 +79,9 @@ export interface ConnectionRequestOptions {
 export function connectionRequest(opts: ConnectionRequestOptions = {}): Buffer {
   const requested = opts.requestedProtocols ?? PROTOCOL_SSL | PROTOCOL_HYBRID;
   // The cookie is ASCII up to CR LF; refuse anything that could break out of that line.
-  const cookie = opts.cookie ? Buffer.from(`Cookie: mstshash=${opts.cookie.replace(/[^\x21-\x7e]/g, '')}\r\n`, 'ascii') : Buffer.alloc(0);
+  const cookie = opts.cookie
+    ? Buffer.from(`Cookie: mstshash=${opts.cookie.replace(/[^\x21-\x7e]/g, '')}\r\n`, 'ascii')
+    : Buffer.alloc(0);
   const neg = Buffer.alloc(8);
   neg.writeUInt8(TYPE_NEG_REQ, 0);
   neg.writeUInt8(0, 1); // flags
@@ -116,32 +124,66 @@ export function previewBytes(buf: Buffer, max = 48): string {
 /** Parses the server's reply as far as it has arrived. */
 export function parseConfirm(buf: Buffer): ConfirmParse {
   if (buf.length < 1) return { kind: 'incomplete' };
-  if (buf[0] !== 3) return { kind: 'not-rdp', detail: 'the reply does not start with a TPKT header (version 3)', preview: previewBytes(buf) };
-  if (buf.length >= 2 && buf[1] !== 0) return { kind: 'not-rdp', detail: 'TPKT reserved byte is not 0', preview: previewBytes(buf) };
+  if (buf[0] !== 3)
+    return {
+      kind: 'not-rdp',
+      detail: 'the reply does not start with a TPKT header (version 3)',
+      preview: previewBytes(buf),
+    };
+  if (buf.length >= 2 && buf[1] !== 0)
+    return { kind: 'not-rdp', detail: 'TPKT reserved byte is not 0', preview: previewBytes(buf) };
   if (buf.length < 4) return { kind: 'incomplete' };
   const length = buf.readUInt16BE(2);
   if (length < 11 || length > 512) {
-    return { kind: 'not-rdp', detail: `TPKT length ${length} is not that of a Connection Confirm`, preview: previewBytes(buf) };
+    return {
+      kind: 'not-rdp',
+      detail: `TPKT length ${length} is not that of a Connection Confirm`,
+      preview: previewBytes(buf),
+    };
   }
   if (buf.length < length) return { kind: 'incomplete' };
   const li = buf[4]!;
   const code = buf[5]! & 0xf0;
-  if (li + 5 > length) return { kind: 'not-rdp', detail: `X.224 length indicator ${li} exceeds the TPKT length ${length}`, preview: previewBytes(buf) };
+  if (li + 5 > length)
+    return {
+      kind: 'not-rdp',
+      detail: `X.224 length indicator ${li} exceeds the TPKT length ${length}`,
+      preview: previewBytes(buf),
+    };
   if (code === X224_DR) return { kind: 'disconnect' };
   if (code !== X224_CC) {
-    return { kind: 'not-rdp', detail: `X.224 TPDU code 0x${code.toString(16)} is not a Connection Confirm (0xd0)`, preview: previewBytes(buf) };
+    return {
+      kind: 'not-rdp',
+      detail: `X.224 TPDU code 0x${code.toString(16)} is not a Connection Confirm (0xd0)`,
+      preview: previewBytes(buf),
+    };
   }
   // Fixed part: LI, code, DST-REF(2), SRC-REF(2), class = 7 bytes from offset 4; negotiation data follows.
-  if (length === 4 + 7) return { kind: 'confirm', selected: PROTOCOL_RDP, flags: 0, negotiated: false, length };
-  if (length < 4 + 7 + 8) return { kind: 'not-rdp', detail: `truncated negotiation data (${length - 11} of 8 bytes)`, preview: previewBytes(buf) };
+  if (length === 4 + 7)
+    return { kind: 'confirm', selected: PROTOCOL_RDP, flags: 0, negotiated: false, length };
+  if (length < 4 + 7 + 8)
+    return {
+      kind: 'not-rdp',
+      detail: `truncated negotiation data (${length - 11} of 8 bytes)`,
+      preview: previewBytes(buf),
+    };
   const type = buf[11]!;
   const flags = buf[12]!;
   const negLen = buf.readUInt16LE(13);
   const value = buf.readUInt32LE(15);
-  if (negLen !== 8) return { kind: 'not-rdp', detail: `negotiation data length ${negLen} is not 8`, preview: previewBytes(buf) };
+  if (negLen !== 8)
+    return {
+      kind: 'not-rdp',
+      detail: `negotiation data length ${negLen} is not 8`,
+      preview: previewBytes(buf),
+    };
   if (type === TYPE_NEG_RSP) return { kind: 'confirm', selected: value, flags, negotiated: true, length };
   if (type === TYPE_NEG_FAILURE) return { kind: 'failure', code: value, length };
-  return { kind: 'not-rdp', detail: `negotiation data type ${type} is neither a response (2) nor a failure (3)`, preview: previewBytes(buf) };
+  return {
+    kind: 'not-rdp',
+    detail: `negotiation data type ${type} is neither a response (2) nor a failure (3)`,
+    preview: previewBytes(buf),
+  };
 }
 
 /** Negotiation Response flags (MS-RDPBCGR 2.2.1.2.1), for the report. */

@@ -38,7 +38,9 @@ const CHECKABLE = new Set(['qcow2', 'qed', 'vdi', 'vhdx', 'parallels']);
 
 function corrupt(path: string, why: string, hint?: string): OrbError {
   return new OrbError('input', `${path} is not a bootable disk image: ${why}`, {
-    hint: hint ?? 'check that the file was copied or downloaded completely (compare its sha256 with the published digest), or rebuild it',
+    hint:
+      hint ??
+      'check that the file was copied or downloaded completely (compare its sha256 with the published digest), or rebuild it',
   });
 }
 
@@ -54,8 +56,14 @@ interface QemuImgInfo {
 export async function inspectDisk(path: string, signal?: AbortSignal): Promise<DiskFacts> {
   const abs = resolve(path);
   const st = await stat(abs).catch(() => undefined);
-  if (!st) throw new OrbError('input', `image ${path} does not exist`, { hint: 'give the path of a disk image (raw or qcow2), or a published reference' });
-  if (st.isDirectory()) throw new OrbError('input', `image ${path} is a directory`, { hint: 'give a disk image file, or an oci-layout:DIR:TAG reference for a chunked layout' });
+  if (!st)
+    throw new OrbError('input', `image ${path} does not exist`, {
+      hint: 'give the path of a disk image (raw or qcow2), or a published reference',
+    });
+  if (st.isDirectory())
+    throw new OrbError('input', `image ${path} is a directory`, {
+      hint: 'give a disk image file, or an oci-layout:DIR:TAG reference for a chunked layout',
+    });
   if (!st.isFile() && !st.isBlockDevice()) throw new OrbError('input', `image ${path} is not a regular file`);
   if (st.isFile() && st.size === 0) throw corrupt(path, 'the file is empty');
 
@@ -68,7 +76,11 @@ export async function inspectDisk(path: string, signal?: AbortSignal): Promise<D
   }
   for (const [magic, name] of COMPRESSED_MAGIC) {
     if (head.subarray(0, magic.length).equals(magic)) {
-      throw corrupt(path, `it is ${name}-compressed`, `decompress it first (for example 'zstd -d'), or give the chunked layout or published reference, which smoke-test unpacks itself`);
+      throw corrupt(
+        path,
+        `it is ${name}-compressed`,
+        `decompress it first (for example 'zstd -d'), or give the chunked layout or published reference, which smoke-test unpacks itself`,
+      );
     }
   }
 
@@ -76,7 +88,10 @@ export async function inspectDisk(path: string, signal?: AbortSignal): Promise<D
   // -U: only reading metadata; another reader holding the image (a running VM) must not stop us.
   const info = await run(qemuImg, ['info', '-U', '--output=json', abs], { signal, timeoutMs: 60_000 });
   if (info.code !== 0) {
-    throw corrupt(path, `qemu-img cannot open it: ${info.stderr.trim().split('\n').pop() ?? `exit ${info.code}`}`);
+    throw corrupt(
+      path,
+      `qemu-img cannot open it: ${info.stderr.trim().split('\n').pop() ?? `exit ${info.code}`}`,
+    );
   }
   let parsed: QemuImgInfo;
   try {
@@ -97,10 +112,18 @@ export async function inspectDisk(path: string, signal?: AbortSignal): Promise<D
 
   const sector = await firstSector(qemuImg, abs, format, signal);
   if (sector.every((b) => b === 0)) {
-    throw corrupt(path, 'its first sector is empty (no boot loader, no partition table)', 'this is a blank or wiped disk, or the wrong file');
+    throw corrupt(
+      path,
+      'its first sector is empty (no boot loader, no partition table)',
+      'this is a blank or wiped disk, or the wrong file',
+    );
   }
   if (sector[510] !== 0x55 || sector[511] !== 0xaa) {
-    throw corrupt(path, 'its first sector has no boot signature (55 AA): no partition table and no boot loader', 'this is not a whole-disk image (a partition or file-system image, or another file)');
+    throw corrupt(
+      path,
+      'its first sector has no boot signature (55 AA): no partition table and no boot loader',
+      'this is not a whole-disk image (a partition or file-system image, or another file)',
+    );
   }
   let partitioning: DiskFacts['partitioning'] = 'none';
   for (let i = 0; i < 4; i++) {
@@ -125,8 +148,16 @@ export async function inspectDisk(path: string, signal?: AbortSignal): Promise<D
  * qemu-img check with bounded output: a badly damaged 150 GB image prints millions of
  * "Leaked cluster" lines; we keep the JSON summary and the first few ERROR lines.
  */
-async function checkMetadata(qemuImg: string, abs: string, format: string, shown: string, signal?: AbortSignal): Promise<'clean' | 'leaks'> {
-  const child = spawnTracked(qemuImg, ['check', '-U', '--output=json', '-f', format, abs], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function checkMetadata(
+  qemuImg: string,
+  abs: string,
+  format: string,
+  shown: string,
+  signal?: AbortSignal,
+): Promise<'clean' | 'leaks'> {
+  const child = spawnTracked(qemuImg, ['check', '-U', '--output=json', '-f', format, abs], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   const errors: string[] = [];
   let partial = '';
@@ -161,7 +192,12 @@ async function checkMetadata(qemuImg: string, abs: string, format: string, shown
   throw corrupt(shown, `qemu-img check found its ${format} metadata damaged: ${detail || `exit ${code}`}`);
 }
 
-async function firstSector(qemuImg: string, abs: string, format: string, signal?: AbortSignal): Promise<Buffer> {
+async function firstSector(
+  qemuImg: string,
+  abs: string,
+  format: string,
+  signal?: AbortSignal,
+): Promise<Buffer> {
   if (format === 'raw') {
     const buf = Buffer.alloc(512);
     const fh = await open(abs, 'r');
@@ -175,8 +211,13 @@ async function firstSector(qemuImg: string, abs: string, format: string, signal?
   const dir = await mkdtemp(join(tmpdir(), 'orb-sector-'));
   try {
     const out = join(dir, 'sector.raw');
-    const r = await run(qemuImg, ['dd', '-U', '-f', format, '-O', 'raw', 'bs=512', 'count=1', `if=${abs}`, `of=${out}`], { signal, timeoutMs: 60_000 });
-    if (r.code !== 0) throw corrupt(abs, `its first sector cannot be read: ${r.stderr.trim().split('\n').pop() ?? ''}`);
+    const r = await run(
+      qemuImg,
+      ['dd', '-U', '-f', format, '-O', 'raw', 'bs=512', 'count=1', `if=${abs}`, `of=${out}`],
+      { signal, timeoutMs: 60_000 },
+    );
+    if (r.code !== 0)
+      throw corrupt(abs, `its first sector cannot be read: ${r.stderr.trim().split('\n').pop() ?? ''}`);
     const buf = await readFile(out);
     return buf.length >= 512 ? buf.subarray(0, 512) : Buffer.concat([buf, Buffer.alloc(512 - buf.length)]);
   } finally {
@@ -188,13 +229,25 @@ async function firstSector(qemuImg: string, abs: string, format: string, signal?
  * A qcow2 overlay whose backing file is the image: the guest writes into the overlay, the image
  * is opened read-only by QEMU and never changes.
  */
-export async function createOverlay(disk: DiskFacts, overlayPath: string, signal?: AbortSignal): Promise<void> {
+export async function createOverlay(
+  disk: DiskFacts,
+  overlayPath: string,
+  signal?: AbortSignal,
+): Promise<void> {
   const qemuImg = requireTool('qemu-img', 'qemu-utils');
-  const r = await run(qemuImg, ['create', '-q', '-f', 'qcow2', '-F', disk.format, '-b', disk.path, overlayPath], { signal, timeoutMs: 60_000 });
+  const r = await run(
+    qemuImg,
+    ['create', '-q', '-f', 'qcow2', '-F', disk.format, '-b', disk.path, overlayPath],
+    { signal, timeoutMs: 60_000 },
+  );
   if (r.code !== 0) {
-    throw new OrbError('environment', `cannot create the overlay for ${basename(disk.path)}: ${r.stderr.trim()}`, {
-      hint: 'the overlay lives in the temporary directory (TMPDIR); check that it is writable and has free space',
-    });
+    throw new OrbError(
+      'environment',
+      `cannot create the overlay for ${basename(disk.path)}: ${r.stderr.trim()}`,
+      {
+        hint: 'the overlay lives in the temporary directory (TMPDIR); check that it is writable and has free space',
+      },
+    );
   }
 }
 

@@ -50,8 +50,13 @@ export class ScreenshotRecorder {
 export async function tailFile(path: string, n: number): Promise<string> {
   const text = await readFile(path, 'utf8').catch(() => '');
   // Serial consoles carry ANSI escapes and CRs; strip them so the summary stays readable.
+  // eslint-disable-next-line no-control-regex -- matching the ESC of terminal sequences is the point
   const clean = text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
-  return clean.split('\n').filter((l) => l.trim()).slice(-n).join('\n');
+  return clean
+    .split('\n')
+    .filter((l) => l.trim())
+    .slice(-n)
+    .join('\n');
 }
 
 const ICON = { passed: 'passed', failed: 'FAILED', skipped: 'skipped' } as const;
@@ -61,18 +66,37 @@ export async function writeSummary(summary: Summary, r: SmokeResult): Promise<vo
   if (!r.passed) summary.text(r.failures.map((f) => `- ${f}`).join('\n'));
   summary.table(
     ['check', 'result', 'after', 'detail'],
-    r.checks.map((c) => [c.name, ICON[c.status], c.seconds === undefined ? '' : `${c.seconds.toFixed(1)} s`, c.detail]),
+    r.checks.map((c) => [
+      c.name,
+      ICON[c.status],
+      c.seconds === undefined ? '' : `${c.seconds.toFixed(1)} s`,
+      c.detail,
+    ]),
   );
   const rows: [string, string][] = [
     ['image', r.imageDescription],
     ['machine', `${r.arch}, ${r.firmware}${r.tpm ? ' + TPM 2.0' : ''}, ${r.accelerator}, ${r.memoryMiB} MiB`],
-    ['first serial output', r.timings.firstSerial === undefined ? 'none' : `${r.timings.firstSerial.toFixed(1)} s`],
-    ['RDP ready', r.timings.rdpReady === undefined ? (r.rdpEnabled ? 'not reached' : 'not checked') : `${r.timings.rdpReady.toFixed(1)} s`],
+    [
+      'first serial output',
+      r.timings.firstSerial === undefined ? 'none' : `${r.timings.firstSerial.toFixed(1)} s`,
+    ],
+    [
+      'RDP ready',
+      r.timings.rdpReady === undefined
+        ? r.rdpEnabled
+          ? 'not reached'
+          : 'not checked'
+        : `${r.timings.rdpReady.toFixed(1)} s`,
+    ],
     ['total', formatDuration(r.timings.total)],
   ];
   if (r.rdp) {
     rows.push(['RDP protocol', r.rdp.description]);
-    if (r.rdp.tls) rows.push(['certificate', `${r.rdp.tls.subject} (valid ${r.rdp.tls.validFrom} to ${r.rdp.tls.validTo})`]);
+    if (r.rdp.tls)
+      rows.push([
+        'certificate',
+        `${r.rdp.tls.subject} (valid ${r.rdp.tls.validFrom} to ${r.rdp.tls.validTo})`,
+      ]);
   }
   if (r.shutdown) rows.push(['shutdown', r.shutdown]);
   rows.push(['evidence', `${r.evidenceDir} (${r.screenshots.length} screenshots, serial.log, qemu.log)`]);

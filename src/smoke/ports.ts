@@ -28,7 +28,12 @@ export function parseUsernet(text: string): UsernetEntry[] {
 }
 
 /** One look at one port: connect through the forward and watch for the guest's verdict. */
-export async function probeForwardedPort(qmp: QmpClient, hostPort: number, guestPort: number, timeoutMs: number): Promise<PortState> {
+export async function probeForwardedPort(
+  qmp: QmpClient,
+  hostPort: number,
+  guestPort: number,
+  timeoutMs: number,
+): Promise<PortState> {
   const sock = connect({ host: '127.0.0.1', port: hostPort });
   let verdict: PortState | undefined;
   sock.on('error', () => {
@@ -51,7 +56,15 @@ export async function probeForwardedPort(qmp: QmpClient, hostPort: number, guest
       await new Promise((r) => setTimeout(r, 200));
       if (verdict !== undefined) break;
       const entries = parseUsernet(await qmp.hmp('info usernet', { timeoutMs: 5000 }).catch(() => ''));
-      if (entries.some((e) => e.protocol === 'TCP' && e.state === 'ESTABLISHED' && e.srcPort === hostPort && e.dstPort === guestPort)) {
+      if (
+        entries.some(
+          (e) =>
+            e.protocol === 'TCP' &&
+            e.state === 'ESTABLISHED' &&
+            e.srcPort === hostPort &&
+            e.dstPort === guestPort,
+        )
+      ) {
         verdict ??= 'open';
       }
     }

@@ -9,7 +9,8 @@ import { probeRdp, type RdpProbeResult } from '../rdp/probe.js';
 import { createOverlay, describeDisk, inspectDisk } from './disk.js';
 import { ScreenshotRecorder, tailFile } from './evidence.js';
 import { probeForwardedPort, type PortState } from './ports.js';
-import { compareImages, readPng, SettleTracker } from './screen.js';
+import { readPng } from './screen.js';
+import { REFERENCE_CHECK, runScreenChecks, SETTLE_CHECK } from './screen-checks.js';
 import type { CheckResult, SmokeOptions, SmokeResult } from './types.js';
 
 export type { CheckResult, SmokeOptions, SmokeResult } from './types.js';
@@ -53,16 +54,29 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
   const build = manifest?.build;
   const arch = o.arch ?? build?.arch ?? 'x86_64';
   const firmware: Firmware =
-    arch === 'aarch64' ? 'uefi' : o.firmware && o.firmware !== 'auto' ? o.firmware : (build?.firmware ?? disk.suggestedFirmware);
+    arch === 'aarch64'
+      ? 'uefi'
+      : o.firmware && o.firmware !== 'auto'
+        ? o.firmware
+        : (build?.firmware ?? disk.suggestedFirmware);
   const tpm = o.tpm === true || ((o.tpm === undefined || o.tpm === 'auto') && build?.tpm === true);
   const memoryMiB = o.memoryMiB ?? MEMORY_BY_OS[build?.os ?? ''] ?? 2048;
+  const hostArch = process.arch === 'arm64' ? 'aarch64' : process.arch === 'x64' ? 'x86_64' : process.arch;
+  let accelerator = o.accelerator;
+  if (accelerator === 'kvm' && arch !== hostArch) {
+    log.warn(
+      `the image is for ${arch} and this host is ${hostArch}: KVM cannot run it, using software emulation (TCG)`,
+    );
+    accelerator = 'tcg';
+  }
   const rdpEnabled = o.rdp?.enabled ?? true;
   const rdpGuestPort = o.rdp?.guestPort ?? 3389;
   const ports = [...new Set(o.ports ?? [])].filter((p) => !(rdpEnabled && p === rdpGuestPort));
   const screenOpts = o.screen ?? {};
   // Unreadable reference screenshots and a missing VARS file fail now, not after a long boot.
   const reference = screenOpts.reference ? await readPng(screenOpts.reference) : undefined;
-  if (o.uefiVars && !(await stat(o.uefiVars).catch(() => undefined))) throw new OrbError('input', `UEFI variable store ${o.uefiVars} does not exist`);
+  if (o.uefiVars && !(await stat(o.uefiVars).catch(() => undefined)))
+    throw new OrbError('input', `UEFI variable store ${o.uefiVars} does not exist`);
 
   const evidenceDir = resolve(o.evidenceDir);
   await mkdir(evidenceDir, { recursive: true });
@@ -92,17 +106,23 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
     const guestPorts = [...(rdpEnabled ? [rdpGuestPort] : []), ...ports];
     // Timings count from the launch of QEMU.
     const t0 = performance.now();
-    log.info(`starting the VM: ${arch}, ${firmware}${tpm ? ' + TPM' : ''}, ${o.accelerator}, ${memoryMiB} MiB, forwarding guest ports ${guestPorts.join(', ') || '(none)'} to 127.0.0.1`);
+    log.info(
+      `starting the VM: ${arch}, ${firmware}${tpm ? ' + TPM' : ''}, ${accelerator}, ${memoryMiB} MiB, forwarding guest ports ${guestPorts.join(', ') || '(none)'} to 127.0.0.1`,
+    );
     vm = await startVm({
       arch,
-      accel: o.accelerator,
+      accel: accelerator,
       memoryMiB,
       cpus: o.cpus ?? 2,
       disks: [{ path: overlay, format: 'qcow2', interface: o.diskInterface ?? 'sata' }],
       firmware,
       ...(uefiVars ? { uefiVars } : {}),
       tpm,
-      network: { forwards: guestPorts.map((guestPort) => ({ guestPort })), restrict: o.isolate ?? true, ...(o.nic ? { nic: o.nic } : {}) },
+      network: {
+        forwards: guestPorts.map((guestPort) => ({ guestPort })),
+        restrict: o.isolate ?? true,
+        ...(o.nic ? { nic: o.nic } : {}),
+      },
       workDir: join(work, 'vm'),
       name: 'orb-smoke-test',
       onSerialLine: () => {
@@ -148,7 +168,9 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
         if ('error' in r) log.debug(`screenshot failed: ${r.error}`);
         if (performance.now() - lastBeat >= 60_000) {
           lastBeat = performance.now();
-          log.info(`waiting: ${since().toFixed(0)} s of ${secs(o.timeoutMs)}${rdpEnabled && rdpReady === undefined ? `; RDP: ${rdpState.last || 'no attempt yet'}` : ''}; serial output ${firstSerial === undefined ? 'none yet' : 'seen'}`);
+          log.info(
+            `waiting: ${since().toFixed(0)} s of ${secs(o.timeoutMs)}${rdpEnabled && rdpReady === undefined ? `; RDP: ${rdpState.last || 'no attempt yet'}` : ''}; serial output ${firstSerial === undefined ? 'none yet' : 'seen'}`,
+          );
         }
         await sleep(interval, stop.signal);
       }
@@ -175,16 +197,29 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
               signal: stop.signal,
               onAttempt: (_n, f) => {
                 if (f.message !== rdpState.last) log.debug(`RDP: ${f.message}`);
-                rdpState.last = f.reason === 'closed' || f.reason === 'no-answer' ? 'not answering yet' : f.message;
+                rdpState.last =
+                  f.reason === 'closed' || f.reason === 'no-answer' ? 'not answering yet' : f.message;
               },
             });
             rdpReady = since();
             const detail = `${rdp.description}${rdp.tls ? `; certificate ${rdp.tls.subject}` : ''}`;
             log.info(`RDP answered after ${rdpReady.toFixed(1)} s: ${detail}`);
-            checks.push({ name: `RDP on guest port ${rdpGuestPort}`, status: 'passed', seconds: rdpReady, detail });
+            checks.push({
+              name: `RDP on guest port ${rdpGuestPort}`,
+              status: 'passed',
+              seconds: rdpReady,
+              detail,
+            });
           } catch (err) {
-            const msg = stop.signal.aborted ? gone('the VM stopped before RDP answered') : (err as Error).message;
-            checks.push({ name: `RDP on guest port ${rdpGuestPort}`, status: 'failed', seconds: since(), detail: msg });
+            const msg = stop.signal.aborted
+              ? gone('the VM stopped before RDP answered')
+              : (err as Error).message;
+            checks.push({
+              name: `RDP on guest port ${rdpGuestPort}`,
+              status: 'failed',
+              seconds: since(),
+              detail: msg,
+            });
             failures.push(msg);
           }
         })(),
@@ -195,7 +230,12 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
         (async () => {
           let state: PortState = 'no-answer';
           while (!stop.signal.aborted && remaining() > 0) {
-            state = await probeForwardedPort(runningVm.qmp, runningVm.ports[port]!, port, Math.min(5000, remaining()));
+            state = await probeForwardedPort(
+              runningVm.qmp,
+              runningVm.ports[port]!,
+              port,
+              Math.min(5000, remaining()),
+            );
             if (state === 'open') break;
             await sleep(Math.min(2000, remaining()), stop.signal);
           }
@@ -240,60 +280,27 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
 
     // Screen checks look at a guest that is up: after the boot checks, with their own time.
     const wantSettle = screenOpts.settle === true;
-    const screenNames = [...(wantSettle ? ['screen not black and settled'] : []), ...(reference ? ['screen matches the reference'] : [])];
+    const screenNames = [...(wantSettle ? [SETTLE_CHECK] : []), ...(reference ? [REFERENCE_CHECK] : [])];
     if (screenNames.length && (failures.length || vmGone)) {
-      for (const name of screenNames) checks.push({ name, status: 'skipped', detail: 'the boot checks failed' });
+      for (const name of screenNames)
+        checks.push({ name, status: 'skipped', detail: 'the boot checks failed' });
     } else if (screenNames.length) {
-      const tracker = new SettleTracker(3, 0.002, screenOpts.masks ?? []);
-      const threshold = screenOpts.threshold ?? 0.02;
-      const screenDeadline = performance.now() + (screenOpts.timeoutMs ?? 60_000);
-      let settledAt: number | undefined;
-      let matchedAt: number | undefined;
-      let lastError = '';
-      let sizeError: string | undefined;
-      while (!stop.signal.aborted && performance.now() < screenDeadline) {
-        const shot = await recorder.take(runningVm, 'screen');
-        if ('error' in shot) lastError = shot.error;
-        else {
-          const img = await readPng(shot.path);
-          if (wantSettle && settledAt === undefined && tracker.add(img)) settledAt = since();
-          if (reference && matchedAt === undefined) {
-            try {
-              const d = compareImages(img, reference, screenOpts.masks ?? []);
-              referenceDifference = Math.min(referenceDifference ?? 1, d.fraction);
-              if (d.fraction <= threshold) matchedAt = since();
-            } catch (err) {
-              sizeError = (err as Error).message;
-            }
-          }
-        }
-        if (sizeError || ((!wantSettle || settledAt !== undefined) && (!reference || matchedAt !== undefined))) break;
-        await sleep(2000, stop.signal);
-      }
+      const outcome = await runScreenChecks({
+        vm: runningVm,
+        recorder,
+        settle: wantSettle,
+        ...(reference ? { reference } : {}),
+        threshold: screenOpts.threshold ?? 0.02,
+        masks: screenOpts.masks ?? [],
+        timeoutMs: screenOpts.timeoutMs ?? 60_000,
+        since,
+        signal: stop.signal,
+      });
       if (interrupted) throw new OrbError('interrupted', 'smoke test interrupted');
-      const screenTime = secs(screenOpts.timeoutMs ?? 60_000);
-      if (wantSettle) {
-        const name = 'screen not black and settled';
-        if (settledAt !== undefined) checks.push({ name, status: 'passed', seconds: settledAt, detail: `${((tracker.lastFacts?.litFraction ?? 0) * 100).toFixed(1)}% of pixels lit` });
-        else {
-          const msg = lastError && !tracker.lastFacts ? `no screenshot could be taken: ${lastError}` : `the screen did not settle within ${screenTime}: ${tracker.describe()}`;
-          checks.push({ name, status: 'failed', seconds: since(), detail: msg });
-          failures.push(msg);
-        }
-      }
-      if (reference) {
-        const name = 'screen matches the reference';
-        const pct = (f: number) => `${(f * 100).toFixed(2)}%`;
-        if (matchedAt !== undefined) checks.push({ name, status: 'passed', seconds: matchedAt, detail: `${pct(referenceDifference ?? 0)} of pixels differ (allowed ${pct(threshold)})` });
-        else {
-          const msg =
-            sizeError ??
-            (referenceDifference === undefined
-              ? `no screenshot could be compared with the reference${lastError ? `: ${lastError}` : ''}`
-              : `the screen does not match the reference: at best ${pct(referenceDifference)} of unmasked pixels differ (allowed ${pct(threshold)}) within ${screenTime}`);
-          checks.push({ name, status: 'failed', seconds: since(), detail: msg });
-          failures.push(msg);
-        }
+      referenceDifference = outcome.referenceDifference;
+      for (const c of outcome.checks) {
+        checks.push(c);
+        if (c.status === 'failed') failures.push(c.detail);
       }
     }
     if (!stop.signal.aborted) await recorder.take(runningVm, 'final');
@@ -307,7 +314,12 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
     if (vm) {
       try {
         const p = await vm.powerOff({ graceMs: interrupted ? 0 : (o.shutdownGraceMs ?? 20_000) });
-        shutdown = { acpi: 'ACPI power-off', quit: 'stopped through QMP after the grace period', kill: 'killed after the grace period', 'already-exited': 'had already stopped' }[p.method];
+        shutdown = {
+          acpi: 'ACPI power-off',
+          quit: 'stopped through QMP after the grace period',
+          kill: 'killed after the grace period',
+          'already-exited': 'had already stopped',
+        }[p.method];
       } catch {
         shutdown = 'killed';
       }
@@ -320,6 +332,10 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
   }
 
   const total = (performance.now() - begin) / 1000;
+  // Checks finish in any order; report them in a fixed one.
+  const rank = (c: CheckResult) =>
+    ['RDP', 'TCP', 'serial', 'screen not', 'screen matches'].findIndex((p) => c.name.startsWith(p));
+  checks.sort((a, b) => rank(a) - rank(b));
   const result: SmokeResult = {
     passed: failures.length === 0,
     failures,
@@ -329,12 +345,16 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
     arch,
     firmware,
     tpm,
-    accelerator: o.accelerator,
+    accelerator,
     memoryMiB,
     rdpEnabled,
     ...(rdp ? { rdp } : {}),
     ...(rdpEnabled && vm ? { rdpHostPort: vm.ports[rdpGuestPort] } : {}),
-    timings: { ...(firstSerial !== undefined ? { firstSerial } : {}), ...(rdpReady !== undefined ? { rdpReady } : {}), total },
+    timings: {
+      ...(firstSerial !== undefined ? { firstSerial } : {}),
+      ...(rdpReady !== undefined ? { rdpReady } : {}),
+      total,
+    },
     ...(referenceDifference !== undefined ? { referenceDifference } : {}),
     screenshots: recorder?.files ?? [],
     serialLog,
@@ -344,8 +364,13 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
     ...(vm ? { qemuPid: vm.pid } : {}),
   };
   if (!result.passed && firstSerial === undefined) {
-    result.failures.push('the guest printed nothing on the serial console (it may not have booted at all, or its console is not on the serial port)');
+    result.failures.push(
+      'the guest printed nothing on the serial console (it may not have booted at all, or its console is not on the serial port)',
+    );
   }
-  await writeFile(join(evidenceDir, 'result.json'), JSON.stringify({ ...result, serialTail: await tailFile(serialLog, 50) }, null, 2) + '\n');
+  await writeFile(
+    join(evidenceDir, 'result.json'),
+    JSON.stringify({ ...result, serialTail: await tailFile(serialLog, 50) }, null, 2) + '\n',
+  );
   return result;
 }

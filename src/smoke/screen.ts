@@ -17,7 +17,11 @@ export interface Rect {
 /** X11 geometry `WxH+X+Y` (no commas, so a list of them survives comma-separated inputs). */
 export function parseRect(text: string): Rect {
   const m = /^\s*(\d+)x(\d+)\+(\d+)\+(\d+)\s*$/.exec(text);
-  if (!m) throw new UsageError(`'${text}' is not a rectangle WIDTHxHEIGHT+X+Y`, 'for example 200x40+824+728 for a clock in the corner');
+  if (!m)
+    throw new UsageError(
+      `'${text}' is not a rectangle WIDTHxHEIGHT+X+Y`,
+      'for example 200x40+824+728 for a clock in the corner',
+    );
   const [w, h, x, y] = [m[1], m[2], m[3], m[4]].map(Number) as [number, number, number, number];
   if (w === 0 || h === 0) throw new UsageError(`rectangle '${text}' is empty`);
   return { x, y, width: w, height: h };
@@ -67,11 +71,20 @@ function inMask(x: number, y: number, masks: readonly Rect[]): boolean {
  * Fraction of unmasked pixels whose colour differs by more than `tolerance` in any channel.
  * Tolerance absorbs scaling and compression noise; masks absorb content that legitimately changes.
  */
-export function compareImages(a: RgbImage, b: RgbImage, masks: readonly Rect[] = [], tolerance = 32): Difference {
+export function compareImages(
+  a: RgbImage,
+  b: RgbImage,
+  masks: readonly Rect[] = [],
+  tolerance = 32,
+): Difference {
   if (a.width !== b.width || a.height !== b.height) {
-    throw new OrbError('check', `the screen is ${a.width}x${a.height} but the reference screenshot is ${b.width}x${b.height}`, {
-      hint: 'take the reference at the guest resolution (use a screenshot from a previous smoke test of this image)',
-    });
+    throw new OrbError(
+      'check',
+      `the screen is ${a.width}x${a.height} but the reference screenshot is ${b.width}x${b.height}`,
+      {
+        hint: 'take the reference at the guest resolution (use a screenshot from a previous smoke test of this image)',
+      },
+    );
   }
   let differing = 0;
   let compared = 0;

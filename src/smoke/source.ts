@@ -42,23 +42,31 @@ function looksLikeReference(text: string): boolean {
 }
 
 export async function resolveImageSource(text: string, opts: SourceOptions): Promise<ImageSource> {
-  if (looksLikeReference(text)) return pullImage(text, text.startsWith('oci-layout:') ? 'layout' : 'reference', opts);
+  if (looksLikeReference(text))
+    return pullImage(text, text.startsWith('oci-layout:') ? 'layout' : 'reference', opts);
   const path = resolve(text);
   const st = await stat(path).catch(() => undefined);
   if (!st) {
     throw new OrbError('input', `image ${text} does not exist`, {
-      hint: `give a disk image file, oci-layout:DIR:TAG for a chunked layout, or a published reference (${knownSchemes().map((s) => s + '...').join(', ')})`,
+      hint: `give a disk image file, oci-layout:DIR:TAG for a chunked layout, or a published reference (${knownSchemes()
+        .map((s) => s + '...')
+        .join(', ')})`,
     });
   }
   if (st.isDirectory()) {
     // A chunked layout written by convert-and-compress: pull its only (or 'latest') image.
-    if (await stat(join(path, 'oci-layout')).catch(() => undefined)) return pullImage(`oci-layout:${path}`, 'layout', opts);
+    if (await stat(join(path, 'oci-layout')).catch(() => undefined))
+      return pullImage(`oci-layout:${path}`, 'layout', opts);
     throw new OrbError('input', `image ${text} is a directory, not a disk image or an OCI layout`);
   }
   return { kind: 'file', path, display: text, dispose: async () => undefined };
 }
 
-async function pullImage(ref: string, kind: 'layout' | 'reference', opts: SourceOptions): Promise<ImageSource> {
+async function pullImage(
+  ref: string,
+  kind: 'layout' | 'reference',
+  opts: SourceOptions,
+): Promise<ImageSource> {
   const root = opts.pullDir ?? (process.env.RUNNER_TEMP || tmpdir());
   const dir = await mkdtemp(join(root, 'orb-smoke-pull-'));
   const tracked = trackPath(dir);
@@ -67,7 +75,9 @@ async function pullImage(ref: string, kind: 'layout' | 'reference', opts: Source
     tracked.keep();
   };
   try {
-    opts.log.info(`${kind === 'layout' ? 'unpacking the chunked layout' : 'pulling'} ${ref} for the smoke test`);
+    opts.log.info(
+      `${kind === 'layout' ? 'unpacking the chunked layout' : 'pulling'} ${ref} for the smoke test`,
+    );
     const opened = await openStore(ref, opts.store);
     try {
       const r = await pull({
@@ -83,7 +93,13 @@ async function pullImage(ref: string, kind: 'layout' | 'reference', opts: Source
         progress: opts.progress,
         ...(opts.signal ? { signal: opts.signal } : {}),
       });
-      return { kind, path: r.path, ...(r.manifestPath ? { manifest: r.manifestPath } : {}), display: opened.display, dispose };
+      return {
+        kind,
+        path: r.path,
+        ...(r.manifestPath ? { manifest: r.manifestPath } : {}),
+        display: opened.display,
+        dispose,
+      };
     } finally {
       await opened.store.close?.();
     }

@@ -28,7 +28,10 @@ orb_marker smoke-rdp-listening
 
 export const SMOKE_GUEST_OPTIONS = {
   variants: { 'smoke-rdp': SMOKE_RDP },
-  files: { '/bin/orb-smoke-rdp-reply': { data: REPLY, mode: 0o755 }, '/etc/orb/smoke-cc.bin': RDP_CONNECTION_CONFIRM },
+  files: {
+    '/bin/orb-smoke-rdp-reply': { data: REPLY, mode: 0o755 },
+    '/etc/orb/smoke-cc.bin': RDP_CONNECTION_CONFIRM,
+  },
 };
 
 /** Boot disk (raw, cached) of a smoke-test guest: 'smoke-rdp', or a standard variant. */

@@ -45,9 +45,27 @@ async function startOnce(opts: XrdpOptions): Promise<Xrdp> {
   const cert = join(dir, 'cert.pem');
   const key = join(dir, 'key.pem');
   if (opts.certificate !== false) {
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', `/CN=${cn}/O=orb-actions tests`], {
-      stdio: 'ignore',
-    });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-keyout',
+        key,
+        '-out',
+        cert,
+        '-days',
+        '2',
+        '-subj',
+        `/CN=${cn}/O=orb-actions tests`,
+      ],
+      {
+        stdio: 'ignore',
+      },
+    );
   }
   const ini = join(dir, 'xrdp.ini');
   const logFile = join(dir, 'xrdp.log');
@@ -72,7 +90,10 @@ async function startOnce(opts: XrdpOptions): Promise<Xrdp> {
       '',
     ].join('\n'),
   );
-  const child: ChildProcess = spawn('xrdp', ['--nodaemon', '--config', ini], { stdio: ['ignore', 'pipe', 'pipe'], cwd: dir });
+  const child: ChildProcess = spawn('xrdp', ['--nodaemon', '--config', ini], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: dir,
+  });
   let out = '';
   // xrdp's stdout is block-buffered in a pipe; its log file is written at once, so wait on that.
   const readLog = () => {
@@ -92,7 +113,11 @@ async function startOnce(opts: XrdpOptions): Promise<Xrdp> {
         resolve();
       } else if (child.exitCode !== null || child.signalCode !== null) {
         clearInterval(poll);
-        reject(new Error(`xrdp exited (${child.exitCode ?? child.signalCode}) before listening:\n${readLog()}${out}`));
+        reject(
+          new Error(
+            `xrdp exited (${child.exitCode ?? child.signalCode}) before listening:\n${readLog()}${out}`,
+          ),
+        );
       } else if (Date.now() - t0 > 10_000) {
         clearInterval(poll);
         reject(new Error(`xrdp did not start listening within 10 s:\n${readLog()}${out}`));
