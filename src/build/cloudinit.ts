@@ -23,6 +23,8 @@ export interface SeedOptions {
   scripts?: readonly string[];
   /** cloud-init clean + new machine-id on next boot: every clone gets its own identity */
   generalize: boolean;
+  /** IANA time zone */
+  timeZone?: string;
   /** how long cloud-init waits before it powers off anyway after a failure (seconds) */
   powerOffTimeout?: number;
 }
@@ -114,6 +116,7 @@ export async function buildUserData(o: SeedOptions): Promise<string> {
     runcmd: [['/bin/sh', RUNNER_PATH]],
     power_state: { mode: 'poweroff', condition: true, timeout: o.powerOffTimeout ?? 60, message: 'orb: build stage finished' },
   };
+  if (o.timeZone) config.timezone = o.timeZone;
   if (o.packages?.length) {
     config.package_update = true;
     config.packages = [...o.packages];

@@ -5,6 +5,7 @@ import setupQemu from './setup-qemu.js';
 import rdpProbe from './rdp-probe.js';
 import smokeTest from './smoke-test.js';
 import unattend from './unattend.js';
+import buildGoldenImage from './build-golden-image.js';
 import publish from './publish.js';
 import pull from './pull.js';
 import blobUrl from './blob-url.js';
@@ -16,6 +17,7 @@ export const commands: readonly CommandDef[] = [
   rdpProbe,
   smokeTest,
   unattend,
+  buildGoldenImage,
   publish,
   pull,
   blobUrl,

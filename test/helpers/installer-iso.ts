@@ -1,0 +1,233 @@
+/**
+ * A stand-in for a Windows installation ISO, for testing the build orchestration without
+ * Windows. It boots from CD under BIOS (isolinux) and UEFI (an El Torito EFI image with
+ * systemd-boot), waits at a boot prompt for a key exactly where Windows' "Press any key to boot
+ * from CD or DVD" sits, finds the answer media (autounattend.xml + orb/), writes an "installed
+ * system" onto the target disk, and powers off after what Windows' first logon does (ORB-DONE
+ * installed). The installed system is a small Linux whose init plays orb.ps1's stage task: at
+ * each boot it looks for stage media (orb/stage.json) and runs provision (the .ps1 files are
+ * shell stand-ins) or finalize, leaving evidence on the disk at fixed offsets:
+ *
+ *   40 MiB  "ORB-INSTALLED computer=<name> answer=<file list>"
+ *   41 MiB  "ORB-PROVISIONED <script names>"
+ *   42 MiB  "ORB-FINAL sysprep=<true|false> password-sha256=<hex>"
+ *
+ * Variants for the failure paths: 'hang' (silent forever), 'panic' (kernel panic, the screen
+ * freezes), 'no-poweroff' (keeps printing, never finishes).
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { gzipSync } from 'node:zlib';
+import { buildBootDisk, buildInitramfs, guestKernel } from './guests.js';
+import { cached, hostFileHash } from './initramfs.js';
+
+const exec = promisify(execFile);
+const MTOOLS_ENV = { ...process.env, MTOOLS_SKIP_CHECK: '1' };
+
+export type InstallerVariant = 'install' | 'hang' | 'panic' | 'no-poweroff';
+
+/** Byte offsets of the evidence records the fake installer and system write to the target disk. */
+export const EVIDENCE = { installed: 40 << 20, provisioned: 41 << 20, final: 42 << 20 } as const;
+
+/** Modules for CD-ROMs (SATA/AHCI), SATA and virtio disks, ISO 9660, in load order with dependencies. */
+export function storageModules(): string[] {
+  const { version } = guestKernel();
+  const dep = readFileSync(`/lib/modules/${version}/modules.dep`, 'utf8');
+  const deps = new Map<string, string[]>();
+  for (const line of dep.split('\n')) {
+    const [mod, rest] = line.split(':');
+    if (mod) deps.set(mod.replace(/^kernel\//, ''), (rest ?? '').trim().split(/\s+/).filter(Boolean).map((d) => d.replace(/^kernel\//, '')));
+  }
+  const wanted = ['sr_mod', 'ahci', 'sd_mod', 'isofs', 'virtio_pci', 'virtio_blk'];
+  const order: string[] = [];
+  const visit = (m: string): void => {
+    if (order.includes(m)) return;
+    for (const d of deps.get(m) ?? []) visit(d);
+    order.push(m);
+  };
+  for (const w of wanted) {
+    const m = [...deps.keys()].find((k) => k.endsWith(`/${w}.ko`) || k.endsWith(`/${w}.ko.xz`));
+    if (!m) throw new Error(`kernel module ${w} not found`);
+    visit(m);
+  }
+  return order;
+}
+
+/** Shell shared by the installer and the installed system: set-up, module loading, finding media. */
+export function guestPrelude(modules: string[]): string {
+  const names = modules.map((m) => m.split('/').pop()!);
+  return `#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in ${names.join(' ')}; do insmod /lib/modules/$m 2>/dev/null; done
+i=0
+while [ $i -lt 40 ] && ! ls /dev/sr0 >/dev/null 2>&1; do sleep 0.5; i=$((i + 1)); done
+sleep 1
+# target disk: the first non-CD disk
+target=
+for d in /dev/vda /dev/sda /dev/nvme0n1; do [ -b "$d" ] && { target=$d; break; }; done
+# mount_media FILE: mounts the CD that has FILE at /media/<sr> and prints that directory
+mount_media() {
+  for d in /dev/sr*; do
+    [ -b "$d" ] || continue
+    m=/media/\${d##*/}
+    mkdir -p "$m"
+    grep -q " $m " /proc/mounts || mount -t iso9660 -o ro "$d" "$m" 2>/dev/null || continue
+    [ -e "$m/$1" ] && { echo "$m"; return 0; }
+  done
+  return 1
+}
+evidence() { printf '%s\\n' "$2" | dd of="$target" bs=1M seek="$1" conv=notrunc,fsync 2>/dev/null; }
+`;
+}
+
+const INSTALLER_MAIN = `
+variant=$(sed -n 's/.*orb.installer=\\([a-z-]*\\).*/\\1/p' /proc/cmdline)
+echo "ORB-GUEST: fake Windows installer ($variant)"
+case "$variant" in
+  hang) while :; do sleep 3600; done ;;
+  panic) echo "ORB-GUEST: crashing the kernel"; echo c > /proc/sysrq-trigger; while :; do sleep 3600; done ;;
+  no-poweroff) while :; do echo "ORB-GUEST: still installing"; sleep 2; done ;;
+esac
+answer=$(mount_media autounattend.xml) || { echo "ORB-FAIL install: no answer media (autounattend.xml) found"; poweroff -f; }
+media=$(mount_media system.img.gz) || { echo "ORB-FAIL install: installation media not found"; poweroff -f; }
+[ -n "$target" ] || { echo "ORB-FAIL install: no target disk"; poweroff -f; }
+[ -f "$answer/orb/orb.ps1" ] || { echo "ORB-FAIL install: orb/orb.ps1 missing on the answer media"; poweroff -f; }
+computer=$(sed -n 's/.*"computerName": *"\\([^"]*\\)".*/\\1/p' "$answer/orb/build.json")
+echo "ORB-GUEST: answer media at $answer, installing to $target"
+gunzip -c "$media/system.img.gz" | dd of="$target" bs=1M conv=fsync 2>/dev/null
+files=$(cd "$answer" && find . -type f | sort | tr '\\n' ' ')
+evidence 40 "ORB-INSTALLED computer=$computer answer=$files"
+# What Windows does at its first logon (orb.ps1 -Mode firstlogon).
+echo "ORB-STAGE install"
+echo "ORB-DONE installed"
+sync
+poweroff -f
+`;
+
+const SYSTEM_MAIN = `
+echo "ORB-GUEST: installed system booted from $target"
+stage_dir=$(mount_media orb/stage.json) || { echo "ORB-GUEST: no stage media; idle"; while :; do sleep 3600; done; }
+json="$stage_dir/orb/stage.json"
+stage=$(sed -n 's/.*"stage": *"\\([a-z]*\\)".*/\\1/p' "$json")
+case "$stage" in
+  provision)
+    echo "ORB-STAGE provision"
+    n=0
+    names=
+    for s in $(grep -o '"[0-9][0-9]-[^"]*"' "$json" | tr -d '"'); do
+      n=$((n + 1))
+      echo "ORB-SCRIPT-BEGIN $n $s"
+      sh "$stage_dir/orb/scripts/$s" > /tmp/out 2>&1
+      code=$?
+      cat /tmp/out
+      echo "ORB-SCRIPT-END $n $code"
+      [ "$code" = 0 ] || { echo "ORB-FAIL provision: script $s exited with code $code"; sync; poweroff -f; }
+      names="$names $s"
+    done
+    evidence 41 "ORB-PROVISIONED$names"
+    echo "ORB-DONE provisioned" ;;
+  finalize)
+    echo "ORB-STAGE finalize"
+    sysprep=$(sed -n 's/.*"sysprep": *\\([a-z]*\\).*/\\1/p' "$json")
+    pw=$(sed -n 's/.*"password": *"\\([^"]*\\)".*/\\1/p' "$json")
+    sum=$(printf '%s' "$pw" | sha256sum | cut -c1-64)
+    evidence 42 "ORB-FINAL sysprep=$sysprep password-sha256=$sum"
+    if [ "$sysprep" = true ]; then echo "ORB-DONE generalized"; else echo "ORB-DONE finalized"; fi ;;
+  *) echo "ORB-FAIL unknown stage '$stage'" ;;
+esac
+sync
+poweroff -f
+`;
+
+const APPEND = 'console=tty0 console=ttyS0,115200 loglevel=4';
+// Debian packages isolinux and systemd-boot-efi (see .ci/run).
+const SYSTEMD_BOOT = '/usr/lib/systemd/boot/efi/systemd-bootx64.efi';
+
+async function systemImageGz(modules: string[]): Promise<Buffer> {
+  const initrd = await buildInitramfs({ init: guestPrelude(modules) + SYSTEM_MAIN, modules });
+  const disk = await buildBootDisk({ initrd, append: APPEND, sizeMiB: 24, label: 'ORBSYSTEM' });
+  return gzipSync(await readFile(disk), { level: 6 });
+}
+
+/** Builds (or takes from the test cache) the fake installation ISO for a variant. */
+export async function buildInstallerIso(variant: InstallerVariant): Promise<string> {
+  const modules = storageModules();
+  const initrd = await buildInitramfs({ init: guestPrelude(modules) + INSTALLER_MAIN, modules });
+  const kernel = guestKernel().path;
+  // The prompt: wait forever until a key (the orchestration presses Enter), like Windows' CD boot.
+  const cfg = ['SERIAL 0 115200', 'PROMPT 1', 'TIMEOUT 0', 'DEFAULT install', 'SAY Press Enter to boot the orb test installer', 'LABEL install', '  LINUX /vmlinuz', '  INITRD /initrd.img', `  APPEND ${APPEND} orb.installer=${variant}`, ''].join('\n');
+  const system = variant === 'install' ? await systemImageGz(modules) : undefined;
+  const recipe = {
+    variant,
+    cfg,
+    kernel: hostFileHash(kernel),
+    initrd: hostFileHash(initrd),
+    system: system ? createHash('sha256').update(system).digest('hex') : null,
+    boot: [hostFileHash('/usr/lib/ISOLINUX/isolinux.bin'), hostFileHash(SYSTEMD_BOOT)],
+  };
+  return cached('installer', recipe, '.iso', async (iso) => {
+    const work = await mkdtemp(join(tmpdir(), 'orb-installer-'));
+    try {
+      const root = join(work, 'root');
+      await mkdir(join(root, 'isolinux'), { recursive: true });
+      await copyFile('/usr/lib/ISOLINUX/isolinux.bin', join(root, 'isolinux/isolinux.bin'));
+      await copyFile('/usr/lib/syslinux/modules/bios/ldlinux.c32', join(root, 'isolinux/ldlinux.c32'));
+      await writeFile(join(root, 'isolinux/isolinux.cfg'), cfg);
+      await copyFile(kernel, join(root, 'vmlinuz'));
+      await copyFile(initrd, join(root, 'initrd.img'));
+      if (system) await writeFile(join(root, 'system.img.gz'), system);
+      // UEFI: El Torito boot image = a FAT image with systemd-boot (syslinux.efi cannot boot from
+      // El Torito), whose menu waits for a key like Windows' CD prompt, plus kernel and initrd.
+      const efi = join(root, 'efiboot.img');
+      await exec('truncate', ['-s', '24M', efi]);
+      await exec('mkfs.fat', ['-n', 'ORBEFI', efi]);
+      await exec('mmd', ['-i', efi, '::/EFI', '::/EFI/BOOT', '::/loader', '::/loader/entries'], { env: MTOOLS_ENV });
+      const loaderConf = join(work, 'loader.conf');
+      await writeFile(loaderConf, 'timeout menu-force\ndefault install.conf\n');
+      const entry = join(work, 'install.conf');
+      await writeFile(entry, `title orb test installer\nlinux /vmlinuz\ninitrd /initrd.img\noptions ${APPEND} orb.installer=${variant}\n`);
+      for (const [src, dest] of [
+        [SYSTEMD_BOOT, '/EFI/BOOT/BOOTX64.EFI'],
+        [loaderConf, '/loader/loader.conf'],
+        [entry, '/loader/entries/install.conf'],
+        [kernel, '/vmlinuz'],
+        [initrd, '/initrd.img'],
+      ] as const) {
+        await exec('mcopy', ['-o', '-i', efi, src, `::${dest}`], { env: MTOOLS_ENV });
+      }
+      await exec('xorriso', [
+        '-as', 'mkisofs', '-quiet', '-o', iso, '-V', 'ORB_FAKE_WINDOWS', '-J', '-r',
+        '-b', 'isolinux/isolinux.bin', '-c', 'isolinux/boot.cat', '-no-emul-boot', '-boot-load-size', '4', '-boot-info-table',
+        '-eltorito-alt-boot', '-e', 'efiboot.img', '-no-emul-boot',
+        root,
+      ]);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+}
+
+/** Reads an evidence record (one line of text) from a disk image at `offset` (any format qemu-img reads). */
+export async function readEvidence(image: string, offset: number): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'orb-evidence-'));
+  try {
+    const raw = join(dir, 'disk.raw');
+    await exec('qemu-img', ['convert', '-U', '-O', 'raw', image, raw]);
+    const fh = await open(raw, 'r');
+    const buf = Buffer.alloc(4096);
+    await fh.read(buf, 0, buf.length, offset);
+    await fh.close();
+    const end = buf.indexOf(0x0a);
+    return buf.subarray(0, end < 0 ? 0 : end).toString('utf8');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
