@@ -432,8 +432,11 @@ class RunningVm implements Vm {
     await this.qmpClient?.execute('system_powerdown', undefined, { timeoutMs: Math.min(5000, graceMs) }).catch(() => undefined);
     let ex = await this.exitWithin(Math.max(0, graceMs - ms()));
     if (ex) return { ...ex, method: 'acpi', ms: ms() };
-    await this.qmpClient?.execute('quit', undefined, { timeoutMs: 3000 }).catch(() => undefined);
-    ex = await this.exitWithin(5000);
+    // A QEMU that does not even answer 'quit' (stopped, wedged in I/O) goes straight to SIGKILL.
+    const answered = await (this.qmpClient?.execute('quit', undefined, { timeoutMs: 3000 }) ?? Promise.reject(new Error('no QMP')))
+      .then(() => true)
+      .catch((e: unknown) => !(e instanceof OrbError && e.kind === 'timeout'));
+    ex = answered ? await this.exitWithin(5000) : undefined;
     if (ex) return { ...ex, method: 'quit', ms: ms() };
     ex = await this.kill();
     return { ...ex, method: 'kill', ms: ms() };

@@ -7,6 +7,7 @@
  *   rdp       boot marker, eth0 = 10.0.2.15/24 (slirp), answers TCP 3389 with an X.224 Connection
  *             Confirm carrying RDP_NEG_RSP (standard RDP), for every connection
  *   silent    boot marker, then idles (no network, ignores the ACPI power button)
+ *   acpi      boot marker, then powers off when the ACPI power button is pressed (acpid)
  *   poweroff  boot marker, then powers off
  *   noboot    (disk only) the bootloader finds no kernel: nothing useful on serial
  * More variants: pass `variants: { name: 'shell script' }`; the script runs under busybox sh after
@@ -32,7 +33,7 @@ export const GUEST_MARKERS = {
   custom: 'ORB-GUEST:',
 } as const;
 
-export type GuestVariant = 'rdp' | 'silent' | 'poweroff' | 'noboot' | (string & {});
+export type GuestVariant = 'rdp' | 'silent' | 'acpi' | 'poweroff' | 'noboot' | (string & {});
 
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
@@ -60,7 +61,7 @@ export const RDP_CONNECTION_REQUEST = Buffer.from([
   0x01, 0x00, 0x08, 0x00, 0x03, 0x00, 0x00, 0x00, // RDP_NEG_REQ, requesting TLS|HYBRID
 ]);
 
-const E1000 = 'drivers/net/ethernet/intel/e1000/e1000.ko';
+const MODULES = ['drivers/net/ethernet/intel/e1000/e1000.ko', 'drivers/input/evdev.ko', 'drivers/acpi/button.ko'];
 
 /**
  * The standard /init. The RDP answerer checks the request is a TPKT-framed X.224 Connection
@@ -110,6 +111,14 @@ echo "${GUEST_MARKERS.boot} variant=$variant tpm=$tpm"
 case "$variant" in
   rdp) orb_net_up; orb_rdp_serve ;;
   silent) ;;
+  acpi)
+    insmod /lib/modules/evdev.ko 2>/dev/null
+    insmod /lib/modules/button.ko 2>/dev/null
+    i=0
+    while ! grep -q 'Name="Power Button"' /proc/bus/input/devices && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    acpid -c /etc/acpi -l /tmp/acpid.log
+    sleep 1
+    orb_marker "acpi-ready" ;;
   poweroff) echo "${GUEST_MARKERS.poweringOff}"; sync; poweroff -f ;;
   *)
     if [ -f "/etc/orb/variants/$variant.sh" ]; then . "/etc/orb/variants/$variant.sh"
@@ -143,13 +152,15 @@ export function buildGuestInitramfs(opts: GuestInitramfsOptions = {}): Promise<s
   const files: Record<string, GuestFile> = {
     '/bin/orb-rdp-reply': { data: RDP_REPLY, mode: 0o755 },
     '/etc/orb/rdp-cc.bin': RDP_CONNECTION_CONFIRM,
+    // busybox acpid runs /etc/acpi/<action> for the power button's PWRF/00000080 event
+    '/etc/acpi/PWRF/00000080': { data: `#!/bin/sh\necho ${GUEST_MARKERS.poweringOff} acpi\nsync\npoweroff -f\n`, mode: 0o755 },
     ...opts.files,
   };
   for (const [name, script] of Object.entries(opts.variants ?? {})) {
     if (!/^[a-z0-9][a-z0-9_-]*$/i.test(name)) throw new Error(`bad variant name '${name}'`);
     files[`/etc/orb/variants/${name}.sh`] = script;
   }
-  return buildInitramfs({ init: STANDARD_INIT, files, modules: [E1000] });
+  return buildInitramfs({ init: STANDARD_INIT, files, modules: MODULES });
 }
 
 /** Kernel command line for a variant: serial console on ttyS0 plus `orb.variant=<name>` and `extra`. */
