@@ -1,11 +1,12 @@
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256File } from '../src/core/fsutil.js';
 import { silentLogger } from '../src/core/log.js';
+import { newManifest } from '../src/core/manifest.js';
 import type { Vm } from '../src/qemu/runner.js';
 import { smokeTest, type SmokeOptions, type SmokeResult } from '../src/smoke/run.js';
 import { smokeGuestDisk } from './helpers/smoke-guests.js';
@@ -153,11 +154,26 @@ describe('smoke test', () => {
     expect(r.checks.find((c) => c.name === 'screen matches the reference')?.status).toBe('passed');
   });
 
-  it('fails when an extra port refuses connections, and says so', async () => {
-    const r = await smokeTest(opts(images['smoke-rdp']!, 'ev-port', { timeoutMs: 30_000, ports: [8007] }));
-    expect(r.passed).toBe(false);
+  it('boots UEFI with a TPM as the stage manifest says; fails when an extra port refuses connections', async () => {
+    // the same disk boots under OVMF too (syslinux.efi); the manifest beside it asks for UEFI + TPM
+    const image = join(dir, 'uefi.img');
+    copyFileSync(images['smoke-rdp']!, image);
+    const manifest = newManifest(
+      'build',
+      { path: 'uefi.img', format: 'raw', virtualSize: 48 << 20, fileSize: 48 << 20 },
+      {
+        build: { os: 'test', arch: 'x86_64', firmware: 'uefi', tpm: true },
+      },
+    );
+    writeFileSync(`${image}.orb.json`, JSON.stringify(manifest));
+    const r = await smokeTest(
+      opts(image, 'ev-port', { timeoutMs: 45_000, ports: [8007], memoryMiB: undefined }),
+    );
+    expect(r).toMatchObject({ firmware: 'uefi', tpm: true, memoryMiB: 256, passed: false });
     expect(r.checks.find((c) => c.name === 'RDP on guest port 3389')?.status).toBe('passed');
-    expect(r.failures).toEqual(['guest port 8007 refuses connections after 30 s']);
+    expect(r.failures).toEqual(['guest port 8007 refuses connections after 45 s']);
+    // the guest's init reports /dev/tpm0: swtpm was attached and the kernel found it
+    expect(readFileSync(r.serialLog, 'utf8')).toMatch(/ORB-GUEST-BOOT variant=smoke-rdp tpm=yes/);
     await expectCleanEnd(r);
   });
 
