@@ -9,6 +9,7 @@ import buildGoldenImage from './build-golden-image.js';
 import publish from './publish.js';
 import pull from './pull.js';
 import blobUrl from './blob-url.js';
+import install from './install.js';
 
 /** Every command; the CLI, the action entry points and the generated docs all read this list. */
 export const commands: readonly CommandDef[] = [
@@ -21,6 +22,7 @@ export const commands: readonly CommandDef[] = [
   publish,
   pull,
   blobUrl,
+  install,
 ];
 
 export function findCommand(name: string): CommandDef | undefined {

@@ -1,0 +1,237 @@
+import '../store/schemes.js';
+import { defineCommand } from '../core/command.js';
+import { UsageError } from '../core/errors.js';
+import type { InputSpec, OutputSpec } from '../core/inputs.js';
+import { formatBytes } from '../core/progress.js';
+import type { DockurDiskType } from '../dockur/bundle.js';
+import { checkBind } from '../dockur/compose.js';
+import { connectInstructions, install } from '../install/install.js';
+import { storeInputs } from '../store/open.js';
+import { accessInputs, storeOptions } from './publish.js';
+
+const own: InputSpec[] = [
+  {
+    name: 'ref',
+    type: 'string',
+    required: true,
+    positional: 0,
+    description: 'the image: oci://, s3://, gitlab://, github-release://, https:// or oci-layout: reference',
+  },
+  {
+    name: 'dir',
+    type: 'string',
+    required: true,
+    description: 'installation directory (disk images, overlay, docker-compose.yml)',
+  },
+  {
+    name: 'update',
+    type: 'boolean',
+    default: false,
+    description:
+      'move this installation to REF, downloading only the chunks that changed; the old overlay is kept in DIR/previous/',
+  },
+  {
+    name: 'keep-previous',
+    type: 'boolean',
+    default: true,
+    description: 'with --update: keep the previous version (base and overlay) for a rollback',
+  },
+  {
+    name: 'prepare-only',
+    type: 'boolean',
+    default: false,
+    description: 'download and write the files even when Docker or KVM are missing (reported as warnings)',
+  },
+  { name: 'start', type: 'boolean', default: false, description: 'run docker compose up -d at the end' },
+  {
+    name: 'bind',
+    type: 'string',
+    default: '127.0.0.1',
+    description: 'host address the RDP and web console ports are published on (0.0.0.0: every interface)',
+  },
+  {
+    name: 'rdp-port',
+    type: 'integer',
+    default: 3389,
+    min: 1,
+    max: 65535,
+    description: 'host port for RDP (TCP and UDP)',
+  },
+  {
+    name: 'web-port',
+    type: 'integer',
+    default: 8006,
+    min: 1,
+    max: 65535,
+    description: 'host port for the web console',
+  },
+  {
+    name: 'ram',
+    type: 'string',
+    default: '4G',
+    description: 'memory for Windows (dockur RAM_SIZE, e.g. 8G)',
+  },
+  {
+    name: 'cpus',
+    type: 'integer',
+    default: 2,
+    min: 1,
+    max: 256,
+    description: 'CPU cores for Windows (dockur CPU_CORES)',
+  },
+  { name: 'name', type: 'string', default: 'orb-windows', description: 'compose project and container name' },
+  {
+    name: 'dockur-image',
+    type: 'string',
+    default: 'dockurr/windows',
+    description: 'the dockur/windows container image (pin a version tag for reproducible clients)',
+  },
+  {
+    name: 'admin-user',
+    type: 'string',
+    description:
+      'Windows account to show in the connect instructions (default: the one the image was built with)',
+  },
+  {
+    name: 'admin-password',
+    type: 'string',
+    secret: true,
+    env: ['ORB_ADMIN_PASSWORD'],
+    description:
+      "that account's password, if you want it stored for dockur in DIR/windows.env (0600); never defaulted, never printed",
+  },
+  {
+    name: 'firmware',
+    type: 'enum',
+    choices: ['bios', 'uefi', 'uefi-secure'],
+    description: 'how Windows boots (default: from the image build record)',
+  },
+  {
+    name: 'disk-type',
+    type: 'enum',
+    choices: ['blk', 'scsi', 'sata', 'ide', 'nvme'],
+    description: 'disk bus Windows was installed on (default: from the image build record)',
+  },
+  {
+    name: 'concurrency',
+    type: 'integer',
+    default: 6,
+    min: 1,
+    max: 64,
+    description: 'blobs downloaded at once',
+  },
+  ...accessInputs,
+];
+const inputs = [...own, ...storeInputs('pull', own)];
+
+const outputs: OutputSpec[] = [
+  { name: 'dir', description: 'the installation directory' },
+  { name: 'compose-file', description: 'the docker-compose.yml written' },
+  { name: 'overlay', description: "this client's qcow2 overlay (storage/data.qcow2)" },
+  { name: 'base', description: 'the read-only golden disk it is backed by' },
+  { name: 'reference', description: 'the installed image by digest' },
+  { name: 'digest', description: 'manifest digest of the installed image' },
+  { name: 'content-sha256', description: 'sha256 of the disk content, verified' },
+  { name: 'virtual-size', description: 'disk size in bytes' },
+  { name: 'bytes-downloaded', description: 'bytes downloaded' },
+  { name: 'bytes-reused', description: 'bytes taken from the installed version (--update)' },
+  { name: 'updated-from', description: 'digest of the version replaced by --update' },
+  { name: 'previous-dir', description: 'where the previous overlay was kept' },
+  { name: 'rdp', description: 'HOST:PORT to connect an RDP client to' },
+  { name: 'web', description: 'URL of the web console' },
+  { name: 'admin-user', description: 'the Windows account to log in with' },
+  {
+    name: 'warnings',
+    description:
+      'problems that do not stop the installation (Docker or KVM missing with --prepare-only, ...)',
+  },
+  { name: 'started', description: 'true when docker compose up -d ran' },
+];
+
+export default defineCommand({
+  name: 'install',
+  title: 'Install a published Windows image on a client: checks, verified pull, overlay, docker-compose.yml',
+  description:
+    'Checks Docker, /dev/kvm and free disk (with a fix for each), pulls the image (resumable, verified) as a read-only base, creates this ' +
+    "client's qcow2 overlay on it and writes a docker-compose.yml for dockur/windows that boots the installed disk without reinstalling, " +
+    'ports on 127.0.0.1. --update moves to a new version downloading only the changed chunks.',
+  action: false,
+  usage: 'REF --dir DIR',
+  inputs,
+  outputs,
+  async run(inp, ctx) {
+    const bind = inp.string('bind');
+    checkBind(bind);
+    const ram = inp.string('ram');
+    if (!/^\d+(\.\d+)?\s*[KMGT]B?$/i.test(ram))
+      throw new UsageError(`--ram '${ram}' is not a size dockur understands`, 'write it like 4G or 8192M');
+    const name = inp.string('name');
+    if (!/^[a-z0-9][a-z0-9_-]*$/.test(name))
+      throw new UsageError(
+        `--name '${name}' is not a valid compose project name`,
+        'use lower-case letters, digits, - and _',
+      );
+    const password = inp.optString('admin-password');
+    if (password) ctx.mask(password);
+    const r = await install({
+      ref: inp.string('ref'),
+      dir: inp.string('dir'),
+      update: inp.bool('update'),
+      storeOptions: storeOptions(inp, inputs, ctx).options,
+      bind,
+      rdpPort: inp.number('rdp-port'),
+      webPort: inp.number('web-port'),
+      ram,
+      cpus: inp.number('cpus'),
+      name,
+      image: inp.string('dockur-image'),
+      ...(inp.optString('admin-user') ? { adminUser: inp.string('admin-user') } : {}),
+      ...(password ? { adminPassword: password } : {}),
+      ...(inp.optString('firmware')
+        ? { firmware: inp.string('firmware') as 'bios' | 'uefi' | 'uefi-secure' }
+        : {}),
+      ...(inp.optString('disk-type') ? { diskType: inp.string('disk-type') as DockurDiskType } : {}),
+      concurrency: inp.number('concurrency'),
+      prepareOnly: inp.bool('prepare-only'),
+      keepPrevious: inp.bool('keep-previous'),
+      start: inp.bool('start'),
+      log: ctx.log,
+      progress: ctx.progress,
+      signal: ctx.signal,
+    });
+    const text = connectInstructions(r, !!password);
+    ctx.log.info('\n' + text);
+    ctx.summary
+      .heading('install')
+      .table(
+        ['', ''],
+        [
+          ['image', r.reference],
+          ['directory', r.dir],
+          ['downloaded', formatBytes(r.bytesDownloaded)],
+          ['reused', formatBytes(r.bytesReused)],
+          ['RDP', r.rdp],
+        ],
+      )
+      .code(text);
+    return {
+      dir: r.dir,
+      'compose-file': r.compose,
+      overlay: r.overlay,
+      base: r.base,
+      reference: r.reference,
+      digest: r.digest,
+      'content-sha256': r.contentSha256,
+      'virtual-size': r.virtualSize,
+      'bytes-downloaded': r.bytesDownloaded,
+      'bytes-reused': r.bytesReused,
+      'updated-from': r.updatedFrom ?? '',
+      'previous-dir': r.previousDir ?? '',
+      rdp: r.rdp,
+      web: r.web,
+      'admin-user': r.adminUser ?? '',
+      warnings: r.warnings.join('; '),
+      started: r.started,
+    };
+  },
+});

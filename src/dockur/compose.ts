@@ -1,0 +1,140 @@
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { UsageError } from '../core/errors.js';
+import { writeFileAtomic } from '../core/fsutil.js';
+import { DOCKUR_LAYOUT_VERSION, type DockurDiskType, type DockurMode } from './bundle.js';
+
+/**
+ * The docker-compose.yml `orb install` writes for dockur/windows, and the state files beside the
+ * disk that make dockur boot the pre-installed Windows instead of installing it (see bundle.ts
+ * for what dockur's scripts expect). The disk is a per-client qcow2 overlay (`data.qcow2`)
+ * whose read-only backing file lives in ./images, mounted read-only at /images: the overlay
+ * names it as ../images/<base>, which resolves the same on the host and in the container.
+ * Ports are published on 127.0.0.1 unless another address is asked for.
+ */
+export const DOCKUR_IMAGE = 'dockurr/windows';
+
+export interface ComposeOptions {
+  /** compose project and container name */
+  name: string;
+  image: string;
+  /** host address the ports are published on */
+  bind: string;
+  rdpPort: number;
+  webPort: number;
+  /** RAM_SIZE, e.g. 4G */
+  ram: string;
+  cpus: number;
+  /** exact virtual size of the disk in bytes (DISK_SIZE; dockur only ever grows a disk) */
+  diskSize: number;
+  diskType?: DockurDiskType;
+  mode: DockurMode;
+  /** a file with USERNAME/PASSWORD (mode 0600), referenced with env_file, never inlined */
+  envFile?: string;
+  /** image directory mounted read-only at /images */
+  imagesDir: string;
+  storageDir: string;
+}
+
+/** DISK_SIZE as dockur parses it (numfmt --from=iec): exact, in the largest unit that divides. */
+export function dockurSize(bytes: number): string {
+  for (const [unit, n] of [
+    ['T', 1024 ** 4],
+    ['G', 1024 ** 3],
+    ['M', 1024 ** 2],
+    ['K', 1024],
+  ] as const) {
+    if (bytes % n === 0) return `${bytes / n}${unit}`;
+  }
+  // dockur appends G to a bare number, so round up to whole KiB (the disk never shrinks anyway)
+  return `${Math.ceil(bytes / 1024)}K`;
+}
+
+export function checkBind(bind: string): void {
+  if (!isIP(bind))
+    throw new UsageError(
+      `--bind '${bind}' is not an IP address`,
+      'give 127.0.0.1 (default), a LAN address, or 0.0.0.0 for every interface',
+    );
+}
+
+function publish(bind: string, host: number, container: number, proto?: 'tcp' | 'udp'): string {
+  const addr = bind.includes(':') ? `[${bind}]` : bind;
+  return `${addr}:${host}:${container}${proto ? '/' + proto : ''}`;
+}
+
+export function composeObject(o: ComposeOptions): Record<string, unknown> {
+  checkBind(o.bind);
+  const env: Record<string, string> = {
+    DISK_FMT: 'qcow2',
+    DISK_SIZE: dockurSize(o.diskSize),
+    RAM_SIZE: o.ram,
+    CPU_CORES: String(o.cpus),
+  };
+  if (o.diskType) env.DISK_TYPE = o.diskType;
+  if (o.mode === 'windows_secure') env.BOOT_MODE = 'windows_secure';
+  const service: Record<string, unknown> = {
+    image: o.image,
+    container_name: o.name,
+    environment: env,
+    ...(o.envFile ? { env_file: [o.envFile] } : {}),
+    devices: ['/dev/kvm', '/dev/net/tun'],
+    cap_add: ['NET_ADMIN'],
+    ports: [
+      publish(o.bind, o.webPort, 8006),
+      publish(o.bind, o.rdpPort, 3389, 'tcp'),
+      publish(o.bind, o.rdpPort, 3389, 'udp'),
+    ],
+    volumes: [`${o.storageDir}:/storage`, `${o.imagesDir}:/images:ro`],
+    restart: 'unless-stopped',
+    stop_grace_period: '2m',
+  };
+  return { name: o.name, services: { windows: service } };
+}
+
+export function composeYaml(o: ComposeOptions, header: string[] = []): string {
+  const lines = header.map((h) => `# ${h}`);
+  return (lines.length ? lines.join('\n') + '\n' : '') + stringify(composeObject(o), { lineWidth: 0 });
+}
+
+export async function writeCompose(path: string, o: ComposeOptions, header: string[] = []): Promise<void> {
+  await writeFileAtomic(path, composeYaml(o, header));
+}
+
+/**
+ * dockur's state beside the disk: `windows.boot` (Windows has booted from this disk: skip Setup),
+ * `windows.mode` (boot mode), `windows.type` (disk bus Windows was installed on), `windows.ver`.
+ * No `windows.base`: with none, dockur does not compare against an installation ISO.
+ */
+export async function writeDockurState(
+  storageDir: string,
+  mode: DockurMode,
+  diskType?: DockurDiskType,
+): Promise<string[]> {
+  const files: [string, string][] = [
+    ['windows.boot', ''],
+    ['windows.mode', `${mode}\n`],
+    ['windows.ver', `${DOCKUR_LAYOUT_VERSION}\n`],
+  ];
+  if (diskType) files.push(['windows.type', `${diskType}\n`]);
+  for (const [name, text] of files) await writeFileAtomic(join(storageDir, name), text);
+  return files.map(([n]) => n);
+}
+
+/** USERNAME/PASSWORD for dockur in an env file readable only by its owner. */
+export async function writeCredentialsEnv(
+  path: string,
+  user: string | undefined,
+  password: string,
+): Promise<void> {
+  const quote = (v: string) => {
+    if (/[\r\n]/.test(v)) throw new UsageError('the admin password must be one line');
+    // compose env files: single quotes are literal, \' is the only escape inside them
+    return `'${v.replace(/'/g, "\\'")}'`;
+  };
+  const lines = ['# Written by orb install. Keep this file private (mode 0600).'];
+  if (user) lines.push(`USERNAME=${quote(user)}`);
+  lines.push(`PASSWORD=${quote(password)}`);
+  await writeFileAtomic(path, lines.join('\n') + '\n', 0o600);
+}
