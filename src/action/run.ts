@@ -26,6 +26,15 @@ export function getInputs(cmd: CommandDef): Inputs {
   return new Inputs(values, cmd.inputs);
 }
 
+function setOutputs(cmd: CommandDef, outputs: Record<string, string | number | boolean | undefined>): void {
+  const secretOutputs = new Set(cmd.outputs.filter((o) => o.secret).map((o) => o.name));
+  for (const [key, value] of Object.entries(outputs)) {
+    if (value === undefined) continue;
+    if (secretOutputs.has(key)) core.setSecret(String(value));
+    core.setOutput(key, value);
+  }
+}
+
 /** The whole life of one action step: inputs, run, outputs, the job summary (written once), errors. */
 export async function runAction(name: string): Promise<void> {
   onMask((s) => core.setSecret(s));
@@ -49,14 +58,9 @@ export async function runAction(name: string): Promise<void> {
         await new DefaultArtifactClient().uploadArtifact(artifactName, files, rootDir, { retentionDays: 7 });
       },
     };
-    const outputs = await cmd.run(inputs, ctx);
-    const secretOutputs = new Set(cmd.outputs.filter((o) => o.secret).map((o) => o.name));
-    for (const [key, value] of Object.entries(outputs)) {
-      if (value === undefined) continue;
-      if (secretOutputs.has(key)) core.setSecret(String(value));
-      core.setOutput(key, value);
-    }
+    setOutputs(cmd, await cmd.run(inputs, ctx));
   } catch (err) {
+    if (cmd && err instanceof OrbError && err.outputs) setOutputs(cmd, err.outputs);
     core.setFailed(redact(describeError(err)));
   } finally {
     await runCleanup();

@@ -141,6 +141,8 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
   const onSig = () => controller.abort(new OrbError('interrupted', 'interrupted'));
   process.once('SIGINT', onSig);
   process.once('SIGTERM', onSig);
+  // A failed run that still has results (OrbError.outputs) prints them when --json was asked for.
+  const jsonRequested = argv.includes('--json');
   try {
     const [name, ...rest] = argv;
     if (!name || name === '--help' || name === '-h' || name === 'help') {
@@ -187,6 +189,9 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
     }
     return 0;
   } catch (err) {
+    if (jsonRequested && err instanceof OrbError && err.outputs) {
+      process.stdout.write(JSON.stringify(Object.fromEntries(Object.entries(err.outputs).filter(([, v]) => v !== undefined)), null, 2) + '\n');
+    }
     log.error(describeError(err));
     if (process.env.ORB_DEBUG && err instanceof Error && err.stack) log.debug(err.stack);
     return exitCodeFor(err);

@@ -371,13 +371,10 @@ export default defineCommand({
       }
     }
     if (!result.passed) {
-      if (ctx.mode === 'action') {
-        // The wrapper sets outputs only on success; a failed test still tells later steps (if: failure()) where its evidence is.
-        const core = await import('@actions/core');
-        for (const [k, v] of Object.entries(outputs)) if (v !== undefined) core.setOutput(k, v);
-      }
+      // The outputs travel with the error, so `if: failure()` steps still find the evidence.
       throw new OrbError('check', `smoke test failed: ${result.failures.join('; ')}`, {
         hint: `see the screenshots and logs in ${result.evidenceDir}`,
+        outputs,
       });
     }
     ctx.log.info(

@@ -16,11 +16,21 @@ export type ErrorKind =
 export class OrbError extends Error {
   readonly kind: ErrorKind;
   readonly hint: string | undefined;
-  constructor(kind: ErrorKind, message: string, options: { hint?: string; cause?: unknown } = {}) {
+  /**
+   * Results a failed run still reports (e.g. where a failed smoke test left its evidence): set as
+   * action outputs and printed with --json, so `if: failure()` steps and scripts can find them.
+   */
+  readonly outputs: Record<string, string | number | boolean | undefined> | undefined;
+  constructor(
+    kind: ErrorKind,
+    message: string,
+    options: { hint?: string; cause?: unknown; outputs?: Record<string, string | number | boolean | undefined> } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'OrbError';
     this.kind = kind;
     this.hint = options.hint;
+    this.outputs = options.outputs;
   }
 }
 
