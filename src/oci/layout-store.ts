@@ -19,9 +19,19 @@ import { parseLayoutRef } from './reference.js';
  */
 export class LayoutStore implements BlobStore {
   readonly layout: OciLayout;
+  private ready: Promise<void> | undefined;
 
   constructor(readonly dir: string) {
     this.layout = new OciLayout(dir);
+  }
+
+  /** Creates the layout once, under the index lock (parallel uploads and other processes race here). */
+  private init(): Promise<void> {
+    this.ready ??= (async () => {
+      await mkdir(this.dir, { recursive: true });
+      await withLock(join(this.dir, 'index.json.lock'), () => this.layout.init());
+    })();
+    return this.ready;
   }
 
   describe(): string {
@@ -33,7 +43,7 @@ export class LayoutStore implements BlobStore {
   }
 
   async putBlob(desc: Descriptor, open: (offset: number) => Readable, onBytes?: (n: number) => void): Promise<void> {
-    await this.layout.init();
+    await this.init();
     const final = this.layout.blobPath(desc.digest);
     if ((await this.layout.blobSize(desc.digest)) === desc.size) return;
     const tmp = `${final}.${process.pid}.${randomBytes(4).toString('hex')}.partial`;
@@ -73,17 +83,16 @@ export class LayoutStore implements BlobStore {
   }
 
   async putManifest(bytes: Buffer, mediaType: string, tags: readonly string[]): Promise<string> {
-    await this.layout.init();
-    const { digest, size } = await this.layout.putBytes(bytes);
+    await this.init();
     const parsed = JSON.parse(bytes.toString('utf8')) as { artifactType?: string };
-    if (tags.length) {
-      await withLock(join(this.dir, 'index.json.lock'), async () => {
-        for (const tag of tags) {
-          await this.layout.tag({ mediaType: mediaType || OCI_MANIFEST, digest, size, ...(parsed.artifactType ? { artifactType: parsed.artifactType } : {}) }, tag);
-        }
-      });
-    }
-    return digest;
+    // Blob and index writes of small files use fixed temporary names in OciLayout: serialize them.
+    return withLock(join(this.dir, 'index.json.lock'), async () => {
+      const { digest, size } = await this.layout.putBytes(bytes);
+      for (const tag of tags) {
+        await this.layout.tag({ mediaType: mediaType || OCI_MANIFEST, digest, size, ...(parsed.artifactType ? { artifactType: parsed.artifactType } : {}) }, tag);
+      }
+      return digest;
+    });
   }
 
   async getManifest(ref: string): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {

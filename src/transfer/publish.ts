@@ -74,6 +74,8 @@ async function applySubjectAndAnnotations(p: PreparedArtifact, opts: PublishOpti
 export async function publish(opts: PublishOptions): Promise<PublishResult> {
   const started = Date.now();
   const log = opts.log;
+  if (!(opts.partSize >= 1)) throw new UsageError(`part size ${opts.partSize} is not a positive size`);
+  if (!(opts.concurrency >= 1)) throw new UsageError(`concurrency ${opts.concurrency} must be at least 1`);
   for (const t of opts.tags) if (!TAG_RE.test(t)) throw new UsageError(`'${t}' is not a valid tag`, 'tags are up to 128 letters, digits, _ . and -');
   const prepared = await prepareSource(opts.source, {
     partSize: opts.partSize,
