@@ -36,6 +36,7 @@ export const GUEST_MARKERS = {
 export type GuestVariant = 'rdp' | 'silent' | 'acpi' | 'poweroff' | 'noboot' | (string & {});
 
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -196,8 +197,10 @@ export interface BootDiskOptions {
   label?: string;
 }
 
-const SYSLINUX_EFI = '/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi';
-const LDLINUX_E64 = '/usr/lib/syslinux/modules/efi64/ldlinux.e64';
+// UEFI: systemd-boot (small, no dependencies, loads the kernel's EFI stub and hands over the initrd).
+// syslinux.efi was tried first and is unusable: it crashes (#UD) or fails to allocate memory
+// depending on the guest's RAM size.
+const SYSTEMD_BOOT = '/usr/lib/systemd/boot/efi/systemd-bootx64.efi';
 const MTOOLS_ENV = { ...process.env, MTOOLS_SKIP_CHECK: '1', MTOOLS_NO_VFAT: '0' };
 
 async function mcopy(image: string, src: string, dest: string): Promise<void> {
@@ -207,7 +210,8 @@ async function mcopy(image: string, src: string, dest: string): Promise<void> {
 /**
  * A raw disk image that is one FAT file system without a partition table ("superfloppy"):
  * syslinux's boot sector for BIOS (SeaBIOS runs sector 0) and \EFI\BOOT\BOOTX64.EFI =
- * syslinux.efi for UEFI (OVMF reads FAT on an unpartitioned disk). Returns the cached path.
+ * systemd-boot with one loader entry for UEFI (OVMF reads FAT on an unpartitioned disk).
+ * Returns the cached path.
  */
 export function buildBootDisk(opts: BootDiskOptions): Promise<string> {
   const kernel = opts.kernel === undefined ? guestKernel().path : opts.kernel;
@@ -224,14 +228,27 @@ export function buildBootDisk(opts: BootDiskOptions): Promise<string> {
     ...(opts.append ? [`  APPEND ${opts.append}`] : []),
     '',
   ].join('\n');
+  const entry = [
+    'title orb test guest',
+    `linux /${kernel ? 'vmlinuz' : 'no-kernel-here'}`,
+    ...(opts.initrd ? ['initrd /initrd.img'] : []),
+    ...(opts.append ? [`options ${opts.append}`] : []),
+    '',
+  ].join('\n');
+  const loader = 'default orb.conf\ntimeout 0\neditor no\n';
+  if (!existsSync(SYSTEMD_BOOT)) {
+    throw new Error(`${SYSTEMD_BOOT} is missing: install the Debian package systemd-boot-efi (see .ci/run)`);
+  }
   const recipe = {
     kernel: kernel ? hostFileHash(kernel) : null,
     initrd: opts.initrd ? hostFileHash(opts.initrd) : null,
     cfg,
+    entry,
+    loader,
     sizeMiB,
     label,
     files: opts.files ?? {},
-    syslinux: [hostFileHash(SYSLINUX_EFI), hostFileHash(LDLINUX_E64), hostFileHash('/usr/lib/syslinux/modules/bios/ldlinux.c32')],
+    boot: [hostFileHash(SYSTEMD_BOOT), hostFileHash('/usr/lib/syslinux/modules/bios/ldlinux.c32')],
   };
   return cached('bootdisk', recipe, '.img', async (img) => {
     const work = await mkdtemp(join(tmpdir(), 'orb-bootdisk-'));
@@ -243,11 +260,15 @@ export function buildBootDisk(opts: BootDiskOptions): Promise<string> {
       await exec('syslinux', ['--install', img], { env: MTOOLS_ENV });
       const cfgPath = join(work, 'syslinux.cfg');
       await writeFile(cfgPath, cfg);
-      await exec('mmd', ['-i', img, '::/EFI', '::/EFI/BOOT'], { env: MTOOLS_ENV });
+      await exec('mmd', ['-i', img, '::/EFI', '::/EFI/BOOT', '::/loader', '::/loader/entries'], { env: MTOOLS_ENV });
       await mcopy(img, cfgPath, '/syslinux.cfg');
-      await mcopy(img, cfgPath, '/EFI/BOOT/syslinux.cfg');
-      await mcopy(img, SYSLINUX_EFI, '/EFI/BOOT/BOOTX64.EFI');
-      await mcopy(img, LDLINUX_E64, '/EFI/BOOT/ldlinux.e64');
+      await mcopy(img, SYSTEMD_BOOT, '/EFI/BOOT/BOOTX64.EFI');
+      const entryPath = join(work, 'orb.conf');
+      await writeFile(entryPath, entry);
+      await mcopy(img, entryPath, '/loader/entries/orb.conf');
+      const loaderPath = join(work, 'loader.conf');
+      await writeFile(loaderPath, loader);
+      await mcopy(img, loaderPath, '/loader/loader.conf');
       if (kernel) await mcopy(img, kernel, '/vmlinuz');
       if (opts.initrd) await mcopy(img, opts.initrd, '/initrd.img');
       for (const [path, f] of Object.entries(opts.files ?? {})) {
