@@ -10,6 +10,8 @@ import publish from './publish.js';
 import pull from './pull.js';
 import blobUrl from './blob-url.js';
 import install from './install.js';
+import convertAndCompress from './convert-and-compress.js';
+import bench from './bench.js';
 
 /** Every command; the CLI, the action entry points and the generated docs all read this list. */
 export const commands: readonly CommandDef[] = [
@@ -23,6 +25,8 @@ export const commands: readonly CommandDef[] = [
   pull,
   blobUrl,
   install,
+  convertAndCompress,
+  bench,
 ];
 
 export function findCommand(name: string): CommandDef | undefined {

@@ -8,8 +8,13 @@ export const OCI_EMPTY = 'application/vnd.oci.empty.v1+json';
 
 /** artifactType of a chunked disk image */
 export const DISK_ARTIFACT = 'application/vnd.orb.disk.v1';
-/** config blob: DiskConfig as JSON */
-export const DISK_CONFIG = 'application/vnd.orb.disk.config.v1+json';
+/**
+ * config blob media type: an OCI image config (architecture, os, rootfs with no diff_ids) whose
+ * JSON also carries the DiskConfig fields. Not a custom type because `skopeo inspect` (and other
+ * image tools) refuse manifests whose config is not an image config; `artifactType` still says
+ * what this is, and the chunk layers' media types keep runtimes from unpacking it.
+ */
+export const DISK_CONFIG = 'application/vnd.oci.image.config.v1+json';
 /** one chunk of the disk content, compressed with zstd on its own */
 export const DISK_CHUNK_ZSTD = 'application/vnd.orb.disk.chunk.v1.zstd';
 /** one chunk stored uncompressed (when zstd does not make it smaller) */

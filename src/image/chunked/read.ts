@@ -1,0 +1,211 @@
+import { webcrypto } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { zstdDecompress } from 'node:zlib';
+import { OrbError } from '../../core/errors.js';
+import { OciLayout } from '../../oci/layout.js';
+import {
+  ANN_CHUNK_DIGEST,
+  ANN_CHUNK_LENGTH,
+  ANN_CHUNK_OFFSET,
+  DISK_ARTIFACT,
+  DISK_CHUNK_RAW,
+  DISK_CHUNK_ZSTD,
+  DISK_CONFIG,
+  type Descriptor,
+  type DiskConfig,
+  type ImageManifest,
+} from '../../oci/media.js';
+import { Extents } from '../extents.js';
+import type { ImageInfo } from '../inspect.js';
+import type { DiskReader } from '../reader.js';
+
+/** One stored chunk: where it goes in the disk and which blob holds it. */
+export interface ChunkRef {
+  index: number;
+  offset: number;
+  length: number;
+  /** sha256:<hex> of the uncompressed bytes */
+  digest: string;
+  /** the layer descriptor (blob digest, size, media type) */
+  blob: Descriptor;
+}
+
+export interface ChunkedImage {
+  layout: OciLayout;
+  tag: string;
+  manifest: ImageManifest;
+  manifestDigest: string;
+  manifestSize: number;
+  config: DiskConfig;
+  /** stored chunks in disk order; everything between them is zeros */
+  chunks: ChunkRef[];
+  /** sum of the stored blob sizes (compressed) */
+  storedBytes: number;
+}
+
+export async function isChunkedLayout(dir: string): Promise<boolean> {
+  return !!(await stat(join(dir, 'oci-layout')).catch(() => undefined));
+}
+
+/** `oci-layout:DIR[:TAG]` or a plain directory path → directory and tag (if given). */
+export function parseLayoutRef(ref: string): { dir: string; tag?: string } {
+  if (!ref.startsWith('oci-layout:')) return { dir: ref };
+  const rest = ref.slice('oci-layout:'.length);
+  const i = rest.lastIndexOf(':');
+  return i > 0 ? { dir: rest.slice(0, i), tag: rest.slice(i + 1) } : { dir: rest };
+}
+
+/**
+ * Reads and validates the manifest, config and chunk list of a chunked image. `tag` defaults
+ * to the layout's only orb disk, else `latest`.
+ */
+export async function readChunkedLayout(dir: string, tag?: string): Promise<ChunkedImage> {
+  const layout = new OciLayout(dir);
+  if (!(await layout.isLayout())) {
+    throw new OrbError('input', `${dir} is not an OCI image layout (no oci-layout file)`, { hint: 'give a directory written by orb convert --format chunked' });
+  }
+  if (tag === undefined) {
+    const disks = (await layout.readIndex()).manifests.filter((m) => m.artifactType === DISK_ARTIFACT);
+    tag = disks.length === 1 ? (disks[0]!.annotations?.['org.opencontainers.image.ref.name'] ?? 'latest') : 'latest';
+  }
+  const desc = await layout.resolve(tag);
+  const bytes = await layout.readBytes(desc.digest);
+  let manifest: ImageManifest;
+  try {
+    manifest = JSON.parse(bytes.toString('utf8')) as ImageManifest;
+  } catch {
+    throw new OrbError('input', `manifest ${desc.digest} in ${dir} is not JSON`);
+  }
+  if (manifest.artifactType !== DISK_ARTIFACT || manifest.config?.mediaType !== DISK_CONFIG) {
+    throw new OrbError('input', `${dir}:${tag} is not an orb disk image (artifactType ${String(manifest.artifactType)})`, {
+      hint: 'give a layout written by orb convert --format chunked',
+    });
+  }
+  const config = JSON.parse((await layout.readBytes(manifest.config.digest)).toString('utf8')) as DiskConfig;
+  if (config.schema !== 'orb-disk/v1' || !(config.virtualSize > 0) || !(config.chunkSize > 0)) {
+    throw new OrbError('input', `${dir}:${tag}: the disk config is not orb-disk/v1`);
+  }
+  const chunks: ChunkRef[] = [];
+  let storedBytes = 0;
+  let end = 0;
+  for (const [i, l] of manifest.layers.entries()) {
+    const a = l.annotations ?? {};
+    const offset = Number(a[ANN_CHUNK_OFFSET]);
+    const length = Number(a[ANN_CHUNK_LENGTH]);
+    const digest = a[ANN_CHUNK_DIGEST] ?? '';
+    const bad = (why: string) => new OrbError('input', `${dir}:${tag}: layer ${i} ${why}`, { hint: 'the manifest is damaged or was not written by orb' });
+    if (l.mediaType !== DISK_CHUNK_ZSTD && l.mediaType !== DISK_CHUNK_RAW) throw bad(`has media type ${l.mediaType}`);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length <= 0) throw bad('has no valid offset/length annotations');
+    if (offset < end || offset + length > config.virtualSize) throw bad('overlaps another chunk or lies beyond the disk');
+    if (!/^sha256:[a-f0-9]{64}$/.test(digest)) throw bad('has no chunk digest annotation');
+    end = offset + length;
+    chunks.push({ index: i, offset, length, digest, blob: l });
+    storedBytes += l.size;
+  }
+  return { layout, tag, manifest, manifestDigest: desc.digest, manifestSize: bytes.length, config, chunks, storedBytes };
+}
+
+const inflate = promisify(zstdDecompress);
+
+/**
+ * Reads one chunk's blob and returns its uncompressed bytes, after checking the blob digest and
+ * the uncompressed sha256 (`ANN_CHUNK_DIGEST`). Decompression and hashing run off the main
+ * thread (libuv pool), so several chunks decode in parallel.
+ */
+export async function decompressChunk(layout: OciLayout, chunk: ChunkRef): Promise<Buffer> {
+  const blob = await readFile(layout.blobPath(chunk.blob.digest)).catch((err: Error) => {
+    throw new OrbError('input', `chunk at offset ${chunk.offset}: blob ${chunk.blob.digest} is missing from ${layout.dir}: ${err.message}`);
+  });
+  if (blob.length !== chunk.blob.size || (await sha256(blob)) !== chunk.blob.digest) {
+    throw new OrbError('integrity', `chunk at offset ${chunk.offset}: blob ${chunk.blob.digest} in ${layout.dir} is corrupt (size or digest mismatch)`);
+  }
+  return decodeChunkBlob(blob, chunk);
+}
+
+/** Decompress and verify a blob already in memory (the OCI pull path has it from the wire). */
+export async function decodeChunkBlob(blob: Buffer, chunk: ChunkRef): Promise<Buffer> {
+  let plain: Buffer;
+  if (chunk.blob.mediaType === DISK_CHUNK_RAW) plain = blob;
+  else {
+    try {
+      plain = await inflate(blob, { maxOutputLength: chunk.length });
+    } catch (err) {
+      throw new OrbError('integrity', `chunk at offset ${chunk.offset} does not decompress: ${(err as Error).message}`);
+    }
+  }
+  if (plain.length !== chunk.length || (await sha256(plain)) !== chunk.digest) {
+    throw new OrbError('integrity', `chunk at offset ${chunk.offset} decodes to other bytes than its digest ${chunk.digest}`);
+  }
+  return plain;
+}
+
+async function sha256(data: Uint8Array): Promise<string> {
+  const d = await webcrypto.subtle.digest('SHA-256', data);
+  return 'sha256:' + Buffer.from(d).toString('hex');
+}
+
+/** A DiskReader over a chunked image: stored chunks are the data extents, gaps are zeros. */
+class ChunkedReader implements DiskReader {
+  readonly extents: Extents;
+  private readonly cache = new Map<number, Promise<Buffer>>();
+  constructor(
+    readonly info: ImageInfo,
+    private readonly img: ChunkedImage,
+  ) {
+    this.extents = new Extents(img.config.virtualSize);
+    for (const c of img.chunks) this.extents.add(c.offset, c.length);
+  }
+  get virtualSize(): number {
+    return this.img.config.virtualSize;
+  }
+  /** index of the first chunk that ends after `offset` */
+  private indexAt(offset: number): number {
+    const cs = this.img.chunks;
+    let lo = 0;
+    let hi = cs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (cs[mid]!.offset + cs[mid]!.length <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+  private decoded(c: ChunkRef): Promise<Buffer> {
+    let p = this.cache.get(c.index);
+    if (!p) {
+      p = decompressChunk(this.img.layout, c);
+      this.cache.set(c.index, p);
+      // keep the few most recent chunks: reads arrive in disk order
+      while (this.cache.size > 3) this.cache.delete(this.cache.keys().next().value!);
+    }
+    return p;
+  }
+  async read(offset: number, target: Uint8Array): Promise<void> {
+    let pos = offset;
+    const end = offset + target.length;
+    while (pos < end) {
+      const c = this.img.chunks[this.indexAt(pos)];
+      if (!c || c.offset > pos) {
+        // between chunks: zeros up to the next chunk
+        const stop = Math.min(end, c ? c.offset : end);
+        target.fill(0, pos - offset, stop - offset);
+        pos = stop;
+        continue;
+      }
+      const data = await this.decoded(c);
+      const stop = Math.min(end, c.offset + c.length);
+      target.set(data.subarray(pos - c.offset, stop - c.offset), pos - offset);
+      pos = stop;
+    }
+  }
+  async close(): Promise<void> {
+    this.cache.clear();
+  }
+}
+
+export async function openChunkedReader(info: ImageInfo): Promise<DiskReader> {
+  const { dir, tag } = parseLayoutRef(info.path);
+  return new ChunkedReader(info, await readChunkedLayout(dir, info.tag ?? tag));
+}

@@ -1,0 +1,43 @@
+import { basename, dirname, join, relative } from 'node:path';
+import { newManifest, writeManifest, type BuildInfo, type ImageFormat, type OrbManifest } from '../core/manifest.js';
+import type { ConvertResult } from './convert.js';
+
+/**
+ * The convert stage's hand-over manifest, written beside the output as `<output>.orb.json`
+ * (for a chunked layout directory too: beside it, not inside, so the layout stays a plain OCI
+ * layout). The next stage (publish) takes it as its input.
+ */
+export function stageManifestPath(output: string): string {
+  return join(dirname(output), `${basename(output)}.orb.json`);
+}
+
+export async function writeStageManifest(
+  r: ConvertResult,
+  src: { manifestPath?: string; manifest?: OrbManifest },
+  build: BuildInfo | undefined,
+): Promise<string> {
+  const path = stageManifestPath(r.path);
+  const image: OrbManifest['image'] = {
+    path: relative(dirname(path), r.path) || basename(r.path),
+    format: r.format as ImageFormat,
+    virtualSize: r.virtualSize,
+    fileSize: r.outputBytes,
+    contentSha256: r.contentSha256,
+  };
+  if (r.format !== 'chunked') image.sha256 = r.sha256;
+  if (r.chunked) {
+    image.chunked = {
+      layout: image.path,
+      tag: r.chunked.tag,
+      chunkSize: r.chunked.chunkSize,
+      chunks: r.chunked.chunks,
+      storedChunks: r.chunked.stored + r.chunked.reused,
+      manifestDigest: r.chunked.manifestDigest,
+    };
+  }
+  const extra: Partial<OrbManifest> = {};
+  if (build) extra.build = build;
+  if (src.manifestPath) extra.previous = src.manifestPath;
+  await writeManifest(path, newManifest('convert', image, extra));
+  return path;
+}

@@ -1,0 +1,151 @@
+/**
+ * The body of the compression/hash worker threads, as plain JavaScript text run with
+ * `new Worker(WORKER_SOURCE, { eval: true })`. Why a string: the same code must start from the
+ * ncc bundle (dist/orb/index.js), from lib/ and from TypeScript under vitest, and a separate
+ * worker file would not survive bundling; it needs only Node built-ins.
+ *
+ * Tasks work on views of SharedArrayBuffer slots that the main thread filled, so disk bytes are
+ * never copied between threads. Results that are new bytes (compressed data) are transferred.
+ *
+ *   chunk    zero check, sha256 of the bytes; if that digest is in `base`, stop (reuse); else
+ *            zstd at `level` (one frame) and sha256 of the frame
+ *   frame    zero check, else one zstd frame (raw.zst is a sequence of frames)
+ *   clusters per qcow2 cluster: -1 zero, n compressed bytes, -2 stored uncompressed (cluster
+ *            bytes included), all packed in one buffer
+ *   zeromap  one bit per `block` bytes: 1 = holds data (for sparse raw output)
+ *   inflate  zstd-decompress a chunk blob into a slot and check its sha256
+ *   hash     whole-disk sha256, fed in order (dedicated worker)
+ */
+export const WORKER_SOURCE = String.raw`
+const { parentPort, workerData } = require('node:worker_threads');
+const zlib = require('node:zlib');
+const crypto = require('node:crypto');
+const ZERO = Buffer.alloc(1 << 20);
+// Compressed outputs live outside the V8 heap, which stays tiny, so V8 collects them late and
+// dead buffers pile up (measured: ~100 MB per thread). A collection after each task is ~1 ms.
+// (V8 flags are process-wide: once set, later threads already have a global gc.)
+const collect = typeof globalThis.gc === 'function' ? globalThis.gc : (require('node:v8').setFlagsFromString('--expose-gc'), require('node:vm').runInNewContext('gc'));
+const C = zlib.constants;
+const base = new Set((workerData && workerData.base) || []);
+let hash = crypto.createHash('sha256');
+
+function isZero(buf) {
+  for (let p = 0; p < buf.length; p += ZERO.length) {
+    const n = Math.min(ZERO.length, buf.length - p);
+    if (Buffer.compare(buf.subarray(p, p + n), n === ZERO.length ? ZERO : ZERO.subarray(0, n)) !== 0) return false;
+  }
+  return true;
+}
+function zstd(buf, level) {
+  return zlib.zstdCompressSync(buf, {
+    params: { [C.ZSTD_c_compressionLevel]: level, [C.ZSTD_c_checksumFlag]: 0 },
+    pledgedSrcSize: buf.length,
+  });
+}
+function view(m) {
+  return Buffer.from(m.sab, m.off, m.len);
+}
+function asTransfer(b) {
+  // transferable only when the buffer owns its whole ArrayBuffer; otherwise copy
+  if (b.byteOffset === 0 && b.buffer.byteLength === b.length) return new Uint8Array(b.buffer);
+  const out = new Uint8Array(b.length);
+  out.set(b);
+  return out;
+}
+
+const tasks = {
+  chunk(m) {
+    const buf = view(m);
+    if (isZero(buf)) return { zero: true };
+    const digest = 'sha256:' + crypto.createHash('sha256').update(buf).digest('hex');
+    if (base.has(digest)) return { digest, reused: true };
+    const z = zstd(buf, m.level);
+    if (z.length >= buf.length) return { digest, raw: true, blobDigest: digest, size: buf.length };
+    const data = asTransfer(z);
+    const blobDigest = 'sha256:' + crypto.createHash('sha256').update(data).digest('hex');
+    return { digest, blobDigest, size: data.length, data, transfer: [data.buffer] };
+  },
+  frame(m) {
+    const buf = view(m);
+    if (isZero(buf)) return { zero: true };
+    const data = asTransfer(zstd(buf, m.level));
+    return { data, transfer: [data.buffer] };
+  },
+  clusters(m) {
+    const buf = view(m);
+    const cs = m.clusterSize;
+    const n = Math.ceil(buf.length / cs);
+    const sizes = new Int32Array(n);
+    const parts = [];
+    let total = 0;
+    for (let i = 0; i < n; i++) {
+      let c = buf.subarray(i * cs, Math.min(buf.length, (i + 1) * cs));
+      if (isZero(c)) { sizes[i] = -1; continue; }
+      if (c.length < cs) { const pad = Buffer.alloc(cs); c.copy(pad); c = pad; }
+      // -2: stored uncompressed; its bytes are copied into the result so the slot is free at once
+      if (m.codec === 'none') { sizes[i] = -2; parts.push(Buffer.from(c)); total += cs; continue; }
+      const z = m.codec === 'zlib'
+        ? zlib.deflateRawSync(c, { level: m.level, windowBits: 12, memLevel: 9 })
+        : zstd(c, m.level);
+      if (z.length >= cs) { sizes[i] = -2; parts.push(Buffer.from(c)); total += cs; continue; }
+      sizes[i] = z.length;
+      parts.push(z);
+      total += z.length;
+    }
+    const data = new Uint8Array(total);
+    let p = 0;
+    for (const z of parts) { data.set(z, p); p += z.length; }
+    return { sizes, data, transfer: [sizes.buffer, data.buffer] };
+  },
+  zeromap(m) {
+    const buf = view(m);
+    const n = Math.ceil(buf.length / m.block);
+    const bits = new Uint8Array(n);
+    for (let i = 0; i < n; i++) bits[i] = isZero(buf.subarray(i * m.block, Math.min(buf.length, (i + 1) * m.block))) ? 0 : 1;
+    return { bits, transfer: [bits.buffer] };
+  },
+  inflate(m) {
+    const out = view(m);
+    let plain;
+    if (m.raw) plain = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    else {
+      try {
+        plain = zlib.zstdDecompressSync(m.data, { maxOutputLength: Math.max(1, m.len) });
+      } catch (err) {
+        return { error: 'chunk at offset ' + m.offset + ' does not decompress: ' + err.message, kind: 'integrity' };
+      }
+    }
+    if (plain.length !== m.len) return { error: 'chunk at offset ' + m.offset + ' decompresses to ' + plain.length + ' bytes, expected ' + m.len, kind: 'integrity' };
+    const digest = 'sha256:' + crypto.createHash('sha256').update(plain).digest('hex');
+    if (digest !== m.digest) return { error: 'chunk at offset ' + m.offset + ' has digest ' + digest + ', expected ' + m.digest, kind: 'integrity' };
+    out.set(plain);
+    return {};
+  },
+  hash(m) {
+    if (m.zeros) {
+      let left = m.zeros;
+      while (left > 0) { const n = Math.min(left, ZERO.length); hash.update(n === ZERO.length ? ZERO : ZERO.subarray(0, n)); left -= n; }
+    } else hash.update(view(m));
+    return {};
+  },
+  digest() {
+    const hex = hash.digest('hex');
+    hash = crypto.createHash('sha256');
+    return { hex };
+  },
+};
+
+parentPort.on('message', (m) => {
+  let res;
+  try {
+    res = tasks[m.task](m);
+  } catch (err) {
+    res = { error: String(err && err.message || err), kind: 'internal' };
+  }
+  const transfer = res.transfer || [];
+  delete res.transfer;
+  res.id = m.id;
+  parentPort.postMessage(res, transfer);
+  if (m.task !== 'hash') collect();
+});
+`;

@@ -1,0 +1,155 @@
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { OrbError, type ErrorKind } from '../core/errors.js';
+import { onCleanup } from '../core/cleanup.js';
+import { WORKER_SOURCE } from './worker-source.js';
+
+/**
+ * A fixed set of worker threads running WORKER_SOURCE, one task at a time each, plus the
+ * SharedArrayBuffer slots that hold disk bytes while they are hashed and compressed. Memory is
+ * bounded by the slots (count x size), never by the image.
+ */
+export interface TaskResult {
+  error?: string;
+  kind?: ErrorKind;
+  [key: string]: unknown;
+}
+
+interface Job {
+  msg: Record<string, unknown>;
+  transfer: ArrayBuffer[];
+  resolve(r: TaskResult): void;
+  reject(e: Error): void;
+}
+
+class Thread {
+  readonly worker: Worker;
+  job: Job | undefined;
+  constructor(onDone: (t: Thread, r: TaskResult | Error) => void, workerData: unknown) {
+    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData });
+    this.worker.on('message', (r: TaskResult) => onDone(this, r));
+    this.worker.on('error', (err) => onDone(this, err));
+  }
+}
+
+export class WorkerPool {
+  private readonly threads: Thread[] = [];
+  private readonly idle: Thread[] = [];
+  private readonly queue: Job[] = [];
+  private nextId = 1;
+  private closed = false;
+  private failed: Error | undefined;
+  private readonly unregister: () => void;
+
+  /** `base`: uncompressed chunk digests whose blobs already exist (not compressed again) */
+  constructor(
+    readonly size: number,
+    base: readonly string[] = [],
+  ) {
+    for (let i = 0; i < size; i++) {
+      const t = new Thread((th, r) => this.done(th, r), { base });
+      this.threads.push(t);
+      this.idle.push(t);
+    }
+    this.unregister = onCleanup(() => this.close());
+  }
+
+  private done(t: Thread, r: TaskResult | Error): void {
+    const job = t.job;
+    t.job = undefined;
+    if (r instanceof Error) {
+      // a thread that crashed is gone: fail everything rather than wait for it forever
+      const err = new OrbError('internal', `worker thread failed: ${r.message}`);
+      job?.reject(err);
+      this.failed = err;
+      for (const j of this.queue.splice(0)) j.reject(err);
+      void this.close();
+      return;
+    }
+    if (job) {
+      if (r.error) job.reject(new OrbError(r.kind ?? 'internal', r.error));
+      else job.resolve(r);
+    }
+    this.idle.push(t);
+    this.pump();
+  }
+
+  private pump(): void {
+    while (this.idle.length && this.queue.length) {
+      const t = this.idle.pop()!;
+      const job = this.queue.shift()!;
+      t.job = job;
+      t.worker.postMessage({ ...job.msg, id: this.nextId++ }, job.transfer);
+    }
+  }
+
+  run(msg: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<TaskResult> {
+    if (this.closed) return Promise.reject(this.failed ?? new OrbError('internal', 'worker pool is closed'));
+    return new Promise((resolve, reject) => {
+      this.queue.push({ msg, transfer, resolve, reject });
+      this.pump();
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.unregister();
+    for (const j of this.queue.splice(0)) j.reject(new OrbError('interrupted', 'stopped'));
+    await Promise.all(this.threads.map((t) => t.worker.terminate()));
+  }
+}
+
+/** The whole-disk sha256 in its own thread, fed strictly in disk order. */
+export class Hasher {
+  private readonly pool = new WorkerPool(1);
+  update(sab: SharedArrayBuffer, off: number, len: number): Promise<unknown> {
+    return this.pool.run({ task: 'hash', sab, off, len });
+  }
+  zeros(n: number): Promise<unknown> {
+    return this.pool.run({ task: 'hash', zeros: n });
+  }
+  async digest(): Promise<string> {
+    const r = await this.pool.run({ task: 'digest' });
+    return 'sha256:' + String(r.hex);
+  }
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+}
+
+/** Fixed-size shared buffers handed out in turn; `acquire` waits when all are in use. */
+export class SlotPool {
+  readonly slots: SharedArrayBuffer[];
+  private readonly free: number[];
+  private waiters: ((i: number) => void)[] = [];
+  constructor(count: number, readonly slotSize: number) {
+    this.slots = Array.from({ length: count }, () => new SharedArrayBuffer(slotSize));
+    this.free = this.slots.map((_, i) => i);
+  }
+  acquire(): Promise<number> {
+    const i = this.free.pop();
+    if (i !== undefined) return Promise.resolve(i);
+    return new Promise((r) => this.waiters.push(r));
+  }
+  release(i: number): void {
+    const w = this.waiters.shift();
+    if (w) w(i);
+    else this.free.push(i);
+  }
+}
+
+export function defaultThreads(): number {
+  return Math.max(1, availableParallelism());
+}
+
+/**
+ * Slot memory stays under this whatever the image size or core count. The rest of the 512 MiB
+ * RSS bound goes to Node and each thread (~15 MiB idle) and to compressed outputs in flight.
+ */
+export const SLOT_BUDGET = 160 << 20;
+
+/** One slot being read, one per thread compressing, one waiting: more only adds memory. */
+export function slotCount(slotSize: number, threads: number): number {
+  return Math.max(3, Math.min(threads + 2, Math.floor(SLOT_BUDGET / slotSize)));
+}
