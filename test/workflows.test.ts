@@ -88,7 +88,7 @@ describe('GitHub workflows and actions, validated offline', () => {
   it('our actions are called only with inputs they declare', () => {
     for (const file of all) {
       for (const { step } of stepsOf(file)) {
-        const m = step?.uses && new RegExp(`^${ORB_REPO}/([a-z-]+)@`).exec(step.uses);
+        const m = step?.uses && (new RegExp(`^${ORB_REPO}/([a-z-]+)@`).exec(step.uses) ?? (step.uses.startsWith(`${ORB_REPO}@`) ? [step.uses, 'pipeline'] : null));
         if (!m || m[1] === '.github') continue;
         const cmd = findCommand(m[1]!);
         expect(cmd, `${file}: unknown action ${m[1]}`).toBeDefined();

@@ -12,6 +12,7 @@ import blobUrl from './blob-url.js';
 import install from './install.js';
 import convertAndCompress from './convert-and-compress.js';
 import bench from './bench.js';
+import pipeline from './pipeline.js';
 
 /** Every command; the CLI, the action entry points and the generated docs all read this list. */
 export const commands: readonly CommandDef[] = [
@@ -27,6 +28,7 @@ export const commands: readonly CommandDef[] = [
   install,
   convertAndCompress,
   bench,
+  pipeline,
 ];
 
 export function findCommand(name: string): CommandDef | undefined {
