@@ -54,21 +54,54 @@ describe('test guest builders', () => {
     const disk = await testGuestDisk('rdp');
     expect(statSync(disk).size).toBe(48 * 1024 * 1024);
     expect(readAt(disk, 510, 2).toString('hex')).toBe('55aa');
-    const listing = execFileSync('mdir', ['-/', '-a', '-b', '-i', disk, '::/'], { env: MTOOLS, encoding: 'utf8' });
-    for (const f of ['::/vmlinuz', '::/initrd.img', '::/syslinux.cfg', '::/ldlinux.sys', '::/EFI/BOOT/BOOTX64.EFI', '::/loader/entries/orb.conf']) {
+    const listing = execFileSync('mdir', ['-/', '-a', '-b', '-i', disk, '::/'], {
+      env: MTOOLS,
+      encoding: 'utf8',
+    });
+    for (const f of [
+      '::/vmlinuz',
+      '::/initrd.img',
+      '::/syslinux.cfg',
+      '::/ldlinux.sys',
+      '::/EFI/BOOT/BOOTX64.EFI',
+      '::/loader/entries/orb.conf',
+    ]) {
       expect(listing).toContain(f);
     }
-    const entry = execFileSync('mtype', ['-i', disk, '::/loader/entries/orb.conf'], { env: MTOOLS, encoding: 'utf8' });
+    const entry = execFileSync('mtype', ['-i', disk, '::/loader/entries/orb.conf'], {
+      env: MTOOLS,
+      encoding: 'utf8',
+    });
     expect(entry).toContain(`options ${guestAppend('rdp')}`);
-    const withFiles = await buildBootDisk({ append: 'x', files: { '/data/readme.txt': 'hello' }, sizeMiB: 40 });
-    expect(execFileSync('mtype', ['-i', withFiles, '::/data/readme.txt'], { env: MTOOLS, encoding: 'utf8' })).toBe('hello');
+    const withFiles = await buildBootDisk({
+      append: 'x',
+      files: { '/data/readme.txt': 'hello' },
+      sizeMiB: 40,
+    });
+    expect(
+      execFileSync('mtype', ['-i', withFiles, '::/data/readme.txt'], { env: MTOOLS, encoding: 'utf8' }),
+    ).toBe('hello');
   });
 
   it('builds raw ext4 disks with content, whole-disk or MBR-partitioned', async () => {
-    const whole = await buildExt4Disk({ sizeMiB: 24, files: { '/etc/hello.txt': 'hello ext4\n' }, fillMiB: 2 });
+    const whole = await buildExt4Disk({
+      sizeMiB: 24,
+      files: { '/etc/hello.txt': 'hello ext4\n' },
+      fillMiB: 2,
+    });
     expect(statSync(whole).size).toBe(24 * 1024 * 1024);
-    expect(execFileSync('debugfs', ['-R', 'cat /etc/hello.txt', whole], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })).toBe('hello ext4\n');
-    expect(execFileSync('debugfs', ['-R', 'stat /fill.bin', whole], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })).toMatch(/Size: 2097152/);
+    expect(
+      execFileSync('debugfs', ['-R', 'cat /etc/hello.txt', whole], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }),
+    ).toBe('hello ext4\n');
+    expect(
+      execFileSync('debugfs', ['-R', 'stat /fill.bin', whole], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }),
+    ).toMatch(/Size: 2097152/);
     const parted = await buildExt4Disk({ sizeMiB: 24, files: { '/a.txt': 'a' }, partitioned: true });
     const mbr = readAt(parted, 0, 512);
     expect(mbr.readUInt16LE(510)).toBe(0xaa55);
@@ -81,14 +114,20 @@ describe('test guest builders', () => {
 
   it('composes: a custom variant serving HTTP on 8006 next to RDP, and a custom init that powers off', async () => {
     const web = await startVm({
-      ...(await guestKernelBoot('web', { variants: { web: 'orb_net_up\norb_rdp_serve\norb_http_serve 8006 /www' }, files: { '/www/index.html': 'orb web ok\n' } })),
+      ...(await guestKernelBoot('web', {
+        variants: { web: 'orb_net_up\norb_rdp_serve\norb_http_serve 8006 /www' },
+        files: { '/www/index.html': 'orb web ok\n' },
+      })),
       memoryMiB: 192,
       network: { forwards: [{ guestPort: 8006 }, { guestPort: 3389 }] },
       name: 'guest-web',
     });
     const custom = await startVm({
       kernel: guestKernel().path,
-      initrd: await buildInitramfs({ init: 'mount -t proc proc /proc\necho INSTALLER-DONE $(cat /etc/flavour)\npoweroff -f\n', files: { '/etc/flavour': 'installer' } }),
+      initrd: await buildInitramfs({
+        init: 'mount -t proc proc /proc\necho INSTALLER-DONE $(cat /etc/flavour)\npoweroff -f\n',
+        files: { '/etc/flavour': 'installer' },
+      }),
       append: 'console=ttyS0 quiet panic=-1',
       memoryMiB: 192,
       name: 'guest-custom',

@@ -4,7 +4,12 @@ import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startVm, type Vm } from '../src/qemu/runner.js';
-import { GUEST_MARKERS, RDP_CONNECTION_CONFIRM, RDP_CONNECTION_REQUEST, testGuestDisk } from './helpers/guests.js';
+import {
+  GUEST_MARKERS,
+  RDP_CONNECTION_CONFIRM,
+  RDP_CONNECTION_REQUEST,
+  testGuestDisk,
+} from './helpers/guests.js';
 
 const vms: Vm[] = [];
 afterEach(async () => {
@@ -48,15 +53,22 @@ function listeners(port: number): string[] {
 
 describe('booting the test guests', () => {
   it('BIOS: the rdp guest answers X.224 through a forward bound to 127.0.0.1 only; screenshot is a PNG', async () => {
-    const vm = await start({ disks: [{ path: await testGuestDisk('rdp'), snapshot: true }], network: { forwards: [{ guestPort: 3389 }] }, name: 'boot-bios' });
+    const vm = await start({
+      disks: [{ path: await testGuestDisk('rdp'), snapshot: true }],
+      network: { forwards: [{ guestPort: 3389 }] },
+      name: 'boot-bios',
+    });
     const port = vm.ports[3389]!;
     expect(port).toBeGreaterThan(0);
-    expect(vm.forwards).toEqual([{ protocol: 'tcp', guestPort: 3389, hostAddress: '127.0.0.1', hostPort: port }]);
+    expect(vm.forwards).toEqual([
+      { protocol: 'tcp', guestPort: 3389, hostAddress: '127.0.0.1', hostPort: port },
+    ]);
     expect(listeners(port)).toEqual(['0100007F']);
     await vm.waitForSerial(GUEST_MARKERS.rdpListening, 150_000);
     expect(vm.serialText()).toContain('SYSLINUX');
     // The server keeps answering: several connections in a row.
-    for (let i = 0; i < 3; i++) expect((await x224('127.0.0.1', port)).equals(RDP_CONNECTION_CONFIRM)).toBe(true);
+    for (let i = 0; i < 3; i++)
+      expect((await x224('127.0.0.1', port)).equals(RDP_CONNECTION_CONFIRM)).toBe(true);
     // Not reachable on any non-loopback address of this machine.
     for (const addrs of Object.values(networkInterfaces())) {
       for (const a of addrs ?? []) {
@@ -73,9 +85,14 @@ describe('booting the test guests', () => {
     expect(stats.meanBrightness).toBeGreaterThan(0);
   });
 
-  it('UEFI: boots the same kind of disk through systemd-boot with a private VARS copy in the caller\'s work dir', async () => {
+  it("UEFI: boots the same kind of disk through systemd-boot with a private VARS copy in the caller's work dir", async () => {
     const workDir = join(mkdtempSync(join(tmpdir(), 'orb-boot-')), 'vm');
-    const vm = await start({ disks: [{ path: await testGuestDisk('silent'), snapshot: true }], firmware: 'uefi', workDir, name: 'boot-uefi' });
+    const vm = await start({
+      disks: [{ path: await testGuestDisk('silent'), snapshot: true }],
+      firmware: 'uefi',
+      workDir,
+      name: 'boot-uefi',
+    });
     await vm.waitForSerial(`${GUEST_MARKERS.boot} variant=silent`, 150_000);
     expect(vm.serialText()).toMatch(/BdsDxe: starting Boot\d+/);
     expect(existsSync(join(workDir, 'efivars.fd'))).toBe(true);
@@ -90,7 +107,11 @@ describe('booting the test guests', () => {
 
   it('UEFI Secure Boot refuses the unsigned bootloader; the noboot disk never boots', async () => {
     const [secure, noboot] = await Promise.all([
-      start({ disks: [{ path: await testGuestDisk('silent'), snapshot: true }], firmware: 'uefi-secure', name: 'boot-secure' }),
+      start({
+        disks: [{ path: await testGuestDisk('silent'), snapshot: true }],
+        firmware: 'uefi-secure',
+        name: 'boot-secure',
+      }),
       start({ disks: [{ path: await testGuestDisk('noboot'), snapshot: true }], name: 'boot-noboot' }),
     ]);
     expect(secure.args).toContain('q35,smm=on');

@@ -47,12 +47,17 @@ async function gone(pids: number[], ms: number): Promise<boolean> {
   return false;
 }
 
-async function startChild(): Promise<{ child: ChildProcess; pids: { qemu: number; swtpm: number; workDir: string } }> {
+async function startChild(): Promise<{
+  child: ChildProcess;
+  pids: { qemu: number; swtpm: number; workDir: string };
+}> {
   const dir = mkdtempSync(join(tmpdir(), 'orb-orphan-'));
   const script = join(dir, 'child.mjs');
   writeFileSync(script, CHILD);
   const k = await guestKernelBoot('silent');
-  const child = spawn(process.execPath, [script, k.kernel, k.initrd, k.append], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [script, k.kernel, k.initrd, k.append], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const line = await new Promise<string>((resolve, reject) => {

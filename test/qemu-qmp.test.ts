@@ -9,7 +9,12 @@ afterEach(async () => {
   await Promise.all(vms.splice(0).map((vm) => vm.dispose()));
 });
 async function boot(variant: string, extra: Partial<Parameters<typeof startVm>[0]> = {}): Promise<Vm> {
-  const vm = await startVm({ ...(await guestKernelBoot(variant)), memoryMiB: 192, name: `qmp-${variant}`, ...extra });
+  const vm = await startVm({
+    ...(await guestKernelBoot(variant)),
+    memoryMiB: 192,
+    name: `qmp-${variant}`,
+    ...extra,
+  });
   vms.push(vm);
   return vm;
 }
@@ -37,7 +42,9 @@ describe('QMP client and power control', () => {
     expect(name.name).toBe('qmp-acpi');
     expect(version).toMatch(/^\d+\.\d+/);
 
-    await expect(vm.qmp.execute('no-such-command')).rejects.toThrow(/QMP 'no-such-command' failed: .*CommandNotFound/);
+    await expect(vm.qmp.execute('no-such-command')).rejects.toThrow(
+      /QMP 'no-such-command' failed: .*CommandNotFound/,
+    );
     const quiet = await vm.qmp.waitForEvent('WATCHDOG', 300).catch((e: unknown) => e);
     expect(quiet).toBeInstanceOf(OrbError);
     expect((quiet as OrbError).kind).toBe('timeout');
@@ -61,9 +68,18 @@ describe('QMP client and power control', () => {
 
     const before = vm.qmp.events.length;
     const res = await vm.powerOff({ graceMs: 60_000 });
-    expect(res).toMatchObject({ method: 'acpi', guestInitiated: true, shutdownReason: 'guest-shutdown', code: 0 });
-    expect(vm.qmp.events.slice(before).map((e) => e.event)).toEqual(expect.arrayContaining(['POWERDOWN', 'SHUTDOWN']));
-    await expect(vm.qmp.execute('query-status')).rejects.toThrow(/QEMU closed the QMP connection|got no answer/);
+    expect(res).toMatchObject({
+      method: 'acpi',
+      guestInitiated: true,
+      shutdownReason: 'guest-shutdown',
+      code: 0,
+    });
+    expect(vm.qmp.events.slice(before).map((e) => e.event)).toEqual(
+      expect.arrayContaining(['POWERDOWN', 'SHUTDOWN']),
+    );
+    await expect(vm.qmp.execute('query-status')).rejects.toThrow(
+      /QEMU closed the QMP connection|got no answer/,
+    );
     expect((await vm.powerOff()).method).toBe('already-exited');
   });
 
@@ -71,7 +87,9 @@ describe('QMP client and power control', () => {
     const vm = await boot('silent', { tpm: true });
     expect(vm.tpmPid).toBeGreaterThan(0);
     const tpms = await vm.qmp.execute<{ model: string; options: { type: string } }[]>('query-tpm');
-    expect(tpms).toEqual([expect.objectContaining({ model: 'tpm-tis', options: expect.objectContaining({ type: 'emulator' }) })]);
+    expect(tpms).toEqual([
+      expect.objectContaining({ model: 'tpm-tis', options: expect.objectContaining({ type: 'emulator' }) }),
+    ]);
     await vm.waitForSerial(`${GUEST_MARKERS.boot} variant=silent tpm=yes`, 120_000);
 
     const res = await vm.powerOff({ graceMs: 2500 });
@@ -88,7 +106,9 @@ describe('QMP client and power control', () => {
     await vm.waitForSerial(GUEST_MARKERS.boot, 120_000);
     process.kill(vm.pid, 'SIGSTOP');
     try {
-      const err = await vm.qmp.execute('query-status', undefined, { timeoutMs: 400 }).catch((e: unknown) => e);
+      const err = await vm.qmp
+        .execute('query-status', undefined, { timeoutMs: 400 })
+        .catch((e: unknown) => e);
       expect(err).toBeInstanceOf(OrbError);
       expect((err as OrbError).message).toMatch(/did not answer QMP 'query-status' within 0.4 s/);
       const res = await vm.powerOff({ graceMs: 1000 });
@@ -106,7 +126,9 @@ describe('QMP client and power control', () => {
     const exit = await vm.waitForExit(120_000);
     expect(exit).toMatchObject({ guestInitiated: true, shutdownReason: 'guest-shutdown', code: 0 });
     expect(vm.serialText()).toContain(GUEST_MARKERS.poweringOff);
-    await expect(vm.waitForSerial('never printed', 1000)).rejects.toThrow(/exited before its serial console showed/);
+    await expect(vm.waitForSerial('never printed', 1000)).rejects.toThrow(
+      /exited before its serial console showed/,
+    );
   });
 
   it('explains a configuration QEMU refuses, and a missing image', async () => {
@@ -114,6 +136,8 @@ describe('QMP client and power control', () => {
     const err = await startVm({ ...k, cpu: 'no-such-cpu-model' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(OrbError);
     expect((err as OrbError).message).toMatch(/QEMU failed to start: .*no-such-cpu-model/);
-    await expect(startVm({ disks: [{ path: '/nonexistent/disk.img' }] })).rejects.toThrow(/not found: \/nonexistent\/disk.img/);
+    await expect(startVm({ disks: [{ path: '/nonexistent/disk.img' }] })).rejects.toThrow(
+      /not found: \/nonexistent\/disk.img/,
+    );
   });
 });

@@ -44,8 +44,20 @@ function decodePng(png: Buffer): { width: number; height: number; rgb: Buffer } 
 }
 
 const basePlan: QemuPlan = {
-  arch: 'x86_64', accel: 'tcg', memoryMiB: 128, cpus: 1, name: 't', disks: [], cdroms: [], bootFrom: 'disk',
-  firmware: 'bios', qmpSocket: '/tmp/q.sock', vga: 'VGA', noReboot: false, paused: true, extraArgs: [],
+  arch: 'x86_64',
+  accel: 'tcg',
+  memoryMiB: 128,
+  cpus: 1,
+  name: 't',
+  disks: [],
+  cdroms: [],
+  bootFrom: 'disk',
+  firmware: 'bios',
+  qmpSocket: '/tmp/q.sock',
+  vga: 'VGA',
+  noReboot: false,
+  paused: true,
+  extraArgs: [],
 };
 
 describe('PPM -> PNG', () => {
@@ -61,7 +73,12 @@ describe('PPM -> PNG', () => {
     expect(back.width).toBe(w);
     expect(back.rgb.equals(rgb)).toBe(true);
     const black = screenStats({ width: 4, height: 2, rgb: Buffer.alloc(24) });
-    expect(black).toMatchObject({ allBlack: true, meanBrightness: 0, distinctColors: 1, nonBackgroundFraction: 0 });
+    expect(black).toMatchObject({
+      allBlack: true,
+      meanBrightness: 0,
+      distinctColors: 1,
+      nonBackgroundFraction: 0,
+    });
     const s = screenStats(img);
     expect(s.allBlack).toBe(false);
     expect(s.distinctColors).toBeGreaterThan(10);
@@ -89,7 +106,11 @@ describe('cpio newc writer', () => {
     expect(listing).toMatch(/lrwxrwxrwx .* bin\/sh -> busybox/);
     expect(listing).toMatch(/crw------- .* 5,\s+1 .* dev\/console/);
     const dir = mkdtempSync(join(tmpdir(), 'orb-cpio-'));
-    execFileSync('cpio', ['-id', '--quiet', '--no-absolute-filenames'], { input: arc, cwd: dir, stdio: ['pipe', 'ignore', 'ignore'] });
+    execFileSync('cpio', ['-id', '--quiet', '--no-absolute-filenames'], {
+      input: arc,
+      cwd: dir,
+      stdio: ['pipe', 'ignore', 'ignore'],
+    });
     expect(execFileSync('cat', [join(dir, 'bin/hello')], { encoding: 'utf8' })).toContain('echo hi');
     const parsed = readCpio(arc);
     expect(parsed.map((e) => e.name)).toEqual(['bin', 'bin/hello', 'bin/sh', 'dev', 'dev/console', 'odd']);
@@ -100,16 +121,29 @@ describe('QEMU arguments', () => {
   it('binds every host forward to 127.0.0.1 and escapes commas in paths', () => {
     const args = buildQemuArgs({
       ...basePlan,
-      disks: [{ path: '/img/a,b.qcow2', format: 'qcow2', snapshot: true, interface: 'sata' }, { path: '/img/c.img', interface: 'nvme', discard: true }],
-      network: { forwards: [{ guestPort: 3389 }, { guestPort: 8006, hostPort: 18006 }, { guestPort: 53, protocol: 'udp' }] },
+      disks: [
+        { path: '/img/a,b.qcow2', format: 'qcow2', snapshot: true, interface: 'sata' },
+        { path: '/img/c.img', interface: 'nvme', discard: true },
+      ],
+      network: {
+        forwards: [
+          { guestPort: 3389 },
+          { guestPort: 8006, hostPort: 18006 },
+          { guestPort: 53, protocol: 'udp' },
+        ],
+      },
     });
     const netdev = args[args.indexOf('-netdev') + 1]!;
-    expect(netdev).toBe('user,id=net0,hostfwd=tcp:127.0.0.1:0-:3389,hostfwd=tcp:127.0.0.1:18006-:8006,hostfwd=udp:127.0.0.1:0-:53');
+    expect(netdev).toBe(
+      'user,id=net0,hostfwd=tcp:127.0.0.1:0-:3389,hostfwd=tcp:127.0.0.1:18006-:8006,hostfwd=udp:127.0.0.1:0-:53',
+    );
     expect(args).toContain('file=/img/a,,b.qcow2,if=none,id=disk0,format=qcow2,snapshot=on');
     expect(args).toContain('ide-hd,drive=disk0,bus=ide.0,bootindex=0');
     expect(args).toContain('file=/img/c.img,if=none,id=disk1,format=raw,discard=unmap,detect-zeroes=unmap');
     expect(args).toContain('nvme,drive=disk1,serial=orb-disk-1,bootindex=1');
-    expect(() => buildQemuArgs({ ...basePlan, network: { forwards: [{ guestPort: 70000 }] } })).toThrow(/invalid guestPort/);
+    expect(() => buildQemuArgs({ ...basePlan, network: { forwards: [{ guestPort: 70000 }] } })).toThrow(
+      /invalid guestPort/,
+    );
     expect(qesc('a,b,,c')).toBe('a,,b,,,,c');
     expect([formatFor('x.QCOW2'), formatFor('x.img'), formatFor('x.vhdx')]).toEqual(['qcow2', 'raw', 'vhdx']);
   });
@@ -147,4 +181,3 @@ describe('QEMU arguments', () => {
     ]);
   });
 });
-

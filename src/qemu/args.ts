@@ -35,7 +35,7 @@ export interface PortForward {
 export interface NetworkOptions {
   /** host -> guest forwards, bound to 127.0.0.1 only */
   forwards?: PortForward[];
-  /** NIC model; default 'e1000' (x86_64) / 'virtio-net-pci' (aarch64). e.g. 'e1000e', 'virtio-net-pci' */
+  /** NIC device; default 'e1000' (x86_64) / 'virtio-net-pci' (aarch64). May carry device options, e.g. 'e1000e' or 'virtio-net-pci,romfile=' (no PXE ROM) */
   nic?: string;
   /** slirp restrict=on: the guest cannot reach the host's network, forwards still work */
   restrict?: boolean;
@@ -81,9 +81,13 @@ export function formatFor(path: string): string {
 export function buildQemuArgs(p: QemuPlan): string[] {
   const a: string[] = [];
   const x86 = p.arch === 'x86_64';
-  if (p.firmware === 'bios' && !x86) throw new UsageError('aarch64 has no BIOS firmware', "use firmware 'uefi' (AAVMF)");
+  if (p.firmware === 'bios' && !x86)
+    throw new UsageError('aarch64 has no BIOS firmware', "use firmware 'uefi' (AAVMF)");
   if (p.firmware === 'uefi-secure' && !x86) {
-    throw new UsageError('Secure Boot is only supported for x86_64 guests here', "use firmware 'uefi' on aarch64");
+    throw new UsageError(
+      'Secure Boot is only supported for x86_64 guests here',
+      "use firmware 'uefi' on aarch64",
+    );
   }
   const secure = p.firmware === 'uefi-secure';
   a.push('-name', `${p.name},debug-threads=on`, '-nodefaults', '-no-user-config');
@@ -107,7 +111,12 @@ export function buildQemuArgs(p: QemuPlan): string[] {
 
   // Serial console on our stdout pipe (signal=off: a ^C in the guest output is not a signal).
   a.push('-chardev', 'stdio,id=ser0,signal=off', '-serial', 'chardev:ser0');
-  a.push('-chardev', `socket,id=qmp0,path=${qesc(p.qmpSocket)},server=on,wait=off`, '-mon', 'chardev=qmp0,mode=control');
+  a.push(
+    '-chardev',
+    `socket,id=qmp0,path=${qesc(p.qmpSocket)},server=on,wait=off`,
+    '-mon',
+    'chardev=qmp0,mode=control',
+  );
 
   // Boot order by bootindex (honoured by SeaBIOS and OVMF alike).
   let bootIndex = 0;
@@ -115,10 +124,17 @@ export function buildQemuArgs(p: QemuPlan): string[] {
   const cdBoot = new Map<number, number>();
   const order: ['disk' | 'cd', number][] =
     p.bootFrom === 'cdrom'
-      ? [...p.cdroms.map((_, i) => ['cd', i] as ['cd', number]), ...p.disks.map((_, i) => ['disk', i] as ['disk', number])]
-      : [...p.disks.map((_, i) => ['disk', i] as ['disk', number]), ...p.cdroms.map((_, i) => ['cd', i] as ['cd', number])];
+      ? [
+          ...p.cdroms.map((_, i) => ['cd', i] as ['cd', number]),
+          ...p.disks.map((_, i) => ['disk', i] as ['disk', number]),
+        ]
+      : [
+          ...p.disks.map((_, i) => ['disk', i] as ['disk', number]),
+          ...p.cdroms.map((_, i) => ['cd', i] as ['cd', number]),
+        ];
   for (const [kind, i] of order) (kind === 'disk' ? diskBoot : cdBoot).set(i, bootIndex++);
-  const withBoot = (idx: number | undefined): string => (p.kernel || idx === undefined ? '' : `,bootindex=${idx}`);
+  const withBoot = (idx: number | undefined): string =>
+    p.kernel || idx === undefined ? '' : `,bootindex=${idx}`;
 
   // q35 has a 6-port AHCI controller built in (buses ide.0..ide.5); virt has none, so add one.
   let ahciPort = 0;
@@ -129,7 +145,11 @@ export function buildQemuArgs(p: QemuPlan): string[] {
       ahciAdded = true;
     }
     const port = ahciPort++;
-    if (port > 5) throw new UsageError('too many SATA/IDE/CD-ROM drives (at most 6)', "attach further disks with interface 'virtio' or 'nvme'");
+    if (port > 5)
+      throw new UsageError(
+        'too many SATA/IDE/CD-ROM drives (at most 6)',
+        "attach further disks with interface 'virtio' or 'nvme'",
+      );
     return x86 ? `ide.${port}` : `ahci.${port}`;
   };
 
@@ -191,11 +211,19 @@ function checkPort(n: number, what: string, zeroOk: boolean): void {
  * the kernel picks a free one without a race):
  *   TCP[HOST_FORWARD]   9       127.0.0.1 43241       10.0.2.15  3389     0     0
  */
-export function parseUsernet(text: string): { protocol: 'tcp' | 'udp'; hostAddress: string; hostPort: number; guestPort: number }[] {
+export function parseUsernet(
+  text: string,
+): { protocol: 'tcp' | 'udp'; hostAddress: string; hostPort: number; guestPort: number }[] {
   const out: { protocol: 'tcp' | 'udp'; hostAddress: string; hostPort: number; guestPort: number }[] = [];
   for (const line of text.split(/\r?\n/)) {
     const m = /^\s*(TCP|UDP)\[HOST_FORWARD\]\s+\d+\s+(\S+)\s+(\d+)\s+\S+\s+(\d+)/.exec(line);
-    if (m) out.push({ protocol: m[1]!.toLowerCase() as 'tcp' | 'udp', hostAddress: m[2]!, hostPort: Number(m[3]), guestPort: Number(m[4]) });
+    if (m)
+      out.push({
+        protocol: m[1]!.toLowerCase() as 'tcp' | 'udp',
+        hostAddress: m[2]!,
+        hostPort: Number(m[3]),
+        guestPort: Number(m[4]),
+      });
   }
   return out;
 }

@@ -14,7 +14,10 @@ export interface QmpEvent {
 }
 
 export interface QmpGreeting {
-  QMP: { version: { qemu: { major: number; minor: number; micro: number }; package: string }; capabilities: string[] };
+  QMP: {
+    version: { qemu: { major: number; minor: number; micro: number }; package: string };
+    capabilities: string[];
+  };
 }
 
 export interface QmpConnectOptions {
@@ -101,7 +104,11 @@ export class QmpClient extends EventEmitter {
    * Runs a QMP command. Rejects with an OrbError: 'timeout' when QEMU does not answer within
    * timeoutMs (default 30 s), 'environment' when QEMU returns an error or the connection is gone.
    */
-  execute<T = unknown>(command: string, args?: Record<string, unknown>, opts: { timeoutMs?: number } = {}): Promise<T> {
+  execute<T = unknown>(
+    command: string,
+    args?: Record<string, unknown>,
+    opts: { timeoutMs?: number } = {},
+  ): Promise<T> {
     if (this.closedReason) {
       return Promise.reject(new OrbError('environment', `QMP '${command}' failed: ${this.closedReason}`));
     }
@@ -110,7 +117,12 @@ export class QmpClient extends EventEmitter {
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new OrbError('timeout', `QEMU did not answer QMP '${command}' within ${(timeoutMs / 1000).toFixed(1)} s`));
+        reject(
+          new OrbError(
+            'timeout',
+            `QEMU did not answer QMP '${command}' within ${(timeoutMs / 1000).toFixed(1)} s`,
+          ),
+        );
       }, timeoutMs);
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer, cmd: command });
       const msg: Record<string, unknown> = { execute: command, id };
@@ -145,11 +157,15 @@ export class QmpClient extends EventEmitter {
       };
       const onClose = (): void => {
         done();
-        reject(new OrbError('environment', `QMP closed while waiting for ${name}: ${this.closedReason ?? ''}`));
+        reject(
+          new OrbError('environment', `QMP closed while waiting for ${name}: ${this.closedReason ?? ''}`),
+        );
       };
       const timer = setTimeout(() => {
         done();
-        reject(new OrbError('timeout', `no ${name} event from QEMU within ${(timeoutMs / 1000).toFixed(1)} s`));
+        reject(
+          new OrbError('timeout', `no ${name} event from QEMU within ${(timeoutMs / 1000).toFixed(1)} s`),
+        );
       }, timeoutMs);
       this.on(name, onEvent);
       this.once('close', onClose);
@@ -196,7 +212,12 @@ export class QmpClient extends EventEmitter {
     clearTimeout(p.timer);
     if ('error' in msg) {
       const e = msg.error as { class?: string; desc?: string };
-      p.reject(new OrbError('environment', `QMP '${p.cmd}' failed: ${e.desc ?? 'unknown error'} (${e.class ?? 'error'})`));
+      p.reject(
+        new OrbError(
+          'environment',
+          `QMP '${p.cmd}' failed: ${e.desc ?? 'unknown error'} (${e.class ?? 'error'})`,
+        ),
+      );
     } else {
       p.resolve(msg.return);
     }

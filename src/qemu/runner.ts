@@ -12,144 +12,19 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { OrbError } from '../core/errors.js';
 import { requireTool, spawnTracked } from '../core/proc.js';
 import { trackPath } from '../core/cleanup.js';
-import { buildQemuArgs, parseUsernet, type Accelerator, type DiskSpec, type NetworkOptions } from './args.js';
+import { buildQemuArgs, parseUsernet, type DiskSpec, type NetworkOptions } from './args.js';
 import { requireUefi, type Arch, type Firmware } from './firmware.js';
 import { QmpClient } from './qmp.js';
 import { encodePng, parsePpm, screenStats, type ScreenStats } from './png.js';
 import { SerialConsole } from './serial.js';
 import { startSwtpm, type Swtpm } from './swtpm.js';
+import type { PowerOffResult, ResolvedForward, Vm, VmExit, VmOptions } from './vm-types.js';
 
 export type { Arch, Firmware } from './firmware.js';
 export type { ScreenStats } from './png.js';
-
 export type { Accelerator, DiskInterface, DiskSpec, NetworkOptions, PortForward } from './args.js';
-
-export interface ResolvedForward {
-  protocol: 'tcp' | 'udp';
-  guestPort: number;
-  /** always 127.0.0.1: forwards are never exposed beyond loopback */
-  hostAddress: '127.0.0.1';
-  hostPort: number;
-}
-
-export interface TpmOptions {
-  /** swtpm state directory to reuse between runs; default a fresh one in the work dir */
-  stateDir?: string;
-}
-
-export interface VmOptions {
-  /** default 'x86_64' (q35); 'aarch64' uses the virt machine (and -cpu max under TCG) */
-  arch?: Arch;
-  /** default 'tcg'; use the probe's decision (src/qemu/probe.ts) */
-  accel?: Accelerator;
-  /** MiB, default 256 */
-  memoryMiB?: number;
-  /** default 1 */
-  cpus?: number;
-  /** -cpu model; default 'host' under KVM, 'max' under TCG */
-  cpu?: string;
-  disks?: DiskSpec[];
-  /** ISO paths, attached as read-only CD-ROM drives in this order */
-  cdroms?: string[];
-  /** what to boot first; default 'disk' ('cdrom' needs at least one entry in cdroms) */
-  bootFrom?: 'disk' | 'cdrom';
-  /** direct kernel boot (handy for tests) */
-  kernel?: string;
-  initrd?: string;
-  append?: string;
-  /** default 'bios' on x86_64 and 'uefi' on aarch64 (which has no BIOS) */
-  firmware?: Firmware;
-  /** UEFI variable store to use (and modify) instead of a fresh copy of the template in the work dir */
-  uefiVars?: string;
-  /** attach a TPM 2.0 through swtpm (Windows 11 needs it): true or options */
-  tpm?: boolean | TpmOptions;
-  /** user-mode networking; false (the default) means no NIC at all */
-  network?: false | NetworkOptions;
-  /**
-   * Directory for serial.log, qemu.log, QMP/TPM sockets, the VARS copy and screenshots. When the
-   * caller gives one it is kept (evidence); otherwise a temporary one is made and removed by
-   * dispose() unless keepWorkDir.
-   */
-  workDir?: string;
-  keepWorkDir?: boolean;
-  /** called for each complete line of serial output (without the line ending) */
-  onSerialLine?: (line: string) => void;
-  /** display device for screenshots; default 'VGA' (x86_64) / 'virtio-gpu-pci' (aarch64); false for none */
-  vga?: string | false;
-  /** QEMU exits instead of rebooting when the guest resets (-no-reboot) */
-  noReboot?: boolean;
-  /** shown in process listings and logs */
-  name?: string;
-  /** appended verbatim to the QEMU command line (an argument array, never a shell string) */
-  extraArgs?: string[];
-  /** QEMU binary; default qemu-system-<arch> from PATH */
-  qemuBinary?: string;
-  /** how long to wait for QEMU's QMP socket; default 30 s */
-  startTimeoutMs?: number;
-  /** aborting kills the VM */
-  signal?: AbortSignal;
-}
-
-export interface VmExit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  /** reason of QEMU's SHUTDOWN event when one was seen: 'guest-shutdown', 'host-qmp-quit', 'guest-reset', ... */
-  shutdownReason?: string;
-  /** true when the guest itself powered off (SHUTDOWN with guest=true) */
-  guestInitiated: boolean;
-}
-
-export interface PowerOffResult extends VmExit {
-  /** what finally stopped it: the ACPI request, QMP quit, or SIGKILL */
-  method: 'acpi' | 'quit' | 'kill' | 'already-exited';
-  ms: number;
-}
-
-export interface Vm {
-  readonly name: string;
-  readonly arch: Arch;
-  /** QEMU's pid (the real qemu-system process, not a wrapper) */
-  readonly pid: number;
-  /** swtpm's pid when a TPM is attached */
-  readonly tpmPid: number | undefined;
-  readonly workDir: string;
-  readonly serialLogPath: string;
-  /** QEMU's own stderr */
-  readonly qemuLogPath: string;
-  readonly qmpSocketPath: string;
-  /** the full QEMU argument list (for logs and bug reports) */
-  readonly args: readonly string[];
-  readonly forwards: readonly ResolvedForward[];
-  /** guestPort -> hostPort for TCP forwards */
-  readonly ports: Readonly<Record<number, number>>;
-  readonly qmp: QmpClient;
-  /** set once QEMU has exited */
-  readonly exit: VmExit | undefined;
-
-  /** serial output seen so far (the last 4 MiB) */
-  serialText(): string;
-  /** each serial line from the start (replayed) and then live, ending when QEMU exits */
-  serialLines(): AsyncIterable<string>;
-  /**
-   * Resolves with the first serial line matching (from the start of the output); rejects with an
-   * OrbError 'timeout' after timeoutMs, or 'check' if QEMU exits first.
-   */
-  waitForSerial(pattern: string | RegExp, timeoutMs: number): Promise<string>;
-  /** QMP screendump -> PNG at pngPath (our own encoder), with simple statistics of the picture */
-  screenshot(pngPath: string): Promise<ScreenStats>;
-  /**
-   * ACPI power button (system_powerdown), wait up to graceMs (default 60 s) for the guest to
-   * power off, then QMP quit, then SIGKILL. Never throws for a VM that is already gone.
-   */
-  powerOff(opts?: { graceMs?: number }): Promise<PowerOffResult>;
-  /** waits for QEMU to exit; rejects with an OrbError 'timeout' after timeoutMs (QEMU keeps running) */
-  waitForExit(timeoutMs: number): Promise<VmExit>;
-  /** SIGKILL QEMU (and swtpm) now and wait for the exit */
-  kill(): Promise<VmExit>;
-  /** kill if still running, stop swtpm, close QMP, remove a temporary work dir unless kept */
-  dispose(): Promise<void>;
-  [Symbol.asyncDispose](): Promise<void>;
-}
+export type { PowerOffResult, ResolvedForward, TpmOptions, Vm, VmExit, VmOptions } from './vm-types.js';
+export { QmpClient, type QmpEvent } from './qmp.js';
 
 /**
  * Starts QEMU and resolves once QMP is connected (the guest is running). Throws an OrbError with
@@ -162,18 +37,30 @@ export async function startVm(options: VmOptions): Promise<Vm> {
   const firmware: Firmware = o.firmware ?? (arch === 'x86_64' ? 'bios' : 'uefi');
   const bootFrom = o.bootFrom ?? 'disk';
   const cdroms = (o.cdroms ?? []).map((c) => resolve(c));
-  if (bootFrom === 'cdrom' && cdroms.length === 0) throw new OrbError('usage', "bootFrom 'cdrom' needs at least one ISO in cdroms");
+  if (bootFrom === 'cdrom' && cdroms.length === 0)
+    throw new OrbError('usage', "bootFrom 'cdrom' needs at least one ISO in cdroms");
   const memoryMiB = o.memoryMiB ?? 256;
   const cpus = o.cpus ?? 1;
-  if (!Number.isInteger(memoryMiB) || memoryMiB < 16) throw new OrbError('usage', `memory ${memoryMiB} MiB is too small`, { hint: 'give at least 16 MiB' });
+  if (!Number.isInteger(memoryMiB) || memoryMiB < 16)
+    throw new OrbError('usage', `memory ${memoryMiB} MiB is too small`, { hint: 'give at least 16 MiB' });
   if (!Number.isInteger(cpus) || cpus < 1) throw new OrbError('usage', `invalid cpu count ${cpus}`);
   const disks: DiskSpec[] = (o.disks ?? []).map((d) => ({ ...d, path: resolve(d.path) }));
-  for (const f of [...disks.map((d) => d.path), ...cdroms, ...(o.kernel ? [o.kernel] : []), ...(o.initrd ? [o.initrd] : [])]) {
+  for (const f of [
+    ...disks.map((d) => d.path),
+    ...cdroms,
+    ...(o.kernel ? [o.kernel] : []),
+    ...(o.initrd ? [o.initrd] : []),
+    ...(o.uefiVars ? [o.uefiVars] : []),
+  ]) {
     await access(f).catch(() => {
-      throw new OrbError('input', `VM image or file not found: ${f}`, { hint: 'check the path (relative paths are resolved against the current directory)' });
+      throw new OrbError('input', `VM image or file not found: ${f}`, {
+        hint: 'check the path (relative paths are resolved against the current directory)',
+      });
     });
   }
-  const qemuBin = o.qemuBinary ?? requireTool(`qemu-system-${arch}`, arch === 'x86_64' ? 'qemu-system-x86' : 'qemu-system-arm');
+  const qemuBin =
+    o.qemuBinary ??
+    requireTool(`qemu-system-${arch}`, arch === 'x86_64' ? 'qemu-system-x86' : 'qemu-system-arm');
   const name = (o.name ?? 'orb-vm').replace(/[^A-Za-z0-9._-]/g, '_');
 
   // Work dir: the caller's (kept: evidence) or a private temporary one.
@@ -216,8 +103,13 @@ export async function startVm(options: VmOptions): Promise<Vm> {
       }
     }
     if (o.tpm) {
-      const stateDir = typeof o.tpm === 'object' && o.tpm.stateDir ? resolve(o.tpm.stateDir) : join(workDir, 'tpm');
-      tpm = await startSwtpm({ stateDir, socketPath: join(sockDir, 'swtpm.sock'), logPath: join(workDir, 'swtpm.log') });
+      const stateDir =
+        typeof o.tpm === 'object' && o.tpm.stateDir ? resolve(o.tpm.stateDir) : join(workDir, 'tpm');
+      tpm = await startSwtpm({
+        stateDir,
+        socketPath: join(sockDir, 'swtpm.sock'),
+        logPath: join(workDir, 'swtpm.log'),
+      });
     }
     const args = buildQemuArgs({
       arch,
@@ -250,12 +142,23 @@ export async function startVm(options: VmOptions): Promise<Vm> {
     } finally {
       closeSync(logFd);
     }
-    const vm = new RunningVm({ name, arch, child, tpm, workDir, qemuLogPath, qmpSocketPath, args, onSerialLine: o.onSerialLine, cleanupDirs });
+    const vm = new RunningVm({
+      name,
+      arch,
+      child,
+      tpm,
+      workDir,
+      qemuLogPath,
+      qmpSocketPath,
+      args,
+      onSerialLine: o.onSerialLine,
+      cleanupDirs,
+    });
     await vm.init(o.network || undefined, o.startTimeoutMs ?? 30_000);
     if (o.signal) {
       const onAbort = (): void => void vm.kill();
       o.signal.addEventListener('abort', onAbort, { once: true });
-      void vm.waitForExit(Number.MAX_SAFE_INTEGER).catch(() => undefined).finally(() => o.signal?.removeEventListener('abort', onAbort));
+      void vm.exitedPromise.finally(() => o.signal?.removeEventListener('abort', onAbort));
     }
     return vm;
   } catch (err) {
@@ -298,6 +201,9 @@ class RunningVm implements Vm {
   private exitInfo: VmExit | undefined;
   private lastShutdown: { reason?: string; guest?: boolean } | undefined;
   private readonly exited: Promise<VmExit>;
+  get exitedPromise(): Promise<VmExit> {
+    return this.exited;
+  }
   private disposed = false;
   private shots = 0;
 
@@ -350,9 +256,15 @@ class RunningVm implements Vm {
     try {
       this.qmpClient = await QmpClient.connect(this.qmpSocketPath, {
         timeoutMs,
-        isDead: () => (this.exitInfo || this.child.exitCode !== null || this.child.signalCode !== null ? 'exited' : undefined),
+        isDead: () =>
+          this.exitInfo || this.child.exitCode !== null || this.child.signalCode !== null
+            ? 'exited'
+            : undefined,
       });
-      this.qmpClient.on('SHUTDOWN', (ev: { data?: { reason?: string; guest?: boolean } }) => (this.lastShutdown = ev.data ?? {}));
+      this.qmpClient.on(
+        'SHUTDOWN',
+        (ev: { data?: { reason?: string; guest?: boolean } }) => (this.lastShutdown = ev.data ?? {}),
+      );
       if (network?.forwards?.length) await this.resolveForwards(network);
       await this.qmpClient.execute('cont');
     } catch (err) {
@@ -365,7 +277,10 @@ class RunningVm implements Vm {
         : /kvm/i.test(log)
           ? "KVM is not usable here: run 'orb setup-qemu' to probe and use accel 'tcg' when it says so"
           : `QEMU command: ${this.args.join(' ')}`;
-      throw new OrbError('environment', `QEMU failed to start: ${tail || (err as Error).message}`, { hint, cause: err });
+      throw new OrbError('environment', `QEMU failed to start: ${tail || (err as Error).message}`, {
+        hint,
+        cause: err,
+      });
     }
   }
 
@@ -375,13 +290,27 @@ class RunningVm implements Vm {
     for (const f of network.forwards ?? []) {
       const protocol = f.protocol ?? 'tcp';
       const idx = bound.findIndex(
-        (b, j) => !used.has(j) && b.protocol === protocol && b.guestPort === f.guestPort && (!f.hostPort || b.hostPort === f.hostPort),
+        (b, j) =>
+          !used.has(j) &&
+          b.protocol === protocol &&
+          b.guestPort === f.guestPort &&
+          (!f.hostPort || b.hostPort === f.hostPort),
       );
-      if (idx < 0) throw new OrbError('internal', `QEMU did not report the host port for guest ${protocol} port ${f.guestPort}`);
+      if (idx < 0)
+        throw new OrbError(
+          'internal',
+          `QEMU did not report the host port for guest ${protocol} port ${f.guestPort}`,
+        );
       used.add(idx);
       const b = bound[idx]!;
-      if (b.hostAddress !== '127.0.0.1') throw new OrbError('internal', `forward bound to ${b.hostAddress}, expected 127.0.0.1 only`);
-      this.forwards.push({ protocol, guestPort: f.guestPort, hostAddress: '127.0.0.1', hostPort: b.hostPort });
+      if (b.hostAddress !== '127.0.0.1')
+        throw new OrbError('internal', `forward bound to ${b.hostAddress}, expected 127.0.0.1 only`);
+      this.forwards.push({
+        protocol,
+        guestPort: f.guestPort,
+        hostAddress: '127.0.0.1',
+        hostPort: b.hostPort,
+      });
       if (protocol === 'tcp') this.ports[f.guestPort] = b.hostPort;
     }
   }
@@ -409,17 +338,31 @@ class RunningVm implements Vm {
       await rename(partial, out);
       return screenStats(img);
     } catch (err) {
-      if (err instanceof OrbError) throw new OrbError(err.kind, `screenshot failed: ${err.message}`, { hint: 'the VM needs a display device (vga option) and must be running' });
+      if (err instanceof OrbError)
+        throw new OrbError(err.kind, `screenshot failed: ${err.message}`, {
+          hint: 'the VM needs a display device (vga option) and must be running',
+        });
       throw err;
     } finally {
       await unlink(ppm).catch(() => undefined);
     }
   }
 
+  async sendKey(keys: string | string[], holdMs = 100): Promise<void> {
+    const list = Array.isArray(keys) ? keys : [keys];
+    await this.qmp.execute('send-key', {
+      keys: list.map((k) => ({ type: 'qcode', data: k })),
+      'hold-time': holdMs,
+    });
+  }
+
   private async exitWithin(ms: number): Promise<VmExit | undefined> {
     if (this.exitInfo) return this.exited;
     let t: NodeJS.Timeout | undefined;
-    const r = await Promise.race([this.exited, new Promise<undefined>((res) => (t = setTimeout(() => res(undefined), ms)))]);
+    const r = await Promise.race([
+      this.exited,
+      new Promise<undefined>((res) => (t = setTimeout(() => res(undefined), ms))),
+    ]);
     clearTimeout(t);
     return r;
   }
@@ -429,11 +372,15 @@ class RunningVm implements Vm {
     const ms = (): number => Date.now() - t0;
     if (this.exitInfo) return { ...(await this.exited), method: 'already-exited', ms: 0 };
     const graceMs = opts.graceMs ?? 60_000;
-    await this.qmpClient?.execute('system_powerdown', undefined, { timeoutMs: Math.min(5000, graceMs) }).catch(() => undefined);
+    await this.qmpClient
+      ?.execute('system_powerdown', undefined, { timeoutMs: Math.min(5000, graceMs) })
+      .catch(() => undefined);
     let ex = await this.exitWithin(Math.max(0, graceMs - ms()));
     if (ex) return { ...ex, method: 'acpi', ms: ms() };
     // A QEMU that does not even answer 'quit' (stopped, wedged in I/O) goes straight to SIGKILL.
-    const answered = await (this.qmpClient?.execute('quit', undefined, { timeoutMs: 3000 }) ?? Promise.reject(new Error('no QMP')))
+    const answered = await (
+      this.qmpClient?.execute('quit', undefined, { timeoutMs: 3000 }) ?? Promise.reject(new Error('no QMP'))
+    )
       .then(() => true)
       .catch((e: unknown) => !(e instanceof OrbError && e.kind === 'timeout'));
     ex = answered ? await this.exitWithin(5000) : undefined;
@@ -445,7 +392,9 @@ class RunningVm implements Vm {
   async waitForExit(timeoutMs: number): Promise<VmExit> {
     const ex = await this.exitWithin(Math.min(timeoutMs, 2 ** 31 - 1));
     if (ex) return ex;
-    throw new OrbError('timeout', `the VM did not exit within ${(timeoutMs / 1000).toFixed(0)} s`, { hint: `serial log: ${this.serialLogPath}` });
+    throw new OrbError('timeout', `the VM did not exit within ${(timeoutMs / 1000).toFixed(0)} s`, {
+      hint: `serial log: ${this.serialLogPath}`,
+    });
   }
 
   async kill(): Promise<VmExit> {

@@ -129,13 +129,26 @@ export class SerialConsole {
         const p = this.partial.replace(/\r+$/, '');
         if (p && test(p)) return finish(undefined, p);
         if (this.ended) {
-          return finish(new OrbError('check', `the VM exited before its serial console showed ${String(pattern)}`, { hint: hint() }));
+          return finish(
+            new OrbError('check', `the VM exited before its serial console showed ${String(pattern)}`, {
+              hint: hint(),
+            }),
+          );
         }
         return false;
       };
-      const timer = setTimeout(() => {
-        finish(new OrbError('timeout', `no serial output matching ${String(pattern)} within ${(timeoutMs / 1000).toFixed(0)} s`, { hint: hint() }));
-      }, Math.min(timeoutMs, 2 ** 31 - 1));
+      const timer = setTimeout(
+        () => {
+          finish(
+            new OrbError(
+              'timeout',
+              `no serial output matching ${String(pattern)} within ${(timeoutMs / 1000).toFixed(0)} s`,
+              { hint: hint() },
+            ),
+          );
+        },
+        Math.min(timeoutMs, 2 ** 31 - 1),
+      );
       if (!check()) this.wakers.add(check);
     });
   }

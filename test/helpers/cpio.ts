@@ -25,7 +25,14 @@ function pad4(len: number): Buffer {
 }
 
 /** One header + name + data, each padded to 4 bytes as newc requires. */
-function record(ino: number, mode: number, name: string, data: Buffer, rdev: [number, number] = [0, 0], nlink = 1): Buffer[] {
+function record(
+  ino: number,
+  mode: number,
+  name: string,
+  data: Buffer,
+  rdev: [number, number] = [0, 0],
+  nlink = 1,
+): Buffer[] {
   const nameBuf = Buffer.from(name + '\0', 'utf8');
   const header =
     '070701' +
@@ -69,7 +76,13 @@ export function writeCpio(entries: readonly CpioEntry[]): Buffer {
       case 'chardev':
       case 'blockdev':
         parts.push(
-          ...record(ino++, (e.type === 'chardev' ? S_IFCHR : S_IFBLK) | (e.mode ?? 0o600), name, Buffer.alloc(0), [e.major, e.minor]),
+          ...record(
+            ino++,
+            (e.type === 'chardev' ? S_IFCHR : S_IFBLK) | (e.mode ?? 0o600),
+            name,
+            Buffer.alloc(0),
+            [e.major, e.minor],
+          ),
         );
         break;
     }
@@ -79,13 +92,16 @@ export function writeCpio(entries: readonly CpioEntry[]): Buffer {
 }
 
 /** Parses a newc archive (used by tests to check the writer against GNU cpio's view). */
-export function readCpio(buf: Buffer): { name: string; mode: number; data: Buffer; rdev: [number, number] }[] {
+export function readCpio(
+  buf: Buffer,
+): { name: string; mode: number; data: Buffer; rdev: [number, number] }[] {
   const out: { name: string; mode: number; data: Buffer; rdev: [number, number] }[] = [];
   let off = 0;
   for (;;) {
     const magic = buf.toString('ascii', off, off + 6);
     if (magic !== '070701') throw new Error(`bad cpio magic at ${off}`);
-    const field = (i: number): number => parseInt(buf.toString('ascii', off + 6 + i * 8, off + 14 + i * 8), 16);
+    const field = (i: number): number =>
+      parseInt(buf.toString('ascii', off + 6 + i * 8, off + 14 + i * 8), 16);
     const mode = field(1);
     const size = field(6);
     const rdev: [number, number] = [field(9), field(10)];

@@ -49,20 +49,26 @@ export { buildInitramfs, guestKernel, testCacheDir } from './initramfs.js';
 const exec = promisify(execFile);
 
 /** The bytes the RDP answerer sends: TPKT + X.224 Connection Confirm + RDP_NEG_RSP(PROTOCOL_RDP). */
-export const RDP_CONNECTION_CONFIRM = Buffer.from([
-  0x03, 0x00, 0x00, 0x13, // TPKT v3, length 19
-  0x0e, 0xd0, 0x00, 0x00, 0x12, 0x34, 0x00, // X.224 CC: LI 14, dst-ref 0, src-ref 0x1234, class 0
-  0x02, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, // RDP_NEG_RSP, flags 0, length 8, PROTOCOL_RDP
-]);
+export const RDP_CONNECTION_CONFIRM = Buffer.from(
+  '03000013' + // TPKT v3, length 19
+    '0ed00000123400' + // X.224 CC: LI 14, dst-ref 0, src-ref 0x1234, class 0
+    '0200080000000000', // RDP_NEG_RSP, flags 0, length 8, selectedProtocol PROTOCOL_RDP (0)
+  'hex',
+);
 
 /** A minimal X.224 Connection Request with an RDP_NEG_REQ (what a client sends first). */
-export const RDP_CONNECTION_REQUEST = Buffer.from([
-  0x03, 0x00, 0x00, 0x13, // TPKT v3, length 19
-  0x0e, 0xe0, 0x00, 0x00, 0x00, 0x00, 0x00, // X.224 CR: LI 14, dst-ref 0, src-ref 0, class 0
-  0x01, 0x00, 0x08, 0x00, 0x03, 0x00, 0x00, 0x00, // RDP_NEG_REQ, requesting TLS|HYBRID
-]);
+export const RDP_CONNECTION_REQUEST = Buffer.from(
+  '03000013' + // TPKT v3, length 19
+    '0ee00000000000' + // X.224 CR: LI 14, dst-ref 0, src-ref 0, class 0
+    '0100080003000000', // RDP_NEG_REQ, flags 0, length 8, requestedProtocols TLS|HYBRID
+  'hex',
+);
 
-const MODULES = ['drivers/net/ethernet/intel/e1000/e1000.ko', 'drivers/input/evdev.ko', 'drivers/acpi/button.ko'];
+const MODULES = [
+  'drivers/net/ethernet/intel/e1000/e1000.ko',
+  'drivers/input/evdev.ko',
+  'drivers/acpi/button.ko',
+];
 
 /**
  * The standard /init. The RDP answerer checks the request is a TPKT-framed X.224 Connection
@@ -154,7 +160,10 @@ export function buildGuestInitramfs(opts: GuestInitramfsOptions = {}): Promise<s
     '/bin/orb-rdp-reply': { data: RDP_REPLY, mode: 0o755 },
     '/etc/orb/rdp-cc.bin': RDP_CONNECTION_CONFIRM,
     // busybox acpid runs /etc/acpi/<action> for the power button's PWRF/00000080 event
-    '/etc/acpi/PWRF/00000080': { data: `#!/bin/sh\necho ${GUEST_MARKERS.poweringOff} acpi\nsync\npoweroff -f\n`, mode: 0o755 },
+    '/etc/acpi/PWRF/00000080': {
+      data: `#!/bin/sh\necho ${GUEST_MARKERS.poweringOff} acpi\nsync\npoweroff -f\n`,
+      mode: 0o755,
+    },
     ...opts.files,
   };
   for (const [name, script] of Object.entries(opts.variants ?? {})) {
@@ -174,11 +183,18 @@ export async function guestKernelBoot(
   variant: GuestVariant,
   opts: GuestInitramfsOptions = {},
 ): Promise<{ kernel: string; initrd: string; append: string }> {
-  return { kernel: guestKernel().path, initrd: await buildGuestInitramfs(opts), append: guestAppend(variant) };
+  return {
+    kernel: guestKernel().path,
+    initrd: await buildGuestInitramfs(opts),
+    append: guestAppend(variant),
+  };
 }
 
 /** The boot disk of a standard (or extra) variant; 'noboot' has no kernel. Returns the cached path. */
-export async function testGuestDisk(variant: GuestVariant, opts: GuestInitramfsOptions = {}): Promise<string> {
+export async function testGuestDisk(
+  variant: GuestVariant,
+  opts: GuestInitramfsOptions = {},
+): Promise<string> {
   if (variant === 'noboot') return buildBootDisk({ kernel: null, append: guestAppend(variant) });
   return buildBootDisk({ initrd: await buildGuestInitramfs(opts), append: guestAppend(variant) });
 }
@@ -260,7 +276,9 @@ export function buildBootDisk(opts: BootDiskOptions): Promise<string> {
       await exec('syslinux', ['--install', img], { env: MTOOLS_ENV });
       const cfgPath = join(work, 'syslinux.cfg');
       await writeFile(cfgPath, cfg);
-      await exec('mmd', ['-i', img, '::/EFI', '::/EFI/BOOT', '::/loader', '::/loader/entries'], { env: MTOOLS_ENV });
+      await exec('mmd', ['-i', img, '::/EFI', '::/EFI/BOOT', '::/loader', '::/loader/entries'], {
+        env: MTOOLS_ENV,
+      });
       await mcopy(img, cfgPath, '/syslinux.cfg');
       await mcopy(img, SYSTEMD_BOOT, '/EFI/BOOT/BOOTX64.EFI');
       const entryPath = join(work, 'orb.conf');
@@ -277,7 +295,9 @@ export function buildBootDisk(opts: BootDiskOptions): Promise<string> {
         await writeFile(local, fileData(f).data);
         const parts = path.split('/').filter(Boolean);
         for (let i = 1; i < parts.length; i++) {
-          await exec('mmd', ['-D', 's', '-i', img, `::/${parts.slice(0, i).join('/')}`], { env: MTOOLS_ENV }).catch(() => undefined);
+          await exec('mmd', ['-D', 's', '-i', img, `::/${parts.slice(0, i).join('/')}`], {
+            env: MTOOLS_ENV,
+          }).catch(() => undefined);
         }
         await mcopy(img, local, '/' + parts.join('/'));
       }
@@ -354,8 +374,22 @@ export function buildExt4Disk(opts: Ext4DiskOptions): Promise<string> {
       const offset = opts.partitioned ? 1024 * 1024 : 0;
       const fsBytes = opts.sizeMiB * 1024 * 1024 - offset;
       // Fixed UUID and hash seed: the same recipe gives the same bytes.
-      const args = ['-q', '-F', '-t', 'ext4', '-L', opts.label ?? 'orbdata', '-U', '6f7262d0-0000-4000-8000-000000000001',
-        '-E', `offset=${offset},hash_seed=6f7262d0-0000-4000-8000-000000000002,root_owner=0:0`, '-d', root, img, `${fsBytes / 1024}k`];
+      const args = [
+        '-q',
+        '-F',
+        '-t',
+        'ext4',
+        '-L',
+        opts.label ?? 'orbdata',
+        '-U',
+        '6f7262d0-0000-4000-8000-000000000001',
+        '-E',
+        `offset=${offset},hash_seed=6f7262d0-0000-4000-8000-000000000002,root_owner=0:0`,
+        '-d',
+        root,
+        img,
+        `${fsBytes / 1024}k`,
+      ];
       await exec('mkfs.ext4', args, { env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' } });
       if (opts.partitioned) await writeMbr(img, 2048, fsBytes / 512, 0x83);
     } finally {

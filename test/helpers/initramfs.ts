@@ -32,8 +32,18 @@ export function fileData(f: GuestFile): { data: Buffer; mode: number } {
 /** A stable hash of a recipe (JSON with Buffers as their sha256). */
 export function recipeHash(recipe: unknown): string {
   const json = JSON.stringify({ v: RECIPE_VERSION, recipe }, (_k, v: unknown) => {
-    if (v && typeof v === 'object' && (v as { type?: string }).type === 'Buffer' && Array.isArray((v as { data?: unknown }).data)) {
-      return 'sha256:' + createHash('sha256').update(Buffer.from((v as { data: number[] }).data)).digest('hex');
+    if (
+      v &&
+      typeof v === 'object' &&
+      (v as { type?: string }).type === 'Buffer' &&
+      Array.isArray((v as { data?: unknown }).data)
+    ) {
+      return (
+        'sha256:' +
+        createHash('sha256')
+          .update(Buffer.from((v as { data: number[] }).data))
+          .digest('hex')
+      );
     }
     return v;
   });
@@ -58,7 +68,12 @@ export function hostFileHash(path: string): string {
  * private temporary path which is renamed into place, so concurrent test files never see a
  * half-written artefact (the last writer wins with identical content).
  */
-export async function cached(kind: string, recipe: unknown, ext: string, build: (tmpPath: string) => Promise<void>): Promise<string> {
+export async function cached(
+  kind: string,
+  recipe: unknown,
+  ext: string,
+  build: (tmpPath: string) => Promise<void>,
+): Promise<string> {
   const dir = testCacheDir();
   const path = join(dir, `${kind}-${recipeHash(recipe)}${ext}`);
   if (existsSync(path)) return path;
@@ -114,7 +129,21 @@ export function initramfsEntries(opts: InitramfsOptions): CpioEntry[] {
     dirs.add(d);
     entries.push({ type: 'dir', path: d });
   };
-  for (const d of ['/bin', '/sbin', '/usr/bin', '/usr/sbin', '/dev', '/proc', '/sys', '/tmp', '/run', '/etc', '/root', '/lib/modules']) addDir(d);
+  for (const d of [
+    '/bin',
+    '/sbin',
+    '/usr/bin',
+    '/usr/sbin',
+    '/dev',
+    '/proc',
+    '/sys',
+    '/tmp',
+    '/run',
+    '/etc',
+    '/root',
+    '/lib/modules',
+  ])
+    addDir(d);
   entries.push({ type: 'chardev', path: '/dev/console', major: 5, minor: 1, mode: 0o600 });
   entries.push({ type: 'chardev', path: '/dev/null', major: 1, minor: 3, mode: 0o666 });
   entries.push({ type: 'file', path: '/bin/busybox', data: readFileSync(BUSYBOX), mode: 0o755 });
@@ -128,7 +157,12 @@ export function initramfsEntries(opts: InitramfsOptions): CpioEntry[] {
     const { version } = guestKernel();
     for (const m of opts.modules) {
       const src = join('/lib/modules', version, 'kernel', m);
-      entries.push({ type: 'file', path: `/lib/modules/${posix.basename(m)}`, data: readFileSync(src), mode: 0o644 });
+      entries.push({
+        type: 'file',
+        path: `/lib/modules/${posix.basename(m)}`,
+        data: readFileSync(src),
+        mode: 0o644,
+      });
     }
   }
   const init = opts.init.startsWith('#!') ? opts.init : `#!/bin/sh\n${opts.init}`;
@@ -147,7 +181,10 @@ export function initramfsEntries(opts: InitramfsOptions): CpioEntry[] {
  * /dev/console, the given /init and files. Returns the cached path.
  */
 export function buildInitramfs(opts: InitramfsOptions): Promise<string> {
-  const modules = (opts.modules ?? []).map((m) => ({ m, sha: hostFileHash(join('/lib/modules', guestKernel().version, 'kernel', m)) }));
+  const modules = (opts.modules ?? []).map((m) => ({
+    m,
+    sha: hostFileHash(join('/lib/modules', guestKernel().version, 'kernel', m)),
+  }));
   const recipe = { busybox: hostFileHash(BUSYBOX), init: opts.init, files: opts.files ?? {}, modules };
   return cached('initramfs', recipe, '.cpio.gz', async (tmp) => {
     await writeFile(tmp, gzipSync(writeCpio(initramfsEntries(opts)), { level: 6 }));
