@@ -29,7 +29,7 @@ function readAt(path: string, offset: number, length: number): Buffer {
   }
 }
 
-describe('test guest builders', () => {
+describe('test guest builders', { timeout: 200_000 }, () => {
   it('builds the initramfs without root: busybox, /init, device nodes, e1000; cached by recipe', async () => {
     const t0 = Date.now();
     const a = await buildGuestInitramfs();

@@ -4,7 +4,7 @@ import { startVm } from '../src/qemu/runner.js';
 
 // No arm64 kernel is installed (and nothing is downloaded): the check is that the virt machine
 // with -cpu max under TCG runs AAVMF to its boot manager, seen on the serial console.
-describe('aarch64', () => {
+describe('aarch64', { timeout: 200_000 }, () => {
   it('boots AAVMF on the virt machine under TCG to firmware serial output', async () => {
     const vm = await startVm({ arch: 'aarch64', memoryMiB: 256, name: 'aarch64-fw' });
     try {

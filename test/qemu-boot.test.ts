@@ -51,7 +51,7 @@ function listeners(port: number): string[] {
   return out;
 }
 
-describe('booting the test guests', () => {
+describe('booting the test guests', { timeout: 200_000 }, () => {
   it('BIOS: the rdp guest answers X.224 through a forward bound to 127.0.0.1 only; screenshot is a PNG', async () => {
     const vm = await start({
       disks: [{ path: await testGuestDisk('rdp'), snapshot: true }],

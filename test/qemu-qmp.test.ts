@@ -27,7 +27,7 @@ function alive(pid: number): boolean {
   }
 }
 
-describe('QMP client and power control', () => {
+describe('QMP client and power control', { timeout: 200_000 }, () => {
   it('runs commands with ids, reports events and errors, and powers off through ACPI', async () => {
     const lines: string[] = [];
     const vm = await boot('acpi', { onSerialLine: (l) => lines.push(l) });
@@ -56,6 +56,9 @@ describe('QMP client and power control', () => {
     const resumed = vm.qmp.waitForEvent('RESUME', 10_000);
     await vm.qmp.execute('cont');
     await resumed;
+
+    await vm.sendKey(['shift', 'a']);
+    await expect(vm.sendKey('no-such-key')).rejects.toThrow(/send-key/);
 
     await vm.waitForSerial('acpi-ready', 120_000);
     expect(lines[0]).toMatch(new RegExp(`^${GUEST_MARKERS.boot} variant=acpi tpm=no`));

@@ -3,7 +3,8 @@
  * busybox-static, cached under $ORB_TEST_CACHE keyed by a hash of the recipe.
  *
  * One initramfs serves every standard variant; the variant is picked by `orb.variant=<name>` on
- * the kernel command line (the boot disk's syslinux config, or `append` for direct kernel boot):
+ * the kernel command line (the boot disk's syslinux.cfg for BIOS and systemd-boot entry for UEFI,
+ * or `append` for direct kernel boot). UEFI boots need at least ~160 MiB of guest RAM (use 192).
  *   rdp       boot marker, eth0 = 10.0.2.15/24 (slirp), answers TCP 3389 with an X.224 Connection
  *             Confirm carrying RDP_NEG_RSP (standard RDP), for every connection
  *   silent    boot marker, then idles (no network, ignores the ACPI power button)
@@ -13,7 +14,8 @@
  * More variants: pass `variants: { name: 'shell script' }`; the script runs under busybox sh after
  * the standard set-up and may use the helpers of the init: `orb_net_up` (e1000 + 10.0.2.15/24),
  * `orb_rdp_serve` (background RDP answerer), `orb_http_serve PORT DIR` (busybox httpd,
- * background), `orb_marker TEXT` (prints `ORB-GUEST: TEXT` on the serial console).
+ * background), `orb_wait_listen PORT` (until a TCP listener is up, max 10 s), `orb_marker TEXT`
+ * (prints `ORB-GUEST: TEXT` on the serial console).
  *
  * Disk images come from a shared cache: boot them with `snapshot: true` (or copy them) so the
  * cached file is never modified.
