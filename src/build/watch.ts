@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { OrbError } from '../core/errors.js';
 import { redact, type Logger } from '../core/log.js';
 import { formatDuration } from '../core/progress.js';
+import { parsePpm, type RgbImage } from '../qemu/png.js';
 import { startVm, type Vm, type VmOptions } from '../qemu/runner.js';
 import { SerialProtocol } from './protocol.js';
 
@@ -16,7 +16,7 @@ import { SerialProtocol } from './protocol.js';
  * on a guest that stops making progress, or on a guest that reports ORB-FAIL.
  *
  * Progress means any of: serial output, bytes written to a disk (QMP query-blockstats), or a
- * change on the screen. Windows Setup and a hung kernel look alike for a minute; for N minutes
+ * change on the screen larger than a blinking cursor. Windows Setup and a hung kernel look alike for a minute; for N minutes
  * with none of the three, it is hung.
  */
 export interface StageRunOptions {
@@ -39,8 +39,19 @@ export interface StageRunOptions {
   evidenceDir: string;
   log: Logger;
   signal?: AbortSignal;
+  /** follow the serial protocol into this instance (to read script output even after a failure) */
+  protocol?: SerialProtocol;
   /** echo guest serial lines to the log (default true) */
   streamSerial?: boolean;
+}
+
+/** A serial protocol follower that logs the guest's stage events. */
+export function stageProtocol(log: Logger, stage: string): SerialProtocol {
+  return new SerialProtocol((kind, detail) => {
+    if (kind === 'fail') log.error(`${stage}: the guest reports a failure: ${detail}`);
+    else if (kind === 'done') log.info(`${stage}: the guest reports ${detail}`);
+    else if (kind === 'script-begin') log.info(`${stage}: script ${detail}`);
+  });
 }
 
 export interface StageRunResult {
@@ -51,7 +62,22 @@ export interface StageRunResult {
   serialLog: string;
 }
 
-const CHECK_EVERY_MS = 5_000;
+
+/**
+ * A blinking text cursor changes up to 9x16 pixels between two looks; a spinner or a progress bar
+ * changes far more. Fewer changed pixels than this do not count as progress.
+ */
+const SCREEN_CHANGE_PIXELS = 256;
+
+/** Number of pixels that differ between two pictures (every pixel when the size changed). */
+export function changedPixels(a: RgbImage, b: RgbImage): number {
+  if (a.width !== b.width || a.height !== b.height) return b.width * b.height;
+  let n = 0;
+  for (let i = 0; i < a.rgb.length; i += 3) {
+    if (a.rgb[i] !== b.rgb[i] || a.rgb[i + 1] !== b.rgb[i + 1] || a.rgb[i + 2] !== b.rgb[i + 2]) n++;
+  }
+  return n;
+}
 
 async function blockWrites(vm: Vm): Promise<number> {
   try {
@@ -69,11 +95,7 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
   await mkdir(logs, { recursive: true });
   // A short path: QMP and TPM sockets live here and unix socket paths are limited to 107 bytes.
   const work = await mkdtemp(join(tmpdir(), `orb-${o.stage}-`));
-  const protocol = new SerialProtocol((kind, detail) => {
-    if (kind === 'fail') o.log.error(`${o.stage}: the guest reports a failure: ${detail}`);
-    else if (kind === 'done') o.log.info(`${o.stage}: the guest reports ${detail}`);
-    else if (kind === 'script-begin') o.log.info(`${o.stage}: script ${detail}`);
-  });
+  const protocol = o.protocol ?? stageProtocol(o.log, o.stage);
   let serialLines = 0;
   const screenshots: string[] = [];
   const t0 = Date.now();
@@ -99,7 +121,10 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
     onSerialLine: (line) => {
       serialLines++;
       protocol.push(line + '\n');
-      if (o.streamSerial !== false) o.log.info(`guest| ${line.slice(0, 400)}`);
+      // Firmware paints the screen through the serial port too: strip its escape sequences.
+      // eslint-disable-next-line no-control-regex
+      const text = line.replace(/\x1b\[[0-9;?=]*[A-Za-z]|\x1b[c()][0-9A-Za-z]?|[\x00-\x08\x0b-\x1f\x7f]/g, '').trimEnd();
+      if (o.streamSerial !== false && text) o.log.info(`guest| ${text.slice(0, 400)}`);
     },
   });
   const serialLog = join(logs, `${o.stage}-serial.log`);
@@ -110,13 +135,15 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
     const deadline = t0 + o.timeoutMs;
     let lastProgress = Date.now();
     let lastWrites = -1;
-    let lastScreen = '';
+    let lastScreen: RgbImage | undefined;
     let lastSerial = 0;
     let nextShot = t0 + Math.min(o.screenshotEveryMs, 30_000);
-    let nextCheck = t0 + CHECK_EVERY_MS;
+    // Progress checks (a screendump and blockstats): often enough to notice a stall in time.
+    const checkEvery = Math.min(30_000, Math.max(2_000, o.stallMs / 6));
+    let nextCheck = t0 + checkEvery;
     let keysSent = 0;
     let failSeenAt: number | undefined;
-    const probe = join(work, 'probe.png');
+    const probe = join(work, 'probe.ppm');
     while (!vm.exit) {
       if (o.signal?.aborted) throw new OrbError('interrupted', `${o.stage} interrupted`);
       const now = Date.now();
@@ -129,22 +156,26 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
         o.log.info(`${o.stage}: pressed Enter ${keysSent} times for the boot-from-CD prompt; stopped now`);
         keysSent = 0;
       }
-      if (protocol.failure && failSeenAt === undefined) failSeenAt = now;
+      if (protocol.failure && failSeenAt === undefined) {
+        failSeenAt = now;
+        await takeShot(vm, 'failed');
+      }
       // After ORB-FAIL the guest shuts itself down; give it a minute before pulling the plug.
       if (failSeenAt !== undefined && now - failSeenAt > 60_000) break;
       if (now >= nextCheck) {
-        nextCheck = now + CHECK_EVERY_MS;
+        nextCheck = now + checkEvery;
         const writes = await blockWrites(vm);
         let screen = lastScreen;
         try {
-          await vm.screenshot(probe);
-          screen = createHash('sha256').update(await readFile(probe)).digest('hex');
+          await vm.qmp.execute('screendump', { filename: probe }, { timeoutMs: 30_000 });
+          screen = parsePpm(await readFile(probe));
         } catch {
           /* no display or QEMU going away */
         }
-        if (writes !== lastWrites || screen !== lastScreen || serialLines !== lastSerial) lastProgress = Date.now();
+        const screenMoved = !!screen && (!lastScreen || changedPixels(lastScreen, screen) > SCREEN_CHANGE_PIXELS);
+        if (writes !== lastWrites || screenMoved || serialLines !== lastSerial) lastProgress = Date.now();
         lastWrites = writes;
-        lastScreen = screen;
+        if (screenMoved) lastScreen = screen;
         lastSerial = serialLines;
         if (!vm.exit && Date.now() - lastProgress > o.stallMs) {
           await takeShot(vm, 'stalled');
@@ -169,6 +200,7 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
       }
       await Promise.race([sleep(1000), vm.waitForExit(1000).catch(() => undefined)]);
     }
+    if (keysSent) o.log.info(`${o.stage}: pressed Enter ${keysSent} times for the boot-from-CD prompt`);
     if (!vm.exit) {
       // Timeout, stall, or a failed guest that did not power off: stop it.
       const r = await vm.powerOff({ graceMs: failure ? 5_000 : 60_000 });

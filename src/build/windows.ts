@@ -14,7 +14,7 @@ import { makeDataIso } from './iso.js';
 import { copyFirmwareState, restoreInstalled, storeInstalled } from './layers.js';
 import { createOverlay, createQcow2 } from './qemu-img.js';
 import { emptyState, isDone, loadState, markDone, recipeKey, saveState, type StageRecord } from './state.js';
-import { runStage, type StageRunOptions } from './watch.js';
+import { runStage, stageProtocol, type StageRunOptions } from './watch.js';
 
 /**
  * A Windows golden image in three boots, each on its own qcow2 layer:
@@ -184,27 +184,31 @@ export async function buildWindows(o: WindowsBuildOptions, env: BuildEnv): Promi
         await writeProvisionMedia(join(media, 'tree'), o.scripts);
         const stageIso = join(media, 'stage.iso');
         await makeDataIso(join(media, 'tree'), stageIso, { label: 'ORBSTAGE', signal: env.signal });
-        const r = await runStage({
-          ...common,
-          stage: 'provision',
-          expect: ['provisioned'],
-          vm: {
-            ...vmBase,
-            disks: [{ path: at(provisioned), format: 'qcow2', interface: diskInterface, discard: true }],
-            cdroms: [stageIso],
-            bootFrom: 'disk',
-            ...(provisionedFw.vars ? { uefiVars: provisionedFw.vars } : {}),
-            ...(provisionedFw.tpmDir ? { tpm: { stateDir: provisionedFw.tpmDir } } : {}),
-            network: { nic },
-          },
-        }).catch(async (err: unknown) => {
-          await writeFile(join(dirs.logs, 'provision.log'), '(incomplete: the stage failed)\n').catch(() => undefined);
-          throw err;
-        });
+        const protocol = stageProtocol(log, 'provision');
+        provisionLog = join(dirs.logs, 'provision.log');
+        let r;
+        try {
+          r = await runStage({
+            ...common,
+            stage: 'provision',
+            expect: ['provisioned'],
+            protocol,
+            vm: {
+              ...vmBase,
+              disks: [{ path: at(provisioned), format: 'qcow2', interface: diskInterface, discard: true }],
+              cdroms: [stageIso],
+              bootFrom: 'disk',
+              ...(provisionedFw.vars ? { uefiVars: provisionedFw.vars } : {}),
+              ...(provisionedFw.tpmDir ? { tpm: { stateDir: provisionedFw.tpmDir } } : {}),
+              network: { nic },
+            },
+          });
+        } finally {
+          // Written on failure too: the failing script's output is what the user needs.
+          await writeFile(provisionLog, redact(protocol.provisionLog()) + '\n');
+        }
         seconds = r.seconds;
         noteShots(r);
-        provisionLog = join(dirs.logs, 'provision.log');
-        await writeFile(provisionLog, redact(r.protocol.provisionLog()) + '\n');
         ran.push('provisioned');
       } finally {
         await removeMedia(media);

@@ -231,3 +231,34 @@ export async function readEvidence(image: string, offset: number): Promise<strin
     await rm(dir, { recursive: true, force: true });
   }
 }
+
+/**
+ * Runs an orb command in this process the way the CLI does (secret inputs masked, every log
+ * line through redact()), keeping the log lines for assertions about secrets.
+ */
+export async function runCommandInProcess(
+  cmd: import('../../src/core/command.js').CommandDef,
+  raw: import('../../src/core/inputs.js').RawInputs,
+): Promise<{ outputs: import('../../src/core/command.js').Outputs; log: string[]; summary: string }> {
+  const { Inputs, Summary } = await import('../../src/core/command.js');
+  const { resolveInputs } = await import('../../src/core/inputs.js');
+  const { mask, redact } = await import('../../src/core/log.js');
+  const { nullProgress } = await import('../../src/core/progress.js');
+  const values = resolveInputs(cmd.inputs, raw);
+  for (const s of cmd.inputs) if (s.secret && typeof values[s.name] === 'string') mask(values[s.name] as string);
+  const log: string[] = [];
+  const put = (m: string) => log.push(redact(m));
+  const summary = new Summary();
+  const outputs = await cmd.run(new Inputs(values, cmd.inputs), {
+    log: { info: put, warn: put, error: put, debug: put },
+    progress: () => nullProgress,
+    summary,
+    mask,
+    signal: new AbortController().signal,
+    mode: 'cli',
+  }).catch((err: unknown) => {
+    Object.assign(err as object, { log });
+    throw err;
+  });
+  return { outputs, log, summary: summary.markdown };
+}

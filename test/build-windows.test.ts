@@ -1,0 +1,153 @@
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import buildCommand from '../src/commands/build-golden-image.js';
+import { readManifest } from '../src/core/manifest.js';
+import { makeDataIso } from '../src/build/iso.js';
+import { buildInstallerIso, EVIDENCE, readEvidence, runCommandInProcess } from './helpers/installer-iso.js';
+
+/**
+ * The Windows build end to end, with the fake installer ISO standing in for Windows (see
+ * test/helpers/installer-iso.ts): three boots on qcow2 layers under TCG, answer media, stage
+ * media, the boot-prompt keys, resume, the installed-base cache, the dockur bundle, and no
+ * secret anywhere after the build.
+ */
+const PASSWORD = 'Gold-Image-Pass-42';
+
+async function walk(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await walk(p)));
+    else out.push(p);
+  }
+  return out;
+}
+
+/** Every byte of every file under dir (disks included) is free of `secret`. */
+async function assertNoSecret(dir: string, secret: string): Promise<void> {
+  const needles = [Buffer.from(secret), Buffer.from(secret, 'utf16le'), Buffer.from(Buffer.from(secret).toString('base64'))];
+  for (const f of await walk(dir)) {
+    if ((await stat(f)).size > 256 << 20) continue;
+    const data = await readFile(f);
+    for (const n of needles) expect(data.includes(n), `${f} contains the secret`).toBe(false);
+  }
+}
+
+describe('build-golden-image (Windows flow, fake installer)', () => {
+  let work: string;
+  let iso: string;
+  let virtio: string;
+  let scripts: string[];
+  const common = (out: string): Record<string, string | string[] | boolean> => ({
+    os: 'windows',
+    iso,
+    edition: 'Windows 11 Pro',
+    'computer-name': 'GOLD-7',
+    'admin-user': 'builder',
+    memory: '256M',
+    cpus: '1',
+    'disk-size': '1G',
+    accelerator: 'tcg',
+    timeout: '4m',
+    'stall-timeout': '90s',
+    'screenshot-interval': '5s',
+    out,
+    'cache-dir': join(work, 'cache'),
+  });
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'orb-build-win-'));
+    iso = await buildInstallerIso('install');
+    await mkdir(join(work, 'virtio', 'viostor', 'w11', 'amd64'), { recursive: true });
+    await writeFile(join(work, 'virtio', 'viostor', 'w11', 'amd64', 'viostor.inf'), '; stand-in\n');
+    virtio = join(work, 'virtio.iso');
+    await makeDataIso(join(work, 'virtio'), virtio, { label: 'virtio-win' });
+    scripts = [join(work, '10-first.ps1'), join(work, '20-second.ps1')];
+    await writeFile(scripts[0]!, 'echo "first script says hello"\n');
+    await writeFile(scripts[1]!, 'echo "second script: $(pwd)"\n');
+  }, 300_000);
+  afterAll(() => rm(work, { recursive: true, force: true }));
+
+  it('UEFI + virtio: installs, provisions in order, generalizes, writes disk, manifest, logs, screenshots and a dockur bundle; no secret left', async () => {
+    const out = join(work, 'uefi');
+    const { outputs, log } = await runCommandInProcess(buildCommand, {
+      ...common(out),
+      firmware: 'uefi',
+      'virtio-win': virtio,
+      'admin-password': PASSWORD,
+      script: scripts,
+      dockur: true,
+    });
+    expect(outputs['stages-run']).toBe('installed,provisioned,generalized');
+    expect(outputs['admin-password']).toBeUndefined();
+    const disk = String(outputs.disk);
+    // What the guest did, read back from the output disk
+    expect(await readEvidence(disk, EVIDENCE.installed)).toMatch(/^ORB-INSTALLED computer=GOLD-7 answer=.*autounattend\.xml.*orb\/orb\.ps1/);
+    expect(await readEvidence(disk, EVIDENCE.provisioned)).toBe('ORB-PROVISIONED 01-10-first.ps1 02-20-second.ps1');
+    const sha = createHash('sha256').update(PASSWORD).digest('hex');
+    expect(await readEvidence(disk, EVIDENCE.final)).toBe(`ORB-FINAL sysprep=true password-sha256=${sha}`);
+    // Manifest for the next stages
+    const m = await readManifest(String(outputs.manifest));
+    expect(m.image.format).toBe('qcow2');
+    expect(m.image.virtualSize).toBe(1 << 30);
+    expect(m.build).toMatchObject({ os: 'windows', firmware: 'uefi', tpm: false, arch: 'x86_64', adminUser: 'builder', ports: [3389], generalized: true });
+    // Logs and screenshots
+    const provisionLog = await readFile(String(outputs['provision-log']), 'utf8');
+    expect(provisionLog.indexOf('first script says hello')).toBeGreaterThan(0);
+    expect(provisionLog.indexOf('second script:')).toBeGreaterThan(provisionLog.indexOf('first script says hello'));
+    const shots = (await readdir(String(outputs.screenshots))).filter((f) => f.endsWith('.png'));
+    expect(shots.length).toBeGreaterThan(0);
+    expect(String(outputs['latest-screenshot'])).toMatch(/\.png$/);
+    expect(await readFile(String(outputs['build-log']), 'utf8')).toContain('guest| ORB-DONE installed');
+    expect(log.join('\n')).toMatch(/pressed Enter \d+ times|boot-from-CD/);
+    // dockur/windows storage folder
+    const dockur = String(outputs['dockur-dir']);
+    expect((await readdir(dockur)).sort()).toEqual(['data.img', 'windows.boot', 'windows.mode', 'windows.rom', 'windows.type', 'windows.vars', 'windows.ver']);
+    expect((await readFile(join(dockur, 'windows.mode'), 'utf8')).trim()).toBe('windows');
+    expect((await readFile(join(dockur, 'windows.type'), 'utf8')).trim()).toBe('blk');
+    expect(await readEvidence(join(dockur, 'data.img'), EVIDENCE.provisioned)).toContain('ORB-PROVISIONED');
+    // No secret: not in the log, the summary, any file of the build directory (disks included), and no media left
+    expect(log.join('\n')).not.toContain(PASSWORD);
+    await assertNoSecret(out, PASSWORD);
+    expect((await walk(out)).filter((f) => f.endsWith('.iso'))).toEqual([]);
+    expect((await readdir(tmpdir())).filter((d) => /^orb-(answer|stage|final)-/.test(d))).toEqual([]);
+    const state = JSON.parse(await readFile(join(out, 'build-state.json'), 'utf8'));
+    expect(Object.keys(state.stages)).toEqual(['installed', 'provisioned', 'final']);
+  }, 600_000);
+
+  it('rerun continues after the finished stages; a changed script reruns provisioning only; another directory takes the base from the cache', async () => {
+    const out = join(work, 'uefi');
+    const again = await runCommandInProcess(buildCommand, { ...common(out), firmware: 'uefi', 'virtio-win': virtio, 'admin-password': PASSWORD, script: scripts });
+    expect(again.outputs['stages-run']).toBe('generalized');
+    expect(again.outputs['stages-reused']).toBe('installed,provisioned');
+
+    await writeFile(scripts[1]!, 'echo "second script, changed"\n');
+    const changed = await runCommandInProcess(buildCommand, { ...common(out), firmware: 'uefi', 'virtio-win': virtio, 'admin-password': PASSWORD, script: scripts });
+    expect(changed.outputs['stages-run']).toBe('provisioned,generalized');
+    expect(await readFile(String(changed.outputs['provision-log']), 'utf8')).toContain('second script, changed');
+
+    const other = join(work, 'uefi-2');
+    const cached = await runCommandInProcess(buildCommand, { ...common(other), firmware: 'uefi', 'virtio-win': virtio, 'admin-password': PASSWORD, script: scripts });
+    expect(cached.outputs['cache-hit']).toBe(true);
+    expect(cached.outputs['stages-run']).toBe('provisioned,generalized');
+    expect(await readEvidence(String(cached.outputs.disk), EVIDENCE.installed)).toMatch(/^ORB-INSTALLED computer=GOLD-7/);
+  }, 600_000);
+
+  it('BIOS + SATA, no scripts, no sysprep: the generated password is only a masked output', async () => {
+    const out = join(work, 'bios');
+    const { outputs, log } = await runCommandInProcess(buildCommand, { ...common(out), firmware: 'bios', sysprep: false, 'output-format': 'raw' });
+    const password = String(outputs['admin-password']);
+    expect(password).toHaveLength(20);
+    expect(buildCommand.outputs.find((o) => o.name === 'admin-password')?.secret).toBe(true);
+    expect(outputs['stages-run']).toBe('installed,finalized');
+    expect(String(outputs.disk)).toMatch(/golden\.img$/);
+    const sha = createHash('sha256').update(password).digest('hex');
+    expect(await readEvidence(String(outputs.disk), EVIDENCE.final)).toBe(`ORB-FINAL sysprep=false password-sha256=${sha}`);
+    expect(log.join('\n')).not.toContain(password);
+    await assertNoSecret(out, password);
+    expect((await readManifest(String(outputs.manifest))).build).toMatchObject({ firmware: 'bios', generalized: false });
+  }, 600_000);
+});
