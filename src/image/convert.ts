@@ -183,6 +183,11 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
       signal: o.signal,
       log,
     });
+    if (info.contentDigest && hex(info.contentDigest) !== hex(done.contentSha256)) {
+      throw new OrbError('integrity', `${info.path}: the decoded disk (${hex(done.contentSha256)}) differs from the image's content digest (${hex(info.contentDigest)})`, {
+        hint: 'every chunk matched its own digest, so the manifest itself is inconsistent: publish the image again',
+      });
+    }
     const expected = src.manifest?.image.contentSha256;
     if (expected && hex(expected) !== hex(done.contentSha256)) {
       throw new OrbError('integrity', `the input's content (${hex(done.contentSha256)}) differs from its manifest (${hex(expected)})`, {

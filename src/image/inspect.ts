@@ -23,6 +23,8 @@ export interface ImageInfo {
   compressionType?: string;
   /** chunked: the tag read */
   tag?: string;
+  /** chunked: sha256:<hex> of the whole disk, from its config (checked after decoding) */
+  contentDigest?: string;
 }
 
 interface QemuInfo {
@@ -49,7 +51,7 @@ export async function inspectImage(input: string, opts: { signal?: AbortSignal; 
   if (st.isDirectory()) {
     if (await isChunkedLayout(path)) {
       const img = await readChunkedLayout(path, tag);
-      return { path, format: 'chunked', virtualSize: img.config.virtualSize, fileBytes: img.storedBytes, tag: img.tag };
+      return { path, format: 'chunked', virtualSize: img.config.virtualSize, fileBytes: img.storedBytes, tag: img.tag, contentDigest: img.config.contentDigest };
     }
     throw new OrbError('input', `${path} is a directory, not a disk image or an orb chunked layout`, {
       hint: 'give a disk image file, an orb manifest (.orb.json) or a directory written by --format chunked',
