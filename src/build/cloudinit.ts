@@ -52,7 +52,8 @@ export function runnerScript(names: readonly string[], generalize: boolean): str
 # orb: provisioning and clean-up, run once by cloud-init.
 out=/dev/console
 for t in /dev/ttyS0 /dev/ttyAMA0; do [ -c "$t" ] && { out=$t; break; }; done
-say() { echo "$*" > "$out"; echo "$*" >> /var/log/orb-provision.log; }
+mkdir -p /var/log 2>/dev/null
+say() { echo "$*" > "$out"; echo "$*" >> /var/log/orb-provision.log 2>/dev/null; }
 fail() { say "ORB-FAIL $*"; exit 1; }
 say "ORB-STAGE provision"
 n=0

@@ -12,8 +12,9 @@ const CLOUD_MAIN = `
 echo "ORB-GUEST: cloud image booted, disk $target"
 seed=$(mount_media user-data) || { echo "ORB-GUEST: no NoCloud seed"; while :; do sleep 3600; done; }
 [ -f "$seed/meta-data" ] || echo "ORB-GUEST: seed without meta-data"
-label=$(blkid 2>/dev/null | grep -i 'LABEL="cidata"' | head -1)
-echo "ORB-GUEST: NoCloud seed found ($label)"
+# NoCloud finds its seed by the volume label: read it from the ISO 9660 primary volume descriptor.
+label=$(for d in /dev/sr*; do dd if="$d" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' '; echo; done | grep -x cidata)
+echo "ORB-GUEST: NoCloud seed found (label=$label)"
 host=$(sed -n 's/^local-hostname: *//p' "$seed/meta-data")
 echo "ORB-GUEST: hostname=$host"
 user=$(sed -n 's/^ *- name: *//p' "$seed/user-data" | head -1)
