@@ -16,6 +16,8 @@ import { restoreInstalled, storeInstalled } from '../src/build/layers.js';
 import { createQcow2 } from '../src/build/qemu-img.js';
 import { DOCKUR_LAYOUT_VERSION, dockurEnv, writeDockurBundle } from '../src/dockur/bundle.js';
 import { startFileServer, type FileServer } from './helpers/file-server.js';
+import { runCommandInProcess } from './helpers/installer-iso.js';
+import buildCommand from '../src/commands/build-golden-image.js';
 
 const exec = promisify(execFile);
 
@@ -198,5 +200,30 @@ describe('installed-base cache and dockur bundle', () => {
     expect(bios.mode).toBe('windows_legacy');
     expect(bios.files).not.toContain('windows.rom');
     expect((await readdir(dir)).filter((f) => f.endsWith('.partial'))).toEqual([]);
+  });
+});
+
+describe('build-golden-image input checks', () => {
+  it('bad input fails before any work: no build directory, no VM', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'orb-badinput-'));
+    try {
+      const out = join(dir, 'out');
+      const cases: [Record<string, string | string[]>, RegExp][] = [
+        [{ out }, /'iso' is required/],
+        [{ out, iso: join(dir, 'missing.iso'), edition: 'Windows 11 Pro' }, /missing\.iso does not exist/],
+        [{ out, iso: join(dir, 'missing.iso') }, /edition/],
+        [{ out, iso: join(dir, 'missing.iso'), edition: 'Windows 11 Pro', script: ['x.sh'] }, /\.ps1/],
+        [{ out, iso: join(dir, 'missing.iso'), edition: 'Windows 11 Pro', 'time-zone': 'Europe/Berlin' }, /IANA/],
+        [{ out, os: 'linux' }, /'cloud-image' is required/],
+        [{ out, os: 'linux', 'cloud-image': join(dir, 'c.img'), 'admin-user': 'Bad User' }, /Linux user name/],
+        [{ out, iso: join(dir, 'missing.iso'), edition: 'Windows 11 Pro', name: '///' }, /file name/],
+      ];
+      for (const [raw, message] of cases) {
+        await expect(runCommandInProcess(buildCommand, raw)).rejects.toThrow(message);
+      }
+      await expect(stat(out)).rejects.toThrow();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

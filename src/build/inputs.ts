@@ -3,7 +3,7 @@ import { UsageError } from '../core/errors.js';
 import type { InputSpec } from '../core/inputs.js';
 import { checkAdminUser, checkComputerName, encodeUnattendPassword, generatePassword, passwordComplexityProblem } from '../windows/accounts.js';
 import { checkArch, familyInfo, resolveFamily, type WindowsArch, type WindowsFamily } from '../windows/families.js';
-import type { Firmware, UnattendOptions } from '../windows/unattend.js';
+import { checkUnattendOptions, type Firmware, type UnattendOptions } from '../windows/unattend.js';
 
 /**
  * Inputs shared by `build-golden-image` and `unattend` (the answer-file inputs), declared once so
@@ -82,7 +82,7 @@ export function answerInputs(inputs: Inputs, opts: { virtio: boolean; mask: (s: 
       'use at least 8 characters from three of: lower case, upper case, digits, symbols; or leave it empty to get a generated one',
     );
   }
-  return {
+  const result: AnswerInputs = {
     family,
     passwordGenerated,
     ...(weak ? { passwordWarning: `the admin password is weak (${weak}); Windows client editions accept it` } : {}),
@@ -107,4 +107,6 @@ export function answerInputs(inputs: Inputs, opts: { virtio: boolean; mask: (s: 
       rdp: inputs.bool('rdp'),
     },
   };
+  checkUnattendOptions(result.unattend);
+  return result;
 }

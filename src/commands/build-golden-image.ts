@@ -3,10 +3,11 @@ import { join, resolve } from 'node:path';
 import { defineCommand, type RunContext } from '../core/command.js';
 import { UsageError } from '../core/errors.js';
 import { formatBytes, formatDuration } from '../core/progress.js';
-import { ANSWER_INPUTS, answerInputs } from '../build/inputs.js';
+import { ANSWER_INPUTS, answerInputs, type AnswerInputs } from '../build/inputs.js';
 import { resolveAccelerator, TeeLogger, type BuildResult, type CommonBuildOptions } from '../build/common.js';
 import { actionsCacheAvailable } from '../build/actions-cache.js';
-import { defaultCacheDir, obtain } from '../build/download.js';
+import { defaultCacheDir, isUrl, obtain } from '../build/download.js';
+import { exists } from '../core/fsutil.js';
 import { buildWindows } from '../build/windows.js';
 import { buildLinux } from '../build/linux.js';
 import { checkScriptPaths } from '../windows/media.js';
@@ -69,21 +70,48 @@ export default defineCommand({
     { name: 'seconds', description: 'build time' },
   ],
   async run(inputs, ctx) {
+    // 1. Everything that can be checked without touching the disk or the network, before any work.
     const os = inputs.string('os') as 'windows' | 'linux';
     const outDir = resolve(inputs.string('out'));
-    await mkdir(outDir, { recursive: true });
     const cacheDir = resolve(inputs.optString('cache-dir') ?? defaultCacheDir());
+    const scripts = inputs.list('script').map((s) => resolve(s));
+    const arch = inputs.string('arch') as CommonBuildOptions['arch'];
+    const name = safeName(inputs.string('name'));
+    let windows: { answer: AnswerInputs; iso: string } | undefined;
+    let linux: { image: string; user: string } | undefined;
+    if (os === 'windows') {
+      if (!inputs.has('iso')) throw new UsageError("input 'iso' is required for a Windows build", 'give the Windows ISO as a path or URL');
+      const answer = answerInputs(inputs, { virtio: inputs.has('virtio-win'), mask: ctx.mask });
+      checkScriptPaths(scripts, '.ps1');
+      windows = { answer, iso: inputs.string('iso') };
+    } else {
+      if (!inputs.has('cloud-image')) throw new UsageError("input 'cloud-image' is required for a Linux build", 'give a cloud image (qcow2 or raw) as a path or URL');
+      checkScriptPaths(scripts, '.sh');
+      const user = inputs.string('admin-user');
+      if (!/^[a-z_][a-z0-9_-]{0,31}$/.test(user)) {
+        throw new UsageError(`input 'admin-user': '${user}' is not a valid Linux user name`, 'use lower-case letters, digits, - and _, starting with a letter');
+      }
+      linux = { image: inputs.string('cloud-image'), user };
+    }
+    for (const [input, source] of [['iso', windows?.iso], ['virtio-win', inputs.optString('virtio-win')], ['cloud-image', linux?.image], ...scripts.map((s) => ['script', s])]) {
+      if (source && !isUrl(source) && !(await exists(source))) {
+        throw new UsageError(`input '${input}': ${source} does not exist`, 'give an existing file or an http(s) URL');
+      }
+    }
+    const password = windows ? windows.answer.unattend.adminPassword : (inputs.optString('admin-password') ?? generatePassword());
+    const generated = windows ? windows.answer.passwordGenerated : !inputs.has('admin-password');
+    ctx.mask(password);
+
+    // 2. The build: its directory, its log, downloads, the VM stages.
+    await mkdir(outDir, { recursive: true });
     const log = new TeeLogger(ctx.log, join(outDir, 'build.log'));
     const env = { log, progress: ctx.progress, signal: ctx.signal, summary: ctx.summary };
     const obtainOpts = { cacheDir, log, progress: ctx.progress, signal: ctx.signal };
-    const scripts = inputs.list('script').map((s) => resolve(s));
-    let password = inputs.optString('admin-password');
-    let generated = false;
+    let started = false;
     try {
-      const arch = inputs.string('arch') as CommonBuildOptions['arch'];
-      const common = (accel: 'kvm' | 'tcg'): Omit<CommonBuildOptions, 'adminUser' | 'adminPassword'> => ({
+      const common = (accel: 'kvm' | 'tcg'): CommonBuildOptions => ({
         outDir,
-        name: safeName(inputs.string('name')),
+        name,
         arch,
         firmware: inputs.string('firmware') as CommonBuildOptions['firmware'],
         accel,
@@ -101,27 +129,22 @@ export default defineCommand({
         ...(inputs.bool('dockur') ? { dockur: { format: inputs.string('dockur-format') as 'raw' | 'qcow2' } } : {}),
         scripts,
         sysprep: inputs.bool('sysprep'),
+        adminUser: windows ? windows.answer.unattend.adminUser : linux!.user,
+        adminPassword: password,
       });
       let result: BuildResult;
-      let adminUser: string;
-      if (os === 'windows') {
-        if (!inputs.has('iso')) throw new UsageError("input 'iso' is required for a Windows build", 'give the Windows ISO as a path or URL');
-        const answer = answerInputs(inputs, { virtio: inputs.has('virtio-win'), mask: ctx.mask });
+      if (windows) {
+        const { answer } = windows;
         if (answer.passwordWarning) log.warn(answer.passwordWarning);
-        checkScriptPaths(scripts, '.ps1');
-        password = answer.unattend.adminPassword;
-        generated = answer.passwordGenerated;
-        adminUser = answer.unattend.adminUser;
-        const iso = await obtain({ ...obtainOpts, source: inputs.string('iso'), sha256: inputs.optString('iso-sha256'), what: 'Windows ISO' });
+        const iso = await obtain({ ...obtainOpts, source: windows.iso, sha256: inputs.optString('iso-sha256'), what: 'Windows ISO' });
         const virtio = inputs.has('virtio-win')
           ? await obtain({ ...obtainOpts, source: inputs.string('virtio-win'), sha256: inputs.optString('virtio-win-sha256'), what: 'virtio-win ISO' })
           : undefined;
         const accel = await resolveAccelerator(inputs.string('accelerator'), arch, log);
+        started = true;
         result = await buildWindows(
           {
             ...common(accel),
-            adminUser,
-            adminPassword: password,
             iso: iso.path,
             isoSha256: iso.sha256,
             ...(virtio ? { virtio: { path: virtio.path, sha256: virtio.sha256 } } : {}),
@@ -132,26 +155,16 @@ export default defineCommand({
           env,
         );
       } else {
-        if (!inputs.has('cloud-image')) throw new UsageError("input 'cloud-image' is required for a Linux build", 'give a cloud image (qcow2 or raw) as a path or URL');
-        checkScriptPaths(scripts, '.sh');
-        adminUser = inputs.string('admin-user');
-        if (!/^[a-z_][a-z0-9_-]{0,31}$/.test(adminUser)) throw new UsageError(`input 'admin-user': '${adminUser}' is not a valid Linux user name`);
-        if (!password) {
-          password = generatePassword();
-          generated = true;
-        }
-        ctx.mask(password);
-        const image = await obtain({ ...obtainOpts, source: inputs.string('cloud-image'), sha256: inputs.optString('cloud-image-sha256'), what: 'cloud image' });
+        const image = await obtain({ ...obtainOpts, source: linux!.image, sha256: inputs.optString('cloud-image-sha256'), what: 'cloud image' });
         const accel = await resolveAccelerator(inputs.string('accelerator'), arch, log);
         const computer = inputs.string('computer-name');
+        started = true;
         result = await buildLinux(
           {
             ...common(accel),
-            adminUser,
-            adminPassword: password,
             image: image.path,
             imageSha256: image.sha256,
-            hostname: computer === '*' ? safeName(inputs.string('name')) : computer,
+            hostname: computer === '*' ? name : computer,
             packages: inputs.list('packages'),
             sshAuthorizedKeys: inputs.list('ssh-authorized-key'),
             timeZone: inputs.string('time-zone'),
@@ -172,19 +185,22 @@ export default defineCommand({
         'stages-reused': result.reused.join(','),
         'cache-hit': result.cacheHit,
         'dockur-dir': result.dockurDir,
-        'admin-user': adminUser,
+        'admin-user': windows ? windows.answer.unattend.adminUser : linux!.user,
         'admin-password': generated ? password : undefined,
         seconds: Math.round(result.seconds),
       };
     } catch (err) {
-      const latest = await newestScreenshot(join(outDir, 'screenshots'));
-      ctx.summary.heading('build-golden-image failed').text(`${(err as Error).message}`);
-      if (latest) {
-        ctx.summary.text(`Latest screenshot: \`${latest}\``);
-        log.info(`latest screenshot: ${latest}`);
+      log.error(`build failed: ${(err as Error).message}`);
+      if (started) {
+        const latest = await newestScreenshot(join(outDir, 'screenshots'));
+        ctx.summary.heading('build-golden-image failed').text(`${(err as Error).message}`);
+        if (latest) {
+          ctx.summary.text(`Latest screenshot: \`${latest}\` (in the orb-build-evidence artifact in Actions)`);
+          log.info(`latest screenshot: ${latest}`);
+        }
+        log.info(`build log: ${join(outDir, 'build.log')}; guest logs in ${join(outDir, 'logs')}`);
+        await uploadEvidence(ctx, outDir);
       }
-      log.info(`build log: ${join(outDir, 'build.log')}; guest logs in ${join(outDir, 'logs')}`);
-      await uploadEvidence(ctx, outDir);
       throw err;
     } finally {
       await log.close();
