@@ -1,21 +1,23 @@
 import { defineCommand } from '../core/command.js';
-import setupQemu from './setup-qemu.js';
-import { Inputs } from '../core/command.js';
-import { resolveInputs } from '../core/inputs.js';
+import { demoInputs, runDemo } from '../demo/run.js';
 
-/**
- * The README's main job. For now: set up QEMU and probe the accelerator; it grows into the whole
- * pipeline (build, convert, publish, pull, smoke-test) as the stages land.
- */
+/** The README's main job: the whole pipeline on this machine, with embedded defaults. */
 export default defineCommand({
   name: 'demo',
-  title: 'Run the pipeline on this machine with embedded defaults',
-  description: 'Sets up QEMU (installing packages when root or with sudo) and probes KVM, then runs the stages on a small Linux image.',
+  title: 'Run the whole pipeline on this machine with embedded defaults',
+  description:
+    'Sets up QEMU (installing Debian packages when root or with sudo), builds a small Linux image through the cloud-init path, ' +
+    'converts it to the chunked format, publishes it to an oci-layout: directory, smoke-tests the published image and pulls it back.',
   action: false,
-  inputs: [{ name: 'install', type: 'boolean', default: true, description: 'install missing packages with apt-get' }],
-  outputs: setupQemu.outputs,
-  async run(inputs, ctx) {
-    const setupInputs = new Inputs(resolveInputs(setupQemu.inputs, { install: inputs.bool('install') }), setupQemu.inputs);
-    return setupQemu.run(setupInputs, ctx);
-  },
+  inputs: demoInputs,
+  outputs: [
+    { name: 'accelerator', description: 'kvm or tcg' },
+    { name: 'reference', description: 'the published image (oci-layout:DIR@DIGEST)' },
+    { name: 'digest', description: 'manifest digest' },
+    { name: 'content-sha256', description: 'sha256 of the pulled disk content, equal to the converted one' },
+    { name: 'pulled-image', description: 'the raw disk pulled back' },
+    { name: 'smoke-passed', description: 'true when the smoke test passed' },
+    { name: 'work-dir', description: 'where everything was written' },
+  ],
+  run: runDemo,
 });

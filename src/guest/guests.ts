@@ -155,6 +155,8 @@ export interface GuestInitramfsOptions {
   variants?: Record<string, string>;
   /** extra files, as for buildInitramfs */
   files?: Record<string, GuestFile>;
+  /** extra kernel modules (relative to /lib/modules/<version>/kernel), loaded by the variant */
+  modules?: string[];
 }
 
 /** The standard test-guest initramfs (all standard variants plus `variants`). Returns the cached path. */
@@ -173,7 +175,7 @@ export function buildGuestInitramfs(opts: GuestInitramfsOptions = {}): Promise<s
     if (!/^[a-z0-9][a-z0-9_-]*$/i.test(name)) throw new Error(`bad variant name '${name}'`);
     files[`/etc/orb/variants/${name}.sh`] = script;
   }
-  return buildInitramfs({ init: STANDARD_INIT, files, modules: MODULES });
+  return buildInitramfs({ init: STANDARD_INIT, files, modules: [...MODULES, ...(opts.modules ?? [])] });
 }
 
 /** Kernel command line for a variant: serial console on ttyS0 plus `orb.variant=<name>` and `extra`. */

@@ -1,5 +1,5 @@
 import '../store/schemes.js';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { trackPath } from '../core/cleanup.js';
@@ -68,6 +68,7 @@ async function pullImage(
   opts: SourceOptions,
 ): Promise<ImageSource> {
   const root = opts.pullDir ?? (process.env.RUNNER_TEMP || tmpdir());
+  await mkdir(root, { recursive: true });
   const dir = await mkdtemp(join(root, 'orb-smoke-pull-'));
   const tracked = trackPath(dir);
   const dispose = async () => {
