@@ -271,11 +271,15 @@ function isBuiltinAdmin(user: string): boolean {
   return user.toLowerCase() === 'administrator';
 }
 
-/** The command the first logon runs: find orb's script on whichever drive the answer media got. */
+/**
+ * The command the first logon runs: find orb's script on whichever drive the answer media got, or
+ * in C:\OEM (dockur/windows copies its /oem mount there through the ISO's $OEM$ folder).
+ */
 export function firstLogonCommand(): string {
   const find =
-    `$f = Get-PSDrive -PSProvider FileSystem | ForEach-Object { Join-Path $_.Root '${MEDIA_DIR}\\${ORB_SCRIPT}' } | ` +
-    `Where-Object { Test-Path -LiteralPath $_ } | Select-Object -First 1; if ($f) { & $f -Mode firstlogon } else { exit 3 }`;
+    `$c = @(Get-PSDrive -PSProvider FileSystem | ForEach-Object { Join-Path $_.Root '${MEDIA_DIR}\\${ORB_SCRIPT}' }) + ` +
+    `(Join-Path $env:SystemDrive 'OEM\\${MEDIA_DIR}\\${ORB_SCRIPT}'); ` +
+    `$f = $c | Where-Object { Test-Path -LiteralPath $_ } | Select-Object -First 1; if ($f) { & $f -Mode firstlogon } else { exit 3 }`;
   return `powershell.exe -NoProfile -ExecutionPolicy Bypass -Command "${find}"`;
 }
 
