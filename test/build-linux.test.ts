@@ -6,6 +6,7 @@ import buildCommand from '../src/commands/build-golden-image.js';
 import { readManifest } from '../src/core/manifest.js';
 import { buildCloudImage } from './helpers/cloud-image.js';
 import { readEvidence, runCommandInProcess } from './helpers/installer-iso.js';
+import { actionEnv, parseGithubOutput, runNode } from './helpers/cli.js';
 
 /**
  * The Linux path: a cloud image plus a NoCloud seed, same watcher and outputs. The test image's
@@ -59,5 +60,44 @@ describe('build-golden-image (Linux cloud image + NoCloud seed)', () => {
       expect(await readFile(f, 'utf8')).not.toContain(password);
     }
     expect((await readdir(tmpdir())).filter((d) => d.startsWith('orb-seed-'))).toEqual([]);
+  }, 400_000);
+
+  it('as a GitHub Action (the ESM bundle): outputs in GITHUB_OUTPUT, the generated password masked', async () => {
+    const out = join(work, 'action');
+    const files = { output: join(work, 'gh-output'), summary: join(work, 'gh-summary') };
+    await writeFile(files.output, '');
+    await writeFile(files.summary, '');
+    const r = await runNode(
+      'dist/build-golden-image/index.js',
+      [],
+      actionEnv(
+        {
+          os: 'linux',
+          'cloud-image': await buildCloudImage(),
+          memory: '256M',
+          cpus: '1',
+          'disk-size': '1G',
+          firmware: 'bios',
+          sysprep: 'false',
+          accelerator: 'tcg',
+          timeout: '4m',
+          'stall-timeout': '60s',
+          out,
+          'cache-dir': join(work, 'cache'),
+        },
+        files,
+      ),
+      300_000,
+    );
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const outputs = parseGithubOutput(await readFile(files.output, 'utf8'));
+    const password = outputs['admin-password']!;
+    expect(password).toHaveLength(20);
+    expect(r.stdout).toContain(`::add-mask::${password}`);
+    expect(r.stdout.split(`::add-mask::${password}`).join('')).not.toContain(password);
+    expect(outputs['stages-run']).toBe('installed,provisioned,finalized');
+    expect(outputs.disk).toBe(join(out, 'golden.qcow2'));
+    expect(await readFile(files.summary, 'utf8')).toContain('build-golden-image');
+    expect(await readFile(join(out, 'build.log'), 'utf8')).not.toContain(password);
   }, 400_000);
 });
