@@ -18,7 +18,11 @@ describe('build-golden-image failure paths', () => {
   });
   afterAll(() => rm(work, { recursive: true, force: true }));
 
-  const inputs = async (variant: InstallerVariant, out: string, extra: Record<string, string | string[] | boolean> = {}) => ({
+  const inputs = async (
+    variant: InstallerVariant,
+    out: string,
+    extra: Record<string, string | string[] | boolean> = {},
+  ) => ({
     iso: await buildInstallerIso(variant),
     edition: 'Windows 10 Pro',
     'admin-password': 'Fail-Path-Pass-9',
@@ -35,7 +39,11 @@ describe('build-golden-image failure paths', () => {
     ...extra,
   });
 
-  async function expectFailure(raw: Record<string, string | string[] | boolean>, kind: string, message: RegExp): Promise<{ err: OrbError; log: string }> {
+  async function expectFailure(
+    raw: Record<string, string | string[] | boolean>,
+    kind: string,
+    message: RegExp,
+  ): Promise<{ err: OrbError; log: string }> {
     let caught: unknown;
     await runCommandInProcess(buildCommand, raw).catch((e: unknown) => (caught = e));
     expect(caught, 'the build must fail').toBeInstanceOf(OrbError);
@@ -47,8 +55,18 @@ describe('build-golden-image failure paths', () => {
 
   async function expectEvidence(out: string, shotSuffix: RegExp, serial: RegExp): Promise<void> {
     const shots = (await readdir(join(work, out, 'screenshots'))).filter((f) => f.endsWith('.png'));
-    expect(shots.some((f) => shotSuffix.test(f)), `a screenshot matching ${shotSuffix} in ${shots.join(', ')}`).toBe(true);
-    const png = await readFile(join(work, out, 'screenshots', shots.find((f) => shotSuffix.test(f))!));
+    expect(
+      shots.some((f) => shotSuffix.test(f)),
+      `a screenshot matching ${shotSuffix} in ${shots.join(', ')}`,
+    ).toBe(true);
+    const png = await readFile(
+      join(
+        work,
+        out,
+        'screenshots',
+        shots.find((f) => shotSuffix.test(f))!,
+      ),
+    );
     expect(png.subarray(1, 4).toString()).toBe('PNG');
     expect(await readFile(join(work, out, 'logs', 'install-serial.log'), 'utf8')).toMatch(serial);
     const buildLog = await readFile(join(work, out, 'build.log'), 'utf8');
@@ -68,12 +86,20 @@ describe('build-golden-image failure paths', () => {
   }, 240_000);
 
   it('a guest that keeps working but never powers off: the overall timeout, screenshot and logs', async () => {
-    await expectFailure(await inputs('no-poweroff', 'busy', { timeout: '50s' }), 'timeout', /did not finish within 50s/);
+    await expectFailure(
+      await inputs('no-poweroff', 'busy', { timeout: '50s' }),
+      'timeout',
+      /did not finish within 50s/,
+    );
     await expectEvidence('busy', /-timeout\.png$/, /still installing/);
   }, 240_000);
 
   it('UEFI boot prompt nobody answers (boot-key-window 0): stalls at the prompt', async () => {
-    await expectFailure(await inputs('install', 'nokeys', { firmware: 'uefi', 'boot-key-window': '0' }), 'timeout', /no progress/);
+    await expectFailure(
+      await inputs('install', 'nokeys', { firmware: 'uefi', 'boot-key-window': '0' }),
+      'timeout',
+      /no progress/,
+    );
     const serial = await readFile(join(work, 'nokeys', 'logs', 'install-serial.log'), 'utf8');
     expect(serial).not.toContain('fake Windows installer');
   }, 240_000);
@@ -81,7 +107,11 @@ describe('build-golden-image failure paths', () => {
   it('a failing provisioning script fails the build with its output in provision.log', async () => {
     const bad = join(work, 'bad.ps1');
     await writeFile(bad, 'echo "about to fail"\nexit 3\n');
-    const { err } = await expectFailure(await inputs('install', 'script', { script: [bad] }), 'check', /script 01-bad\.ps1 exited with code 3/);
+    const { err } = await expectFailure(
+      await inputs('install', 'script', { script: [bad] }),
+      'check',
+      /script 01-bad\.ps1 exited with code 3/,
+    );
     expect(err.hint).toMatch(/provision-serial\.log/);
     const provisionLog = await readFile(join(work, 'script', 'logs', 'provision.log'), 'utf8');
     expect(provisionLog).toContain('about to fail');

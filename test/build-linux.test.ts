@@ -23,7 +23,10 @@ describe('build-golden-image (Linux cloud image + NoCloud seed)', () => {
     const image = await buildCloudImage();
     const script = join(work, 'mark.sh');
     // 48 MiB lies beyond the 40 MiB image: the build grew the disk to disk-size first.
-    await writeFile(script, 'echo "provisioning on $(hostname 2>/dev/null || echo guest)"\nprintf "LINUX-PROVISIONED\\n" | dd of=/dev/vda bs=1M seek=48 conv=notrunc 2>/dev/null\n');
+    await writeFile(
+      script,
+      'echo "provisioning on $(hostname 2>/dev/null || echo guest)"\nprintf "LINUX-PROVISIONED\\n" | dd of=/dev/vda bs=1M seek=48 conv=notrunc 2>/dev/null\n',
+    );
     const out = join(work, 'out');
     const password = 'Cloud-Init-Pass-5';
     const { outputs, log } = await runCommandInProcess(buildCommand, {
@@ -53,10 +56,21 @@ describe('build-golden-image (Linux cloud image + NoCloud seed)', () => {
     expect(await readEvidence(String(outputs.disk), 48 << 20)).toBe('LINUX-PROVISIONED');
     expect(await readFile(String(outputs['provision-log']), 'utf8')).toContain('provisioning on');
     const m = await readManifest(String(outputs.manifest));
-    expect(m.build).toMatchObject({ os: 'linux', firmware: 'uefi', adminUser: 'ops', ports: [22], generalized: true });
+    expect(m.build).toMatchObject({
+      os: 'linux',
+      firmware: 'uefi',
+      adminUser: 'ops',
+      ports: [22],
+      generalized: true,
+    });
     expect(m.image.virtualSize).toBe(1 << 30);
     expect((await readdir(join(out, 'screenshots'))).length).toBeGreaterThan(0);
-    for (const f of [join(out, 'build.log'), join(out, 'logs', 'provision-serial.log'), join(out, 'build-state.json'), join(out, 'manifest.json')]) {
+    for (const f of [
+      join(out, 'build.log'),
+      join(out, 'logs', 'provision-serial.log'),
+      join(out, 'build-state.json'),
+      join(out, 'manifest.json'),
+    ]) {
       expect(await readFile(f, 'utf8')).not.toContain(password);
     }
     expect((await readdir(tmpdir())).filter((d) => d.startsWith('orb-seed-'))).toEqual([]);

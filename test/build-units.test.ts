@@ -10,7 +10,15 @@ import { nullProgress } from '../src/core/progress.js';
 import { OrbError } from '../src/core/errors.js';
 import { displayUrl, obtain } from '../src/build/download.js';
 import { SerialProtocol } from '../src/build/protocol.js';
-import { emptyState, isDone, loadState, markDone, recipeKey, saveState, STATE_FILE } from '../src/build/state.js';
+import {
+  emptyState,
+  isDone,
+  loadState,
+  markDone,
+  recipeKey,
+  saveState,
+  STATE_FILE,
+} from '../src/build/state.js';
 import { changedPixels } from '../src/build/watch.js';
 import { restoreInstalled, storeInstalled } from '../src/build/layers.js';
 import { createQcow2 } from '../src/build/qemu-img.js';
@@ -44,14 +52,23 @@ describe('ISO download: resume, verification, cache', () => {
     await server.close();
     await rm(dir, { recursive: true, force: true });
   });
-  const base = (cacheDir: string, log: Logger = silentLogger) => ({ what: 'Windows ISO', cacheDir, log, progress: () => nullProgress });
+  const base = (cacheDir: string, log: Logger = silentLogger) => ({
+    what: 'Windows ISO',
+    cacheDir,
+    log,
+    progress: () => nullProgress,
+  });
 
   it('resumes after the connection breaks, verifies the digest, then serves from the cache without the network', async () => {
     let breaks = 2;
     server.options.breakAfter = () => (breaks-- > 0 ? 1 << 20 : undefined);
     const log = capture();
     const cache = join(dir, 'c1');
-    const got = await obtain({ ...base(cache, log), source: `${server.url}/win.iso?X-Amz-Signature=topsecret`, sha256: sha });
+    const got = await obtain({
+      ...base(cache, log),
+      source: `${server.url}/win.iso?X-Amz-Signature=topsecret`,
+      sha256: sha,
+    });
     server.options.breakAfter = undefined;
     expect(got.source).toBe('download');
     expect(got.sha256).toBe(sha);
@@ -88,7 +105,9 @@ describe('ISO download: resume, verification, cache', () => {
   it('a wrong digest is an integrity error and leaves nothing behind; HTTP 403 says the link expired', async () => {
     const cache = join(dir, 'c3');
     const wrong = '0'.repeat(64);
-    await expect(obtain({ ...base(cache), source: `${server.url}/win.iso`, sha256: wrong })).rejects.toMatchObject({ kind: 'integrity' });
+    await expect(
+      obtain({ ...base(cache), source: `${server.url}/win.iso`, sha256: wrong }),
+    ).rejects.toMatchObject({ kind: 'integrity' });
     const left = await readdir(join(cache, 'downloads'), { recursive: true });
     expect(left.filter((f) => String(f).endsWith('.iso') || String(f).endsWith('.partial'))).toEqual([]);
     server.options.status = () => 403;
@@ -96,8 +115,12 @@ describe('ISO download: resume, verification, cache', () => {
     server.options.status = undefined;
     expect(err).toBeInstanceOf(OrbError);
     expect((err as OrbError).hint).toMatch(/expired/);
-    await expect(obtain({ ...base(cache), source: join(dir, 'missing.iso') })).rejects.toMatchObject({ kind: 'input' });
-    await expect(obtain({ ...base(cache), source: join(dir, 'www', 'win.iso'), sha256: 'abc' })).rejects.toThrow(/64 hex/);
+    await expect(obtain({ ...base(cache), source: join(dir, 'missing.iso') })).rejects.toMatchObject({
+      kind: 'input',
+    });
+    await expect(
+      obtain({ ...base(cache), source: join(dir, 'www', 'win.iso'), sha256: 'abc' }),
+    ).rejects.toThrow(/64 hex/);
     expect(displayUrl('https://user:pw@host/a/b.iso?sig=1')).toBe('https://host/a/b.iso');
   });
 });
@@ -133,7 +156,9 @@ describe('serial protocol', () => {
   it('follows markers across chunk boundaries and firmware escape sequences', () => {
     const p = new SerialProtocol();
     p.push('\x1b[2J\x1b[01;01HBdsDxe: boot\r\nORB-STA');
-    p.push('GE provision\nORB-SCRIPT-BEGIN 1 01-a.ps1\nhello\r\nworld\nORB-SCRIPT-END 1 0\nORB-SCRIPT-BEGIN 2 02-b.ps1\nbad\nORB-SCRIPT-END 2 7\n');
+    p.push(
+      'GE provision\nORB-SCRIPT-BEGIN 1 01-a.ps1\nhello\r\nworld\nORB-SCRIPT-END 1 0\nORB-SCRIPT-BEGIN 2 02-b.ps1\nbad\nORB-SCRIPT-END 2 7\n',
+    );
     p.push('ORB-FAIL provision: script 02-b.ps1 exited with code 7\nORB-DONE provis');
     p.flush();
     expect(p.stages).toEqual(['provision']);
@@ -147,10 +172,15 @@ describe('serial protocol', () => {
   });
 
   it('a blinking cursor is not screen progress', () => {
-    const img = (w: number, h: number, fill = 0) => ({ width: w, height: h, rgb: Buffer.alloc(w * h * 3, fill) });
+    const img = (w: number, h: number, fill = 0) => ({
+      width: w,
+      height: h,
+      rgb: Buffer.alloc(w * h * 3, fill),
+    });
     const a = img(720, 400);
     const b = img(720, 400);
-    for (let y = 0; y < 16; y++) for (let x = 0; x < 9; x++) b.rgb.fill(255, (y * 720 + x) * 3, (y * 720 + x) * 3 + 3);
+    for (let y = 0; y < 16; y++)
+      for (let x = 0; x < 9; x++) b.rgb.fill(255, (y * 720 + x) * 3, (y * 720 + x) * 3 + 3);
     expect(changedPixels(a, b)).toBe(144);
     expect(changedPixels(a, img(640, 480))).toBe(640 * 480);
   });
@@ -176,7 +206,9 @@ describe('installed-base cache and dockur bundle', () => {
     const other = { disk: join(dir, 'b2', 'base.qcow2'), vars: join(dir, 'b2', 'vars.fd') };
     expect(await restoreInstalled(join(dir, 'cache'), 'a'.repeat(64), other, false, silentLogger)).toBe(true);
     expect(await readFile(other.vars, 'utf8')).toBe('VARS');
-    expect(await restoreInstalled(join(dir, 'cache'), 'b'.repeat(64), other, false, silentLogger)).toBe(false);
+    expect(await restoreInstalled(join(dir, 'cache'), 'b'.repeat(64), other, false, silentLogger)).toBe(
+      false,
+    );
   });
 
   it('writes the storage folder dockur/windows boots without Setup (UEFI, Secure Boot, BIOS)', async () => {
@@ -186,17 +218,59 @@ describe('installed-base cache and dockur bundle', () => {
     const vars = join(dir, 'vars.fd');
     await writeFile(code, 'CODE');
     await writeFile(vars, 'VARS');
-    const uefi = await writeDockurBundle({ disk, outDir: join(dir, 'd1'), format: 'raw', firmware: 'uefi', uefiCode: code, uefiVars: vars, diskType: 'blk' });
-    expect(uefi.files.sort()).toEqual(['data.img', 'windows.boot', 'windows.mode', 'windows.rom', 'windows.type', 'windows.vars', 'windows.ver']);
+    const uefi = await writeDockurBundle({
+      disk,
+      outDir: join(dir, 'd1'),
+      format: 'raw',
+      firmware: 'uefi',
+      uefiCode: code,
+      uefiVars: vars,
+      diskType: 'blk',
+    });
+    expect(uefi.files.sort()).toEqual([
+      'data.img',
+      'windows.boot',
+      'windows.mode',
+      'windows.rom',
+      'windows.type',
+      'windows.vars',
+      'windows.ver',
+    ]);
     expect((await stat(join(dir, 'd1', 'data.img'))).size).toBe(128 << 20);
     expect(await readFile(join(dir, 'd1', 'windows.ver'), 'utf8')).toBe(`${DOCKUR_LAYOUT_VERSION}\n`);
     expect(await readFile(join(dir, 'd1', 'windows.vars'), 'utf8')).toBe('VARS');
-    const secure = await writeDockurBundle({ disk, outDir: join(dir, 'd2'), format: 'qcow2', firmware: 'uefi-secure', uefiCode: code, uefiVars: vars, diskType: 'sata' });
-    expect(secure.files.sort()).toEqual(['data.qcow2', 'windows.boot', 'windows.mode', 'windows.type', 'windows.ver', 'windows_secure.rom', 'windows_secure.vars']);
-    expect(dockurEnv(secure, 'sata', 'qcow2')).toEqual({ DISK_TYPE: 'sata', DISK_FMT: 'qcow2', BOOT_MODE: 'windows_secure' });
+    const secure = await writeDockurBundle({
+      disk,
+      outDir: join(dir, 'd2'),
+      format: 'qcow2',
+      firmware: 'uefi-secure',
+      uefiCode: code,
+      uefiVars: vars,
+      diskType: 'sata',
+    });
+    expect(secure.files.sort()).toEqual([
+      'data.qcow2',
+      'windows.boot',
+      'windows.mode',
+      'windows.type',
+      'windows.ver',
+      'windows_secure.rom',
+      'windows_secure.vars',
+    ]);
+    expect(dockurEnv(secure, 'sata', 'qcow2')).toEqual({
+      DISK_TYPE: 'sata',
+      DISK_FMT: 'qcow2',
+      BOOT_MODE: 'windows_secure',
+    });
     const { stdout } = await exec('qemu-img', ['info', '--output=json', join(dir, 'd2', 'data.qcow2')]);
     expect(JSON.parse(stdout)['backing-filename']).toBeUndefined();
-    const bios = await writeDockurBundle({ disk, outDir: join(dir, 'd3'), format: 'raw', firmware: 'bios', diskType: 'ide' });
+    const bios = await writeDockurBundle({
+      disk,
+      outDir: join(dir, 'd3'),
+      format: 'raw',
+      firmware: 'bios',
+      diskType: 'ide',
+    });
     expect(bios.mode).toBe('windows_legacy');
     expect(bios.files).not.toContain('windows.rom');
     expect((await readdir(dir)).filter((f) => f.endsWith('.partial'))).toEqual([]);
@@ -213,9 +287,15 @@ describe('build-golden-image input checks', () => {
         [{ out, iso: join(dir, 'missing.iso'), edition: 'Windows 11 Pro' }, /missing\.iso does not exist/],
         [{ out, iso: join(dir, 'missing.iso') }, /edition/],
         [{ out, iso: join(dir, 'missing.iso'), edition: 'Windows 11 Pro', script: ['x.sh'] }, /\.ps1/],
-        [{ out, iso: join(dir, 'missing.iso'), edition: 'Windows 11 Pro', 'time-zone': 'Europe/Berlin' }, /IANA/],
+        [
+          { out, iso: join(dir, 'missing.iso'), edition: 'Windows 11 Pro', 'time-zone': 'Europe/Berlin' },
+          /IANA/,
+        ],
         [{ out, os: 'linux' }, /'cloud-image' is required/],
-        [{ out, os: 'linux', 'cloud-image': join(dir, 'c.img'), 'admin-user': 'Bad User' }, /Linux user name/],
+        [
+          { out, os: 'linux', 'cloud-image': join(dir, 'c.img'), 'admin-user': 'Bad User' },
+          /Linux user name/,
+        ],
         [{ out, iso: join(dir, 'missing.iso'), edition: 'Windows 11 Pro', name: '///' }, /file name/],
       ];
       for (const [raw, message] of cases) {

@@ -28,7 +28,11 @@ async function walk(dir: string): Promise<string[]> {
 
 /** Every byte of every file under dir (disks included) is free of `secret`. */
 async function assertNoSecret(dir: string, secret: string): Promise<void> {
-  const needles = [Buffer.from(secret), Buffer.from(secret, 'utf16le'), Buffer.from(Buffer.from(secret).toString('base64'))];
+  const needles = [
+    Buffer.from(secret),
+    Buffer.from(secret, 'utf16le'),
+    Buffer.from(Buffer.from(secret).toString('base64')),
+  ];
   for (const f of await walk(dir)) {
     if ((await stat(f)).size > 256 << 20) continue;
     const data = await readFile(f);
@@ -85,19 +89,33 @@ describe('build-golden-image (Windows flow, fake installer)', () => {
     expect(outputs['admin-password']).toBeUndefined();
     const disk = String(outputs.disk);
     // What the guest did, read back from the output disk
-    expect(await readEvidence(disk, EVIDENCE.installed)).toMatch(/^ORB-INSTALLED computer=GOLD-7 answer=.*autounattend\.xml.*orb\/orb\.ps1/);
-    expect(await readEvidence(disk, EVIDENCE.provisioned)).toBe('ORB-PROVISIONED 01-10-first.ps1 02-20-second.ps1');
+    expect(await readEvidence(disk, EVIDENCE.installed)).toMatch(
+      /^ORB-INSTALLED computer=GOLD-7 answer=.*autounattend\.xml.*orb\/orb\.ps1/,
+    );
+    expect(await readEvidence(disk, EVIDENCE.provisioned)).toBe(
+      'ORB-PROVISIONED 01-10-first.ps1 02-20-second.ps1',
+    );
     const sha = createHash('sha256').update(PASSWORD).digest('hex');
     expect(await readEvidence(disk, EVIDENCE.final)).toBe(`ORB-FINAL sysprep=true password-sha256=${sha}`);
     // Manifest for the next stages
     const m = await readManifest(String(outputs.manifest));
     expect(m.image.format).toBe('qcow2');
     expect(m.image.virtualSize).toBe(1 << 30);
-    expect(m.build).toMatchObject({ os: 'windows', firmware: 'uefi', tpm: false, arch: 'x86_64', adminUser: 'builder', ports: [3389], generalized: true });
+    expect(m.build).toMatchObject({
+      os: 'windows',
+      firmware: 'uefi',
+      tpm: false,
+      arch: 'x86_64',
+      adminUser: 'builder',
+      ports: [3389],
+      generalized: true,
+    });
     // Logs and screenshots
     const provisionLog = await readFile(String(outputs['provision-log']), 'utf8');
     expect(provisionLog.indexOf('first script says hello')).toBeGreaterThan(0);
-    expect(provisionLog.indexOf('second script:')).toBeGreaterThan(provisionLog.indexOf('first script says hello'));
+    expect(provisionLog.indexOf('second script:')).toBeGreaterThan(
+      provisionLog.indexOf('first script says hello'),
+    );
     const shots = (await readdir(String(outputs.screenshots))).filter((f) => f.endsWith('.png'));
     expect(shots.length).toBeGreaterThan(0);
     expect(String(outputs['latest-screenshot'])).toMatch(/\.png$/);
@@ -105,7 +123,15 @@ describe('build-golden-image (Windows flow, fake installer)', () => {
     expect(log.join('\n')).toMatch(/pressed Enter \d+ times|boot-from-CD/);
     // dockur/windows storage folder
     const dockur = String(outputs['dockur-dir']);
-    expect((await readdir(dockur)).sort()).toEqual(['data.img', 'windows.boot', 'windows.mode', 'windows.rom', 'windows.type', 'windows.vars', 'windows.ver']);
+    expect((await readdir(dockur)).sort()).toEqual([
+      'data.img',
+      'windows.boot',
+      'windows.mode',
+      'windows.rom',
+      'windows.type',
+      'windows.vars',
+      'windows.ver',
+    ]);
     expect((await readFile(join(dockur, 'windows.mode'), 'utf8')).trim()).toBe('windows');
     expect((await readFile(join(dockur, 'windows.type'), 'utf8')).trim()).toBe('blk');
     expect(await readEvidence(join(dockur, 'data.img'), EVIDENCE.provisioned)).toContain('ORB-PROVISIONED');
@@ -120,34 +146,66 @@ describe('build-golden-image (Windows flow, fake installer)', () => {
 
   it('rerun continues after the finished stages; a changed script reruns provisioning only; another directory takes the base from the cache', async () => {
     const out = join(work, 'uefi');
-    const again = await runCommandInProcess(buildCommand, { ...common(out), firmware: 'uefi', 'virtio-win': virtio, 'admin-password': PASSWORD, script: scripts });
+    const again = await runCommandInProcess(buildCommand, {
+      ...common(out),
+      firmware: 'uefi',
+      'virtio-win': virtio,
+      'admin-password': PASSWORD,
+      script: scripts,
+    });
     expect(again.outputs['stages-run']).toBe('generalized');
     expect(again.outputs['stages-reused']).toBe('installed,provisioned');
 
     await writeFile(scripts[1]!, 'echo "second script, changed"\n');
-    const changed = await runCommandInProcess(buildCommand, { ...common(out), firmware: 'uefi', 'virtio-win': virtio, 'admin-password': PASSWORD, script: scripts });
+    const changed = await runCommandInProcess(buildCommand, {
+      ...common(out),
+      firmware: 'uefi',
+      'virtio-win': virtio,
+      'admin-password': PASSWORD,
+      script: scripts,
+    });
     expect(changed.outputs['stages-run']).toBe('provisioned,generalized');
-    expect(await readFile(String(changed.outputs['provision-log']), 'utf8')).toContain('second script, changed');
+    expect(await readFile(String(changed.outputs['provision-log']), 'utf8')).toContain(
+      'second script, changed',
+    );
 
     const other = join(work, 'uefi-2');
-    const cached = await runCommandInProcess(buildCommand, { ...common(other), firmware: 'uefi', 'virtio-win': virtio, 'admin-password': PASSWORD, script: scripts });
+    const cached = await runCommandInProcess(buildCommand, {
+      ...common(other),
+      firmware: 'uefi',
+      'virtio-win': virtio,
+      'admin-password': PASSWORD,
+      script: scripts,
+    });
     expect(cached.outputs['cache-hit']).toBe(true);
     expect(cached.outputs['stages-run']).toBe('provisioned,generalized');
-    expect(await readEvidence(String(cached.outputs.disk), EVIDENCE.installed)).toMatch(/^ORB-INSTALLED computer=GOLD-7/);
+    expect(await readEvidence(String(cached.outputs.disk), EVIDENCE.installed)).toMatch(
+      /^ORB-INSTALLED computer=GOLD-7/,
+    );
   }, 600_000);
 
   it('BIOS + SATA, no scripts, no sysprep: the generated password is only a masked output', async () => {
     const out = join(work, 'bios');
-    const { outputs, log } = await runCommandInProcess(buildCommand, { ...common(out), firmware: 'bios', sysprep: false, 'output-format': 'raw' });
+    const { outputs, log } = await runCommandInProcess(buildCommand, {
+      ...common(out),
+      firmware: 'bios',
+      sysprep: false,
+      'output-format': 'raw',
+    });
     const password = String(outputs['admin-password']);
     expect(password).toHaveLength(20);
     expect(buildCommand.outputs.find((o) => o.name === 'admin-password')?.secret).toBe(true);
     expect(outputs['stages-run']).toBe('installed,finalized');
     expect(String(outputs.disk)).toMatch(/golden\.img$/);
     const sha = createHash('sha256').update(password).digest('hex');
-    expect(await readEvidence(String(outputs.disk), EVIDENCE.final)).toBe(`ORB-FINAL sysprep=false password-sha256=${sha}`);
+    expect(await readEvidence(String(outputs.disk), EVIDENCE.final)).toBe(
+      `ORB-FINAL sysprep=false password-sha256=${sha}`,
+    );
     expect(log.join('\n')).not.toContain(password);
     await assertNoSecret(out, password);
-    expect((await readManifest(String(outputs.manifest))).build).toMatchObject({ firmware: 'bios', generalized: false });
+    expect((await readManifest(String(outputs.manifest))).build).toMatchObject({
+      firmware: 'bios',
+      generalized: false,
+    });
   }, 600_000);
 });

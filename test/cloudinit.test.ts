@@ -31,15 +31,24 @@ describe('cloud-init NoCloud seed', () => {
     });
     expect(text.startsWith('#cloud-config\n')).toBe(true);
     expect(text).not.toContain('Linux-Pass-123');
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- free-form YAML document
     const cfg = parse(text) as Record<string, any>;
     expect(cfg.hostname).toBe('gold');
     expect(cfg.timezone).toBe('Europe/Berlin');
-    expect(cfg.users[0]).toMatchObject({ name: 'ops', lock_passwd: false, ssh_authorized_keys: ['ssh-ed25519 AAAA test'] });
+    expect(cfg.users[0]).toMatchObject({
+      name: 'ops',
+      lock_passwd: false,
+      ssh_authorized_keys: ['ssh-ed25519 AAAA test'],
+    });
     expect(cfg.users[0].passwd).toMatch(/^\$6\$/);
     expect(cfg.ssh_pwauth).toBe(false);
     expect(cfg.packages).toEqual(['curl', 'jq']);
     expect(cfg.package_update).toBe(true);
-    expect(cfg.write_files.map((f: { path: string }) => f.path)).toEqual(['/var/lib/orb/scripts/01-a.sh', '/var/lib/orb/scripts/02-b_c.sh', RUNNER_PATH]);
+    expect(cfg.write_files.map((f: { path: string }) => f.path)).toEqual([
+      '/var/lib/orb/scripts/01-a.sh',
+      '/var/lib/orb/scripts/02-b_c.sh',
+      RUNNER_PATH,
+    ]);
     expect(Buffer.from(cfg.write_files[0].content, 'base64').toString()).toBe('echo a\n');
     expect(cfg.runcmd).toEqual([['/bin/sh', RUNNER_PATH]]);
     expect(cfg.power_state).toMatchObject({ mode: 'poweroff', condition: true });
@@ -59,12 +68,21 @@ describe('cloud-init NoCloud seed', () => {
 
   it('writes a seed ISO labelled cidata with user-data and meta-data', async () => {
     const iso = join(dir, 'seed.iso');
-    await writeSeedIso(join(dir, 'work'), iso, { hostname: 'gold', adminUser: 'ops', adminPassword: 'Linux-Pass-123', generalize: false });
-    const { stdout } = await exec('xorriso', ['-indev', iso, '-pvd_info'], { encoding: 'utf8' }).catch((e: { stdout: string }) => e);
+    await writeSeedIso(join(dir, 'work'), iso, {
+      hostname: 'gold',
+      adminUser: 'ops',
+      adminPassword: 'Linux-Pass-123',
+      generalize: false,
+    });
+    const { stdout } = await exec('xorriso', ['-indev', iso, '-pvd_info'], { encoding: 'utf8' }).catch(
+      (e: { stdout: string }) => e,
+    );
     expect(stdout).toMatch(/Volume Id\s*:\s*cidata/);
     const ls = await exec('xorriso', ['-indev', iso, '-ls', '/'], { encoding: 'utf8' });
     expect(ls.stdout).toContain("'user-data'");
     expect(ls.stdout).toContain("'meta-data'");
-    expect(await readFile(join(dir, 'work', 'cidata', 'meta-data'), 'utf8')).toMatch(/instance-id: orb-[0-9a-f]{12}\nlocal-hostname: gold/);
+    expect(await readFile(join(dir, 'work', 'cidata', 'meta-data'), 'utf8')).toMatch(
+      /instance-id: orb-[0-9a-f]{12}\nlocal-hostname: gold/,
+    );
   });
 });

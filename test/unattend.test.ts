@@ -9,10 +9,25 @@ import { resolveInputs, type RawInputs } from '../src/core/inputs.js';
 import { mask, redact } from '../src/core/log.js';
 import { nullProgress } from '../src/core/progress.js';
 import unattendCommand from '../src/commands/unattend.js';
-import { encodeUnattendPassword, generatePassword, passwordComplexityProblem } from '../src/windows/accounts.js';
-import { familyFromEdition, resolveFamily, WINDOWS_FAMILIES, type WindowsFamily } from '../src/windows/families.js';
+import {
+  encodeUnattendPassword,
+  generatePassword,
+  passwordComplexityProblem,
+} from '../src/windows/accounts.js';
+import {
+  familyFromEdition,
+  resolveFamily,
+  WINDOWS_FAMILIES,
+  type WindowsFamily,
+} from '../src/windows/families.js';
 import { ORB_PS1 } from '../src/windows/scripts.js';
-import { buildAutounattend, buildSysprepUnattend, UNATTEND_NS, WCM_NS, type UnattendOptions } from '../src/windows/unattend.js';
+import {
+  buildAutounattend,
+  buildSysprepUnattend,
+  UNATTEND_NS,
+  WCM_NS,
+  type UnattendOptions,
+} from '../src/windows/unattend.js';
 
 const PASSWORD = 'S3cret<&>"pass\'';
 const GIB = 1024 ** 3;
@@ -37,7 +52,15 @@ function base(family: WindowsFamily, extra: Partial<UnattendOptions> = {}): Unat
 }
 
 // A tiny query layer over the DOM xmlbuilder2 parses into.
-type El = { localName: string; namespaceURI: string | null; textContent: string | null; childNodes: Iterable<El>; nodeType: number; getAttribute(n: string): string | null; getAttributeNS(ns: string, n: string): string | null };
+type El = {
+  localName: string;
+  namespaceURI: string | null;
+  textContent: string | null;
+  childNodes: Iterable<El>;
+  nodeType: number;
+  getAttribute(n: string): string | null;
+  getAttributeNS(ns: string, n: string): string | null;
+};
 function parse(xml: string): El {
   return (create(xml).node as unknown as { documentElement: El }).documentElement;
 }
@@ -91,14 +114,28 @@ describe('autounattend.xml per Windows family', () => {
       const intl = comp(pe, 'Microsoft-Windows-International-Core-WinPE')!;
       expect(text(intl, 'SetupUILanguage', 'UILanguage')).toBe('de-DE');
       expect(text(intl, 'InputLocale')).toBe('de-DE');
-      const folder = { win10: 'w10', win11: 'w11', server2019: '2k19', server2022: '2k22', server2025: '2k25' }[family];
-      const driverPaths = path(comp(pe, 'Microsoft-Windows-PnpCustomizationsWinPE')!, 'DriverPaths', 'PathAndCredentials');
+      const folder = {
+        win10: 'w10',
+        win11: 'w11',
+        server2019: '2k19',
+        server2022: '2k22',
+        server2025: '2k25',
+      }[family];
+      const driverPaths = path(
+        comp(pe, 'Microsoft-Windows-PnpCustomizationsWinPE')!,
+        'DriverPaths',
+        'PathAndCredentials',
+      );
       const paths = driverPaths.map((p) => text(p, 'Path'));
       for (const d of ['viostor', 'vioscsi', 'NetKVM']) expect(paths).toContain(`E:\\${d}\\${folder}\\amd64`);
-      expect(new Set(driverPaths.map((p) => p.getAttributeNS(WCM_NS, 'keyValue'))).size).toBe(driverPaths.length);
+      expect(new Set(driverPaths.map((p) => p.getAttributeNS(WCM_NS, 'keyValue'))).size).toBe(
+        driverPaths.length,
+      );
       expect(driverPaths.every((p) => p.getAttributeNS(WCM_NS, 'action') === 'add')).toBe(true);
       const setup = comp(pe, 'Microsoft-Windows-Setup')!;
-      const types = path(setup, 'DiskConfiguration', 'Disk', 'CreatePartitions', 'CreatePartition').map((p) => text(p, 'Type'));
+      const types = path(setup, 'DiskConfiguration', 'Disk', 'CreatePartitions', 'CreatePartition').map((p) =>
+        text(p, 'Type'),
+      );
       expect(types).toEqual(['EFI', 'MSR', 'Primary']);
       expect(text(setup, 'ImageInstall', 'OSImage', 'InstallTo', 'PartitionID')).toBe('3');
       expect(text(setup, 'ImageInstall', 'OSImage', 'InstallFrom', 'MetaData', 'Key')).toBe('/IMAGE/NAME');
@@ -106,7 +143,9 @@ describe('autounattend.xml per Windows family', () => {
       expect(path(setup, 'UserData', 'ProductKey')).toHaveLength(0);
       expect(text(setup, 'DynamicUpdate', 'Enable')).toBe('false');
       // Windows 11 on plain UEFI without TPM: LabConfig bypasses in windowsPE; nobody else gets them
-      const labConfig = path(setup, 'RunSynchronous', 'RunSynchronousCommand').map((c) => text(c, 'Path') ?? '');
+      const labConfig = path(setup, 'RunSynchronous', 'RunSynchronousCommand').map(
+        (c) => text(c, 'Path') ?? '',
+      );
       if (family === 'win11') {
         expect(labConfig.some((p) => p.includes('LabConfig') && p.includes('BypassTPMCheck'))).toBe(true);
         expect(labConfig.some((p) => p.includes('BypassSecureBootCheck'))).toBe(true);
@@ -118,8 +157,12 @@ describe('autounattend.xml per Windows family', () => {
       const shellSpec = comp(spec, 'Microsoft-Windows-Shell-Setup')!;
       expect(text(shellSpec, 'ComputerName')).toBe('GOLDEN-01');
       expect(text(shellSpec, 'TimeZone')).toBe('W. Europe Standard Time');
-      expect(text(comp(spec, 'Microsoft-Windows-TerminalServices-LocalSessionManager')!, 'fDenyTSConnections')).toBe('false');
-      expect(text(comp(spec, 'Networking-MPSSVC-Svc')!, 'FirewallGroups', 'FirewallGroup', 'Active')).toBe('true');
+      expect(
+        text(comp(spec, 'Microsoft-Windows-TerminalServices-LocalSessionManager')!, 'fDenyTSConnections'),
+      ).toBe('false');
+      expect(text(comp(spec, 'Networking-MPSSVC-Svc')!, 'FirewallGroups', 'FirewallGroup', 'Active')).toBe(
+        'true',
+      );
       // oobeSystem: OOBE screens skipped, the account, one automatic logon that runs orb.ps1
       const shell = comp(oobe, 'Microsoft-Windows-Shell-Setup')!;
       expect(text(shell, 'OOBE', 'HideEULAPage')).toBe('true');
@@ -141,12 +184,17 @@ describe('autounattend.xml per Windows family', () => {
       // the password itself is nowhere in the file, and its encoding decodes back to it
       expect(xml).not.toContain(PASSWORD);
       expect(xml).not.toContain('S3cret');
-      expect(Buffer.from(text(account, 'Password', 'Value')!, 'base64').toString('utf16le')).toBe(PASSWORD + 'Password');
+      expect(Buffer.from(text(account, 'Password', 'Value')!, 'base64').toString('utf16le')).toBe(
+        PASSWORD + 'Password',
+      );
     });
   }
 
   it('BIOS: MBR layout with an active system partition, Windows on partition 2', () => {
-    const setup = comp(pass(parse(buildAutounattend(base('win10', { firmware: 'bios' }))), 'windowsPE'), 'Microsoft-Windows-Setup')!;
+    const setup = comp(
+      pass(parse(buildAutounattend(base('win10', { firmware: 'bios' }))), 'windowsPE'),
+      'Microsoft-Windows-Setup',
+    )!;
     const mods = path(setup, 'DiskConfiguration', 'Disk', 'ModifyPartitions', 'ModifyPartition');
     expect(mods.map((m) => text(m, 'Active'))).toEqual(['true', undefined]);
     expect(text(setup, 'ImageInstall', 'OSImage', 'InstallTo', 'PartitionID')).toBe('2');
@@ -169,10 +217,18 @@ describe('autounattend.xml per Windows family', () => {
 
   it('aarch64, edition by index, product key, no virtio, built-in Administrator', () => {
     const xml = buildAutounattend(
-      base('win11', { arch: 'aarch64', edition: '6', productKey: 'AAAAA-BBBBB-CCCCC-DDDDD-EEEEE', virtio: false, adminUser: 'Administrator' }),
+      base('win11', {
+        arch: 'aarch64',
+        edition: '6',
+        productKey: 'AAAAA-BBBBB-CCCCC-DDDDD-EEEEE',
+        virtio: false,
+        adminUser: 'Administrator',
+      }),
     );
     const root = parse(xml);
-    expect(all(root, 'component').every((c) => c.getAttribute('processorArchitecture') === 'arm64')).toBe(true);
+    expect(all(root, 'component').every((c) => c.getAttribute('processorArchitecture') === 'arm64')).toBe(
+      true,
+    );
     const setup = comp(pass(root, 'windowsPE'), 'Microsoft-Windows-Setup')!;
     expect(text(setup, 'ImageInstall', 'OSImage', 'InstallFrom', 'MetaData', 'Key')).toBe('/IMAGE/INDEX');
     expect(text(setup, 'ImageInstall', 'OSImage', 'InstallFrom', 'MetaData', 'Value')).toBe('6');
@@ -180,14 +236,24 @@ describe('autounattend.xml per Windows family', () => {
     expect(comp(pass(root, 'windowsPE'), 'Microsoft-Windows-PnpCustomizationsWinPE')).toBeUndefined();
     const shell = comp(pass(root, 'oobeSystem'), 'Microsoft-Windows-Shell-Setup')!;
     expect(path(shell, 'UserAccounts', 'LocalAccounts')).toHaveLength(0);
-    expect(text(shell, 'UserAccounts', 'AdministratorPassword', 'Value')).toBe(encodeUnattendPassword(PASSWORD, 'AdministratorPassword'));
+    expect(text(shell, 'UserAccounts', 'AdministratorPassword', 'Value')).toBe(
+      encodeUnattendPassword(PASSWORD, 'AdministratorPassword'),
+    );
   });
 
   it('the sysprep answer file keeps drivers, skips OOBE and holds no password', () => {
     const xml = buildSysprepUnattend(base('win11'));
     const root = parse(xml);
-    expect(text(comp(pass(root, 'generalize'), 'Microsoft-Windows-PnpSysprep')!, 'PersistAllDeviceInstalls')).toBe('true');
-    expect(text(comp(pass(root, 'oobeSystem'), 'Microsoft-Windows-Shell-Setup')!, 'OOBE', 'HideLocalAccountScreen')).toBe('true');
+    expect(
+      text(comp(pass(root, 'generalize'), 'Microsoft-Windows-PnpSysprep')!, 'PersistAllDeviceInstalls'),
+    ).toBe('true');
+    expect(
+      text(
+        comp(pass(root, 'oobeSystem'), 'Microsoft-Windows-Shell-Setup')!,
+        'OOBE',
+        'HideLocalAccountScreen',
+      ),
+    ).toBe('true');
     expect(all(root, 'Password')).toHaveLength(0);
     expect(all(root, 'AutoLogon')).toHaveLength(0);
   });
@@ -224,7 +290,15 @@ describe('autounattend.xml per Windows family', () => {
     const count = (c: string) => ORB_PS1.split(c).length - 1;
     expect(count('{')).toBe(count('}'));
     expect(count('(')).toBe(count(')'));
-    for (const m of ['ORB-STAGE install', 'ORB-DONE installed', 'ORB-DONE provisioned', 'ORB-DONE generalized', 'ORB-FAIL', 'Optimize-Volume', 'sysprep.exe']) {
+    for (const m of [
+      'ORB-STAGE install',
+      'ORB-DONE installed',
+      'ORB-DONE provisioned',
+      'ORB-DONE generalized',
+      'ORB-FAIL',
+      'Optimize-Volume',
+      'sysprep.exe',
+    ]) {
       expect(ORB_PS1).toContain(m);
     }
   });
@@ -233,7 +307,8 @@ describe('autounattend.xml per Windows family', () => {
 /** Runs a command in this process the way the CLI does, capturing the log through redact(). */
 async function runCommand(cmd: CommandDef, raw: RawInputs): Promise<{ outputs: Outputs; log: string[] }> {
   const values = resolveInputs(cmd.inputs, raw);
-  for (const s of cmd.inputs) if (s.secret && typeof values[s.name] === 'string') mask(values[s.name] as string);
+  for (const s of cmd.inputs)
+    if (s.secret && typeof values[s.name] === 'string') mask(values[s.name] as string);
   const log: string[] = [];
   const put = (m: string) => log.push(redact(m));
   const ctx: RunContext = {
@@ -272,22 +347,35 @@ describe('orb unattend --out DIR', () => {
     expect(redact(`x ${password} y`)).toBe('x *** y');
     const xml = await readFile(join(out, 'autounattend.xml'), 'utf8');
     expect(xml).toContain(encodeUnattendPassword(password, 'Password'));
-    expect(((await stat(join(out, 'autounattend.xml'))).mode & 0o077)).toBe(0);
+    expect((await stat(join(out, 'autounattend.xml'))).mode & 0o077).toBe(0);
     const build = JSON.parse(await readFile(join(out, 'orb', 'build.json'), 'utf8'));
-    expect(build).toMatchObject({ standalone: true, sysprep: true, shutdown: true, scripts: ['01-install_tools.ps1', '02-b.ps1'] });
+    expect(build).toMatchObject({
+      standalone: true,
+      sysprep: true,
+      shutdown: true,
+      scripts: ['01-install_tools.ps1', '02-b.ps1'],
+    });
     expect(JSON.stringify(build)).not.toContain(password);
     expect(await readdir(join(out, 'orb', 'scripts'))).toEqual(['01-install_tools.ps1', '02-b.ps1']);
     expect(await readFile(join(out, 'orb', 'orb.ps1'), 'utf8')).toContain('\r\n');
-    expect(await readFile(join(out, 'orb', 'sysprep-unattend.xml'), 'utf8')).toContain('PersistAllDeviceInstalls');
+    expect(await readFile(join(out, 'orb', 'sysprep-unattend.xml'), 'utf8')).toContain(
+      'PersistAllDeviceInstalls',
+    );
     expect((await stat(join(dir, 'answer.iso'))).size).toBeGreaterThan(20_000);
   });
 
   it('fails before writing anything on bad input', async () => {
     const out = join(dir, 'bad');
-    await expect(runCommand(unattendCommand, { out, edition: 'Windows 11 Pro', script: [join(dir, 'x.sh')] })).rejects.toThrow(/\.ps1/);
+    await expect(
+      runCommand(unattendCommand, { out, edition: 'Windows 11 Pro', script: [join(dir, 'x.sh')] }),
+    ).rejects.toThrow(/\.ps1/);
     await expect(runCommand(unattendCommand, { out })).rejects.toThrow(/edition/);
-    await expect(runCommand(unattendCommand, { out, edition: 'Windows Server 2022 X', 'admin-password': 'password' })).rejects.toBeInstanceOf(OrbError);
-    await expect(runCommand(unattendCommand, { out, edition: 'Windows Server 2022 X', arch: 'aarch64' })).rejects.toThrow(/ARM64/);
+    await expect(
+      runCommand(unattendCommand, { out, edition: 'Windows Server 2022 X', 'admin-password': 'password' }),
+    ).rejects.toBeInstanceOf(OrbError);
+    await expect(
+      runCommand(unattendCommand, { out, edition: 'Windows Server 2022 X', arch: 'aarch64' }),
+    ).rejects.toThrow(/ARM64/);
     await expect(stat(out)).rejects.toThrow();
   });
 });

@@ -37,7 +37,8 @@ export async function hashPassword(password: string): Promise<string> {
   const openssl = requireTool('openssl', 'openssl');
   const res = await run(openssl, ['passwd', '-6', '-stdin'], { input: password + '\n', check: true });
   const hash = res.stdout.trim();
-  if (!hash.startsWith('$6$')) throw new OrbError('environment', 'openssl did not produce a sha512-crypt hash');
+  if (!hash.startsWith('$6$'))
+    throw new OrbError('environment', 'openssl did not produce a sha512-crypt hash');
   return hash;
 }
 
@@ -89,7 +90,12 @@ export async function buildUserData(o: SeedOptions): Promise<string> {
   const names = (o.scripts ?? []).map((s, i) => stagedScriptName(i, s));
   const files = [];
   for (const [i, s] of (o.scripts ?? []).entries()) {
-    files.push({ path: `${SCRIPTS_DIR}/${names[i]}`, permissions: '0755', encoding: 'b64', content: (await readFile(s)).toString('base64') });
+    files.push({
+      path: `${SCRIPTS_DIR}/${names[i]}`,
+      permissions: '0755',
+      encoding: 'b64',
+      content: (await readFile(s)).toString('base64'),
+    });
   }
   files.push({
     path: RUNNER_PATH,
@@ -115,7 +121,12 @@ export async function buildUserData(o: SeedOptions): Promise<string> {
     ssh_pwauth: !o.sshAuthorizedKeys?.length,
     write_files: files,
     runcmd: [['/bin/sh', RUNNER_PATH]],
-    power_state: { mode: 'poweroff', condition: true, timeout: o.powerOffTimeout ?? 60, message: 'orb: build stage finished' },
+    power_state: {
+      mode: 'poweroff',
+      condition: true,
+      timeout: o.powerOffTimeout ?? 60,
+      message: 'orb: build stage finished',
+    },
   };
   if (o.timeZone) config.timezone = o.timeZone;
   if (o.packages?.length) {
@@ -126,12 +137,20 @@ export async function buildUserData(o: SeedOptions): Promise<string> {
 }
 
 /** Writes the seed ISO; returns its path. The directory it was built from is left to the caller. */
-export async function writeSeedIso(workDir: string, isoPath: string, o: SeedOptions, signal?: AbortSignal): Promise<void> {
+export async function writeSeedIso(
+  workDir: string,
+  isoPath: string,
+  o: SeedOptions,
+  signal?: AbortSignal,
+): Promise<void> {
   const dir = join(workDir, 'cidata');
   await mkdir(dir, { recursive: true });
   await writeFile(join(dir, 'user-data'), await buildUserData(o), { mode: 0o600 });
   // A fresh instance-id makes cloud-init treat every build boot as a first boot.
-  const meta = stringify({ 'instance-id': `orb-${randomBytes(6).toString('hex')}`, 'local-hostname': o.hostname });
+  const meta = stringify({
+    'instance-id': `orb-${randomBytes(6).toString('hex')}`,
+    'local-hostname': o.hostname,
+  });
   await writeFile(join(dir, 'meta-data'), meta);
   await makeDataIso(dir, isoPath, { label: 'cidata', signal });
 }

@@ -108,7 +108,9 @@ export async function resolveAccelerator(requested: string, arch: Arch, log: Log
   if (!qemu) return 'tcg';
   const d = await probeAccelerator({ qemu });
   if (d.accelerator === 'tcg') {
-    log.warn(`using software emulation (TCG): ${d.reason}. An unattended Windows install takes hours this way.`);
+    log.warn(
+      `using software emulation (TCG): ${d.reason}. An unattended Windows install takes hours this way.`,
+    );
   }
   return d.accelerator;
 }
@@ -125,7 +127,9 @@ export interface FinishInput {
 }
 
 /** Flattens the layer chain into the output disk, writes the manifest and the dockur bundle. */
-export async function finishOutputs(f: FinishInput): Promise<{ disk: string; manifest: string; dockurDir?: string }> {
+export async function finishOutputs(
+  f: FinishInput,
+): Promise<{ disk: string; manifest: string; dockurDir?: string }> {
   const { o, env } = f;
   const disk = join(o.outDir, `${o.name}.${o.outputFormat === 'raw' ? 'img' : 'qcow2'}`);
   env.log.info(`writing ${disk} (${o.outputFormat}, layers flattened, free space left out)`);
@@ -139,7 +143,13 @@ export async function finishOutputs(f: FinishInput): Promise<{ disk: string; man
     manifestPath,
     newManifest(
       'build',
-      { path: relative(o.outDir, disk), format: o.outputFormat, virtualSize: info.virtualSize, fileSize: (await stat(disk)).size, sha256 },
+      {
+        path: relative(o.outDir, disk),
+        format: o.outputFormat,
+        virtualSize: info.virtualSize,
+        fileSize: (await stat(disk)).size,
+        sha256,
+      },
       { build: f.build },
     ),
   );
@@ -162,8 +172,15 @@ export async function finishOutputs(f: FinishInput): Promise<{ disk: string; man
   return { disk, manifest: manifestPath, dockurDir };
 }
 
-export async function prepareOutDir(outDir: string): Promise<{ shots: string; logs: string; layers: string; firmware: string }> {
-  const dirs = { shots: join(outDir, 'screenshots'), logs: join(outDir, 'logs'), layers: join(outDir, 'layers'), firmware: join(outDir, 'firmware') };
+export async function prepareOutDir(
+  outDir: string,
+): Promise<{ shots: string; logs: string; layers: string; firmware: string }> {
+  const dirs = {
+    shots: join(outDir, 'screenshots'),
+    logs: join(outDir, 'logs'),
+    layers: join(outDir, 'layers'),
+    firmware: join(outDir, 'firmware'),
+  };
   for (const d of Object.values(dirs)) await mkdir(d, { recursive: true });
   return dirs;
 }

@@ -63,8 +63,12 @@ export function displayUrl(s: string): string {
 
 function normalizeSha(sha?: string): string | undefined {
   if (!sha) return undefined;
-  const v = sha.trim().toLowerCase().replace(/^sha256:/, '');
-  if (!/^[0-9a-f]{64}$/.test(v)) throw new OrbError('usage', `'${sha}' is not a sha256 digest (64 hex digits)`);
+  const v = sha
+    .trim()
+    .toLowerCase()
+    .replace(/^sha256:/, '');
+  if (!/^[0-9a-f]{64}$/.test(v))
+    throw new OrbError('usage', `'${sha}' is not a sha256 digest (64 hex digits)`);
   return v;
 }
 
@@ -83,9 +87,14 @@ export async function obtain(o: ObtainOptions): Promise<Obtained> {
     }
     await rm(file, { force: true });
   }
-  if (expected && (await restoreActionsCache([dir], `orb-download-${expected}`, o.log)) && (await exists(file))) {
+  if (
+    expected &&
+    (await restoreActionsCache([dir], `orb-download-${expected}`, o.log)) &&
+    (await exists(file))
+  ) {
     const digest = await digestOf(file, o);
-    if (digest === expected) return { path: file, sha256: digest, bytes: (await stat(file)).size, source: 'actions' };
+    if (digest === expected)
+      return { path: file, sha256: digest, bytes: (await stat(file)).size, source: 'actions' };
     await rm(file, { force: true });
   }
   await mkdir(dir, { recursive: true });
@@ -93,13 +102,20 @@ export async function obtain(o: ObtainOptions): Promise<Obtained> {
   const digest = await digestOf(file + '.partial', o, false);
   if (expected && digest !== expected) {
     await rm(file + '.partial', { force: true });
-    throw new OrbError('integrity', `${o.what} from ${displayUrl(o.source)} has sha256 ${digest}, expected ${expected}`, {
-      hint: 'the download was removed; check the URL and the digest you gave (a changed file upstream needs a new digest)',
-    });
+    throw new OrbError(
+      'integrity',
+      `${o.what} from ${displayUrl(o.source)} has sha256 ${digest}, expected ${expected}`,
+      {
+        hint: 'the download was removed; check the URL and the digest you gave (a changed file upstream needs a new digest)',
+      },
+    );
   }
   await rename(file + '.partial', file);
   await rememberDigest(file, digest, o.cacheDir);
-  if (!expected) o.log.warn(`${o.what}: no sha256 given; downloaded file has sha256 ${digest} (pass it to pin the input and to use the Actions cache)`);
+  if (!expected)
+    o.log.warn(
+      `${o.what}: no sha256 given; downloaded file has sha256 ${digest} (pass it to pin the input and to use the Actions cache)`,
+    );
   else await saveActionsCache([dir], `orb-download-${expected}`, o.log);
   return { path: file, sha256: digest, bytes: (await stat(file)).size, source: 'download' };
 }
@@ -107,7 +123,9 @@ export async function obtain(o: ObtainOptions): Promise<Obtained> {
 async function localFile(o: ObtainOptions, expected: string | undefined): Promise<Obtained> {
   const st = await stat(o.source).catch(() => undefined);
   if (!st?.isFile()) {
-    throw new OrbError('input', `${o.what} ${o.source} does not exist or is not a file`, { hint: 'give a path to the file or an http(s) URL' });
+    throw new OrbError('input', `${o.what} ${o.source} does not exist or is not a file`, {
+      hint: 'give a path to the file or an http(s) URL',
+    });
   }
   const digest = await digestOf(o.source, o);
   if (expected && digest !== expected) {
@@ -162,7 +180,8 @@ async function download(o: ObtainOptions, partial: string): Promise<void> {
   let progress: Progress | undefined;
   let lastError = '';
   for (let attempt = 1; attempt <= attempts; attempt++) {
-    if (o.signal?.aborted) throw new OrbError('interrupted', `download of ${shown} interrupted; rerun to resume`);
+    if (o.signal?.aborted)
+      throw new OrbError('interrupted', `download of ${shown} interrupted; rerun to resume`);
     const have = (await stat(partial).catch(() => undefined))?.size ?? 0;
     if (attempt === 1 && have > 0) o.log.info(`${o.what}: resuming ${shown} at ${have} bytes`);
     let res: Response;
@@ -197,7 +216,10 @@ async function download(o: ObtainOptions, partial: string): Promise<void> {
         continue;
       }
       throw new OrbError('network', `cannot download ${o.what} from ${shown}: ${lastError}`, {
-        hint: res.status === 403 || res.status === 401 ? 'the link needs credentials or has expired: make a new one' : 'check the URL',
+        hint:
+          res.status === 403 || res.status === 401
+            ? 'the link needs credentials or has expired: make a new one'
+            : 'check the URL',
       });
     }
     if (!res.body) throw new OrbError('network', `empty response for ${shown}`);
@@ -214,9 +236,17 @@ async function download(o: ObtainOptions, partial: string): Promise<void> {
     });
     try {
       await mkdir(dirname(partial), { recursive: true });
-      await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream), counter, createWriteStream(partial, { flags: append ? 'a' : 'w' }));
+      await pipeline(
+        Readable.fromWeb(res.body as import('node:stream/web').ReadableStream),
+        counter,
+        createWriteStream(partial, { flags: append ? 'a' : 'w' }),
+      );
     } catch (err) {
-      if (o.signal?.aborted) throw new OrbError('interrupted', `download of ${shown} interrupted at ${done} bytes; rerun to resume`);
+      if (o.signal?.aborted)
+        throw new OrbError(
+          'interrupted',
+          `download of ${shown} interrupted at ${done} bytes; rerun to resume`,
+        );
       lastError = (err as Error).message;
       await backoff(o, attempt, attempts, `${shown} broke off at ${done} bytes (${lastError})`);
       continue;
@@ -229,14 +259,20 @@ async function download(o: ObtainOptions, partial: string): Promise<void> {
     progress.done();
     return;
   }
-  throw new OrbError('network', `download of ${o.what} from ${shown} failed after ${attempts} attempts: ${lastError}`, {
-    hint: 'rerun to resume from where it stopped (the partial file is kept)',
-  });
+  throw new OrbError(
+    'network',
+    `download of ${o.what} from ${shown} failed after ${attempts} attempts: ${lastError}`,
+    {
+      hint: 'rerun to resume from where it stopped (the partial file is kept)',
+    },
+  );
 }
 
 async function backoff(o: ObtainOptions, attempt: number, attempts: number, why: string): Promise<void> {
   if (attempt >= attempts) return;
   const ms = Math.min(30_000, 500 * 2 ** (attempt - 1));
-  o.log.warn(`${why}; retrying in ${(ms / 1000).toFixed(1)} s (attempt ${attempt + 1} of ${attempts}, resuming)`);
+  o.log.warn(
+    `${why}; retrying in ${(ms / 1000).toFixed(1)} s (attempt ${attempt + 1} of ${attempts}, resuming)`,
+  );
   await sleep(ms, undefined, { signal: o.signal }).catch(() => undefined);
 }

@@ -19,7 +19,21 @@ export async function makeDataIso(sourceDir: string, outPath: string, o: IsoOpti
   try {
     await run(
       xorriso,
-      ['-as', 'mkisofs', '-quiet', '-o', out.partial, '-V', o.label, '-J', '-joliet-long', '-r', '-iso-level', '3', sourceDir],
+      [
+        '-as',
+        'mkisofs',
+        '-quiet',
+        '-o',
+        out.partial,
+        '-V',
+        o.label,
+        '-J',
+        '-joliet-long',
+        '-r',
+        '-iso-level',
+        '3',
+        sourceDir,
+      ],
       { check: true, signal: o.signal, timeoutMs: 120_000 },
     );
     await out.commit();

@@ -37,7 +37,13 @@ export async function linkOrCopy(src: string, dest: string): Promise<void> {
   }
 }
 
-export async function storeInstalled(cacheDir: string, key: string, files: LayerFiles, actions: boolean, log: Logger): Promise<void> {
+export async function storeInstalled(
+  cacheDir: string,
+  key: string,
+  files: LayerFiles,
+  actions: boolean,
+  log: Logger,
+): Promise<void> {
   const dir = entryDir(cacheDir, key);
   const partial = `${dir}.partial`;
   try {
@@ -57,7 +63,13 @@ export async function storeInstalled(cacheDir: string, key: string, files: Layer
   if (actions) await saveActionsCache([dir], `orb-installed-${key.slice(0, 40)}`, log);
 }
 
-export async function restoreInstalled(cacheDir: string, key: string, dest: LayerFiles, actions: boolean, log: Logger): Promise<boolean> {
+export async function restoreInstalled(
+  cacheDir: string,
+  key: string,
+  dest: LayerFiles,
+  actions: boolean,
+  log: Logger,
+): Promise<boolean> {
   const dir = entryDir(cacheDir, key);
   let from = entryFiles(dir);
   if (!(await exists(from.disk)) && actions) {

@@ -5,7 +5,14 @@ import { UsageError } from '../core/errors.js';
 import { redact } from '../core/log.js';
 import { requireUefi } from '../qemu/firmware.js';
 import { writeSeedIso } from './cloudinit.js';
-import { finishOutputs, prepareOutDir, removeMedia, type BuildEnv, type BuildResult, type CommonBuildOptions } from './common.js';
+import {
+  finishOutputs,
+  prepareOutDir,
+  removeMedia,
+  type BuildEnv,
+  type BuildResult,
+  type CommonBuildOptions,
+} from './common.js';
 import { copyFirmwareState } from './layers.js';
 import { createOverlay, flatten, imgInfo, resizeImage } from './qemu-img.js';
 import { emptyState, isDone, loadState, markDone, recipeKey, saveState } from './state.js';
@@ -37,7 +44,10 @@ export async function buildLinux(o: LinuxBuildOptions, env: BuildEnv): Promise<B
   const t0 = Date.now();
   const log = env.log;
   if (o.timeZone && o.timeZone !== 'UTC' && !o.timeZone.includes('/')) {
-    throw new UsageError(`input 'time-zone': '${o.timeZone}' is not an IANA zone`, "Linux images take names such as 'UTC' or 'Europe/Berlin'");
+    throw new UsageError(
+      `input 'time-zone': '${o.timeZone}' is not an IANA zone`,
+      "Linux images take names such as 'UTC' or 'Europe/Berlin'",
+    );
   }
   const dirs = await prepareOutDir(o.outDir);
   const state = o.resume ? await loadState(o.outDir, 'linux') : emptyState('linux');
@@ -56,12 +66,18 @@ export async function buildLinux(o: LinuxBuildOptions, env: BuildEnv): Promise<B
     await flatten(o.image, base, 'qcow2', env.progress('import image', 100), env.signal);
     const info = await imgInfo(base, env.signal);
     if (o.diskBytes > info.virtualSize) await resizeImage(base, o.diskBytes, env.signal);
-    else if (o.diskBytes < info.virtualSize) log.warn(`disk-size is smaller than the image (${info.virtualSize} bytes); keeping the image's size`);
+    else if (o.diskBytes < info.virtualSize)
+      log.warn(`disk-size is smaller than the image (${info.virtualSize} bytes); keeping the image's size`);
     if (baseVars) {
       await rm(baseVars, { force: true });
       await copyFile(uefi!.vars, baseVars);
     }
-    markDone(state, 'installed', { key: installKey, disk: 'layers/base.qcow2', finishedAt: new Date().toISOString(), seconds: Math.round((Date.now() - t0) / 1000) });
+    markDone(state, 'installed', {
+      key: installKey,
+      disk: 'layers/base.qcow2',
+      finishedAt: new Date().toISOString(),
+      seconds: Math.round((Date.now() - t0) / 1000),
+    });
     await saveState(o.outDir, state);
     ran.push('installed');
   }
@@ -71,7 +87,10 @@ export async function buildLinux(o: LinuxBuildOptions, env: BuildEnv): Promise<B
   const finalVars = uefi ? join(dirs.firmware, 'final.vars.fd') : undefined;
   await rm(final, { force: true });
   await createOverlay(final, base, 'qcow2', env.signal);
-  await copyFirmwareState({ disk: base, ...(baseVars ? { vars: baseVars } : {}) }, { disk: final, ...(finalVars ? { vars: finalVars } : {}) });
+  await copyFirmwareState(
+    { disk: base, ...(baseVars ? { vars: baseVars } : {}) },
+    { disk: final, ...(finalVars ? { vars: finalVars } : {}) },
+  );
   const media = await mkdtemp(join(tmpdir(), 'orb-seed-'));
   let provisionLog: string | undefined;
   let latestScreenshot: string | undefined;
@@ -146,8 +165,19 @@ export async function buildLinux(o: LinuxBuildOptions, env: BuildEnv): Promise<B
   });
   const provisionKey = recipeKey({ installKey, scripts: o.scripts, packages: o.packages });
   const now = new Date().toISOString();
-  markDone(state, 'provisioned', { key: provisionKey, disk: out.disk, finishedAt: now, seconds: Math.round(stageSeconds) });
-  markDone(state, 'final', { key: provisionKey, disk: out.disk, finishedAt: now, seconds: 0, generalized: o.sysprep });
+  markDone(state, 'provisioned', {
+    key: provisionKey,
+    disk: out.disk,
+    finishedAt: now,
+    seconds: Math.round(stageSeconds),
+  });
+  markDone(state, 'final', {
+    key: provisionKey,
+    disk: out.disk,
+    finishedAt: now,
+    seconds: 0,
+    generalized: o.sysprep,
+  });
   await saveState(o.outDir, state);
   await rm(final, { force: true });
   return {

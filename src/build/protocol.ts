@@ -39,7 +39,12 @@ export class SerialProtocol {
   private current: ScriptRun | undefined;
   lines = 0;
 
-  constructor(private readonly onEvent?: (kind: 'stage' | 'script-begin' | 'script-end' | 'fail' | 'done', detail: string) => void) {}
+  constructor(
+    private readonly onEvent?: (
+      kind: 'stage' | 'script-begin' | 'script-end' | 'fail' | 'done',
+      detail: string,
+    ) => void,
+  ) {}
 
   push(chunk: string): void {
     const text = this.partial + chunk;

@@ -21,20 +21,44 @@ export interface ImgInfo {
 export async function imgInfo(path: string, signal?: AbortSignal): Promise<ImgInfo> {
   const res = await run(qemuImg(), ['info', '--output=json', '-U', path], { signal, timeoutMs: 60_000 });
   if (res.code !== 0) {
-    throw new OrbError('input', `${path} is not a disk image qemu-img can read: ${res.stderr.trim().split('\n').pop() ?? ''}`);
+    throw new OrbError(
+      'input',
+      `${path} is not a disk image qemu-img can read: ${res.stderr.trim().split('\n').pop() ?? ''}`,
+    );
   }
-  const j = JSON.parse(res.stdout) as { format: string; 'virtual-size': number; 'actual-size': number; 'full-backing-filename'?: string };
-  return { format: j.format, virtualSize: j['virtual-size'], actualSize: j['actual-size'], backing: j['full-backing-filename'] };
+  const j = JSON.parse(res.stdout) as {
+    format: string;
+    'virtual-size': number;
+    'actual-size': number;
+    'full-backing-filename'?: string;
+  };
+  return {
+    format: j.format,
+    virtualSize: j['virtual-size'],
+    actualSize: j['actual-size'],
+    backing: j['full-backing-filename'],
+  };
 }
 
 /** An empty qcow2 of `bytes` virtual size: disk use follows the data written, not the size. */
 export async function createQcow2(path: string, bytes: number, signal?: AbortSignal): Promise<void> {
-  await run(qemuImg(), ['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on', path, String(bytes)], { check: true, signal });
+  await run(qemuImg(), ['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on', path, String(bytes)], {
+    check: true,
+    signal,
+  });
 }
 
 /** A qcow2 overlay whose unchanged clusters read through to `backing` (absolute path recorded). */
-export async function createOverlay(path: string, backing: string, backingFormat: string, signal?: AbortSignal): Promise<void> {
-  await run(qemuImg(), ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path], { check: true, signal });
+export async function createOverlay(
+  path: string,
+  backing: string,
+  backingFormat: string,
+  signal?: AbortSignal,
+): Promise<void> {
+  await run(qemuImg(), ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path], {
+    check: true,
+    signal,
+  });
 }
 
 export async function resizeImage(path: string, bytes: number, signal?: AbortSignal): Promise<void> {
@@ -45,11 +69,25 @@ export async function resizeImage(path: string, bytes: number, signal?: AbortSig
  * Copies `src` (with its whole backing chain) into one standalone image in `format`, written as
  * `.partial` and renamed when complete. Zero and unallocated clusters stay holes.
  */
-export async function flatten(src: string, dest: string, format: 'qcow2' | 'raw', progress?: Progress, signal?: AbortSignal): Promise<void> {
+export async function flatten(
+  src: string,
+  dest: string,
+  format: 'qcow2' | 'raw',
+  progress?: Progress,
+  signal?: AbortSignal,
+): Promise<void> {
   const out = await partialOutput(dest);
   progress?.setTotal(100);
   try {
-    const args = ['convert', '-p', '-O', format, ...(format === 'qcow2' ? ['-o', 'lazy_refcounts=off'] : []), src, out.partial];
+    const args = [
+      'convert',
+      '-p',
+      '-O',
+      format,
+      ...(format === 'qcow2' ? ['-o', 'lazy_refcounts=off'] : []),
+      src,
+      out.partial,
+    ];
     await run(qemuImg(), args, {
       check: true,
       signal,

@@ -50,7 +50,12 @@ export async function loadState(dir: string, os: BuildState['os']): Promise<Buil
       hint: 'delete it (the build then starts from the beginning) or use a fresh output directory',
     });
   }
-  if (data.schema !== STATE_SCHEMA || data.os !== os || typeof data.stages !== 'object' || data.stages === null) {
+  if (
+    data.schema !== STATE_SCHEMA ||
+    data.os !== os ||
+    typeof data.stages !== 'object' ||
+    data.stages === null
+  ) {
     return emptyState(os);
   }
   return { schema: STATE_SCHEMA, os, stages: data.stages };

@@ -62,6 +62,9 @@ export interface StageRunResult {
   serialLog: string;
 }
 
+/** Firmware paints the screen through the serial port too: its escape sequences and control codes. */
+// eslint-disable-next-line no-control-regex
+const TERMINAL_CODES = /\x1b\[[0-9;?=]*[A-Za-z]|\x1b[c()][0-9A-Za-z]?|[\x00-\x08\x0b-\x1f\x7f]/g;
 
 /**
  * A blinking text cursor changes up to 9x16 pixels between two looks; a spinner or a progress bar
@@ -81,7 +84,9 @@ export function changedPixels(a: RgbImage, b: RgbImage): number {
 
 async function blockWrites(vm: Vm): Promise<number> {
   try {
-    const stats = await vm.qmp.execute<{ stats?: { wr_bytes?: number } }[]>('query-blockstats', undefined, { timeoutMs: 10_000 });
+    const stats = await vm.qmp.execute<{ stats?: { wr_bytes?: number } }[]>('query-blockstats', undefined, {
+      timeoutMs: 10_000,
+    });
     return stats.reduce((sum, s) => sum + (s.stats?.wr_bytes ?? 0), 0);
   } catch {
     return -1;
@@ -121,9 +126,7 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
     onSerialLine: (line) => {
       serialLines++;
       protocol.push(line + '\n');
-      // Firmware paints the screen through the serial port too: strip its escape sequences.
-      // eslint-disable-next-line no-control-regex
-      const text = line.replace(/\x1b\[[0-9;?=]*[A-Za-z]|\x1b[c()][0-9A-Za-z]?|[\x00-\x08\x0b-\x1f\x7f]/g, '').trimEnd();
+      const text = line.replace(TERMINAL_CODES, '').trimEnd();
       if (o.streamSerial !== false && text) o.log.info(`guest| ${text.slice(0, 400)}`);
     },
   });
@@ -131,7 +134,9 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
   let failure: OrbError | undefined;
   let done: string | undefined;
   try {
-    o.log.info(`${o.stage}: QEMU started (pid ${vm.pid}); timeout ${formatDuration(o.timeoutMs / 1000)}, no-progress limit ${formatDuration(o.stallMs / 1000)}`);
+    o.log.info(
+      `${o.stage}: QEMU started (pid ${vm.pid}); timeout ${formatDuration(o.timeoutMs / 1000)}, no-progress limit ${formatDuration(o.stallMs / 1000)}`,
+    );
     const deadline = t0 + o.timeoutMs;
     let lastProgress = Date.now();
     let lastWrites = -1;
@@ -148,10 +153,12 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
       if (o.signal?.aborted) throw new OrbError('interrupted', `${o.stage} interrupted`);
       const now = Date.now();
       if (o.bootKeysForMs && now - t0 < o.bootKeysForMs) {
-        await vm.qmp.execute('send-key', { keys: [{ type: 'qcode', data: 'ret' }] }, { timeoutMs: 5_000 }).then(
-          () => keysSent++,
-          () => undefined,
-        );
+        await vm.qmp
+          .execute('send-key', { keys: [{ type: 'qcode', data: 'ret' }] }, { timeoutMs: 5_000 })
+          .then(
+            () => keysSent++,
+            () => undefined,
+          );
       } else if (keysSent && o.bootKeysForMs && now - t0 >= o.bootKeysForMs) {
         o.log.info(`${o.stage}: pressed Enter ${keysSent} times for the boot-from-CD prompt; stopped now`);
         keysSent = 0;
@@ -172,7 +179,8 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
         } catch {
           /* no display or QEMU going away */
         }
-        const screenMoved = !!screen && (!lastScreen || changedPixels(lastScreen, screen) > SCREEN_CHANGE_PIXELS);
+        const screenMoved =
+          !!screen && (!lastScreen || changedPixels(lastScreen, screen) > SCREEN_CHANGE_PIXELS);
         if (writes !== lastWrites || screenMoved || serialLines !== lastSerial) lastProgress = Date.now();
         lastWrites = writes;
         if (screenMoved) lastScreen = screen;
@@ -182,16 +190,22 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
           failure = new OrbError(
             'timeout',
             `${o.stage}: the guest made no progress for ${formatDuration(o.stallMs / 1000)} (no disk writes, no serial output, unchanged screen)`,
-            { hint: `look at the last screenshot and ${serialLog}; raise stall-timeout if the guest is just slow (TCG)` },
+            {
+              hint: `look at the last screenshot and ${serialLog}; raise stall-timeout if the guest is just slow (TCG)`,
+            },
           );
           break;
         }
       }
       if (now >= deadline) {
         await takeShot(vm, 'timeout');
-        failure = new OrbError('timeout', `${o.stage}: the guest did not finish within ${formatDuration(o.timeoutMs / 1000)}`, {
-          hint: `look at the last screenshot and ${serialLog}; raise timeout if the build is just slow`,
-        });
+        failure = new OrbError(
+          'timeout',
+          `${o.stage}: the guest did not finish within ${formatDuration(o.timeoutMs / 1000)}`,
+          {
+            hint: `look at the last screenshot and ${serialLog}; raise timeout if the build is just slow`,
+          },
+        );
         break;
       }
       if (now >= nextShot && !vm.exit) {
@@ -214,15 +228,22 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
           hint: `the guest's output is in ${serialLog}${screenshots.length ? ` and the screenshots in ${shots}` : ''}`,
         });
       } else if (!done) {
-        const how = vm.exit?.guestInitiated ? 'powered off' : `stopped (${vm.exit?.shutdownReason ?? `exit ${vm.exit?.code ?? vm.exit?.signal}`})`;
-        failure = new OrbError('check', `${o.stage}: the guest ${how} without finishing the stage (no 'ORB-DONE ${o.expect.join("' or '")}')`, {
-          hint: `it crashed or the stage's script did not run; see ${serialLog} and the last screenshot`,
-        });
+        const how = vm.exit?.guestInitiated
+          ? 'powered off'
+          : `stopped (${vm.exit?.shutdownReason ?? `exit ${vm.exit?.code ?? vm.exit?.signal}`})`;
+        failure = new OrbError(
+          'check',
+          `${o.stage}: the guest ${how} without finishing the stage (no 'ORB-DONE ${o.expect.join("' or '")}')`,
+          {
+            hint: `it crashed or the stage's script did not run; see ${serialLog} and the last screenshot`,
+          },
+        );
       }
     }
     if (failure && !screenshots.some((s) => s.includes('-stalled') || s.includes('-timeout'))) {
       // The VM is gone; the last progress screenshot is the best picture we have.
-      if (screenshots.length === 0) o.log.warn(`${o.stage}: no screenshot could be taken before the VM stopped`);
+      if (screenshots.length === 0)
+        o.log.warn(`${o.stage}: no screenshot could be taken before the VM stopped`);
     }
   } finally {
     // The serial log is evidence: copy it out, with every registered secret masked.
@@ -233,7 +254,8 @@ export async function runStage(o: StageRunOptions): Promise<StageRunResult> {
     await rm(work, { recursive: true, force: true });
   }
   if (failure) {
-    if (screenshots.length) o.log.info(`${o.stage}: latest screenshot ${screenshots[screenshots.length - 1]}`);
+    if (screenshots.length)
+      o.log.info(`${o.stage}: latest screenshot ${screenshots[screenshots.length - 1]}`);
     throw failure;
   }
   const seconds = (Date.now() - t0) / 1000;

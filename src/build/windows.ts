@@ -9,7 +9,14 @@ import { familyInfo, type WindowsFamily } from '../windows/families.js';
 import { writeAnswerMedia, writeFinalizeMedia, writeProvisionMedia } from '../windows/media.js';
 import { ORB_PS1 } from '../windows/scripts.js';
 import { buildAutounattend, buildSysprepUnattend, type UnattendOptions } from '../windows/unattend.js';
-import { finishOutputs, prepareOutDir, removeMedia, type BuildEnv, type BuildResult, type CommonBuildOptions } from './common.js';
+import {
+  finishOutputs,
+  prepareOutDir,
+  removeMedia,
+  type BuildEnv,
+  type BuildResult,
+  type CommonBuildOptions,
+} from './common.js';
 import { makeDataIso } from './iso.js';
 import { copyFirmwareState, restoreInstalled, storeInstalled } from './layers.js';
 import { createOverlay, createQcow2 } from './qemu-img.js';
@@ -47,7 +54,13 @@ export interface WindowsBuildOptions extends CommonBuildOptions {
 
 async function scriptDigests(scripts: readonly string[]): Promise<{ name: string; sha256: string }[]> {
   const out = [];
-  for (const s of scripts) out.push({ name: s.split('/').pop()!, sha256: createHash('sha256').update(await readFile(s)).digest('hex') });
+  for (const s of scripts)
+    out.push({
+      name: s.split('/').pop()!,
+      sha256: createHash('sha256')
+        .update(await readFile(s))
+        .digest('hex'),
+    });
   return out;
 }
 
@@ -58,7 +71,10 @@ export async function buildWindows(o: WindowsBuildOptions, env: BuildEnv): Promi
   const state = o.resume ? await loadState(o.outDir, 'windows') : emptyState('windows');
   const diskInterface = o.virtio ? 'virtio' : 'sata';
   const nic = o.virtio ? 'virtio-net-pci' : 'e1000e';
-  if (!o.virtio) log.warn('no virtio-win ISO given: the disk is attached as SATA and the NIC as e1000e (slower; give virtio-win for virtio drivers)');
+  if (!o.virtio)
+    log.warn(
+      'no virtio-win ISO given: the disk is attached as SATA and the NIC as e1000e (slower; give virtio-win for virtio drivers)',
+    );
   const uefi = o.firmware === 'bios' ? undefined : requireUefi(o.arch, o.firmware === 'uefi-secure');
   const tpm = o.firmware === 'uefi-secure';
   const at = (rel: string) => join(o.outDir, rel);
@@ -138,7 +154,9 @@ export async function buildWindows(o: WindowsBuildOptions, env: BuildEnv): Promi
       });
       const answerIso = join(media, 'answer.iso');
       await makeDataIso(join(media, 'tree'), answerIso, { label: 'ORBANSWER', signal: env.signal });
-      log.info(`install: Windows Setup from ${o.iso} (${familyInfo(o.family).label}, ${o.firmware}, ${o.accel})`);
+      log.info(
+        `install: Windows Setup from ${o.iso} (${familyInfo(o.family).label}, ${o.firmware}, ${o.accel})`,
+      );
       const r = await runStage({
         ...common,
         stage: 'install',
@@ -279,7 +297,10 @@ export async function buildWindows(o: WindowsBuildOptions, env: BuildEnv): Promi
       seconds: Math.round(seconds),
     },
   });
-  markDone(state, 'final', { ...record(recipeKey({ provisionKey, sysprep: o.sysprep }), out.disk, finalSeconds), generalized: o.sysprep });
+  markDone(state, 'final', {
+    ...record(recipeKey({ provisionKey, sysprep: o.sysprep }), out.disk, finalSeconds),
+    generalized: o.sysprep,
+  });
   await saveState(o.outDir, state);
   await rm(final, { force: true });
   return {
@@ -300,4 +321,3 @@ export async function buildWindows(o: WindowsBuildOptions, env: BuildEnv): Promi
 function record(key: string, disk: string, seconds: number): StageRecord {
   return { key, disk, finishedAt: new Date().toISOString(), seconds: Math.round(seconds) };
 }
-

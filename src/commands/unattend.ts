@@ -19,11 +19,32 @@ export default defineCommand({
   action: false,
   usage: '--out DIR --edition NAME',
   inputs: [
-    { name: 'out', type: 'string', required: true, alias: 'o', description: 'directory to write autounattend.xml and orb\\ into' },
+    {
+      name: 'out',
+      type: 'string',
+      required: true,
+      alias: 'o',
+      description: 'directory to write autounattend.xml and orb\\ into',
+    },
     ...ANSWER_INPUTS,
-    { name: 'virtio-drivers', type: 'boolean', default: true, description: 'load the virtio-win storage and network drivers in Windows PE (attach the virtio-win ISO as a CD)' },
-    { name: 'shutdown', type: 'boolean', default: true, description: 'power off after the first-logon steps (build tools wait for that)' },
-    { name: 'iso', type: 'string', description: 'also write the folder as an ISO image at this path (label ORBANSWER)' },
+    {
+      name: 'virtio-drivers',
+      type: 'boolean',
+      default: true,
+      description:
+        'load the virtio-win storage and network drivers in Windows PE (attach the virtio-win ISO as a CD)',
+    },
+    {
+      name: 'shutdown',
+      type: 'boolean',
+      default: true,
+      description: 'power off after the first-logon steps (build tools wait for that)',
+    },
+    {
+      name: 'iso',
+      type: 'string',
+      description: 'also write the folder as an ISO image at this path (label ORBANSWER)',
+    },
   ],
   outputs: [
     { name: 'dir', description: 'the directory written' },
@@ -46,7 +67,11 @@ export default defineCommand({
       await writeAnswerMedia(
         staging,
         buildAutounattend(answer.unattend),
-        { family: answer.family, computerName: answer.unattend.computerName, adminUser: answer.unattend.adminUser },
+        {
+          family: answer.family,
+          computerName: answer.unattend.computerName,
+          adminUser: answer.unattend.adminUser,
+        },
         {
           scripts: answer.scripts,
           sysprep: answer.sysprep,
@@ -69,8 +94,11 @@ export default defineCommand({
       iso = resolve(inputs.string('iso'));
       await makeDataIso(out, iso, { label: 'ORBANSWER', signal: ctx.signal });
     }
-    ctx.log.info(`wrote ${join(out, 'autounattend.xml')} for ${familyInfo(answer.family).label} with ${answer.scripts.length} script(s)`);
-    if (answer.passwordGenerated) ctx.log.info('generated an admin password: see the admin-password result (--json)');
+    ctx.log.info(
+      `wrote ${join(out, 'autounattend.xml')} for ${familyInfo(answer.family).label} with ${answer.scripts.length} script(s)`,
+    );
+    if (answer.passwordGenerated)
+      ctx.log.info('generated an admin password: see the admin-password result (--json)');
     return {
       dir: out,
       autounattend: join(out, 'autounattend.xml'),

@@ -64,7 +64,10 @@ export function dockurDiskType(iface: 'virtio' | 'sata' | 'ide' | 'nvme'): Docku
 export async function writeDockurBundle(o: DockurBundleOptions): Promise<DockurBundle> {
   const mode = dockurMode(o.firmware);
   if (o.firmware !== 'bios' && (!o.uefiCode || !o.uefiVars)) {
-    throw new OrbError('internal', 'a UEFI dockur bundle needs the firmware code and variable store of the build');
+    throw new OrbError(
+      'internal',
+      'a UEFI dockur bundle needs the firmware code and variable store of the build',
+    );
   }
   const out = await partialOutput(o.outDir);
   try {
@@ -94,6 +97,14 @@ export async function writeDockurBundle(o: DockurBundleOptions): Promise<DockurB
 }
 
 /** The compose snippet users need to boot the bundle (DISK_TYPE pinned to what Windows was installed on). */
-export function dockurEnv(b: { mode: DockurMode }, diskType: DockurDiskType, format: 'raw' | 'qcow2'): Record<string, string> {
-  return { DISK_TYPE: diskType, DISK_FMT: format, ...(b.mode === 'windows_secure' ? { BOOT_MODE: 'windows_secure' } : {}) };
+export function dockurEnv(
+  b: { mode: DockurMode },
+  diskType: DockurDiskType,
+  format: 'raw' | 'qcow2',
+): Record<string, string> {
+  return {
+    DISK_TYPE: diskType,
+    DISK_FMT: format,
+    ...(b.mode === 'windows_secure' ? { BOOT_MODE: 'windows_secure' } : {}),
+  };
 }

@@ -34,7 +34,8 @@ export function passwordComplexityProblem(password: string, user: string): strin
   if (password.length < 8) return 'it is shorter than 8 characters';
   const classes = [/[a-z]/, /[A-Z]/, /\d/, /[^A-Za-z0-9]/].filter((re) => re.test(password)).length;
   if (classes < 3) return 'it lacks three of: lower case, upper case, digit, symbol';
-  if (user.length >= 3 && password.toLowerCase().includes(user.toLowerCase())) return 'it contains the user name';
+  if (user.length >= 3 && password.toLowerCase().includes(user.toLowerCase()))
+    return 'it contains the user name';
   return undefined;
 }
 
@@ -62,6 +63,9 @@ export function generatePassword(length = 20): string {
  * UTF-16LE(password + element name). It is obfuscation, not protection, so the result is as
  * secret as the password (callers mask it too); it keeps the password out of casual view.
  */
-export function encodeUnattendPassword(password: string, element: 'Password' | 'AdministratorPassword'): string {
+export function encodeUnattendPassword(
+  password: string,
+  element: 'Password' | 'AdministratorPassword',
+): string {
   return Buffer.from(password + element, 'utf16le').toString('base64');
 }

@@ -6,7 +6,13 @@ import { UsageError } from '../core/errors.js';
  * settings that only client editions have.
  */
 export type WindowsFamily = 'win10' | 'win11' | 'server2019' | 'server2022' | 'server2025';
-export const WINDOWS_FAMILIES: readonly WindowsFamily[] = ['win10', 'win11', 'server2019', 'server2022', 'server2025'];
+export const WINDOWS_FAMILIES: readonly WindowsFamily[] = [
+  'win10',
+  'win11',
+  'server2019',
+  'server2022',
+  'server2025',
+];
 
 export type WindowsArch = 'x86_64' | 'aarch64';
 
@@ -23,11 +29,46 @@ export interface FamilyInfo {
 }
 
 const TABLE: Record<WindowsFamily, FamilyInfo> = {
-  win10: { family: 'win10', label: 'Windows 10', server: false, virtioFolder: 'w10', hardwareChecks: false, arm64: true },
-  win11: { family: 'win11', label: 'Windows 11', server: false, virtioFolder: 'w11', hardwareChecks: true, arm64: true },
-  server2019: { family: 'server2019', label: 'Windows Server 2019', server: true, virtioFolder: '2k19', hardwareChecks: false, arm64: false },
-  server2022: { family: 'server2022', label: 'Windows Server 2022', server: true, virtioFolder: '2k22', hardwareChecks: false, arm64: false },
-  server2025: { family: 'server2025', label: 'Windows Server 2025', server: true, virtioFolder: '2k25', hardwareChecks: false, arm64: false },
+  win10: {
+    family: 'win10',
+    label: 'Windows 10',
+    server: false,
+    virtioFolder: 'w10',
+    hardwareChecks: false,
+    arm64: true,
+  },
+  win11: {
+    family: 'win11',
+    label: 'Windows 11',
+    server: false,
+    virtioFolder: 'w11',
+    hardwareChecks: true,
+    arm64: true,
+  },
+  server2019: {
+    family: 'server2019',
+    label: 'Windows Server 2019',
+    server: true,
+    virtioFolder: '2k19',
+    hardwareChecks: false,
+    arm64: false,
+  },
+  server2022: {
+    family: 'server2022',
+    label: 'Windows Server 2022',
+    server: true,
+    virtioFolder: '2k22',
+    hardwareChecks: false,
+    arm64: false,
+  },
+  server2025: {
+    family: 'server2025',
+    label: 'Windows Server 2025',
+    server: true,
+    virtioFolder: '2k25',
+    hardwareChecks: false,
+    arm64: false,
+  },
 };
 
 export function familyInfo(family: WindowsFamily): FamilyInfo {
@@ -50,7 +91,10 @@ export function virtioArchFolder(arch: WindowsArch): string {
  * ("Windows 11 Pro", "Windows Server 2022 SERVERDATACENTER").
  */
 export function resolveFamily(value: string | undefined, edition: string | undefined): WindowsFamily {
-  const v = (value ?? 'auto').trim().toLowerCase().replace(/[\s_-]+/g, '');
+  const v = (value ?? 'auto')
+    .trim()
+    .toLowerCase()
+    .replace(/[\s_-]+/g, '');
   if (v && v !== 'auto') {
     const f = ALIASES[v];
     if (!f) {
@@ -92,6 +136,9 @@ export function familyFromEdition(edition: string): WindowsFamily | undefined {
 
 export function checkArch(family: WindowsFamily, arch: WindowsArch): void {
   if (arch === 'aarch64' && !TABLE[family].arm64) {
-    throw new UsageError(`${TABLE[family].label} has no ARM64 edition to install`, 'use --arch x86_64, or Windows 10/11 for aarch64');
+    throw new UsageError(
+      `${TABLE[family].label} has no ARM64 edition to install`,
+      'use --arch x86_64, or Windows 10/11 for aarch64',
+    );
   }
 }

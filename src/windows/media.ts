@@ -41,7 +41,13 @@ export async function writeAnswerMedia(
   let build: Record<string, unknown> = { stage: 'install', ...info };
   if (standalone) {
     const names = await copyScripts(join(orb, 'scripts'), standalone.scripts);
-    build = { ...build, standalone: true, scripts: names, sysprep: standalone.sysprep, shutdown: standalone.shutdown };
+    build = {
+      ...build,
+      standalone: true,
+      scripts: names,
+      sysprep: standalone.sysprep,
+      shutdown: standalone.shutdown,
+    };
     if (standalone.sysprep) await writeFile(join(orb, 'sysprep-unattend.xml'), standalone.sysprepUnattendXml);
   }
   await writeFile(join(orb, 'build.json'), JSON.stringify(build, null, 2) + '\n');
@@ -76,7 +82,10 @@ export function checkScriptPaths(paths: readonly string[], ext: '.ps1' | '.sh' |
 /** Stage media for the provisioning boot: orb/stage.json plus the scripts, numbered in order. */
 export async function writeProvisionMedia(dir: string, scripts: readonly string[]): Promise<string[]> {
   const names = await copyScripts(join(dir, MEDIA_DIR, 'scripts'), scripts);
-  await writeFile(join(dir, MEDIA_DIR, 'stage.json'), JSON.stringify({ stage: 'provision', scripts: names }, null, 2) + '\n');
+  await writeFile(
+    join(dir, MEDIA_DIR, 'stage.json'),
+    JSON.stringify({ stage: 'provision', scripts: names }, null, 2) + '\n',
+  );
   return names;
 }
 
@@ -93,9 +102,16 @@ export interface FinalizeMedia {
 export async function writeFinalizeMedia(dir: string, m: FinalizeMedia): Promise<void> {
   const orb = join(dir, MEDIA_DIR);
   await mkdir(orb, { recursive: true });
-  const stage = { stage: 'finalize', sysprep: m.sysprep, user: m.user, password: m.password, builtinAdmin: m.builtinAdmin };
+  const stage = {
+    stage: 'finalize',
+    sysprep: m.sysprep,
+    user: m.user,
+    password: m.password,
+    builtinAdmin: m.builtinAdmin,
+  };
   await writeFile(join(orb, 'stage.json'), JSON.stringify(stage, null, 2) + '\n', { mode: 0o600 });
-  if (m.sysprep && m.sysprepUnattendXml) await writeFile(join(orb, 'sysprep-unattend.xml'), m.sysprepUnattendXml);
+  if (m.sysprep && m.sysprepUnattendXml)
+    await writeFile(join(orb, 'sysprep-unattend.xml'), m.sysprepUnattendXml);
 }
 
 /** Windows tools (and people opening the media in Notepad) prefer CRLF. */

@@ -2,7 +2,13 @@ import { create } from 'xmlbuilder2';
 import type { XMLBuilder } from 'xmlbuilder2/lib/interfaces.js';
 import { UsageError } from '../core/errors.js';
 import { encodeUnattendPassword } from './accounts.js';
-import { componentArch, familyInfo, virtioArchFolder, type WindowsArch, type WindowsFamily } from './families.js';
+import {
+  componentArch,
+  familyInfo,
+  virtioArchFolder,
+  type WindowsArch,
+  type WindowsFamily,
+} from './families.js';
 
 /**
  * autounattend.xml, built from typed options with an XML library (never by pasting strings, so a
@@ -63,9 +69,15 @@ export function checkUnattendOptions(o: UnattendOptions): void {
     );
   }
   if (!/^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$/.test(o.locale)) {
-    throw new UsageError(`input 'locale': '${o.locale}' is not a language tag`, 'use a tag such as en-US, de-DE or ja-JP');
+    throw new UsageError(
+      `input 'locale': '${o.locale}' is not a language tag`,
+      'use a tag such as en-US, de-DE or ja-JP',
+    );
   }
-  if (o.keyboard && !/^([0-9A-Fa-f]{4}:[0-9A-Fa-f{}-]{8,38}|[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*)(;.+)?$/.test(o.keyboard)) {
+  if (
+    o.keyboard &&
+    !/^([0-9A-Fa-f]{4}:[0-9A-Fa-f{}-]{8,38}|[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*)(;.+)?$/.test(o.keyboard)
+  ) {
     throw new UsageError(
       `input 'keyboard': '${o.keyboard}' is not an input locale`,
       "use a language tag (de-DE) or a locale:layout pair such as '0407:00000407'",
@@ -113,7 +125,9 @@ function added(parent: XMLBuilder, name: string, key?: string): XMLBuilder {
 }
 
 function newDocument(): XMLBuilder {
-  return create({ version: '1.0', encoding: 'utf-8' }).ele(UNATTEND_NS, 'unattend').att(XMLNS_NS, 'xmlns:wcm', WCM_NS);
+  return create({ version: '1.0', encoding: 'utf-8' })
+    .ele(UNATTEND_NS, 'unattend')
+    .att(XMLNS_NS, 'xmlns:wcm', WCM_NS);
 }
 
 function international(settings: XMLBuilder, name: string, o: UnattendOptions, ctx: Ctx, pe: boolean): void {
@@ -144,7 +158,14 @@ function diskConfiguration(setup: XMLBuilder, o: UnattendOptions): number {
   const modify = disk.ele('ModifyPartitions');
   // The Windows partition comes last and takes the rest of the disk, so growing the disk later
   // (dockur/windows DISK_SIZE, qemu-img resize) leaves room C: can be extended into.
-  const parts: { type: string; size?: number; format?: string; label?: string; letter?: string; active?: boolean }[] =
+  const parts: {
+    type: string;
+    size?: number;
+    format?: string;
+    label?: string;
+    letter?: string;
+    active?: boolean;
+  }[] =
     o.firmware === 'bios'
       ? [
           { type: 'Primary', size: 500, format: 'NTFS', label: 'System Reserved', active: true },
@@ -182,7 +203,11 @@ function windowsPE(root: XMLBuilder, o: UnattendOptions, ctx: Ctx): void {
     const os = familyInfo(o.family).virtioFolder;
     for (const driver of DRIVERS) {
       for (const letter of DRIVER_LETTERS) {
-        leaf(added(paths, 'PathAndCredentials', String(key++)), 'Path', `${letter}:\\${driver}\\${os}\\${virtioArchFolder(o.arch)}`);
+        leaf(
+          added(paths, 'PathAndCredentials', String(key++)),
+          'Path',
+          `${letter}:\\${driver}\\${os}\\${virtioArchFolder(o.arch)}`,
+        );
       }
     }
   }
@@ -229,8 +254,16 @@ function specialize(root: XMLBuilder, o: UnattendOptions, ctx: Ctx): void {
   leaf(shell, 'ComputerName', o.computerName);
   leaf(shell, 'TimeZone', o.timeZone);
   if (o.rdp !== false) {
-    leaf(component(s, 'Microsoft-Windows-TerminalServices-LocalSessionManager', ctx), 'fDenyTSConnections', false);
-    const group = added(component(s, 'Networking-MPSSVC-Svc', ctx).ele('FirewallGroups'), 'FirewallGroup', 'RemoteDesktop');
+    leaf(
+      component(s, 'Microsoft-Windows-TerminalServices-LocalSessionManager', ctx),
+      'fDenyTSConnections',
+      false,
+    );
+    const group = added(
+      component(s, 'Networking-MPSSVC-Svc', ctx).ele('FirewallGroups'),
+      'FirewallGroup',
+      'RemoteDesktop',
+    );
     leaf(group, 'Active', true);
     // The indirect string of the "Remote Desktop" rule group: works on every display language.
     leaf(group, 'Group', '@FirewallAPI.dll,-28752');
@@ -290,7 +323,8 @@ function oobeSystem(root: XMLBuilder, o: UnattendOptions, ctx: Ctx): void {
   oobeSettings(shell, o);
   const accounts = shell.ele('UserAccounts');
   // Server OOBE asks for the built-in Administrator's password unless the answer file sets it.
-  if (familyInfo(o.family).server || isBuiltinAdmin(o.adminUser)) password(accounts, 'AdministratorPassword', o.adminPassword);
+  if (familyInfo(o.family).server || isBuiltinAdmin(o.adminUser))
+    password(accounts, 'AdministratorPassword', o.adminPassword);
   if (!isBuiltinAdmin(o.adminUser)) {
     const acc = added(accounts.ele('LocalAccounts'), 'LocalAccount');
     password(acc, 'Password', o.adminPassword);
@@ -328,7 +362,9 @@ export function buildAutounattend(o: UnattendOptions): string {
  * already exist), keeps the installed virtio drivers through generalize, and skips the OOBE
  * screens that would otherwise wait for someone on the console of every clone.
  */
-export function buildSysprepUnattend(o: Pick<UnattendOptions, 'family' | 'arch' | 'locale' | 'keyboard' | 'timeZone'>): string {
+export function buildSysprepUnattend(
+  o: Pick<UnattendOptions, 'family' | 'arch' | 'locale' | 'keyboard' | 'timeZone'>,
+): string {
   const ctx: Ctx = { arch: componentArch(o.arch) };
   const full = o as UnattendOptions;
   const root = newDocument();

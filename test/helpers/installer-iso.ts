@@ -41,7 +41,15 @@ export function storageModules(): string[] {
   const deps = new Map<string, string[]>();
   for (const line of dep.split('\n')) {
     const [mod, rest] = line.split(':');
-    if (mod) deps.set(mod.replace(/^kernel\//, ''), (rest ?? '').trim().split(/\s+/).filter(Boolean).map((d) => d.replace(/^kernel\//, '')));
+    if (mod)
+      deps.set(
+        mod.replace(/^kernel\//, ''),
+        (rest ?? '')
+          .trim()
+          .split(/\s+/)
+          .filter(Boolean)
+          .map((d) => d.replace(/^kernel\//, '')),
+      );
   }
   const wanted = ['sr_mod', 'ahci', 'sd_mod', 'isofs', 'virtio_pci', 'virtio_blk'];
   const order: string[] = [];
@@ -163,7 +171,18 @@ export async function buildInstallerIso(variant: InstallerVariant): Promise<stri
   const initrd = await buildInitramfs({ init: guestPrelude(modules) + INSTALLER_MAIN, modules });
   const kernel = guestKernel().path;
   // The prompt: wait forever until a key (the orchestration presses Enter), like Windows' CD boot.
-  const cfg = ['SERIAL 0 115200', 'PROMPT 1', 'TIMEOUT 0', 'DEFAULT install', 'SAY Press Enter to boot the orb test installer', 'LABEL install', '  LINUX /vmlinuz', '  INITRD /initrd.img', `  APPEND ${APPEND} orb.installer=${variant}`, ''].join('\n');
+  const cfg = [
+    'SERIAL 0 115200',
+    'PROMPT 1',
+    'TIMEOUT 0',
+    'DEFAULT install',
+    'SAY Press Enter to boot the orb test installer',
+    'LABEL install',
+    '  LINUX /vmlinuz',
+    '  INITRD /initrd.img',
+    `  APPEND ${APPEND} orb.installer=${variant}`,
+    '',
+  ].join('\n');
   const system = variant === 'install' ? await systemImageGz(modules) : undefined;
   const recipe = {
     variant,
@@ -189,11 +208,16 @@ export async function buildInstallerIso(variant: InstallerVariant): Promise<stri
       const efi = join(root, 'efiboot.img');
       await exec('truncate', ['-s', '24M', efi]);
       await exec('mkfs.fat', ['-n', 'ORBEFI', efi]);
-      await exec('mmd', ['-i', efi, '::/EFI', '::/EFI/BOOT', '::/loader', '::/loader/entries'], { env: MTOOLS_ENV });
+      await exec('mmd', ['-i', efi, '::/EFI', '::/EFI/BOOT', '::/loader', '::/loader/entries'], {
+        env: MTOOLS_ENV,
+      });
       const loaderConf = join(work, 'loader.conf');
       await writeFile(loaderConf, 'timeout menu-force\ndefault install.conf\n');
       const entry = join(work, 'install.conf');
-      await writeFile(entry, `title orb test installer\nlinux /vmlinuz\ninitrd /initrd.img\noptions ${APPEND} orb.installer=${variant}\n`);
+      await writeFile(
+        entry,
+        `title orb test installer\nlinux /vmlinuz\ninitrd /initrd.img\noptions ${APPEND} orb.installer=${variant}\n`,
+      );
       for (const [src, dest] of [
         [SYSTEMD_BOOT, '/EFI/BOOT/BOOTX64.EFI'],
         [loaderConf, '/loader/loader.conf'],
@@ -204,9 +228,27 @@ export async function buildInstallerIso(variant: InstallerVariant): Promise<stri
         await exec('mcopy', ['-o', '-i', efi, src, `::${dest}`], { env: MTOOLS_ENV });
       }
       await exec('xorriso', [
-        '-as', 'mkisofs', '-quiet', '-o', iso, '-V', 'ORB_FAKE_WINDOWS', '-J', '-r',
-        '-b', 'isolinux/isolinux.bin', '-c', 'isolinux/boot.cat', '-no-emul-boot', '-boot-load-size', '4', '-boot-info-table',
-        '-eltorito-alt-boot', '-e', 'efiboot.img', '-no-emul-boot',
+        '-as',
+        'mkisofs',
+        '-quiet',
+        '-o',
+        iso,
+        '-V',
+        'ORB_FAKE_WINDOWS',
+        '-J',
+        '-r',
+        '-b',
+        'isolinux/isolinux.bin',
+        '-c',
+        'isolinux/boot.cat',
+        '-no-emul-boot',
+        '-boot-load-size',
+        '4',
+        '-boot-info-table',
+        '-eltorito-alt-boot',
+        '-e',
+        'efiboot.img',
+        '-no-emul-boot',
         root,
       ]);
     } finally {
@@ -245,20 +287,23 @@ export async function runCommandInProcess(
   const { mask, redact } = await import('../../src/core/log.js');
   const { nullProgress } = await import('../../src/core/progress.js');
   const values = resolveInputs(cmd.inputs, raw);
-  for (const s of cmd.inputs) if (s.secret && typeof values[s.name] === 'string') mask(values[s.name] as string);
+  for (const s of cmd.inputs)
+    if (s.secret && typeof values[s.name] === 'string') mask(values[s.name] as string);
   const log: string[] = [];
   const put = (m: string) => log.push(redact(m));
   const summary = new Summary();
-  const outputs = await cmd.run(new Inputs(values, cmd.inputs), {
-    log: { info: put, warn: put, error: put, debug: put },
-    progress: () => nullProgress,
-    summary,
-    mask,
-    signal: new AbortController().signal,
-    mode: 'cli',
-  }).catch((err: unknown) => {
-    Object.assign(err as object, { log });
-    throw err;
-  });
+  const outputs = await cmd
+    .run(new Inputs(values, cmd.inputs), {
+      log: { info: put, warn: put, error: put, debug: put },
+      progress: () => nullProgress,
+      summary,
+      mask,
+      signal: new AbortController().signal,
+      mode: 'cli',
+    })
+    .catch((err: unknown) => {
+      Object.assign(err as object, { log });
+      throw err;
+    });
   return { outputs, log, summary: summary.markdown };
 }
