@@ -138,6 +138,11 @@ describe('autounattend.xml per Windows family', () => {
       );
       expect(types).toEqual(['EFI', 'MSR', 'Primary']);
       expect(text(setup, 'ImageInstall', 'OSImage', 'InstallTo', 'PartitionID')).toBe('3');
+      const modify = path(setup, 'DiskConfiguration', 'Disk', 'ModifyPartitions', 'ModifyPartition');
+      expect(modify.map((m) => [text(m, 'Order'), text(m, 'PartitionID'), text(m, 'Format')])).toEqual([
+        ['1', '1', 'FAT32'],
+        ['2', '3', 'NTFS'],
+      ]);
       expect(text(setup, 'ImageInstall', 'OSImage', 'InstallFrom', 'MetaData', 'Key')).toBe('/IMAGE/NAME');
       expect(text(setup, 'UserData', 'AcceptEula')).toBe('true');
       expect(path(setup, 'UserData', 'ProductKey')).toHaveLength(0);

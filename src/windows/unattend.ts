@@ -176,6 +176,7 @@ function diskConfiguration(setup: XMLBuilder, o: UnattendOptions): number {
           { type: 'MSR', size: 16 },
           { type: 'Primary', format: 'NTFS', label: 'Windows', letter: 'C' },
         ];
+  let modified = 0;
   parts.forEach((p, i) => {
     const c = added(create, 'CreatePartition');
     leaf(c, 'Order', i + 1);
@@ -184,7 +185,8 @@ function diskConfiguration(setup: XMLBuilder, o: UnattendOptions): number {
     else leaf(c, 'Extend', true);
     if (p.type === 'MSR') return;
     const m = added(modify, 'ModifyPartition');
-    leaf(m, 'Order', i + 1);
+    // Orders count the ModifyPartition entries (the MSR has none); PartitionID counts partitions.
+    leaf(m, 'Order', ++modified);
     leaf(m, 'PartitionID', i + 1);
     if (p.format) leaf(m, 'Format', p.format);
     if (p.label) leaf(m, 'Label', p.label);
