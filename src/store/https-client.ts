@@ -203,7 +203,12 @@ export function presignedExpiry(href: string): number | undefined {
 }
 
 export function isRetryable(err: unknown): boolean {
-  if (err instanceof HttpStatusError) return err.status === 408 || err.status === 429 || err.status >= 500;
+  if (err instanceof HttpStatusError)
+    return (
+      err.status === 408 ||
+      err.status === 429 ||
+      (err.status >= 500 && err.status !== 501 && err.status !== 505)
+    );
   if (err instanceof OrbError) return err.kind === 'network' || err.kind === 'timeout';
   const code = (err as NodeJS.ErrnoException)?.code;
   if (code === 'ABORT_ERR' || (err as Error)?.name === 'AbortError') return false;

@@ -81,10 +81,27 @@ async function* resilient(
   }
 }
 
-async function collect(gen: AsyncGenerator<Buffer>): Promise<Buffer[]> {
+/** A whole segment as one buffer: consumers then hash and write in few, large calls. */
+async function collect(gen: AsyncGenerator<Buffer>): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const b of gen) parts.push(b);
-  return parts;
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+}
+
+/** Socket-sized pieces (16-64 KiB) regrouped into ~1 MiB ones, for the same reason. */
+async function* coalesce(gen: AsyncGenerator<Buffer>, min = 1 << 20): AsyncGenerator<Buffer> {
+  let parts: Buffer[] = [];
+  let n = 0;
+  for await (const b of gen) {
+    parts.push(b);
+    n += b.length;
+    if (n >= min) {
+      yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
+      parts = [];
+      n = 0;
+    }
+  }
+  if (n) yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
 }
 
 /** An ordered stream of bytes [offset, size) fetched over up to `connections` parallel ranges. */
@@ -101,12 +118,12 @@ export function rangedStream(opts: RangedOptions): Readable {
     try {
       if (offset >= opts.size) return;
       if (conns === 1 || opts.size - offset <= seg) {
-        yield* resilient(opts, offset, opts.size - 1, signal);
+        yield* coalesce(resilient(opts, offset, opts.size - 1, signal));
         return;
       }
       const segments: [number, number][] = [];
       for (let s = offset; s < opts.size; s += seg) segments.push([s, Math.min(opts.size, s + seg) - 1]);
-      const inflight: Promise<Buffer[]>[] = [];
+      const inflight: Promise<Buffer>[] = [];
       let next = 0;
       const schedule = () => {
         while (next < segments.length && inflight.length < conns) {
@@ -118,9 +135,9 @@ export function rangedStream(opts: RangedOptions): Readable {
       };
       schedule();
       while (inflight.length) {
-        const parts = await inflight.shift()!;
+        const segment = await inflight.shift()!;
         schedule();
-        for (const b of parts) yield b;
+        yield segment;
       }
     } finally {
       opts.signal?.removeEventListener('abort', onOuterAbort);

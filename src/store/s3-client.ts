@@ -86,7 +86,12 @@ export function isNotFound(err: unknown): boolean {
 export function s3Retryable(err: unknown): boolean {
   const status = s3Status(err);
   if (status !== undefined)
-    return status === 408 || status === 429 || status >= 500 || s3Code(err) === 'RequestTimeout';
+    return (
+      status === 408 ||
+      status === 429 ||
+      (status >= 500 && status !== 501) ||
+      s3Code(err) === 'RequestTimeout'
+    );
   const e = err as SdkError;
   if (e?.name === 'TimeoutError' || e?.name === 'RequestTimeout') return true;
   if (e?.$retryable) return true;

@@ -1,0 +1,449 @@
+#!/usr/bin/env node
+// Stores benchmark (issue 5): S3 publish/pull of a multi-GiB image against the AWS SDK's own
+// Upload/GetObject moving the same bytes with the same concurrency, both against s3rver on
+// loopback; and a ranged parallel HTTP download against curl from the same static server
+// (busybox httpd). Prints a table of ratios (ours / reference speed; >= 0.9 is the target) and
+// writes bench/results/stores.json. Uses lib/ (npm run build). ORB_BENCH_GIB sets the image size.
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash, randomFillSync } from 'node:crypto';
+import {
+  createReadStream,
+  createWriteStream,
+  mkdtempSync,
+  rmSync,
+  writeFileSync,
+  mkdirSync,
+  openSync,
+  writeSync,
+  closeSync,
+  statSync,
+} from 'node:fs';
+import { open, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const lib = (p) => import(join(root, 'lib', p));
+const { S3Client, GetObjectCommand, CreateBucketCommand } = await import('@aws-sdk/client-s3');
+const { Upload } = await import('@aws-sdk/lib-storage');
+const { S3Store, parseS3Ref } = await lib('store/s3.js');
+const { HttpsStore } = await lib('store/https.js');
+const { RemoteFile } = await lib('store/https-file.js');
+const { publish } = await lib('transfer/publish.js');
+const { pull } = await lib('transfer/pull.js');
+const { OciLayout } = await lib('oci/layout.js');
+const media = await lib('oci/media.js');
+
+const GiB = 1024 ** 3;
+const MiB = 1024 ** 2;
+const SIZE = Math.round(Number(process.env.ORB_BENCH_GIB ?? 2) * GiB);
+const CHUNK = 32 * MiB;
+const CONCURRENCY = 4;
+const ROUNDS = Number(process.env.ORB_BENCH_ROUNDS ?? 2);
+const silent = { info() {}, warn() {}, error() {}, debug() {} };
+const progress = () => ({ add() {}, set() {}, setTotal() {}, done() {} });
+const dir = mkdtempSync(join(tmpdir(), 'orb-bench-stores-'));
+const children = [];
+const cleanup = () => {
+  for (const c of children) c.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+};
+process.on('exit', cleanup);
+process.on('SIGINT', () => process.exit(130));
+
+const log = (m) => process.stderr.write(m + '\n');
+const sha256 = (b) => createHash('sha256').update(b).digest('hex');
+
+async function freePort() {
+  return new Promise((res) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const p = s.address().port;
+      s.close(() => res(p));
+    });
+  });
+}
+
+// ---------- data: one random file, and the same bytes as a chunked layout (raw chunks) ----------
+log(`preparing a ${(SIZE / GiB).toFixed(1)} GiB image in ${dir}`);
+const file = join(dir, 'disk.img');
+const layoutDir = join(dir, 'layout');
+{
+  const fd = openSync(file, 'w');
+  const layout = new OciLayout(layoutDir);
+  await layout.init();
+  const whole = createHash('sha256');
+  const layers = [];
+  const buf = Buffer.allocUnsafe(CHUNK);
+  for (let off = 0; off < SIZE; off += CHUNK) {
+    const n = Math.min(CHUNK, SIZE - off);
+    const chunk = buf.subarray(0, n);
+    randomFillSync(chunk);
+    writeSync(fd, chunk, 0, n, off);
+    whole.update(chunk);
+    const d = await layout.putBytes(chunk);
+    layers.push({
+      mediaType: media.DISK_CHUNK_RAW,
+      digest: d.digest,
+      size: d.size,
+      annotations: {
+        [media.ANN_CHUNK_OFFSET]: String(off),
+        [media.ANN_CHUNK_LENGTH]: String(n),
+        [media.ANN_CHUNK_DIGEST]: d.digest,
+      },
+    });
+  }
+  closeSync(fd);
+  const contentDigest = 'sha256:' + whole.digest('hex');
+  const config = {
+    schema: 'orb-disk/v1',
+    virtualSize: SIZE,
+    chunkSize: CHUNK,
+    contentDigest,
+    sourceFormat: 'raw',
+    compression: 'zstd',
+    level: 3,
+    architecture: 'amd64',
+    os: 'linux',
+    rootfs: { type: 'layers', diff_ids: [] },
+  };
+  const cfg = await layout.putBytes(JSON.stringify(config));
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: media.OCI_MANIFEST,
+    artifactType: media.DISK_ARTIFACT,
+    config: { mediaType: media.DISK_CONFIG, ...cfg },
+    layers,
+    annotations: { [media.ANN_CONTENT_DIGEST]: contentDigest },
+  };
+  const m = await layout.putBytes(JSON.stringify(manifest));
+  await layout.tag({ mediaType: media.OCI_MANIFEST, ...m, artifactType: media.DISK_ARTIFACT }, 'v1');
+  var image = { contentDigest, layers };
+}
+const fileHex = image.contentDigest.slice(7);
+
+// ---------- s3rver in its own process (so it does not share our event loop) ----------
+const s3port = await freePort();
+const s3dir = join(dir, 's3');
+mkdirSync(s3dir);
+const s3rver = spawn(
+  process.execPath,
+  [
+    '--input-type=module',
+    '-e',
+    `import S3rver from 's3rver'; const s = new S3rver({ port: ${s3port}, address: '127.0.0.1', silent: true, directory: ${JSON.stringify(s3dir)}, configureBuckets: [{ name: 'bench' }] }); await s.run(); console.log('ready');`,
+  ],
+  { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] },
+);
+children.push(s3rver);
+await new Promise((res, rej) => {
+  s3rver.stdout.on('data', (d) => String(d).includes('ready') && res());
+  s3rver.on('exit', (c) => rej(new Error(`s3rver exited ${c}`)));
+});
+const endpoint = `http://127.0.0.1:${s3port}`;
+process.env.AWS_ACCESS_KEY_ID = 'S3RVER';
+process.env.AWS_SECRET_ACCESS_KEY = 'S3RVER';
+// The reference: the SDK as users get it (default checksum behaviour), same agent limits.
+const sdk = new S3Client({
+  endpoint,
+  forcePathStyle: true,
+  region: 'us-east-1',
+  requestHandler: { httpAgent: { keepAlive: true, maxSockets: 64 } },
+});
+const store = (prefix, extra = {}) =>
+  new S3Store(parseS3Ref(`s3://bench/${prefix}`), {
+    endpoint,
+    pathStyle: true,
+    log: silent,
+    concurrency: CONCURRENCY,
+    connections: CONCURRENCY,
+    ...extra,
+  });
+
+async function pool(items, n, fn) {
+  let i = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(n, items.length) }, async () => {
+      while (i < items.length) await fn(items[i++]);
+    }),
+  );
+}
+
+async function time(fn) {
+  const t0 = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+/** Positional writes of a stream into an open file. */
+async function writeAt(fh, stream, at) {
+  let pos = at;
+  for await (const c of stream) {
+    let done = 0;
+    while (done < c.length) done += (await fh.write(c, done, c.length - done, pos + done)).bytesWritten;
+    pos += c.length;
+  }
+}
+
+/** N ranged GetObject requests in parallel, each a contiguous slice of the object. */
+async function sdkRangedGet(key, size, out) {
+  const fh = await open(out, 'w');
+  await fh.truncate(size);
+  const slice = Math.ceil(size / CONCURRENCY / MiB) * MiB;
+  const slices = [];
+  for (let s = 0; s < size; s += slice) slices.push([s, Math.min(size, s + slice) - 1]);
+  await Promise.all(
+    slices.map(async ([s, e]) => {
+      const r = await sdk.send(new GetObjectCommand({ Bucket: 'bench', Key: key, Range: `bytes=${s}-${e}` }));
+      await writeAt(fh, r.Body, s);
+    }),
+  );
+  await fh.close();
+}
+
+const cases = [];
+function measure(name, bytes, ours, reference, refName) {
+  cases.push({ name, bytes, ours, reference, refName });
+}
+
+// 1. chunked image: orb publish / orb pull (engines + S3 store) vs SDK Upload / GetObject per blob
+let round = 0;
+measure(
+  `S3 upload, chunked image (${image.layers.length} x 32 MiB, ${CONCURRENCY} at once)`,
+  SIZE,
+  async () => {
+    const r = await publish({
+      source: layoutDir,
+      target: store(`ours${round}`),
+      tags: ['v1'],
+      concurrency: CONCURRENCY,
+      partSize: 8 * GiB,
+      log: silent,
+      progress,
+    });
+    if (r.bytesUploaded < SIZE) throw new Error('not everything was uploaded');
+  },
+  async () => {
+    await pool(image.layers, CONCURRENCY, async (l) => {
+      const up = new Upload({
+        client: sdk,
+        params: {
+          Bucket: 'bench',
+          Key: `ref${round}/blobs/${l.digest.slice(7)}`,
+          Body: createReadStream(new OciLayout(layoutDir).blobPath(l.digest)),
+        },
+        queueSize: 1,
+        partSize: 64 * MiB,
+      });
+      await up.done();
+    });
+  },
+  'SDK Upload per blob',
+);
+measure(
+  `S3 download, chunked image (orb pull, verified, ${CONCURRENCY} at once)`,
+  SIZE,
+  async () => {
+    const out = join(dir, 'pulled.raw');
+    const r = await pull({
+      source: store(`ours${round}`),
+      ref: 'v1',
+      display: 'bench',
+      output: out,
+      format: 'raw',
+      concurrency: CONCURRENCY,
+      log: silent,
+      progress,
+    });
+    if (r.contentSha256 !== fileHex) throw new Error('content digest mismatch');
+    await rm(out, { force: true });
+  },
+  async () => {
+    const out = join(dir, 'ref.raw');
+    const fh = await open(out, 'w');
+    await fh.truncate(SIZE);
+    await pool(image.layers, CONCURRENCY, async (l) => {
+      const r = await sdk.send(
+        new GetObjectCommand({ Bucket: 'bench', Key: `ref${round}/blobs/${l.digest.slice(7)}` }),
+      );
+      await writeAt(fh, r.Body, Number(l.annotations[media.ANN_CHUNK_OFFSET]));
+    });
+    await fh.close();
+    await rm(out, { force: true });
+  },
+  'SDK GetObject per blob',
+);
+// 2. one big object: multipart upload (16 MiB parts) and ranged parallel download
+const fileDesc = { mediaType: 'application/octet-stream', digest: image.contentDigest, size: SIZE };
+measure(
+  `S3 upload, one ${(SIZE / GiB).toFixed(1)} GiB object (multipart, 16 MiB parts, ${CONCURRENCY} at once)`,
+  SIZE,
+  async () => {
+    await store(`oursfile${round}`, { partSize: 16 * MiB }).putBlob(fileDesc, (offset) =>
+      createReadStream(file, { start: offset, highWaterMark: 1 << 20 }),
+    );
+  },
+  async () => {
+    const up = new Upload({
+      client: sdk,
+      params: {
+        Bucket: 'bench',
+        Key: `reffile${round}`,
+        Body: createReadStream(file, { highWaterMark: 1 << 20 }),
+      },
+      queueSize: CONCURRENCY,
+      partSize: 16 * MiB,
+    });
+    await up.done();
+  },
+  'SDK Upload (same part size and queue)',
+);
+measure(
+  `S3 download, one ${(SIZE / GiB).toFixed(1)} GiB object (${CONCURRENCY} ranged connections, sha256 checked)`,
+  SIZE,
+  async () => {
+    const out = join(dir, 'oursfile.bin');
+    const { stream } = await store(`oursfile${round}`).getBlob(fileDesc);
+    const h = createHash('sha256');
+    const fh = await open(out, 'w');
+    let pos = 0;
+    for await (const c of stream) {
+      h.update(c);
+      let done = 0;
+      while (done < c.length) done += (await fh.write(c, done, c.length - done, pos + done)).bytesWritten;
+      pos += c.length;
+    }
+    await fh.close();
+    if (h.digest('hex') !== fileHex) throw new Error('digest mismatch');
+    await rm(out, { force: true });
+  },
+  async () => {
+    const out = join(dir, 'reffile.bin');
+    await sdkRangedGet(`reffile${round}`, SIZE, out);
+    await rm(out, { force: true });
+  },
+  `SDK GetObject, ${CONCURRENCY} ranges`,
+);
+
+// 3. plain HTTP: ranged parallel download vs curl, same static server
+const curl = spawnSync('curl', ['--version']).status === 0;
+const busybox = spawnSync('busybox', ['--list']).stdout?.toString().includes('httpd');
+let httpUrl;
+if (curl && busybox) {
+  const port = await freePort();
+  const www = join(dir, 'www');
+  mkdirSync(www);
+  writeFileSync(join(www, 'placeholder'), '');
+  // same bytes, served by busybox httpd (sendfile, Range support)
+  spawnSync('ln', [file, join(www, 'disk.img')]);
+  const httpd = spawn('busybox', ['httpd', '-f', '-p', `127.0.0.1:${port}`, '-h', www], { stdio: 'ignore' });
+  children.push(httpd);
+  await new Promise((r) => setTimeout(r, 300));
+  httpUrl = `http://127.0.0.1:${port}/disk.img`;
+  measure(
+    `HTTP download of ${(SIZE / GiB).toFixed(1)} GiB (orb pull https://, 8 ranged connections, verified)`,
+    SIZE,
+    async () => {
+      const out = join(dir, 'http.img');
+      const r = await pull({
+        source: new HttpsStore(`${httpUrl}#sha256=${fileHex}`, { log: silent, connections: 8 }),
+        ref: 'latest',
+        display: 'http',
+        output: out,
+        format: 'auto',
+        concurrency: 1,
+        log: silent,
+        progress,
+      });
+      if (r.contentSha256 !== fileHex) throw new Error('digest mismatch');
+      await rm(out, { force: true });
+    },
+    async () => {
+      const out = join(dir, 'curl.img');
+      const r = spawnSync('curl', ['-sS', '-o', out, httpUrl]);
+      if (r.status !== 0) throw new Error(`curl failed: ${r.stderr}`);
+      await rm(out, { force: true });
+    },
+    'curl (one connection)',
+  );
+  measure(
+    `HTTP download of ${(SIZE / GiB).toFixed(1)} GiB (ranged downloader alone: 8 connections, sha256, written to disk)`,
+    SIZE,
+    async () => {
+      const out = join(dir, 'http2.img');
+      const f = new RemoteFile(httpUrl, { connections: 8, log: silent, what: 'bench' });
+      const { stream } = await f.read(0);
+      const h = createHash('sha256');
+      const ws = createWriteStream(out, { highWaterMark: 4 << 20 });
+      await pipeline(
+        stream,
+        async function* (src) {
+          for await (const c of src) {
+            h.update(c);
+            yield c;
+          }
+        },
+        ws,
+      );
+      if (h.digest('hex') !== fileHex) throw new Error('digest mismatch');
+      await rm(out, { force: true });
+    },
+    async () => {
+      const out = join(dir, 'curl2.img');
+      const r = spawnSync('curl', ['-sS', '-o', out, httpUrl]);
+      if (r.status !== 0) throw new Error(`curl failed: ${r.stderr}`);
+      await rm(out, { force: true });
+    },
+    'curl (one connection)',
+  );
+} else log('curl or busybox httpd missing: skipping the HTTP case');
+
+// Run: each case ROUNDS times, ours and reference alternating; the best time of each counts
+// (the machine is shared, so the minimum is the least disturbed run).
+const results = [];
+for (const c of cases) {
+  let best = { ours: Infinity, ref: Infinity };
+  for (round = 0; round < ROUNDS; round++) {
+    const o = await time(c.ours);
+    const r = await time(c.reference);
+    best = { ours: Math.min(best.ours, o), ref: Math.min(best.ref, r) };
+    log(`  ${c.name}: round ${round + 1}: orb ${o.toFixed(2)} s, ${c.refName} ${r.toFixed(2)} s`);
+  }
+  results.push({
+    case: c.name,
+    reference: c.refName,
+    bytes: c.bytes,
+    orbSeconds: +best.ours.toFixed(3),
+    referenceSeconds: +best.ref.toFixed(3),
+    orbMBps: +(c.bytes / 1e6 / best.ours).toFixed(1),
+    referenceMBps: +(c.bytes / 1e6 / best.ref).toFixed(1),
+    ratio: +(best.ref / best.ours).toFixed(2),
+  });
+}
+
+const width = Math.max(...results.map((r) => r.case.length));
+console.log(
+  `\nstores benchmark: ${(SIZE / GiB).toFixed(1)} GiB image, s3rver and busybox httpd on loopback, best of ${ROUNDS}`,
+);
+console.log(
+  `${'case'.padEnd(width)}  ${'orb MB/s'.padStart(9)}  ${'ref MB/s'.padStart(9)}  ratio  reference`,
+);
+for (const r of results) {
+  console.log(
+    `${r.case.padEnd(width)}  ${String(r.orbMBps).padStart(9)}  ${String(r.referenceMBps).padStart(9)}  ${r.ratio.toFixed(2).padStart(5)}  ${r.reference}${r.ratio < 0.9 ? '   (below 0.9)' : ''}`,
+  );
+}
+mkdirSync(join(root, 'bench', 'results'), { recursive: true });
+writeFileSync(
+  join(root, 'bench', 'results', 'stores.json'),
+  JSON.stringify(
+    { date: new Date().toISOString(), sizeBytes: SIZE, concurrency: CONCURRENCY, rounds: ROUNDS, results },
+    null,
+    2,
+  ) + '\n',
+);
+sdk.destroy();
+statSync(file);
