@@ -1,6 +1,7 @@
-import http, { type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
+import http, { type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
+import type { HttpWorkers } from '../transfer/http-workers.js';
 import { OrbError } from '../core/errors.js';
 
 /**
@@ -10,7 +11,12 @@ import { OrbError } from '../core/errors.js';
  * every call: 408/429/5xx and dropped connections are retried with exponential backoff and jitter,
  * honouring Retry-After.
  */
-export type Body = Buffer | string | { length: number; open(): Readable };
+/**
+ * A request body: bytes, or a stream factory (so a retry can reopen it). A stream body may name
+ * the file region it comes from; then a transfer worker thread sends it, reporting progress
+ * through `onProgress` instead of the stream.
+ */
+export type Body = Buffer | string | { length: number; open(): Readable; file?: { path: string; start: number }; onProgress?(n: number): void };
 
 export interface HttpRequest {
   method: string;
@@ -25,7 +31,7 @@ export class HttpResponse {
     readonly status: number,
     readonly headers: IncomingHttpHeaders,
     readonly url: URL,
-    readonly stream: IncomingMessage,
+    readonly stream: Readable,
   ) {}
 
   header(name: string): string | undefined {
@@ -75,6 +81,8 @@ export class TransientError extends Error {
 
 export interface HttpClientOptions {
   maxSockets?: number;
+  /** transfer worker threads for bodies read from files (uploads) */
+  workers?: HttpWorkers;
   /** a request or response with no bytes moving for this long fails (and is retried) */
   idleTimeoutMs?: number;
 }
@@ -83,8 +91,10 @@ export class HttpClient {
   private readonly httpAgent: http.Agent;
   private readonly httpsAgent: https.Agent;
   readonly idleTimeoutMs: number;
+  workers: HttpWorkers | undefined;
 
   constructor(opts: HttpClientOptions = {}) {
+    this.workers = opts.workers;
     const maxSockets = opts.maxSockets ?? 16;
     this.httpAgent = new http.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets });
     this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets });
@@ -93,6 +103,8 @@ export class HttpClient {
 
   /** One attempt. Rejects with TransientError on network failures; any HTTP status resolves. */
   send(req: HttpRequest): Promise<HttpResponse> {
+    const b = req.body;
+    if (this.workers && b !== undefined && typeof b === 'object' && !Buffer.isBuffer(b) && b.file) return this.sendFromWorker(req, b.file, b.length, b.onProgress);
     const url = typeof req.url === 'string' ? new URL(req.url) : req.url;
     const lib = url.protocol === 'https:' ? https : http;
     const agent = url.protocol === 'https:' ? this.httpsAgent : this.httpAgent;
@@ -161,6 +173,23 @@ export class HttpClient {
         source.pipe(r);
       }
     });
+  }
+
+  /** The body is a file region: a worker thread reads and sends it. */
+  private async sendFromWorker(req: HttpRequest, file: { path: string; start: number }, length: number, onProgress?: (n: number) => void): Promise<HttpResponse> {
+    if (req.signal?.aborted) throw req.signal.reason ?? new OrbError('interrupted', 'interrupted');
+    const url = typeof req.url === 'string' ? new URL(req.url) : req.url;
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(req.headers ?? {})) if (v !== undefined) headers[k] = String(v);
+    const done = await this.workers!.run<{ status?: number; headers?: IncomingHttpHeaders; body?: string; error?: { kind: string; message: string } }>(
+      { op: 'put', method: req.method, url: url.toString(), headers, path: file.path, start: file.start, length, idleMs: this.idleTimeoutMs },
+      onProgress ? { onProgress } : {},
+    );
+    if (done.error) {
+      if (done.error.kind === 'input') throw new OrbError('input', done.error.message);
+      throw new TransientError(`${req.method} ${url.host}${url.pathname}: ${done.error.message}`);
+    }
+    return new HttpResponse(done.status ?? 0, done.headers ?? {}, url, Readable.from([Buffer.from(done.body ?? '')]));
   }
 
   close(): void {

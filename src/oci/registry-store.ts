@@ -1,7 +1,8 @@
 import type { Readable } from 'node:stream';
 import { UsageError } from '../core/errors.js';
 import type { OpenedStore, StoreOptions } from '../store/open.js';
-import type { BlobStore } from '../store/types.js';
+import type { BlobFile, BlobStore } from '../store/types.js';
+import { HttpWorkers } from '../transfer/http-workers.js';
 import { sha256Digest } from './layout.js';
 import type { Descriptor } from './media.js';
 import { formatRegistryRef, parseRegistryRef } from './reference.js';
@@ -26,9 +27,22 @@ export class RegistryStore implements BlobStore {
     return size === undefined ? undefined : Math.max(0, size);
   }
 
-  async putBlob(desc: Descriptor, open: (offset: number) => Readable, onBytes?: (n: number) => void): Promise<void> {
-    await uploadBlob(this.client, desc, open, { chunkSize: this.uploadChunkSize }, onBytes);
+  async putBlob(desc: Descriptor, open: (offset: number) => Readable, onBytes?: (n: number) => void, file?: BlobFile): Promise<void> {
+    // Bodies read from files are sent by worker threads: several uploads keep several cores busy.
+    if (file) this.client.http.workers ??= new HttpWorkers(4, this.client.signal);
+    await uploadBlob(this.client, desc, open, { chunkSize: this.uploadChunkSize }, onBytes, file);
   }
+
+  /** The blob GET with a current token, for pull's transfer workers. */
+  async httpSource(desc: Descriptor, refresh = false): Promise<{ url: string; headers: Record<string, string> }> {
+    await this.client.ping();
+    const scopes = [this.client.pullScope];
+    if (refresh) this.client.auth.invalidate(scopes, this.lastAuth);
+    const authz = await this.client.auth.header(scopes);
+    this.lastAuth = authz;
+    return { url: this.client.url(`/v2/${this.client.repository}/blobs/${desc.digest}`), headers: authz ? { authorization: authz } : {} };
+  }
+  private lastAuth: string | undefined;
 
   async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
     const { res, offset: start } = await this.client.getBlob(desc.digest, desc.size, offset);
@@ -90,6 +104,8 @@ export class RegistryStore implements BlobStore {
   }
 
   async close(): Promise<void> {
+    await this.client.http.workers?.close();
+    this.client.http.workers = undefined;
     this.client.close();
   }
 }

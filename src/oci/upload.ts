@@ -108,7 +108,9 @@ export async function uploadBlob(
   open: (offset: number) => Readable,
   opts: UploadOptions,
   onBytes: (n: number) => void = () => {},
+  file?: { path: string; start: number },
 ): Promise<UploadResult> {
+  const region = (start: number) => (file ? { file: { path: file.path, start: file.start + start }, onProgress: count } : {});
   const short = desc.digest.slice(7, 19);
   let url: string | undefined;
   for (const from of opts.mountFrom ?? []) {
@@ -139,7 +141,7 @@ export async function uploadBlob(
           method: 'PUT',
           path: withDigest(url, desc.digest),
           headers: { 'content-type': 'application/octet-stream' },
-          body: { length: desc.size, open: () => meter(open(0), desc.size, count) },
+          body: { length: desc.size, open: () => meter(open(0), desc.size, count), ...region(0) },
           scopes: [client.pushScope],
           what: `upload blob ${short}`,
           retry: false,
@@ -153,7 +155,7 @@ export async function uploadBlob(
             method: 'PATCH',
             path: url,
             headers: { 'content-type': 'application/octet-stream', 'content-range': `${start}-${start + n - 1}` },
-            body: { length: n, open: () => meter(open(start), n, count) },
+            body: { length: n, open: () => meter(open(start), n, count), ...region(start) },
             scopes: [client.pushScope],
             what: `upload blob ${short} bytes ${start}-${start + n - 1}`,
             retry: false,

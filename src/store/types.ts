@@ -6,6 +6,16 @@ import type { Descriptor } from '../oci/media.js';
  * (OCI registry, OCI layout directory, S3, GitLab packages, GitHub releases, HTTPS) implements
  * what it can. Blobs are content-addressed (`sha256:<hex>`); manifests are looked up by tag.
  */
+/**
+ * Where a blob's bytes also lie in a local file (`putBlob`'s fourth argument): a store may read
+ * them from there directly (from a worker thread) instead of through `open`.
+ */
+export interface BlobFile {
+  path: string;
+  /** offset of the blob's first byte in the file */
+  start: number;
+}
+
 export interface BlobStore {
   /** human-readable location, secrets removed */
   describe(): string;
@@ -19,7 +29,7 @@ export interface BlobStore {
    * Retries (backoff, Retry-After, token refresh) are the store's job; it throws an OrbError
    * only when it gave up.
    */
-  putBlob(desc: Descriptor, open: (offset: number) => Readable, onBytes?: (n: number) => void): Promise<void>;
+  putBlob(desc: Descriptor, open: (offset: number) => Readable, onBytes?: (n: number) => void, file?: BlobFile): Promise<void>;
   /**
    * Read a blob from `offset` (a ranged request where the store supports it). The returned
    * `offset` is where the stream really starts: 0 when the server ignored the range, in which
@@ -32,6 +42,13 @@ export interface BlobStore {
   putManifest(bytes: Buffer, mediaType: string, tags: readonly string[]): Promise<string>;
   /** Fetch a manifest by tag or digest (bytes verified against the digest when one was asked for). */
   getManifest(ref: string): Promise<{ bytes: Buffer; mediaType: string; digest: string }>;
+  /**
+   * Optional: a plain HTTP(S) GET that returns the blob (Range allowed), for transfer worker
+   * threads: URL and headers (credentials included; redirects are followed without them going
+   * to another host). Called again with `refresh` after the server refused them (401/403), so
+   * an expired token is renewed once. Stores without it are read through getBlob.
+   */
+  httpSource?(desc: Descriptor, refresh?: boolean): Promise<{ url: string; headers: Record<string, string> }>;
   /** Optional: mount a blob from another repository of the same registry without uploading. */
   mountBlob?(desc: Descriptor, fromRepository: string): Promise<boolean>;
   /** Optional: manifests whose `subject` is `digest` (OCI referrers), filtered by artifactType. */

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { OrbError } from '../core/errors.js';
@@ -13,6 +13,11 @@ export function sha256(data: Uint8Array): string {
   return 'sha256:' + createHash('sha256').update(data).digest('hex');
 }
 
+/** sha256 on libuv's thread pool (WebCrypto), so hashing many chunks uses every core. */
+export async function sha256Async(data: Uint8Array): Promise<string> {
+  return 'sha256:' + Buffer.from(await webcrypto.subtle.digest('SHA-256', data)).toString('hex');
+}
+
 export async function decodeChunk(kind: 'zstd' | 'raw' | 'part', blob: Buffer, length: number, digest: string, where: string): Promise<Buffer> {
   let out: Buffer;
   if (kind === 'zstd') {
@@ -23,7 +28,7 @@ export async function decodeChunk(kind: 'zstd' | 'raw' | 'part', blob: Buffer, l
     }
   } else out = blob;
   if (out.length !== length) throw new OrbError('integrity', `${where}: the chunk holds ${out.length} bytes, the manifest says ${length}`);
-  const got = sha256(out);
+  const got = await sha256Async(out);
   if (got !== digest) throw new OrbError('integrity', `${where}: the chunk's content has digest ${got}, the manifest says ${digest}`);
   return out;
 }

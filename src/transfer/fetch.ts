@@ -15,6 +15,8 @@ export interface BlobSink {
   write(chunk: Buffer, at: number): Promise<void>;
   /** the server restarted the blob: drop what was written */
   reset(): Promise<void>;
+  /** write out anything buffered (called when a response ends, cleanly or not) */
+  flush?(): Promise<void>;
 }
 
 export interface FetchOptions {
@@ -24,6 +26,8 @@ export interface FetchOptions {
   /** bytes already in the sink (and in `hash`) from an earlier attempt or run */
   have?: number;
   hash?: Hash;
+  /** false: do not hash as bytes arrive (the caller hashes the whole blob itself) */
+  hashing?: boolean;
   onBytes?: (n: number) => void;
   /** called after each write with the bytes in place (for progress records) */
   onHave?: (have: number) => void;
@@ -37,6 +41,7 @@ export async function fetchBlob(o: FetchOptions): Promise<{ digest: string; down
   const short = o.desc.digest.slice(7, 19);
   let have = o.have ?? 0;
   let hash = o.hash ?? createHash('sha256');
+  const hashing = o.hashing !== false;
   let downloaded = 0;
   // Attempts that moved no byte count toward giving up; progress resets the count, so a long
   // transfer over a flaky link keeps going as long as it advances.
@@ -67,7 +72,7 @@ export async function fetchBlob(o: FetchOptions): Promise<{ digest: string; down
             stream.destroy();
             throw new OrbError('integrity', `blob ${o.desc.digest} from ${o.store.describe()} is longer than the ${size} bytes the manifest says`);
           }
-          hash.update(chunk);
+          if (hashing) hash.update(chunk);
           try {
             await o.sink.write(chunk, have);
           } catch (err) {
@@ -81,6 +86,11 @@ export async function fetchBlob(o: FetchOptions): Promise<{ digest: string; down
         }
       } finally {
         stream.destroy();
+        try {
+          await o.sink.flush?.();
+        } catch (err) {
+          throw new OrbError('environment', `cannot write the download: ${(err as Error).message}`, { cause: err });
+        }
       }
       if (have >= size) break;
       shortBody = true;
@@ -105,5 +115,5 @@ export async function fetchBlob(o: FetchOptions): Promise<{ digest: string; down
     o.log.info(`blob ${short}: ${why}; resuming at byte ${have} in ${(wait / 1000).toFixed(1)} s`);
     await sleep(wait, o.signal);
   }
-  return { digest: 'sha256:' + hash.digest('hex'), downloaded };
+  return { digest: hashing ? 'sha256:' + hash.digest('hex') : '', downloaded };
 }

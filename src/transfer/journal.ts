@@ -71,7 +71,7 @@ export class Journal {
     this.timer ??= setTimeout(() => {
       this.timer = undefined;
       void this.flush().catch(() => undefined);
-    }, 1000);
+    }, Number(process.env.ORB_JOURNAL_INTERVAL_MS) || 1000);
   }
 
   /** Sync the output, then record what was pending before the sync began. */

@@ -134,15 +134,25 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
 
   // 3. Upload the rest, largest first so the tail of the transfer is not one big blob alone.
   const progress = opts.progress('uploading', toUpload);
+  // progress is told in steps of 1 MiB: per-packet calls would cost more than the upload
+  let unreported = 0;
+  const count = (n: number) => {
+    unreported += n;
+    if (unreported >= 1 << 20 || unreported < 0) {
+      progress.add(unreported);
+      unreported = 0;
+    }
+  };
   missing.sort((a, b) => b.desc.size - a.desc.size);
   await runPool(
     missing,
     opts.concurrency,
     async (b) => {
-      await target.putBlob(b.desc, (offset) => b.open(offset), (n) => progress.add(n));
+      await target.putBlob(b.desc, (offset) => b.open(offset), count, b.file);
     },
     opts.signal,
   );
+  progress.add(unreported);
   progress.done();
 
   // 4. The manifest, under every tag, only now that every blob it names is there.

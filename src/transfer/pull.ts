@@ -13,6 +13,7 @@ import { OrderedHasher } from './hasher.js';
 import { finishOutput, type OutputFormat } from './output.js';
 import { contentSegments, makePlan, resolveManifest, type Plan, type Region, type Unit } from './plan.js';
 import { ByteBudget, runPool } from './pool.js';
+import { HttpWorkers } from './http-workers.js';
 import { downloadUnit, type UnitContext } from './unit.js';
 
 /**
@@ -83,6 +84,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
   let hasher: OrderedHasher | undefined;
   let base: BaseSource | undefined;
   let openJournal: Journal | undefined;
+  let workers: HttpWorkers | undefined;
   try {
     const { journal, resumed } = await Journal.open(journalPath, { manifest: digest, size: plan.size }, fh);
     openJournal = journal;
@@ -116,7 +118,8 @@ export async function pull(o: PullOptions): Promise<PullResult> {
 
     const remainingBytes = plan.units.reduce((a, u) => a + pending(u).reduce((b, r) => b + r.length, 0), 0);
     await ensureFreeSpace(out, remainingBytes + (o.format === 'qcow2' || (plan.kind === 'file' && o.format !== 'auto') ? plan.size : 0), `pulling ${o.display}`);
-    const budget = new ByteBudget(o.memoryBudget ?? 256 << 20);
+    // Room for each parallel download to hold one default-size chunk and its decoded bytes.
+    const budget = new ByteBudget(o.memoryBudget ?? Math.min(1 << 30, Math.max(256 << 20, o.concurrency * (64 << 20))));
 
     // 1. Take what the base has (verified chunk by chunk).
     let bytesReused = 0;
@@ -156,7 +159,13 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     const downloadTotal = todo.reduce((a, u) => a + u.blob.size - (journal.partial.get(u.blob.digest)?.bytes ?? 0), 0);
     const progress = o.progress('downloading', downloadTotal);
     let bytesDownloaded = 0;
+    let unreported = 0;
+    // Stores reachable by plain HTTP GET are read by worker threads: receiving and hashing
+    // gigabytes is CPU work that one JavaScript thread would make the bottleneck.
+    workers = o.source.httpSource ? new HttpWorkers(Math.min(4, o.concurrency), o.signal) : undefined;
     const ctx: UnitContext = {
+      workers,
+      idleMs: Number(process.env.ORB_HTTP_IDLE_TIMEOUT_MS || 120_000),
       store: o.source,
       fh,
       partialPath: partial,
@@ -168,18 +177,25 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       signal: o.signal,
       onBytes: (n) => {
         bytesDownloaded += n;
-        progress.add(n);
+        unreported += n;
+        if (unreported >= 1 << 20) {
+          progress.add(unreported);
+          unreported = 0;
+        }
       },
       markDone,
       regionsDownloaded: 0,
     };
     await runPool(todo, o.concurrency, (u) => downloadUnit(ctx, u, pending(u)), o.signal);
+    progress.add(unreported);
     progress.done();
     await journal.close();
+    log.debug(`pull: downloads done after ${((Date.now() - started) / 1000).toFixed(2)} s`);
 
     // 3. The whole content, hashed in order as it landed.
     const content = await h.finish();
     hasher = undefined;
+    log.debug(`pull: content hash done after ${((Date.now() - started) / 1000).toFixed(2)} s`);
     if (content !== plan.contentDigest) {
       openJournal = undefined;
       await journal.remove();
@@ -192,6 +208,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     await fh.datasync();
     await fh.close();
     openJournal = undefined;
+    log.debug(`pull: synced after ${((Date.now() - started) / 1000).toFixed(2)} s`);
     const format = await finishOutput(partial, srcFormat, out, o.format, log, o.signal);
     await journal.remove();
     await rm(spoolDir, { recursive: true, force: true });
@@ -237,6 +254,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     }
     throw err;
   } finally {
+    await workers?.close();
     await base?.close();
   }
 }

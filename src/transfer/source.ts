@@ -36,6 +36,8 @@ import { parseLayoutRef } from '../oci/reference.js';
 export interface SourceBlob {
   desc: Descriptor;
   open(offset: number): Readable;
+  /** where the bytes lie in a local file, when they do */
+  file?: { path: string; start: number };
 }
 
 export interface PreparedArtifact {
@@ -134,7 +136,7 @@ async function fromLayout(dir: string, tag: string | undefined, opts: SourceOpti
       throw new OrbError('input', `${dir} is incomplete: blob ${d.digest} named by ${tag} is missing`, { hint: 'convert the image again' });
     }
     if (size !== d.size) throw new OrbError('integrity', `${dir}: blob ${d.digest} has ${size} bytes, the manifest says ${d.size}`);
-    blobs.push({ desc: d, open: (offset) => store.layout.openBlob(d.digest, offset) });
+    blobs.push({ desc: d, open: (offset) => store.layout.openBlob(d.digest, offset), file: { path: store.layout.blobPath(d.digest), start: 0 } });
   }
   const artifactType = manifest.artifactType ?? manifest.config.mediaType;
   if (artifactType !== DISK_ARTIFACT && artifactType !== FILE_ARTIFACT) {
@@ -236,6 +238,7 @@ async function fromFile(path: string, opts: SourceOptions): Promise<PreparedArti
     const start = Number(d.annotations![ANN_PART_OFFSET]);
     blobs.push({
       desc: d,
+      file: { path, start },
       open: (offset) =>
         offset >= d.size ? Readable.from([]) : createReadStream(path, { start: start + offset, end: start + d.size - 1, highWaterMark: 1 << 20 }),
     });

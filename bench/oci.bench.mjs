@@ -1,0 +1,255 @@
+#!/usr/bin/env node
+// OCI publish/pull benchmark against docker-registry on 127.0.0.1, each figure a ratio measured
+// in the same run:
+//   push and pull throughput of orb versus curl moving the same blobs, each as one monolithic
+//   request (POST + PUT; GET), one curl process for all of them (keep-alive, no spawn costs);
+//   bytes uploaded when re-publishing a version with 2% of its chunks changed, and bytes
+//   downloaded when pulling it with --base, as fractions of the first publish / pull.
+// Run standalone (`node bench/oci.bench.mjs`, after `npm run build`) or through bench/run.mjs.
+// Environment: ORB_BENCH_OCI_MIB (image size, default 2048), ORB_BENCH_ROUNDS (default 3).
+import { spawn, spawnSync } from 'node:child_process';
+import { createCipheriv, createHash } from 'node:crypto';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const { startRegistry } = await import(join(root, 'test/helpers/registry.ts'));
+const { OciLayout } = await import(join(root, 'lib/oci/layout.js'));
+const media = await import(join(root, 'lib/oci/media.js'));
+
+const MiB = 1 << 20;
+const SIZE = Number(process.env.ORB_BENCH_OCI_MIB || 2048) * MiB;
+// the chunk size orb convert uses by default
+const CHUNK = 32 * MiB;
+const ROUNDS = Number(process.env.ORB_BENCH_ROUNDS || 3);
+const CHANGED = 0.02;
+const node = process.execPath;
+const orbBin = join(root, 'bin/orb.js');
+
+function sha256(buf) {
+  return 'sha256:' + createHash('sha256').update(buf).digest('hex');
+}
+
+/** Deterministic incompressible bytes: an AES-CTR keystream keyed by `label`. */
+function noise(label, n) {
+  const key = createHash('sha256').update(label).digest();
+  const c = createCipheriv('aes-128-ctr', key.subarray(0, 16), key.subarray(16, 32));
+  return c.update(Buffer.alloc(n));
+}
+
+/**
+ * A disk of incompressible data (chunks are stored raw, so orb and curl move the same bytes),
+ * one zero chunk in 16; chunks in `changes` differ from the base version.
+ */
+function makeImage(dir, name, changes) {
+  const raw = join(dir, `${name}.raw`);
+  const fd = openSync(raw, 'w');
+  const whole = createHash('sha256');
+  const chunks = [];
+  for (let i = 0; i * CHUNK < SIZE; i++) {
+    const zero = i % 16 === 15;
+    const buf = zero ? Buffer.alloc(CHUNK) : noise(`chunk-${i}-${changes.has(i) ? name : 'base'}`, CHUNK);
+    writeSync(fd, buf, 0, CHUNK, i * CHUNK);
+    whole.update(buf);
+    if (!zero) chunks.push({ offset: i * CHUNK, digest: sha256(buf) });
+  }
+  closeSync(fd);
+  return { raw, contentDigest: 'sha256:' + whole.digest('hex'), chunks };
+}
+
+async function buildLayout(dir, tag, image) {
+  const layout = new OciLayout(dir);
+  await layout.init();
+  const fd = openSync(image.raw, 'r');
+  const blob = Buffer.alloc(CHUNK);
+  const layers = [];
+  for (const c of image.chunks) {
+    readSync(fd, blob, 0, CHUNK, c.offset);
+    const d = await layout.putBytes(blob);
+    layers.push({
+      mediaType: media.DISK_CHUNK_RAW,
+      digest: d.digest,
+      size: d.size,
+      annotations: { [media.ANN_CHUNK_OFFSET]: String(c.offset), [media.ANN_CHUNK_LENGTH]: String(CHUNK), [media.ANN_CHUNK_DIGEST]: c.digest },
+    });
+  }
+  const config = {
+    schema: 'orb-disk/v1',
+    virtualSize: SIZE,
+    chunkSize: CHUNK,
+    contentDigest: image.contentDigest,
+    sourceFormat: 'raw',
+    compression: 'zstd',
+    level: 3,
+    architecture: 'amd64',
+    os: 'linux',
+    rootfs: { type: 'layers', diff_ids: [] },
+  };
+  closeSync(fd);
+  const cfg = await layout.putBytes(JSON.stringify(config));
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: media.OCI_MANIFEST,
+    artifactType: media.DISK_ARTIFACT,
+    config: { mediaType: media.DISK_CONFIG, digest: cfg.digest, size: cfg.size },
+    layers,
+    annotations: { [media.ANN_CONTENT_DIGEST]: image.contentDigest },
+  };
+  const m = await layout.putBytes(JSON.stringify(manifest));
+  await layout.tag({ mediaType: media.OCI_MANIFEST, digest: m.digest, size: m.size, artifactType: media.DISK_ARTIFACT }, tag);
+  return { dir, tag, digest: m.digest, bytes: layers.reduce((a, l) => a + l.size, 0) };
+}
+
+function run(cmd, args) {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '60000' } });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      if (code !== 0) reject(new Error(`${cmd} ${args.slice(0, 3).join(' ')} failed (${code}): ${err.slice(-800)}`));
+      else resolve({ out, err, seconds });
+    });
+  });
+}
+
+async function orb(args) {
+  const r = await run(node, [orbBin, ...args, '--json']);
+  return { ...JSON.parse(r.out), wall: r.seconds };
+}
+
+/** curl, one process for every blob: POST an upload session per blob, then PUT each blob whole. */
+async function curlPush(reg, repo, layoutDir, blobs, work) {
+  const t0 = process.hrtime.bigint();
+  const postCfg = join(work, 'post.cfg');
+  writeFileSync(postCfg, blobs.map(() => `url = "${reg.url}/v2/${repo}/blobs/uploads/"\nrequest = "POST"\noutput = "/dev/null"\ndump-header = "-"\n`).join('next\n'));
+  const post = await run('curl', ['-sS', '-f', '-K', postCfg]);
+  const locs = [...post.out.matchAll(/^location:\s*(\S+)/gim)].map((m) => m[1]);
+  if (locs.length !== blobs.length) throw new Error(`curl POST gave ${locs.length} upload URLs for ${blobs.length} blobs`);
+  const putCfg = join(work, 'put.cfg');
+  writeFileSync(
+    putCfg,
+    blobs
+      .map((b, i) => {
+        const u = new URL(locs[i], reg.url);
+        u.searchParams.set('digest', b.digest);
+        return `url = "${u}"\nupload-file = "${join(layoutDir, 'blobs/sha256', b.digest.slice(7))}"\nrequest = "PUT"\nheader = "Content-Type: application/octet-stream"\noutput = "/dev/null"\n`;
+      })
+      .join('next\n'),
+  );
+  const put = await run('curl', ['-sS', '-w', '%{http_code}\n', '-K', putCfg]);
+  const codes = new Set(put.out.trim().split('\n'));
+  if (codes.size !== 1 || !codes.has('201')) throw new Error(`curl PUT answers: ${[...codes].join(', ')}`);
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+/** curl, one process: GET every blob into its own file. */
+async function curlPull(reg, repo, blobs, work) {
+  const dir = join(work, 'curl-out');
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir);
+  const cfg = join(work, 'get.cfg');
+  writeFileSync(cfg, blobs.map((b, i) => `url = "${reg.url}/v2/${repo}/blobs/${b.digest}"\noutput = "${join(dir, String(i))}"\n`).join('next\n'));
+  const r = await run('curl', ['-sS', '-f', '-K', cfg]);
+  return r.seconds;
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+async function main() {
+  const work = mkdtempSync(join(process.env.ORB_BENCH_DIR || tmpdir(), 'orb-oci-bench-'));
+  const reg = await startRegistry();
+  try {
+    process.stderr.write(`oci bench: ${SIZE / MiB} MiB image, ${CHUNK / MiB} MiB chunks, ${ROUNDS} rounds, registry ${reg.url}\n`);
+    const n = Math.ceil(SIZE / CHUNK);
+    const changed = new Set();
+    // 2% of the data chunks, spread over the disk
+    const data = [...Array(n).keys()].filter((i) => i % 16 !== 15);
+    const want = Math.max(1, Math.round(data.length * CHANGED));
+    for (let k = 0; k < want; k++) changed.add(data[Math.floor((k * data.length) / want)]);
+    const img1 = makeImage(work, 'v1', new Set());
+    const img2 = makeImage(work, 'v2', changed);
+    const l1 = await buildLayout(join(work, 'layout'), 'v1', img1);
+    const l2 = await buildLayout(join(work, 'layout'), 'v2', img2);
+    const bytes = l1.bytes;
+    const blobs = JSON.parse(readFileSync(join(l1.dir, 'blobs/sha256', l1.digest.slice(7)), 'utf8')).layers;
+
+    const rows = [];
+    const push = { curl: [], orb: [] };
+    const pull = { curl: [], orb: [] };
+    for (let r = 0; r < ROUNDS; r++) {
+      // alternate the order so neither side always gets the warm cache
+      const curlFirst = r % 2 === 0;
+      const doCurl = async () => push.curl.push(await curlPush(reg, `curl${r}/disk`, l1.dir, blobs, work));
+      const doOrb = async () => {
+        const res = await orb(['publish', `oci-layout:${l1.dir}:v1`, '--to', `oci://${reg.host}/orb${r}/disk:v1`, '--concurrency', '4']);
+        if (res['bytes-uploaded'] < bytes) throw new Error(`publish uploaded ${res['bytes-uploaded']} of ${bytes}`);
+        push.orb.push(res.wall);
+      };
+      if (curlFirst) await doCurl(), await doOrb();
+      else await doOrb(), await doCurl();
+      const pc = async () => pull.curl.push(await curlPull(reg, `curl${r}/disk`, blobs, work));
+      const po = async () => {
+        rmSync(join(work, 'orb.raw'), { force: true });
+        const res = await orb(['pull', `oci://${reg.host}/orb${r}/disk:v1`, '--output', join(work, 'orb.raw'), '--concurrency', '6']);
+        if (res['content-sha256'] !== img1.contentDigest.slice(7)) throw new Error('pulled content differs');
+        pull.orb.push(res.wall);
+      };
+      if (curlFirst) await pc(), await po();
+      else await po(), await pc();
+    }
+    const mb = bytes / 1e6;
+    // each round's pair ran back to back: the ratio per round cancels most of the machine's noise
+    const pushRatio = median(push.curl.map((c, i) => c / push.orb[i]));
+    const pullRatio = median(pull.curl.map((c, i) => c / pull.orb[i]));
+    rows.push(['push throughput', `${(mb / median(push.orb)).toFixed(0)} MB/s`, `${(mb / median(push.curl)).toFixed(0)} MB/s (curl)`, pushRatio, '>= 0.9']);
+    rows.push(['pull throughput', `${(mb / median(pull.orb)).toFixed(0)} MB/s`, `${(mb / median(pull.curl)).toFixed(0)} MB/s (curl)`, pullRatio, '>= 0.9']);
+
+    // 2% changed: publish v1 then v2 to one repository; pull v2 with --base the pulled v1
+    const p1 = await orb(['publish', `oci-layout:${l1.dir}:v1`, '--to', `oci://${reg.host}/delta/disk:v1`]);
+    const p2 = await orb(['publish', `oci-layout:${l2.dir}:v2`, '--to', `oci://${reg.host}/delta/disk:v2`]);
+    const upRatio = p2['bytes-uploaded'] / p1['bytes-uploaded'];
+    rows.push(['re-publish, 2% changed: bytes uploaded', String(p2['bytes-uploaded']), `${p1['bytes-uploaded']} (first publish)`, upRatio, '<= 0.05']);
+    const base = join(work, 'base.raw');
+    const q1 = await orb(['pull', `oci://${reg.host}/delta/disk:v1`, '--output', base]);
+    const q2 = await orb(['pull', `oci://${reg.host}/delta/disk:v2`, '--output', join(work, 'v2.raw'), '--base', base]);
+    if (q2['content-sha256'] !== img2.contentDigest.slice(7)) throw new Error('v2 pulled with --base differs');
+    const downRatio = q2['bytes-downloaded'] / q1['bytes-downloaded'];
+    rows.push(['pull --base, 2% changed: bytes downloaded', String(q2['bytes-downloaded']), `${q1['bytes-downloaded']} (full pull)`, downRatio, '<= 0.05']);
+
+    const pass = pushRatio >= 0.9 && pullRatio >= 0.9 && upRatio <= 0.05 && downRatio <= 0.05;
+    const header = ['measure', 'orb', 'reference', 'ratio', 'target'];
+    const table = [header, ...rows.map((r) => [r[0], r[1], r[2], r[3].toFixed(3), r[4]])];
+    const widths = header.map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
+    for (const r of table) process.stdout.write(r.map((c, i) => String(c).padEnd(widths[i])).join('  ') + '\n');
+    process.stdout.write(`oci bench: ${pass ? 'all targets met' : 'TARGET MISSED'}\n`);
+    const result = {
+      name: 'oci',
+      imageBytes: SIZE,
+      blobBytes: bytes,
+      chunkSize: CHUNK,
+      rounds: ROUNDS,
+      seconds: { push, pull },
+      ratios: { push: pushRatio, pull: pullRatio, republishUploaded: upRatio, pullBaseDownloaded: downRatio },
+      pass,
+    };
+    mkdirSync(join(root, 'bench/results'), { recursive: true });
+    writeFileSync(join(root, 'bench/results/oci.json'), JSON.stringify(result, null, 2) + '\n');
+    return pass;
+  } finally {
+    await reg.stop();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+const ok = await main();
+process.exitCode = ok ? 0 : 1;
