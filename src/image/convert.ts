@@ -1,7 +1,7 @@
 import { access, mkdir, realpath, stat, constants as fsc } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
-import { ensureFreeSpace, partialOutput, type PartialOutput } from '../core/fsutil.js';
+import { ensureFreeSpace, freeBytes, partialOutput, type PartialOutput } from '../core/fsutil.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import { manifestImagePath, readManifest, type BuildInfo, type OrbManifest } from '../core/manifest.js';
 import { nullProgress, type Progress } from '../core/progress.js';
@@ -163,11 +163,17 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   let partial: PartialOutput | undefined;
   let done: OutputDone | undefined;
   try {
+    // Worst case first (the data does not compress at all): when that fits, skip the sampled
+    // estimate, which costs a second or two of CPU on a large image.
+    const worst = reader.extents.dataBytes + (4 << 20) + Math.ceil(info.virtualSize / settings.clusterSize) * 8;
+    const fitsWorst = o.estimateBytes === undefined && (await freeBytes(resolve(o.output))) >= worst;
     const estimate =
       o.estimateBytes ??
-      (await estimateOutputBytes(reader, pool, { format: o.format, level: settings.level, codec: settings.compression, clusterSize: settings.clusterSize })).bytes;
+      (fitsWorst
+        ? worst
+        : (await estimateOutputBytes(reader, pool, { format: o.format, level: settings.level, codec: settings.compression, clusterSize: settings.clusterSize })).bytes);
     await ensureFreeSpace(resolve(o.output), estimate, `the ${o.format} output`);
-    log.info(`data to read: ${reader.extents.dataBytes} bytes in ${reader.extents.count} extents; estimated output ${estimate} bytes`);
+    log.info(`data to read: ${reader.extents.dataBytes} bytes in ${reader.extents.count} extents; output at most ${estimate} bytes`);
     if (mode !== 'add-to-layout') partial = await partialOutput(resolve(o.output));
     done = await runOutput({
       reader,

@@ -20,6 +20,7 @@ export const WORKER_SOURCE = String.raw`
 const { parentPort, workerData } = require('node:worker_threads');
 const zlib = require('node:zlib');
 const crypto = require('node:crypto');
+const v8 = require('node:v8');
 const ZERO = Buffer.alloc(1 << 20);
 // Compressed outputs live outside the V8 heap, which stays tiny, so V8 collects them late and
 // dead buffers pile up (measured: ~100 MB per thread). A collection after each task is ~1 ms.
@@ -146,6 +147,7 @@ parentPort.on('message', (m) => {
   delete res.transfer;
   res.id = m.id;
   parentPort.postMessage(res, transfer);
-  if (m.task !== 'hash') collect();
+  // collect only when compressed outputs have piled up (a full collection costs ~1 ms)
+  if (m.task !== 'hash' && v8.getHeapStatistics().external_memory > 48 * 1024 * 1024) collect();
 });
 `;

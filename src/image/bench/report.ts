@@ -32,16 +32,19 @@ export function recommend(results: MethodResult[], bandwidth: number): { id: str
   const chunked = results.find((r) => r.id === 'chunked');
   if (chunked && best.id !== 'chunked' && chunked.deliverySeconds <= best.deliverySeconds * 1.05) best = chunked;
   const parts = (r: MethodResult) =>
-    `${formatDuration(r.deliverySeconds)} (compress ${formatDuration(r.predicted.compressSeconds)}, transfer ${formatBytes(r.predicted.outBytes)} in ${formatDuration(
+    `${secs(r.deliverySeconds)} (compress ${secs(r.predicted.compressSeconds)}, transfer ${formatBytes(r.predicted.outBytes)} in ${secs(
       r.predicted.outBytes / bandwidth,
-    )}, decompress ${formatDuration(r.predicted.decompressSeconds)})`;
+    )}, decompress ${secs(r.predicted.decompressSeconds)})`;
   const runner = sorted.find((r) => r.id !== best.id);
   let reason = `at ${formatBandwidth(bandwidth)}, ${best.label} gets the image to a client in ${parts(best)}`;
-  if (runner) reason += `; next: ${runner.label}, ${formatDuration(runner.deliverySeconds)}`;
+  if (runner) reason += `; next: ${runner.label}, ${secs(runner.deliverySeconds)}`;
   if (best.id === 'chunked') reason += '. Later versions ship only their changed chunks.';
-  else if (chunked) reason += `. chunked: ${formatDuration(chunked.deliverySeconds)}, and later versions ship only changed chunks.`;
+  else if (chunked) reason += `. chunked: ${secs(chunked.deliverySeconds)}, and later versions ship only changed chunks.`;
   return { id: best.id, reason };
 }
+
+/** seconds with a decimal below a minute: benchmark figures are often a few seconds */
+const secs = (s: number) => (s < 60 ? `${s.toFixed(s < 10 ? 2 : 1)}s` : formatDuration(s));
 
 const mb = (n: number) => (Number.isFinite(n) ? n.toFixed(n >= 100 ? 0 : 1) : '-');
 
@@ -66,13 +69,13 @@ export function tableRows(rep: BenchReport): { header: string[]; rows: string[][
       mb(m.decompressMBps),
       formatBytes(Math.max(m.data.peakRss, m.zeros?.peakRss ?? 0)),
       formatBytes(m.predicted.outBytes),
-      formatDuration(m.predicted.compressSeconds),
-      formatDuration(m.deliverySeconds),
+      secs(m.predicted.compressSeconds),
+      secs(m.deliverySeconds),
     ];
     if (full) {
       row.push(
         m.full ? `${formatBytes(m.full.outBytes)} (${signed(m.full.sizeErrorPct)})` : '-',
-        m.full ? `${formatDuration(m.full.compressSeconds)} (${signed(m.full.timeErrorPct)})` : '-',
+        m.full ? `${secs(m.full.compressSeconds)} (${signed(m.full.timeErrorPct)})` : '-',
       );
     }
     return row;
@@ -120,7 +123,7 @@ export function reportText(rep: BenchReport): string {
     '',
     barChart(
       rep.methods.map((m) => ({ label: m.id, value: m.deliverySeconds })),
-      (v) => formatDuration(v),
+      (v) => secs(v),
     ),
     '',
     `recommended: ${rep.recommended}: ${rep.reason}`,
