@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,10 +14,20 @@ import { actionEnv, parseGithubOutput, runNode } from './helpers/cli.js';
  */
 describe('build-golden-image (Linux cloud image + NoCloud seed)', () => {
   let work: string;
+  let privateTmp: string;
+  const savedTmp = process.env.TMPDIR;
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'orb-build-linux-'));
+    // A private TMPDIR, so the check that no seed is left sees only this file's builds.
+    privateTmp = join(work, 'tmp');
+    await mkdir(privateTmp);
+    process.env.TMPDIR = privateTmp;
   });
-  afterAll(() => rm(work, { recursive: true, force: true }));
+  afterAll(async () => {
+    if (savedTmp === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = savedTmp;
+    await rm(work, { recursive: true, force: true });
+  });
 
   it('boots the image with the seed, runs the scripts, powers off; disk, manifest, logs; no secret left', async () => {
     const image = await buildCloudImage();
@@ -73,7 +83,7 @@ describe('build-golden-image (Linux cloud image + NoCloud seed)', () => {
     ]) {
       expect(await readFile(f, 'utf8')).not.toContain(password);
     }
-    expect((await readdir(tmpdir())).filter((d) => d.startsWith('orb-seed-'))).toEqual([]);
+    expect((await readdir(privateTmp)).filter((d) => d.startsWith('orb-seed-'))).toEqual([]);
   }, 400_000);
 
   it('as a GitHub Action (the ESM bundle): outputs in GITHUB_OUTPUT, the generated password masked', async () => {

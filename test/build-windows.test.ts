@@ -62,8 +62,14 @@ describe('build-golden-image (Windows flow, fake installer)', () => {
     'cache-dir': join(work, 'cache'),
   });
 
+  const savedTmp = process.env.TMPDIR;
+  let privateTmp: string;
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'orb-build-win-'));
+    // A private TMPDIR, so the check that no media directory is left sees only this file's builds.
+    privateTmp = join(work, 'tmp');
+    await mkdir(privateTmp);
+    process.env.TMPDIR = privateTmp;
     iso = await buildInstallerIso('install');
     await mkdir(join(work, 'virtio', 'viostor', 'w11', 'amd64'), { recursive: true });
     await writeFile(join(work, 'virtio', 'viostor', 'w11', 'amd64', 'viostor.inf'), '; stand-in\n');
@@ -73,7 +79,11 @@ describe('build-golden-image (Windows flow, fake installer)', () => {
     await writeFile(scripts[0]!, 'echo "first script says hello"\n');
     await writeFile(scripts[1]!, 'echo "second script: $(pwd)"\n');
   }, 300_000);
-  afterAll(() => rm(work, { recursive: true, force: true }));
+  afterAll(async () => {
+    if (savedTmp === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = savedTmp;
+    await rm(work, { recursive: true, force: true });
+  });
 
   it('UEFI + virtio: installs, provisions in order, generalizes, writes disk, manifest, logs, screenshots and a dockur bundle; no secret left', async () => {
     const out = join(work, 'uefi');
@@ -139,7 +149,7 @@ describe('build-golden-image (Windows flow, fake installer)', () => {
     expect(log.join('\n')).not.toContain(PASSWORD);
     await assertNoSecret(out, PASSWORD);
     expect((await walk(out)).filter((f) => f.endsWith('.iso'))).toEqual([]);
-    expect((await readdir(tmpdir())).filter((d) => /^orb-(answer|stage|final)-/.test(d))).toEqual([]);
+    expect((await readdir(privateTmp)).filter((d) => /^orb-(answer|stage|final)-/.test(d))).toEqual([]);
     const state = JSON.parse(await readFile(join(out, 'build-state.json'), 'utf8'));
     expect(Object.keys(state.stages)).toEqual(['installed', 'provisioned', 'final']);
   }, 600_000);

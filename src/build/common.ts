@@ -1,5 +1,7 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { trackPath } from '../core/cleanup.js';
 import { basename, join, relative } from 'node:path';
 import type { Summary } from '../core/command.js';
 import { redact, type Logger } from '../core/log.js';
@@ -185,7 +187,23 @@ export async function prepareOutDir(
   return dirs;
 }
 
-/** Removes a stage's media (the answer ISO holds the admin password) whatever happened. */
+/**
+ * A private (0700) temporary directory for one boot's media: answer files and stage media hold a
+ * password. Removed by the caller's finally, and by the cleanup registry on Ctrl-C or a cancelled
+ * job, so it is never left behind in the build directory or /tmp.
+ */
+export async function mediaDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  tracked.set(dir, trackPath(dir));
+  return dir;
+}
+const tracked = new Map<string, { keep(): void }>();
+
+/** Removes a stage's media whatever happened. */
 export async function removeMedia(...paths: string[]): Promise<void> {
-  for (const p of paths) await rm(p, { recursive: true, force: true });
+  for (const p of paths) {
+    await rm(p, { recursive: true, force: true });
+    tracked.get(p)?.keep();
+    tracked.delete(p);
+  }
 }

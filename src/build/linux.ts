@@ -1,5 +1,4 @@
-import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UsageError } from '../core/errors.js';
 import { redact } from '../core/log.js';
@@ -8,6 +7,7 @@ import { writeSeedIso } from './cloudinit.js';
 import {
   finishOutputs,
   prepareOutDir,
+  mediaDir,
   removeMedia,
   type BuildEnv,
   type BuildResult,
@@ -91,7 +91,7 @@ export async function buildLinux(o: LinuxBuildOptions, env: BuildEnv): Promise<B
     { disk: base, ...(baseVars ? { vars: baseVars } : {}) },
     { disk: final, ...(finalVars ? { vars: finalVars } : {}) },
   );
-  const media = await mkdtemp(join(tmpdir(), 'orb-seed-'));
+  const media = await mediaDir('orb-seed-');
   let provisionLog: string | undefined;
   let latestScreenshot: string | undefined;
   let stageSeconds = 0;

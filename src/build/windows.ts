@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
-import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { mask, redact } from '../core/log.js';
 import { requireUefi } from '../qemu/firmware.js';
@@ -12,6 +11,7 @@ import { buildAutounattend, buildSysprepUnattend, type UnattendOptions } from '.
 import {
   finishOutputs,
   prepareOutDir,
+  mediaDir,
   removeMedia,
   type BuildEnv,
   type BuildResult,
@@ -142,7 +142,7 @@ export async function buildWindows(o: WindowsBuildOptions, env: BuildEnv): Promi
       await copyFile(uefi!.vars, installedFw.vars);
     }
     if (installedFw.tpmDir) await rm(installedFw.tpmDir, { recursive: true, force: true });
-    const media = await mkdtemp(join(tmpdir(), 'orb-answer-'));
+    const media = await mediaDir('orb-answer-');
     const installPassword = generatePassword();
     mask(installPassword);
     try {
@@ -197,7 +197,7 @@ export async function buildWindows(o: WindowsBuildOptions, env: BuildEnv): Promi
     if (o.scripts.length) {
       await rm(at(provisioned), { force: true });
       await createOverlay(at(provisioned), base, 'qcow2', env.signal);
-      const media = await mkdtemp(join(tmpdir(), 'orb-stage-'));
+      const media = await mediaDir('orb-stage-');
       try {
         await writeProvisionMedia(join(media, 'tree'), o.scripts);
         const stageIso = join(media, 'stage.iso');
@@ -242,7 +242,7 @@ export async function buildWindows(o: WindowsBuildOptions, env: BuildEnv): Promi
   await rm(final, { force: true });
   await createOverlay(final, at(provisioned), 'qcow2', env.signal);
   await copyFirmwareState(provisionedFw, finalFw);
-  const media = await mkdtemp(join(tmpdir(), 'orb-final-'));
+  const media = await mediaDir('orb-final-');
   let finalSeconds = 0;
   try {
     await writeFinalizeMedia(join(media, 'tree'), {
