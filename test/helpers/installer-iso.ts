@@ -17,7 +17,6 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,37 +33,9 @@ export type InstallerVariant = 'install' | 'hang' | 'panic' | 'no-poweroff';
 /** Byte offsets of the evidence records the fake installer and system write to the target disk. */
 export const EVIDENCE = { installed: 40 << 20, provisioned: 41 << 20, final: 42 << 20 } as const;
 
-/** Modules for CD-ROMs (SATA/AHCI), SATA and virtio disks, ISO 9660, in load order with dependencies. */
-export function storageModules(): string[] {
-  const { version } = guestKernel();
-  const dep = readFileSync(`/lib/modules/${version}/modules.dep`, 'utf8');
-  const deps = new Map<string, string[]>();
-  for (const line of dep.split('\n')) {
-    const [mod, rest] = line.split(':');
-    if (mod)
-      deps.set(
-        mod.replace(/^kernel\//, ''),
-        (rest ?? '')
-          .trim()
-          .split(/\s+/)
-          .filter(Boolean)
-          .map((d) => d.replace(/^kernel\//, '')),
-      );
-  }
-  const wanted = ['sr_mod', 'ahci', 'sd_mod', 'isofs', 'virtio_pci', 'virtio_blk'];
-  const order: string[] = [];
-  const visit = (m: string): void => {
-    if (order.includes(m)) return;
-    for (const d of deps.get(m) ?? []) visit(d);
-    order.push(m);
-  };
-  for (const w of wanted) {
-    const m = [...deps.keys()].find((k) => k.endsWith(`/${w}.ko`) || k.endsWith(`/${w}.ko.xz`));
-    if (!m) throw new Error(`kernel module ${w} not found`);
-    visit(m);
-  }
-  return order;
-}
+// The module list (with dependencies) is the one orb demo's cloud image uses.
+import { storageModules } from '../../src/guest/cloud.js';
+export { storageModules };
 
 /** Shell shared by the installer and the installed system: set-up, module loading, finding media. */
 export function guestPrelude(modules: string[]): string {
