@@ -201,6 +201,7 @@ async function sdkRangedGet(key, size, out) {
       await writeAt(fh, r.Body, s);
     }),
   );
+  await fh.datasync(); // orb pull syncs its output before reporting success; so does the reference
   await fh.close();
 }
 
@@ -271,6 +272,7 @@ measure(
       );
       await writeAt(fh, r.Body, Number(l.annotations[media.ANN_CHUNK_OFFSET]));
     });
+    await fh.datasync();
     await fh.close();
     await rm(out, { force: true });
   },
@@ -316,6 +318,7 @@ measure(
       while (done < c.length) done += (await fh.write(c, done, c.length - done, pos + done)).bytesWritten;
       pos += c.length;
     }
+    await fh.datasync();
     await fh.close();
     if (h.digest('hex') !== fileHex) throw new Error('digest mismatch');
     await rm(out, { force: true });
@@ -365,9 +368,10 @@ if (curl && busybox) {
       const out = join(dir, 'curl.img');
       const r = spawnSync('curl', ['-sS', '-o', out, httpUrl]);
       if (r.status !== 0) throw new Error(`curl failed: ${r.stderr}`);
+      spawnSync('sync', [out]); // orb pull syncs its output; so does the reference
       await rm(out, { force: true });
     },
-    'curl (one connection)',
+    'curl (one connection) + sync',
   );
   measure(
     `HTTP download of ${(SIZE / GiB).toFixed(1)} GiB (ranged downloader alone: 8 connections, sha256, written to disk)`,
@@ -446,4 +450,4 @@ writeFileSync(
   ) + '\n',
 );
 sdk.destroy();
-statSync(file);
+process.exit(0); // children (s3rver, httpd) are stopped by the exit handler
