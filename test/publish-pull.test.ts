@@ -101,6 +101,15 @@ describe('chunked images through a registry', () => {
     expect(r.chunksDownloaded).toBe(1);
   });
 
+  it('--base can be a qcow2 disk (read through qemu-nbd)', async () => {
+    const q = join(dir, 'p1.qcow2');
+    execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', join(dir, 'p1.raw'), q]);
+    const out = join(dir, 'p2c.raw');
+    const r = await pull({ source: store('pp/disk'), ref: 'v2', display: 'v2', output: out, format: 'raw', base: q, concurrency: 4, log, progress });
+    expect(await sha256File(out)).toBe(sum2);
+    expect(r.chunksDownloaded).toBe(1);
+  });
+
   it('writes qcow2 on request, identical in content', async () => {
     const out = join(dir, 'p2.qcow2');
     const r = await pull({ source: store('pp/disk'), ref: 'v2', display: 'v2', output: out, format: 'qcow2', concurrency: 4, log, progress });
@@ -163,6 +172,19 @@ describe('chunked images through a registry', () => {
     const err = await pull({ source: s, ref: 'app', display: 'oci://x/pp/container:app', output: out, format: 'auto', concurrency: 1, log, progress }).catch((e: unknown) => e);
     expect((err as OrbError).message).toMatch(/container image/);
     expect(existsSync(out)).toBe(false);
+  });
+});
+
+describe('what orb convert writes', () => {
+  it('a layout from the chunked encoder travels through the registry unchanged', async () => {
+    const { encodeChunked } = await import('../src/image/chunked/index.js');
+    const out = join(dir, 'encoded');
+    await encodeChunked({ input: join(dir, 'v1.raw'), output: out, tag: 'enc', chunkSize: 1 << 20, manifest: false, log });
+    const r = await publish({ source: `oci-layout:${out}:enc`, target: store('pp/encoded'), tags: ['enc'], concurrency: 4, partSize: 1 << 30, log, progress });
+    const back = join(dir, 'encoded.raw');
+    const p = await pull({ source: store('pp/encoded'), ref: 'enc', display: 'enc', output: back, format: 'raw', concurrency: 4, log, progress });
+    expect(p.digest).toBe(r.digest);
+    expect(await sha256File(back)).toBe(sum1);
   });
 });
 

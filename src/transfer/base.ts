@@ -5,16 +5,18 @@ import { MANIFEST_SCHEMA, manifestImagePath, type OrbManifest } from '../core/ma
 import { LayoutStore } from '../oci/layout-store.js';
 import { DISK_CHUNK_RAW, type Descriptor } from '../oci/media.js';
 import { parseLayoutRef } from '../oci/reference.js';
-import { decodeChunk, sha256 } from './chunk.js';
+import { decodeChunk, sha256Async } from './chunk.js';
+import { inspectImage } from '../image/inspect.js';
+import { openDiskReader, type DiskReader } from '../image/reader.js';
 import { makePlan, resolveManifest, type Region } from './plan.js';
 import { detectFileFormat } from './source.js';
 
 /**
  * `--base`: a local earlier version whose unchanged chunks are taken instead of downloaded.
  * Nothing from the base is trusted: every region taken is checked against the new manifest's
- * chunk digest. Bases: a raw disk (the output of an earlier pull) read at the same offsets, a
- * chunked layout (oci-layout:DIR:TAG or its directory) looked up by chunk digest, or an orb
- * stage manifest naming either.
+ * chunk digest. Bases: a disk (the output of an earlier pull: raw read directly, qcow2 and
+ * others through qemu-nbd) read at the same offsets, a chunked layout (oci-layout:DIR:TAG or its
+ * directory) looked up by chunk digest, or an orb stage manifest naming either.
  */
 export interface BaseSource {
   describe: string;
@@ -38,7 +40,7 @@ class RawBase implements BaseSource {
       if (bytesRead === 0) return undefined;
       done += bytesRead;
     }
-    return sha256(buf) === region.digest ? buf : undefined;
+    return (await sha256Async(buf)) === region.digest ? buf : undefined;
   }
   async close(): Promise<void> {
     await this.fh.close().catch(() => undefined);
@@ -83,17 +85,40 @@ async function layoutBase(dir: string, tag: string | undefined, display: string)
   return new LayoutBase(display, store, chunks);
 }
 
+/** qcow2, vhdx, vmdk, ...: read through the disk reader of src/image (qemu-nbd), skipping holes. */
+class DiskBase implements BaseSource {
+  constructor(
+    readonly describe: string,
+    private readonly reader: DiskReader,
+  ) {}
+  async lookup(region: Region): Promise<Buffer | undefined> {
+    if (region.offset + region.length > this.reader.virtualSize) return undefined;
+    // a region the base holds no data in reads as zeros, and stored chunks are never all zero
+    if (!this.reader.extents.within(region.offset, region.offset + region.length).length) return undefined;
+    const buf = Buffer.allocUnsafe(region.length);
+    await this.reader.read(region.offset, buf);
+    return (await sha256Async(buf)) === region.digest ? buf : undefined;
+  }
+  async close(): Promise<void> {
+    await this.reader.close();
+  }
+}
+
 async function fileBase(path: string, display: string): Promise<BaseSource> {
   const fh = await open(path, 'r');
   const head = Buffer.alloc(512);
   await fh.read(head, 0, 512, 0);
   const format = detectFileFormat(head);
-  if (format !== 'raw') {
-    await fh.close();
-    throw new UsageError(`base ${display} is ${format}; a base disk must be raw (what orb pull writes by default) or a chunked layout`, 'pull with --format raw for later updates, or give the chunked layout as the base');
+  if (format === 'raw') {
+    const size = (await fh.stat()).size;
+    return new RawBase(display, fh, size);
   }
-  const size = (await fh.stat()).size;
-  return new RawBase(display, fh, size);
+  await fh.close();
+  if (format === 'qcow2' || format === 'vhdx' || format === 'vmdk') {
+    const info = await inspectImage(path);
+    return new DiskBase(display, await openDiskReader(info));
+  }
+  throw new UsageError(`base ${display} is ${format}; a base must be a disk image (raw, qcow2, ...) or a chunked layout`, 'give the disk an earlier pull wrote, or its chunked layout');
 }
 
 export async function openBase(spec: string): Promise<BaseSource> {

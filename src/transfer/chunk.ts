@@ -1,13 +1,7 @@
 import { createHash, webcrypto } from 'node:crypto';
-import { promisify } from 'node:util';
-import zlib from 'node:zlib';
 import { OrbError } from '../core/errors.js';
-
-/**
- * Decoding one chunk of the disk format: zstd (on libuv's thread pool, off the main thread),
- * then the length and sha256 of the result checked against the manifest's annotations.
- */
-const zstdDecompress = promisify(zlib.zstdDecompress) as (buf: Buffer, opts?: zlib.ZstdOptions) => Promise<Buffer>;
+import { decodeChunkBlob } from '../image/chunked/index.js';
+import { DISK_CHUNK_RAW, DISK_CHUNK_ZSTD } from '../oci/media.js';
 
 export function sha256(data: Uint8Array): string {
   return 'sha256:' + createHash('sha256').update(data).digest('hex');
@@ -18,17 +12,26 @@ export async function sha256Async(data: Uint8Array): Promise<string> {
   return 'sha256:' + Buffer.from(await webcrypto.subtle.digest('SHA-256', data)).toString('hex');
 }
 
+/**
+ * Decodes and verifies one chunk with the chunked format's own decoder (src/image/chunked):
+ * zstd or raw, then its length and uncompressed sha256 against the manifest's annotations.
+ */
 export async function decodeChunk(kind: 'zstd' | 'raw' | 'part', blob: Buffer, length: number, digest: string, where: string): Promise<Buffer> {
-  let out: Buffer;
-  if (kind === 'zstd') {
-    try {
-      out = await zstdDecompress(blob, { maxOutputLength: Math.max(1, length) });
-    } catch (err) {
-      throw new OrbError('integrity', `${where}: the chunk does not decompress (${(err as Error).message})`);
-    }
-  } else out = blob;
-  if (out.length !== length) throw new OrbError('integrity', `${where}: the chunk holds ${out.length} bytes, the manifest says ${length}`);
-  const got = await sha256Async(out);
-  if (got !== digest) throw new OrbError('integrity', `${where}: the chunk's content has digest ${got}, the manifest says ${digest}`);
-  return out;
+  if (kind === 'part') {
+    if (blob.length !== length || (await sha256Async(blob)) !== digest) throw new OrbError('integrity', `${where}: the part does not match its digest`);
+    return blob;
+  }
+  const chunk = {
+    index: 0,
+    offset: 0,
+    length,
+    digest,
+    blob: { mediaType: kind === 'zstd' ? DISK_CHUNK_ZSTD : DISK_CHUNK_RAW, digest: '', size: blob.length },
+  };
+  try {
+    return await decodeChunkBlob(blob, chunk);
+  } catch (err) {
+    if (err instanceof OrbError) throw new OrbError(err.kind, `${where}: ${err.message.replace(/^chunk at offset 0:? ?/, '')}`, { cause: err });
+    throw err;
+  }
 }
