@@ -16,7 +16,6 @@ import {
   openSync,
   writeSync,
   closeSync,
-  statSync,
 } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -27,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const lib = (p) => import(join(root, 'lib', p));
-const { S3Client, GetObjectCommand, CreateBucketCommand } = await import('@aws-sdk/client-s3');
+const { S3Client, GetObjectCommand } = await import('@aws-sdk/client-s3');
 const { Upload } = await import('@aws-sdk/lib-storage');
 const { S3Store, parseS3Ref } = await lib('store/s3.js');
 const { HttpsStore } = await lib('store/https.js');
@@ -55,7 +54,6 @@ process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
 
 const log = (m) => process.stderr.write(m + '\n');
-const sha256 = (b) => createHash('sha256').update(b).digest('hex');
 
 async function freePort() {
   return new Promise((res) => {
