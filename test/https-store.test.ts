@@ -200,3 +200,64 @@ describe('https:// pulls through the pull engine', () => {
     expect(r.contentSha256.replace(/^sha256:/, '')).toBe(qhex);
   });
 });
+
+describe('https:// pulls through the fault-injection proxy', () => {
+  it('continues after resets, waits out 503 with Retry-After, and restarts when Range is ignored', async () => {
+    const { startFaultProxy } = await import('./helpers/fault-proxy.js');
+    const { pull } = await import('../src/transfer/pull.js');
+    const { sha256File } = await import('../src/core/fsutil.js');
+    const { nullProgress } = await import('../src/core/progress.js');
+    const proxy = await startFaultProxy(server.url);
+    try {
+      const url = `${proxy.url}/disk.qcow2#sha256=${hex}`;
+      const run = (out: string) =>
+        pull({
+          source: new HttpsStore(url, { log: silentLogger, connections: 3 }),
+          ref: 'latest',
+          display: 'proxy',
+          output: join(dir, out),
+          format: 'auto',
+          concurrency: 1,
+          log: silentLogger,
+          progress: () => nullProgress,
+        });
+      proxy.add({
+        method: 'GET',
+        path: /disk\.qcow2/,
+        header: 'range',
+        skip: 2,
+        times: 2,
+        action: { type: 'reset-response', afterBytes: 1_000_000 },
+      });
+      proxy.add({
+        method: 'GET',
+        path: /disk\.qcow2/,
+        skip: 3,
+        times: 1,
+        action: { type: 'status', status: 503, headers: { 'retry-after': '1' }, body: '' },
+      });
+      const t0 = Date.now();
+      await run('p1.bin');
+      expect(await sha256File(join(dir, 'p1.bin'))).toBe(hex);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
+      expect(proxy.log.filter((e) => e.fault).length).toBe(3);
+      proxy.clear();
+      proxy.add({ method: 'GET', path: /disk\.qcow2/, action: { type: 'ignore-range' } });
+      await run('p2.bin');
+      expect(await sha256File(join(dir, 'p2.bin'))).toBe(hex);
+      proxy.clear();
+      // a corrupted byte on the way: never written as the output
+      proxy.add({
+        method: 'GET',
+        path: /disk\.qcow2/,
+        header: 'range',
+        skip: 1,
+        action: { type: 'flip', offset: 12345 },
+      });
+      await expect(run('p3.bin')).rejects.toThrow(/digest/);
+      await expect(sha256File(join(dir, 'p3.bin'))).rejects.toThrow();
+    } finally {
+      await proxy.stop();
+    }
+  });
+});
