@@ -71,7 +71,8 @@ function installHandlers(): void {
   process.once('exit', killAllSync);
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(sig, () => {
-      process.stderr.write(`\ninterrupted (${sig}); stopping child processes and removing partial files\n`);
+      // Test runners stop their workers with SIGTERM after every file: not news there.
+      if (!process.env.VITEST) process.stderr.write(`\ninterrupted (${sig}); stopping child processes and removing partial files\n`);
       void runCleanup().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
     });
   }
