@@ -301,24 +301,24 @@ measure(
   },
   'SDK Upload (same part size and queue)',
 );
+// store level: the bytes the S3 store delivers, written in order (verification is the pull engine's,
+// measured in the chunked case above), against the same ranged requests made with the SDK
 measure(
-  `S3 download, one ${(SIZE / GiB).toFixed(1)} GiB object (${CONCURRENCY} ranged connections, sha256 checked)`,
+  `S3 download, one ${(SIZE / GiB).toFixed(1)} GiB object, store level (${CONCURRENCY} ranged connections)`,
   SIZE,
   async () => {
     const out = join(dir, 'oursfile.bin');
     const { stream } = await store(`oursfile${round}`).getBlob(fileDesc);
-    const h = createHash('sha256');
     const fh = await open(out, 'w');
     let pos = 0;
     for await (const c of stream) {
-      h.update(c);
       let done = 0;
       while (done < c.length) done += (await fh.write(c, done, c.length - done, pos + done)).bytesWritten;
       pos += c.length;
     }
     await fh.datasync();
     await fh.close();
-    if (h.digest('hex') !== fileHex) throw new Error('digest mismatch');
+    if (pos !== SIZE) throw new Error('short download');
     await rm(out, { force: true });
   },
   async () => {
@@ -372,25 +372,13 @@ if (curl && busybox) {
     'curl (one connection) + sync',
   );
   measure(
-    `HTTP download of ${(SIZE / GiB).toFixed(1)} GiB (ranged downloader alone: 8 connections, sha256, written to disk)`,
+    `HTTP download of ${(SIZE / GiB).toFixed(1)} GiB, ranged downloader (store level, 8 connections, to disk)`,
     SIZE,
     async () => {
       const out = join(dir, 'http2.img');
       const f = new RemoteFile(httpUrl, { connections: 8, log: silent, what: 'bench' });
       const { stream } = await f.read(0);
-      const h = createHash('sha256');
-      const ws = createWriteStream(out, { highWaterMark: 4 << 20 });
-      await pipeline(
-        stream,
-        async function* (src) {
-          for await (const c of src) {
-            h.update(c);
-            yield c;
-          }
-        },
-        ws,
-      );
-      if (h.digest('hex') !== fileHex) throw new Error('digest mismatch');
+      await pipeline(stream, createWriteStream(out, { highWaterMark: 8 << 20 }));
       await rm(out, { force: true });
     },
     async () => {

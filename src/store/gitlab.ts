@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Readable, Transform } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
-import type { InputSpec } from '../core/inputs.js';
 import { mask, type Logger } from '../core/log.js';
 import { formatBytes } from '../core/progress.js';
 import type { Descriptor } from '../oci/media.js';
@@ -14,6 +13,9 @@ import {
   withRetries,
 } from './https-client.js';
 import { RemoteFile } from './https-file.js';
+import { blobFileName, gitlabInputs, parseGitlabRef, type GitlabRef } from './gitlab-ref.js';
+
+export { blobFileName, gitlabInputs, parseGitlabRef, type GitlabRef } from './gitlab-ref.js';
 import { registerStoreInputs, registerStoreOutputs, type OpenedStore, type StoreOptions } from './open.js';
 import type { BlobStore } from './types.js';
 
@@ -26,62 +28,6 @@ import type { BlobStore } from './types.js';
  * CI_JOB_TOKEN (JOB-TOKEN); API base: an input or CI_API_V4_URL.
  */
 export const GITLAB_MAX_FILE = 5_000_000_000;
-const NAME_RE = /^[A-Za-z0-9._-]+$/;
-// GitLab's documented version rule: \A(\.?[\w\+-]+\.?)+\z
-const VERSION_RE = /^(\.?[\w+-]+\.?)+$/;
-
-export const gitlabInputs: InputSpec[] = [
-  {
-    name: 'gitlab-url',
-    type: 'string',
-    env: ['CI_API_V4_URL'],
-    description:
-      'GitLab: API base URL, e.g. https://gitlab.example.com/api/v4 (default: CI_API_V4_URL, else https://gitlab.com/api/v4)',
-  },
-  {
-    name: 'gitlab-token',
-    type: 'string',
-    secret: true,
-    env: ['GITLAB_TOKEN'],
-    description: 'GitLab: personal, project or deploy token (default: CI_JOB_TOKEN in a GitLab job)',
-  },
-];
-
-export interface GitlabRef {
-  project: string;
-  pkg: string;
-  version: string;
-  /** pinned manifest digest (`...VERSION@sha256:<hex>`) */
-  digest?: string;
-}
-
-export function parseGitlabRef(ref: string): GitlabRef {
-  const m = /^gitlab:\/\/(.+)\/([^/]+)\/([^/@]+)(?:@(sha256:[a-f0-9]{64}))?$/.exec(ref);
-  if (!m)
-    throw new UsageError(
-      `'${ref}' is not a GitLab package reference`,
-      'write gitlab://GROUP/PROJECT/PACKAGE/VERSION (or gitlab://PROJECT_ID/PACKAGE/VERSION)',
-    );
-  const [, project, pkg, version, digest] = m as unknown as [
-    string,
-    string,
-    string,
-    string,
-    string | undefined,
-  ];
-  if (!NAME_RE.test(pkg))
-    throw new UsageError(
-      `GitLab package name '${pkg}' is invalid`,
-      'use letters, digits, dots, hyphens and underscores',
-    );
-  if (!VERSION_RE.test(version))
-    throw new UsageError(
-      `GitLab package version '${version}' is invalid`,
-      'use letters, digits, dots, hyphens, underscores and +',
-    );
-  return { project: project.replace(/^\/+|\/+$/g, ''), pkg, version, ...(digest ? { digest } : {}) };
-}
-
 interface PackageFile {
   id: number;
   package_id: number;
@@ -96,12 +42,6 @@ interface Pkg {
   name: string;
   version: string;
   _links?: { web_path?: string };
-}
-
-export function blobFileName(digest: string): string {
-  const m = /^sha256:([a-f0-9]{64})$/.exec(digest);
-  if (!m) throw new OrbError('integrity', `unsupported digest '${digest}'`);
-  return `sha256-${m[1]}`;
 }
 
 export interface GitlabOptions {

@@ -1,28 +1,14 @@
-import {
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  type S3Client,
-} from '@aws-sdk/client-s3';
-import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
-import type { InputSpec } from '../core/inputs.js';
-import { mask, type Logger } from '../core/log.js';
+import type { Logger } from '../core/log.js';
 import { formatDuration } from '../core/progress.js';
-import {
-  ANN_REF_NAME,
-  OCI_INDEX,
-  OCI_MANIFEST,
-  type Descriptor,
-  type ImageIndex,
-  type ImageManifest,
-} from '../oci/media.js';
+import { OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/media.js';
 import { rangedStream } from './https-ranged.js';
-import { PRESIGNED_SCHEMA, type PresignedBundle } from './https.js';
 import { isNotFound, makeS3Client, s3Call } from './s3-client.js';
+import { presignBundle, writeLayoutIndex, type S3LayoutIo } from './s3-layout.js';
+import { parseS3Ref, PRESIGN_MAX_SECONDS, s3Inputs, formatS3Ref, type S3Ref } from './s3-ref.js';
 import {
   checksumUnsupported,
   MAX_OBJECT,
@@ -42,80 +28,7 @@ import type { BlobStore } from './types.js';
  *   index.json, oci-layout  rebuilt from tags/ after each publish
  *   presigned/<tag>.json with `presign`: manifest + one pre-signed URL per blob (orb-presigned/v1)
  */
-export const PRESIGN_MAX_SECONDS = 7 * 24 * 3600;
-
-export const s3Inputs: InputSpec[] = [
-  {
-    name: 's3-endpoint',
-    type: 'string',
-    env: ['AWS_ENDPOINT_URL_S3', 'AWS_ENDPOINT_URL'],
-    description: 'S3: endpoint URL of an S3-compatible server (MinIO, Ceph, R2, ...); empty for AWS',
-  },
-  {
-    name: 's3-path-style',
-    type: 'boolean',
-    default: false,
-    description: 'S3: path-style addressing (http://HOST/BUCKET/KEY), needed by most S3-compatible servers',
-  },
-  {
-    name: 's3-region',
-    type: 'string',
-    description: 'S3: region (default: AWS_REGION or the profile; us-east-1 with a custom endpoint)',
-  },
-  {
-    name: 's3-part-size',
-    type: 'size',
-    default: '16MiB',
-    min: 5 * MiB,
-    max: 5 * 1024 * MiB,
-    description: 'S3: multipart part size; raised automatically so an object needs at most 10,000 parts',
-  },
-  {
-    name: 'presign',
-    type: 'duration',
-    min: 1,
-    description:
-      'S3: also output a pre-signed URL valid this long (at most 7d, the S3 limit) that `orb pull` can use without credentials',
-  },
-];
-
-export interface S3Ref {
-  bucket: string;
-  prefix: string;
-  tag?: string;
-  digest?: string;
-}
-
-export function formatS3Ref(r: S3Ref, tagOrDigest: string): string {
-  return `s3://${r.bucket}/${r.prefix.replace(/\/$/, '')}${tagOrDigest.startsWith('sha256:') ? '@' : ':'}${tagOrDigest}`;
-}
-
-export function parseS3Ref(ref: string): S3Ref {
-  const m = /^s3:\/\/([^/:@]+)(\/[^@]*)?(?:@(sha256:[a-f0-9]{64}))?$/.exec(ref);
-  if (!m)
-    throw new UsageError(
-      `'${ref}' is not an S3 reference`,
-      'write s3://BUCKET/PREFIX[:TAG] or s3://BUCKET/PREFIX@sha256:<hex>',
-    );
-  const bucket = m[1]!;
-  let path = (m[2] ?? '').replace(/^\/+/, '');
-  let tag: string | undefined;
-  const lastSlash = path.lastIndexOf('/');
-  const colon = path.indexOf(':', lastSlash + 1);
-  if (colon >= 0) {
-    tag = path.slice(colon + 1);
-    path = path.slice(0, colon);
-    if (!/^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/.test(tag))
-      throw new UsageError(`'${tag}' is not a valid tag`, 'tags use letters, digits, _ . - (at most 128)');
-  }
-  const prefix = path.replace(/\/+$/, '');
-  return {
-    bucket,
-    prefix: prefix ? prefix + '/' : '',
-    ...(tag ? { tag } : {}),
-    ...(m[3] ? { digest: m[3] } : {}),
-  };
-}
+export { formatS3Ref, parseS3Ref, PRESIGN_MAX_SECONDS, s3Inputs, type S3Ref } from './s3-ref.js';
 
 function hexOf(digest: string): string {
   const m = /^sha256:([a-f0-9]{64})$/.exec(digest);
@@ -391,104 +304,40 @@ export class S3Store implements BlobStore {
         `tag ${tag}`,
       );
     }
-    await this.writeIndex().catch((err: Error) =>
+    await writeLayoutIndex(await this.layoutIo()).catch((err: Error) =>
       this.o.log.warn(`could not refresh index.json under ${this.describe()}: ${err.message}`),
     );
-    if (this.o.presignSeconds) await this.presign(bytes, mediaType, digest, tags[0] ?? hex.slice(0, 12));
+    if (this.o.presignSeconds) {
+      Object.assign(
+        this.extraOutputs,
+        await presignBundle(await this.layoutIo(), {
+          manifest: bytes,
+          mediaType,
+          digest,
+          tag: tags[0] ?? hex.slice(0, 12),
+          seconds: this.o.presignSeconds,
+        }),
+      );
+    }
     return digest;
   }
 
-  /** index.json + oci-layout from tags/: makes the prefix a valid OCI image layout. */
-  private async writeIndex(): Promise<void> {
-    const manifests: Descriptor[] = [];
-    let token: string | undefined;
-    const tagPrefix = `${this.ref.prefix}tags/`;
-    do {
-      const res = await this.call(
-        (c) =>
-          c.send(
-            new ListObjectsV2Command({
-              Bucket: this.ref.bucket,
-              Prefix: tagPrefix,
-              ContinuationToken: token,
-            }),
-            this.sig(),
-          ),
-        'list tags',
-      );
-      for (const o of res.Contents ?? []) {
-        const tag = o.Key!.slice(tagPrefix.length);
-        const body = await this.getSmall(o.Key!, `read tag ${tag}`, 64 << 10);
-        if (!body) continue;
-        const d = JSON.parse(body.toString('utf8')) as Descriptor;
-        manifests.push({ ...d, annotations: { ...(d.annotations ?? {}), [ANN_REF_NAME]: tag } });
-      }
-      token = res.IsTruncated ? res.NextContinuationToken : undefined;
-    } while (token);
-    const index: ImageIndex = { schemaVersion: 2, mediaType: OCI_INDEX, manifests };
-    const put = (key: string, text: string) => {
-      const b = Buffer.from(text);
-      return this.putSmall(
-        `${this.ref.prefix}${key}`,
-        b,
-        'application/json',
-        createHash('sha256').update(b).digest('hex'),
-        `write ${key}`,
-      );
-    };
-    await put('oci-layout', JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-    await put('index.json', JSON.stringify(index, null, 2));
-  }
-
-  private async presign(manifest: Buffer, mediaType: string, digest: string, tag: string): Promise<void> {
-    const seconds = this.o.presignSeconds!;
+  private async layoutIo(): Promise<S3LayoutIo> {
     const { client, anonymous } = await this.c();
-    if (anonymous)
-      throw new UsageError('presign needs AWS credentials (pre-signed URLs are signed with them)');
-    const creds = await client.config.credentials();
-    const until = Date.now() + seconds * 1000;
-    if (creds.expiration && creds.expiration.getTime() < until) {
-      this.o.log.warn(
-        `the pre-signed URLs stop working at ${creds.expiration.toISOString()}, when the temporary credentials expire, not after ${formatDuration(seconds)}: ` +
-          'sign with long-term credentials (an IAM user) for longer links',
-      );
-    }
-    const sign = async (key: string) => {
-      const url = await getSignedUrl(client, new GetObjectCommand({ Bucket: this.ref.bucket, Key: key }), {
-        expiresIn: seconds,
-      });
-      const s = new URL(url).searchParams.get('X-Amz-Signature');
-      if (s) mask(s);
-      return url;
+    return {
+      ref: this.ref,
+      client,
+      anonymous,
+      log: this.o.log,
+      ...(this.o.signal ? { signal: this.o.signal } : {}),
+      blobKey: (d) => this.blobKey(d),
+      getSmall: (key, what, limit) => this.getSmall(key, what, limit),
+      putJson: (key, text, what) => {
+        const b = Buffer.from(text);
+        return this.putSmall(key, b, 'application/json', createHash('sha256').update(b).digest('hex'), what);
+      },
+      call: (fn, what) => this.call(fn, what),
     };
-    const m = JSON.parse(manifest.toString('utf8')) as ImageManifest;
-    const blobs: Record<string, string> = {};
-    for (const d of [m.config, ...(m.layers ?? [])])
-      if (d?.digest && !blobs[d.digest]) blobs[d.digest] = await sign(this.blobKey(d.digest));
-    const bundle: PresignedBundle = {
-      schema: PRESIGNED_SCHEMA,
-      expires: new Date(Math.min(until, creds.expiration?.getTime() ?? until)).toISOString(),
-      reference: formatS3Ref(this.ref, tag),
-      mediaType,
-      digest,
-      manifest: manifest.toString('utf8'),
-      blobs,
-    };
-    const body = Buffer.from(JSON.stringify(bundle));
-    const key = `${this.ref.prefix}presigned/${tag}.json`;
-    await this.putSmall(
-      key,
-      body,
-      'application/json',
-      createHash('sha256').update(body).digest('hex'),
-      'upload pre-signed bundle',
-    );
-    this.extraOutputs['presigned-url'] = await sign(key);
-    this.extraOutputs['presigned-expires'] = bundle.expires;
-    if (m.layers?.length === 1) this.extraOutputs['presigned-file-url'] = blobs[m.layers[0]!.digest]!;
-    this.o.log.info(
-      `pre-signed URL valid until ${bundle.expires}: orb pull '<presigned-url>' (the URL is a secret; it is in the outputs)`,
-    );
   }
 
   /** Extra publish outputs (presigned-url, presigned-expires, presigned-file-url). */
