@@ -1,9 +1,8 @@
-import { chmod, mkdir, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
-import { basename, join, relative, resolve } from 'node:path';
+import { chmod, mkdir, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { join, relative, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fsutil.js';
 import { mask, type Logger } from '../core/log.js';
-import type { BuildInfo } from '../core/manifest.js';
 import { readManifest } from '../core/manifest.js';
 import { requireTool, run } from '../core/proc.js';
 import type { Progress } from '../core/progress.js';
@@ -15,6 +14,9 @@ import { openStore, type StoreOptions } from '../store/open.js';
 import { makePlan, resolveManifest } from '../transfer/plan.js';
 import { pull } from '../transfer/pull.js';
 import { checkDisk, checkDocker, checkKvm, checkQemuImg, describeChecks, type Check } from './prereq.js';
+import { INSTALL_SCHEMA, readInstallState, type InstallState } from './install-state.js';
+
+export { connectInstructions, INSTALL_SCHEMA, readInstallState, type InstallState } from './install-state.js';
 
 /**
  * `orb install REF --dir DIR`: from nothing to a Windows that `docker compose up` boots.
@@ -27,21 +29,6 @@ import { checkDisk, checkDocker, checkKvm, checkQemuImg, describeChecks, type Ch
  * `--update` pulls the new version taking unchanged chunks from the installed base, then starts a
  * fresh overlay on it; the old overlay (this client's changes) is kept in DIR/previous/.
  */
-export const INSTALL_SCHEMA = 'orb-install/v1';
-
-export interface InstallState {
-  schema: typeof INSTALL_SCHEMA;
-  reference: string;
-  digest: string;
-  /** relative to DIR */
-  base: string;
-  virtualSize: number;
-  contentSha256: string;
-  installedAt: string;
-  build?: BuildInfo;
-  previous?: { digest: string; dir: string; base: string };
-}
-
 export interface InstallOptions {
   ref: string;
   dir: string;
@@ -92,15 +79,6 @@ export interface InstallResult {
   checks: Check[];
   warnings: string[];
   started: boolean;
-}
-
-export async function readInstallState(dir: string): Promise<InstallState | undefined> {
-  const text = await readFile(join(dir, 'install.json'), 'utf8').catch(() => undefined);
-  if (text === undefined) return undefined;
-  const s = JSON.parse(text) as InstallState;
-  if (s.schema !== INSTALL_SCHEMA)
-    throw new OrbError('input', `${join(dir, 'install.json')} is not an orb install record`);
-  return s;
 }
 
 const short = (digest: string) => digest.slice(7, 19);
@@ -406,20 +384,4 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
   } finally {
     await opened.store.close?.();
   }
-}
-
-/** What to tell the user at the end. */
-export function connectInstructions(r: InstallResult, passwordGiven: boolean): string {
-  const compose = r.compose;
-  const user = r.adminUser ?? 'the administrator account of the image';
-  const pass = passwordGiven
-    ? 'the one you gave (kept in windows.env, mode 0600)'
-    : "the one set when the image was built (the build's admin-password output)";
-  return [
-    `Windows is installed in ${r.dir}${r.updatedFrom ? ` (updated from ${short(r.updatedFrom)}${r.previousDir ? `; the previous overlay is in ${r.previousDir}` : ''})` : ''}.`,
-    r.started ? 'It is starting now.' : `Start it:    docker compose -f ${compose} up -d`,
-    `Connect:     RDP to ${r.rdp}  (user: ${user}; password: ${pass})`,
-    `             or open ${r.web} in a browser (console)`,
-    `Stop it:     docker compose -f ${compose} down   (its disk, ${basename(r.overlay)}, keeps the changes)`,
-  ].join('\n');
 }
