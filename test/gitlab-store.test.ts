@@ -227,6 +227,9 @@ describe('GitLab publish and pull (engines)', () => {
         progress,
       });
       expect(await sha256File(out)).toBe(sum);
+      // the pull engine's transfer threads used HTTP Basic auth, which never reached object storage
+      expect(gl.requests.some((r) => r.auth === 'basic')).toBe(true);
+      expect(gl.leakedAuth).toEqual([]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -348,6 +348,28 @@ export class GithubReleaseStore implements BlobStore {
     });
   }
 
+  /**
+   * For the pull engine's transfer threads: the asset API URL with the token (GitHub redirects it
+   * to storage, where those threads do not send the Authorization header), or the public
+   * download URL without one.
+   */
+  async httpSource(
+    desc: Descriptor,
+    refresh = false,
+  ): Promise<{ url: string; headers: Record<string, string> }> {
+    const a = (await this.listAssets(refresh)).get(assetName(desc.digest));
+    if (!a || a.state !== 'uploaded')
+      throw new OrbError('input', `${this.describe()} has no asset for blob ${desc.digest}`, {
+        hint: 'publish the image again',
+      });
+    return this.o.token
+      ? {
+          url: a.url,
+          headers: { authorization: `Bearer ${this.o.token}`, accept: 'application/octet-stream' },
+        }
+      : { url: a.browser_download_url, headers: {} };
+  }
+
   async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
     const a = (await this.listAssets()).get(assetName(desc.digest));
     if (!a || a.state !== 'uploaded')

@@ -298,6 +298,20 @@ export class GitlabStore implements BlobStore {
     this.remember(pf);
   }
 
+  /**
+   * For the pull engine's transfer threads: the package file URL with the token as HTTP Basic
+   * auth (which the generic package API documents for every token type); `Authorization` is the
+   * header those threads drop when GitLab redirects to object storage on another host.
+   */
+  async httpSource(desc: Descriptor): Promise<{ url: string; headers: Record<string, string> }> {
+    const token = this.o.token ?? this.o.jobToken;
+    const user = this.o.token ? 'orb' : 'gitlab-ci-token';
+    return {
+      url: this.fileUrl(blobFileName(desc.digest)),
+      headers: token ? { authorization: 'Basic ' + Buffer.from(`${user}:${token}`).toString('base64') } : {},
+    };
+  }
+
   async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
     const f = new RemoteFile(this.fileUrl(blobFileName(desc.digest)), {
       authHeaders: this.auth,

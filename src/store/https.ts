@@ -185,6 +185,16 @@ export class HttpsStore implements BlobStore {
     };
   }
 
+  /**
+   * Set once a pre-signed bundle is resolved (chunked images: many blobs, fetched by the pull
+   * engine's transfer threads). A single file stays on getBlob, whose parallel ranges speed up
+   * one big download.
+   */
+  httpSource?: (
+    desc: Descriptor,
+    refresh?: boolean,
+  ) => Promise<{ url: string; headers: Record<string, string> }>;
+
   private fromBundle(b: PresignedBundle): Resolved {
     const manifest = Buffer.from(b.manifest, 'utf8');
     if (sha(manifest) !== b.digest)
@@ -198,6 +208,25 @@ export class HttpsStore implements BlobStore {
         hint: 'ask the publisher for new ones (orb publish --presign, at most 7 days)',
       });
     }
+    this.httpSource = async (desc, refresh) => {
+      const url = b.blobs[desc.digest];
+      if (!url)
+        throw new OrbError(
+          'input',
+          `the pre-signed bundle of ${b.reference} has no URL for blob ${desc.digest}`,
+        );
+      if (refresh) {
+        // the server refused the signed URL: it expired (or was revoked); no fresh one exists here
+        throw new OrbError(
+          'network',
+          `the pre-signed URLs of ${b.reference} were refused${Date.parse(b.expires) < Date.now() ? `: they expired at ${b.expires}` : ''}`,
+          {
+            hint: 'ask the publisher for a new pre-signed URL (orb publish --presign, at most 7 days) and rerun: the download resumes from what is already on disk',
+          },
+        );
+      }
+      return { url, headers: {} };
+    };
     const files = new Map<string, RemoteFile>();
     for (const [digest, url] of Object.entries(b.blobs))
       files.set(digest, this.file(url, `download blob ${digest.slice(7, 19)} of ${b.reference}`));

@@ -30,6 +30,40 @@ export interface S3LayoutIo {
   call<T>(fn: (client: S3Client) => Promise<T>, what: string): Promise<T>;
 }
 
+/** A pre-signed GET URL for one object; its signature is masked in every log. */
+export async function presignGet(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  seconds: number,
+): Promise<string> {
+  const url = await getSignedUrl(client, new GetObjectCommand({ Bucket: bucket, Key: key }), {
+    expiresIn: seconds,
+  });
+  const sig = new URL(url).searchParams.get('X-Amz-Signature');
+  if (sig) mask(sig);
+  return url;
+}
+
+/** The unsigned URL of an object (public buckets), path-style or virtual-hosted like the client. */
+export async function publicObjectUrl(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  pathStyle: boolean,
+): Promise<string> {
+  const path = key.split('/').map(encodeURIComponent).join('/');
+  const endpoint = client.config.endpoint ? await client.config.endpoint() : undefined;
+  if (endpoint) {
+    const base = `${endpoint.protocol}//${endpoint.hostname}${endpoint.port ? ':' + endpoint.port : ''}${endpoint.path.replace(/\/$/, '')}`;
+    return pathStyle
+      ? `${base}/${bucket}/${path}`
+      : `${endpoint.protocol}//${bucket}.${endpoint.hostname}${endpoint.port ? ':' + endpoint.port : ''}/${path}`;
+  }
+  const region = await client.config.region();
+  return `https://${bucket}.s3.${region}.amazonaws.com/${path}`;
+}
+
 /** index.json + oci-layout from tags/. */
 export async function writeLayoutIndex(io: S3LayoutIo): Promise<void> {
   const manifests: Descriptor[] = [];

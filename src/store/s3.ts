@@ -7,7 +7,13 @@ import { formatDuration } from '../core/progress.js';
 import { OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/media.js';
 import { rangedStream } from './https-ranged.js';
 import { isNotFound, makeS3Client, s3Call } from './s3-client.js';
-import { presignBundle, writeLayoutIndex, type S3LayoutIo } from './s3-layout.js';
+import {
+  presignBundle,
+  presignGet,
+  publicObjectUrl,
+  writeLayoutIndex,
+  type S3LayoutIo,
+} from './s3-layout.js';
 import { parseS3Ref, PRESIGN_MAX_SECONDS, s3Inputs, formatS3Ref, type S3Ref } from './s3-ref.js';
 import {
   checksumUnsupported,
@@ -222,6 +228,29 @@ export class S3Store implements BlobStore {
       log: this.o.log,
       ...(this.o.signal ? { signal: this.o.signal } : {}),
     });
+  }
+
+  private readonly sourceUrls = new Map<string, string>();
+
+  /**
+   * For the pull engine's transfer threads: a pre-signed GET of the blob (valid one hour; a fresh
+   * one when asked to refresh, e.g. after it expired mid-download), or the plain object URL for
+   * anonymous reads of a public bucket. The signature is registered as a secret.
+   */
+  async httpSource(
+    desc: Descriptor,
+    refresh = false,
+  ): Promise<{ url: string; headers: Record<string, string> }> {
+    const key = this.blobKey(desc.digest);
+    let url = refresh ? undefined : this.sourceUrls.get(key);
+    if (!url) {
+      const { client, anonymous } = await this.c();
+      url = anonymous
+        ? await publicObjectUrl(client, this.ref.bucket, key, this.o.pathStyle === true)
+        : await presignGet(client, this.ref.bucket, key, 3600);
+      this.sourceUrls.set(key, url);
+    }
+    return { url, headers: {} };
   }
 
   async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {

@@ -15,7 +15,8 @@ import { serveFile } from './file-server.js';
  *   GET    /projects/:id/packages?package_type=&package_name=&package_version=&page=&per_page=
  *   GET    /projects/:id/packages/:package_id/package_files?page=&per_page=
  *   DELETE /projects/:id/packages/:package_id/package_files/:package_file_id
- * Auth headers PRIVATE-TOKEN, JOB-TOKEN, Deploy-Token (401 otherwise); pagination with
+ * Auth headers PRIVATE-TOKEN, JOB-TOKEN, Deploy-Token or HTTP Basic with a token as password
+ * (401 otherwise); pagination with
  * X-Next-Page/X-Total; 201 Created for uploads; names validated with the documented rules.
  * Knobs: per-file size limit, downloads redirected to a separate "object storage" origin,
  * uploads failing (5xx or reset), job tokens refused on list endpoints, concurrent package
@@ -144,20 +145,28 @@ export async function startFakeGitlab(project = 'group/images'): Promise<FakeGit
     const url = new URL(req.url ?? '/', 'http://x');
     // Split before decoding: the project path is URL-encoded (group%2Fimages).
     const seg = url.pathname.split('/').filter(Boolean);
+    // HTTP Basic: the generic package API takes any token as the password (user name ignored)
+    const basic = /^Basic (.+)$/i.exec(String(req.headers.authorization ?? ''));
+    const basicPassword = basic
+      ? Buffer.from(basic[1]!, 'base64').toString('utf8').split(':').slice(1).join(':')
+      : undefined;
     const auth = req.headers['private-token']
       ? 'private'
       : req.headers['job-token']
         ? 'job'
         : req.headers['deploy-token']
           ? 'deploy'
-          : undefined;
+          : basic
+            ? 'basic'
+            : undefined;
     requests.push({ method: req.method ?? 'GET', path: url.pathname, ...(auth ? { auth } : {}) });
     if (seg[0] !== 'api' || seg[1] !== 'v4' || seg[2] !== 'projects' || !seg[3])
       return json(res, 404, { error: '404 Not Found' });
     const valid =
       (auth === 'private' && req.headers['private-token'] === tokens.private) ||
       (auth === 'job' && req.headers['job-token'] === tokens.job) ||
-      (auth === 'deploy' && req.headers['deploy-token'] === tokens.deploy);
+      (auth === 'deploy' && req.headers['deploy-token'] === tokens.deploy) ||
+      (auth === 'basic' && [tokens.private, tokens.job, tokens.deploy].includes(basicPassword ?? ''));
     if (!valid) {
       req.resume();
       return json(res, 401, { message: '401 Unauthorized' });
