@@ -283,6 +283,48 @@ describe('S3 publish and pull (engines over the S3 store)', () => {
     expect(r.artifactType).toBe('application/vnd.orb.file.v1');
   });
 
+  it('pulls anonymously (a public bucket) when no AWS credentials exist', async () => {
+    await publish({
+      source: v1.dir,
+      target: store('public'),
+      tags: ['v1'],
+      concurrency: 4,
+      partSize: 1 << 30,
+      log,
+      progress,
+    });
+    const saved = {
+      id: process.env.AWS_ACCESS_KEY_ID,
+      key: process.env.AWS_SECRET_ACCESS_KEY,
+      imds: process.env.AWS_EC2_METADATA_DISABLED,
+    };
+    delete process.env.AWS_ACCESS_KEY_ID;
+    delete process.env.AWS_SECRET_ACCESS_KEY;
+    process.env.AWS_EC2_METADATA_DISABLED = 'true'; // no instance metadata lookups off loopback
+    try {
+      proxy.log.length = 0;
+      const out = join(dir, 'public.raw');
+      await pull({
+        source: store('public'),
+        ref: 'v1',
+        display: 'public',
+        output: out,
+        format: 'raw',
+        concurrency: 4,
+        log,
+        progress,
+      });
+      expect(await sha256File(out)).toBe(sum1);
+      // unsigned requests only
+      expect(proxy.log.every((e) => !e.headers.authorization && !/X-Amz-Signature/.test(e.url))).toBe(true);
+    } finally {
+      process.env.AWS_ACCESS_KEY_ID = saved.id;
+      process.env.AWS_SECRET_ACCESS_KEY = saved.key;
+      if (saved.imds === undefined) delete process.env.AWS_EC2_METADATA_DISABLED;
+      else process.env.AWS_EC2_METADATA_DISABLED = saved.imds;
+    }
+  });
+
   it('pre-signs an image that pulls over plain HTTPS without credentials', async () => {
     const s = store('presigned', { presignSeconds: 600 });
     await publish({
