@@ -79,11 +79,46 @@ describe('references, challenges, credentials', () => {
     }
   });
 
+  it('speaks plain HTTP only when asked or on loopback', () => {
+    const c = (host: string, plainHttp?: boolean) => new RegistryClient({ ref: { host, apiHost: host, repository: 'a/b' }, credentials: null, log, ...(plainHttp ? { plainHttp } : {}) });
+    expect(c('registry.example:5000').base).toBe('https://registry.example:5000');
+    expect(c('registry.example:5000', true).base).toBe('http://registry.example:5000');
+    expect(c('127.0.0.1:5000').base).toBe('http://127.0.0.1:5000');
+    expect(c('localhost:5000').base).toBe('http://localhost:5000');
+  });
+
   it('reads the expiry of pre-signed URLs', () => {
     const now = Date.UTC(2025, 0, 1, 12, 0, 0);
     expect(expiresIn('https://s3.example/b?X-Amz-Date=20250101T120000Z&X-Amz-Expires=600&X-Amz-Signature=x', now)).toBe(600);
     expect(expiresIn('https://blob.example/c?se=2025-01-01T12%3A10%3A00Z&sig=x', now)).toBe(600);
     expect(expiresIn('https://cdn.example/c?Expires=' + (now / 1000 + 60), now)).toBe(60);
+  });
+});
+
+describe('basic auth in front of docker-registry', () => {
+  it('answers a Basic challenge with the credentials, and says what to do without them', async () => {
+    const reg = await startRegistry();
+    const front = await startFaultProxy(reg.url);
+    const dir = mkdtempSync(join(tmpdir(), 'orb-basic-'));
+    try {
+      front.add({ action: { type: 'basic-auth', user: 'ci', password: 'p4ss:word' } });
+      const sum = makeDisk(join(dir, 'd.raw'), { size: 2 << 20, chunkSize: 512 << 10 });
+      const l = await buildLayout(join(dir, 'd.raw'), join(dir, 'layout'), 'v1', 512 << 10);
+      const client = (credentials: ConstructorParameters<typeof RegistryClient>[0]['credentials']) =>
+        new RegistryStore(new RegistryClient({ ref: { host: front.host, apiHost: front.host, repository: 'basic/disk' }, credentials, log }));
+      const r = await publish({ source: l.dir, target: client({ username: 'ci', password: 'p4ss:word' }), tags: ['v1'], concurrency: 2, partSize: 1 << 30, log, progress });
+      expect(r.digest).toBe(l.manifestDigest);
+      const out = join(dir, 'o.raw');
+      await pull({ source: client({ username: 'ci', password: 'p4ss:word' }), ref: 'v1', display: 'basic', output: out, format: 'raw', concurrency: 2, log, progress });
+      expect(await sha256File(out)).toBe(sum);
+      const err = await pull({ source: client(null), ref: 'v1', display: 'basic', output: join(dir, 'x.raw'), format: 'raw', concurrency: 1, log, progress }).catch((e: unknown) => e);
+      expect((err as OrbError).message).toMatch(/asks for a user name and password/);
+      expect((err as OrbError).hint).toMatch(/docker login/);
+    } finally {
+      await front.stop();
+      await reg.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -117,7 +117,11 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     if (resumed && bytesResumed) log.info(`resuming: ${formatBytes(bytesResumed)} already in place from an earlier run`);
 
     const remainingBytes = plan.units.reduce((a, u) => a + pending(u).reduce((b, r) => b + r.length, 0), 0);
-    await ensureFreeSpace(out, remainingBytes + (o.format === 'qcow2' || (plan.kind === 'file' && o.format !== 'auto') ? plan.size : 0), `pulling ${o.display}`);
+    // A conversion afterwards needs room for its output too: about the data a qcow2 holds (the
+    // sparse raw's data bytes), or for a published file about its size again (a rough guess).
+    const dataBytes = plan.units.reduce((a, u) => a + u.regions.reduce((b, r) => b + r.length, 0), 0);
+    const converted = plan.kind === 'disk' ? (o.format === 'qcow2' ? dataBytes : 0) : o.format !== 'auto' && o.format !== plan.fileFormat ? plan.size : 0;
+    await ensureFreeSpace(out, remainingBytes + converted, `pulling ${o.display}`);
     // Room for each parallel download to hold one default-size chunk and its decoded bytes.
     const budget = new ByteBudget(o.memoryBudget ?? Math.min(1 << 30, Math.max(256 << 20, o.concurrency * (64 << 20))));
 
@@ -162,7 +166,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     let unreported = 0;
     // Stores reachable by plain HTTP GET are read by worker threads: receiving and hashing
     // gigabytes is CPU work that one JavaScript thread would make the bottleneck.
-    workers = o.source.httpSource ? new HttpWorkers(Math.min(4, o.concurrency), o.signal) : undefined;
+    workers = o.source.httpSource ? new HttpWorkers(Math.min(Number(process.env.ORB_TRANSFER_WORKERS) || 4, o.concurrency), o.signal) : undefined;
     const ctx: UnitContext = {
       workers,
       idleMs: Number(process.env.ORB_HTTP_IDLE_TIMEOUT_MS || 120_000),

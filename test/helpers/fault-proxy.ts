@@ -24,7 +24,9 @@ export type FaultAction =
   /** throttle request and response bodies */
   | { type: 'slow'; bytesPerSecond: number }
   /** wait before forwarding */
-  | { type: 'delay'; ms: number };
+  | { type: 'delay'; ms: number }
+  /** HTTP Basic authentication in front of the server: 401 with a challenge unless the credentials match */
+  | { type: 'basic-auth'; user: string; password: string; realm?: string };
 
 export interface FaultRule {
   method?: string;
@@ -150,6 +152,16 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       res.socket?.destroy();
     };
     if (a?.type === 'delay') await new Promise((r) => setTimeout(r, a.ms));
+    if (a?.type === 'basic-auth') {
+      const expected = 'Basic ' + Buffer.from(`${a.user}:${a.password}`).toString('base64');
+      if (req.headers.authorization !== expected) {
+        req.resume();
+        entry.status = 401;
+        res.writeHead(401, { 'www-authenticate': `Basic realm="${a.realm ?? 'orb-test'}"`, 'content-type': 'application/json' });
+        res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }));
+        return;
+      }
+    }
     if (a?.type === 'status') {
       // Drain what the client sends so it sees the answer rather than a reset.
       req.resume();
