@@ -7,6 +7,7 @@ import { sha256Digest } from './layout.js';
 import type { Descriptor } from './media.js';
 import { formatRegistryRef, parseRegistryRef } from './reference.js';
 import { RegistryClient, type RegistryClientOptions } from './registry.js';
+import { addFallbackReferrer, listReferrers } from './referrers.js';
 import { uploadBlob } from './upload.js';
 
 /** `oci://HOST/REPO:TAG` as a BlobStore. */
@@ -61,7 +62,7 @@ export class RegistryStore implements BlobStore {
     const parsed = JSON.parse(bytes.toString('utf8')) as { subject?: Descriptor; artifactType?: string; annotations?: Record<string, string>; config?: Descriptor };
     if (parsed.subject && !subjectHandled) {
       // The registry has no referrers API: keep the spec's fallback index tag up to date.
-      await this.client.addFallbackReferrer(parsed.subject.digest, {
+      await addFallbackReferrer(this.client, parsed.subject.digest, {
         mediaType,
         digest,
         size: bytes.length,
@@ -100,7 +101,7 @@ export class RegistryStore implements BlobStore {
   }
 
   listReferrers(digest: string, artifactType?: string): Promise<Descriptor[]> {
-    return this.client.referrers(digest, artifactType);
+    return listReferrers(this.client, digest, artifactType);
   }
 
   async close(): Promise<void> {

@@ -16,14 +16,14 @@ import {
   type RetryPolicy,
 } from './http.js';
 import { sha256Digest } from './layout.js';
-import { OCI_INDEX, OCI_MANIFEST, type Descriptor, type ImageIndex } from './media.js';
+import { OCI_INDEX, OCI_MANIFEST } from './media.js';
 import { isLoopbackHost, type RegistryRef } from './reference.js';
 
 /**
  * Our OCI distribution-spec client (v1.1): ping and auth, blobs (HEAD, ranged GET following
- * storage redirects without credentials, cross-repository mount), manifests and tags, and the
- * referrers API with the tag-schema fallback for registries that lack it. Uploads live in
- * upload.ts. Every call goes through `request`, which owns retries and token refresh.
+ * storage redirects without credentials), manifests and tags. Uploads (and mounts) live in
+ * upload.ts, referrers in referrers.ts. Every call goes through `request`, which owns retries
+ * and token refresh.
  */
 export const MANIFEST_ACCEPT = [
   OCI_MANIFEST,
@@ -350,51 +350,6 @@ export class RegistryClient {
       throw new OrbError('integrity', `the registry stored manifest ${ref} as ${header}, expected ${digest}`);
     }
     return { digest, subjectHandled: !!res.header('oci-subject') };
-  }
-
-  // ---- referrers ----
-
-  /** Manifests whose `subject` is `digest`: the referrers API, else the `sha256-<hex>` tag. */
-  async referrers(digest: string, artifactType?: string): Promise<Descriptor[]> {
-    const q = artifactType ? `?artifactType=${encodeURIComponent(artifactType)}` : '';
-    const res = await this.request({
-      method: 'GET',
-      path: `/v2/${this.repository}/referrers/${digest}${q}`,
-      headers: { accept: OCI_INDEX },
-      scopes: [this.pullScope],
-      what: `list referrers of ${digest.slice(0, 19)}`,
-      accept: [200, 404, 400, 405],
-    });
-    let manifests: Descriptor[];
-    if (res.status === 200 && (res.header('content-type') ?? '').includes(OCI_INDEX)) {
-      manifests = (JSON.parse(await res.text()) as ImageIndex).manifests ?? [];
-    } else {
-      await res.discard();
-      manifests = (await this.fallbackIndex(digest))?.manifests ?? [];
-    }
-    return artifactType ? manifests.filter((m) => m.artifactType === artifactType) : manifests;
-  }
-
-  static fallbackTag(digest: string): string {
-    return digest.replace(':', '-');
-  }
-
-  async fallbackIndex(subject: string): Promise<ImageIndex | undefined> {
-    try {
-      const m = await this.getManifest(RegistryClient.fallbackTag(subject));
-      return JSON.parse(m.bytes.toString('utf8')) as ImageIndex;
-    } catch (err) {
-      if (err instanceof OrbError && err.kind === 'input') return undefined;
-      throw err;
-    }
-  }
-
-  /** Referrers tag schema (distribution-spec 1.1): add `desc` to the index tagged `sha256-<hex>`. */
-  async addFallbackReferrer(subject: string, desc: Descriptor): Promise<void> {
-    const index: ImageIndex = (await this.fallbackIndex(subject)) ?? { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [] };
-    if (index.manifests.some((m) => m.digest === desc.digest)) return;
-    index.manifests.push(desc);
-    await this.putManifest(Buffer.from(JSON.stringify(index)), OCI_INDEX, RegistryClient.fallbackTag(subject));
   }
 }
 
