@@ -1,4 +1,5 @@
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -107,6 +108,26 @@ describe('publish through faults', () => {
     expect(after[0]!.method).toBe('GET');
     const next = after.find((e) => e.method === 'PATCH')!;
     expect(next.headers['content-range']).toBe(`${512 << 10}-${(768 << 10) - 1}`);
+  });
+
+  it('a registry that caps request bodies gets smaller PATCHes, from where the upload stands', async () => {
+    proxy.clear();
+    proxy.log.length = 0;
+    const file = join(dir, 'big.bin');
+    writeFileSync(file, randomBytes(6 << 20));
+    // like GHCR: a body over the cap is refused with 416 "exceeds the maximum permissible limit"
+    proxy.add({
+      method: 'PATCH',
+      when: (req) => Number(req.headers['content-length']) > 2_500_000,
+      action: { type: 'status', status: 416, body: JSON.stringify({ errors: [{ code: 'RANGE_INVALID', message: 'the request body is too large and exceeds the maximum permissible limit of 2.4MiB' }] }) },
+    });
+    await publish({ source: file, target: store('faults/cap', 4 << 20), tags: ['v1'], concurrency: 1, partSize: 1 << 30, log, progress });
+    const patches = proxy.log.filter((e) => e.method === 'PATCH');
+    expect(patches[0]!.status).toBe(416);
+    expect(patches.slice(1).every((e) => e.status === 202 && Number(e.headers['content-length']) <= 2 << 20)).toBe(true);
+    const back = join(dir, 'big.back');
+    await pull({ source: store('faults/cap', undefined, reg.host), ref: 'v1', display: 'cap', output: back, format: 'auto', concurrency: 2, log, progress });
+    expect(await sha256File(back)).toBe(await sha256File(file));
   });
 
   it('a 401 in the middle of a push refreshes the token once', async () => {

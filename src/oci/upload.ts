@@ -6,12 +6,17 @@ import { errorText, type RegistryClient } from './registry.js';
 
 /**
  * Blob uploads (distribution-spec "pushing blobs"): a blob up to `chunkSize` goes up
- * monolithically (POST, then one PUT with the body); a larger one in PATCH chunks of `chunkSize`,
- * so a registry that limits request size or duration (GHCR: 10 minutes) accepts it. After a
+ * monolithically (POST, then one PUT with the body); a larger one in PATCH chunks of `chunkSize`
+ * (on GHCR at most 4 MiB, its cap; smaller still when a registry says the body is too large), so
+ * a registry that limits request duration (GHCR: 10 minutes) accepts it. After a
  * dropped connection or a retryable status we ask the registry where the session stands (GET on
  * the upload URL: Range) and continue from that offset; when the session is gone (distribution
  * 2.x cancels a session whose data and state disagree) only this blob starts over.
  */
+/** GHCR refuses request bodies over 4 MiB in chunked uploads ("exceeds the maximum permissible limit of 4.00MiB"). */
+const GHCR_MAX_BODY = 4 << 20;
+const MIN_PATCH = 1 << 20;
+
 export interface UploadOptions {
   /** blobs larger than this go up in PATCH chunks of this size; 0: always one request */
   chunkSize: number;
@@ -121,6 +126,10 @@ export async function uploadBlob(
     break;
   }
   let offset = 0;
+  // PATCH size: the threshold, capped where a registry is known to refuse bigger request bodies
+  let patchSize = opts.chunkSize > 0 ? opts.chunkSize : desc.size;
+  let digestRetries = 0;
+  if (client.host === 'ghcr.io') patchSize = Math.min(patchSize, GHCR_MAX_BODY);
   // bytes reported to onBytes for this blob; corrected when the registry holds fewer
   let counted = 0;
   let sent = 0;
@@ -149,7 +158,7 @@ export async function uploadBlob(
         });
       } else {
         while (offset < desc.size) {
-          const n = Math.min(opts.chunkSize > 0 ? opts.chunkSize : desc.size, desc.size - offset);
+          const n = Math.min(patchSize, desc.size - offset);
           const start = offset;
           const patch = await client.request({
             method: 'PATCH',
@@ -159,15 +168,23 @@ export async function uploadBlob(
             scopes: [client.pushScope],
             what: `upload blob ${short} bytes ${start}-${start + n - 1}`,
             retry: false,
-            accept: [202, 204, 400, 404, 416],
+            accept: [202, 204, 400, 404, 413, 416],
           });
-          await patch.discard();
+          const detail = patch.status >= 400 ? errorText(await patch.text(64 << 10).catch(() => '')) : (await patch.discard(), '');
+          if ((patch.status === 413 || patch.status === 416) && /too large|exceeds|maximum/i.test(detail) && patchSize > MIN_PATCH) {
+            // the registry caps request bodies (GHCR: 4 MiB): smaller PATCHes from where it stands
+            patchSize = Math.max(MIN_PATCH, Math.min(patchSize >> 1, 4 << 20));
+            throw new TransientError(`upload blob ${short}: the registry refuses ${n}-byte requests (${detail}); continuing with ${patchSize}-byte requests`);
+          }
           if (patch.status === 416) throw new TransientError(`upload blob ${short}: the registry expected another offset than ${start}`);
           if (patch.status === 404) throw new TransientError(`upload blob ${short}: the upload session expired`);
-          if (patch.status === 400) return await client.unexpected(patch, `upload blob ${desc.digest}`);
+          if (patch.status === 400 || patch.status === 413) throw new OrbError('network', `upload blob ${desc.digest}: HTTP ${patch.status} ${detail}`);
           url = locationOf(client, patch, url);
-          offset = rangeEnd(patch) ?? start + n;
-          if (offset !== start + n) client.log.debug(`upload ${short}: the registry holds ${offset} bytes after sending up to ${start + n}`);
+          // Our own count, not the answer's Range: some registries (ECR) report a stale Range
+          // after every PATCH but the first, although they stored the bytes.
+          const reported = rangeEnd(patch);
+          if (reported !== undefined && reported !== start + n) client.log.debug(`upload ${short}: the registry reports ${reported} bytes after ${start + n} were sent`);
+          offset = start + n;
         }
         res = await client.request({
           method: 'PUT',
@@ -188,6 +205,12 @@ export async function uploadBlob(
       }
       const detail = errorText(await res.text(64 << 10).catch(() => ''));
       if (res.status === 400 && /DIGEST_INVALID|SIZE_INVALID/i.test(detail)) {
+        // Once: the registry may have kept fewer bytes than it acknowledged; a fresh session
+        // tells that apart from a source that really changed.
+        if (digestRetries++ === 0) {
+          url = undefined;
+          throw new TransientError(`upload blob ${short}: the registry computed another digest (${detail}); uploading it again`);
+        }
         throw new OrbError('integrity', `the registry rejected blob ${desc.digest}: ${detail}`, {
           hint: 'the source changed while it was being published, or it is corrupt; check it and publish again',
         });

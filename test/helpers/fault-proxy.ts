@@ -33,6 +33,8 @@ export interface FaultRule {
   path?: RegExp;
   /** only requests with this header present (lower-case name) */
   header?: string;
+  /** any other condition on the request (headers, URL) */
+  when?: (req: IncomingMessage) => boolean;
   /** let this many matching requests through first */
   skip?: number;
   /** apply this many times (default: always) */
@@ -132,6 +134,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       if (r.method && r.method !== req.method) continue;
       if (r.path && !r.path.test(req.url ?? '')) continue;
       if (r.header && req.headers[r.header] === undefined) continue;
+      if (r.when && !r.when(req)) continue;
       r.seen++;
       if (r.seen <= (r.skip ?? 0)) continue;
       if (r.times !== undefined && r.used >= r.times) continue;
