@@ -44,8 +44,9 @@ export interface OutputDone {
   commit?(): Promise<void>;
 }
 
-/** raw.zst frame size: large enough that independent frames cost under 0.5% in ratio. */
-const ZST_FRAME = 32 << 20;
+/** raw.zst frame size: large enough that independent frames cost under 0.5% in ratio, small
+ * enough to keep the buffers in flight (and the RSS) low. */
+const ZST_FRAME = 16 << 20;
 /** qcow2 and raw units: small enough to keep writes flowing, large enough to amortise messages */
 const FILE_UNIT = 8 << 20;
 
@@ -132,8 +133,9 @@ async function chunked(r: OutputRun, scan: (s: UnitSink) => Promise<unknown>, ha
     const unique = new Map(layers.map((l) => [l.digest, l.size]));
     const blobBytes = [...unique.values()].reduce((a, b) => a + b, 0);
     const s = sink.stats;
-    if (layers.length > 2000) {
-      r.log.warn(`${layers.length} chunks: some registries limit layers per manifest (ECR: 4200); a larger --chunk-size makes fewer`);
+    if (m.size > 3_500_000) {
+      // registries commonly refuse manifests above about 4 MB (one descriptor per stored chunk)
+      r.log.warn(`the manifest lists ${layers.length} chunks in ${m.size} bytes; registries often refuse manifests over 4 MB: use a larger --chunk-size`);
     }
     return {
       outputBytes: blobBytes + m.size + m.manifest.config.size,

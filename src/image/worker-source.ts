@@ -8,7 +8,7 @@
  * never copied between threads. Results that are new bytes (compressed data) are transferred.
  *
  *   chunk    zero check, sha256 of the bytes; if that digest is in `base`, stop (reuse); else
- *            zstd at `level` (one frame) and sha256 of the frame
+ *            zstd at `level` (one frame), sha256 of the frame, and write it as a blob into `blobs`
  *   frame    zero check, else one zstd frame (raw.zst is a sequence of frames)
  *   clusters per qcow2 cluster: -1 zero, n compressed bytes, -2 stored uncompressed (cluster
  *            bytes included), all packed in one buffer
@@ -17,7 +17,8 @@
  *   hash     whole-disk sha256, fed in order (dedicated worker)
  */
 export const WORKER_SOURCE = String.raw`
-const { parentPort, workerData } = require('node:worker_threads');
+const { parentPort, workerData, threadId } = require('node:worker_threads');
+const fs = require('node:fs');
 const zlib = require('node:zlib');
 const crypto = require('node:crypto');
 const v8 = require('node:v8');
@@ -54,6 +55,16 @@ function asTransfer(b) {
   return out;
 }
 
+/** Content-addressed write: temp file, then rename (atomic; a concurrent equal write is harmless). */
+function putBlob(dir, digest, bytes) {
+  const path = dir + '/' + digest.slice(7);
+  if (fs.existsSync(path)) return false;
+  const tmp = path + '.' + process.pid + '-' + threadId + '.partial';
+  fs.writeFileSync(tmp, bytes);
+  fs.renameSync(tmp, path);
+  return true;
+}
+
 const tasks = {
   chunk(m) {
     const buf = view(m);
@@ -61,10 +72,10 @@ const tasks = {
     const digest = 'sha256:' + crypto.createHash('sha256').update(buf).digest('hex');
     if (base.has(digest)) return { digest, reused: true };
     const z = zstd(buf, m.level);
-    if (z.length >= buf.length) return { digest, raw: true, blobDigest: digest, size: buf.length };
-    const data = asTransfer(z);
-    const blobDigest = 'sha256:' + crypto.createHash('sha256').update(data).digest('hex');
-    return { digest, blobDigest, size: data.length, data, transfer: [data.buffer] };
+    // the worker writes the blob itself: compressed bytes never travel to the main thread
+    if (z.length >= buf.length) return { digest, raw: true, blobDigest: digest, size: buf.length, created: putBlob(m.blobs, digest, buf) };
+    const blobDigest = 'sha256:' + crypto.createHash('sha256').update(z).digest('hex');
+    return { digest, blobDigest, size: z.length, created: putBlob(m.blobs, blobDigest, z) };
   },
   frame(m) {
     const buf = view(m);
@@ -148,6 +159,6 @@ parentPort.on('message', (m) => {
   res.id = m.id;
   parentPort.postMessage(res, transfer);
   // collect only when compressed outputs have piled up (a full collection costs ~1 ms)
-  if (m.task !== 'hash' && v8.getHeapStatistics().external_memory > 48 * 1024 * 1024) collect();
+  if (m.task !== 'hash' && v8.getHeapStatistics().external_memory > 8 * 1024 * 1024) collect();
 });
 `;

@@ -1,4 +1,5 @@
-import { copyFile, link, rename, rm, stat, writeFile, constants as fsc } from 'node:fs/promises';
+import { copyFile, link, rename, rm, stat, constants as fsc } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { OrbError } from '../../core/errors.js';
 import { OciLayout } from '../../oci/layout.js';
 import {
@@ -54,14 +55,16 @@ export class ChunkedSink implements UnitSink {
   private readonly layers = new Map<number, Descriptor>();
   /** blobs this run created (removed again if the run fails) */
   readonly created: string[] = [];
-  private readonly writing = new Map<string, Promise<void>>();
+  private readonly blobDir: string;
 
   constructor(
     private readonly layout: OciLayout,
     private readonly pool: WorkerPool,
     private readonly level: number,
     private readonly reuse: Map<string, ReusableBlob>,
-  ) {}
+  ) {
+    this.blobDir = dirname(layout.blobPath(`sha256:${'0'.repeat(64)}`));
+  }
 
   private annotations(u: Unit, digest: string, ext: string): Record<string, string> {
     return {
@@ -71,23 +74,6 @@ export class ChunkedSink implements UnitSink {
       // `oras pull` writes titled layers as files; a stable name per position is useful there
       [ANN_TITLE]: `chunk-${String(u.index).padStart(6, '0')}.${ext}`,
     };
-  }
-
-  /** Store `data` as blob `digest` once, even if two chunks produce it at the same time. */
-  private putBlob(digest: string, data: Uint8Array): Promise<void> {
-    let p = this.writing.get(digest);
-    if (!p) {
-      p = (async () => {
-        const path = this.layout.blobPath(digest);
-        if (await stat(path).catch(() => undefined)) return;
-        const tmp = `${path}.${process.pid}.partial`;
-        await writeFile(tmp, data);
-        await rename(tmp, path);
-        this.created.push(path);
-      })();
-      this.writing.set(digest, p);
-    }
-    return p;
   }
 
   private async linkBlob(src: ReusableBlob): Promise<void> {
@@ -113,7 +99,7 @@ export class ChunkedSink implements UnitSink {
       this.stats.zero++;
       return;
     }
-    const r = await this.pool.run({ task: 'chunk', sab: u.sab, off: 0, len: u.length, level: this.level });
+    const r = await this.pool.run({ task: 'chunk', sab: u.sab, off: 0, len: u.length, level: this.level, blobs: this.blobDir });
     if (r.zero) {
       this.stats.zero++;
       return;
@@ -128,15 +114,11 @@ export class ChunkedSink implements UnitSink {
       return;
     }
     this.stats.compressed++;
-    let desc: Descriptor;
-    if (r.raw) {
-      await this.putBlob(digest, new Uint8Array(u.sab!, 0, u.length));
-      desc = { mediaType: DISK_CHUNK_RAW, digest, size: u.length, annotations: this.annotations(u, digest, 'raw') };
-    } else {
-      const data = r.data as Uint8Array;
-      await this.putBlob(String(r.blobDigest), data);
-      desc = { mediaType: DISK_CHUNK_ZSTD, digest: String(r.blobDigest), size: data.length, annotations: this.annotations(u, digest, 'zst') };
-    }
+    const blobDigest = String(r.blobDigest);
+    if (r.created) this.created.push(this.layout.blobPath(blobDigest));
+    const desc: Descriptor = r.raw
+      ? { mediaType: DISK_CHUNK_RAW, digest, size: u.length, annotations: this.annotations(u, digest, 'raw') }
+      : { mediaType: DISK_CHUNK_ZSTD, digest: blobDigest, size: Number(r.size), annotations: this.annotations(u, digest, 'zst') };
     this.layers.set(u.index, desc);
     this.stats.stored++;
     this.stats.storedBytes += desc.size;
