@@ -156,7 +156,9 @@ export class RegistryClient {
     let authRetried = false;
     for (let attempt = 1; ; ) {
       const headers: OutgoingHttpHeaders = { ...(o.headers ?? {}) };
-      const authz = await this.auth.header(o.scopes);
+      // Credentials go to the registry only, never to another host an upload Location names.
+      const sameHost = new URL(this.url(o.path)).host === new URL(this.base).host;
+      const authz = sameHost ? await this.auth.header(o.scopes) : undefined;
       if (authz) headers.authorization = authz;
       let res: HttpResponse;
       try {
