@@ -7,9 +7,19 @@
 //   downloaded when pulling it with --base, as fractions of the first publish / pull.
 // Run standalone (`node bench/oci.bench.mjs`, after `npm run build`) or through bench/run.mjs.
 // Environment: ORB_BENCH_OCI_MIB (image size, default 2048), ORB_BENCH_ROUNDS (default 3).
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { setPriority, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -70,7 +80,11 @@ async function buildLayout(dir, tag, image) {
       mediaType: media.DISK_CHUNK_RAW,
       digest: d.digest,
       size: d.size,
-      annotations: { [media.ANN_CHUNK_OFFSET]: String(c.offset), [media.ANN_CHUNK_LENGTH]: String(CHUNK), [media.ANN_CHUNK_DIGEST]: c.digest },
+      annotations: {
+        [media.ANN_CHUNK_OFFSET]: String(c.offset),
+        [media.ANN_CHUNK_LENGTH]: String(CHUNK),
+        [media.ANN_CHUNK_DIGEST]: c.digest,
+      },
     });
   }
   const config = {
@@ -96,14 +110,20 @@ async function buildLayout(dir, tag, image) {
     annotations: { [media.ANN_CONTENT_DIGEST]: image.contentDigest },
   };
   const m = await layout.putBytes(JSON.stringify(manifest));
-  await layout.tag({ mediaType: media.OCI_MANIFEST, digest: m.digest, size: m.size, artifactType: media.DISK_ARTIFACT }, tag);
+  await layout.tag(
+    { mediaType: media.OCI_MANIFEST, digest: m.digest, size: m.size, artifactType: media.DISK_ARTIFACT },
+    tag,
+  );
   return { dir, tag, digest: m.digest, bytes: layers.reduce((a, l) => a + l.size, 0) };
 }
 
 function run(cmd, args) {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '60000' } });
+    const child = spawn(cmd, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '60000' },
+    });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
@@ -111,7 +131,8 @@ function run(cmd, args) {
     child.on('error', reject);
     child.on('close', (code) => {
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      if (code !== 0) reject(new Error(`${cmd} ${args.slice(0, 3).join(' ')} failed (${code}): ${err.slice(-800)}`));
+      if (code !== 0)
+        reject(new Error(`${cmd} ${args.slice(0, 3).join(' ')} failed (${code}): ${err.slice(-800)}`));
       else resolve({ out, err, seconds });
     });
   });
@@ -129,7 +150,14 @@ const { nullProgress } = await import(join(root, 'lib/core/progress.js'));
 async function orb(args) {
   const cmd = findCommand(args[0]);
   const values = resolveInputs(cmd.inputs, parseArgs(cmd, args.slice(1)).raw);
-  const ctx = { log: silentLogger, summary: new Summary(), mask() {}, signal: new AbortController().signal, mode: 'cli', progress: () => nullProgress };
+  const ctx = {
+    log: silentLogger,
+    summary: new Summary(),
+    mask() {},
+    signal: new AbortController().signal,
+    mode: 'cli',
+    progress: () => nullProgress,
+  };
   const t0 = process.hrtime.bigint();
   const out = await cmd.run(new Inputs(values, cmd.inputs), ctx);
   return { ...out, wall: Number(process.hrtime.bigint() - t0) / 1e9 };
@@ -139,10 +167,19 @@ async function orb(args) {
 async function curlPush(reg, repo, layoutDir, blobs, work) {
   const t0 = process.hrtime.bigint();
   const postCfg = join(work, 'post.cfg');
-  writeFileSync(postCfg, blobs.map(() => `url = "${reg.url}/v2/${repo}/blobs/uploads/"\nrequest = "POST"\noutput = "/dev/null"\ndump-header = "-"\n`).join('next\n'));
+  writeFileSync(
+    postCfg,
+    blobs
+      .map(
+        () =>
+          `url = "${reg.url}/v2/${repo}/blobs/uploads/"\nrequest = "POST"\noutput = "/dev/null"\ndump-header = "-"\n`,
+      )
+      .join('next\n'),
+  );
   const post = await run('curl', ['-sS', '-f', '-K', postCfg]);
   const locs = [...post.out.matchAll(/^location:\s*(\S+)/gim)].map((m) => m[1]);
-  if (locs.length !== blobs.length) throw new Error(`curl POST gave ${locs.length} upload URLs for ${blobs.length} blobs`);
+  if (locs.length !== blobs.length)
+    throw new Error(`curl POST gave ${locs.length} upload URLs for ${blobs.length} blobs`);
   const putCfg = join(work, 'put.cfg');
   writeFileSync(
     putCfg,
@@ -166,7 +203,12 @@ async function curlPull(reg, repo, blobs, work) {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir);
   const cfg = join(work, 'get.cfg');
-  writeFileSync(cfg, blobs.map((b, i) => `url = "${reg.url}/v2/${repo}/blobs/${b.digest}"\noutput = "${join(dir, String(i))}"\n`).join('next\n'));
+  writeFileSync(
+    cfg,
+    blobs
+      .map((b, i) => `url = "${reg.url}/v2/${repo}/blobs/${b.digest}"\noutput = "${join(dir, String(i))}"\n`)
+      .join('next\n'),
+  );
   const r = await run('curl', ['-sS', '-f', '-K', cfg]);
   return r.seconds;
 }
@@ -187,7 +229,9 @@ async function main() {
   const work = mkdtempSync(join(process.env.ORB_BENCH_DIR || tmpdir(), 'orb-oci-bench-'));
   const reg = await startRegistry();
   try {
-    process.stderr.write(`oci bench: ${SIZE / MiB} MiB image, ${CHUNK / MiB} MiB chunks, ${ROUNDS} rounds, registry ${reg.url}\n`);
+    process.stderr.write(
+      `oci bench: ${SIZE / MiB} MiB image, ${CHUNK / MiB} MiB chunks, ${ROUNDS} rounds, registry ${reg.url}\n`,
+    );
     const n = Math.ceil(SIZE / CHUNK);
     const changed = new Set();
     // 2% of the data chunks, spread over the disk
@@ -209,12 +253,19 @@ async function main() {
       const curlFirst = r % 2 === 0;
       const doCurl = async () => push.curl.push(await curlPush(reg, `curl${r}/disk`, l1.dir, blobs, work));
       const doOrb = async () => {
-        const res = await orb(['publish', `oci-layout:${l1.dir}:v1`, '--to', `oci://${reg.host}/orb${r}/disk:v1`, '--concurrency', '4']);
-        if (res['bytes-uploaded'] < bytes) throw new Error(`publish uploaded ${res['bytes-uploaded']} of ${bytes}`);
+        const res = await orb([
+          'publish',
+          `oci-layout:${l1.dir}:v1`,
+          '--to',
+          `oci://${reg.host}/orb${r}/disk:v1`,
+          '--concurrency',
+          '4',
+        ]);
+        if (res['bytes-uploaded'] < bytes)
+          throw new Error(`publish uploaded ${res['bytes-uploaded']} of ${bytes}`);
         push.orb.push(res.wall);
       };
-      if (curlFirst) await doCurl(), await doOrb();
-      else await doOrb(), await doCurl();
+      for (const step of curlFirst ? [doCurl, doOrb] : [doOrb, doCurl]) await step();
       const pc = async () => {
         const t = await curlPull(reg, `curl${r}/disk`, blobs, work);
         pull.curl.push(t);
@@ -225,39 +276,84 @@ async function main() {
       };
       const po = async () => {
         rmSync(join(work, 'orb.raw'), { force: true });
-        const res = await orb(['pull', `oci://${reg.host}/orb${r}/disk:v1`, '--output', join(work, 'orb.raw'), '--concurrency', '6']);
+        const res = await orb([
+          'pull',
+          `oci://${reg.host}/orb${r}/disk:v1`,
+          '--output',
+          join(work, 'orb.raw'),
+          '--concurrency',
+          '6',
+        ]);
         if (res['content-sha256'] !== img1.contentDigest.slice(7)) throw new Error('pulled content differs');
         pull.orb.push(res.wall);
       };
-      if (curlFirst) await pc(), await po();
-      else await po(), await pc();
+      for (const step of curlFirst ? [pc, po] : [po, pc]) await step();
     }
     const mb = bytes / 1e6;
     // each round's pair ran back to back: the ratio per round cancels most of the machine's noise
     const pushRatio = median(push.curl.map((c, i) => c / push.orb[i]));
     const pullRatio = median(pull.curl.map((c, i) => c / pull.orb[i]));
-    rows.push(['push throughput', `${(mb / median(push.orb)).toFixed(0)} MB/s`, `${(mb / median(push.curl)).toFixed(0)} MB/s (curl)`, pushRatio, '>= 0.9']);
-    rows.push(['pull throughput', `${(mb / median(pull.orb)).toFixed(0)} MB/s`, `${(mb / median(pull.curl)).toFixed(0)} MB/s (curl)`, pullRatio, '>= 0.9']);
+    rows.push([
+      'push throughput',
+      `${(mb / median(push.orb)).toFixed(0)} MB/s`,
+      `${(mb / median(push.curl)).toFixed(0)} MB/s (curl)`,
+      pushRatio,
+      '>= 0.9',
+    ]);
+    rows.push([
+      'pull throughput',
+      `${(mb / median(pull.orb)).toFixed(0)} MB/s`,
+      `${(mb / median(pull.curl)).toFixed(0)} MB/s (curl)`,
+      pullRatio,
+      '>= 0.9',
+    ]);
     const checkedRatio = median(pull.curlChecked.map((c, i) => c / pull.orb[i]));
-    rows.push(['  (info) pull vs curl + sha256sum', `${(mb / median(pull.orb)).toFixed(0)} MB/s`, `${(mb / median(pull.curlChecked)).toFixed(0)} MB/s (curl+sha256sum)`, checkedRatio, '-']);
+    rows.push([
+      '  (info) pull vs curl + sha256sum',
+      `${(mb / median(pull.orb)).toFixed(0)} MB/s`,
+      `${(mb / median(pull.curlChecked)).toFixed(0)} MB/s (curl+sha256sum)`,
+      checkedRatio,
+      '-',
+    ]);
 
     // 2% changed: publish v1 then v2 to one repository; pull v2 with --base the pulled v1
     const p1 = await orb(['publish', `oci-layout:${l1.dir}:v1`, '--to', `oci://${reg.host}/delta/disk:v1`]);
     const p2 = await orb(['publish', `oci-layout:${l2.dir}:v2`, '--to', `oci://${reg.host}/delta/disk:v2`]);
     const upRatio = p2['bytes-uploaded'] / p1['bytes-uploaded'];
-    rows.push(['re-publish, 2% changed: bytes uploaded', String(p2['bytes-uploaded']), `${p1['bytes-uploaded']} (first publish)`, upRatio, '<= 0.05']);
+    rows.push([
+      're-publish, 2% changed: bytes uploaded',
+      String(p2['bytes-uploaded']),
+      `${p1['bytes-uploaded']} (first publish)`,
+      upRatio,
+      '<= 0.05',
+    ]);
     const base = join(work, 'base.raw');
     const q1 = await orb(['pull', `oci://${reg.host}/delta/disk:v1`, '--output', base]);
-    const q2 = await orb(['pull', `oci://${reg.host}/delta/disk:v2`, '--output', join(work, 'v2.raw'), '--base', base]);
-    if (q2['content-sha256'] !== img2.contentDigest.slice(7)) throw new Error('v2 pulled with --base differs');
+    const q2 = await orb([
+      'pull',
+      `oci://${reg.host}/delta/disk:v2`,
+      '--output',
+      join(work, 'v2.raw'),
+      '--base',
+      base,
+    ]);
+    if (q2['content-sha256'] !== img2.contentDigest.slice(7))
+      throw new Error('v2 pulled with --base differs');
     const downRatio = q2['bytes-downloaded'] / q1['bytes-downloaded'];
-    rows.push(['pull --base, 2% changed: bytes downloaded', String(q2['bytes-downloaded']), `${q1['bytes-downloaded']} (full pull)`, downRatio, '<= 0.05']);
+    rows.push([
+      'pull --base, 2% changed: bytes downloaded',
+      String(q2['bytes-downloaded']),
+      `${q1['bytes-downloaded']} (full pull)`,
+      downRatio,
+      '<= 0.05',
+    ]);
 
     const pass = pushRatio >= 0.9 && pullRatio >= 0.9 && upRatio <= 0.05 && downRatio <= 0.05;
     const header = ['measure', 'orb', 'reference', 'ratio', 'target'];
     const table = [header, ...rows.map((r) => [r[0], r[1], r[2], r[3].toFixed(3), r[4]])];
     const widths = header.map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
-    for (const r of table) process.stdout.write(r.map((c, i) => String(c).padEnd(widths[i])).join('  ') + '\n');
+    for (const r of table)
+      process.stdout.write(r.map((c, i) => String(c).padEnd(widths[i])).join('  ') + '\n');
     process.stdout.write(`oci bench: ${pass ? 'all targets met' : 'TARGET MISSED'}\n`);
     const result = {
       name: 'oci',
@@ -266,7 +362,13 @@ async function main() {
       chunkSize: CHUNK,
       rounds: ROUNDS,
       seconds: { push, pull },
-      ratios: { push: pushRatio, pull: pullRatio, pullVsCurlChecked: checkedRatio, republishUploaded: upRatio, pullBaseDownloaded: downRatio },
+      ratios: {
+        push: pushRatio,
+        pull: pullRatio,
+        pullVsCurlChecked: checkedRatio,
+        republishUploaded: upRatio,
+        pullBaseDownloaded: downRatio,
+      },
       pass,
     };
     mkdirSync(join(root, 'bench/results'), { recursive: true });

@@ -33,7 +33,10 @@ let layout: BuiltLayout;
 let diskSum: string;
 
 function store(repo: string, chunk = 512 << 20, host = proxy.host): RegistryStore {
-  return new RegistryStore(new RegistryClient({ ref: { host, apiHost: host, repository: repo }, credentials: null, log }), chunk);
+  return new RegistryStore(
+    new RegistryClient({ ref: { host, apiHost: host, repository: repo }, credentials: null, log }),
+    chunk,
+  );
 }
 
 function putsByDigest(p: FaultProxy): Map<string, number> {
@@ -47,7 +50,9 @@ function putsByDigest(p: FaultProxy): Map<string, number> {
 
 async function layerDigests(l: BuiltLayout): Promise<{ digest: string; size: number }[]> {
   const ol = new OciLayout(l.dir);
-  const m = JSON.parse((await ol.readBytes(l.manifestDigest)).toString()) as { layers: { digest: string; size: number }[] };
+  const m = JSON.parse((await ol.readBytes(l.manifestDigest)).toString()) as {
+    layers: { digest: string; size: number }[];
+  };
   return m.layers;
 }
 
@@ -70,10 +75,28 @@ afterAll(async () => {
 describe('publish through faults', () => {
   it('waits out 503 and 429 with Retry-After, then succeeds', async () => {
     proxy.clear();
-    proxy.add({ method: 'HEAD', path: /\/blobs\/sha256:/, times: 1, action: { type: 'status', status: 503, headers: { 'retry-after': '1' } } });
-    proxy.add({ method: 'PUT', path: /\/manifests\//, times: 1, action: { type: 'status', status: 429, headers: { 'retry-after': '1' } } });
+    proxy.add({
+      method: 'HEAD',
+      path: /\/blobs\/sha256:/,
+      times: 1,
+      action: { type: 'status', status: 503, headers: { 'retry-after': '1' } },
+    });
+    proxy.add({
+      method: 'PUT',
+      path: /\/manifests\//,
+      times: 1,
+      action: { type: 'status', status: 429, headers: { 'retry-after': '1' } },
+    });
     const t0 = Date.now();
-    const r = await publish({ source: layout.dir, target: store('faults/retry'), tags: ['v1'], concurrency: 3, partSize: 1 << 30, log, progress });
+    const r = await publish({
+      source: layout.dir,
+      target: store('faults/retry'),
+      tags: ['v1'],
+      concurrency: 3,
+      partSize: 1 << 30,
+      log,
+      progress,
+    });
     expect(r.digest).toBe(layout.manifestDigest);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(2000);
     expect(proxy.log.filter((e) => e.fault === 'status')).toHaveLength(2);
@@ -83,15 +106,37 @@ describe('publish through faults', () => {
     proxy.clear();
     proxy.log.length = 0;
     const [big] = await layerDigests(layout);
-    proxy.add({ method: 'PUT', path: new RegExp(`digest=${big!.digest.replace(':', '(:|%3A)')}`), times: 1, action: { type: 'reset-request', afterBytes: 300_000, forward: true } });
-    const r = await publish({ source: layout.dir, target: store('faults/reset'), tags: ['v1'], concurrency: 2, partSize: 1 << 30, log, progress });
+    proxy.add({
+      method: 'PUT',
+      path: new RegExp(`digest=${big!.digest.replace(':', '(:|%3A)')}`),
+      times: 1,
+      action: { type: 'reset-request', afterBytes: 300_000, forward: true },
+    });
+    const r = await publish({
+      source: layout.dir,
+      target: store('faults/reset'),
+      tags: ['v1'],
+      concurrency: 2,
+      partSize: 1 << 30,
+      log,
+      progress,
+    });
     expect(r.bytesUploaded).toBe(r.bytesTotal);
     const puts = putsByDigest(proxy);
     expect(puts.get(big!.digest)).toBe(2);
     for (const [d, n] of puts) if (d !== big!.digest) expect(n, d).toBe(1);
     // the registry has the artifact, complete
     const out = join(dir, 'reset.raw');
-    await pull({ source: store('faults/reset', undefined, reg.host), ref: 'v1', display: 'reset', output: out, format: 'raw', concurrency: 4, log, progress });
+    await pull({
+      source: store('faults/reset', undefined, reg.host),
+      ref: 'v1',
+      display: 'reset',
+      output: out,
+      format: 'raw',
+      concurrency: 4,
+      log,
+      progress,
+    });
     expect(await sha256File(out)).toBe(diskSum);
   });
 
@@ -99,8 +144,22 @@ describe('publish through faults', () => {
     proxy.clear();
     proxy.log.length = 0;
     // 1 MiB blobs in 256 KiB PATCHes; the third PATCH of the first blob dies before reaching the registry
-    proxy.add({ method: 'PATCH', path: /\/blobs\/uploads\//, skip: 2, times: 1, action: { type: 'reset-request', afterBytes: 100_000, forward: false } });
-    const r = await publish({ source: layout.dir, target: store('faults/patch', 256 << 10), tags: ['v1'], concurrency: 1, partSize: 1 << 30, log, progress });
+    proxy.add({
+      method: 'PATCH',
+      path: /\/blobs\/uploads\//,
+      skip: 2,
+      times: 1,
+      action: { type: 'reset-request', afterBytes: 100_000, forward: false },
+    });
+    const r = await publish({
+      source: layout.dir,
+      target: store('faults/patch', 256 << 10),
+      tags: ['v1'],
+      concurrency: 1,
+      partSize: 1 << 30,
+      log,
+      progress,
+    });
     expect(r.digest).toBe(layout.manifestDigest);
     const i = proxy.log.findIndex((e) => e.fault === 'reset-request');
     const after = proxy.log.slice(i + 1);
@@ -119,14 +178,44 @@ describe('publish through faults', () => {
     proxy.add({
       method: 'PATCH',
       when: (req) => Number(req.headers['content-length']) > 2_500_000,
-      action: { type: 'status', status: 416, body: JSON.stringify({ errors: [{ code: 'RANGE_INVALID', message: 'the request body is too large and exceeds the maximum permissible limit of 2.4MiB' }] }) },
+      action: {
+        type: 'status',
+        status: 416,
+        body: JSON.stringify({
+          errors: [
+            {
+              code: 'RANGE_INVALID',
+              message: 'the request body is too large and exceeds the maximum permissible limit of 2.4MiB',
+            },
+          ],
+        }),
+      },
     });
-    await publish({ source: file, target: store('faults/cap', 4 << 20), tags: ['v1'], concurrency: 1, partSize: 1 << 30, log, progress });
+    await publish({
+      source: file,
+      target: store('faults/cap', 4 << 20),
+      tags: ['v1'],
+      concurrency: 1,
+      partSize: 1 << 30,
+      log,
+      progress,
+    });
     const patches = proxy.log.filter((e) => e.method === 'PATCH');
     expect(patches[0]!.status).toBe(416);
-    expect(patches.slice(1).every((e) => e.status === 202 && Number(e.headers['content-length']) <= 2 << 20)).toBe(true);
+    expect(
+      patches.slice(1).every((e) => e.status === 202 && Number(e.headers['content-length']) <= 2 << 20),
+    ).toBe(true);
     const back = join(dir, 'big.back');
-    await pull({ source: store('faults/cap', undefined, reg.host), ref: 'v1', display: 'cap', output: back, format: 'auto', concurrency: 2, log, progress });
+    await pull({
+      source: store('faults/cap', undefined, reg.host),
+      ref: 'v1',
+      display: 'cap',
+      output: back,
+      format: 'auto',
+      concurrency: 2,
+      log,
+      progress,
+    });
     expect(await sha256File(back)).toBe(await sha256File(file));
   });
 
@@ -135,9 +224,27 @@ describe('publish through faults', () => {
     const tproxy = await startFaultProxy(treg.url);
     try {
       const challenge = `Bearer realm="${treg.tokenUrl}",service="orb-test-registry",scope="repository:auth/disk:pull,push"`;
-      tproxy.add({ method: 'PUT', path: /\/blobs\/uploads\//, skip: 2, times: 1, action: { type: 'status', status: 401, headers: { 'www-authenticate': challenge } } });
-      const client = new RegistryClient({ ref: { host: tproxy.host, apiHost: tproxy.host, repository: 'auth/disk' }, credentials: { username: 'alice', password: 'wonderland' }, log });
-      const r = await publish({ source: layout.dir, target: new RegistryStore(client), tags: ['v1'], concurrency: 1, partSize: 1 << 30, log, progress });
+      tproxy.add({
+        method: 'PUT',
+        path: /\/blobs\/uploads\//,
+        skip: 2,
+        times: 1,
+        action: { type: 'status', status: 401, headers: { 'www-authenticate': challenge } },
+      });
+      const client = new RegistryClient({
+        ref: { host: tproxy.host, apiHost: tproxy.host, repository: 'auth/disk' },
+        credentials: { username: 'alice', password: 'wonderland' },
+        log,
+      });
+      const r = await publish({
+        source: layout.dir,
+        target: new RegistryStore(client),
+        tags: ['v1'],
+        concurrency: 1,
+        partSize: 1 << 30,
+        log,
+        progress,
+      });
       expect(r.digest).toBe(layout.manifestDigest);
       const pushTokens = treg.tokenRequests.filter((t) => t.scope.some((s) => s.includes('push')));
       expect(pushTokens).toHaveLength(2); // the first, and exactly one refresh
@@ -146,9 +253,24 @@ describe('publish through faults', () => {
       // a registry that keeps refusing: one refresh, then a clear error
       tproxy.clear();
       treg.tokenRequests.length = 0;
-      tproxy.add({ method: 'HEAD', action: { type: 'status', status: 401, headers: { 'www-authenticate': challenge } } });
-      const c2 = new RegistryClient({ ref: { host: tproxy.host, apiHost: tproxy.host, repository: 'auth/disk' }, credentials: { username: 'alice', password: 'wonderland' }, log });
-      const err = await publish({ source: layout.dir, target: new RegistryStore(c2), tags: ['v2'], concurrency: 1, partSize: 1 << 30, log, progress }).catch((e: unknown) => e);
+      tproxy.add({
+        method: 'HEAD',
+        action: { type: 'status', status: 401, headers: { 'www-authenticate': challenge } },
+      });
+      const c2 = new RegistryClient({
+        ref: { host: tproxy.host, apiHost: tproxy.host, repository: 'auth/disk' },
+        credentials: { username: 'alice', password: 'wonderland' },
+        log,
+      });
+      const err = await publish({
+        source: layout.dir,
+        target: new RegistryStore(c2),
+        tags: ['v2'],
+        concurrency: 1,
+        partSize: 1 << 30,
+        log,
+        progress,
+      }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(OrbError);
       expect((err as OrbError).message).toMatch(/refused .*401/);
       expect(treg.tokenRequests.length).toBeLessThanOrEqual(2);
@@ -164,13 +286,38 @@ describe('publish through faults', () => {
     const l2 = await buildLayout(raw2, join(dir, 'layout2'), 'v1', 1 << 20);
     proxy.clear();
     const [a, b] = await Promise.all([
-      publish({ source: layout.dir, target: store('faults/race'), tags: ['same'], concurrency: 2, partSize: 1 << 30, log, progress }),
-      publish({ source: l2.dir, target: store('faults/race'), tags: ['same'], concurrency: 2, partSize: 1 << 30, log, progress }),
+      publish({
+        source: layout.dir,
+        target: store('faults/race'),
+        tags: ['same'],
+        concurrency: 2,
+        partSize: 1 << 30,
+        log,
+        progress,
+      }),
+      publish({
+        source: l2.dir,
+        target: store('faults/race'),
+        tags: ['same'],
+        concurrency: 2,
+        partSize: 1 << 30,
+        log,
+        progress,
+      }),
     ]);
     const now = await store('faults/race').getManifest('same');
     expect([a.digest, b.digest]).toContain(now.digest);
     const out = join(dir, 'race.raw');
-    await pull({ source: store('faults/race'), ref: 'same', display: 'race', output: out, format: 'raw', concurrency: 4, log, progress });
+    await pull({
+      source: store('faults/race'),
+      ref: 'same',
+      display: 'race',
+      output: out,
+      format: 'raw',
+      concurrency: 4,
+      log,
+      progress,
+    });
     expect([diskSum, sum2]).toContain(await sha256File(out));
   });
 });
@@ -178,16 +325,38 @@ describe('publish through faults', () => {
 describe('pull through faults', () => {
   beforeAll(async () => {
     proxy.clear();
-    await publish({ source: layout.dir, target: store('faults/pull', undefined, reg.host), tags: ['v1'], concurrency: 4, partSize: 1 << 30, log, progress });
+    await publish({
+      source: layout.dir,
+      target: store('faults/pull', undefined, reg.host),
+      tags: ['v1'],
+      concurrency: 4,
+      partSize: 1 << 30,
+      log,
+      progress,
+    });
   });
 
   it('a reset in the middle of a blob continues with a Range request', async () => {
     proxy.clear();
     proxy.log.length = 0;
     const [first] = await layerDigests(layout);
-    proxy.add({ method: 'GET', path: new RegExp(`/blobs/${first!.digest}`), times: 1, action: { type: 'reset-response', afterBytes: 400_000 } });
+    proxy.add({
+      method: 'GET',
+      path: new RegExp(`/blobs/${first!.digest}`),
+      times: 1,
+      action: { type: 'reset-response', afterBytes: 400_000 },
+    });
     const out = join(dir, 'range.raw');
-    const r = await pull({ source: store('faults/pull'), ref: 'v1', display: 'range', output: out, format: 'raw', concurrency: 3, log, progress });
+    const r = await pull({
+      source: store('faults/pull'),
+      ref: 'v1',
+      display: 'range',
+      output: out,
+      format: 'raw',
+      concurrency: 3,
+      log,
+      progress,
+    });
     expect(await sha256File(out)).toBe(diskSum);
     const gets = proxy.log.filter((e) => e.method === 'GET' && e.url.includes(first!.digest));
     expect(gets).toHaveLength(2);
@@ -204,7 +373,16 @@ describe('pull through faults', () => {
     proxy.add({ method: 'GET', path, times: 1, action: { type: 'reset-response', afterBytes: 400_000 } });
     proxy.add({ method: 'GET', path, action: { type: 'ignore-range' } });
     const out = join(dir, 'norange.raw');
-    await pull({ source: store('faults/pull'), ref: 'v1', display: 'norange', output: out, format: 'raw', concurrency: 3, log, progress });
+    await pull({
+      source: store('faults/pull'),
+      ref: 'v1',
+      display: 'norange',
+      output: out,
+      format: 'raw',
+      concurrency: 3,
+      log,
+      progress,
+    });
     expect(await sha256File(out)).toBe(diskSum);
     const gets = proxy.log.filter((e) => e.method === 'GET' && e.url.includes(first!.digest));
     expect(gets[1]!.headers.range).toBeDefined();
@@ -215,15 +393,37 @@ describe('pull through faults', () => {
     proxy.clear();
     const layers = await layerDigests(layout);
     const bad = layers[2]!;
-    proxy.add({ method: 'GET', path: new RegExp(`/blobs/${bad.digest}`), action: { type: 'flip', offset: 1234 } });
+    proxy.add({
+      method: 'GET',
+      path: new RegExp(`/blobs/${bad.digest}`),
+      action: { type: 'flip', offset: 1234 },
+    });
     const out = join(dir, 'flip.raw');
-    const err = await pull({ source: store('faults/pull'), ref: 'v1', display: 'flip', output: out, format: 'raw', concurrency: 1, log, progress }).catch((e: unknown) => e);
+    const err = await pull({
+      source: store('faults/pull'),
+      ref: 'v1',
+      display: 'flip',
+      output: out,
+      format: 'raw',
+      concurrency: 1,
+      log,
+      progress,
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(OrbError);
     expect((err as OrbError).kind).toBe('integrity');
     expect((err as OrbError).message).toContain(bad.digest);
     expect(existsSync(out)).toBe(false);
     proxy.clear();
-    const r = await pull({ source: store('faults/pull'), ref: 'v1', display: 'flip', output: out, format: 'raw', concurrency: 1, log, progress });
+    const r = await pull({
+      source: store('faults/pull'),
+      ref: 'v1',
+      display: 'flip',
+      output: out,
+      format: 'raw',
+      concurrency: 1,
+      log,
+      progress,
+    });
     expect(await sha256File(out)).toBe(diskSum);
     expect(r.bytesResumed).toBeGreaterThan(0);
     expect(existsSync(`${out}.partial`)).toBe(false);
@@ -232,9 +432,22 @@ describe('pull through faults', () => {
   it('a truncated blob is a clear error and leaves no output', async () => {
     proxy.clear();
     const [first] = await layerDigests(layout);
-    proxy.add({ method: 'GET', path: new RegExp(`/blobs/${first!.digest}`), action: { type: 'truncate-response', bytes: 1000 } });
+    proxy.add({
+      method: 'GET',
+      path: new RegExp(`/blobs/${first!.digest}`),
+      action: { type: 'truncate-response', bytes: 1000 },
+    });
     const out = join(dir, 'trunc.raw');
-    const err = await pull({ source: store('faults/pull'), ref: 'v1', display: 'trunc', output: out, format: 'raw', concurrency: 2, log, progress }).catch((e: unknown) => e);
+    const err = await pull({
+      source: store('faults/pull'),
+      ref: 'v1',
+      display: 'trunc',
+      output: out,
+      format: 'raw',
+      concurrency: 2,
+      log,
+      progress,
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(OrbError);
     expect((err as OrbError).message).toMatch(/truncated/);
     expect(existsSync(out)).toBe(false);
@@ -244,6 +457,8 @@ describe('pull through faults', () => {
 
 async function configSize(): Promise<number> {
   const ol = new OciLayout(layout.dir);
-  const m = JSON.parse((await ol.readBytes(layout.manifestDigest)).toString()) as { config: { size: number } };
+  const m = JSON.parse((await ol.readBytes(layout.manifestDigest)).toString()) as {
+    config: { size: number };
+  };
   return m.config.size;
 }

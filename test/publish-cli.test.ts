@@ -33,13 +33,31 @@ afterAll(async () => {
 describe('orb publish / pull / blob-url', () => {
   it('runs the whole flow on one machine with oci-layout: (no registry)', async () => {
     const target = join(dir, 'shelf');
-    const p = await orb(['publish', `oci-layout:${layout.dir}:v1`, '--to', `oci-layout:${target}:2025-06`, '--tags', 'latest', '--json'], env);
+    const p = await orb(
+      [
+        'publish',
+        `oci-layout:${layout.dir}:v1`,
+        '--to',
+        `oci-layout:${target}:2025-06`,
+        '--tags',
+        'latest',
+        '--json',
+      ],
+      env,
+    );
     expect(p.code, p.stderr).toBe(0);
     const out = JSON.parse(p.stdout) as Record<string, unknown>;
-    expect(out).toMatchObject({ digest: layout.manifestDigest, tags: '2025-06,latest', 'artifact-type': 'application/vnd.orb.disk.v1' });
+    expect(out).toMatchObject({
+      digest: layout.manifestDigest,
+      tags: '2025-06,latest',
+      'artifact-type': 'application/vnd.orb.disk.v1',
+    });
     expect(out['bytes-uploaded']).toBe(out['bytes-total']);
     expect(out.reference).toBe(`oci-layout:${target}@${layout.manifestDigest}`);
-    const q = await orb(['pull', `oci-layout:${target}:latest`, '--output', join(dir, 'shelf.raw'), '--json'], env);
+    const q = await orb(
+      ['pull', `oci-layout:${target}:latest`, '--output', join(dir, 'shelf.raw'), '--json'],
+      env,
+    );
     expect(q.code, q.stderr).toBe(0);
     const pulled = JSON.parse(q.stdout) as Record<string, unknown>;
     expect(pulled['content-sha256']).toBe(sum);
@@ -49,7 +67,10 @@ describe('orb publish / pull / blob-url', () => {
 
   it('publishes to a registry with progress on stderr, then skips everything the second time', async () => {
     const ref = `oci://${reg.host}/cli/disk:v1`;
-    const first = await orb(['publish', layout.dir, '--to', ref, '--username', 'someone', '--password', 'hunter2-secret', '--json'], env);
+    const first = await orb(
+      ['publish', layout.dir, '--to', ref, '--username', 'someone', '--password', 'hunter2-secret', '--json'],
+      env,
+    );
     expect(first.code, first.stderr).toBe(0);
     expect(first.stderr).toMatch(/uploading/);
     expect(first.stderr + first.stdout).not.toContain('hunter2-secret');
@@ -63,7 +84,13 @@ describe('orb publish / pull / blob-url', () => {
     const files = { output: join(dir, 'gh-output'), summary: join(dir, 'gh-summary') };
     writeFileSync(files.output, '');
     writeFileSync(files.summary, '');
-    const r = await runNode('dist/pull/index.js', [], { ...env, ...actionEnv({ ref: `oci://${reg.host}/cli/disk:v1`, output: join(dir, 'action.qcow2'), format: 'qcow2' }, files) });
+    const r = await runNode('dist/pull/index.js', [], {
+      ...env,
+      ...actionEnv(
+        { ref: `oci://${reg.host}/cli/disk:v1`, output: join(dir, 'action.qcow2'), format: 'qcow2' },
+        files,
+      ),
+    });
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const out = parseGithubOutput(readFileSync(files.output, 'utf8'));
     expect(out.format).toBe('qcow2');
@@ -97,19 +124,35 @@ describe('bad input', () => {
   it('malformed references and missing sources are usage errors (exit 2)', async () => {
     const a = await orb(['pull', 'oci://Bad Host/x', '--output', join(dir, 'x.raw')], env);
     expect(a.code).toBe(2);
-    const b = await orb(['publish', join(dir, 'does-not-exist.qcow2'), '--to', `oci://${reg.host}/cli/x:v1`], env);
+    const b = await orb(
+      ['publish', join(dir, 'does-not-exist.qcow2'), '--to', `oci://${reg.host}/cli/x:v1`],
+      env,
+    );
     expect(b.code).toBe(2);
     expect(b.stderr).toMatch(/does not exist/);
     const c = await orb(['publish', layout.dir, '--to', 'ftp://somewhere/x'], env);
     expect(c.code).toBe(2);
     expect(c.stderr).toMatch(/unsupported reference/);
-    const d = await orb(['pull', `oci://${reg.host}/cli/disk:v1`, '--output', join(dir, 'y.raw'), '--base', `oci://${reg.host}/cli/disk:v0`], env);
+    const d = await orb(
+      [
+        'pull',
+        `oci://${reg.host}/cli/disk:v1`,
+        '--output',
+        join(dir, 'y.raw'),
+        '--base',
+        `oci://${reg.host}/cli/disk:v0`,
+      ],
+      env,
+    );
     expect(d.code).toBe(2);
     expect(d.stderr).toMatch(/--base must be local/);
   });
 
   it('an unreachable registry fails with a hint instead of hanging', async () => {
-    const r = await orb(['pull', 'oci://127.0.0.1:9/x/y:v1', '--output', join(dir, 'z.raw')], { ...env, ORB_RETRY_ATTEMPTS: '2' });
+    const r = await orb(['pull', 'oci://127.0.0.1:9/x/y:v1', '--output', join(dir, 'z.raw')], {
+      ...env,
+      ORB_RETRY_ATTEMPTS: '2',
+    });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/cannot reach the registry/);
     expect(r.stderr).toMatch(/hint:/);

@@ -11,9 +11,20 @@ export default defineCommand({
   action: false,
   usage: 'REF',
   inputs: [
-    { name: 'ref', type: 'string', required: true, positional: 0, description: 'oci://HOST[:PORT]/REPO:TAG (every layer) or oci://HOST/REPO@sha256:... with --digest' },
+    {
+      name: 'ref',
+      type: 'string',
+      required: true,
+      positional: 0,
+      description: 'oci://HOST[:PORT]/REPO:TAG (every layer) or oci://HOST/REPO@sha256:... with --digest',
+    },
     { name: 'digest', type: 'string', description: 'one blob digest instead of every layer of the manifest' },
-    { name: 'plain-http', type: 'boolean', default: false, description: 'talk plain HTTP to the registry (loopback hosts always may)' },
+    {
+      name: 'plain-http',
+      type: 'boolean',
+      default: false,
+      description: 'talk plain HTTP to the registry (loopback hosts always may)',
+    },
   ],
   outputs: [
     { name: 'url', description: 'the URL of the first (or only) blob' },
@@ -33,7 +44,9 @@ export default defineCommand({
     if (direct) {
       ctx.log.info(
         'this registry serves blobs itself (no redirect to object storage), so there is no pre-signed URL; the registry URL is printed' +
-          (urls[0]?.tokenUrl ? ' and needs an anonymous bearer token from token-url (curl -H "Authorization: Bearer $TOKEN" URL)' : ' and works without credentials'),
+          (urls[0]?.tokenUrl
+            ? ' and needs an anonymous bearer token from token-url (curl -H "Authorization: Bearer $TOKEN" URL)'
+            : ' and works without credentials'),
       );
     }
     for (const u of urls) ctx.log.info(`${u.title ?? u.digest}: ${u.url}`);

@@ -8,22 +8,53 @@ import { publish } from '../transfer/publish.js';
 
 /** Inputs shared by publish and pull: how to reach the store. */
 export const accessInputs: InputSpec[] = [
-  { name: 'plain-http', type: 'boolean', default: false, description: 'talk plain HTTP to the registry (only when asked; loopback hosts always may)' },
-  { name: 'username', type: 'string', env: ['ORB_REGISTRY_USERNAME'], description: 'registry user name (default: GITHUB_TOKEN for ghcr.io, CI_REGISTRY_USER for GitLab, docker config.json)' },
-  { name: 'password', type: 'string', secret: true, env: ['ORB_REGISTRY_PASSWORD'], description: 'registry password or token' },
+  {
+    name: 'plain-http',
+    type: 'boolean',
+    default: false,
+    description: 'talk plain HTTP to the registry (only when asked; loopback hosts always may)',
+  },
+  {
+    name: 'username',
+    type: 'string',
+    env: ['ORB_REGISTRY_USERNAME'],
+    description:
+      'registry user name (default: GITHUB_TOKEN for ghcr.io, CI_REGISTRY_USER for GitLab, docker config.json)',
+  },
+  {
+    name: 'password',
+    type: 'string',
+    secret: true,
+    env: ['ORB_REGISTRY_PASSWORD'],
+    description: 'registry password or token',
+  },
   { name: 's3-endpoint', type: 'string', description: 'S3-compatible endpoint URL for s3:// references' },
-  { name: 's3-path-style', type: 'boolean', default: false, description: 'use path-style S3 addressing (MinIO, Ceph, s3rver)' },
+  {
+    name: 's3-path-style',
+    type: 'boolean',
+    default: false,
+    description: 'use path-style S3 addressing (MinIO, Ceph, s3rver)',
+  },
 ];
 
 /** Every input value, keyed by input name, for the store factories. */
-export function storeOptions(inputs: Inputs, specs: readonly InputSpec[], ctx: { log: StoreOptions['log']; signal: AbortSignal }): StoreOptions {
+export function storeOptions(
+  inputs: Inputs,
+  specs: readonly InputSpec[],
+  ctx: { log: StoreOptions['log']; signal: AbortSignal },
+): StoreOptions {
   const options: StoreOptions['options'] = {};
   for (const s of specs) {
     if (s.type === 'list') {
       const v = inputs.list(s.name);
       if (v.length) options[s.name] = v.join(',');
     } else if (inputs.has(s.name)) {
-      const v = s.type === 'boolean' ? inputs.bool(s.name) : s.type === 'string' || s.type === 'enum' ? inputs.string(s.name) : inputs.number(s.name);
+      const v =
+        s.type === 'boolean'
+          ? inputs.bool(s.name)
+          : s.type === 'string' || s.type === 'enum'
+            ? inputs.string(s.name)
+            : inputs.number(s.name);
       options[s.name] = v;
     } else if (s.type === 'boolean') options[s.name] = false;
   }
@@ -36,7 +67,8 @@ const own: InputSpec[] = [
     type: 'string',
     required: true,
     positional: 0,
-    description: 'what to publish: a chunked layout (directory or oci-layout:DIR:TAG), a qcow2 or .zst file, or an orb stage manifest',
+    description:
+      'what to publish: a chunked layout (directory or oci-layout:DIR:TAG), a qcow2 or .zst file, or an orb stage manifest',
   },
   {
     name: 'to',
@@ -45,7 +77,14 @@ const own: InputSpec[] = [
     description: 'where: oci://HOST[:PORT]/REPO:TAG or oci-layout:DIR:TAG (and the other registered schemes)',
   },
   { name: 'tags', type: 'list', description: 'more tags for the same manifest' },
-  { name: 'concurrency', type: 'integer', default: 4, min: 1, max: 64, description: 'blobs uploaded at once' },
+  {
+    name: 'concurrency',
+    type: 'integer',
+    default: 4,
+    min: 1,
+    max: 64,
+    description: 'blobs uploaded at once',
+  },
   {
     name: 'part-size',
     type: 'size',
@@ -58,12 +97,25 @@ const own: InputSpec[] = [
     type: 'size',
     default: '512MiB',
     min: 0,
-    description: 'blobs larger than this go up in resumable PATCH requests of this size (0: one request per blob)',
+    description:
+      'blobs larger than this go up in resumable PATCH requests of this size (0: one request per blob)',
   },
-  { name: 'mount-from', type: 'list', description: 'repositories on the same registry to mount existing blobs from instead of uploading them' },
-  { name: 'subject', type: 'string', description: 'digest or tag of a manifest this artifact refers to (OCI referrers)' },
+  {
+    name: 'mount-from',
+    type: 'list',
+    description: 'repositories on the same registry to mount existing blobs from instead of uploading them',
+  },
+  {
+    name: 'subject',
+    type: 'string',
+    description: 'digest or tag of a manifest this artifact refers to (OCI referrers)',
+  },
   { name: 'annotations', type: 'list', description: 'KEY=VALUE annotations to add to the manifest' },
-  { name: 'manifest', type: 'string', description: 'orb stage manifest to record the publication in (created when missing)' },
+  {
+    name: 'manifest',
+    type: 'string',
+    description: 'orb stage manifest to record the publication in (created when missing)',
+  },
   ...accessInputs,
 ];
 const inputs = [...own, ...storeInputs('publish', own)];
@@ -104,7 +156,11 @@ export default defineCommand({
     const opened = await openStore(inp.string('to'), storeOptions(inp, inputs, ctx));
     try {
       const main = opened.tag ?? 'latest';
-      if (main.startsWith('sha256:')) throw new UsageError(`cannot publish to a digest (${opened.display})`, 'name a tag: oci://HOST/REPO:TAG');
+      if (main.startsWith('sha256:'))
+        throw new UsageError(
+          `cannot publish to a digest (${opened.display})`,
+          'name a tag: oci://HOST/REPO:TAG',
+        );
       const tags = [...new Set([main, ...inp.list('tags')])];
       const r = await publish({
         source: inp.string('source'),

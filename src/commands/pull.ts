@@ -8,8 +8,20 @@ import type { OutputFormat } from '../transfer/output.js';
 import { accessInputs, storeOptions } from './publish.js';
 
 const own: InputSpec[] = [
-  { name: 'ref', type: 'string', required: true, positional: 0, description: 'what to pull: oci://HOST[:PORT]/REPO:TAG (or @sha256:...) or oci-layout:DIR:TAG' },
-  { name: 'output', type: 'string', required: true, alias: 'o', description: 'path of the disk (or file) to write; appears only once verified' },
+  {
+    name: 'ref',
+    type: 'string',
+    required: true,
+    positional: 0,
+    description: 'what to pull: oci://HOST[:PORT]/REPO:TAG (or @sha256:...) or oci-layout:DIR:TAG',
+  },
+  {
+    name: 'output',
+    type: 'string',
+    required: true,
+    alias: 'o',
+    description: 'path of the disk (or file) to write; appears only once verified',
+  },
   {
     name: 'format',
     type: 'enum',
@@ -17,9 +29,25 @@ const own: InputSpec[] = [
     default: 'auto',
     description: 'raw (sparse) or qcow2; auto: raw for disk images, the published format for files',
   },
-  { name: 'base', type: 'string', description: 'a local earlier version (raw disk, chunked layout or orb manifest): unchanged chunks are taken from it' },
-  { name: 'concurrency', type: 'integer', default: 6, min: 1, max: 64, description: 'blobs downloaded at once' },
-  { name: 'manifest', type: 'string', description: 'write an orb stage manifest describing the pulled image here' },
+  {
+    name: 'base',
+    type: 'string',
+    description:
+      'a local earlier version (raw disk, chunked layout or orb manifest): unchanged chunks are taken from it',
+  },
+  {
+    name: 'concurrency',
+    type: 'integer',
+    default: 6,
+    min: 1,
+    max: 64,
+    description: 'blobs downloaded at once',
+  },
+  {
+    name: 'manifest',
+    type: 'string',
+    description: 'write an orb stage manifest describing the pulled image here',
+  },
   ...accessInputs,
 ];
 const inputs = [...own, ...storeInputs('pull', own)];

@@ -70,7 +70,9 @@ export class Authenticator {
     if (!c) return undefined;
     if (c.scheme === 'basic') {
       if (!this.creds?.password) {
-        throw new OrbError('network', `${this.host} asks for a user name and password`, { hint: credentialHint(this.host) });
+        throw new OrbError('network', `${this.host} asks for a user name and password`, {
+          hint: credentialHint(this.host),
+        });
       }
       return 'Basic ' + Buffer.from(`${this.creds.username ?? ''}:${this.creds.password}`).toString('base64');
     }
@@ -105,7 +107,8 @@ export class Authenticator {
     const key = [...scopes].sort().join(' ');
     const cached = this.tokens.get(key);
     if (!cached) return;
-    if (used === undefined || (cached.value !== undefined && `Bearer ${cached.value}` === used)) this.tokens.delete(key);
+    if (used === undefined || (cached.value !== undefined && `Bearer ${cached.value}` === used))
+      this.tokens.delete(key);
   }
 
   private async fetchToken(c: Challenge, scopes: readonly string[]): Promise<Token> {
@@ -117,7 +120,11 @@ export class Authenticator {
     const who = this.creds ? `credentials from ${this.creds.source}` : 'anonymous access';
     try {
       if (this.creds?.identityToken) {
-        const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: this.creds.identityToken, client_id: 'orb-actions' });
+        const form = new URLSearchParams({
+          grant_type: 'refresh_token',
+          refresh_token: this.creds.identityToken,
+          client_id: 'orb-actions',
+        });
         if (c.service) form.set('service', c.service);
         form.set('scope', [...all].join(' '));
         res = await this.http.send({
@@ -131,24 +138,39 @@ export class Authenticator {
         for (const s of all) realm.searchParams.append('scope', s);
         const headers: Record<string, string> = {};
         if (this.creds?.password) {
-          headers.authorization = 'Basic ' + Buffer.from(`${this.creds.username ?? ''}:${this.creds.password}`).toString('base64');
+          headers.authorization =
+            'Basic ' + Buffer.from(`${this.creds.username ?? ''}:${this.creds.password}`).toString('base64');
         }
         res = await this.http.send({ method: 'GET', url: realm, headers });
       }
     } catch (err) {
-      throw new OrbError('network', `cannot reach the token service of ${this.host} (${realm.host}): ${(err as Error).message}`, { cause: err });
+      throw new OrbError(
+        'network',
+        `cannot reach the token service of ${this.host} (${realm.host}): ${(err as Error).message}`,
+        { cause: err },
+      );
     }
     if (res.status === 401 || res.status === 403) {
       await res.discard();
-      throw new OrbError('network', `the token service of ${this.host} rejected ${who} (HTTP ${res.status})`, {
-        hint: this.creds ? `check the credentials from ${this.creds.source} and their permissions` : credentialHint(this.host),
-      });
+      throw new OrbError(
+        'network',
+        `the token service of ${this.host} rejected ${who} (HTTP ${res.status})`,
+        {
+          hint: this.creds
+            ? `check the credentials from ${this.creds.source} and their permissions`
+            : credentialHint(this.host),
+        },
+      );
     }
     if (res.status !== 200) {
       const body = (await res.text(64 << 10).catch(() => '')).slice(0, 300);
       throw new OrbError('network', `the token service of ${this.host} answered HTTP ${res.status}: ${body}`);
     }
-    const json = JSON.parse(await res.text(1 << 20)) as { token?: string; access_token?: string; expires_in?: number };
+    const json = JSON.parse(await res.text(1 << 20)) as {
+      token?: string;
+      access_token?: string;
+      expires_in?: number;
+    };
     const value = json.token || json.access_token;
     if (!value) throw new OrbError('network', `the token service of ${this.host} returned no token`);
     mask(value);
@@ -160,6 +182,7 @@ export class Authenticator {
 }
 
 export function credentialHint(host: string): string {
-  if (host === 'ghcr.io') return 'set GITHUB_TOKEN (with packages: write to publish) or log in with docker login ghcr.io';
+  if (host === 'ghcr.io')
+    return 'set GITHUB_TOKEN (with packages: write to publish) or log in with docker login ghcr.io';
   return `log in with 'docker login ${host}' (orb reads ~/.docker/config.json), or give the username and password inputs`;
 }

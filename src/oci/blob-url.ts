@@ -40,7 +40,11 @@ export function expiresIn(url: string, now = Date.now()): number | undefined {
   const amzExpires = q.get('X-Amz-Expires');
   if (amzDate && amzExpires) {
     const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(amzDate);
-    if (m) return Math.round((Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!) + Number(amzExpires) * 1000 - now) / 1000);
+    if (m)
+      return Math.round(
+        (Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!) + Number(amzExpires) * 1000 - now) /
+          1000,
+      );
   }
   const se = q.get('se');
   if (se && !Number.isNaN(Date.parse(se))) return Math.round((Date.parse(se) - now) / 1000);
@@ -52,7 +56,13 @@ export function expiresIn(url: string, now = Date.now()): number | undefined {
 export async function blobUrls(ref: string, o: BlobUrlOptions): Promise<BlobUrl[]> {
   const r = parseRegistryRef(ref);
   // Anonymous on purpose: a URL minted with someone's credentials must not be handed around.
-  const client = new RegistryClient({ ref: r, plainHttp: o.plainHttp ?? false, credentials: null, log: o.log, signal: o.signal });
+  const client = new RegistryClient({
+    ref: r,
+    plainHttp: o.plainHttp ?? false,
+    credentials: null,
+    log: o.log,
+    signal: o.signal,
+  });
   try {
     let targets: { digest: string; title?: string }[];
     if (o.digest) targets = [{ digest: o.digest }];
@@ -61,8 +71,14 @@ export async function blobUrls(ref: string, o: BlobUrlOptions): Promise<BlobUrl[
         throw anonymousHint(err, formatRegistryRef(r));
       });
       const json = JSON.parse(m.bytes.toString('utf8')) as ImageManifest & { manifests?: unknown };
-      if (m.mediaType === OCI_INDEX || json.manifests) throw new OrbError('input', `${ref} is an image index; name one manifest or give --digest`);
-      targets = json.layers.map((l) => ({ digest: l.digest, ...(l.annotations?.['org.opencontainers.image.title'] ? { title: l.annotations['org.opencontainers.image.title'] } : {}) }));
+      if (m.mediaType === OCI_INDEX || json.manifests)
+        throw new OrbError('input', `${ref} is an image index; name one manifest or give --digest`);
+      targets = json.layers.map((l) => ({
+        digest: l.digest,
+        ...(l.annotations?.['org.opencontainers.image.title']
+          ? { title: l.annotations['org.opencontainers.image.title'] }
+          : {}),
+      }));
     }
     const out: BlobUrl[] = [];
     for (const t of targets) {
@@ -83,12 +99,24 @@ export async function blobUrls(ref: string, o: BlobUrlOptions): Promise<BlobUrl[
       const direct = `${client.base}/v2/${r.repository}/blobs/${t.digest}`;
       if (res.status >= 300) {
         const location = res.header('location');
-        if (!location) throw new OrbError('network', `the registry redirected ${t.digest} without a Location`);
+        if (!location)
+          throw new OrbError('network', `the registry redirected ${t.digest} without a Location`);
         const url = new URL(location, res.url).toString();
         const exp = expiresIn(url);
-        out.push({ digest: t.digest, url, direct: false, ...(exp !== undefined ? { expiresIn: exp } : {}), ...(t.title ? { title: t.title } : {}) });
+        out.push({
+          digest: t.digest,
+          url,
+          direct: false,
+          ...(exp !== undefined ? { expiresIn: exp } : {}),
+          ...(t.title ? { title: t.title } : {}),
+        });
       } else {
-        const entry: BlobUrl = { digest: t.digest, url: direct, direct: true, ...(t.title ? { title: t.title } : {}) };
+        const entry: BlobUrl = {
+          digest: t.digest,
+          url: direct,
+          direct: true,
+          ...(t.title ? { title: t.title } : {}),
+        };
         if (client.auth.scheme === 'bearer') entry.tokenUrl = await anonymousTokenUrl(client, r.repository);
         out.push(entry);
       }
@@ -112,10 +140,14 @@ async function anonymousTokenUrl(client: RegistryClient, repository: string): Pr
 
 function anonymousHint(err: unknown, where: string): unknown {
   if (err instanceof OrbError && err.kind === 'network' && /401|403|rejected anonymous/.test(err.message)) {
-    return new OrbError('network', `${where} is not readable anonymously, so there is no anonymous URL for its blobs`, {
-      hint: 'make the package public, or pull it with credentials (orb pull)',
-      cause: err,
-    });
+    return new OrbError(
+      'network',
+      `${where} is not readable anonymously, so there is no anonymous URL for its blobs`,
+      {
+        hint: 'make the package public, or pull it with credentials (orb pull)',
+        cause: err,
+      },
+    );
   }
   return err;
 }

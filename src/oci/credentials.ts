@@ -81,12 +81,19 @@ function readConfig(path: string): DockerConfig | undefined {
   try {
     return JSON.parse(text) as DockerConfig;
   } catch (err) {
-    throw new OrbError('input', `${path} is not valid JSON: ${(err as Error).message}`, { hint: 'fix or remove the file (docker login rewrites it)' });
+    throw new OrbError('input', `${path} is not valid JSON: ${(err as Error).message}`, {
+      hint: 'fix or remove the file (docker login rewrites it)',
+    });
   }
 }
 
 function fromEntry(entry: DockerAuthEntry, source: string): Credentials | undefined {
-  if (entry.identitytoken) return { identityToken: entry.identitytoken, ...(entry.username ? { username: entry.username } : {}), source };
+  if (entry.identitytoken)
+    return {
+      identityToken: entry.identitytoken,
+      ...(entry.username ? { username: entry.username } : {}),
+      source,
+    };
   if (entry.registrytoken) return { registryToken: entry.registrytoken, source };
   if (entry.username && entry.password) return { username: entry.username, password: entry.password, source };
   if (entry.auth) {
@@ -98,7 +105,11 @@ function fromEntry(entry: DockerAuthEntry, source: string): Credentials | undefi
 }
 
 function fromHelper(helper: string, host: string, source: string): Credentials | undefined {
-  const res = spawnSync(`docker-credential-${helper}`, ['get'], { input: host, encoding: 'utf8', timeout: 15_000 });
+  const res = spawnSync(`docker-credential-${helper}`, ['get'], {
+    input: host,
+    encoding: 'utf8',
+    timeout: 15_000,
+  });
   if (res.error || res.status !== 0) return undefined;
   try {
     const out = JSON.parse(res.stdout) as { Username?: string; Secret?: string };
@@ -122,7 +133,11 @@ export function resolveCredentials(host: string, opts: CredentialOptions = {}): 
 
 function lookup(host: string, opts: CredentialOptions, env: NodeJS.ProcessEnv): Credentials | undefined {
   if (opts.password) {
-    return { username: opts.username || 'orb', password: opts.password, source: 'the username/password inputs' };
+    return {
+      username: opts.username || 'orb',
+      password: opts.password,
+      source: 'the username/password inputs',
+    };
   }
   const name = host.replace(/:443$/, '');
   if (name === 'ghcr.io' && env.GITHUB_TOKEN) {
@@ -131,7 +146,11 @@ function lookup(host: string, opts: CredentialOptions, env: NodeJS.ProcessEnv): 
   }
   const gitlab = env.CI_REGISTRY ? hostOf(env.CI_REGISTRY) : 'registry.gitlab.com';
   if ((name === gitlab || host === gitlab) && env.CI_REGISTRY_USER && env.CI_REGISTRY_PASSWORD) {
-    return { username: env.CI_REGISTRY_USER, password: env.CI_REGISTRY_PASSWORD, source: 'CI_REGISTRY_USER/CI_REGISTRY_PASSWORD' };
+    return {
+      username: env.CI_REGISTRY_USER,
+      password: env.CI_REGISTRY_PASSWORD,
+      source: 'CI_REGISTRY_USER/CI_REGISTRY_PASSWORD',
+    };
   }
   for (const file of configFiles(env, opts.dockerConfig)) {
     const config = readConfig(file);

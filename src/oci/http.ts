@@ -16,7 +16,15 @@ import { OrbError } from '../core/errors.js';
  * the file region it comes from; then a transfer worker thread sends it, reporting progress
  * through `onProgress` instead of the stream.
  */
-export type Body = Buffer | string | { length: number; open(): Readable; file?: { path: string; start: number }; onProgress?(n: number): void };
+export type Body =
+  | Buffer
+  | string
+  | {
+      length: number;
+      open(): Readable;
+      file?: { path: string; start: number };
+      onProgress?(n: number): void;
+    };
 
 export interface HttpRequest {
   method: string;
@@ -104,7 +112,8 @@ export class HttpClient {
   /** One attempt. Rejects with TransientError on network failures; any HTTP status resolves. */
   send(req: HttpRequest): Promise<HttpResponse> {
     const b = req.body;
-    if (this.workers && b !== undefined && typeof b === 'object' && !Buffer.isBuffer(b) && b.file) return this.sendFromWorker(req, b.file, b.length, b.onProgress);
+    if (this.workers && b !== undefined && typeof b === 'object' && !Buffer.isBuffer(b) && b.file)
+      return this.sendFromWorker(req, b.file, b.length, b.onProgress);
     const url = typeof req.url === 'string' ? new URL(req.url) : req.url;
     const lib = url.protocol === 'https:' ? https : http;
     const agent = url.protocol === 'https:' ? this.httpsAgent : this.httpAgent;
@@ -128,7 +137,12 @@ export class HttpClient {
         source?.destroy();
         req.signal?.removeEventListener('abort', onAbort);
         if (err instanceof OrbError) reject(err);
-        else reject(new TransientError(`${req.method} ${url.host}${url.pathname}: ${(err as Error)?.message ?? String(err)}`));
+        else
+          reject(
+            new TransientError(
+              `${req.method} ${url.host}${url.pathname}: ${(err as Error)?.message ?? String(err)}`,
+            ),
+          );
       };
       const onAbort = () => {
         const reason = req.signal?.reason ?? new OrbError('interrupted', 'interrupted');
@@ -136,7 +150,9 @@ export class HttpClient {
         fail(reason instanceof OrbError ? reason : new OrbError('interrupted', 'interrupted'));
       };
       const r = lib.request(url, { method: req.method, headers, agent });
-      r.setTimeout(this.idleTimeoutMs, () => r.destroy(new Error(`no data for ${Math.round(this.idleTimeoutMs / 1000)} s`)));
+      r.setTimeout(this.idleTimeoutMs, () =>
+        r.destroy(new Error(`no data for ${Math.round(this.idleTimeoutMs / 1000)} s`)),
+      );
       r.on('error', fail);
       r.on('response', (res) => {
         if (settled) {
@@ -176,20 +192,44 @@ export class HttpClient {
   }
 
   /** The body is a file region: a worker thread reads and sends it. */
-  private async sendFromWorker(req: HttpRequest, file: { path: string; start: number }, length: number, onProgress?: (n: number) => void): Promise<HttpResponse> {
+  private async sendFromWorker(
+    req: HttpRequest,
+    file: { path: string; start: number },
+    length: number,
+    onProgress?: (n: number) => void,
+  ): Promise<HttpResponse> {
     if (req.signal?.aborted) throw req.signal.reason ?? new OrbError('interrupted', 'interrupted');
     const url = typeof req.url === 'string' ? new URL(req.url) : req.url;
     const headers: Record<string, string> = {};
     for (const [k, v] of Object.entries(req.headers ?? {})) if (v !== undefined) headers[k] = String(v);
-    const done = await this.workers!.run<{ status?: number; headers?: IncomingHttpHeaders; body?: string; error?: { kind: string; message: string } }>(
-      { op: 'put', method: req.method, url: url.toString(), headers, path: file.path, start: file.start, length, idleMs: this.idleTimeoutMs },
+    const done = await this.workers!.run<{
+      status?: number;
+      headers?: IncomingHttpHeaders;
+      body?: string;
+      error?: { kind: string; message: string };
+    }>(
+      {
+        op: 'put',
+        method: req.method,
+        url: url.toString(),
+        headers,
+        path: file.path,
+        start: file.start,
+        length,
+        idleMs: this.idleTimeoutMs,
+      },
       onProgress ? { onProgress } : {},
     );
     if (done.error) {
       if (done.error.kind === 'input') throw new OrbError('input', done.error.message);
       throw new TransientError(`${req.method} ${url.host}${url.pathname}: ${done.error.message}`);
     }
-    return new HttpResponse(done.status ?? 0, done.headers ?? {}, url, Readable.from([Buffer.from(done.body ?? '')]));
+    return new HttpResponse(
+      done.status ?? 0,
+      done.headers ?? {},
+      url,
+      Readable.from([Buffer.from(done.body ?? '')]),
+    );
   }
 
   close(): void {

@@ -42,7 +42,11 @@ export class LayoutStore implements BlobStore {
     return this.layout.blobSize(digest);
   }
 
-  async putBlob(desc: Descriptor, open: (offset: number) => Readable, onBytes?: (n: number) => void): Promise<void> {
+  async putBlob(
+    desc: Descriptor,
+    open: (offset: number) => Readable,
+    onBytes?: (n: number) => void,
+  ): Promise<void> {
     await this.init();
     const final = this.layout.blobPath(desc.digest);
     if ((await this.layout.blobSize(desc.digest)) === desc.size) return;
@@ -61,9 +65,13 @@ export class LayoutStore implements BlobStore {
       await pipeline(open(0), tap, createWriteStream(tmp));
       const got = 'sha256:' + hash.digest('hex');
       if (n !== desc.size || got !== desc.digest) {
-        throw new OrbError('integrity', `blob ${desc.digest}: the source gave ${n} bytes with digest ${got} (expected ${desc.size} bytes)`, {
-          hint: 'the source changed while it was being published, or it is corrupt',
-        });
+        throw new OrbError(
+          'integrity',
+          `blob ${desc.digest}: the source gave ${n} bytes with digest ${got} (expected ${desc.size} bytes)`,
+          {
+            hint: 'the source changed while it was being published, or it is corrupt',
+          },
+        );
       }
       await rename(tmp, final);
     } catch (err) {
@@ -76,10 +84,15 @@ export class LayoutStore implements BlobStore {
   async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
     const size = await this.layout.blobSize(desc.digest);
     if (size === undefined) {
-      throw new OrbError('input', `blob ${desc.digest} is missing from ${this.dir}`, { hint: 'the layout is incomplete; publish or convert it again' });
+      throw new OrbError('input', `blob ${desc.digest} is missing from ${this.dir}`, {
+        hint: 'the layout is incomplete; publish or convert it again',
+      });
     }
     const start = Math.min(offset, size);
-    return { stream: createReadStream(this.layout.blobPath(desc.digest), { start, highWaterMark: 1 << 20 }), offset: start };
+    return {
+      stream: createReadStream(this.layout.blobPath(desc.digest), { start, highWaterMark: 1 << 20 }),
+      offset: start,
+    };
   }
 
   async putManifest(bytes: Buffer, mediaType: string, tags: readonly string[]): Promise<string> {
@@ -89,7 +102,15 @@ export class LayoutStore implements BlobStore {
     return withLock(join(this.dir, 'index.json.lock'), async () => {
       const { digest, size } = await this.layout.putBytes(bytes);
       for (const tag of tags) {
-        await this.layout.tag({ mediaType: mediaType || OCI_MANIFEST, digest, size, ...(parsed.artifactType ? { artifactType: parsed.artifactType } : {}) }, tag);
+        await this.layout.tag(
+          {
+            mediaType: mediaType || OCI_MANIFEST,
+            digest,
+            size,
+            ...(parsed.artifactType ? { artifactType: parsed.artifactType } : {}),
+          },
+          tag,
+        );
       }
       return digest;
     });
@@ -109,7 +130,9 @@ export class LayoutStore implements BlobStore {
   /** Tags in the layout's index.json. */
   async tags(): Promise<string[]> {
     const index = await this.layout.readIndex();
-    return index.manifests.map((m) => m.annotations?.['org.opencontainers.image.ref.name']).filter((t): t is string => !!t);
+    return index.manifests
+      .map((m) => m.annotations?.['org.opencontainers.image.ref.name'])
+      .filter((t): t is string => !!t);
   }
 }
 
@@ -127,7 +150,10 @@ export async function withLock<T>(path: string, fn: () => Promise<T>, staleMs = 
         await rm(path, { recursive: true, force: true });
         continue;
       }
-      if (Date.now() > deadline) throw new OrbError('environment', `${path} stays locked`, { hint: 'remove it if no other orb process is running' });
+      if (Date.now() > deadline)
+        throw new OrbError('environment', `${path} stays locked`, {
+          hint: 'remove it if no other orb process is running',
+        });
       await new Promise((r) => setTimeout(r, 20 + Math.random() * 50));
     }
   }
@@ -143,12 +169,17 @@ export async function openLayoutStore(ref: string, _opts: StoreOptions): Promise
   if (!r.dir) throw new UsageError(`'${ref}' names no directory`, 'write it as oci-layout:DIR:TAG');
   const dir = resolve(r.dir);
   const tag = r.digest ?? r.tag;
-  return { store: new LayoutStore(dir), ...(tag ? { tag } : {}), display: `oci-layout:${r.dir}${r.tag ? ':' + r.tag : ''}${r.digest ? '@' + r.digest : ''}` };
+  return {
+    store: new LayoutStore(dir),
+    ...(tag ? { tag } : {}),
+    display: `oci-layout:${r.dir}${r.tag ? ':' + r.tag : ''}${r.digest ? '@' + r.digest : ''}`,
+  };
 }
 
 /** Reads a whole (small) blob from a store, verifying size and digest. */
 export async function readSmallBlob(store: BlobStore, desc: Descriptor, limit = 16 << 20): Promise<Buffer> {
-  if (desc.size > limit) throw new OrbError('input', `blob ${desc.digest} is ${desc.size} bytes, more than the ${limit} expected`);
+  if (desc.size > limit)
+    throw new OrbError('input', `blob ${desc.digest} is ${desc.size} bytes, more than the ${limit} expected`);
   const { stream } = await store.getBlob(desc, 0);
   const parts: Buffer[] = [];
   let n = 0;
@@ -162,8 +193,10 @@ export async function readSmallBlob(store: BlobStore, desc: Descriptor, limit = 
   }
   const data = Buffer.concat(parts);
   if (data.length !== desc.size || sha256Digest(data) !== desc.digest) {
-    throw new OrbError('integrity', `blob ${desc.digest} from ${store.describe()} is corrupt (size or digest mismatch)`);
+    throw new OrbError(
+      'integrity',
+      `blob ${desc.digest} from ${store.describe()} is corrupt (size or digest mismatch)`,
+    );
   }
   return data;
 }
-

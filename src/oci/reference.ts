@@ -34,26 +34,39 @@ export function parseRegistryRef(ref: string): RegistryRef {
   const text = ref.startsWith('oci://') ? ref.slice('oci://'.length) : ref;
   const example = 'oci://ghcr.io/OWNER/IMAGE:TAG';
   const slash = text.indexOf('/');
-  if (slash <= 0) throw new UsageError(`'${ref}' has no registry host and repository`, `write it as ${example}`);
+  if (slash <= 0)
+    throw new UsageError(`'${ref}' has no registry host and repository`, `write it as ${example}`);
   const host = text.slice(0, slash);
-  if (!HOST_RE.test(host)) throw new UsageError(`'${host}' in '${ref}' is not a registry host`, `write it as ${example}`);
+  if (!HOST_RE.test(host))
+    throw new UsageError(`'${host}' in '${ref}' is not a registry host`, `write it as ${example}`);
   let rest = text.slice(slash + 1);
   let digest: string | undefined;
   const at = rest.indexOf('@');
   if (at >= 0) {
     digest = rest.slice(at + 1);
     rest = rest.slice(0, at);
-    if (!DIGEST_RE.test(digest)) throw new UsageError(`'${digest}' in '${ref}' is not a sha256 digest`, 'digests look like sha256:<64 hex digits>');
+    if (!DIGEST_RE.test(digest))
+      throw new UsageError(
+        `'${digest}' in '${ref}' is not a sha256 digest`,
+        'digests look like sha256:<64 hex digits>',
+      );
   }
   let tag: string | undefined;
   const colon = rest.lastIndexOf(':');
   if (colon >= 0) {
     tag = rest.slice(colon + 1);
     rest = rest.slice(0, colon);
-    if (!TAG_RE.test(tag)) throw new UsageError(`'${tag}' in '${ref}' is not a valid tag`, 'tags are up to 128 letters, digits, _ . and -, not starting with . or -');
+    if (!TAG_RE.test(tag))
+      throw new UsageError(
+        `'${tag}' in '${ref}' is not a valid tag`,
+        'tags are up to 128 letters, digits, _ . and -, not starting with . or -',
+      );
   }
   if (!REPO_RE.test(rest)) {
-    throw new UsageError(`'${rest}' in '${ref}' is not a valid repository name`, 'repository names are lower-case letters, digits and . _ - separated by /');
+    throw new UsageError(
+      `'${rest}' in '${ref}' is not a valid repository name`,
+      'repository names are lower-case letters, digits and . _ - separated by /',
+    );
   }
   const dockerHub = host === 'docker.io' || host === 'index.docker.io';
   const repository = dockerHub && !rest.includes('/') ? `library/${rest}` : rest;
@@ -66,7 +79,12 @@ export function parseRegistryRef(ref: string): RegistryRef {
   };
 }
 
-export function formatRegistryRef(r: { host: string; repository: string; tag?: string; digest?: string }): string {
+export function formatRegistryRef(r: {
+  host: string;
+  repository: string;
+  tag?: string;
+  digest?: string;
+}): string {
   return `oci://${r.host}/${r.repository}${r.tag ? ':' + r.tag : ''}${r.digest ? '@' + r.digest : ''}`;
 }
 
@@ -86,7 +104,11 @@ export function parseLayoutRef(ref: string): LayoutRef {
   if (colon > 0 && !text.slice(colon + 1).includes('/')) {
     tag = text.slice(colon + 1);
     text = text.slice(0, colon);
-    if (!TAG_RE.test(tag)) throw new UsageError(`'${tag}' in '${ref}' is not a valid tag`, 'tags are up to 128 letters, digits, _ . and -');
+    if (!TAG_RE.test(tag))
+      throw new UsageError(
+        `'${tag}' in '${ref}' is not a valid tag`,
+        'tags are up to 128 letters, digits, _ . and -',
+      );
   }
   return { dir: text, ...(tag !== undefined ? { tag } : {}), ...(digest !== undefined ? { digest } : {}) };
 }

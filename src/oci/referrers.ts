@@ -22,7 +22,11 @@ async function fallbackIndex(client: RegistryClient, subject: string): Promise<I
 }
 
 /** Manifests whose `subject` is `digest`, optionally of one artifactType. */
-export async function listReferrers(client: RegistryClient, digest: string, artifactType?: string): Promise<Descriptor[]> {
+export async function listReferrers(
+  client: RegistryClient,
+  digest: string,
+  artifactType?: string,
+): Promise<Descriptor[]> {
   const q = artifactType ? `?artifactType=${encodeURIComponent(artifactType)}` : '';
   const res = await client.request({
     method: 'GET',
@@ -43,8 +47,16 @@ export async function listReferrers(client: RegistryClient, digest: string, arti
 }
 
 /** For registries without the API: add `desc` to the index tagged `sha256-<hex>` of `subject`. */
-export async function addFallbackReferrer(client: RegistryClient, subject: string, desc: Descriptor): Promise<void> {
-  const index: ImageIndex = (await fallbackIndex(client, subject)) ?? { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [] };
+export async function addFallbackReferrer(
+  client: RegistryClient,
+  subject: string,
+  desc: Descriptor,
+): Promise<void> {
+  const index: ImageIndex = (await fallbackIndex(client, subject)) ?? {
+    schemaVersion: 2,
+    mediaType: OCI_INDEX,
+    manifests: [],
+  };
   if (index.manifests.some((m) => m.digest === desc.digest)) return;
   index.manifests.push(desc);
   await client.putManifest(Buffer.from(JSON.stringify(index)), OCI_INDEX, fallbackTag(subject));

@@ -28,20 +28,31 @@ export class RegistryStore implements BlobStore {
     return size === undefined ? undefined : Math.max(0, size);
   }
 
-  async putBlob(desc: Descriptor, open: (offset: number) => Readable, onBytes?: (n: number) => void, file?: BlobFile): Promise<void> {
+  async putBlob(
+    desc: Descriptor,
+    open: (offset: number) => Readable,
+    onBytes?: (n: number) => void,
+    file?: BlobFile,
+  ): Promise<void> {
     // Bodies read from files are sent by worker threads: several uploads keep several cores busy.
     if (file) this.client.http.workers ??= new HttpWorkers(4, this.client.signal);
     await uploadBlob(this.client, desc, open, { chunkSize: this.uploadChunkSize }, onBytes, file);
   }
 
   /** The blob GET with a current token, for pull's transfer workers. */
-  async httpSource(desc: Descriptor, refresh = false): Promise<{ url: string; headers: Record<string, string> }> {
+  async httpSource(
+    desc: Descriptor,
+    refresh = false,
+  ): Promise<{ url: string; headers: Record<string, string> }> {
     await this.client.ping();
     const scopes = [this.client.pullScope];
     if (refresh) this.client.auth.invalidate(scopes, this.lastAuth);
     const authz = await this.client.auth.header(scopes);
     this.lastAuth = authz;
-    return { url: this.client.url(`/v2/${this.client.repository}/blobs/${desc.digest}`), headers: authz ? { authorization: authz } : {} };
+    return {
+      url: this.client.url(`/v2/${this.client.repository}/blobs/${desc.digest}`),
+      headers: authz ? { authorization: authz } : {},
+    };
   }
   private lastAuth: string | undefined;
 
@@ -59,14 +70,21 @@ export class RegistryStore implements BlobStore {
       digest = r.digest;
       subjectHandled ||= r.subjectHandled;
     }
-    const parsed = JSON.parse(bytes.toString('utf8')) as { subject?: Descriptor; artifactType?: string; annotations?: Record<string, string>; config?: Descriptor };
+    const parsed = JSON.parse(bytes.toString('utf8')) as {
+      subject?: Descriptor;
+      artifactType?: string;
+      annotations?: Record<string, string>;
+      config?: Descriptor;
+    };
     if (parsed.subject && !subjectHandled) {
       // The registry has no referrers API: keep the spec's fallback index tag up to date.
       await addFallbackReferrer(this.client, parsed.subject.digest, {
         mediaType,
         digest,
         size: bytes.length,
-        ...((parsed.artifactType ?? parsed.config?.mediaType) ? { artifactType: parsed.artifactType ?? parsed.config!.mediaType } : {}),
+        ...((parsed.artifactType ?? parsed.config?.mediaType)
+          ? { artifactType: parsed.artifactType ?? parsed.config!.mediaType }
+          : {}),
         ...(parsed.annotations ? { annotations: parsed.annotations } : {}),
       });
     }
@@ -93,7 +111,13 @@ export class RegistryStore implements BlobStore {
     const loc = res.header('location');
     if (res.status === 202 && loc) {
       await this.client
-        .request({ method: 'DELETE', path: new URL(loc, res.url).toString(), scopes: [this.client.pushScope], what: 'cancel upload session', accept: [204, 404, 400, 405] })
+        .request({
+          method: 'DELETE',
+          path: new URL(loc, res.url).toString(),
+          scopes: [this.client.pushScope],
+          what: 'cancel upload session',
+          accept: [204, 404, 400, 405],
+        })
         .then((r) => r.discard())
         .catch(() => undefined);
     }
@@ -111,7 +135,11 @@ export class RegistryStore implements BlobStore {
   }
 }
 
-export function registryClientFor(ref: string, opts: StoreOptions, extra: Partial<RegistryClientOptions> = {}): RegistryClient {
+export function registryClientFor(
+  ref: string,
+  opts: StoreOptions,
+  extra: Partial<RegistryClientOptions> = {},
+): RegistryClient {
   const r = parseRegistryRef(ref);
   const o = opts.options;
   const concurrency = typeof o.concurrency === 'number' ? o.concurrency : 4;
@@ -133,7 +161,8 @@ function str(v: unknown): string | undefined {
 export async function openRegistryStore(ref: string, opts: StoreOptions): Promise<OpenedStore> {
   const r = parseRegistryRef(ref);
   const chunk = opts.options['upload-chunk-size'];
-  if (chunk !== undefined && (typeof chunk !== 'number' || chunk < 0)) throw new UsageError(`upload-chunk-size must be a size (got ${String(chunk)})`);
+  if (chunk !== undefined && (typeof chunk !== 'number' || chunk < 0))
+    throw new UsageError(`upload-chunk-size must be a size (got ${String(chunk)})`);
   const client = registryClientFor(ref, opts);
   const store = new RegistryStore(client, typeof chunk === 'number' ? chunk : DEFAULT_UPLOAD_CHUNK);
   const tag = r.digest ?? r.tag;

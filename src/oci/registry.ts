@@ -115,25 +115,44 @@ export class RegistryClient {
         const tlsHint = /EPROTO|wrong version number|SSL|certificate/i.test(msg)
           ? 'if the registry speaks plain HTTP, add --plain-http (plain-http: true); for a private CA set NODE_EXTRA_CA_CERTS'
           : 'check the host name and port, and that the registry is reachable from here';
-        throw new OrbError('network', `cannot reach the registry at ${this.base}: ${msg}`, { hint: tlsHint, cause: err });
+        throw new OrbError('network', `cannot reach the registry at ${this.base}: ${msg}`, {
+          hint: tlsHint,
+          cause: err,
+        });
       }
       if (res.status === 401) this.auth.learn(res);
       else if (res.status !== 200) {
         await res.discard();
         this.pinged = undefined;
-        throw new OrbError('network', `${this.base}/v2/ answered HTTP ${res.status}: this does not look like an OCI registry`, {
-          hint: 'check the host and port of the oci:// reference',
-        });
+        throw new OrbError(
+          'network',
+          `${this.base}/v2/ answered HTTP ${res.status}: this does not look like an OCI registry`,
+          {
+            hint: 'check the host and port of the oci:// reference',
+          },
+        );
       }
       await res.discard();
     })();
     return this.pinged;
   }
 
-  private async sendWithRetry(method: string, url: string, headers: OutgoingHttpHeaders, body: Body | undefined, what: string): Promise<HttpResponse> {
+  private async sendWithRetry(
+    method: string,
+    url: string,
+    headers: OutgoingHttpHeaders,
+    body: Body | undefined,
+    what: string,
+  ): Promise<HttpResponse> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.http.send({ method, url, headers, ...(body !== undefined ? { body } : {}), signal: this.signal });
+        return await this.http.send({
+          method,
+          url,
+          headers,
+          ...(body !== undefined ? { body } : {}),
+          signal: this.signal,
+        });
       } catch (err) {
         if (!(err instanceof TransientError) || attempt >= this.retry.attempts) throw err;
         const wait = backoffMs(attempt, this.retry);
@@ -154,7 +173,7 @@ export class RegistryClient {
   async request(o: RequestOptions): Promise<HttpResponse> {
     await this.ping();
     let authRetried = false;
-    for (let attempt = 1; ; ) {
+    for (let attempt = 1; ;) {
       const headers: OutgoingHttpHeaders = { ...(o.headers ?? {}) };
       // Credentials go to the registry only, never to another host an upload Location names.
       const sameHost = new URL(this.url(o.path)).host === new URL(this.base).host;
@@ -162,13 +181,21 @@ export class RegistryClient {
       if (authz) headers.authorization = authz;
       let res: HttpResponse;
       try {
-        res = await this.http.send({ method: o.method, url: this.url(o.path), headers, ...(o.body !== undefined ? { body: o.body } : {}), signal: this.signal });
+        res = await this.http.send({
+          method: o.method,
+          url: this.url(o.path),
+          headers,
+          ...(o.body !== undefined ? { body: o.body } : {}),
+          signal: this.signal,
+        });
       } catch (err) {
         if (!(err instanceof TransientError)) throw err;
         if (o.retry === false) throw err;
         if (attempt >= this.retry.attempts) throw this.gaveUp(o, err.message, attempt);
         const wait = backoffMs(attempt, this.retry);
-        this.log.info(`${o.what}: ${err.message}; retry ${attempt}/${this.retry.attempts - 1} in ${(wait / 1000).toFixed(1)} s`);
+        this.log.info(
+          `${o.what}: ${err.message}; retry ${attempt}/${this.retry.attempts - 1} in ${(wait / 1000).toFixed(1)} s`,
+        );
         await sleep(wait, this.signal);
         attempt++;
         continue;
@@ -183,13 +210,19 @@ export class RegistryClient {
           this.log.debug(`${o.what}: 401, refreshing the token`);
           continue;
         }
-        throw new OrbError('network', `${this.host} refused ${o.what} (HTTP 401 unauthorized)`, { hint: credentialHint(this.host) });
+        throw new OrbError('network', `${this.host} refused ${o.what} (HTTP 401 unauthorized)`, {
+          hint: credentialHint(this.host),
+        });
       }
       if (res.status === 403) {
         const detail = errorText(await res.text(64 << 10).catch(() => ''));
-        throw new OrbError('network', `${this.host} denied ${o.what} (HTTP 403${detail ? ': ' + detail : ''})`, {
-          hint: `the credentials lack permission on ${this.repository}; ${credentialHint(this.host)}`,
-        });
+        throw new OrbError(
+          'network',
+          `${this.host} denied ${o.what} (HTTP 403${detail ? ': ' + detail : ''})`,
+          {
+            hint: `the credentials lack permission on ${this.repository}; ${credentialHint(this.host)}`,
+          },
+        );
       }
       if (isRetryableStatus(res.status)) {
         const retryAfter = parseRetryAfter(res.header('retry-after'));
@@ -198,12 +231,18 @@ export class RegistryClient {
         if (o.retry === false) throw new TransientError(`${o.what}: ${msg}`, retryAfter);
         if (attempt >= this.retry.attempts) throw this.gaveUp(o, msg, attempt);
         if (retryAfter !== undefined && retryAfter > this.retry.maxRetryAfterMs) {
-          throw new OrbError('network', `${this.host} asks to retry ${o.what} after ${Math.round(retryAfter / 1000)} s (${msg})`, {
-            hint: 'the registry is rate-limiting or down; run again later',
-          });
+          throw new OrbError(
+            'network',
+            `${this.host} asks to retry ${o.what} after ${Math.round(retryAfter / 1000)} s (${msg})`,
+            {
+              hint: 'the registry is rate-limiting or down; run again later',
+            },
+          );
         }
         const wait = backoffMs(attempt, this.retry, retryAfter);
-        this.log.info(`${o.what}: ${msg}; retry ${attempt}/${this.retry.attempts - 1} in ${(wait / 1000).toFixed(1)} s`);
+        this.log.info(
+          `${o.what}: ${msg}; retry ${attempt}/${this.retry.attempts - 1} in ${(wait / 1000).toFixed(1)} s`,
+        );
         await sleep(wait, this.signal);
         attempt++;
         continue;
@@ -221,7 +260,10 @@ export class RegistryClient {
   /** Throws a clear error for an unexpected status (after reading the registry's error body). */
   async unexpected(res: HttpResponse, what: string): Promise<never> {
     const detail = errorText(await res.text(64 << 10).catch(() => ''));
-    throw new OrbError(res.status === 404 ? 'input' : 'network', `${what}: ${this.host} answered HTTP ${res.status}${detail ? ' (' + detail + ')' : ''}`);
+    throw new OrbError(
+      res.status === 404 ? 'input' : 'network',
+      `${what}: ${this.host} answered HTTP ${res.status}${detail ? ' (' + detail + ')' : ''}`,
+    );
   }
 
   // ---- blobs ----
@@ -258,7 +300,8 @@ export class RegistryClient {
     for (let hops = 0; res.status >= 300 && res.status < 400; hops++) {
       const location = res.header('location');
       await res.discard();
-      if (!location || hops >= 5) throw new OrbError('network', `download blob ${digest}: redirect without a usable Location`);
+      if (!location || hops >= 5)
+        throw new OrbError('network', `download blob ${digest}: redirect without a usable Location`);
       const target = new URL(location, res.url);
       // Pre-signed storage URLs carry their own authorization; never add ours.
       res = await this.fetchUrl(target.toString(), range, `download blob ${digest.slice(7, 19)}`);
@@ -298,7 +341,8 @@ export class RegistryClient {
         if (!(err instanceof TransientError)) throw err;
         msg = err.message;
       }
-      if (attempt >= this.retry.attempts) throw new OrbError('network', `${what} failed after ${attempt} attempts: ${msg}`);
+      if (attempt >= this.retry.attempts)
+        throw new OrbError('network', `${what} failed after ${attempt} attempts: ${msg}`);
       await sleep(backoffMs(attempt, this.retry, retryAfter), this.signal);
     }
   }
@@ -323,18 +367,28 @@ export class RegistryClient {
     const bytes = await res.buffer(8 << 20);
     const digest = sha256Digest(bytes);
     if (ref.startsWith('sha256:') && digest !== ref) {
-      throw new OrbError('integrity', `manifest ${ref} from ${this.host} has digest ${digest}: the registry returned different bytes`);
+      throw new OrbError(
+        'integrity',
+        `manifest ${ref} from ${this.host} has digest ${digest}: the registry returned different bytes`,
+      );
     }
     const header = res.header('docker-content-digest');
     if (header && header.startsWith('sha256:') && header !== digest) {
-      throw new OrbError('integrity', `manifest ${this.repository}:${ref} from ${this.host}: body digest ${digest} differs from the registry's ${header}`);
+      throw new OrbError(
+        'integrity',
+        `manifest ${this.repository}:${ref} from ${this.host}: body digest ${digest} differs from the registry's ${header}`,
+      );
     }
     const mediaType = (res.header('content-type') ?? '').split(';')[0]!.trim() || guessMediaType(bytes);
     return { bytes, mediaType, digest };
   }
 
   /** PUT a manifest under `ref` (a tag or its digest); returns whether the registry handled `subject`. */
-  async putManifest(bytes: Buffer, mediaType: string, ref: string): Promise<{ digest: string; subjectHandled: boolean }> {
+  async putManifest(
+    bytes: Buffer,
+    mediaType: string,
+    ref: string,
+  ): Promise<{ digest: string; subjectHandled: boolean }> {
     const res = await this.request({
       method: 'PUT',
       path: `/v2/${this.repository}/manifests/${ref}`,

@@ -76,14 +76,20 @@ function withDigest(url: string, digest: string): string {
   return u.toString();
 }
 
-async function startSession(client: RegistryClient, desc: Descriptor, from?: string): Promise<{ mounted: boolean; url?: string }> {
+async function startSession(
+  client: RegistryClient,
+  desc: Descriptor,
+  from?: string,
+): Promise<{ mounted: boolean; url?: string }> {
   const q = from ? `?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(from)}` : '';
   const scopes = from ? [client.pushScope, `repository:${from}:pull`] : [client.pushScope];
   const res = await client.request({
     method: 'POST',
     path: `/v2/${client.repository}/blobs/uploads/${q}`,
     scopes,
-    what: from ? `mount blob ${desc.digest.slice(7, 19)} from ${from}` : `start upload of ${desc.digest.slice(7, 19)}`,
+    what: from
+      ? `mount blob ${desc.digest.slice(7, 19)} from ${from}`
+      : `start upload of ${desc.digest.slice(7, 19)}`,
     accept: [201, 202],
   });
   await res.discard();
@@ -92,7 +98,10 @@ async function startSession(client: RegistryClient, desc: Descriptor, from?: str
 }
 
 /** Where an upload session stands; undefined when the registry no longer knows it. */
-async function sessionStatus(client: RegistryClient, url: string): Promise<{ url: string; offset: number } | undefined> {
+async function sessionStatus(
+  client: RegistryClient,
+  url: string,
+): Promise<{ url: string; offset: number } | undefined> {
   const res = await client.request({
     method: 'GET',
     path: url,
@@ -115,7 +124,8 @@ export async function uploadBlob(
   onBytes: (n: number) => void = () => {},
   file?: { path: string; start: number },
 ): Promise<UploadResult> {
-  const region = (start: number) => (file ? { file: { path: file.path, start: file.start + start }, onProgress: count } : {});
+  const region = (start: number) =>
+    file ? { file: { path: file.path, start: file.start + start }, onProgress: count } : {};
   const short = desc.digest.slice(7, 19);
   let url: string | undefined;
   for (const from of opts.mountFrom ?? []) {
@@ -138,7 +148,7 @@ export async function uploadBlob(
     sent += n;
     onBytes(n);
   };
-  for (let failures = 0; ; ) {
+  for (let failures = 0; ;) {
     try {
       if (!url) {
         url = (await startSession(client, desc)).url!;
@@ -163,27 +173,47 @@ export async function uploadBlob(
           const patch = await client.request({
             method: 'PATCH',
             path: url,
-            headers: { 'content-type': 'application/octet-stream', 'content-range': `${start}-${start + n - 1}` },
+            headers: {
+              'content-type': 'application/octet-stream',
+              'content-range': `${start}-${start + n - 1}`,
+            },
             body: { length: n, open: () => meter(open(start), n, count), ...region(start) },
             scopes: [client.pushScope],
             what: `upload blob ${short} bytes ${start}-${start + n - 1}`,
             retry: false,
             accept: [202, 204, 400, 404, 413, 416],
           });
-          const detail = patch.status >= 400 ? errorText(await patch.text(64 << 10).catch(() => '')) : (await patch.discard(), '');
-          if ((patch.status === 413 || patch.status === 416) && /too large|exceeds|maximum/i.test(detail) && patchSize > MIN_PATCH) {
+          const detail =
+            patch.status >= 400
+              ? errorText(await patch.text(64 << 10).catch(() => ''))
+              : (await patch.discard(), '');
+          if (
+            (patch.status === 413 || patch.status === 416) &&
+            /too large|exceeds|maximum/i.test(detail) &&
+            patchSize > MIN_PATCH
+          ) {
             // the registry caps request bodies (GHCR: 4 MiB): smaller PATCHes from where it stands
             patchSize = Math.max(MIN_PATCH, Math.min(patchSize >> 1, 4 << 20));
-            throw new TransientError(`upload blob ${short}: the registry refuses ${n}-byte requests (${detail}); continuing with ${patchSize}-byte requests`);
+            throw new TransientError(
+              `upload blob ${short}: the registry refuses ${n}-byte requests (${detail}); continuing with ${patchSize}-byte requests`,
+            );
           }
-          if (patch.status === 416) throw new TransientError(`upload blob ${short}: the registry expected another offset than ${start}`);
-          if (patch.status === 404) throw new TransientError(`upload blob ${short}: the upload session expired`);
-          if (patch.status === 400 || patch.status === 413) throw new OrbError('network', `upload blob ${desc.digest}: HTTP ${patch.status} ${detail}`);
+          if (patch.status === 416)
+            throw new TransientError(
+              `upload blob ${short}: the registry expected another offset than ${start}`,
+            );
+          if (patch.status === 404)
+            throw new TransientError(`upload blob ${short}: the upload session expired`);
+          if (patch.status === 400 || patch.status === 413)
+            throw new OrbError('network', `upload blob ${desc.digest}: HTTP ${patch.status} ${detail}`);
           url = locationOf(client, patch, url);
           // Our own count, not the answer's Range: some registries (ECR) report a stale Range
           // after every PATCH but the first, although they stored the bytes.
           const reported = rangeEnd(patch);
-          if (reported !== undefined && reported !== start + n) client.log.debug(`upload ${short}: the registry reports ${reported} bytes after ${start + n} were sent`);
+          if (reported !== undefined && reported !== start + n)
+            client.log.debug(
+              `upload ${short}: the registry reports ${reported} bytes after ${start + n} were sent`,
+            );
           offset = start + n;
         }
         res = await client.request({
@@ -209,7 +239,9 @@ export async function uploadBlob(
         // tells that apart from a source that really changed.
         if (digestRetries++ === 0) {
           url = undefined;
-          throw new TransientError(`upload blob ${short}: the registry computed another digest (${detail}); uploading it again`);
+          throw new TransientError(
+            `upload blob ${short}: the registry computed another digest (${detail}); uploading it again`,
+          );
         }
         throw new OrbError('integrity', `the registry rejected blob ${desc.digest}: ${detail}`, {
           hint: 'the source changed while it was being published, or it is corrupt; check it and publish again',
@@ -224,9 +256,13 @@ export async function uploadBlob(
       if (!(err instanceof TransientError)) throw err;
       failures++;
       if (failures >= client.retry.attempts) {
-        throw new OrbError('network', `upload of blob ${desc.digest} failed ${failures} times: ${err.message}`, {
-          hint: 'run the same command again: blobs already uploaded are skipped',
-        });
+        throw new OrbError(
+          'network',
+          `upload of blob ${desc.digest} failed ${failures} times: ${err.message}`,
+          {
+            hint: 'run the same command again: blobs already uploaded are skipped',
+          },
+        );
       }
       const wait = backoffMs(failures, client.retry, err.retryAfterMs);
       client.log.info(`${err.message}; retrying in ${(wait / 1000).toFixed(1)} s`);

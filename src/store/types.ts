@@ -29,7 +29,12 @@ export interface BlobStore {
    * Retries (backoff, Retry-After, token refresh) are the store's job; it throws an OrbError
    * only when it gave up.
    */
-  putBlob(desc: Descriptor, open: (offset: number) => Readable, onBytes?: (n: number) => void, file?: BlobFile): Promise<void>;
+  putBlob(
+    desc: Descriptor,
+    open: (offset: number) => Readable,
+    onBytes?: (n: number) => void,
+    file?: BlobFile,
+  ): Promise<void>;
   /**
    * Read a blob from `offset` (a ranged request where the store supports it). The returned
    * `offset` is where the stream really starts: 0 when the server ignored the range, in which
@@ -57,7 +62,8 @@ export interface BlobStore {
    * Optional: extra result values after a publish or pull (pre-signed URLs, ...), merged into the
    * command's outputs; declare their names with registerStoreOutputs (open.ts).
    */
-  publishedOutputs?(): Record<string, string | number | boolean> | Promise<Record<string, string | number | boolean>>;
+  publishedOutputs?():
+    Record<string, string | number | boolean> | Promise<Record<string, string | number | boolean>>;
   /** Optional: release connections; called once when publish/pull is done with the store. */
   close?(): Promise<void>;
 }

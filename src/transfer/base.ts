@@ -62,7 +62,9 @@ class LayoutBase implements BaseSource {
     } catch {
       return undefined; // missing or corrupt in the base: download instead
     }
-    return decodeChunk(c.kind, blob, region.length, region.digest, `base ${this.describe}`).catch(() => undefined);
+    return decodeChunk(c.kind, blob, region.length, region.digest, `base ${this.describe}`).catch(
+      () => undefined,
+    );
   }
   async close(): Promise<void> {}
 }
@@ -73,14 +75,23 @@ async function layoutBase(dir: string, tag: string | undefined, display: string)
   if (!ref) {
     const tags = await store.tags();
     ref = tags.length === 1 ? tags[0] : tags.includes('latest') ? 'latest' : undefined;
-    if (!ref) throw new UsageError(`base ${display} holds several tags (${tags.join(', ')})`, 'name one as oci-layout:DIR:TAG');
+    if (!ref)
+      throw new UsageError(
+        `base ${display} holds several tags (${tags.join(', ')})`,
+        'name one as oci-layout:DIR:TAG',
+      );
   }
   const { manifest, digest } = await resolveManifest(store, ref!, display);
   const plan = await makePlan(store, manifest, digest, display);
   const chunks = new Map<string, { blob: Descriptor; kind: 'zstd' | 'raw'; length: number }>();
   for (const u of plan.units) {
     if (u.kind === 'part') continue;
-    for (const r of u.regions) chunks.set(r.digest, { blob: u.blob, kind: u.blob.mediaType === DISK_CHUNK_RAW ? 'raw' : 'zstd', length: r.length });
+    for (const r of u.regions)
+      chunks.set(r.digest, {
+        blob: u.blob,
+        kind: u.blob.mediaType === DISK_CHUNK_RAW ? 'raw' : 'zstd',
+        length: r.length,
+      });
   }
   return new LayoutBase(display, store, chunks);
 }
@@ -118,12 +129,18 @@ async function fileBase(path: string, display: string): Promise<BaseSource> {
     const info = await inspectImage(path);
     return new DiskBase(display, await openDiskReader(info));
   }
-  throw new UsageError(`base ${display} is ${format}; a base must be a disk image (raw, qcow2, ...) or a chunked layout`, 'give the disk an earlier pull wrote, or its chunked layout');
+  throw new UsageError(
+    `base ${display} is ${format}; a base must be a disk image (raw, qcow2, ...) or a chunked layout`,
+    'give the disk an earlier pull wrote, or its chunked layout',
+  );
 }
 
 export async function openBase(spec: string): Promise<BaseSource> {
   if (/^[a-z][a-z0-9+.-]*:\/\//.test(spec)) {
-    throw new UsageError(`--base must be local (a raw disk, a chunked layout or an orb manifest), not '${spec}'`, 'pull the earlier version once, then give its path as --base');
+    throw new UsageError(
+      `--base must be local (a raw disk, a chunked layout or an orb manifest), not '${spec}'`,
+      'pull the earlier version once, then give its path as --base',
+    );
   }
   if (spec.startsWith('oci-layout:')) {
     const r = parseLayoutRef(spec);
@@ -146,7 +163,11 @@ export async function openBase(spec: string): Promise<BaseSource> {
       if (m) {
         const image = manifestImagePath(path, m);
         if (m.image.format === 'chunked') {
-          return layoutBase(m.image.chunked?.layout ? resolve(dirname(path), m.image.chunked.layout) : image, m.image.chunked?.tag, spec);
+          return layoutBase(
+            m.image.chunked?.layout ? resolve(dirname(path), m.image.chunked.layout) : image,
+            m.image.chunked?.tag,
+            spec,
+          );
         }
         return fileBase(image, spec);
       }

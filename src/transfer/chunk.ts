@@ -16,9 +16,16 @@ export async function sha256Async(data: Uint8Array): Promise<string> {
  * Decodes and verifies one chunk with the chunked format's own decoder (src/image/chunked):
  * zstd or raw, then its length and uncompressed sha256 against the manifest's annotations.
  */
-export async function decodeChunk(kind: 'zstd' | 'raw' | 'part', blob: Buffer, length: number, digest: string, where: string): Promise<Buffer> {
+export async function decodeChunk(
+  kind: 'zstd' | 'raw' | 'part',
+  blob: Buffer,
+  length: number,
+  digest: string,
+  where: string,
+): Promise<Buffer> {
   if (kind === 'part') {
-    if (blob.length !== length || (await sha256Async(blob)) !== digest) throw new OrbError('integrity', `${where}: the part does not match its digest`);
+    if (blob.length !== length || (await sha256Async(blob)) !== digest)
+      throw new OrbError('integrity', `${where}: the part does not match its digest`);
     return blob;
   }
   const chunk = {
@@ -31,7 +38,10 @@ export async function decodeChunk(kind: 'zstd' | 'raw' | 'part', blob: Buffer, l
   try {
     return await decodeChunkBlob(blob, chunk);
   } catch (err) {
-    if (err instanceof OrbError) throw new OrbError(err.kind, `${where}: ${err.message.replace(/^chunk at offset 0:? ?/, '')}`, { cause: err });
+    if (err instanceof OrbError)
+      throw new OrbError(err.kind, `${where}: ${err.message.replace(/^chunk at offset 0:? ?/, '')}`, {
+        cause: err,
+      });
     throw err;
   }
 }

@@ -58,9 +58,15 @@ export async function fetchBlob(o: FetchOptions): Promise<{ digest: string; down
       if (offset !== have) {
         if (offset !== 0) {
           stream.destroy();
-          throw new OrbError('network', `blob ${o.desc.digest}: asked for bytes from ${have}, the server sent from ${offset}`);
+          throw new OrbError(
+            'network',
+            `blob ${o.desc.digest}: asked for bytes from ${have}, the server sent from ${offset}`,
+          );
         }
-        if (have > 0) o.log.info(`blob ${short}: the server ignored the range request; downloading it again from the start`);
+        if (have > 0)
+          o.log.info(
+            `blob ${short}: the server ignored the range request; downloading it again from the start`,
+          );
         await o.sink.reset();
         hash = createHash('sha256');
         have = 0;
@@ -70,28 +76,32 @@ export async function fetchBlob(o: FetchOptions): Promise<{ digest: string; down
           const chunk = c as Buffer;
           if (have + chunk.length > size) {
             stream.destroy();
-            throw new OrbError('integrity', `blob ${o.desc.digest} from ${o.store.describe()} is longer than the ${size} bytes the manifest says`);
+            throw new OrbError(
+              'integrity',
+              `blob ${o.desc.digest} from ${o.store.describe()} is longer than the ${size} bytes the manifest says`,
+            );
           }
           if (hashing) hash.update(chunk);
           try {
             await o.sink.write(chunk, have);
           } catch (err) {
             stream.destroy();
-            throw new OrbError('environment', `cannot write the download: ${(err as Error).message}`, { cause: err });
+            throw new OrbError('environment', `cannot write the download: ${(err as Error).message}`, {
+              cause: err,
+            });
           }
           have += chunk.length;
           downloaded += chunk.length;
           o.onBytes?.(chunk.length);
           o.onHave?.(have);
         }
-      } finally {
+      } catch (err) {
         stream.destroy();
-        try {
-          await o.sink.flush?.();
-        } catch (err) {
-          throw new OrbError('environment', `cannot write the download: ${(err as Error).message}`, { cause: err });
-        }
+        await flushSink(o.sink);
+        throw err;
       }
+      stream.destroy();
+      await flushSink(o.sink);
       if (have >= size) break;
       shortBody = true;
       why = `the connection closed after ${have} of ${size} bytes`;
@@ -105,15 +115,30 @@ export async function fetchBlob(o: FetchOptions): Promise<{ digest: string; down
     stalls = have > before ? 1 : stalls + 1;
     if (stalls >= o.retry.attempts) {
       if (shortBody) {
-        throw new OrbError('integrity', `blob ${o.desc.digest} from ${o.store.describe()} is truncated: the server sends only ${have} of ${size} bytes`, {
-          hint: 'the registry copy is damaged or a proxy cuts it short; publish the image again',
-        });
+        throw new OrbError(
+          'integrity',
+          `blob ${o.desc.digest} from ${o.store.describe()} is truncated: the server sends only ${have} of ${size} bytes`,
+          {
+            hint: 'the registry copy is damaged or a proxy cuts it short; publish the image again',
+          },
+        );
       }
-      throw new OrbError('network', `download of blob ${o.desc.digest} failed: ${why}`, { hint: 'run the same command again: what was downloaded is kept' });
+      throw new OrbError('network', `download of blob ${o.desc.digest} failed: ${why}`, {
+        hint: 'run the same command again: what was downloaded is kept',
+      });
     }
     const wait = backoffMs(stalls, o.retry);
     o.log.info(`blob ${short}: ${why}; resuming at byte ${have} in ${(wait / 1000).toFixed(1)} s`);
     await sleep(wait, o.signal);
   }
   return { digest: hashing ? 'sha256:' + hash.digest('hex') : '', downloaded };
+}
+
+/** Writes out what the sink buffered; a failure there is the disk's, not the network's. */
+async function flushSink(sink: BlobSink): Promise<void> {
+  try {
+    await sink.flush?.();
+  } catch (err) {
+    throw new OrbError('environment', `cannot write the download: ${(err as Error).message}`, { cause: err });
+  }
 }

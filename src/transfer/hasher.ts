@@ -81,14 +81,20 @@ export class OrderedHasher {
   private pump(): void {
     while (this.next < this.segments.length && this.done[this.next]) {
       const s = this.segments[this.next++]!;
-      if (s.length > 0) this.worker.postMessage(s.zero ? { type: 'zeros', length: s.length } : { type: 'file', offset: s.offset, length: s.length });
+      if (s.length > 0)
+        this.worker.postMessage(
+          s.zero ? { type: 'zeros', length: s.length } : { type: 'file', offset: s.offset, length: s.length },
+        );
     }
   }
 
   /** The digest, once every segment is done. */
   async finish(): Promise<string> {
     if (this.next < this.segments.length) {
-      throw new OrbError('internal', `content hash: segment at ${this.segments[this.next]!.offset} was never written`);
+      throw new OrbError(
+        'internal',
+        `content hash: segment at ${this.segments[this.next]!.offset} was never written`,
+      );
     }
     this.worker.postMessage({ type: 'end' });
     try {

@@ -49,7 +49,11 @@ export class HttpWorkers {
     if (this.slots.length < this.size && this.slots.every((s) => s.active > 0)) {
       const worker = new Worker(HTTP_WORKER_SOURCE, { eval: true });
       const slot: Slot = { worker, active: 0 };
-      worker.on('message', (m: { id: number; progress?: number; flushed?: number; log?: string; done?: unknown }) => this.onMessage(m));
+      worker.on(
+        'message',
+        (m: { id: number; progress?: number; flushed?: number; log?: string; done?: unknown }) =>
+          this.onMessage(m),
+      );
       worker.on('error', (err) => this.failSlot(slot, err));
       worker.on('exit', () => this.failSlot(slot, new OrbError('interrupted', 'interrupted')));
       worker.unref();
@@ -58,7 +62,13 @@ export class HttpWorkers {
     return this.slots.reduce((a, b) => (b.active < a.active ? b : a));
   }
 
-  private onMessage(m: { id: number; progress?: number; flushed?: number; log?: string; done?: unknown }): void {
+  private onMessage(m: {
+    id: number;
+    progress?: number;
+    flushed?: number;
+    log?: string;
+    done?: unknown;
+  }): void {
     const p = this.pending.get(m.id);
     if (!p) return;
     if (m.progress !== undefined) p.events.onProgress?.(m.progress);
@@ -75,7 +85,11 @@ export class HttpWorkers {
     for (const [id, p] of this.pending) {
       if (p.slot !== slot) continue;
       this.pending.delete(id);
-      p.reject(err instanceof OrbError ? err : new OrbError('internal', `transfer worker failed: ${(err as Error).message}`));
+      p.reject(
+        err instanceof OrbError
+          ? err
+          : new OrbError('internal', `transfer worker failed: ${(err as Error).message}`),
+      );
     }
     const i = this.slots.indexOf(slot);
     if (i >= 0) this.slots.splice(i, 1);

@@ -28,7 +28,11 @@ export class Journal {
   ) {}
 
   /** Opens (or starts) the journal for `manifest`; a journal of another manifest is discarded. */
-  static async open(path: string, header: Header, fh: FileHandle): Promise<{ journal: Journal; resumed: boolean }> {
+  static async open(
+    path: string,
+    header: Header,
+    fh: FileHandle,
+  ): Promise<{ journal: Journal; resumed: boolean }> {
     const j = new Journal(path, () => fh.datasync());
     let resumed = false;
     const text = await readFile(path, 'utf8').catch(() => '');
@@ -49,7 +53,8 @@ export class Journal {
           break; // a torn last line after a crash
         }
         if (typeof e.r === 'number' && e.d) j.regions.set(e.r, e.d);
-        else if (e.p && typeof e.n === 'number' && typeof e.o === 'number') j.partial.set(e.p, { offset: e.o, bytes: e.n });
+        else if (e.p && typeof e.n === 'number' && typeof e.o === 'number')
+          j.partial.set(e.p, { offset: e.o, bytes: e.n });
       }
     } else {
       await writeFile(path, JSON.stringify(header) + '\n');
@@ -68,10 +73,13 @@ export class Journal {
   }
 
   private schedule(): void {
-    this.timer ??= setTimeout(() => {
-      this.timer = undefined;
-      void this.flush().catch(() => undefined);
-    }, Number(process.env.ORB_JOURNAL_INTERVAL_MS) || 1000);
+    this.timer ??= setTimeout(
+      () => {
+        this.timer = undefined;
+        void this.flush().catch(() => undefined);
+      },
+      Number(process.env.ORB_JOURNAL_INTERVAL_MS) || 1000,
+    );
   }
 
   /** Sync the output, then record what was pending before the sync began. */

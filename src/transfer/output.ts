@@ -17,7 +17,14 @@ export type OutputFormat = 'auto' | 'raw' | 'qcow2';
 
 const QEMU_READABLE = new Set(['raw', 'qcow2', 'vhdx', 'vmdk', 'vdi', 'vpc']);
 
-export async function finishOutput(partial: string, srcFormat: string, out: string, want: OutputFormat, log: Logger, signal?: AbortSignal): Promise<string> {
+export async function finishOutput(
+  partial: string,
+  srcFormat: string,
+  out: string,
+  want: OutputFormat,
+  log: Logger,
+  signal?: AbortSignal,
+): Promise<string> {
   if (want === 'auto' || want === srcFormat) {
     await rename(partial, out);
     return srcFormat;
@@ -28,7 +35,10 @@ export async function finishOutput(partial: string, srcFormat: string, out: stri
     if (QEMU_READABLE.has(srcFormat)) {
       const qemuImg = requireTool('qemu-img', 'qemu-utils');
       log.info(`converting ${srcFormat} to ${want} with qemu-img`);
-      await run(qemuImg, ['convert', '-f', srcFormat, '-O', want, partial, tmp], { check: true, ...(signal ? { signal } : {}) });
+      await run(qemuImg, ['convert', '-f', srcFormat, '-O', want, partial, tmp], {
+        check: true,
+        ...(signal ? { signal } : {}),
+      });
     } else if (srcFormat === 'raw.zst') {
       log.info(`decompressing to ${want === 'raw' ? 'a sparse raw disk' : 'raw, then converting to qcow2'}`);
       const raw = want === 'raw' ? tmp : `${out}.partial.raw`;
@@ -37,14 +47,19 @@ export async function finishOutput(partial: string, srcFormat: string, out: stri
         await zstdToSparse(partial, raw, signal);
         if (want === 'qcow2') {
           const qemuImg = requireTool('qemu-img', 'qemu-utils');
-          await run(qemuImg, ['convert', '-f', 'raw', '-O', 'qcow2', raw, tmp], { check: true, ...(signal ? { signal } : {}) });
+          await run(qemuImg, ['convert', '-f', 'raw', '-O', 'qcow2', raw, tmp], {
+            check: true,
+            ...(signal ? { signal } : {}),
+          });
         }
       } finally {
         if (raw !== tmp) await rm(raw, { force: true });
         rawTracked?.keep();
       }
     } else {
-      throw new OrbError('usage', `the published file is ${srcFormat}; orb cannot turn it into ${want}`, { hint: 'pull without --format to get the file as published' });
+      throw new OrbError('usage', `the published file is ${srcFormat}; orb cannot turn it into ${want}`, {
+        hint: 'pull without --format to get the file as published',
+      });
     }
     await rename(tmp, out);
     tracked.keep();

@@ -61,85 +61,158 @@ export interface Plan {
 
 function num(v: string | undefined, what: string, where: string): number {
   const n = Number(v);
-  if (v === undefined || !Number.isSafeInteger(n) || n < 0) throw new OrbError('input', `${where}: ${what} annotation is missing or invalid (${String(v)})`);
+  if (v === undefined || !Number.isSafeInteger(n) || n < 0)
+    throw new OrbError('input', `${where}: ${what} annotation is missing or invalid (${String(v)})`);
   return n;
 }
 
 /** Fetches the manifest behind `ref` (following an index to our artifact) and checks its type. */
-export async function resolveManifest(store: BlobStore, ref: string, display: string): Promise<{ manifest: ImageManifest; digest: string }> {
+export async function resolveManifest(
+  store: BlobStore,
+  ref: string,
+  display: string,
+): Promise<{ manifest: ImageManifest; digest: string }> {
   let m = await store.getManifest(ref);
-  type Loose = Partial<Omit<ImageManifest, 'mediaType'>> & { manifests?: ImageIndex['manifests']; mediaType?: string };
+  type Loose = Partial<Omit<ImageManifest, 'mediaType'>> & {
+    manifests?: ImageIndex['manifests'];
+    mediaType?: string;
+  };
   let json = JSON.parse(m.bytes.toString('utf8')) as Loose;
   if (m.mediaType === OCI_INDEX || Array.isArray(json.manifests)) {
-    const pick = (json.manifests ?? []).find((d) => d.artifactType === DISK_ARTIFACT || d.artifactType === FILE_ARTIFACT);
+    const pick = (json.manifests ?? []).find(
+      (d) => d.artifactType === DISK_ARTIFACT || d.artifactType === FILE_ARTIFACT,
+    );
     if (!pick) throw wrongType(display, 'an image index without an orb disk image or file');
     m = await store.getManifest(pick.digest);
     json = JSON.parse(m.bytes.toString('utf8')) as Loose;
   }
-  if (!json.config || !Array.isArray(json.layers)) throw wrongType(display, `a ${m.mediaType || 'manifest'} that is not an OCI image manifest`);
+  if (!json.config || !Array.isArray(json.layers))
+    throw wrongType(display, `a ${m.mediaType || 'manifest'} that is not an OCI image manifest`);
   const type = json.artifactType ?? json.config.mediaType;
   if (type !== DISK_ARTIFACT && type !== FILE_ARTIFACT) {
-    const what = type === 'application/vnd.oci.image.config.v1+json' || type === 'application/vnd.docker.container.image.v1+json' ? `a container image (${type})` : `an artifact of type ${type}`;
+    const what =
+      type === 'application/vnd.oci.image.config.v1+json' ||
+      type === 'application/vnd.docker.container.image.v1+json'
+        ? `a container image (${type})`
+        : `an artifact of type ${type}`;
     throw wrongType(display, what);
   }
   return { manifest: json as ImageManifest, digest: m.digest };
 }
 
 function wrongType(display: string, what: string): OrbError {
-  return new OrbError('input', `${display} is ${what}, not an orb disk image (${DISK_ARTIFACT}) or file (${FILE_ARTIFACT})`, {
-    hint: 'check the reference; orb pulls what orb publish pushed',
-  });
+  return new OrbError(
+    'input',
+    `${display} is ${what}, not an orb disk image (${DISK_ARTIFACT}) or file (${FILE_ARTIFACT})`,
+    {
+      hint: 'check the reference; orb pulls what orb publish pushed',
+    },
+  );
 }
 
-export async function makePlan(store: BlobStore, manifest: ImageManifest, manifestDigest: string, display: string): Promise<Plan> {
+export async function makePlan(
+  store: BlobStore,
+  manifest: ImageManifest,
+  manifestDigest: string,
+  display: string,
+): Promise<Plan> {
   const type = manifest.artifactType ?? manifest.config.mediaType;
-  return type === DISK_ARTIFACT ? diskPlan(store, manifest, manifestDigest, display) : filePlan(manifest, manifestDigest, display);
+  return type === DISK_ARTIFACT
+    ? diskPlan(store, manifest, manifestDigest, display)
+    : filePlan(manifest, manifestDigest, display);
 }
 
-async function diskPlan(store: BlobStore, manifest: ImageManifest, manifestDigest: string, display: string): Promise<Plan> {
-  if (manifest.config.mediaType !== DISK_CONFIG) throw new OrbError('input', `${display}: config is ${manifest.config.mediaType}, expected ${DISK_CONFIG}`);
-  const config = JSON.parse((await readSmallBlob(store, manifest.config, 1 << 20)).toString('utf8')) as DiskConfig;
-  if (config.schema !== 'orb-disk/v1' || !Number.isSafeInteger(config.virtualSize) || !/^sha256:[a-f0-9]{64}$/.test(config.contentDigest ?? '')) {
-    throw new OrbError('input', `${display}: the disk config is not orb-disk/v1 or lacks the virtual size or content digest`);
+async function diskPlan(
+  store: BlobStore,
+  manifest: ImageManifest,
+  manifestDigest: string,
+  display: string,
+): Promise<Plan> {
+  if (manifest.config.mediaType !== DISK_CONFIG)
+    throw new OrbError(
+      'input',
+      `${display}: config is ${manifest.config.mediaType}, expected ${DISK_CONFIG}`,
+    );
+  const config = JSON.parse(
+    (await readSmallBlob(store, manifest.config, 1 << 20)).toString('utf8'),
+  ) as DiskConfig;
+  if (
+    config.schema !== 'orb-disk/v1' ||
+    !Number.isSafeInteger(config.virtualSize) ||
+    !/^sha256:[a-f0-9]{64}$/.test(config.contentDigest ?? '')
+  ) {
+    throw new OrbError(
+      'input',
+      `${display}: the disk config is not orb-disk/v1 or lacks the virtual size or content digest`,
+    );
   }
   const byBlob = new Map<string, Unit>();
   const regions: Region[] = [];
   for (const l of manifest.layers) {
     const where = `${display} layer ${l.digest.slice(0, 19)}`;
-    if (l.mediaType !== DISK_CHUNK_ZSTD && l.mediaType !== DISK_CHUNK_RAW) throw new OrbError('input', `${where}: unexpected media type ${l.mediaType}`);
+    if (l.mediaType !== DISK_CHUNK_ZSTD && l.mediaType !== DISK_CHUNK_RAW)
+      throw new OrbError('input', `${where}: unexpected media type ${l.mediaType}`);
     const a = l.annotations ?? {};
     const region: Region = {
       offset: num(a[ANN_CHUNK_OFFSET], ANN_CHUNK_OFFSET, where),
       length: num(a[ANN_CHUNK_LENGTH], ANN_CHUNK_LENGTH, where),
       digest: a[ANN_CHUNK_DIGEST] ?? (l.mediaType === DISK_CHUNK_RAW ? l.digest : ''),
     };
-    if (!/^sha256:[a-f0-9]{64}$/.test(region.digest)) throw new OrbError('input', `${where}: ${ANN_CHUNK_DIGEST} annotation is missing or invalid`);
-    if (region.offset + region.length > config.virtualSize) throw new OrbError('input', `${where}: chunk at ${region.offset}+${region.length} lies beyond the disk end ${config.virtualSize}`);
+    if (!/^sha256:[a-f0-9]{64}$/.test(region.digest))
+      throw new OrbError('input', `${where}: ${ANN_CHUNK_DIGEST} annotation is missing or invalid`);
+    if (region.offset + region.length > config.virtualSize)
+      throw new OrbError(
+        'input',
+        `${where}: chunk at ${region.offset}+${region.length} lies beyond the disk end ${config.virtualSize}`,
+      );
     const kind = l.mediaType === DISK_CHUNK_RAW ? 'raw' : 'zstd';
-    if (kind === 'raw' && (l.size !== region.length || l.digest !== region.digest)) throw new OrbError('input', `${where}: an uncompressed chunk whose size or digest disagrees with its annotations`);
+    if (kind === 'raw' && (l.size !== region.length || l.digest !== region.digest))
+      throw new OrbError(
+        'input',
+        `${where}: an uncompressed chunk whose size or digest disagrees with its annotations`,
+      );
     regions.push(region);
     const u = byBlob.get(l.digest);
     if (u) u.regions.push(region);
     else byBlob.set(l.digest, { blob: l, kind, regions: [region] });
   }
   checkOverlaps(regions, display);
-  return { kind: 'disk', artifactType: DISK_ARTIFACT, manifestDigest, manifest, size: config.virtualSize, contentDigest: config.contentDigest, units: [...byBlob.values()], config };
+  return {
+    kind: 'disk',
+    artifactType: DISK_ARTIFACT,
+    manifestDigest,
+    manifest,
+    size: config.virtualSize,
+    contentDigest: config.contentDigest,
+    units: [...byBlob.values()],
+    config,
+  };
 }
 
 function filePlan(manifest: ImageManifest, manifestDigest: string, display: string): Plan {
   const contentDigest = manifest.annotations?.[ANN_CONTENT_DIGEST];
-  if (!contentDigest || !/^sha256:[a-f0-9]{64}$/.test(contentDigest)) throw new OrbError('input', `${display}: the file artifact lacks the ${ANN_CONTENT_DIGEST} annotation`);
+  if (!contentDigest || !/^sha256:[a-f0-9]{64}$/.test(contentDigest))
+    throw new OrbError('input', `${display}: the file artifact lacks the ${ANN_CONTENT_DIGEST} annotation`);
   const parts = manifest.layers.map((l) => {
     const where = `${display} part ${l.digest.slice(0, 19)}`;
-    if (l.mediaType !== FILE_PART) throw new OrbError('input', `${where}: unexpected media type ${l.mediaType}`);
+    if (l.mediaType !== FILE_PART)
+      throw new OrbError('input', `${where}: unexpected media type ${l.mediaType}`);
     const a = l.annotations ?? {};
-    return { l, index: num(a[ANN_PART_INDEX], ANN_PART_INDEX, where), offset: num(a[ANN_PART_OFFSET], ANN_PART_OFFSET, where) };
+    return {
+      l,
+      index: num(a[ANN_PART_INDEX], ANN_PART_INDEX, where),
+      offset: num(a[ANN_PART_OFFSET], ANN_PART_OFFSET, where),
+    };
   });
   parts.sort((a, b) => a.index - b.index);
   let size = 0;
   const byBlob = new Map<string, Unit>();
   for (const [i, p] of parts.entries()) {
-    if (p.index !== i || p.offset !== size) throw new OrbError('input', `${display}: parts are not contiguous (part ${p.index} at ${p.offset}, expected ${i} at ${size})`);
+    if (p.index !== i || p.offset !== size)
+      throw new OrbError(
+        'input',
+        `${display}: parts are not contiguous (part ${p.index} at ${p.offset}, expected ${i} at ${size})`,
+      );
     const region = { offset: p.offset, length: p.l.size, digest: p.l.digest };
     const u = byBlob.get(p.l.digest);
     if (u) u.regions.push(region);
@@ -165,12 +238,15 @@ function checkOverlaps(regions: Region[], display: string): void {
   const sorted = [...regions].sort((a, b) => a.offset - b.offset);
   for (let i = 1; i < sorted.length; i++) {
     const p = sorted[i - 1]!;
-    if (p.offset + p.length > sorted[i]!.offset) throw new OrbError('input', `${display}: chunks at ${p.offset} and ${sorted[i]!.offset} overlap`);
+    if (p.offset + p.length > sorted[i]!.offset)
+      throw new OrbError('input', `${display}: chunks at ${p.offset} and ${sorted[i]!.offset} overlap`);
   }
 }
 
 /** Every region plus the zero gaps between them, in disk order: the order of the content hash. */
-export function contentSegments(plan: Plan): ({ zero: true; offset: number; length: number } | ({ zero: false } & Region))[] {
+export function contentSegments(
+  plan: Plan,
+): ({ zero: true; offset: number; length: number } | ({ zero: false } & Region))[] {
   const regions = plan.units.flatMap((u) => u.regions).sort((a, b) => a.offset - b.offset);
   const out: ({ zero: true; offset: number; length: number } | ({ zero: false } & Region))[] = [];
   let at = 0;

@@ -4,7 +4,12 @@ import { OrbError } from '../core/errors.js';
  * Runs `fn` over `items` with at most `concurrency` at once. The first failure stops new work;
  * the tasks already running finish (so nothing is left half-written), then the error is thrown.
  */
-export async function runPool<T>(items: readonly T[], concurrency: number, fn: (item: T, index: number) => Promise<void>, signal?: AbortSignal): Promise<void> {
+export async function runPool<T>(
+  items: readonly T[],
+  concurrency: number,
+  fn: (item: T, index: number) => Promise<void>,
+  signal?: AbortSignal,
+): Promise<void> {
   let next = 0;
   let failure: unknown;
   const worker = async () => {

@@ -63,7 +63,8 @@ async function applySubjectAndAnnotations(p: PreparedArtifact, opts: PublishOpti
   const manifest: ImageManifest = JSON.parse(p.manifestBytes.toString('utf8')) as ImageManifest;
   if (opts.annotations) manifest.annotations = { ...(manifest.annotations ?? {}), ...opts.annotations };
   if (opts.subject) {
-    if (!isDigest(opts.subject) && !TAG_RE.test(opts.subject)) throw new UsageError(`subject '${opts.subject}' is neither a digest nor a tag`);
+    if (!isDigest(opts.subject) && !TAG_RE.test(opts.subject))
+      throw new UsageError(`subject '${opts.subject}' is neither a digest nor a tag`);
     const s = await opts.target.getManifest(opts.subject);
     manifest.subject = { mediaType: s.mediaType || OCI_MANIFEST, digest: s.digest, size: s.bytes.length };
   }
@@ -76,7 +77,9 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
   const log = opts.log;
   if (!(opts.partSize >= 1)) throw new UsageError(`part size ${opts.partSize} is not a positive size`);
   if (!(opts.concurrency >= 1)) throw new UsageError(`concurrency ${opts.concurrency} must be at least 1`);
-  for (const t of opts.tags) if (!TAG_RE.test(t)) throw new UsageError(`'${t}' is not a valid tag`, 'tags are up to 128 letters, digits, _ . and -');
+  for (const t of opts.tags)
+    if (!TAG_RE.test(t))
+      throw new UsageError(`'${t}' is not a valid tag`, 'tags are up to 128 letters, digits, _ . and -');
   const prepared = await prepareSource(opts.source, {
     partSize: opts.partSize,
     log,
@@ -87,7 +90,9 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
   await applySubjectAndAnnotations(prepared, opts);
   const target = opts.target;
   const bytesTotal = prepared.blobs.reduce((a, b) => a + b.desc.size, 0);
-  log.info(`publishing ${prepared.describe} (${prepared.blobs.length} blobs, ${formatBytes(bytesTotal)}) to ${target.describe()}`);
+  log.info(
+    `publishing ${prepared.describe} (${prepared.blobs.length} blobs, ${formatBytes(bytesTotal)}) to ${target.describe()}`,
+  );
 
   // 1. What does the target have already?
   const present = new Set<string>();
@@ -124,7 +129,8 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
       opts.signal,
     );
     missing = missing.filter((b) => !done.has(b.desc.digest));
-    if (mounted) log.info(`mounted ${mounted} blobs (${formatBytes(bytesMounted)}) from ${opts.mountFrom.join(', ')}`);
+    if (mounted)
+      log.info(`mounted ${mounted} blobs (${formatBytes(bytesMounted)}) from ${opts.mountFrom.join(', ')}`);
   }
   const toUpload = missing.reduce((a, b) => a + b.desc.size, 0);
   const skipped = bytesTotal - toUpload;
@@ -159,7 +165,9 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
   const digest = await target.putManifest(prepared.manifestBytes, prepared.mediaType, opts.tags);
   const reference = `${target.describe()}@${digest}`;
   const seconds = (Date.now() - started) / 1000;
-  log.info(`published ${reference}${opts.tags.length ? ` (tags: ${opts.tags.join(', ')})` : ''} in ${seconds.toFixed(1)} s`);
+  log.info(
+    `published ${reference}${opts.tags.length ? ` (tags: ${opts.tags.join(', ')})` : ''} in ${seconds.toFixed(1)} s`,
+  );
 
   const result: PublishResult = {
     digest,
@@ -184,7 +192,12 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
   return result;
 }
 
-async function recordInStageManifest(path: string, p: PreparedArtifact, r: PublishResult, target: BlobStore): Promise<void> {
+async function recordInStageManifest(
+  path: string,
+  p: PreparedArtifact,
+  r: PublishResult,
+  target: BlobStore,
+): Promise<void> {
   let m: OrbManifest;
   if (p.stageManifest?.path === path) m = p.stageManifest.manifest;
   else if (await exists(path)) m = await readManifest(path);

@@ -72,13 +72,16 @@ export async function pull(o: PullOptions): Promise<PullResult> {
   const srcFormat = plan.kind === 'disk' ? 'raw' : (plan.fileFormat ?? 'raw');
   if (plan.kind === 'disk' && o.format === 'auto') o.format = 'raw';
   const regionCount = plan.units.reduce((a, u) => a + u.regions.length, 0);
-  log.info(`${o.display}: ${plan.kind === 'disk' ? 'disk image' : `file ${plan.fileName} (${srcFormat})`}, ${formatBytes(plan.size)}, ${regionCount} ${plan.kind === 'disk' ? 'chunks' : 'parts'} in ${plan.units.length} blobs`);
+  log.info(
+    `${o.display}: ${plan.kind === 'disk' ? 'disk image' : `file ${plan.fileName} (${srcFormat})`}, ${formatBytes(plan.size)}, ${regionCount} ${plan.kind === 'disk' ? 'chunks' : 'parts'} in ${plan.units.length} blobs`,
+  );
 
   const partial = `${out}.partial`;
   const journalPath = `${partial}.journal`;
   const spoolDir = `${partial}.d`;
   await mkdir(dirname(out), { recursive: true });
-  if ((await stat(out).catch(() => undefined))?.isDirectory()) throw new UsageError(`output ${out} is a directory`, 'give a file path');
+  if ((await stat(out).catch(() => undefined))?.isDirectory())
+    throw new UsageError(`output ${out} is a directory`, 'give a file path');
 
   const fh = await open(partial, (await exists(partial)) ? 'r+' : 'w+');
   let hasher: OrderedHasher | undefined;
@@ -114,16 +117,26 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       h.markDone(segIndex.get(r.offset)!);
     };
     const pending = (u: Unit) => u.regions.filter((r) => !done.has(r.offset));
-    if (resumed && bytesResumed) log.info(`resuming: ${formatBytes(bytesResumed)} already in place from an earlier run`);
+    if (resumed && bytesResumed)
+      log.info(`resuming: ${formatBytes(bytesResumed)} already in place from an earlier run`);
 
     const remainingBytes = plan.units.reduce((a, u) => a + pending(u).reduce((b, r) => b + r.length, 0), 0);
     // A conversion afterwards needs room for its output too: about the data a qcow2 holds (the
     // sparse raw's data bytes), or for a published file about its size again (a rough guess).
     const dataBytes = plan.units.reduce((a, u) => a + u.regions.reduce((b, r) => b + r.length, 0), 0);
-    const converted = plan.kind === 'disk' ? (o.format === 'qcow2' ? dataBytes : 0) : o.format !== 'auto' && o.format !== plan.fileFormat ? plan.size : 0;
+    const converted =
+      plan.kind === 'disk'
+        ? o.format === 'qcow2'
+          ? dataBytes
+          : 0
+        : o.format !== 'auto' && o.format !== plan.fileFormat
+          ? plan.size
+          : 0;
     await ensureFreeSpace(out, remainingBytes + converted, `pulling ${o.display}`);
     // Room for each parallel download to hold one default-size chunk and its decoded bytes.
-    const budget = new ByteBudget(o.memoryBudget ?? Math.min(1 << 30, Math.max(256 << 20, o.concurrency * (64 << 20))));
+    const budget = new ByteBudget(
+      o.memoryBudget ?? Math.min(1 << 30, Math.max(256 << 20, o.concurrency * (64 << 20))),
+    );
 
     // 1. Take what the base has (verified chunk by chunk).
     let bytesReused = 0;
@@ -132,7 +145,10 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       base = await openBase(o.base);
       const b = base;
       const candidates = plan.units.filter((u) => pending(u).length);
-      const progress = o.progress(`reusing from ${b.describe}`, candidates.reduce((a, u) => a + pending(u).reduce((s, r) => s + r.length, 0), 0));
+      const progress = o.progress(
+        `reusing from ${b.describe}`,
+        candidates.reduce((a, u) => a + pending(u).reduce((s, r) => s + r.length, 0), 0),
+      );
       await runPool(
         candidates,
         Math.max(2, Math.min(4, o.concurrency)),
@@ -160,13 +176,18 @@ export async function pull(o: PullOptions): Promise<PullResult> {
 
     // 2. Download the rest in parallel.
     const todo = plan.units.filter((u) => pending(u).length);
-    const downloadTotal = todo.reduce((a, u) => a + u.blob.size - (journal.partial.get(u.blob.digest)?.bytes ?? 0), 0);
+    const downloadTotal = todo.reduce(
+      (a, u) => a + u.blob.size - (journal.partial.get(u.blob.digest)?.bytes ?? 0),
+      0,
+    );
     const progress = o.progress('downloading', downloadTotal);
     let bytesDownloaded = 0;
     let unreported = 0;
     // Stores reachable by plain HTTP GET are read by worker threads: receiving and hashing
     // gigabytes is CPU work that one JavaScript thread would make the bottleneck.
-    workers = o.source.httpSource ? new HttpWorkers(Math.min(Number(process.env.ORB_TRANSFER_WORKERS) || 4, o.concurrency), o.signal) : undefined;
+    workers = o.source.httpSource
+      ? new HttpWorkers(Math.min(Number(process.env.ORB_TRANSFER_WORKERS) || 4, o.concurrency), o.signal)
+      : undefined;
     const ctx: UnitContext = {
       workers,
       idleMs: Number(process.env.ORB_HTTP_IDLE_TIMEOUT_MS || 120_000),
@@ -205,9 +226,13 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       await journal.remove();
       await fh.close().catch(() => undefined);
       await rm(partial, { force: true });
-      throw new OrbError('integrity', `the assembled ${plan.kind === 'disk' ? 'disk' : 'file'} has sha256 ${content}, the image says ${plan.contentDigest}`, {
-        hint: 'every chunk matched its digest, so the published manifest is inconsistent; publish the image again',
-      });
+      throw new OrbError(
+        'integrity',
+        `the assembled ${plan.kind === 'disk' ? 'disk' : 'file'} has sha256 ${content}, the image says ${plan.contentDigest}`,
+        {
+          hint: 'every chunk matched its digest, so the published manifest is inconsistent; publish the image again',
+        },
+      );
     }
     await fh.datasync();
     await fh.close();
@@ -225,7 +250,12 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       reference: `${o.source.describe()}@${digest}`,
       artifactType: plan.artifactType,
       contentSha256: plan.contentDigest.slice('sha256:'.length),
-      virtualSize: plan.kind === 'disk' ? plan.size : format === srcFormat ? plan.size : await virtualSizeOf(out, format),
+      virtualSize:
+        plan.kind === 'disk'
+          ? plan.size
+          : format === srcFormat
+            ? plan.size
+            : await virtualSizeOf(out, format),
       fileSize,
       bytesDownloaded,
       bytesReused,
@@ -249,7 +279,10 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     // Record what did land, so the rerun the hint suggests continues from there.
     await openJournal?.close().catch(() => undefined);
     await fh.close().catch(() => undefined);
-    if (err instanceof OrbError && (err.kind === 'network' || err.kind === 'interrupted' || err.kind === 'integrity')) {
+    if (
+      err instanceof OrbError &&
+      (err.kind === 'network' || err.kind === 'interrupted' || err.kind === 'integrity')
+    ) {
       const hint = err.hint ? `${err.hint}. ` : '';
       throw new OrbError(err.kind, err.message, {
         hint: `${hint}What was fetched is kept in ${partial}: run the same command again to continue, or delete ${partial}* to start over`,
@@ -274,14 +307,22 @@ export async function writeAll(fh: FileHandle, data: Uint8Array, position: numbe
 async function virtualSizeOf(path: string, format: string): Promise<number> {
   if (format === 'raw') return (await stat(path)).size;
   const { run, requireTool } = await import('../core/proc.js');
-  const r = await run(requireTool('qemu-img', 'qemu-utils'), ['info', '--output=json', '-f', format, path], { check: true });
+  const r = await run(requireTool('qemu-img', 'qemu-utils'), ['info', '--output=json', '-f', format, path], {
+    check: true,
+  });
   return (JSON.parse(r.stdout) as { 'virtual-size': number })['virtual-size'];
 }
 
 async function writeStageManifest(path: string, plan: Plan, r: PullResult): Promise<void> {
   const m = newManifest(
     'pull',
-    { path: r.path, format: r.format as ImageFormat, virtualSize: r.virtualSize, fileSize: r.fileSize, contentSha256: r.contentSha256 },
+    {
+      path: r.path,
+      format: r.format as ImageFormat,
+      virtualSize: r.virtualSize,
+      fileSize: r.fileSize,
+      contentSha256: r.contentSha256,
+    },
     { published: { reference: r.reference, digest: r.digest } },
   );
   const build = plan.config?.build as BuildInfo | undefined;

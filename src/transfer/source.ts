@@ -75,7 +75,11 @@ export async function prepareSource(source: string, opts: SourceOptions): Promis
   }
   const path = resolve(source);
   const st = await stat(path).catch(() => undefined);
-  if (!st) throw new UsageError(`source '${source}' does not exist`, 'give a chunked layout directory (orb convert --format chunked), a qcow2 or .zst file, or an orb manifest');
+  if (!st)
+    throw new UsageError(
+      `source '${source}' does not exist`,
+      'give a chunked layout directory (orb convert --format chunked), a qcow2 or .zst file, or an orb manifest',
+    );
   if (st.isDirectory()) return fromLayout(path, opts.tag, opts);
   if (!st.isFile()) throw new UsageError(`source '${source}' is neither a file nor a directory`);
   const head = await readHead(path, 512);
@@ -91,7 +95,11 @@ export async function prepareSource(source: string, opts: SourceOptions): Promis
       const imagePath = manifestImagePath(path, m);
       const prepared =
         m.image.format === 'chunked'
-          ? await fromLayout(m.image.chunked?.layout ? resolve(path, '..', m.image.chunked.layout) : imagePath, m.image.chunked?.tag ?? opts.tag, opts)
+          ? await fromLayout(
+              m.image.chunked?.layout ? resolve(path, '..', m.image.chunked.layout) : imagePath,
+              m.image.chunked?.tag ?? opts.tag,
+              opts,
+            )
           : await fromFile(imagePath, opts);
       return { ...prepared, stageManifest: { path, manifest: m } };
     }
@@ -110,21 +118,34 @@ async function readHead(path: string, n: number): Promise<Buffer> {
   }
 }
 
-async function fromLayout(dir: string, tag: string | undefined, opts: SourceOptions): Promise<PreparedArtifact> {
+async function fromLayout(
+  dir: string,
+  tag: string | undefined,
+  opts: SourceOptions,
+): Promise<PreparedArtifact> {
   const store = new LayoutStore(dir);
   if (!(await store.layout.isLayout())) {
-    throw new UsageError(`${dir} is a directory but not an OCI image layout`, 'give the directory orb convert --format chunked wrote, or a file');
+    throw new UsageError(
+      `${dir} is a directory but not an OCI image layout`,
+      'give the directory orb convert --format chunked wrote, or a file',
+    );
   }
   if (!tag) {
     const tags = await store.tags();
     if (tags.length === 1) tag = tags[0];
     else if (tags.includes('latest')) tag = 'latest';
-    else throw new UsageError(`${dir} holds ${tags.length ? 'several tags (' + tags.join(', ') + ')' : 'no tagged manifest'}`, 'name one as oci-layout:DIR:TAG');
+    else
+      throw new UsageError(
+        `${dir} holds ${tags.length ? 'several tags (' + tags.join(', ') + ')' : 'no tagged manifest'}`,
+        'name one as oci-layout:DIR:TAG',
+      );
   }
   const m = await store.getManifest(tag!);
   const manifest = JSON.parse(m.bytes.toString('utf8')) as ImageManifest;
   if (m.mediaType === OCI_INDEX || (manifest as { manifests?: unknown }).manifests) {
-    throw new OrbError('input', `${dir}:${tag} is an image index; orb publishes single manifests`, { hint: 'name the tag of one manifest' });
+    throw new OrbError('input', `${dir}:${tag} is an image index; orb publishes single manifests`, {
+      hint: 'name the tag of one manifest',
+    });
   }
   const seen = new Set<string>();
   const blobs: SourceBlob[] = [];
@@ -133,10 +154,20 @@ async function fromLayout(dir: string, tag: string | undefined, opts: SourceOpti
     seen.add(d.digest);
     const size = await store.statBlob(d.digest);
     if (size === undefined) {
-      throw new OrbError('input', `${dir} is incomplete: blob ${d.digest} named by ${tag} is missing`, { hint: 'convert the image again' });
+      throw new OrbError('input', `${dir} is incomplete: blob ${d.digest} named by ${tag} is missing`, {
+        hint: 'convert the image again',
+      });
     }
-    if (size !== d.size) throw new OrbError('integrity', `${dir}: blob ${d.digest} has ${size} bytes, the manifest says ${d.size}`);
-    blobs.push({ desc: d, open: (offset) => store.layout.openBlob(d.digest, offset), file: { path: store.layout.blobPath(d.digest), start: 0 } });
+    if (size !== d.size)
+      throw new OrbError(
+        'integrity',
+        `${dir}: blob ${d.digest} has ${size} bytes, the manifest says ${d.size}`,
+      );
+    blobs.push({
+      desc: d,
+      open: (offset) => store.layout.openBlob(d.digest, offset),
+      file: { path: store.layout.blobPath(d.digest), start: 0 },
+    });
   }
   const artifactType = manifest.artifactType ?? manifest.config.mediaType;
   if (artifactType !== DISK_ARTIFACT && artifactType !== FILE_ARTIFACT) {
@@ -165,13 +196,21 @@ export function detectFileFormat(head: Buffer): string {
 }
 
 /** One sequential read: the digest of every part and of the whole file. */
-async function hashParts(path: string, size: number, partSize: number, opts: SourceOptions): Promise<{ parts: string[]; whole: string }> {
+async function hashParts(
+  path: string,
+  size: number,
+  partSize: number,
+  opts: SourceOptions,
+): Promise<{ parts: string[]; whole: string }> {
   const whole = createHash('sha256');
   const parts: string[] = [];
   let part = createHash('sha256');
   let inPart = 0;
   const progress = opts.progress(`hashing ${basename(path)}`, size);
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20, ...(opts.signal ? { signal: opts.signal } : {}) })) {
+  for await (const chunk of createReadStream(path, {
+    highWaterMark: 4 << 20,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  })) {
     let buf = chunk as Buffer;
     whole.update(buf);
     while (buf.length) {
@@ -197,7 +236,10 @@ async function fromFile(path: string, opts: SourceOptions): Promise<PreparedArti
   if (!st?.isFile()) throw new UsageError(`source '${path}' is not a file`);
   const format = detectFileFormat(await readHead(path, 512));
   if (format === 'raw') {
-    opts.log.warn(`${basename(path)} looks like an uncompressed raw disk: publishing it as is uploads every zero. ` + "'orb convert --format chunked' stores no zeros and lets updates upload only what changed");
+    opts.log.warn(
+      `${basename(path)} looks like an uncompressed raw disk: publishing it as is uploads every zero. ` +
+        "'orb convert --format chunked' stores no zeros and lets updates upload only what changed",
+    );
   }
   const { parts, whole } = await hashParts(path, st.size, opts.partSize, opts);
   const name = basename(path);
@@ -230,7 +272,9 @@ async function fromFile(path: string, opts: SourceOptions): Promise<PreparedArti
       [ANN_FILE_SIZE]: String(st.size),
     },
   };
-  const blobs: SourceBlob[] = [{ desc: { ...EMPTY_CONFIG }, open: (offset) => Readable.from([EMPTY_BYTES.subarray(offset)]) }];
+  const blobs: SourceBlob[] = [
+    { desc: { ...EMPTY_CONFIG }, open: (offset) => Readable.from([EMPTY_BYTES.subarray(offset)]) },
+  ];
   const seen = new Set<string>();
   for (const d of layers) {
     if (seen.has(d.digest)) continue; // identical parts (a file of zeros) go up once
@@ -240,7 +284,13 @@ async function fromFile(path: string, opts: SourceOptions): Promise<PreparedArti
       desc: d,
       file: { path, start },
       open: (offset) =>
-        offset >= d.size ? Readable.from([]) : createReadStream(path, { start: start + offset, end: start + d.size - 1, highWaterMark: 1 << 20 }),
+        offset >= d.size
+          ? Readable.from([])
+          : createReadStream(path, {
+              start: start + offset,
+              end: start + d.size - 1,
+              highWaterMark: 1 << 20,
+            }),
     });
   }
   return {
@@ -251,6 +301,11 @@ async function fromFile(path: string, opts: SourceOptions): Promise<PreparedArti
     artifactType: FILE_ARTIFACT,
     contentDigest: whole,
     describe: name,
-    image: { path, format: format === 'raw.zst' || format === 'qcow2' ? format : 'raw', virtualSize: st.size, fileSize: st.size },
+    image: {
+      path,
+      format: format === 'raw.zst' || format === 'qcow2' ? format : 'raw',
+      virtualSize: st.size,
+      fileSize: st.size,
+    },
   };
 }

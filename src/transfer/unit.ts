@@ -57,7 +57,8 @@ export async function downloadUnit(ctx: UnitContext, u: Unit, regions: Region[])
   const memory = u.blob.size <= MEMORY_BLOB_MAX && ctx.budget.fits(need);
   // Raw chunks and parts go straight into the output (no copy into a buffer); they count once
   // their digest matched. Compressed chunks need the whole blob before they can be decoded.
-  if (ctx.workers && ctx.store.httpSource && (memory || u.kind !== 'zstd')) await workerUnit(ctx, u, regions, u.kind === 'zstd' ? need : 0);
+  if (ctx.workers && ctx.store.httpSource && (memory || u.kind !== 'zstd'))
+    await workerUnit(ctx, u, regions, u.kind === 'zstd' ? need : 0);
   else if (memory) await memoryUnit(ctx, u, regions, need);
   else if (u.kind === 'zstd') await spoolUnit(ctx, u, regions);
   else await directUnit(ctx, u, regions);
@@ -69,7 +70,14 @@ export async function downloadUnit(ctx: UnitContext, u: Unit, regions: Region[])
  * start, then rejected. `digestOf` hashes what arrived when the sink keeps it in memory (in the
  * thread pool); otherwise the stream is hashed as it arrives.
  */
-async function fetchVerified(ctx: UnitContext, desc: Descriptor, sink: BlobSink, have = 0, hash?: Hash, digestOf?: () => Promise<string>): Promise<void> {
+async function fetchVerified(
+  ctx: UnitContext,
+  desc: Descriptor,
+  sink: BlobSink,
+  have = 0,
+  hash?: Hash,
+  digestOf?: () => Promise<string>,
+): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     const r = await fetchBlob({
       store: ctx.store,
@@ -86,11 +94,17 @@ async function fetchVerified(ctx: UnitContext, desc: Descriptor, sink: BlobSink,
     const digest = digestOf ? await digestOf() : r.digest;
     if (digest === desc.digest) return;
     if (attempt >= 1) {
-      throw new OrbError('integrity', `blob ${desc.digest} from ${ctx.store.describe()} arrived with digest ${digest}, twice: it is corrupt in the store or on the way`, {
-        hint: 'nothing of it was used; if a proxy sits between you and the registry, check it, or publish the image again',
-      });
+      throw new OrbError(
+        'integrity',
+        `blob ${desc.digest} from ${ctx.store.describe()} arrived with digest ${digest}, twice: it is corrupt in the store or on the way`,
+        {
+          hint: 'nothing of it was used; if a proxy sits between you and the registry, check it, or publish the image again',
+        },
+      );
     }
-    ctx.log.warn(`blob ${desc.digest.slice(7, 19)}: received bytes have digest ${digest.slice(7, 19)}, not the expected one; downloading it again`);
+    ctx.log.warn(
+      `blob ${desc.digest.slice(7, 19)}: received bytes have digest ${digest.slice(7, 19)}, not the expected one; downloading it again`,
+    );
     await sink.reset();
     have = 0;
     hash = undefined;
@@ -130,7 +144,8 @@ class FileSink implements BlobSink {
     this.parts = [];
     this.bytes = 0;
     const { bytesWritten } = await this.fh.writev(parts, this.base + at);
-    if (bytesWritten < n) await writeAll(this.fh, Buffer.concat(parts).subarray(bytesWritten), this.base + at + bytesWritten);
+    if (bytesWritten < n)
+      await writeAll(this.fh, Buffer.concat(parts).subarray(bytesWritten), this.base + at + bytesWritten);
     if (at <= this.flushed) this.flushed = Math.max(this.flushed, at + n);
     this.onFlushed?.(this.flushed);
   }
@@ -180,7 +195,10 @@ function sameContent(u: Unit, regions: Region[]): void {
   const r0 = regions[0]!;
   for (const r of regions) {
     if (r.length !== r0.length || r.digest !== r0.digest) {
-      throw new OrbError('input', `the manifest maps blob ${u.blob.digest} to chunks with different contents (at ${r0.offset} and ${r.offset})`);
+      throw new OrbError(
+        'input',
+        `the manifest maps blob ${u.blob.digest} to chunks with different contents (at ${r0.offset} and ${r.offset})`,
+      );
     }
   }
 }
@@ -190,10 +208,18 @@ async function memoryUnit(ctx: UnitContext, u: Unit, regions: Region[], need: nu
   await ctx.budget.acquire(need);
   try {
     const buf = Buffer.allocUnsafe(u.blob.size);
-    await fetchVerified(ctx, u.blob, { write: async (c, at) => void c.copy(buf, at), reset: async () => {} }, 0, undefined, () => sha256Async(buf));
+    await fetchVerified(
+      ctx,
+      u.blob,
+      { write: async (c, at) => void c.copy(buf, at), reset: async () => {} },
+      0,
+      undefined,
+      () => sha256Async(buf),
+    );
     const r0 = regions[0]!;
     // raw chunks and parts: the blob digest just checked is the content digest (plan.ts made sure)
-    const data = u.kind === 'zstd' ? await decodeChunk('zstd', buf, r0.length, r0.digest, `chunk at ${r0.offset}`) : buf;
+    const data =
+      u.kind === 'zstd' ? await decodeChunk('zstd', buf, r0.length, r0.digest, `chunk at ${r0.offset}`) : buf;
     for (const r of regions) {
       await writeAll(ctx.fh, data, r.offset);
       ctx.markDone(r);
@@ -242,10 +268,19 @@ async function workerUnit(ctx: UnitContext, u: Unit, regions: Region[], need: nu
           digest: u.blob.digest,
           have,
           kind: u.kind,
-          retry: { attempts: ctx.retry.attempts, baseDelayMs: ctx.retry.baseDelayMs, maxDelayMs: ctx.retry.maxDelayMs },
+          retry: {
+            attempts: ctx.retry.attempts,
+            baseDelayMs: ctx.retry.baseDelayMs,
+            maxDelayMs: ctx.retry.maxDelayMs,
+          },
           idleMs: ctx.idleMs ?? 120_000,
           target: memory ? { kind: 'memory' } : { kind: 'file', path: ctx.partialPath, offset: r0.offset },
-          write: { path: ctx.partialPath, offsets: regions.map((r) => r.offset), length: r0.length, digest: r0.digest },
+          write: {
+            path: ctx.partialPath,
+            offsets: regions.map((r) => r.offset),
+            length: r0.length,
+            digest: r0.digest,
+          },
         },
         {
           onProgress: ctx.onBytes,
@@ -271,30 +306,46 @@ async function workerUnit(ctx: UnitContext, u: Unit, regions: Region[], need: nu
         continue;
       }
       if (e.kind === 'mismatch' && mismatches++ === 0) {
-        ctx.log.warn(`blob ${short}: received bytes have digest ${e.message.slice(7, 19)}, not the expected one; downloading it again`);
+        ctx.log.warn(
+          `blob ${short}: received bytes have digest ${e.message.slice(7, 19)}, not the expected one; downloading it again`,
+        );
         have = 0;
         continue;
       }
       const where = `blob ${u.blob.digest} from ${ctx.store.describe()}`;
       switch (e.kind) {
         case 'auth':
-          throw new OrbError('network', `${ctx.store.describe()} refused the download of blob ${u.blob.digest} (HTTP ${e.status})`, {
-            hint: 'check the credentials (username/password, GITHUB_TOKEN, docker login) and their permissions',
-          });
+          throw new OrbError(
+            'network',
+            `${ctx.store.describe()} refused the download of blob ${u.blob.digest} (HTTP ${e.status})`,
+            {
+              hint: 'check the credentials (username/password, GITHUB_TOKEN, docker login) and their permissions',
+            },
+          );
         case 'mismatch':
-          throw new OrbError('integrity', `${where} arrived with digest ${e.message}, twice: it is corrupt in the store or on the way`, {
-            hint: 'nothing of it was used; if a proxy sits between you and the registry, check it, or publish the image again',
-          });
+          throw new OrbError(
+            'integrity',
+            `${where} arrived with digest ${e.message}, twice: it is corrupt in the store or on the way`,
+            {
+              hint: 'nothing of it was used; if a proxy sits between you and the registry, check it, or publish the image again',
+            },
+          );
         case 'missing':
-          throw new OrbError('input', `${where} is missing`, { hint: 'the manifest refers to a blob the store no longer has; publish the image again' });
+          throw new OrbError('input', `${where} is missing`, {
+            hint: 'the manifest refers to a blob the store no longer has; publish the image again',
+          });
         case 'truncated':
-          throw new OrbError('integrity', `${where} is truncated: ${e.message}`, { hint: 'the registry copy is damaged or a proxy cuts it short; publish the image again' });
+          throw new OrbError('integrity', `${where} is truncated: ${e.message}`, {
+            hint: 'the registry copy is damaged or a proxy cuts it short; publish the image again',
+          });
         case 'integrity':
           throw new OrbError('integrity', `chunk at ${r0.offset}: ${e.message}`);
         case 'environment':
           throw new OrbError('environment', e.message);
         default:
-          throw new OrbError('network', `download of ${where} failed: ${e.message}`, { hint: 'run the same command again: what was downloaded is kept' });
+          throw new OrbError('network', `download of ${where} failed: ${e.message}`, {
+            hint: 'run the same command again: what was downloaded is kept',
+          });
       }
     }
     for (const r of regions) ctx.markDone(r);
@@ -306,7 +357,7 @@ async function workerUnit(ctx: UnitContext, u: Unit, regions: Region[], need: nu
 async function rehash(fh: FileHandle, position: number, length: number): Promise<Hash> {
   const hash = createHash('sha256');
   const buf = Buffer.allocUnsafe(Math.min(length, 4 << 20) || 1);
-  for (let at = 0; at < length; ) {
+  for (let at = 0; at < length;) {
     const n = Math.min(buf.length, length - at);
     await readAll(fh, buf.subarray(0, n), position + at);
     hash.update(buf.subarray(0, n));
@@ -318,7 +369,11 @@ async function rehash(fh: FileHandle, position: number, length: number): Promise
 async function directUnit(ctx: UnitContext, u: Unit, regions: Region[]): Promise<void> {
   sameContent(u, regions);
   const first = regions[0]!;
-  if (first.length !== u.blob.size) throw new OrbError('input', `blob ${u.blob.digest} has ${u.blob.size} bytes for a ${first.length}-byte region`);
+  if (first.length !== u.blob.size)
+    throw new OrbError(
+      'input',
+      `blob ${u.blob.digest} has ${u.blob.size} bytes for a ${first.length}-byte region`,
+    );
   let have = 0;
   let hash: Hash | undefined;
   const prev = ctx.journal.partial.get(u.blob.digest);
@@ -351,11 +406,22 @@ async function spoolUnit(ctx: UnitContext, u: Unit, regions: Region[]): Promise<
   try {
     let have = Math.min((await sfh.stat()).size, u.blob.size);
     const hash = have > 0 ? await rehash(sfh, 0, have) : undefined;
-    if (have > 0) ctx.log.info(`blob ${u.blob.digest.slice(7, 19)}: continuing at byte ${have} from an earlier run`);
+    if (have > 0)
+      ctx.log.info(`blob ${u.blob.digest.slice(7, 19)}: continuing at byte ${have} from an earlier run`);
     const s = sfh;
     const spool = new FileSink(s, 0);
     spool.flushed = have;
-    await fetchVerified(ctx, u.blob, { write: (c, at) => spool.write(c, at), flush: () => spool.flush(), reset: async () => (await spool.reset(), await s.truncate(0)) }, have, hash);
+    await fetchVerified(
+      ctx,
+      u.blob,
+      {
+        write: (c, at) => spool.write(c, at),
+        flush: () => spool.flush(),
+        reset: async () => (await spool.reset(), await s.truncate(0)),
+      },
+      have,
+      hash,
+    );
     have = u.blob.size;
     await sfh.close();
     sfh = undefined as unknown as FileHandle;
@@ -366,7 +432,12 @@ async function spoolUnit(ctx: UnitContext, u: Unit, regions: Region[]): Promise<
       highWaterMark: 4 << 20,
       write(chunk: Buffer, _e, cb) {
         if (pos + chunk.length > r0.length) {
-          cb(new OrbError('integrity', `chunk at ${r0.offset} decompresses to more than the ${r0.length} bytes the manifest says`));
+          cb(
+            new OrbError(
+              'integrity',
+              `chunk at ${r0.offset} decompresses to more than the ${r0.length} bytes the manifest says`,
+            ),
+          );
           return;
         }
         content.update(chunk);
@@ -383,7 +454,10 @@ async function spoolUnit(ctx: UnitContext, u: Unit, regions: Region[]): Promise<
     }
     const got = 'sha256:' + content.digest('hex');
     if (pos !== r0.length || got !== r0.digest) {
-      throw new OrbError('integrity', `chunk at ${r0.offset}: content is ${pos} bytes with digest ${got}, the manifest says ${r0.length} bytes, ${r0.digest}`);
+      throw new OrbError(
+        'integrity',
+        `chunk at ${r0.offset}: content is ${pos} bytes with digest ${got}, the manifest says ${r0.length} bytes, ${r0.digest}`,
+      );
     }
     await copyToOthers(ctx, r0, regions.slice(1));
     for (const r of regions) ctx.markDone(r);

@@ -145,7 +145,12 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
-    const entry: ProxyLogEntry = { method: req.method ?? 'GET', url: req.url ?? '/', headers: { ...req.headers }, at: Date.now() };
+    const entry: ProxyLogEntry = {
+      method: req.method ?? 'GET',
+      url: req.url ?? '/',
+      headers: { ...req.headers },
+      at: Date.now(),
+    };
     log.push(entry);
     const rule = pick(req);
     const a = rule?.action;
@@ -160,7 +165,10 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       if (req.headers.authorization !== expected) {
         req.resume();
         entry.status = 401;
-        res.writeHead(401, { 'www-authenticate': `Basic realm="${a.realm ?? 'orb-test'}"`, 'content-type': 'application/json' });
+        res.writeHead(401, {
+          'www-authenticate': `Basic realm="${a.realm ?? 'orb-test'}"`,
+          'content-type': 'application/json',
+        });
         res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }));
         return;
       }
@@ -219,12 +227,14 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     up.on('error', () => cutBoth());
     req.on('error', () => up.destroy());
     if (a?.type === 'reset-request') {
-      req.pipe(
-        cutAfter(a.afterBytes, () => {
-          up.destroy();
-          cutBoth();
-        }),
-      ).pipe(up);
+      req
+        .pipe(
+          cutAfter(a.afterBytes, () => {
+            up.destroy();
+            cutBoth();
+          }),
+        )
+        .pipe(up);
     } else if (a?.type === 'slow') req.pipe(throttle(a.bytesPerSecond)).pipe(up);
     else req.pipe(up);
   };

@@ -41,7 +41,7 @@ export function pattern(seed: number, n: number, text = false): Buffer {
       if (i + 1 < n) out[i + 1] = 97 + ((x >>> 4) & 15);
       if (i + 2 < n) out[i + 2] = 32;
       if (i + 3 < n) out[i + 3] = 97 + ((x >>> 8) & 15);
-    } else out.writeUInt32LE(x, i) ;
+    } else out.writeUInt32LE(x, i);
   }
   return out.subarray(0, n);
 }
@@ -87,7 +87,12 @@ export interface BuiltLayout {
 }
 
 /** Chunks a raw disk into an OCI layout under `tag`. */
-export async function buildLayout(rawPath: string, dir: string, tag: string, chunkSize: number): Promise<BuiltLayout> {
+export async function buildLayout(
+  rawPath: string,
+  dir: string,
+  tag: string,
+  chunkSize: number,
+): Promise<BuiltLayout> {
   const layout = new OciLayout(dir);
   await layout.init();
   const data = readFileSync(rawPath);
@@ -105,7 +110,11 @@ export async function buildLayout(rawPath: string, dir: string, tag: string, chu
       mediaType: raw ? DISK_CHUNK_RAW : DISK_CHUNK_ZSTD,
       digest: d.digest,
       size: d.size,
-      annotations: { [ANN_CHUNK_OFFSET]: String(off), [ANN_CHUNK_LENGTH]: String(chunk.length), [ANN_CHUNK_DIGEST]: sha256(chunk) },
+      annotations: {
+        [ANN_CHUNK_OFFSET]: String(off),
+        [ANN_CHUNK_LENGTH]: String(chunk.length),
+        [ANN_CHUNK_DIGEST]: sha256(chunk),
+      },
     });
   }
   const contentDigest = sha256(data);
@@ -132,8 +141,18 @@ export async function buildLayout(rawPath: string, dir: string, tag: string, chu
     annotations: { [ANN_CONTENT_DIGEST]: contentDigest },
   };
   const m = await layout.putBytes(JSON.stringify(manifest));
-  await layout.tag({ mediaType: OCI_MANIFEST, digest: m.digest, size: m.size, artifactType: DISK_ARTIFACT }, tag);
-  return { dir, tag, manifestDigest: m.digest, contentDigest, blobs: layers.length + 1, storedBytes: storedBytes + cfg.size };
+  await layout.tag(
+    { mediaType: OCI_MANIFEST, digest: m.digest, size: m.size, artifactType: DISK_ARTIFACT },
+    tag,
+  );
+  return {
+    dir,
+    tag,
+    manifestDigest: m.digest,
+    contentDigest,
+    blobs: layers.length + 1,
+    storedBytes: storedBytes + cfg.size,
+  };
 }
 
 export function randomTag(): string {

@@ -51,11 +51,19 @@ function b64url(data: Buffer | string): string {
   return Buffer.from(data).toString('base64url');
 }
 
-async function startTokenServer(opts: RegistryOptions, certDer: Buffer, keyPem: string, log: TokenRequest[]): Promise<{ server: Server; url: string }> {
+async function startTokenServer(
+  opts: RegistryOptions,
+  certDer: Buffer,
+  keyPem: string,
+  log: TokenRequest[],
+): Promise<{ server: Server; url: string }> {
   const key = createPrivateKey(keyPem);
   const server = createServer((req, res) => {
     const u = new URL(req.url ?? '/', 'http://x');
-    const scopes = u.searchParams.getAll('scope').flatMap((s) => s.split(' ')).filter(Boolean);
+    const scopes = u.searchParams
+      .getAll('scope')
+      .flatMap((s) => s.split(' '))
+      .filter(Boolean);
     let user: string | undefined;
     const authz = req.headers.authorization;
     if (authz?.startsWith('Basic ')) {
@@ -92,7 +100,14 @@ async function startTokenServer(opts: RegistryOptions, certDer: Buffer, keyPem: 
     const sig = createSign('RSA-SHA256').update(signingInput).sign(key);
     const token = `${signingInput}.${b64url(sig)}`;
     res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ token, access_token: token, expires_in: lifetime, issued_at: new Date().toISOString() }));
+    res.end(
+      JSON.stringify({
+        token,
+        access_token: token,
+        expires_in: lifetime,
+        issued_at: new Date().toISOString(),
+      }),
+    );
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/token` };
@@ -121,10 +136,25 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
   let token: { server: Server; url: string } | undefined;
   let authYaml = '';
   if (opts.auth === 'token') {
-    execFileSync('openssl', [
-      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=orb-test-token',
-      '-keyout', join(dir, 'token.key'), '-out', join(dir, 'token.crt'),
-    ], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-days',
+        '2',
+        '-subj',
+        '/CN=orb-test-token',
+        '-keyout',
+        join(dir, 'token.key'),
+        '-out',
+        join(dir, 'token.crt'),
+      ],
+      { stdio: 'ignore' },
+    );
     const der = execFileSync('openssl', ['x509', '-in', join(dir, 'token.crt'), '-outform', 'DER']);
     token = await startTokenServer(opts, der, readFileSync(join(dir, 'token.key'), 'utf8'), tokenRequests);
     authYaml = [
@@ -156,7 +186,9 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     authYaml,
   ].join('\n');
   writeFileSync(join(dir, 'config.yml'), config + '\n');
-  const child = spawn('docker-registry', ['serve', join(dir, 'config.yml')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('docker-registry', ['serve', join(dir, 'config.yml')], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
   const url = `http://${host}`;
