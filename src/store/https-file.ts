@@ -2,7 +2,8 @@ import type { Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { redactUrl, request, statusError, type HttpResponse } from './https-client.js';
-import { rangedStream, RangeIgnoredError, type RangeFetch } from './https-ranged.js';
+import { fastRangeGet } from './https-fastget.js';
+import { rangedStream, RangeIgnoredError, type RangeFetch, type RangeFetchInto } from './https-ranged.js';
 
 /**
  * One remote file over HTTP(S): probed once (size, Range support, published digests), then read
@@ -150,6 +151,23 @@ export class RemoteFile {
     };
   }
 
+  /** Zero-copy ranged GETs for plain-HTTP targets (anything unexpected falls back to fetcher()). */
+  private fetcherInto(p: Probe): RangeFetchInto | undefined {
+    const url = new URL(p.finalUrl);
+    if (url.protocol !== 'http:' || process.env.ORB_NO_FAST_GET) return undefined;
+    const sameOrigin = url.origin === new URL(this.url).origin;
+    const headers = { ...(this.opts.headers ?? {}), ...(sameOrigin ? (this.opts.authHeaders ?? {}) : {}) };
+    return async (start, target, signal, onData) => {
+      const r = await fastRangeGet(url, headers, start, target, {
+        signal,
+        onData,
+        wholeFileSize: p.size,
+        idleMs: 60_000,
+      });
+      return r.kind === 'ok' ? 'ok' : 'fallback';
+    };
+  }
+
   /**
    * Bytes from `offset` to the end. When the server ignores Range, the stream restarts at 0 and
    * the returned offset says so (the caller must then rewrite, never append).
@@ -157,8 +175,10 @@ export class RemoteFile {
   async read(offset = 0): Promise<{ stream: Readable; offset: number }> {
     const p = await this.probe();
     const start = p.ranges ? offset : 0;
+    const into = p.ranges ? this.fetcherInto(p) : undefined;
     const stream = rangedStream({
       fetch: this.fetcher(),
+      ...(into ? { fetchInto: into } : {}),
       size: p.size,
       offset: start,
       connections: p.ranges ? (this.opts.connections ?? 8) : 1,

@@ -22,8 +22,21 @@ export class RangeIgnoredError extends OrbError {
   }
 }
 
+/**
+ * Optional zero-copy fetch of [start, start + target.length) straight into `target` (plain HTTP):
+ * 'ok' when it all landed, 'fallback' to use `fetch` instead; on a broken connection it throws
+ * after reporting through `onData` what did land.
+ */
+export type RangeFetchInto = (
+  start: number,
+  target: Buffer,
+  signal: AbortSignal,
+  onData: (n: number) => void,
+) => Promise<'ok' | 'fallback'>;
+
 export interface RangedOptions {
   fetch: RangeFetch;
+  fetchInto?: RangeFetchInto;
   size: number;
   offset?: number;
   connections?: number;
@@ -112,20 +125,88 @@ async function transfer(
   }
 }
 
-/** One segment, whole, in one buffer. */
-async function segment(
-  opts: RangedOptions,
-  start: number,
-  end: number,
-  signal: AbortSignal,
-): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(end - start + 1);
-  let at = 0;
-  await transfer(opts, start, end, signal, (c) => {
-    c.copy(buf, at);
-    at += c.length;
-  });
-  return buf;
+/**
+ * One segment being filled in the background. The consumer reads its head as it arrives (views
+ * into the buffer, no copy), so writing overlaps downloading instead of waiting for whole segments.
+ */
+class Segment {
+  readonly buf: Buffer;
+  filled = 0;
+  taken = 0;
+  done = false;
+  error: unknown;
+  private wake?: () => void;
+  constructor(opts: RangedOptions, start: number, end: number, signal: AbortSignal) {
+    this.buf = Buffer.allocUnsafe(end - start + 1);
+    this.run(opts, start, end, signal).then(
+      () => {
+        this.done = true;
+        this.notify();
+      },
+      (err: unknown) => {
+        this.error = err ?? new Error('download failed');
+        this.notify();
+      },
+    );
+  }
+
+  private landed(n: number): void {
+    this.filled += n;
+    if (this.filled - this.taken >= PIECE || this.filled === this.buf.length) this.notify();
+  }
+
+  private async run(opts: RangedOptions, start: number, end: number, signal: AbortSignal): Promise<void> {
+    if (opts.fetchInto) {
+      let stalls = 0;
+      while (this.filled < this.buf.length) {
+        const before = this.filled;
+        try {
+          const r = await opts.fetchInto(start + this.filled, this.buf.subarray(this.filled), signal, (n) =>
+            this.landed(n),
+          );
+          if (r === 'fallback') break;
+        } catch (err) {
+          if (signal.aborted) throw signal.reason ?? err;
+          stalls = this.filled > before ? 1 : stalls + 1;
+          if (stalls > MAX_STALLS)
+            throw new OrbError(
+              'network',
+              `${opts.what}: download kept failing at byte ${start + this.filled}: ${(err as Error).message}`,
+              { cause: err },
+            );
+          opts.log?.warn(
+            `${opts.what}: ${(err as Error).message}; continuing from byte ${start + this.filled}`,
+          );
+          await new Promise((r) => setTimeout(r, Math.min(5000, 200 * 2 ** (stalls - 1))));
+        }
+      }
+      if (this.filled >= this.buf.length) return;
+    }
+    await transfer(opts, start + this.filled, end, signal, (c) => {
+      c.copy(this.buf, this.filled);
+      this.landed(c.length);
+    });
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+  /** the next bytes of this segment (at least a piece, or the rest), undefined at its end */
+  async next(): Promise<Buffer | undefined> {
+    for (;;) {
+      if (this.error !== undefined) throw this.error;
+      const ready = this.filled - this.taken;
+      if (ready >= PIECE || (this.done && ready > 0)) {
+        const out = this.buf.subarray(this.taken, this.filled);
+        this.taken = this.filled;
+        return out;
+      }
+      if (this.done) return undefined;
+      await new Promise<void>((r) => (this.wake = r));
+    }
+  }
 }
 
 /** An ordered stream of bytes [offset, size) fetched over up to `connections` parallel ranges. */
@@ -193,26 +274,28 @@ export function rangedStream(opts: RangedOptions): Readable {
     return out;
   }
 
-  // Several connections: whole segments in flight, handed over in order.
+  // Several connections: segments in flight, handed over in order as their bytes arrive.
   async function* segments(): AsyncGenerator<Buffer> {
     try {
       const ranges: [number, number][] = [];
       for (let s = offset; s < opts.size; s += seg) ranges.push([s, Math.min(opts.size, s + seg) - 1]);
-      const inflight: Promise<Buffer>[] = [];
+      const inflight: Segment[] = [];
       let next = 0;
       const schedule = () => {
         while (next < ranges.length && inflight.length < conns) {
           const [s, e] = ranges[next++]!;
-          const p = segment(opts, s, e, signal);
-          p.catch(() => {}); // awaited in order below; avoid an unhandled rejection meanwhile
-          inflight.push(p);
+          inflight.push(new Segment(opts, s, e, signal));
         }
       };
       schedule();
       while (inflight.length) {
-        const buf = await inflight.shift()!;
-        schedule();
-        yield buf;
+        const head = inflight[0]!;
+        const piece = await head.next();
+        if (piece) yield piece;
+        else {
+          inflight.shift();
+          schedule();
+        }
       }
     } finally {
       finish();
