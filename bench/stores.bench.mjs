@@ -400,8 +400,15 @@ const results = [];
 for (const c of cases) {
   let best = { ours: Infinity, ref: Infinity };
   for (round = 0; round < ROUNDS; round++) {
-    const o = await time(c.ours);
-    const r = await time(c.reference);
+    // alternate which goes first, so neither always meets a warmer or fuller server
+    let o, r;
+    if (round % 2 === 0) {
+      o = await time(c.ours);
+      r = await time(c.reference);
+    } else {
+      r = await time(c.reference);
+      o = await time(c.ours);
+    }
     best = { ours: Math.min(best.ours, o), ref: Math.min(best.ref, r) };
     log(`  ${c.name}: round ${round + 1}: orb ${o.toFixed(2)} s, ${c.refName} ${r.toFixed(2)} s`);
   }

@@ -6,7 +6,7 @@ import {
   UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { createHash } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
@@ -178,7 +178,10 @@ export async function multipartUpload(a: MultipartArgs): Promise<{ resumedBytes:
   const stream = a.open(0);
 
   const uploadPart = async (n: number, buf: Buffer): Promise<void> => {
-    let checksum = useChecksum ? createHash('sha256').update(buf).digest('base64') : undefined;
+    // part checksums are hashed in the thread pool (WebCrypto): parts in flight hash in parallel
+    let checksum = useChecksum
+      ? Buffer.from(await webcrypto.subtle.digest('SHA-256', buf)).toString('base64')
+      : undefined;
     const send = () =>
       call(
         () =>

@@ -1,5 +1,5 @@
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { createHash } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
@@ -194,7 +194,12 @@ export class S3Store implements BlobStore {
     const limit = this.o.singlePutLimit ?? 64 * MiB;
     if (desc.size <= limit) {
       const body = await readAll(open(0), desc.size);
-      if (body.length !== desc.size || createHash('sha256').update(body).digest('hex') !== hex) {
+      // hashed in the thread pool (WebCrypto), so the main thread keeps feeding the uploads
+      const got =
+        body.length === desc.size
+          ? Buffer.from(await webcrypto.subtle.digest('SHA-256', body)).toString('hex')
+          : '';
+      if (got !== hex) {
         throw new OrbError(
           'integrity',
           `blob ${desc.digest} does not match its content (size ${body.length}, expected ${desc.size}); nothing was uploaded`,
