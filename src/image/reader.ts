@@ -29,6 +29,8 @@ class RawReader implements DiskReader {
     readonly info: ImageInfo,
     readonly extents: Extents,
     private readonly fh: FileHandle,
+    /** file size at open; QEMU rounds a raw disk up to 512 bytes and reads the rest as zeros */
+    private readonly fileSize: number,
   ) {}
   get virtualSize(): number {
     return this.info.virtualSize;
@@ -37,6 +39,10 @@ class RawReader implements DiskReader {
     let done = 0;
     while (done < target.length) {
       const { bytesRead } = await this.fh.read(target, done, target.length - done, offset + done);
+      if (bytesRead === 0 && offset + done >= this.fileSize) {
+        target.fill(0, done);
+        return;
+      }
       if (bytesRead === 0) {
         throw new OrbError('input', `${this.info.path} ended at ${offset + done} bytes while reading; was it truncated during the conversion?`);
       }
@@ -86,7 +92,7 @@ export async function openDiskReader(info: ImageInfo, opts: OpenOptions = {}): P
   const extents = opts.noMap ? Extents.full(info.virtualSize) : await mapImage(info.path, info.format, info.virtualSize, opts.signal);
   if (info.format === 'raw') {
     const fh = await open(info.path, 'r');
-    return new RawReader(info, extents, fh);
+    return new RawReader(info, extents, fh, (await fh.stat()).size);
   }
   return openNbd(info, extents, opts.signal);
 }

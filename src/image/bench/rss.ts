@@ -52,8 +52,21 @@ export function treeRss(pid: number, includeSelf = true): number {
   return sum;
 }
 
+/** utime + stime of one process so far, in seconds (clock ticks are 100 Hz on Linux). */
+function cpuOf(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return -1;
+  }
+}
+
 export class RssSampler {
   peak = 0;
+  /** last CPU seconds seen per process of the tree (a process's final ~interval is missed) */
+  private readonly cpu = new Map<number, number>();
   private timer: NodeJS.Timeout | undefined;
   constructor(
     private readonly pid = process.pid,
@@ -67,6 +80,16 @@ export class RssSampler {
   }
   sample(): void {
     this.peak = Math.max(this.peak, treeRss(this.pid, this.includeSelf));
+    for (const p of this.includeSelf ? [this.pid, ...descendants(this.pid)] : descendants(this.pid)) {
+      const c = cpuOf(p);
+      if (c >= 0) this.cpu.set(p, Math.max(c, this.cpu.get(p) ?? 0));
+    }
+  }
+  /** CPU seconds used by the tree while sampled (for a child started at sampling start) */
+  get cpuSeconds(): number {
+    let sum = 0;
+    for (const c of this.cpu.values()) sum += c;
+    return sum;
   }
   stop(): number {
     if (this.timer) clearInterval(this.timer);
