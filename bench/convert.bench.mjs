@@ -15,7 +15,20 @@
 // (default 64), ORB_BENCH_QUICK=1 (smaller image, for trying the script).
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { availableParallelism, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,7 +58,10 @@ const log = (s) => process.stderr.write(s + '\n');
 function timed(cmd, args) {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '600000' } });
+    const child = spawn(cmd, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '600000' },
+    });
     const rss = new RssSampler(child.pid, true, 50).start();
     let out = '';
     let err = '';
@@ -72,9 +88,16 @@ const size = (p) => {
 
 // ---------------------------------------------------------------- test images
 function buildFsImage() {
-  const dirs = QUICK ? ['/usr/share'] : ['/usr/lib/x86_64-linux-gnu', '/usr/share', '/usr/bin', '/usr/lib/jvm', '/usr/lib/llvm-14'].filter(existsSync);
+  const dirs = QUICK
+    ? ['/usr/share']
+    : ['/usr/lib/x86_64-linux-gnu', '/usr/share', '/usr/bin', '/usr/lib/jvm', '/usr/lib/llvm-14'].filter(
+        existsSync,
+      );
   const virtual = QUICK ? 2 * GiB : 6 * GiB;
-  const key = createHash('sha256').update(JSON.stringify({ v: 2, dirs, virtual })).digest('hex').slice(0, 12);
+  const key = createHash('sha256')
+    .update(JSON.stringify({ v: 2, dirs, virtual }))
+    .digest('hex')
+    .slice(0, 12);
   const img = join(cache, `fs-${key}.raw`);
   if (existsSync(img)) return img;
   log(`building the test image from ${dirs.join(', ')} (once; cached as ${img})`);
@@ -90,7 +113,9 @@ function buildFsImage() {
   }
   const tmp = `${img}.building`;
   try {
-    execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'root_owner=0:0', '-d', src, tmp, `${virtual / MiB}M`], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'root_owner=0:0', '-d', src, tmp, `${virtual / MiB}M`], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
   } finally {
     rmSync(src, { recursive: true, force: true });
   }
@@ -123,15 +148,52 @@ function buildSparse(fsImg, virtual) {
 const fsImg = buildFsImage();
 const sparse = buildSparse(fsImg, SPARSE);
 const allocated = Number(execFileSync('stat', ['-c', '%b', fsImg], { encoding: 'utf8' })) * 512;
-log(`image: ${fsImg}: ${fmtB(statSync(fsImg).size)} virtual, ${fmtB(allocated)} allocated; ${availableParallelism()} cores`);
+log(
+  `image: ${fsImg}: ${fmtB(statSync(fsImg).size)} virtual, ${fmtB(allocated)} allocated; ${availableParallelism()} cores`,
+);
 execFileSync('cat', [fsImg], { stdio: ['ignore', 'ignore', 'ignore'] }); // warm the page cache for both sides alike
 
 const cases = {
-  'qemu-img qcow2+zstd': () => timed('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'compression_type=zstd', fsImg, join(work, 'ref.qcow2')]),
-  'orb qcow2+zstd': () => orb(['convert', fsImg, '--output', join(work, 'orb.qcow2'), '--format', 'qcow2', '--json']),
+  'qemu-img qcow2+zstd': () =>
+    timed('qemu-img', [
+      'convert',
+      '-c',
+      '-f',
+      'raw',
+      '-O',
+      'qcow2',
+      '-o',
+      'compression_type=zstd',
+      fsImg,
+      join(work, 'ref.qcow2'),
+    ]),
+  'orb qcow2+zstd': () =>
+    orb(['convert', fsImg, '--output', join(work, 'orb.qcow2'), '--format', 'qcow2', '--json']),
   'zstd -T0 -3': () => timed('zstd', ['-q', '-f', '-T0', '-3', fsImg, '-o', join(work, 'ref.zst')]),
-  'orb raw.zst -3': () => orb(['convert', fsImg, '--output', join(work, 'orb.raw.zst'), '--format', 'raw.zst', '--level', '3', '--json']),
-  'orb chunked -3': () => orb(['convert', fsImg, '--output', join(work, 'orb.chunked'), '--format', 'chunked', '--level', '3', '--json']),
+  'orb raw.zst -3': () =>
+    orb([
+      'convert',
+      fsImg,
+      '--output',
+      join(work, 'orb.raw.zst'),
+      '--format',
+      'raw.zst',
+      '--level',
+      '3',
+      '--json',
+    ]),
+  'orb chunked -3': () =>
+    orb([
+      'convert',
+      fsImg,
+      '--output',
+      join(work, 'orb.chunked'),
+      '--format',
+      'chunked',
+      '--level',
+      '3',
+      '--json',
+    ]),
 };
 const outputs = {
   'qemu-img qcow2+zstd': 'ref.qcow2',
@@ -148,9 +210,18 @@ for (let round = 0; round < ROUNDS; round++) {
     rmSync(join(work, outputs[name] + '.orb.json'), { force: true });
     const r = await fn();
     const bytes = size(join(work, outputs[name]));
-    log(`  round ${round + 1}: ${name.padEnd(22)} ${r.seconds.toFixed(2).padStart(7)} s  cpu ${r.cpu.toFixed(1).padStart(5)} s  ${fmtB(bytes).padStart(11)}  peak RSS ${fmtB(r.peak)}  (load ${loadavg()[0].toFixed(1)})`);
+    log(
+      `  round ${round + 1}: ${name.padEnd(22)} ${r.seconds.toFixed(2).padStart(7)} s  cpu ${r.cpu.toFixed(1).padStart(5)} s  ${fmtB(bytes).padStart(11)}  peak RSS ${fmtB(r.peak)}  (load ${loadavg()[0].toFixed(1)})`,
+    );
     const b = best[name];
-    if (!b || r.seconds < b.seconds) best[name] = { seconds: r.seconds, cpu: Math.min(r.cpu, b?.cpu ?? Infinity), bytes, peak: Math.max(r.peak, b?.peak ?? 0), json: r.out.trim().startsWith('{') ? JSON.parse(r.out) : undefined };
+    if (!b || r.seconds < b.seconds)
+      best[name] = {
+        seconds: r.seconds,
+        cpu: Math.min(r.cpu, b?.cpu ?? Infinity),
+        bytes,
+        peak: Math.max(r.peak, b?.peak ?? 0),
+        json: r.out.trim().startsWith('{') ? JSON.parse(r.out) : undefined,
+      };
     else {
       b.peak = Math.max(b.peak, r.peak);
       b.cpu = Math.min(b.cpu, r.cpu);
@@ -160,7 +231,15 @@ for (let round = 0; round < ROUNDS; round++) {
 // the orb outputs decode to the input (independent checks)
 execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', fsImg, join(work, 'orb.qcow2')]);
 const contentSha = best['orb chunked -3'].json['content-sha256'];
-const decode = await orb(['convert', join(work, 'orb.chunked'), '--output', join(work, 'decoded.raw'), '--format', 'raw', '--json']);
+const decode = await orb([
+  'convert',
+  join(work, 'orb.chunked'),
+  '--output',
+  join(work, 'decoded.raw'),
+  '--format',
+  'raw',
+  '--json',
+]);
 const decodedSha = JSON.parse(decode.out)['content-sha256'];
 if (decodedSha !== contentSha) throw new Error('chunked decode does not match the input');
 rmSync(join(work, 'decoded.raw'), { force: true });
@@ -171,7 +250,9 @@ for (const format of ['chunked', 'qcow2']) {
   const out = join(work, `sparse.${format}`);
   const r = await orb(['convert', sparse, '--output', out, '--format', format, '--json']);
   sparseRuns[format] = { seconds: r.seconds, peak: r.peak, bytes: size(out) };
-  log(`  sparse ${fmtB(SPARSE)} -> ${format.padEnd(8)} ${r.seconds.toFixed(1).padStart(6)} s  ${fmtB(size(out)).padStart(11)}  peak RSS ${fmtB(r.peak)}`);
+  log(
+    `  sparse ${fmtB(SPARSE)} -> ${format.padEnd(8)} ${r.seconds.toFixed(1).padStart(6)} s  ${fmtB(size(out)).padStart(11)}  peak RSS ${fmtB(r.peak)}`,
+  );
   rmSync(out, { recursive: true, force: true });
 }
 
@@ -182,7 +263,12 @@ for (const format of ['chunked', 'qcow2']) {
 const v2 = join(work, 'v2.raw');
 execFileSync('cp', ['--sparse=always', fsImg, v2]);
 {
-  const extents = JSON.parse(execFileSync('qemu-img', ['map', '--output=json', '-f', 'raw', fsImg], { encoding: 'utf8', maxBuffer: 64 * MiB })).filter((e) => e.data);
+  const extents = JSON.parse(
+    execFileSync('qemu-img', ['map', '--output=json', '-f', 'raw', fsImg], {
+      encoding: 'utf8',
+      maxBuffer: 64 * MiB,
+    }),
+  ).filter((e) => e.data);
   const dataTotal = extents.reduce((a, e) => a + e.length, 0);
   const fd = openSync(v2, 'r+');
   let seed = 12345;
@@ -192,7 +278,14 @@ execFileSync('cp', ['--sparse=always', fsImg, v2]);
     const e = extents.find((r) => (x < r.length ? true : ((x -= r.length), false)));
     return Math.floor((e.start + x) / 4096) * 4096;
   };
-  const block = (label, n) => Buffer.from(createHash('sha256').update(label).digest('hex').repeat(Math.ceil(n / 64)).slice(0, n));
+  const block = (label, n) =>
+    Buffer.from(
+      createHash('sha256')
+        .update(label)
+        .digest('hex')
+        .repeat(Math.ceil(n / 64))
+        .slice(0, n),
+    );
   for (let i = 0; i < 16; i++) writeSync(fd, block(`small ${i}`, 4096), 0, 4096, at());
   for (let i = 0; i < 8; i++) writeSync(fd, block(`file ${i}`, 8 * MiB), 0, 8 * MiB, at());
   closeSync(fd);
@@ -201,13 +294,37 @@ const study = [];
 for (const mib of QUICK ? [8, 32] : [8, 16, 32, 64]) {
   const v1Out = join(work, `cs${mib}-v1`);
   const v2Out = join(work, `cs${mib}-v2`);
-  const a = await orb(['convert', fsImg, '--output', v1Out, '--format', 'chunked', '--chunk-size', `${mib}M`, '--json']);
-  const b = await orb(['convert', v2, '--output', v2Out, '--format', 'chunked', '--chunk-size', `${mib}M`, '--base', v1Out, '--json']);
+  const a = await orb([
+    'convert',
+    fsImg,
+    '--output',
+    v1Out,
+    '--format',
+    'chunked',
+    '--chunk-size',
+    `${mib}M`,
+    '--json',
+  ]);
+  const b = await orb([
+    'convert',
+    v2,
+    '--output',
+    v2Out,
+    '--format',
+    'chunked',
+    '--chunk-size',
+    `${mib}M`,
+    '--base',
+    v1Out,
+    '--json',
+  ]);
   const ja = JSON.parse(a.out);
   const jb = JSON.parse(b.out);
   const blobs = (dir) => new Set(readdirSync(join(dir, 'blobs/sha256')));
   const old = blobs(v1Out);
-  const shipped = [...blobs(v2Out)].filter((d) => !old.has(d)).reduce((s, d) => s + statSync(join(v2Out, 'blobs/sha256', d)).size, 0);
+  const shipped = [...blobs(v2Out)]
+    .filter((d) => !old.has(d))
+    .reduce((s, d) => s + statSync(join(v2Out, 'blobs/sha256', d)).size, 0);
   const row = {
     chunkMiB: mib,
     bytes: ja['output-bytes'],
@@ -219,7 +336,9 @@ for (const mib of QUICK ? [8, 32] : [8, 16, 32, 64]) {
     layersPer150GB40pctData: Math.ceil((150e9 * 0.4) / (mib * MiB)),
   };
   study.push(row);
-  log(`  chunk ${String(mib).padStart(2)} MiB: ${fmtB(row.bytes).padStart(10)} in ${a.seconds.toFixed(1)} s; update: ${row.updateRecompressed} chunks recompressed in ${b.seconds.toFixed(1)} s, ${fmtB(shipped)} to ship; ~${row.layersPer150GB40pctData} layers for 150 GB at 40% data`);
+  log(
+    `  chunk ${String(mib).padStart(2)} MiB: ${fmtB(row.bytes).padStart(10)} in ${a.seconds.toFixed(1)} s; update: ${row.updateRecompressed} chunks recompressed in ${b.seconds.toFixed(1)} s, ${fmtB(shipped)} to ship; ~${row.layersPer150GB40pctData} layers for 150 GB at 40% data`,
+  );
   rmSync(v1Out, { recursive: true, force: true });
   rmSync(v2Out, { recursive: true, force: true });
 }
@@ -227,7 +346,18 @@ rmSync(v2, { force: true });
 
 // ---------------------------------------------------------------- orb bench predictions
 const reportPath = join(work, 'bench.json');
-await orb(['bench', fsImg, '--full', '--methods', 'qcow2-zstd,zstd-3,chunked,lz4', '--sample-size', '256M', '--report', reportPath, '--json']);
+await orb([
+  'bench',
+  fsImg,
+  '--full',
+  '--methods',
+  'qcow2-zstd,zstd-3,chunked,lz4',
+  '--sample-size',
+  '256M',
+  '--report',
+  reportPath,
+  '--json',
+]);
 const rep = JSON.parse(readFileSync(reportPath, 'utf8'));
 const predictions = rep.methods.map((m) => ({
   method: m.id,
@@ -242,13 +372,35 @@ const predictions = rep.methods.map((m) => ({
 // ---------------------------------------------------------------- claims
 const q = (k) => best[k];
 const claims = [
-  { claim: 'qcow2+zstd time vs qemu-img convert -c zstd', value: q('orb qcow2+zstd').seconds / q('qemu-img qcow2+zstd').seconds, limit: 1.1 },
-  { claim: 'raw.zst -3 time vs zstd -T0 -3', value: q('orb raw.zst -3').seconds / q('zstd -T0 -3').seconds, limit: 1.1 },
-  { claim: 'chunked -3 time vs zstd -T0 -3', value: q('orb chunked -3').seconds / q('zstd -T0 -3').seconds, limit: 1.0 },
-  { claim: 'chunked -3 size vs zstd -T0 -3', value: q('orb chunked -3').bytes / q('zstd -T0 -3').bytes, limit: 1.03 },
+  {
+    claim: 'qcow2+zstd time vs qemu-img convert -c zstd',
+    value: q('orb qcow2+zstd').seconds / q('qemu-img qcow2+zstd').seconds,
+    limit: 1.1,
+  },
+  {
+    claim: 'raw.zst -3 time vs zstd -T0 -3',
+    value: q('orb raw.zst -3').seconds / q('zstd -T0 -3').seconds,
+    limit: 1.1,
+  },
+  {
+    claim: 'chunked -3 time vs zstd -T0 -3',
+    value: q('orb chunked -3').seconds / q('zstd -T0 -3').seconds,
+    limit: 1.0,
+  },
+  {
+    claim: 'chunked -3 size vs zstd -T0 -3',
+    value: q('orb chunked -3').bytes / q('zstd -T0 -3').bytes,
+    limit: 1.03,
+  },
   {
     claim: 'peak RSS of orb + children (MiB, all runs)',
-    value: Math.max(...Object.entries(best).filter(([k]) => k.startsWith('orb')).map(([, v]) => v.peak), ...Object.values(sparseRuns).map((r) => r.peak)) / MiB,
+    value:
+      Math.max(
+        ...Object.entries(best)
+          .filter(([k]) => k.startsWith('orb'))
+          .map(([, v]) => v.peak),
+        ...Object.values(sparseRuns).map((r) => r.peak),
+      ) / MiB,
     limit: 512,
   },
 ];
@@ -256,16 +408,30 @@ for (const c of claims) c.ok = c.value <= c.limit;
 
 log('');
 log('case                        seconds   cpu s       size   peak RSS');
-for (const [k, v] of Object.entries(best)) log(`${k.padEnd(24)} ${v.seconds.toFixed(2).padStart(10)} ${v.cpu.toFixed(1).padStart(7)} ${fmtB(v.bytes).padStart(10)} ${fmtB(v.peak).padStart(10)}`);
+for (const [k, v] of Object.entries(best))
+  log(
+    `${k.padEnd(24)} ${v.seconds.toFixed(2).padStart(10)} ${v.cpu.toFixed(1).padStart(7)} ${fmtB(v.bytes).padStart(10)} ${fmtB(v.peak).padStart(10)}`,
+  );
 // CPU time does not depend on what else runs; wall time does (the claims are on wall time)
-log(`cpu ratios: qcow2 ${(q('orb qcow2+zstd').cpu / q('qemu-img qcow2+zstd').cpu).toFixed(2)}, raw.zst ${(q('orb raw.zst -3').cpu / q('zstd -T0 -3').cpu).toFixed(2)}, chunked ${(q('orb chunked -3').cpu / q('zstd -T0 -3').cpu).toFixed(2)}; load average ${loadStart.toFixed(1)} at start, ${loadavg()[0].toFixed(1)} at end on ${availableParallelism()} cores`);
-if (loadStart > availableParallelism() * 0.5) log('warning: the machine was busy; wall-time ratios favour tools that run more threads than there are cores');
+log(
+  `cpu ratios: qcow2 ${(q('orb qcow2+zstd').cpu / q('qemu-img qcow2+zstd').cpu).toFixed(2)}, raw.zst ${(q('orb raw.zst -3').cpu / q('zstd -T0 -3').cpu).toFixed(2)}, chunked ${(q('orb chunked -3').cpu / q('zstd -T0 -3').cpu).toFixed(2)}; load average ${loadStart.toFixed(1)} at start, ${loadavg()[0].toFixed(1)} at end on ${availableParallelism()} cores`,
+);
+if (loadStart > availableParallelism() * 0.5)
+  log(
+    'warning: the machine was busy; wall-time ratios favour tools that run more threads than there are cores',
+  );
 log('');
 log('claim                                          ratio   limit');
-for (const c of claims) log(`${c.ok ? 'ok  ' : 'FAIL'} ${c.claim.padEnd(42)} ${c.value.toFixed(3).padStart(7)} ${String(c.limit).padStart(7)}`);
+for (const c of claims)
+  log(
+    `${c.ok ? 'ok  ' : 'FAIL'} ${c.claim.padEnd(42)} ${c.value.toFixed(3).padStart(7)} ${String(c.limit).padStart(7)}`,
+  );
 log('');
 log('orb bench predictions (sample 256 MiB) vs full runs:');
-for (const p of predictions) log(`  ${p.method.padEnd(11)} size ${fmtB(p.predictedBytes)} vs ${p.fullBytes ? fmtB(p.fullBytes) : '-'} (${p.sizeErrorPct?.toFixed(1) ?? '-'}%), time ${p.predictedSeconds.toFixed(1)} s vs ${p.fullSeconds?.toFixed(1) ?? '-'} s (${p.timeErrorPct?.toFixed(1) ?? '-'}%)`);
+for (const p of predictions)
+  log(
+    `  ${p.method.padEnd(11)} size ${fmtB(p.predictedBytes)} vs ${p.fullBytes ? fmtB(p.fullBytes) : '-'} (${p.sizeErrorPct?.toFixed(1) ?? '-'}%), time ${p.predictedSeconds.toFixed(1)} s vs ${p.fullSeconds?.toFixed(1) ?? '-'} s (${p.timeErrorPct?.toFixed(1) ?? '-'}%)`,
+  );
 
 mkdirSync(join(root, 'bench/results'), { recursive: true });
 writeFileSync(

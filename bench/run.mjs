@@ -42,7 +42,9 @@ function runOne(file) {
   return new Promise((resolve) => {
     const start = Date.now();
     current = spawn(process.execPath, [join(here, file)], { stdio: 'inherit', env: process.env });
-    current.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), seconds: (Date.now() - start) / 1000 }));
+    current.on('close', (code, signal) =>
+      resolve({ code: code ?? (signal ? 128 : 1), seconds: (Date.now() - start) / 1000 }),
+    );
     current.on('error', (err) => resolve({ code: 1, seconds: 0, error: err.message }));
   });
 }
@@ -65,11 +67,21 @@ for (const file of files) {
       result = undefined;
     }
   }
-  summary.benchmarks.push({ name, ok: r.code === 0, exitCode: r.code, seconds: Number(r.seconds.toFixed(1)), result: result ?? null, ...(r.error ? { error: r.error } : {}) });
-  console.error(`=== ${name}: ${r.code === 0 ? 'ok' : `FAILED (exit ${r.code})`} in ${r.seconds.toFixed(0)} s${result ? '' : ', no results file written'} ===`);
+  summary.benchmarks.push({
+    name,
+    ok: r.code === 0,
+    exitCode: r.code,
+    seconds: Number(r.seconds.toFixed(1)),
+    result: result ?? null,
+    ...(r.error ? { error: r.error } : {}),
+  });
+  console.error(
+    `=== ${name}: ${r.code === 0 ? 'ok' : `FAILED (exit ${r.code})`} in ${r.seconds.toFixed(0)} s${result ? '' : ', no results file written'} ===`,
+  );
 }
 
 writeFileSync(join(resultsDir, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
 console.error('\nsummary:');
-for (const b of summary.benchmarks) console.error(`  ${b.ok ? 'ok    ' : 'FAILED'} ${b.name.padEnd(16)} ${String(b.seconds).padStart(7)} s`);
+for (const b of summary.benchmarks)
+  console.error(`  ${b.ok ? 'ok    ' : 'FAILED'} ${b.name.padEnd(16)} ${String(b.seconds).padStart(7)} s`);
 process.exitCode = summary.benchmarks.every((b) => b.ok) ? 0 : 1;

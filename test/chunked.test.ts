@@ -1,13 +1,34 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdtempSync, openSync, closeSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  closeSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OrbError } from '../src/core/errors.js';
 import { convertImage } from '../src/image/convert.js';
 import { decodeChunked, decompressChunk, readChunkedLayout } from '../src/image/chunked/index.js';
-import { ANN_CHUNK_DIGEST, ANN_CHUNK_LENGTH, ANN_CHUNK_OFFSET, ANN_REF_NAME, DISK_ARTIFACT, DISK_CHUNK_RAW, DISK_CHUNK_ZSTD, DISK_CONFIG } from '../src/oci/media.js';
+import {
+  ANN_CHUNK_DIGEST,
+  ANN_CHUNK_LENGTH,
+  ANN_CHUNK_OFFSET,
+  ANN_REF_NAME,
+  DISK_ARTIFACT,
+  DISK_CHUNK_RAW,
+  DISK_CHUNK_ZSTD,
+  DISK_CONFIG,
+} from '../src/oci/media.js';
 import { GiB, MiB, noise, qemuCompare, sha256File, smallDisk, sparseDisk } from './helpers/images.js';
 
 let dir: string;
@@ -39,21 +60,39 @@ describe('the chunked OCI layout', () => {
   let layout: string;
   beforeAll(async () => {
     layout = out('v1');
-    const r = await convertImage({ input: raw, output: layout, format: 'chunked', chunkSize: CHUNK, verify: true });
+    const r = await convertImage({
+      input: raw,
+      output: layout,
+      format: 'chunked',
+      chunkSize: CHUNK,
+      verify: true,
+    });
     expect(r.contentSha256).toBe(rawSha);
   });
 
   it('is a standard OCI image layout with our artifact type, config and chunk annotations', async () => {
-    expect(JSON.parse(readFileSync(join(layout, 'oci-layout'), 'utf8'))).toEqual({ imageLayoutVersion: '1.0.0' });
+    expect(JSON.parse(readFileSync(join(layout, 'oci-layout'), 'utf8'))).toEqual({
+      imageLayoutVersion: '1.0.0',
+    });
     const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8'));
     expect(index.manifests).toHaveLength(1);
     expect(index.manifests[0].annotations[ANN_REF_NAME]).toBe('latest');
     const img = await readChunkedLayout(layout);
     expect(img.manifest.artifactType).toBe(DISK_ARTIFACT);
     expect(img.manifest.config.mediaType).toBe(DISK_CONFIG);
-    expect(img.config).toMatchObject({ schema: 'orb-disk/v1', virtualSize: statSync(raw).size, chunkSize: CHUNK, contentDigest: `sha256:${rawSha}`, sourceFormat: 'raw', compression: 'zstd', level: 3 });
+    expect(img.config).toMatchObject({
+      schema: 'orb-disk/v1',
+      virtualSize: statSync(raw).size,
+      chunkSize: CHUNK,
+      contentDigest: `sha256:${rawSha}`,
+      sourceFormat: 'raw',
+      compression: 'zstd',
+      level: 3,
+    });
     // text compresses; the random files are kept raw (zstd would only make them larger)
-    expect(new Set(img.manifest.layers.map((l) => l.mediaType))).toEqual(new Set([DISK_CHUNK_ZSTD, DISK_CHUNK_RAW]));
+    expect(new Set(img.manifest.layers.map((l) => l.mediaType))).toEqual(
+      new Set([DISK_CHUNK_ZSTD, DISK_CHUNK_RAW]),
+    );
     for (const l of img.manifest.layers) {
       expect(Number(l.annotations![ANN_CHUNK_OFFSET]) % CHUNK).toBe(0);
       expect(Number(l.annotations![ANN_CHUNK_LENGTH])).toBe(CHUNK);
@@ -61,7 +100,11 @@ describe('the chunked OCI layout', () => {
     }
     // every blob is named by its own sha256
     for (const f of readdirSync(join(layout, 'blobs/sha256'))) {
-      expect(createHash('sha256').update(readFileSync(join(layout, 'blobs/sha256', f))).digest('hex')).toBe(f);
+      expect(
+        createHash('sha256')
+          .update(readFileSync(join(layout, 'blobs/sha256', f)))
+          .digest('hex'),
+      ).toBe(f);
     }
   });
 
@@ -77,15 +120,21 @@ describe('the chunked OCI layout', () => {
     return manifestDigest.then((d) => {
       expect(img.Digest).toBe(d);
       expect(img.Architecture).toBe('amd64');
-      const rawManifest = JSON.parse(execFileSync('skopeo', ['inspect', '--raw', `oci:${layout}:latest`], { encoding: 'utf8' }));
+      const rawManifest = JSON.parse(
+        execFileSync('skopeo', ['inspect', '--raw', `oci:${layout}:latest`], { encoding: 'utf8' }),
+      );
       expect(rawManifest.artifactType).toBe(DISK_ARTIFACT);
     });
   });
 
   it('survives skopeo copy to another layout with the same digests', async () => {
     const copy = out('skopeo-copy');
-    execFileSync('skopeo', ['copy', '--preserve-digests', `oci:${layout}:latest`, `oci:${copy}:latest`], { stdio: 'pipe' });
-    expect((await readChunkedLayout(copy)).manifestDigest).toBe((await readChunkedLayout(layout)).manifestDigest);
+    execFileSync('skopeo', ['copy', '--preserve-digests', `oci:${layout}:latest`, `oci:${copy}:latest`], {
+      stdio: 'pipe',
+    });
+    expect((await readChunkedLayout(copy)).manifestDigest).toBe(
+      (await readChunkedLayout(layout)).manifestDigest,
+    );
     const r = await decodeChunked({ layout: copy, output: out('from-copy.raw'), format: 'raw' });
     expect(r.contentSha256).toBe(rawSha);
   });
@@ -93,7 +142,13 @@ describe('the chunked OCI layout', () => {
   it('decodes to a byte-identical sparse raw and to a qcow2', async () => {
     const r = await decodeChunked({ layout, output: out('decoded.raw'), format: 'raw' });
     expect(sha256File(r.path)).toBe(rawSha);
-    const q = await decodeChunked({ layout, tag: 'latest', output: out('decoded.qcow2'), format: 'qcow2', verify: true });
+    const q = await decodeChunked({
+      layout,
+      tag: 'latest',
+      output: out('decoded.qcow2'),
+      format: 'qcow2',
+      verify: true,
+    });
     expect(q.contentSha256).toBe(rawSha);
     execFileSync('qemu-img', ['check', q.path]);
     expect(qemuCompare(raw, 'raw', q.path, 'qcow2').same).toBe(true);
@@ -108,11 +163,16 @@ describe('the chunked OCI layout', () => {
     execFileSync('cp', ['-r', layout, bad]);
     const blob = join(bad, 'blobs/sha256', c.blob.digest.slice(7));
     const bytes = readFileSync(blob);
-    bytes[bytes.length >> 1] ^= 0xff;
+    const mid = bytes.length >> 1;
+    bytes[mid] = bytes[mid]! ^ 0xff;
     writeFileSync(blob, bytes);
     const badImg = await readChunkedLayout(bad);
-    await expect(decompressChunk(badImg.layout, badImg.chunks[0]!)).rejects.toMatchObject({ kind: 'integrity' });
-    const err = await decodeChunked({ layout: bad, output: out('never.raw'), format: 'raw' }).catch((e: unknown) => e);
+    await expect(decompressChunk(badImg.layout, badImg.chunks[0]!)).rejects.toMatchObject({
+      kind: 'integrity',
+    });
+    const err = await decodeChunked({ layout: bad, output: out('never.raw'), format: 'raw' }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(OrbError);
     expect(existsSync(out('never.raw'))).toBe(false);
     expect(existsSync(out('never.raw.partial'))).toBe(false);
@@ -128,12 +188,22 @@ describe('--base: a new version costs time in proportion to what changed', () =>
     const v2raw = out('v2.raw');
     copyFileSync(raw, v2raw);
     const nz = nonZeroChunks(raw, CHUNK);
-    const zeroChunk = [...Array(statSync(raw).size / CHUNK).keys()].map((i) => i * CHUNK).find((o) => !nz.includes(o))!;
+    const zeroChunk = [...Array(statSync(raw).size / CHUNK).keys()]
+      .map((i) => i * CHUNK)
+      .find((o) => !nz.includes(o))!;
     const fd = openSync(v2raw, 'r+');
-    for (const at of [nz[3]! + 4096, nz[10]! + 8192, zeroChunk + 100]) writeSync(fd, noise(`change${at}`, 4096), 0, 4096, at);
+    for (const at of [nz[3]! + 4096, nz[10]! + 8192, zeroChunk + 100])
+      writeSync(fd, noise(`change${at}`, 4096), 0, 4096, at);
     closeSync(fd);
 
-    const r2 = await convertImage({ input: v2raw, output: out('base-v2'), format: 'chunked', chunkSize: CHUNK, base: [v1], verify: true });
+    const r2 = await convertImage({
+      input: v2raw,
+      output: out('base-v2'),
+      format: 'chunked',
+      chunkSize: CHUNK,
+      base: [v1],
+      verify: true,
+    });
     expect(r2.chunked!.compressed).toBe(3);
     expect(r2.chunked!.reused).toBe(stored1 - 2);
     expect(r2.contentSha256).toBe(sha256File(v2raw));
@@ -153,17 +223,31 @@ describe('--base: a new version costs time in proportion to what changed', () =>
     const fd = openSync(v2raw, 'r+');
     writeSync(fd, noise('v2b', 4096), 0, 4096, nonZeroChunks(raw, CHUNK)[5]!);
     closeSync(fd);
-    const r = await convertImage({ input: v2raw, output: shared, format: 'chunked', chunkSize: CHUNK, tag: 'v2' });
+    const r = await convertImage({
+      input: v2raw,
+      output: shared,
+      format: 'chunked',
+      chunkSize: CHUNK,
+      tag: 'v2',
+    });
     expect(r.chunked!.compressed).toBe(1);
     const index = JSON.parse(readFileSync(join(shared, 'index.json'), 'utf8'));
-    expect(index.manifests.map((m: { annotations: Record<string, string> }) => m.annotations[ANN_REF_NAME]).sort()).toEqual(['v1', 'v2']);
-    expect((await decodeChunked({ layout: shared, tag: 'v1', output: out('v1-again.raw'), format: 'raw' })).contentSha256).toBe(rawSha);
+    expect(
+      index.manifests.map((m: { annotations: Record<string, string> }) => m.annotations[ANN_REF_NAME]).sort(),
+    ).toEqual(['v1', 'v2']);
+    expect(
+      (await decodeChunked({ layout: shared, tag: 'v1', output: out('v1-again.raw'), format: 'raw' }))
+        .contentSha256,
+    ).toBe(rawSha);
   });
 
   it('a failed run into an existing layout leaves its index and blobs as they were', async () => {
     const shared = out('shared2');
     await convertImage({ input: raw, output: shared, format: 'chunked', chunkSize: CHUNK, tag: 'v1' });
-    const before = { index: readFileSync(join(shared, 'index.json'), 'utf8'), blobs: readdirSync(join(shared, 'blobs/sha256')).sort() };
+    const before = {
+      index: readFileSync(join(shared, 'index.json'), 'utf8'),
+      blobs: readdirSync(join(shared, 'blobs/sha256')).sort(),
+    };
     const controller = new AbortController();
     let units = 0;
     const err = await convertImage({
@@ -173,7 +257,12 @@ describe('--base: a new version costs time in proportion to what changed', () =>
       chunkSize: CHUNK,
       tag: 'v2',
       signal: controller.signal,
-      progress: () => ({ add: () => (++units > 2000 ? controller.abort() : undefined), set() {}, setTotal() {}, done() {} }),
+      progress: () => ({
+        add: () => (++units > 2000 ? controller.abort() : undefined),
+        set() {},
+        setTotal() {},
+        done() {},
+      }),
     }).catch((e: unknown) => e);
     expect((err as OrbError).kind).toBe('interrupted');
     expect(readFileSync(join(shared, 'index.json'), 'utf8')).toBe(before.index);
@@ -185,7 +274,7 @@ describe('a large sparse disk', () => {
   it('stores only its data chunks at the default chunk size', async () => {
     const big = sparseDisk(4 * GiB);
     const r = await convertImage({ input: big, output: out('big'), format: 'chunked' });
-    expect(r.chunked!.chunks).toBe(4 * GiB / (32 * MiB));
+    expect(r.chunked!.chunks).toBe((4 * GiB) / (32 * MiB));
     expect(r.chunked!.stored).toBe(6);
     expect(r.outputBytes).toBeLessThan(16 * MiB);
   });

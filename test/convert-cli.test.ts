@@ -1,5 +1,15 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,32 +28,83 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const out = (name: string) => join(dir, name);
 const leftovers = () => readdirSync(dir).filter((f) => f.includes('.partial'));
 
-const RESULT_KEYS = ['path', 'format', 'virtual-size', 'allocated-bytes', 'output-bytes', 'ratio', 'sha256', 'content-sha256', 'seconds', 'mb-per-second', 'manifest'];
+const RESULT_KEYS = [
+  'path',
+  'format',
+  'virtual-size',
+  'allocated-bytes',
+  'output-bytes',
+  'ratio',
+  'sha256',
+  'content-sha256',
+  'seconds',
+  'mb-per-second',
+  'manifest',
+];
 
 describe('orb convert', () => {
   it('prints the result as JSON with the action output keys, and progress with rate and ETA on stderr', async () => {
-    const r = await orb(['convert', raw, '--output', out('cli.qcow2'), '--format', 'qcow2', '--verify', '--json'], { ORB_PROGRESS_INTERVAL_MS: '1' });
+    const r = await orb(
+      ['convert', raw, '--output', out('cli.qcow2'), '--format', 'qcow2', '--verify', '--json'],
+      { ORB_PROGRESS_INTERVAL_MS: '1' },
+    );
     expect(r.code, r.stderr).toBe(0);
     const j = JSON.parse(r.stdout);
     for (const k of RESULT_KEYS) expect(j).toHaveProperty(k);
     expect(j['content-sha256']).toBe(sha256File(raw));
     expect(j.verified).toBe(true);
-    expect(r.stderr).toMatch(/convert qcow2\s+\d+\.\d%\s+[\d.]+ MiB\/[\d.]+ MiB\s+[\d.]+ (KiB|MiB|GiB)\/s(\s+ETA \d+s)?/);
+    expect(r.stderr).toMatch(
+      /convert qcow2\s+\d+\.\d%\s+[\d.]+ MiB\/[\d.]+ MiB\s+[\d.]+ (KiB|MiB|GiB)\/s(\s+ETA \d+s)?/,
+    );
     expect(r.stderr).toMatch(/ETA/);
     expect(existsSync(out('cli.qcow2.orb.json'))).toBe(true);
   });
 
   it('`orb convert-and-compress` is the same command; chunked takes --tag and --base', async () => {
-    const a = await orb(['convert-and-compress', '--input', raw, '--output', out('layout'), '--format', 'chunked', '--chunk-size', '4M', '--tag', 'v1', '--json']);
+    const a = await orb([
+      'convert-and-compress',
+      '--input',
+      raw,
+      '--output',
+      out('layout'),
+      '--format',
+      'chunked',
+      '--chunk-size',
+      '4M',
+      '--tag',
+      'v1',
+      '--json',
+    ]);
     expect(a.code, a.stderr).toBe(0);
-    const b = await orb(['convert', raw, '--output', out('layout2'), '--format', 'chunked', '--chunk-size', '4M', '--base', out('layout'), '--json']);
+    const b = await orb([
+      'convert',
+      raw,
+      '--output',
+      out('layout2'),
+      '--format',
+      'chunked',
+      '--chunk-size',
+      '4M',
+      '--base',
+      out('layout'),
+      '--json',
+    ]);
     const j = JSON.parse(b.stdout);
     expect(j['chunks-reused']).toBe(j['chunks-stored']);
     expect(j['manifest-digest']).toMatch(/^sha256:/);
   });
 
   it('a level out of range is a usage error (exit 2) before any work', async () => {
-    const r = await orb(['convert', raw, '--output', out('bad.raw.zst'), '--format', 'raw.zst', '--level', '25']);
+    const r = await orb([
+      'convert',
+      raw,
+      '--output',
+      out('bad.raw.zst'),
+      '--format',
+      'raw.zst',
+      '--level',
+      '25',
+    ]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/level.*out of range/);
     expect(existsSync(out('bad.raw.zst'))).toBe(false);
@@ -65,10 +126,14 @@ describe('orb convert', () => {
   it('Ctrl-C stops the conversion and removes the partial output', async () => {
     const big = sparseDisk(4 * GiB);
     const target = out('interrupted.raw.zst');
-    const child = spawn(NODE, [join(ROOT, 'bin/orb.js'), 'convert', big, '--output', target, '--format', 'raw.zst'], {
-      env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '50' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      NODE,
+      [join(ROOT, 'bin/orb.js'), 'convert', big, '--output', target, '--format', 'raw.zst'],
+      {
+        env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '50' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let stderr = '';
     const code = await new Promise<number | null>((resolve) => {
       child.stderr.on('data', (d: Buffer) => {
@@ -88,7 +153,9 @@ describe('orb convert', () => {
 function asUser(args: string[]): { code: number | null; stderr: string } {
   const root = process.getuid?.() === 0;
   const cmd = root ? 'setpriv' : NODE;
-  const full = root ? ['--reuid=65534', '--regid=65534', '--clear-groups', '--', NODE, join(ROOT, 'bin/orb.js'), ...args] : [join(ROOT, 'bin/orb.js'), ...args];
+  const full = root
+    ? ['--reuid=65534', '--regid=65534', '--clear-groups', '--', NODE, join(ROOT, 'bin/orb.js'), ...args]
+    : [join(ROOT, 'bin/orb.js'), ...args];
   const r = spawnSync(cmd, full, { encoding: 'utf8', env: { ...process.env, HOME: dir }, timeout: 120_000 });
   return { code: r.status, stderr: r.stderr };
 }
@@ -127,7 +194,10 @@ describe('the action', () => {
     const r = await runNode(
       'dist/convert-and-compress/index.js',
       [],
-      actionEnv({ input: raw, output: out('action'), format: 'chunked', 'chunk-size': '8M', verify: 'true' }, files),
+      actionEnv(
+        { input: raw, output: out('action'), format: 'chunked', 'chunk-size': '8M', verify: 'true' },
+        files,
+      ),
     );
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const o = parseGithubOutput(readFileSync(files.output, 'utf8'));
@@ -147,7 +217,17 @@ describe('the action', () => {
     const r = await runNode(
       'dist/convert-and-compress/index.js',
       [],
-      actionEnv({ input: raw, benchmark: 'true', methods: 'zstd-3,chunked,lz4', 'sample-size': '8M', bandwidth: '1Gbit', report: out('bench.json') }, files),
+      actionEnv(
+        {
+          input: raw,
+          benchmark: 'true',
+          methods: 'zstd-3,chunked,lz4',
+          'sample-size': '8M',
+          bandwidth: '1Gbit',
+          report: out('bench.json'),
+        },
+        files,
+      ),
       300_000,
     );
     expect(r.code, r.stdout + r.stderr).toBe(0);

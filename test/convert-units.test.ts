@@ -64,13 +64,25 @@ describe('bench report', () => {
 
   it('recommends the shortest delivery and prefers chunked within 5%', () => {
     const m = (id: string, deliverySeconds: number) =>
-      ({ id, label: id, deliverySeconds, predicted: { outBytes: 1e9, compressSeconds: 1, decompressSeconds: 1 } }) as never;
+      ({
+        id,
+        label: id,
+        deliverySeconds,
+        predicted: { outBytes: 1e9, compressSeconds: 1, decompressSeconds: 1 },
+      }) as never;
     expect(recommend([m('zstd-3', 100), m('lz4', 80), m('chunked', 120)], 12.5e6).id).toBe('lz4');
     expect(recommend([m('zstd-3', 100), m('chunked', 104)], 12.5e6).id).toBe('chunked');
   });
 
   it('predicts the full image from a sample and reports the error against a full run', async () => {
-    const rep = await runBench({ input: smallDisk(), methods: ['zstd-3', 'chunked'], sampleBytes: 8 * MiB, zeroSampleBytes: 8 * MiB, full: true, workDir: dir });
+    const rep = await runBench({
+      input: smallDisk(),
+      methods: ['zstd-3', 'chunked'],
+      sampleBytes: 8 * MiB,
+      zeroSampleBytes: 8 * MiB,
+      full: true,
+      workDir: dir,
+    });
     expect(rep.sampled).toBe(true);
     expect(rep.methods.map((x) => x.id)).toEqual(['zstd-3', 'chunked']);
     for (const x of rep.methods) {
@@ -94,7 +106,13 @@ describe('odd sizes', () => {
     execFileSync('truncate', ['-s', String(size), p]);
     const q = await convertImage({ input: p, output: join(dir, 'odd.qcow2'), format: 'qcow2', verify: true });
     expect(qemuCompare(p, 'raw', q.path, 'qcow2').same).toBe(true);
-    const c = await convertImage({ input: p, output: join(dir, 'odd.chunked'), format: 'chunked', chunkSize: MiB, verify: true });
+    const c = await convertImage({
+      input: p,
+      output: join(dir, 'odd.chunked'),
+      format: 'chunked',
+      chunkSize: MiB,
+      verify: true,
+    });
     expect(c.contentSha256).toBe(sha256File(p));
     const back = await convertImage({ input: c.path, output: join(dir, 'odd-back.raw'), format: 'raw' });
     expect(sha256File(back.path)).toBe(sha256File(p));
@@ -105,12 +123,24 @@ describe('odd sizes', () => {
     const fd = openSync(p, 'w');
     writeSync(fd, noise('odd511', 4096 + 511), 0, 4096 + 511, MiB - 4096);
     closeSync(fd);
-    const q = await convertImage({ input: p, output: join(dir, 'odd511.qcow2'), format: 'qcow2', verify: true });
+    const q = await convertImage({
+      input: p,
+      output: join(dir, 'odd511.qcow2'),
+      format: 'qcow2',
+      verify: true,
+    });
     expect(q.virtualSize).toBe(MiB + 512);
-    const z = await convertImage({ input: p, output: join(dir, 'odd511.raw.zst'), format: 'raw.zst', verify: true });
+    const z = await convertImage({
+      input: p,
+      output: join(dir, 'odd511.raw.zst'),
+      format: 'raw.zst',
+      verify: true,
+    });
     expect(z.contentSha256).toBe(q.contentSha256);
     const decoded = execFileSync('zstd', ['-d', '-c', z.path], { maxBuffer: 8 * MiB });
-    expect(decoded.subarray(0, MiB + 511).equals(execFileSync('cat', [p], { maxBuffer: 8 * MiB }))).toBe(true);
+    expect(decoded.subarray(0, MiB + 511).equals(execFileSync('cat', [p], { maxBuffer: 8 * MiB }))).toBe(
+      true,
+    );
     expect(decoded.subarray(MiB + 511).equals(Buffer.alloc(1))).toBe(true);
   });
 });

@@ -8,7 +8,18 @@ import { readManifest } from '../src/core/manifest.js';
 import { convertImage } from '../src/image/convert.js';
 import { inspectImage } from '../src/image/inspect.js';
 import { RssSampler } from '../src/image/bench/rss.js';
-import { allocated, denseCopy, GiB, inFormat, MiB, qemuCompare, sha256Big, sha256File, smallDisk, sparseDisk } from './helpers/images.js';
+import {
+  allocated,
+  denseCopy,
+  GiB,
+  inFormat,
+  MiB,
+  qemuCompare,
+  sha256Big,
+  sha256File,
+  smallDisk,
+  sparseDisk,
+} from './helpers/images.js';
 
 let dir: string;
 let raw: string;
@@ -47,7 +58,9 @@ describe('round trips are byte-identical', () => {
     expect(r.verified).toBe(true);
     expect(r.contentSha256).toBe(rawSha);
     expect(r.sha256).toBe(sha256File(r.path));
-    const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', r.path], { encoding: 'utf8' }));
+    const info = JSON.parse(
+      execFileSync('qemu-img', ['info', '--output=json', r.path], { encoding: 'utf8' }),
+    );
     expect(info['format-specific'].data['compression-type']).toBe('zstd');
     execFileSync('qemu-img', ['check', r.path]);
     expect(qemuCompare(raw, 'raw', r.path, 'qcow2').same).toBe(true);
@@ -62,9 +75,18 @@ describe('round trips are byte-identical', () => {
     ['none', 65536],
   ] as const) {
     it(`qcow2 ${compression} with ${clusterSize >> 10}K clusters`, async () => {
-      const r = await convertImage({ input: raw, output: out(`b-${compression}-${clusterSize}.qcow2`), format: 'qcow2', compression, clusterSize, verify: true });
+      const r = await convertImage({
+        input: raw,
+        output: out(`b-${compression}-${clusterSize}.qcow2`),
+        format: 'qcow2',
+        compression,
+        clusterSize,
+        verify: true,
+      });
       execFileSync('qemu-img', ['check', r.path]);
-      const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', r.path], { encoding: 'utf8' }));
+      const info = JSON.parse(
+        execFileSync('qemu-img', ['info', '--output=json', r.path], { encoding: 'utf8' }),
+      );
       expect(info['cluster-size']).toBe(clusterSize);
       expect(qemuCompare(raw, 'raw', r.path, 'qcow2').same).toBe(true);
     });
@@ -80,7 +102,13 @@ describe('round trips are byte-identical', () => {
 
   it('raw.zst decodes with the zstd tool to the same bytes, at any level', async () => {
     for (const level of [1, 9]) {
-      const r = await convertImage({ input: raw, output: out(`d${level}.raw.zst`), format: 'raw.zst', level, verify: true });
+      const r = await convertImage({
+        input: raw,
+        output: out(`d${level}.raw.zst`),
+        format: 'raw.zst',
+        level,
+        verify: true,
+      });
       const decoded = execFileSync('zstd', ['-d', '-c', r.path], { maxBuffer: 256 * MiB });
       expect(decoded.length).toBe(statSync(raw).size);
       expect(sha256File(r.path)).toBe(r.sha256);
@@ -92,7 +120,13 @@ describe('round trips are byte-identical', () => {
     const q = inFormat(raw, 'qcow2', ['compression_type=zstd']);
     const z = await convertImage({ input: q, output: out('e.raw.zst'), format: 'raw.zst', verify: true });
     expect(z.contentSha256).toBe(rawSha);
-    const back = await convertImage({ input: q, output: out('e.qcow2'), format: 'qcow2', compression: 'zlib', verify: true });
+    const back = await convertImage({
+      input: q,
+      output: out('e.qcow2'),
+      format: 'qcow2',
+      compression: 'zlib',
+      verify: true,
+    });
     expect(back.contentSha256).toBe(rawSha);
   });
 });
@@ -134,7 +168,11 @@ describe('bad input stops with a clear message and loses nothing', () => {
   };
 
   it('missing input', async () => {
-    await expectError(convertImage({ input: out('nope.img'), output: out('x.qcow2'), format: 'qcow2' }), 'input', /no such file/);
+    await expectError(
+      convertImage({ input: out('nope.img'), output: out('x.qcow2'), format: 'qcow2' }),
+      'input',
+      /no such file/,
+    );
   });
 
   it('truncated qcow2', async () => {
@@ -142,24 +180,44 @@ describe('bad input stops with a clear message and loses nothing', () => {
     copyFileSync(inFormat(raw, 'qcow2', ['compression_type=zstd']), t);
     execFileSync('truncate', ['-s', String(Math.floor(statSync(t).size / 2)), t]);
     const before = sha256File(t);
-    await expectError(convertImage({ input: t, output: out('t.raw'), format: 'raw' }), 'input', /damaged or truncated/);
+    await expectError(
+      convertImage({ input: t, output: out('t.raw'), format: 'raw' }),
+      'input',
+      /damaged or truncated/,
+    );
     expect(sha256File(t)).toBe(before);
     expect(existsSync(out('t.raw'))).toBe(false);
   });
 
   it('a format qemu-img knows but orb does not convert', async () => {
     const qed = inFormat(raw, 'qed');
-    await expectError(convertImage({ input: qed, output: out('q.raw'), format: 'raw' }), 'input', /format 'qed'/);
+    await expectError(
+      convertImage({ input: qed, output: out('q.raw'), format: 'raw' }),
+      'input',
+      /format 'qed'/,
+    );
   });
 
   it('an empty file', async () => {
     writeFileSync(out('empty.img'), '');
-    await expectError(convertImage({ input: out('empty.img'), output: out('empty.qcow2'), format: 'qcow2' }), 'input', /no virtual size/);
+    await expectError(
+      convertImage({ input: out('empty.img'), output: out('empty.qcow2'), format: 'qcow2' }),
+      'input',
+      /no virtual size/,
+    );
   });
 
   it('level out of range', async () => {
-    await expectError(convertImage({ input: raw, output: out('l.raw.zst'), format: 'raw.zst', level: 22 }), 'usage', /level 22 is out of range/);
-    await expectError(convertImage({ input: raw, output: out('l.qcow2'), format: 'qcow2', compression: 'zlib', level: 12 }), 'usage', /out of range for zlib/);
+    await expectError(
+      convertImage({ input: raw, output: out('l.raw.zst'), format: 'raw.zst', level: 22 }),
+      'usage',
+      /level 22 is out of range/,
+    );
+    await expectError(
+      convertImage({ input: raw, output: out('l.qcow2'), format: 'qcow2', compression: 'zlib', level: 12 }),
+      'usage',
+      /out of range for zlib/,
+    );
   });
 
   it('output path equal to the input', async () => {
@@ -170,7 +228,11 @@ describe('bad input stops with a clear message and loses nothing', () => {
   });
 
   it('not enough free space (estimate larger than the disk): fails before writing', async () => {
-    await expectError(convertImage({ input: raw, output: out('full.qcow2'), format: 'qcow2', estimateBytes: 2 ** 52 }), 'environment', /not enough free disk/);
+    await expectError(
+      convertImage({ input: raw, output: out('full.qcow2'), format: 'qcow2', estimateBytes: 2 ** 52 }),
+      'environment',
+      /not enough free disk/,
+    );
     expect(existsSync(out('full.qcow2'))).toBe(false);
   });
 
@@ -178,12 +240,18 @@ describe('bad input stops with a clear message and loses nothing', () => {
     const t = out('vanishing.raw');
     copyFileSync(raw, t);
     const controller = new AbortController();
-    const p = convertImage({ input: sparseDisk(4 * GiB), output: out('aborted.raw.zst'), format: 'raw.zst', signal: controller.signal, progress: () => ({
-      add: () => controller.abort(),
-      set() {},
-      setTotal() {},
-      done() {},
-    }) });
+    const p = convertImage({
+      input: sparseDisk(4 * GiB),
+      output: out('aborted.raw.zst'),
+      format: 'raw.zst',
+      signal: controller.signal,
+      progress: () => ({
+        add: () => controller.abort(),
+        set() {},
+        setTotal() {},
+        done() {},
+      }),
+    });
     await expectError(p, 'interrupted', /interrupted/);
     expect(existsSync(out('aborted.raw.zst'))).toBe(false);
   });
@@ -191,11 +259,22 @@ describe('bad input stops with a clear message and loses nothing', () => {
 
 describe('stage manifest', () => {
   it('is written beside the output and accepted as the next input', async () => {
-    const r = await convertImage({ input: raw, output: out('m.qcow2'), format: 'qcow2', build: { os: 'test', arch: 'x86_64', firmware: 'bios' } });
+    const r = await convertImage({
+      input: raw,
+      output: out('m.qcow2'),
+      format: 'qcow2',
+      build: { os: 'test', arch: 'x86_64', firmware: 'bios' },
+    });
     expect(r.manifest).toBe(out('m.qcow2.orb.json'));
     const m = await readManifest(r.manifest!);
     expect(m.stage).toBe('convert');
-    expect(m.image).toMatchObject({ path: 'm.qcow2', format: 'qcow2', virtualSize: r.virtualSize, sha256: r.sha256, contentSha256: rawSha });
+    expect(m.image).toMatchObject({
+      path: 'm.qcow2',
+      format: 'qcow2',
+      virtualSize: r.virtualSize,
+      sha256: r.sha256,
+      contentSha256: rawSha,
+    });
     const next = await convertImage({ input: r.manifest!, output: out('m2.raw.zst'), format: 'raw.zst' });
     expect(next.contentSha256).toBe(rawSha);
     const m2 = await readManifest(next.manifest!);
@@ -211,8 +290,12 @@ describe('stage manifest', () => {
     m.image.path = copy;
     m.image.format = 'raw';
     writeFileSync(out('changed.orb.json'), JSON.stringify(m));
-    execFileSync('dd', ['if=/dev/urandom', `of=${copy}`, 'bs=4096', 'count=1', 'seek=100', 'conv=notrunc'], { stdio: 'ignore' });
-    await expect(convertImage({ input: out('changed.orb.json'), output: out('changed.qcow2'), format: 'qcow2' })).rejects.toThrow(/differs from its manifest/);
+    execFileSync('dd', ['if=/dev/urandom', `of=${copy}`, 'bs=4096', 'count=1', 'seek=100', 'conv=notrunc'], {
+      stdio: 'ignore',
+    });
+    await expect(
+      convertImage({ input: out('changed.orb.json'), output: out('changed.qcow2'), format: 'qcow2' }),
+    ).rejects.toThrow(/differs from its manifest/);
     noPartials();
   });
 });

@@ -12,7 +12,14 @@ export default defineCommand({
   action: false,
   usage: '--input PATH [--bandwidth 100Mbit]',
   inputs: [
-    { name: 'input', type: 'string', required: true, positional: 0, alias: 'i', description: 'disk image (any format qemu-img reads), orb manifest or chunked layout' },
+    {
+      name: 'input',
+      type: 'string',
+      required: true,
+      positional: 0,
+      alias: 'i',
+      description: 'disk image (any format qemu-img reads), orb manifest or chunked layout',
+    },
     ...benchInputs,
   ],
   outputs: benchOutputs,

@@ -13,19 +13,81 @@ const own: InputSpec[] = [
     required: true,
     positional: 0,
     alias: 'i',
-    description: 'disk image (raw, qcow2, vhdx, vmdk, vdi, vpc: detected from its content), an orb manifest (.orb.json) or a chunked layout (DIR or oci-layout:DIR:TAG)',
+    description:
+      'disk image (raw, qcow2, vhdx, vmdk, vdi, vpc: detected from its content), an orb manifest (.orb.json) or a chunked layout (DIR or oci-layout:DIR:TAG)',
   },
-  { name: 'output', type: 'string', alias: 'o', description: 'file to write (a directory for chunked); appears only once complete (and verified with --verify)' },
-  { name: 'format', type: 'enum', choices: OUTPUT_FORMATS, default: 'qcow2', description: 'qcow2 (compressed clusters), raw (sparse), raw.zst (one zstd stream) or chunked (OCI layout of zstd chunks)' },
-  { name: 'level', type: 'integer', min: 1, max: 19, description: 'compression level: zstd 1-19 (default 3), zlib 1-9 (default 6)' },
-  { name: 'compression', type: 'enum', choices: ['zstd', 'zlib', 'none'], default: 'zstd', description: 'qcow2 cluster compression (zstd needs QEMU 5.1 or newer to read)' },
-  { name: 'cluster-size', type: 'size', default: '64K', min: 4096, max: 2 << 20, description: 'qcow2 cluster size, a power of two' },
-  { name: 'chunk-size', type: 'size', default: `${DEFAULT_CHUNK_SIZE >> 20}M`, min: 1 << 20, max: 128 << 20, description: 'chunked: bytes of disk per chunk (see docs/chunked-format.md)' },
+  {
+    name: 'output',
+    type: 'string',
+    alias: 'o',
+    description:
+      'file to write (a directory for chunked); appears only once complete (and verified with --verify)',
+  },
+  {
+    name: 'format',
+    type: 'enum',
+    choices: OUTPUT_FORMATS,
+    default: 'qcow2',
+    description:
+      'qcow2 (compressed clusters), raw (sparse), raw.zst (one zstd stream) or chunked (OCI layout of zstd chunks)',
+  },
+  {
+    name: 'level',
+    type: 'integer',
+    min: 1,
+    max: 19,
+    description: 'compression level: zstd 1-19 (default 3), zlib 1-9 (default 6)',
+  },
+  {
+    name: 'compression',
+    type: 'enum',
+    choices: ['zstd', 'zlib', 'none'],
+    default: 'zstd',
+    description: 'qcow2 cluster compression (zstd needs QEMU 5.1 or newer to read)',
+  },
+  {
+    name: 'cluster-size',
+    type: 'size',
+    default: '64K',
+    min: 4096,
+    max: 2 << 20,
+    description: 'qcow2 cluster size, a power of two',
+  },
+  {
+    name: 'chunk-size',
+    type: 'size',
+    default: `${DEFAULT_CHUNK_SIZE >> 20}M`,
+    min: 1 << 20,
+    max: 128 << 20,
+    description: 'chunked: bytes of disk per chunk (see docs/chunked-format.md)',
+  },
   { name: 'tag', type: 'string', default: 'latest', description: 'chunked: tag of the image in the layout' },
-  { name: 'base', type: 'list', description: 'chunked: earlier version(s) (layout, oci-layout:DIR:TAG or orb manifest); unchanged chunks reuse their blobs without compressing' },
-  { name: 'threads', type: 'integer', min: 1, max: 256, description: 'compression threads (default: all cores)' },
-  { name: 'verify', type: 'boolean', default: false, description: 'prove the output decodes to the input content before keeping it (qcow2: qemu-img compare)' },
-  { name: 'benchmark', type: 'boolean', default: false, description: 'first measure every method on a sample of this image and report (orb bench); without output, only that' },
+  {
+    name: 'base',
+    type: 'list',
+    description:
+      'chunked: earlier version(s) (layout, oci-layout:DIR:TAG or orb manifest); unchanged chunks reuse their blobs without compressing',
+  },
+  {
+    name: 'threads',
+    type: 'integer',
+    min: 1,
+    max: 256,
+    description: 'compression threads (default: all cores)',
+  },
+  {
+    name: 'verify',
+    type: 'boolean',
+    default: false,
+    description: 'prove the output decodes to the input content before keeping it (qcow2: qemu-img compare)',
+  },
+  {
+    name: 'benchmark',
+    type: 'boolean',
+    default: false,
+    description:
+      'first measure every method on a sample of this image and report (orb bench); without output, only that',
+  },
 ];
 
 const ownOutputs: OutputSpec[] = [
@@ -35,7 +97,10 @@ const ownOutputs: OutputSpec[] = [
   { name: 'allocated-bytes', description: 'bytes of the input marked as holding data' },
   { name: 'output-bytes', description: 'bytes written (chunked: blobs + manifest + config)' },
   { name: 'ratio', description: 'virtual size / output bytes' },
-  { name: 'sha256', description: 'sha256 of the output file (chunked: of its manifest, i.e. the manifest digest)' },
+  {
+    name: 'sha256',
+    description: 'sha256 of the output file (chunked: of its manifest, i.e. the manifest digest)',
+  },
   { name: 'content-sha256', description: 'sha256 of the disk content: the raw bytes the guest sees' },
   { name: 'seconds', description: 'wall time' },
   { name: 'mb-per-second', description: 'disk content converted per second (MB of virtual size)' },
@@ -44,7 +109,10 @@ const ownOutputs: OutputSpec[] = [
   { name: 'manifest-digest', description: 'chunked: digest of the OCI manifest' },
   { name: 'chunks', description: 'chunked: chunks in the disk' },
   { name: 'chunks-stored', description: 'chunked: non-zero chunks in the image' },
-  { name: 'chunks-reused', description: 'chunked: chunks whose blob came from --base (not compressed again)' },
+  {
+    name: 'chunks-reused',
+    description: 'chunked: chunks whose blob came from --base (not compressed again)',
+  },
 ];
 
 export default defineCommand({
@@ -84,20 +152,29 @@ export default defineCommand({
       progress: (label, total) => ctx.progress(label, total),
       signal: ctx.signal,
     });
-    ctx.summary.heading(`convert-and-compress: ${format}`).table(
-      ['', ''],
-      [
-        ['output', r.path],
-        ['input format', r.inputFormat],
-        ['virtual size', formatBytes(r.virtualSize)],
-        ['allocated in input', formatBytes(r.allocatedBytes)],
-        ['output size', `${formatBytes(r.outputBytes)} (ratio ${r.ratio.toFixed(2)})`],
-        ['time', `${formatDuration(r.seconds)} (${r.mbPerSecond.toFixed(0)} MB/s of disk)`],
-        ['content sha256', r.contentSha256],
-        ['verified', r.verified ? 'yes' : 'no (use verify: true)'],
-        ...(r.chunked ? [['chunks', `${r.chunked.chunks} (${r.chunked.stored} stored, ${r.chunked.reused} reused, ${r.chunked.zero} zero)`]] : []),
-      ],
-    );
+    ctx.summary
+      .heading(`convert-and-compress: ${format}`)
+      .table(
+        ['', ''],
+        [
+          ['output', r.path],
+          ['input format', r.inputFormat],
+          ['virtual size', formatBytes(r.virtualSize)],
+          ['allocated in input', formatBytes(r.allocatedBytes)],
+          ['output size', `${formatBytes(r.outputBytes)} (ratio ${r.ratio.toFixed(2)})`],
+          ['time', `${formatDuration(r.seconds)} (${r.mbPerSecond.toFixed(0)} MB/s of disk)`],
+          ['content sha256', r.contentSha256],
+          ['verified', r.verified ? 'yes' : 'no (use verify: true)'],
+          ...(r.chunked
+            ? [
+                [
+                  'chunks',
+                  `${r.chunked.chunks} (${r.chunked.stored} stored, ${r.chunked.reused} reused, ${r.chunked.zero} zero)`,
+                ],
+              ]
+            : []),
+        ],
+      );
     Object.assign(out, {
       path: r.path,
       format: r.format,

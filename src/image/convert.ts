@@ -68,7 +68,16 @@ export interface ConvertResult {
   verified: boolean;
   inputFormat: string;
   manifest?: string;
-  chunked?: { tag: string; manifestDigest: string; chunkSize: number; chunks: number; stored: number; reused: number; compressed: number; zero: number };
+  chunked?: {
+    tag: string;
+    manifestDigest: string;
+    chunkSize: number;
+    chunks: number;
+    stored: number;
+    reused: number;
+    compressed: number;
+    zero: number;
+  };
 }
 
 interface ResolvedInput {
@@ -80,43 +89,70 @@ interface ResolvedInput {
 async function resolveInput(input: string): Promise<ResolvedInput> {
   if (input.endsWith('.json')) {
     const m = await readManifest(input);
-    return { path: m.image.format === 'chunked' && m.image.chunked ? `oci-layout:${manifestImagePath(input, m)}:${m.image.chunked.tag}` : manifestImagePath(input, m), manifestPath: input, manifest: m };
+    return {
+      path:
+        m.image.format === 'chunked' && m.image.chunked
+          ? `oci-layout:${manifestImagePath(input, m)}:${m.image.chunked.tag}`
+          : manifestImagePath(input, m),
+      manifestPath: input,
+      manifest: m,
+    };
   }
   return { path: input };
 }
 
-function validate(o: ConvertOptions): { level: number; compression: Qcow2Compression; clusterSize: number; chunkSize: number } {
+function validate(o: ConvertOptions): {
+  level: number;
+  compression: Qcow2Compression;
+  clusterSize: number;
+  chunkSize: number;
+} {
   const compression = o.compression ?? 'zstd';
   const zlib = o.format === 'qcow2' && compression === 'zlib';
   const level = o.level ?? (zlib ? DEFAULT_ZLIB_LEVEL : DEFAULT_ZSTD_LEVEL);
   const max = zlib ? 9 : 19;
   if (!Number.isInteger(level) || level < 1 || level > max) {
-    throw new UsageError(`level ${level} is out of range for ${zlib ? 'zlib' : 'zstd'}: use 1 to ${max}`, zlib ? undefined : 'levels 20-22 need gigabytes of memory per thread and are not offered');
+    throw new UsageError(
+      `level ${level} is out of range for ${zlib ? 'zlib' : 'zstd'}: use 1 to ${max}`,
+      zlib ? undefined : 'levels 20-22 need gigabytes of memory per thread and are not offered',
+    );
   }
   const clusterSize = o.clusterSize ?? 65536;
   validateClusterSize(clusterSize);
   const chunkSize = o.chunkSize ?? DEFAULT_CHUNK_SIZE;
   if (chunkSize < 1 << 20 || chunkSize > 128 << 20 || chunkSize % 65536 !== 0) {
-    throw new UsageError(`chunk size ${chunkSize} is not valid`, 'use 1M to 128M, a multiple of 64K (default 32M)');
+    throw new UsageError(
+      `chunk size ${chunkSize} is not valid`,
+      'use 1M to 128M, a multiple of 64K (default 32M)',
+    );
   }
-  if (o.format !== 'chunked' && o.base?.length) throw new UsageError('--base only applies to --format chunked');
+  if (o.format !== 'chunked' && o.base?.length)
+    throw new UsageError('--base only applies to --format chunked');
   return { level, compression, clusterSize, chunkSize };
 }
 
 /** Refuse outputs that would destroy the input or cannot be written, before any work. */
-async function checkOutput(input: ImageInfo, output: string, format: OutputFormat): Promise<'new' | 'replace' | 'add-to-layout'> {
+async function checkOutput(
+  input: ImageInfo,
+  output: string,
+  format: OutputFormat,
+): Promise<'new' | 'replace' | 'add-to-layout'> {
   const out = resolve(output);
   const inReal = await realpath(input.path).catch(() => resolve(input.path));
   const outReal = await realpath(out).catch(() => out);
-  if (inReal === outReal) throw new UsageError(`the output ${output} is the input; choose another output path`);
+  if (inReal === outReal)
+    throw new UsageError(`the output ${output} is the input; choose another output path`);
   const st = await stat(out).catch(() => undefined);
   let mode: 'new' | 'replace' | 'add-to-layout' = 'new';
   if (st?.isDirectory()) {
-    if (format !== 'chunked') throw new UsageError(`the output ${output} is a directory; give a file path for --format ${format}`);
-    if (!(await isChunkedLayout(out))) throw new UsageError(`the output ${output} exists and is not an OCI layout; choose a new path`);
+    if (format !== 'chunked')
+      throw new UsageError(`the output ${output} is a directory; give a file path for --format ${format}`);
+    if (!(await isChunkedLayout(out)))
+      throw new UsageError(`the output ${output} exists and is not an OCI layout; choose a new path`);
     mode = 'add-to-layout';
   } else if (st) {
-    if (format === 'chunked') throw new UsageError(`the output ${output} is a file; --format chunked writes a directory`);
+    if (format === 'chunked')
+      throw new UsageError(`the output ${output} is a file; --format chunked writes a directory`);
     mode = 'replace';
   }
   const parent = dirname(out);
@@ -125,9 +161,13 @@ async function checkOutput(input: ImageInfo, output: string, format: OutputForma
   });
   const dir = mode === 'add-to-layout' ? out : parent;
   await access(dir, fsc.W_OK).catch((err: NodeJS.ErrnoException) => {
-    throw new OrbError('environment', `cannot write to ${dir}: ${err.code === 'EROFS' ? 'read-only file system' : err.message}`, {
-      hint: 'choose an output directory you can write to',
-    });
+    throw new OrbError(
+      'environment',
+      `cannot write to ${dir}: ${err.code === 'EROFS' ? 'read-only file system' : err.message}`,
+      {
+        hint: 'choose an output directory you can write to',
+      },
+    );
   });
   return mode;
 }
@@ -159,21 +199,34 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   }
 
   const reader: DiskReader = await openDiskReader(info, { signal: o.signal });
-  const pool = new WorkerPool(threads, bases.flatMap((b) => b.chunks.map((c) => c.digest)));
+  const pool = new WorkerPool(
+    threads,
+    bases.flatMap((b) => b.chunks.map((c) => c.digest)),
+  );
   let partial: PartialOutput | undefined;
   let done: OutputDone | undefined;
   try {
     // Worst case first (the data does not compress at all): when that fits, skip the sampled
     // estimate, which costs a second or two of CPU on a large image.
-    const worst = reader.extents.dataBytes + (4 << 20) + Math.ceil(info.virtualSize / settings.clusterSize) * 8;
+    const worst =
+      reader.extents.dataBytes + (4 << 20) + Math.ceil(info.virtualSize / settings.clusterSize) * 8;
     const fitsWorst = o.estimateBytes === undefined && (await freeBytes(resolve(o.output))) >= worst;
     const estimate =
       o.estimateBytes ??
       (fitsWorst
         ? worst
-        : (await estimateOutputBytes(reader, pool, { format: o.format, level: settings.level, codec: settings.compression, clusterSize: settings.clusterSize })).bytes);
+        : (
+            await estimateOutputBytes(reader, pool, {
+              format: o.format,
+              level: settings.level,
+              codec: settings.compression,
+              clusterSize: settings.clusterSize,
+            })
+          ).bytes);
     await ensureFreeSpace(resolve(o.output), estimate, `the ${o.format} output`);
-    log.info(`data to read: ${reader.extents.dataBytes} bytes in ${reader.extents.count} extents; output at most ${estimate} bytes`);
+    log.info(
+      `data to read: ${reader.extents.dataBytes} bytes in ${reader.extents.count} extents; output at most ${estimate} bytes`,
+    );
     if (mode !== 'add-to-layout') partial = await partialOutput(resolve(o.output));
     done = await runOutput({
       reader,
@@ -190,19 +243,36 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
       log,
     });
     if (info.contentDigest && hex(info.contentDigest) !== hex(done.contentSha256)) {
-      throw new OrbError('integrity', `${info.path}: the decoded disk (${hex(done.contentSha256)}) differs from the image's content digest (${hex(info.contentDigest)})`, {
-        hint: 'every chunk matched its own digest, so the manifest itself is inconsistent: publish the image again',
-      });
+      throw new OrbError(
+        'integrity',
+        `${info.path}: the decoded disk (${hex(done.contentSha256)}) differs from the image's content digest (${hex(info.contentDigest)})`,
+        {
+          hint: 'every chunk matched its own digest, so the manifest itself is inconsistent: publish the image again',
+        },
+      );
     }
     const expected = src.manifest?.image.contentSha256;
     if (expected && hex(expected) !== hex(done.contentSha256)) {
-      throw new OrbError('integrity', `the input's content (${hex(done.contentSha256)}) differs from its manifest (${hex(expected)})`, {
-        hint: 'the image changed after the previous stage wrote its manifest; rebuild it or give the image path instead',
-      });
+      throw new OrbError(
+        'integrity',
+        `the input's content (${hex(done.contentSha256)}) differs from its manifest (${hex(expected)})`,
+        {
+          hint: 'the image changed after the previous stage wrote its manifest; rebuild it or give the image path instead',
+        },
+      );
     }
     let verified = false;
     if (o.verify) {
-      await verifyOutput({ info, output: partial?.partial ?? resolve(o.output), format: o.format, done, tag: o.tag ?? 'latest', progress, signal: o.signal, log });
+      await verifyOutput({
+        info,
+        output: partial?.partial ?? resolve(o.output),
+        format: o.format,
+        done,
+        tag: o.tag ?? 'latest',
+        progress,
+        signal: o.signal,
+        log,
+      });
       verified = true;
     }
     await reader.close();
@@ -225,7 +295,9 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
       ...(done.chunked ? { chunked: done.chunked } : {}),
     };
     if (o.manifest !== false) result.manifest = await writeStageManifest(result, src, build);
-    log.info(`wrote ${basename(result.path)}: ${result.outputBytes} bytes, ratio ${result.ratio.toFixed(2)}, ${seconds.toFixed(1)} s`);
+    log.info(
+      `wrote ${basename(result.path)}: ${result.outputBytes} bytes, ratio ${result.ratio.toFixed(2)}, ${seconds.toFixed(1)} s`,
+    );
     return result;
   } catch (err) {
     await done?.rollback?.();
@@ -249,7 +321,10 @@ export function translateFsError(err: unknown, output: string): unknown {
     });
   }
   if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') {
-    return new OrbError('environment', `cannot write ${output}: ${(err as Error).message}`, { hint: 'choose an output directory you can write to', cause: err });
+    return new OrbError('environment', `cannot write ${output}: ${(err as Error).message}`, {
+      hint: 'choose an output directory you can write to',
+      cause: err,
+    });
   }
   return err;
 }

@@ -11,7 +11,8 @@ export function sampleRanges(extents: Extents, budget: number, slice: number): [
   const total = extents.dataBytes;
   const out: [number, number][] = [];
   if (total <= budget) {
-    for (const [a, b] of extents.ranges()) for (let p = a; p < b; p += slice) out.push([p, Math.min(slice, b - p)]);
+    for (const [a, b] of extents.ranges())
+      for (let p = a; p < b; p += slice) out.push([p, Math.min(slice, b - p)]);
     return out;
   }
   const n = Math.max(1, Math.ceil(budget / slice));
@@ -40,7 +41,11 @@ export function sampleRanges(extents: Extents, budget: number, slice: number): [
 }
 
 /** Read the given ranges into one buffer (for sampling; small by construction). */
-export async function readRanges(reader: DiskReader, ranges: [number, number][], target: Uint8Array): Promise<number> {
+export async function readRanges(
+  reader: DiskReader,
+  ranges: [number, number][],
+  target: Uint8Array,
+): Promise<number> {
   let pos = 0;
   for (const [a, len] of ranges) {
     if (pos + len > target.length) break;
@@ -64,7 +69,10 @@ export async function estimateOutputBytes(
 ): Promise<{ bytes: number; ratio: number }> {
   const data = reader.extents.dataBytes;
   if (o.format === 'raw' || o.codec === 'none' || data === 0) {
-    return { bytes: data + (o.format === 'qcow2' ? metadataBytes(reader.virtualSize, o.clusterSize ?? 65536) : 0), ratio: 1 };
+    return {
+      bytes: data + (o.format === 'qcow2' ? metadataBytes(reader.virtualSize, o.clusterSize ?? 65536) : 0),
+      ratio: 1,
+    };
   }
   const slice = 4 << 20;
   const ranges = sampleRanges(reader.extents, 64 << 20, slice);
@@ -76,7 +84,15 @@ export async function estimateOutputBytes(
     const len = Math.min(slice, n - off);
     const msg =
       o.format === 'qcow2'
-        ? { task: 'clusters', sab, off, len, clusterSize: o.clusterSize ?? 65536, codec: o.codec ?? 'zstd', level: o.level }
+        ? {
+            task: 'clusters',
+            sab,
+            off,
+            len,
+            clusterSize: o.clusterSize ?? 65536,
+            codec: o.codec ?? 'zstd',
+            level: o.level,
+          }
         : { task: 'frame', sab, off, len, level: o.level };
     jobs.push(
       pool.run(msg).then((r) => {

@@ -78,9 +78,16 @@ interface MapEntry {
  * For raw files qemu-img asks the file system (SEEK_DATA/SEEK_HOLE), so holes are found
  * without reading them.
  */
-export async function mapImage(path: string, format: string, virtualSize: number, signal?: AbortSignal): Promise<Extents> {
+export async function mapImage(
+  path: string,
+  format: string,
+  virtualSize: number,
+  signal?: AbortSignal,
+): Promise<Extents> {
   const qemuImg = requireTool('qemu-img', 'qemu-utils');
-  const child = spawnTracked(qemuImg, ['map', '-U', '--output=json', '-f', format, path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawnTracked(qemuImg, ['map', '-U', '--output=json', '-f', format, path], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const onAbort = () => child.kill('SIGTERM');
   signal?.addEventListener('abort', onAbort, { once: true });
   let stderr = '';
@@ -95,7 +102,10 @@ export async function mapImage(path: string, format: string, virtualSize: number
   let covered = 0;
   const lines = createInterface({ input: child.stdout!, crlfDelay: Infinity });
   for await (const raw of lines) {
-    const line = raw.trim().replace(/^\[/, '').replace(/[,\]]+$/, '');
+    const line = raw
+      .trim()
+      .replace(/^\[/, '')
+      .replace(/[,\]]+$/, '');
     if (!line.startsWith('{')) continue;
     let e: MapEntry;
     try {
@@ -111,7 +121,9 @@ export async function mapImage(path: string, format: string, virtualSize: number
   signal?.removeEventListener('abort', onAbort);
   if (signal?.aborted) throw new OrbError('interrupted', 'interrupted while mapping the input');
   if (code !== 0) {
-    throw new OrbError('input', `qemu-img map failed on ${path}: ${lastLines(stderr)}`, { hint: 'the image is damaged or truncated' });
+    throw new OrbError('input', `qemu-img map failed on ${path}: ${lastLines(stderr)}`, {
+      hint: 'the image is damaged or truncated',
+    });
   }
   if (covered < virtualSize) {
     // Should not happen; reading everything is always correct, only slower.

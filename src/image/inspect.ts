@@ -34,24 +34,41 @@ interface QemuInfo {
   'cluster-size'?: number;
   'backing-filename'?: string;
   'dirty-flag'?: boolean;
-  'format-specific'?: { type?: string; data?: { 'compression-type'?: string; 'create-type'?: string; encrypted?: boolean } };
+  'format-specific'?: {
+    type?: string;
+    data?: { 'compression-type'?: string; 'create-type'?: string; encrypted?: boolean };
+  };
   encrypted?: boolean;
 }
 
 /** Formats where `qemu-img check` can find truncation and corrupt metadata before we read. */
 const CHECKABLE = new Set(['qcow2', 'vhdx', 'vdi', 'vmdk']);
 
-export async function inspectImage(input: string, opts: { signal?: AbortSignal; check?: boolean } = {}): Promise<ImageInfo> {
+export async function inspectImage(
+  input: string,
+  opts: { signal?: AbortSignal; check?: boolean } = {},
+): Promise<ImageInfo> {
   const { dir: path, tag } = parseLayoutRef(input);
   const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
-    throw new OrbError('input', `cannot read input ${path}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`, {
-      hint: 'check the path (a previous stage may have failed to produce it)',
-    });
+    throw new OrbError(
+      'input',
+      `cannot read input ${path}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`,
+      {
+        hint: 'check the path (a previous stage may have failed to produce it)',
+      },
+    );
   });
   if (st.isDirectory()) {
     if (await isChunkedLayout(path)) {
       const img = await readChunkedLayout(path, tag);
-      return { path, format: 'chunked', virtualSize: img.config.virtualSize, fileBytes: img.storedBytes, tag: img.tag, contentDigest: img.config.contentDigest };
+      return {
+        path,
+        format: 'chunked',
+        virtualSize: img.config.virtualSize,
+        fileBytes: img.storedBytes,
+        tag: img.tag,
+        contentDigest: img.config.contentDigest,
+      };
     }
     throw new OrbError('input', `${path} is a directory, not a disk image or an orb chunked layout`, {
       hint: 'give a disk image file, an orb manifest (.orb.json) or a directory written by --format chunked',
@@ -62,7 +79,9 @@ export async function inspectImage(input: string, opts: { signal?: AbortSignal; 
     const fh = await open(path, 'r');
     await fh.close();
   } catch (err) {
-    throw new OrbError('input', `cannot read input ${path}: ${(err as Error).message}`, { hint: 'check the file permissions' });
+    throw new OrbError('input', `cannot read input ${path}: ${(err as Error).message}`, {
+      hint: 'check the file permissions',
+    });
   }
   const qemuImg = requireTool('qemu-img', 'qemu-utils');
   // -U: do not take the image lock, so a converter can read an image that a stopped-but-not-
@@ -86,9 +105,13 @@ export async function inspectImage(input: string, opts: { signal?: AbortSignal; 
     });
   }
   if (info['backing-filename']) {
-    throw new OrbError('input', `${path} has a backing file (${info['backing-filename']}); orb converts self-contained images`, {
-      hint: `flatten it first: qemu-img convert -O qcow2 ${path} flat.qcow2`,
-    });
+    throw new OrbError(
+      'input',
+      `${path} has a backing file (${info['backing-filename']}); orb converts self-contained images`,
+      {
+        hint: `flatten it first: qemu-img convert -O qcow2 ${path} flat.qcow2`,
+      },
+    );
   }
   if (info.encrypted || info['format-specific']?.data?.encrypted) {
     throw new OrbError('input', `${path} is encrypted; orb cannot read encrypted images`);

@@ -46,7 +46,9 @@ export class NbdClient {
   private constructor(private readonly sock: Socket) {
     sock.on('data', (d: Buffer) => this.onData(d));
     sock.on('error', (err) => this.fail(new OrbError('input', `NBD connection failed: ${err.message}`)));
-    sock.on('close', () => this.fail(new OrbError('input', 'the NBD server closed the connection (the image reader stopped)')));
+    sock.on('close', () =>
+      this.fail(new OrbError('input', 'the NBD server closed the connection (the image reader stopped)')),
+    );
   }
 
   static async connect(socketPath: string, exportName = ''): Promise<NbdClient> {
@@ -116,7 +118,12 @@ export class NbdClient {
       }
       if (error !== 0) {
         // qemu-nbd sends no payload after an error; the stream stays in step.
-        p.reject(new OrbError('input', `reading the image failed (NBD error ${error}${error === 5 ? ': I/O error, the image is damaged or truncated' : ''})`));
+        p.reject(
+          new OrbError(
+            'input',
+            `reading the image failed (NBD error ${error}${error === 5 ? ': I/O error, the image is damaged or truncated' : ''})`,
+          ),
+        );
         continue;
       }
       if (p.target.length === 0) p.resolve();
@@ -142,7 +149,8 @@ export class NbdClient {
       throw new OrbError('internal', 'NBD server does not speak the fixed-newstyle protocol');
     }
     const serverFlags = hello.readUInt16BE(16);
-    if (!(serverFlags & FLAG_FIXED_NEWSTYLE)) throw new OrbError('internal', 'NBD server lacks fixed-newstyle negotiation');
+    if (!(serverFlags & FLAG_FIXED_NEWSTYLE))
+      throw new OrbError('internal', 'NBD server lacks fixed-newstyle negotiation');
     const clientFlags = Buffer.alloc(4);
     clientFlags.writeUInt32BE(FLAG_FIXED_NEWSTYLE | (serverFlags & FLAG_NO_ZEROES));
     const name = Buffer.from(exportName, 'utf8');
@@ -156,12 +164,16 @@ export class NbdClient {
     this.sock.write(Buffer.concat([clientFlags, opt]));
     for (;;) {
       const h = await this.readExact(20);
-      if (h.readBigUInt64BE(0) !== REPLY_MAGIC_OPT) throw new OrbError('internal', 'NBD protocol error in option reply');
+      if (h.readBigUInt64BE(0) !== REPLY_MAGIC_OPT)
+        throw new OrbError('internal', 'NBD protocol error in option reply');
       const type = h.readUInt32BE(12);
       const len = h.readUInt32BE(16);
       const data = len > 0 ? await this.readExact(len) : Buffer.alloc(0);
       if (type & 0x80000000) {
-        throw new OrbError('internal', `NBD server refused the export (${type & 0x7fffffff}): ${data.subarray(0).toString('utf8')}`);
+        throw new OrbError(
+          'internal',
+          `NBD server refused the export (${type & 0x7fffffff}): ${data.subarray(0).toString('utf8')}`,
+        );
       }
       if (type === REP_INFO && data.length >= 12 && data.readUInt16BE(0) === INFO_EXPORT) {
         this.size = Number(data.readBigUInt64BE(2));

@@ -37,7 +37,16 @@ export interface OutputDone {
   outputBytes: number;
   sha256: string;
   contentSha256: string;
-  chunked?: { tag: string; manifestDigest: string; chunkSize: number; chunks: number; stored: number; reused: number; compressed: number; zero: number };
+  chunked?: {
+    tag: string;
+    manifestDigest: string;
+    chunkSize: number;
+    chunks: number;
+    stored: number;
+    reused: number;
+    compressed: number;
+    zero: number;
+  };
   /** undo what was written outside the .partial path (new blobs in an existing layout) */
   rollback?(): Promise<void>;
   /** make the result visible (tag it in an existing layout); run after verification */
@@ -53,10 +62,24 @@ const FILE_UNIT = 8 << 20;
 /** Scan the input once, writing one output format; returns sizes and digests. */
 export async function runOutput(r: OutputRun): Promise<OutputDone> {
   const threads = r.pool.size;
-  const unit = r.format === 'chunked' ? r.chunkSize : r.format === 'raw.zst' ? ZST_FRAME : Math.max(FILE_UNIT, r.clusterSize);
+  const unit =
+    r.format === 'chunked'
+      ? r.chunkSize
+      : r.format === 'raw.zst'
+        ? ZST_FRAME
+        : Math.max(FILE_UNIT, r.clusterSize);
   const slots = new SlotPool(slotCount(unit, threads), unit);
   const hasher = new Hasher();
-  const scan = (sink: UnitSink) => scanDisk({ reader: r.reader, unitSize: unit, slots, sink, hasher, progress: r.progress, signal: r.signal });
+  const scan = (sink: UnitSink) =>
+    scanDisk({
+      reader: r.reader,
+      unitSize: unit,
+      slots,
+      sink,
+      hasher,
+      progress: r.progress,
+      signal: r.signal,
+    });
   try {
     switch (r.format) {
       case 'raw': {
@@ -87,13 +110,23 @@ export async function runOutput(r: OutputRun): Promise<OutputDone> {
         }
       }
       case 'qcow2': {
-        const sink = await Qcow2Sink.create(r.target, { virtualSize: r.reader.virtualSize, clusterSize: r.clusterSize, compression: r.compression, level: r.level, pool: r.pool });
+        const sink = await Qcow2Sink.create(r.target, {
+          virtualSize: r.reader.virtualSize,
+          clusterSize: r.clusterSize,
+          compression: r.compression,
+          level: r.level,
+          pool: r.pool,
+        });
         try {
           await scan(sink);
           const content = await hasher.digest();
           const bytes = await sink.finish();
           r.progress.done();
-          return { outputBytes: bytes, sha256: 'sha256:' + (await sha256File(r.target)), contentSha256: content };
+          return {
+            outputBytes: bytes,
+            sha256: 'sha256:' + (await sha256File(r.target)),
+            contentSha256: content,
+          };
         } catch (err) {
           await sink.abort();
           throw err;
@@ -109,7 +142,11 @@ export async function runOutput(r: OutputRun): Promise<OutputDone> {
   }
 }
 
-async function chunked(r: OutputRun, scan: (s: UnitSink) => Promise<unknown>, hasher: Hasher): Promise<OutputDone> {
+async function chunked(
+  r: OutputRun,
+  scan: (s: UnitSink) => Promise<unknown>,
+  hasher: Hasher,
+): Promise<OutputDone> {
   const layout = new OciLayout(r.target);
   await layout.init();
   const reuse = reusableBlobs(r.bases);
@@ -135,14 +172,27 @@ async function chunked(r: OutputRun, scan: (s: UnitSink) => Promise<unknown>, ha
     const s = sink.stats;
     if (m.size > 3_500_000) {
       // registries commonly refuse manifests above about 4 MB (one descriptor per stored chunk)
-      r.log.warn(`the manifest lists ${layers.length} chunks in ${m.size} bytes; registries often refuse manifests over 4 MB: use a larger --chunk-size`);
+      r.log.warn(
+        `the manifest lists ${layers.length} chunks in ${m.size} bytes; registries often refuse manifests over 4 MB: use a larger --chunk-size`,
+      );
     }
     return {
       outputBytes: blobBytes + m.size + m.manifest.config.size,
       sha256: m.digest,
       contentSha256: content,
-      chunked: { tag: r.tag, manifestDigest: m.digest, chunkSize: r.chunkSize, chunks: s.chunks, stored: s.stored, reused: s.reused, compressed: s.compressed, zero: s.zero },
-      ...(r.addToLayout ? { rollback: () => sink.removeCreated(), commit: () => layout.tag(m.descriptor, r.tag) } : {}),
+      chunked: {
+        tag: r.tag,
+        manifestDigest: m.digest,
+        chunkSize: r.chunkSize,
+        chunks: s.chunks,
+        stored: s.stored,
+        reused: s.reused,
+        compressed: s.compressed,
+        zero: s.zero,
+      },
+      ...(r.addToLayout
+        ? { rollback: () => sink.removeCreated(), commit: () => layout.tag(m.descriptor, r.tag) }
+        : {}),
     };
   } catch (err) {
     if (r.addToLayout) await sink.removeCreated();

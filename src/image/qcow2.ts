@@ -29,7 +29,9 @@ export interface Qcow2Options {
 export function validateClusterSize(cs: number): number {
   const bits = Math.log2(cs);
   if (!Number.isInteger(bits) || bits < 12 || bits > 21) {
-    throw new OrbError('usage', `qcow2 cluster size ${cs} is not valid`, { hint: 'use a power of two from 4K to 2M (default 64K)' });
+    throw new OrbError('usage', `qcow2 cluster size ${cs} is not valid`, {
+      hint: 'use a power of two from 4K to 2M (default 64K)',
+    });
   }
   return bits;
 }
@@ -57,9 +59,13 @@ export class Qcow2Writer {
     this.bits = validateClusterSize(o.clusterSize);
     this.cs = o.clusterSize;
     if (o.virtualSize % 512 !== 0) {
-      throw new OrbError('input', `the disk size ${o.virtualSize} is not a multiple of 512 bytes, which qcow2 cannot represent`, {
-        hint: 'use --format raw, raw.zst or chunked, or resize the disk to a multiple of 512 bytes',
-      });
+      throw new OrbError(
+        'input',
+        `the disk size ${o.virtualSize} is not a multiple of 512 bytes, which qcow2 cannot represent`,
+        {
+          hint: 'use --format raw, raw.zst or chunked, or resize the disk to a multiple of 512 bytes',
+        },
+      );
     }
     this.l2Entries = this.cs / 8;
     this.l1Size = Math.max(1, Math.ceil(o.virtualSize / this.cs / this.l2Entries));
@@ -248,7 +254,11 @@ export class Qcow2Writer {
     return at;
   }
 
-  private async writeHeader(l1Offset: number, refTableOffset: number, refTableClusters: number): Promise<void> {
+  private async writeHeader(
+    l1Offset: number,
+    refTableOffset: number,
+    refTableClusters: number,
+  ): Promise<void> {
     const h = Buffer.alloc(112);
     h.write('QFI\xfb', 0, 'latin1');
     h.writeUInt32BE(3, 4); // version

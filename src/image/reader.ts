@@ -44,7 +44,10 @@ class RawReader implements DiskReader {
         return;
       }
       if (bytesRead === 0) {
-        throw new OrbError('input', `${this.info.path} ended at ${offset + done} bytes while reading; was it truncated during the conversion?`);
+        throw new OrbError(
+          'input',
+          `${this.info.path} ended at ${offset + done} bytes while reading; was it truncated during the conversion?`,
+        );
       }
       done += bytesRead;
     }
@@ -89,7 +92,9 @@ export async function openDiskReader(info: ImageInfo, opts: OpenOptions = {}): P
   if (info.format === 'chunked') {
     return openChunkedReader(info);
   }
-  const extents = opts.noMap ? Extents.full(info.virtualSize) : await mapImage(info.path, info.format, info.virtualSize, opts.signal);
+  const extents = opts.noMap
+    ? Extents.full(info.virtualSize)
+    : await mapImage(info.path, info.format, info.virtualSize, opts.signal);
   if (info.format === 'raw') {
     const fh = await open(info.path, 'r');
     return new RawReader(info, extents, fh, (await fh.stat()).size);
@@ -133,18 +138,25 @@ async function openNbd(info: ImageInfo, extents: Extents, signal?: AbortSignal):
     for (;;) {
       if (signal?.aborted) throw new OrbError('interrupted', 'interrupted');
       if (exited !== undefined) {
-        throw new OrbError('input', `qemu-nbd could not open ${info.path}: ${stderr.trim() || `exit ${exited}`}`);
+        throw new OrbError(
+          'input',
+          `qemu-nbd could not open ${info.path}: ${stderr.trim() || `exit ${exited}`}`,
+        );
       }
       try {
         const client = await NbdClient.connect(sock);
         if (client.size !== info.virtualSize) {
           await client.close();
-          throw new OrbError('internal', `qemu-nbd reports ${client.size} bytes, qemu-img info ${info.virtualSize}`);
+          throw new OrbError(
+            'internal',
+            `qemu-nbd reports ${client.size} bytes, qemu-img info ${info.virtualSize}`,
+          );
         }
         return new NbdReader(info, extents, client, stop);
       } catch (err) {
         if (err instanceof OrbError) throw err;
-        if (Date.now() > deadline) throw new OrbError('environment', `qemu-nbd did not start within 15 s: ${stderr.trim()}`);
+        if (Date.now() > deadline)
+          throw new OrbError('environment', `qemu-nbd did not start within 15 s: ${stderr.trim()}`);
         await sleep(20);
       }
     }

@@ -76,7 +76,11 @@ export class InOrder {
   }
 
   /** Await `work` (any order), then run `write` with its result in unit order. */
-  async sequence<T>(index: number, work: Promise<T> | T, write: (r: T) => Promise<void> | void): Promise<void> {
+  async sequence<T>(
+    index: number,
+    work: Promise<T> | T,
+    write: (r: T) => Promise<void> | void,
+  ): Promise<void> {
     let r: T;
     try {
       r = await work;
@@ -127,7 +131,10 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     const ranges = reader.extents.within(offset, offset + length);
     if (ranges.length === 0) {
       const u: Unit = { index, offset, length, hole: true };
-      track(Promise.all([o.hasher?.zeros(length), sink.process(u)]).then(() => undefined), length);
+      track(
+        Promise.all([o.hasher?.zeros(length), sink.process(u)]).then(() => undefined),
+        length,
+      );
       continue;
     }
     const slot = await slots.acquire();

@@ -34,10 +34,16 @@ export class RawSink implements UnitSink {
   }
   async process(u: Unit): Promise<void> {
     if (u.hole) return;
-    const r = await this.pool.run({ task: 'zeromap', sab: u.sab, off: 0, len: u.length, block: RawSink.BLOCK });
+    const r = await this.pool.run({
+      task: 'zeromap',
+      sab: u.sab,
+      off: 0,
+      len: u.length,
+      block: RawSink.BLOCK,
+    });
     const bits = r.bits as Uint8Array;
     const bytes = new Uint8Array(u.sab!, 0, u.length);
-    for (let i = 0; i < bits.length; ) {
+    for (let i = 0; i < bits.length;) {
       if (!bits[i]) {
         i++;
         continue;
@@ -86,7 +92,8 @@ class OrderedWrites {
     this.pending.add(tracked);
     void tracked.finally(() => this.pending.delete(tracked));
     await work;
-    while (this.pending.size > this.maxPending && this.failure === undefined) await Promise.race(this.pending);
+    while (this.pending.size > this.maxPending && this.failure === undefined)
+      await Promise.race(this.pending);
     if (this.failure !== undefined) throw this.failure;
   }
   async drain(): Promise<void> {
@@ -115,13 +122,18 @@ export class ZstSink implements UnitSink {
   private zeroFrame(len: number): Buffer {
     let f = this.zeroFrames.get(len);
     if (!f) {
-      f = zstdCompressSync(Buffer.alloc(len), { params: { [zc.ZSTD_c_compressionLevel]: this.level }, pledgedSrcSize: len } as object);
+      f = zstdCompressSync(Buffer.alloc(len), {
+        params: { [zc.ZSTD_c_compressionLevel]: this.level },
+        pledgedSrcSize: len,
+      } as object);
       this.zeroFrames.set(len, f);
     }
     return f;
   }
   process(u: Unit): Promise<void> {
-    const work = u.hole ? undefined : this.pool.run({ task: 'frame', sab: u.sab, off: 0, len: u.length, level: this.level });
+    const work = u.hole
+      ? undefined
+      : this.pool.run({ task: 'frame', sab: u.sab, off: 0, len: u.length, level: this.level });
     return this.order.add(u.index, work, async (r) => {
       const data = !r || r.zero ? this.zeroFrame(u.length) : (r.data as Uint8Array);
       this.frames.push(this.pos);
@@ -154,15 +166,33 @@ export class Qcow2Sink implements UnitSink {
   }
   static async create(
     path: string,
-    o: { virtualSize: number; clusterSize: number; compression: Qcow2Compression; level: number; pool: WorkerPool },
+    o: {
+      virtualSize: number;
+      clusterSize: number;
+      compression: Qcow2Compression;
+      level: number;
+      pool: WorkerPool;
+    },
   ): Promise<Qcow2Sink> {
-    const w = await Qcow2Writer.create(path, { virtualSize: o.virtualSize, clusterSize: o.clusterSize, compression: o.compression });
+    const w = await Qcow2Writer.create(path, {
+      virtualSize: o.virtualSize,
+      clusterSize: o.clusterSize,
+      compression: o.compression,
+    });
     return new Qcow2Sink(w, o.pool, o.compression, o.level);
   }
   process(u: Unit): Promise<void> {
     const work = u.hole
       ? undefined
-      : this.pool.run({ task: 'clusters', sab: u.sab, off: 0, len: u.length, clusterSize: this.writer.clusterSize, codec: this.codec, level: this.level });
+      : this.pool.run({
+          task: 'clusters',
+          sab: u.sab,
+          off: 0,
+          len: u.length,
+          clusterSize: this.writer.clusterSize,
+          codec: this.codec,
+          level: this.level,
+        });
     return this.order.add(u.index, work, async (r) => {
       if (!r) return;
       await this.writer.addUnit(u.offset, r.sizes as Int32Array, r.data as Uint8Array);

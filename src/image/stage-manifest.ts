@@ -1,5 +1,11 @@
 import { basename, dirname, join, relative } from 'node:path';
-import { newManifest, writeManifest, type BuildInfo, type ImageFormat, type OrbManifest } from '../core/manifest.js';
+import {
+  newManifest,
+  writeManifest,
+  type BuildInfo,
+  type ImageFormat,
+  type OrbManifest,
+} from '../core/manifest.js';
 import type { ConvertResult } from './convert.js';
 
 /**

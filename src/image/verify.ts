@@ -15,12 +15,24 @@ import { lastLines } from './util.js';
 import { Hasher, SlotPool } from './workers.js';
 
 /** sha256 of the guest-visible content of any readable image, zeros included, memory bounded. */
-export async function contentDigestOf(reader: DiskReader, progress?: Progress, signal?: AbortSignal): Promise<string> {
+export async function contentDigestOf(
+  reader: DiskReader,
+  progress?: Progress,
+  signal?: AbortSignal,
+): Promise<string> {
   const unit = 8 << 20;
   const slots = new SlotPool(4, unit);
   const hasher = new Hasher();
   try {
-    await scanDisk({ reader, unitSize: unit, slots, sink: { process: async () => undefined }, hasher, progress, signal });
+    await scanDisk({
+      reader,
+      unitSize: unit,
+      slots,
+      sink: { process: async () => undefined },
+      hasher,
+      progress,
+      signal,
+    });
     return await hasher.digest();
   } finally {
     await hasher.close();
@@ -39,9 +51,13 @@ export interface VerifyRun {
 }
 
 function mismatch(what: string, got: string, want: string): OrbError {
-  return new OrbError('integrity', `verification failed: ${what} decodes to ${got}, expected ${want}; the output was not kept`, {
-    hint: 'this points at a hardware or storage fault (or a bug): run again, and report it if it repeats',
-  });
+  return new OrbError(
+    'integrity',
+    `verification failed: ${what} decodes to ${got}, expected ${want}; the output was not kept`,
+    {
+      hint: 'this points at a hardware or storage fault (or a bug): run again, and report it if it repeats',
+    },
+  );
 }
 
 /**
@@ -57,15 +73,34 @@ export async function verifyOutput(v: VerifyRun): Promise<void> {
     case 'qcow2': {
       const qemuImg = requireTool('qemu-img', 'qemu-utils');
       const check = await run(qemuImg, ['check', '-f', 'qcow2', v.output], { signal: v.signal });
-      if (check.code !== 0) throw new OrbError('integrity', `verification failed: qemu-img check: ${lastLines(check.stderr || check.stdout, 3)}`);
+      if (check.code !== 0)
+        throw new OrbError(
+          'integrity',
+          `verification failed: qemu-img check: ${lastLines(check.stderr || check.stdout, 3)}`,
+        );
       if (v.info.format !== 'chunked') {
         v.log.info('verify: qemu-img compare input output');
-        const cmp = await run(qemuImg, ['compare', '-U', '-f', v.info.format, '-F', 'qcow2', v.info.path, v.output], { signal: v.signal });
-        if (cmp.code === 1) throw new OrbError('integrity', `verification failed: qemu-img compare: ${lastLines(cmp.stdout, 1)}`);
-        if (cmp.code !== 0) throw new OrbError('integrity', `verification failed: qemu-img compare could not run: ${lastLines(cmp.stderr)}`);
+        const cmp = await run(
+          qemuImg,
+          ['compare', '-U', '-f', v.info.format, '-F', 'qcow2', v.info.path, v.output],
+          { signal: v.signal },
+        );
+        if (cmp.code === 1)
+          throw new OrbError(
+            'integrity',
+            `verification failed: qemu-img compare: ${lastLines(cmp.stdout, 1)}`,
+          );
+        if (cmp.code !== 0)
+          throw new OrbError(
+            'integrity',
+            `verification failed: qemu-img compare could not run: ${lastLines(cmp.stderr)}`,
+          );
         return;
       }
-      const reader = await openDiskReader({ path: v.output, format: 'qcow2', virtualSize: size, fileBytes: 0 }, { signal: v.signal });
+      const reader = await openDiskReader(
+        { path: v.output, format: 'qcow2', virtualSize: size, fileBytes: 0 },
+        { signal: v.signal },
+      );
       try {
         const got = await contentDigestOf(reader, v.progress('verify', size), v.signal);
         if (got !== want) throw mismatch('the qcow2', got, want);
@@ -76,7 +111,11 @@ export async function verifyOutput(v: VerifyRun): Promise<void> {
     }
     case 'raw': {
       const st = await stat(v.output);
-      if (st.size !== size) throw new OrbError('integrity', `verification failed: raw output has ${st.size} bytes, expected ${size}`);
+      if (st.size !== size)
+        throw new OrbError(
+          'integrity',
+          `verification failed: raw output has ${st.size} bytes, expected ${size}`,
+        );
       const p = v.progress('verify', size);
       const hash = createHash('sha256');
       for await (const chunk of createReadStream(v.output, { highWaterMark: 4 << 20 })) {
@@ -102,10 +141,17 @@ export async function verifyOutput(v: VerifyRun): Promise<void> {
         }
       } catch (err) {
         if (err instanceof OrbError) throw err;
-        throw new OrbError('integrity', `verification failed: the zstd stream does not decode: ${(err as Error).message}`);
+        throw new OrbError(
+          'integrity',
+          `verification failed: the zstd stream does not decode: ${(err as Error).message}`,
+        );
       }
       p.done();
-      if (n !== size) throw new OrbError('integrity', `verification failed: raw.zst decodes to ${n} bytes, expected ${size}`);
+      if (n !== size)
+        throw new OrbError(
+          'integrity',
+          `verification failed: raw.zst decodes to ${n} bytes, expected ${size}`,
+        );
       const got = 'sha256:' + hash.digest('hex');
       if (got !== want) throw mismatch('the zstd stream', got, want);
       return;
@@ -113,10 +159,17 @@ export async function verifyOutput(v: VerifyRun): Promise<void> {
     case 'chunked': {
       const digest = v.done.chunked?.manifestDigest ?? v.tag;
       const img = await readChunkedLayout(v.output, digest);
-      const reader = await openDiskReader({ path: v.output, format: 'chunked', virtualSize: img.config.virtualSize, fileBytes: 0, tag: digest });
+      const reader = await openDiskReader({
+        path: v.output,
+        format: 'chunked',
+        virtualSize: img.config.virtualSize,
+        fileBytes: 0,
+        tag: digest,
+      });
       try {
         const got = await contentDigestOf(reader, v.progress('verify', size), v.signal);
-        if (got !== want || img.config.contentDigest !== want) throw mismatch('the chunked layout', got, want);
+        if (got !== want || img.config.contentDigest !== want)
+          throw mismatch('the chunked layout', got, want);
       } finally {
         await reader.close();
       }

@@ -123,7 +123,10 @@ export class SlotPool {
   readonly slots: SharedArrayBuffer[];
   private readonly free: number[];
   private waiters: ((i: number) => void)[] = [];
-  constructor(count: number, readonly slotSize: number) {
+  constructor(
+    count: number,
+    readonly slotSize: number,
+  ) {
     this.slots = Array.from({ length: count }, () => new SharedArrayBuffer(slotSize));
     this.free = this.slots.map((_, i) => i);
   }

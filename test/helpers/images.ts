@@ -1,6 +1,17 @@
 import { execFileSync } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, createReadStream, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  createReadStream,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 
 /**
@@ -26,7 +37,22 @@ export function noise(label: string, n: number): Buffer {
 
 /** Deterministic text-like bytes (compresses roughly like logs and documents). */
 export function text(label: string, n: number): Buffer {
-  const words = ['disk', 'image', 'windows', 'update', 'registry', 'system32', 'driver', 'config', 'kernel', 'volume', 'sector', 'cluster', 'golden', 'qemu'];
+  const words = [
+    'disk',
+    'image',
+    'windows',
+    'update',
+    'registry',
+    'system32',
+    'driver',
+    'config',
+    'kernel',
+    'volume',
+    'sector',
+    'cluster',
+    'golden',
+    'qemu',
+  ];
   const r = noise(label, Math.ceil(n / 4) + 16);
   const out = Buffer.alloc(n);
   let p = 0;
@@ -64,10 +90,17 @@ export function smallDisk(): string {
     mkdirSync(join(src, 'bin'), { recursive: true });
     for (let i = 0; i < 24; i++) writeFileSync(join(src, 'docs', `file${i}.txt`), text(`t${i}`, 400 * 1024));
     for (let i = 0; i < 4; i++) writeFileSync(join(src, 'bin', `blob${i}.bin`), noise(`n${i}`, 2 * MiB));
-    writeFileSync(join(src, 'repeat.bin'), Buffer.concat(Array.from({ length: 8 }, () => noise('rep', 256 * 1024))));
-    execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'root_owner=0:0,lazy_itable_init=0', '-d', src, out, `${recipe.size / MiB}M`], {
-      env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' },
-    });
+    writeFileSync(
+      join(src, 'repeat.bin'),
+      Buffer.concat(Array.from({ length: 8 }, () => noise('rep', 256 * 1024))),
+    );
+    execFileSync(
+      'mkfs.ext4',
+      ['-q', '-F', '-E', 'root_owner=0:0,lazy_itable_init=0', '-d', src, out, `${recipe.size / MiB}M`],
+      {
+        env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' },
+      },
+    );
     rmSync(src, { recursive: true, force: true });
   });
 }
@@ -82,7 +115,16 @@ export function denseCopy(raw: string): string {
 /** `raw` converted by qemu-img to `format` (qcow2, vhdx, vmdk, vdi, vpc, qed, ...). */
 export function inFormat(raw: string, format: string, options: string[] = []): string {
   return cached(`small.${format}`, { v: 1, raw, format, options }, (out) => {
-    execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', format, ...(options.length ? ['-o', options.join(',')] : []), raw, out]);
+    execFileSync('qemu-img', [
+      'convert',
+      '-f',
+      'raw',
+      '-O',
+      format,
+      ...(options.length ? ['-o', options.join(',')] : []),
+      raw,
+      out,
+    ]);
   });
 }
 
@@ -117,9 +159,16 @@ export async function sha256Big(path: string): Promise<string> {
 }
 
 /** qemu-img's own judgement that two images have the same content (it skips holes fast). */
-export function qemuCompare(a: string, aFormat: string, b: string, bFormat: string): { same: boolean; out: string } {
+export function qemuCompare(
+  a: string,
+  aFormat: string,
+  b: string,
+  bFormat: string,
+): { same: boolean; out: string } {
   try {
-    const out = execFileSync('qemu-img', ['compare', '-U', '-f', aFormat, '-F', bFormat, a, b], { encoding: 'utf8' });
+    const out = execFileSync('qemu-img', ['compare', '-U', '-f', aFormat, '-F', bFormat, a, b], {
+      encoding: 'utf8',
+    });
     return { same: true, out };
   } catch (err) {
     return { same: false, out: String((err as { stdout?: string }).stdout ?? err) };
@@ -128,5 +177,10 @@ export function qemuCompare(a: string, aFormat: string, b: string, bFormat: stri
 
 /** Allocated bytes of a file (st_blocks), to check sparseness. */
 export function allocated(path: string): number {
-  return Number(execFileSync('stat', ['-c', '%b*%B', path], { encoding: 'utf8' }).trim().split('*').reduce((a, b) => String(Number(a) * Number(b))));
+  return Number(
+    execFileSync('stat', ['-c', '%b*%B', path], { encoding: 'utf8' })
+      .trim()
+      .split('*')
+      .reduce((a, b) => String(Number(a) * Number(b))),
+  );
 }

@@ -9,16 +9,50 @@ import { runBench } from './run.js';
 
 /** Inputs shared by `orb bench` and `benchmark: true` on convert-and-compress. */
 export const benchInputs: InputSpec[] = [
-  { name: 'sample-size', type: 'size', default: '256M', min: 4 << 20, description: 'bench: bytes of data sampled evenly from the image (the whole data if smaller)' },
-  { name: 'bandwidth', type: 'string', default: '100Mbit', description: 'bench: link speed to clients for the recommendation (100Mbit, 1Gbit, 50MB/s)' },
-  { name: 'methods', type: 'list', description: `bench: methods to compare (default all installed): ${METHOD_IDS.join(', ')}` },
-  { name: 'full', type: 'boolean', default: false, description: 'bench: also run every method on the whole image and report the prediction error' },
-  { name: 'report', type: 'string', default: 'orb-bench.json', description: 'bench: where to write the JSON report' },
-  { name: 'threads', type: 'integer', min: 1, max: 256, description: 'compression threads (default: all cores)' },
+  {
+    name: 'sample-size',
+    type: 'size',
+    default: '256M',
+    min: 4 << 20,
+    description: 'bench: bytes of data sampled evenly from the image (the whole data if smaller)',
+  },
+  {
+    name: 'bandwidth',
+    type: 'string',
+    default: '100Mbit',
+    description: 'bench: link speed to clients for the recommendation (100Mbit, 1Gbit, 50MB/s)',
+  },
+  {
+    name: 'methods',
+    type: 'list',
+    description: `bench: methods to compare (default all installed): ${METHOD_IDS.join(', ')}`,
+  },
+  {
+    name: 'full',
+    type: 'boolean',
+    default: false,
+    description: 'bench: also run every method on the whole image and report the prediction error',
+  },
+  {
+    name: 'report',
+    type: 'string',
+    default: 'orb-bench.json',
+    description: 'bench: where to write the JSON report',
+  },
+  {
+    name: 'threads',
+    type: 'integer',
+    min: 1,
+    max: 256,
+    description: 'compression threads (default: all cores)',
+  },
 ];
 
 export const benchOutputs: OutputSpec[] = [
-  { name: 'recommended', description: 'bench: the method that gets the image to a client soonest at the stated bandwidth' },
+  {
+    name: 'recommended',
+    description: 'bench: the method that gets the image to a client soonest at the stated bandwidth',
+  },
   { name: 'recommendation', description: 'bench: why, with the numbers' },
   { name: 'report', description: 'bench: path of the JSON report' },
 ];
@@ -44,7 +78,9 @@ export async function runBenchCommand(inp: Inputs, ctx: RunContext, input: strin
     .heading(`orb bench: ${input}`)
     .text(
       `${formatBytes(rep.virtualSize)} virtual, ${formatBytes(rep.dataBytes)} data. ` +
-        (rep.sampled ? `Measured on a ${formatBytes(rep.sampleBytes)} sample drawn evenly from the data; full-image figures are predictions.` : 'Measured on all the data.'),
+        (rep.sampled
+          ? `Measured on a ${formatBytes(rep.sampleBytes)} sample drawn evenly from the data; full-image figures are predictions.`
+          : 'Measured on all the data.'),
     )
     .table(header, rows)
     .code(mermaidChart(rep), 'mermaid')

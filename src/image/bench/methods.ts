@@ -39,7 +39,12 @@ async function sizeOf(path: string): Promise<number> {
 }
 
 /** Run a tool with stdout into `outFile`; fails with its stderr. */
-export async function runTo(cmd: string, args: string[], outFile: string | undefined, signal?: AbortSignal): Promise<void> {
+export async function runTo(
+  cmd: string,
+  args: string[],
+  outFile: string | undefined,
+  signal?: AbortSignal,
+): Promise<void> {
   const fh = outFile ? await open(outFile, 'w') : undefined;
   try {
     await new Promise<void>((resolve, reject) => {
@@ -52,7 +57,10 @@ export async function runTo(cmd: string, args: string[], outFile: string | undef
       child.on('close', (code) => {
         signal?.removeEventListener('abort', onAbort);
         if (code === 0) resolve();
-        else reject(new OrbError('environment', `${cmd} ${args.join(' ')} failed (exit ${code}): ${lastLines(err)}`));
+        else
+          reject(
+            new OrbError('environment', `${cmd} ${args.join(' ')} failed (exit ${code}): ${lastLines(err)}`),
+          );
       });
     });
   } finally {
@@ -60,7 +68,13 @@ export async function runTo(cmd: string, args: string[], outFile: string | undef
   }
 }
 
-function ours(id: string, label: string, format: 'qcow2' | 'raw.zst' | 'chunked', level: number, compression: Qcow2Compression = 'zstd'): Method {
+function ours(
+  id: string,
+  label: string,
+  format: 'qcow2' | 'raw.zst' | 'chunked',
+  level: number,
+  compression: Qcow2Compression = 'zstd',
+): Method {
   const ext = format === 'chunked' ? 'layout' : format;
   return {
     id,
@@ -85,9 +99,18 @@ function ours(id: string, label: string, format: 'qcow2' | 'raw.zst' | 'chunked'
     },
     async decompress(output, dir, o) {
       const dec = join(dir, 'decoded.raw');
-      if (format === 'qcow2') await runTo('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', output, dec], undefined, o.signal);
+      if (format === 'qcow2')
+        await runTo('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', output, dec], undefined, o.signal);
       else if (format === 'raw.zst') await runTo('zstd', ['-q', '-d', '-c', output], dec, o.signal);
-      else await convertImage({ input: output, output: dec, format: 'raw', manifest: false, estimateBytes: 1, ...(o.signal ? { signal: o.signal } : {}) });
+      else
+        await convertImage({
+          input: output,
+          output: dec,
+          format: 'raw',
+          manifest: false,
+          estimateBytes: 1,
+          ...(o.signal ? { signal: o.signal } : {}),
+        });
       await rm(dec, { force: true });
     },
   };

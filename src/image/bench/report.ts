@@ -6,7 +6,10 @@ import type { BenchReport, MethodResult } from './run.js';
 export function parseBandwidth(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)(bit|bps|b|B)(?:\/s|ps)?\s*$/.exec(text);
   if (!m || Number(m[1]) <= 0) {
-    throw new UsageError(`bandwidth '${text}' is not valid`, 'write it like 100Mbit, 1Gbit, 50MB/s or 12MiB/s');
+    throw new UsageError(
+      `bandwidth '${text}' is not valid`,
+      'write it like 100Mbit, 1Gbit, 50MB/s or 12MiB/s',
+    );
   }
   const power = { '': 0, k: 1, m: 2, g: 3, t: 4 }[m[2]!.toLowerCase()] ?? 0;
   const n = Number(m[1]) * (m[3] ? 1024 : 1000) ** power;
@@ -30,7 +33,8 @@ export function recommend(results: MethodResult[], bandwidth: number): { id: str
   const sorted = [...results].sort((a, b) => a.deliverySeconds - b.deliverySeconds);
   let best = sorted[0]!;
   const chunked = results.find((r) => r.id === 'chunked');
-  if (chunked && best.id !== 'chunked' && chunked.deliverySeconds <= best.deliverySeconds * 1.05) best = chunked;
+  if (chunked && best.id !== 'chunked' && chunked.deliverySeconds <= best.deliverySeconds * 1.05)
+    best = chunked;
   const parts = (r: MethodResult) =>
     `${secs(r.deliverySeconds)} (compress ${secs(r.predicted.compressSeconds)}, transfer ${formatBytes(r.predicted.outBytes)} in ${secs(
       r.predicted.outBytes / bandwidth,
@@ -39,7 +43,8 @@ export function recommend(results: MethodResult[], bandwidth: number): { id: str
   let reason = `at ${formatBandwidth(bandwidth)}, ${best.label} gets the image to a client in ${parts(best)}`;
   if (runner) reason += `; next: ${runner.label}, ${secs(runner.deliverySeconds)}`;
   if (best.id === 'chunked') reason += '. Later versions ship only their changed chunks.';
-  else if (chunked) reason += `. chunked: ${secs(chunked.deliverySeconds)}, and later versions ship only changed chunks.`;
+  else if (chunked)
+    reason += `. chunked: ${secs(chunked.deliverySeconds)}, and later versions ship only changed chunks.`;
   return { id: best.id, reason };
 }
 
@@ -94,10 +99,19 @@ export function textTable(header: string[], rows: string[][]): string {
 }
 
 /** Horizontal bars for terminals and markdown, where mermaid does not render. */
-export function barChart(items: { label: string; value: number }[], unit: (v: number) => string, width = 40): string {
+export function barChart(
+  items: { label: string; value: number }[],
+  unit: (v: number) => string,
+  width = 40,
+): string {
   const max = Math.max(...items.map((i) => i.value), 1e-9);
   const lw = Math.max(...items.map((i) => i.label.length));
-  return items.map((i) => `${i.label.padEnd(lw)} ${'█'.repeat(Math.max(1, Math.round((i.value / max) * width)))} ${unit(i.value)}`).join('\n');
+  return items
+    .map(
+      (i) =>
+        `${i.label.padEnd(lw)} ${'█'.repeat(Math.max(1, Math.round((i.value / max) * width)))} ${unit(i.value)}`,
+    )
+    .join('\n');
 }
 
 /** A mermaid xychart (GitHub renders it in job summaries) of delivery time per method. */
@@ -117,7 +131,9 @@ export function reportText(rep: BenchReport): string {
   const { header, rows } = tableRows(rep);
   const lines = [
     `${rep.input}: ${rep.inputFormat}, ${formatBytes(rep.virtualSize)} virtual, ${formatBytes(rep.dataBytes)} data; ` +
-      (rep.sampled ? `measured on a ${formatBytes(rep.sampleBytes)} sample, full image predicted` : 'measured on all the data'),
+      (rep.sampled
+        ? `measured on a ${formatBytes(rep.sampleBytes)} sample, full image predicted`
+        : 'measured on all the data'),
     '',
     textTable(header, rows),
     '',

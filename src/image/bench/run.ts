@@ -81,7 +81,13 @@ async function copyFileRange(from: string, to: string, n: number): Promise<void>
   await dst.close();
 }
 
-async function measure(m: Method, input: string, dir: string, o: BenchOptions, includeSelf: boolean): Promise<Measure & { inBytes: number }> {
+async function measure(
+  m: Method,
+  input: string,
+  dir: string,
+  o: BenchOptions,
+  includeSelf: boolean,
+): Promise<Measure & { inBytes: number }> {
   const rss = new RssSampler(process.pid, includeSelf).start();
   const t0 = performance.now();
   const out = await m.compress(input, dir, { threads: o.threads, signal: o.signal });
@@ -106,7 +112,10 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   const work = await mkdtemp(join(o.workDir ?? tmpdir(), 'orb-bench-'));
   const selected = o.methods?.length ? METHODS.filter((m) => o.methods!.includes(m.id)) : METHODS;
   const unknown = (o.methods ?? []).filter((id) => !METHODS.some((m) => m.id === id));
-  if (unknown.length) throw new OrbError('usage', `unknown bench method(s): ${unknown.join(', ')}`, { hint: `methods: ${METHODS.map((m) => m.id).join(', ')}` });
+  if (unknown.length)
+    throw new OrbError('usage', `unknown bench method(s): ${unknown.join(', ')}`, {
+      hint: `methods: ${METHODS.map((m) => m.id).join(', ')}`,
+    });
   const skipped: { id: string; why: string }[] = [];
   const results: MethodResult[] = [];
   try {
@@ -124,7 +133,9 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     }
     await fh.close();
     await reader.close();
-    log.info(`bench: ${formatBytes(sampleBytes)} sample from ${formatBytes(dataBytes)} of data (${ranges.length} slices); ${formatBytes(zeroBytes)} zeros`);
+    log.info(
+      `bench: ${formatBytes(sampleBytes)} sample from ${formatBytes(dataBytes)} of data (${ranges.length} slices); ${formatBytes(zeroBytes)} zeros`,
+    );
     const zeroSample = o.zeroSampleBytes ?? 256 << 20;
     const zeros = join(work, 'zeros.raw');
     await open(zeros, 'w').then((f) => f.close());
@@ -170,17 +181,26 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
         decompressMBps: d.inBytes / 1e6 / d.decompressSeconds,
       };
       if (o.full) {
-        if (!m.skipsZeros && info.format !== 'raw') skipped.push({ id: `${m.id} (full)`, why: `${m.id} reads raw files only; the input is ${info.format}` });
+        if (!m.skipsZeros && info.format !== 'raw')
+          skipped.push({
+            id: `${m.id} (full)`,
+            why: `${m.id} reads raw files only; the input is ${info.format}`,
+          });
         else {
           log.info(`bench: ${m.label} on the whole image`);
           // the output plus the decoded copy (dense for the CLI tools)
-          await ensureFreeSpace(work, predicted.outBytes * 1.2 + (m.skipsZeros ? dataBytes : info.virtualSize), 'the full benchmark run');
+          await ensureFreeSpace(
+            work,
+            predicted.outBytes * 1.2 + (m.skipsZeros ? dataBytes : info.virtualSize),
+            'the full benchmark run',
+          );
           const f = await measure(m, info.path, work, o, m.skipsZeros);
           f.inBytes = info.virtualSize;
           r.full = {
             ...f,
             sizeErrorPct: (100 * (predicted.outBytes - f.outBytes)) / Math.max(1, f.outBytes),
-            timeErrorPct: (100 * (predicted.compressSeconds - f.compressSeconds)) / Math.max(1e-9, f.compressSeconds),
+            timeErrorPct:
+              (100 * (predicted.compressSeconds - f.compressSeconds)) / Math.max(1e-9, f.compressSeconds),
           };
         }
       }
@@ -191,7 +211,9 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     await rm(work, { recursive: true, force: true });
   }
   const bandwidth = o.bandwidth ?? 100e6 / 8;
-  for (const r of results) r.deliverySeconds = r.predicted.compressSeconds + r.predicted.outBytes / bandwidth + r.predicted.decompressSeconds;
+  for (const r of results)
+    r.deliverySeconds =
+      r.predicted.compressSeconds + r.predicted.outBytes / bandwidth + r.predicted.decompressSeconds;
   const rec = recommend(results, bandwidth);
   return {
     input: o.input,

@@ -31,7 +31,8 @@ export interface ReusableBlob {
 /** uncompressed chunk digest → reusable blob, from earlier versions (--base, or the output layout itself) */
 export function reusableBlobs(images: readonly ChunkedImage[]): Map<string, ReusableBlob> {
   const m = new Map<string, ReusableBlob>();
-  for (const img of images) for (const c of img.chunks) if (!m.has(c.digest)) m.set(c.digest, { layout: img.layout, blob: c.blob });
+  for (const img of images)
+    for (const c of img.chunks) if (!m.has(c.digest)) m.set(c.digest, { layout: img.layout, blob: c.blob });
   return m;
 }
 
@@ -82,9 +83,13 @@ export class ChunkedSink implements UnitSink {
     const from = src.layout.blobPath(src.blob.digest);
     const st = await stat(from).catch(() => undefined);
     if (!st || st.size !== src.blob.size) {
-      throw new OrbError('input', `base blob ${src.blob.digest} is missing or has the wrong size in ${src.layout.dir}`, {
-        hint: 'the --base layout is incomplete; convert without --base or restore it',
-      });
+      throw new OrbError(
+        'input',
+        `base blob ${src.blob.digest} is missing or has the wrong size in ${src.layout.dir}`,
+        {
+          hint: 'the --base layout is incomplete; convert without --base or restore it',
+        },
+      );
     }
     const tmp = `${dest}.${process.pid}.partial`;
     // A hard link costs no space and no time; across file systems, copy (reflink where possible).
@@ -99,7 +104,14 @@ export class ChunkedSink implements UnitSink {
       this.stats.zero++;
       return;
     }
-    const r = await this.pool.run({ task: 'chunk', sab: u.sab, off: 0, len: u.length, level: this.level, blobs: this.blobDir });
+    const r = await this.pool.run({
+      task: 'chunk',
+      sab: u.sab,
+      off: 0,
+      len: u.length,
+      level: this.level,
+      blobs: this.blobDir,
+    });
     if (r.zero) {
       this.stats.zero++;
       return;
@@ -108,7 +120,10 @@ export class ChunkedSink implements UnitSink {
     if (r.reused) {
       const src = this.reuse.get(digest)!;
       await this.linkBlob(src);
-      this.layers.set(u.index, { ...src.blob, annotations: this.annotations(u, digest, src.blob.mediaType === DISK_CHUNK_RAW ? 'raw' : 'zst') });
+      this.layers.set(u.index, {
+        ...src.blob,
+        annotations: this.annotations(u, digest, src.blob.mediaType === DISK_CHUNK_RAW ? 'raw' : 'zst'),
+      });
       this.stats.reused++;
       this.stats.storedBytes += src.blob.size;
       return;
@@ -118,7 +133,12 @@ export class ChunkedSink implements UnitSink {
     if (r.created) this.created.push(this.layout.blobPath(blobDigest));
     const desc: Descriptor = r.raw
       ? { mediaType: DISK_CHUNK_RAW, digest, size: u.length, annotations: this.annotations(u, digest, 'raw') }
-      : { mediaType: DISK_CHUNK_ZSTD, digest: blobDigest, size: Number(r.size), annotations: this.annotations(u, digest, 'zst') };
+      : {
+          mediaType: DISK_CHUNK_ZSTD,
+          digest: blobDigest,
+          size: Number(r.size),
+          annotations: this.annotations(u, digest, 'zst'),
+        };
     this.layers.set(u.index, desc);
     this.stats.stored++;
     this.stats.storedBytes += desc.size;
@@ -181,7 +201,12 @@ export async function writeChunkedManifest(
   };
   const bytes = JSON.stringify(manifest);
   const m = await layout.putBytes(bytes);
-  const descriptor: Descriptor = { mediaType: OCI_MANIFEST, digest: m.digest, size: m.size, artifactType: DISK_ARTIFACT };
+  const descriptor: Descriptor = {
+    mediaType: OCI_MANIFEST,
+    digest: m.digest,
+    size: m.size,
+    artifactType: DISK_ARTIFACT,
+  };
   // `undefined`: the caller tags later (after verifying), so a failed run never moves a tag
   if (tag !== undefined) await layout.tag(descriptor, tag);
   return { ...m, manifest, descriptor };

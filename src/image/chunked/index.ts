@@ -22,9 +22,20 @@
 import { convertImage, type ConvertOptions, type ConvertResult } from '../convert.js';
 import type { Qcow2Compression } from '../qcow2.js';
 
-export { readChunkedLayout, decompressChunk, decodeChunkBlob, parseLayoutRef, isChunkedLayout, type ChunkRef, type ChunkedImage } from './read.js';
+export {
+  readChunkedLayout,
+  decompressChunk,
+  decodeChunkBlob,
+  parseLayoutRef,
+  isChunkedLayout,
+  type ChunkRef,
+  type ChunkedImage,
+} from './read.js';
 
-export interface DecodeOptions extends Pick<ConvertOptions, 'log' | 'progress' | 'signal' | 'threads' | 'verify'> {
+export interface DecodeOptions extends Pick<
+  ConvertOptions,
+  'log' | 'progress' | 'signal' | 'threads' | 'verify'
+> {
   /** layout directory */
   layout: string;
   /** default: the layout's only disk, else latest */

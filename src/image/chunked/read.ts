@@ -64,11 +64,16 @@ export function parseLayoutRef(ref: string): { dir: string; tag?: string } {
 export async function readChunkedLayout(dir: string, tag?: string): Promise<ChunkedImage> {
   const layout = new OciLayout(dir);
   if (!(await layout.isLayout())) {
-    throw new OrbError('input', `${dir} is not an OCI image layout (no oci-layout file)`, { hint: 'give a directory written by orb convert --format chunked' });
+    throw new OrbError('input', `${dir} is not an OCI image layout (no oci-layout file)`, {
+      hint: 'give a directory written by orb convert --format chunked',
+    });
   }
   if (tag === undefined) {
     const disks = (await layout.readIndex()).manifests.filter((m) => m.artifactType === DISK_ARTIFACT);
-    tag = disks.length === 1 ? (disks[0]!.annotations?.['org.opencontainers.image.ref.name'] ?? 'latest') : 'latest';
+    tag =
+      disks.length === 1
+        ? (disks[0]!.annotations?.['org.opencontainers.image.ref.name'] ?? 'latest')
+        : 'latest';
   }
   const desc = await layout.resolve(tag);
   const bytes = await layout.readBytes(desc.digest);
@@ -79,9 +84,13 @@ export async function readChunkedLayout(dir: string, tag?: string): Promise<Chun
     throw new OrbError('input', `manifest ${desc.digest} in ${dir} is not JSON`);
   }
   if (manifest.artifactType !== DISK_ARTIFACT || manifest.config?.mediaType !== DISK_CONFIG) {
-    throw new OrbError('input', `${dir}:${tag} is not an orb disk image (artifactType ${String(manifest.artifactType)})`, {
-      hint: 'give a layout written by orb convert --format chunked',
-    });
+    throw new OrbError(
+      'input',
+      `${dir}:${tag} is not an orb disk image (artifactType ${String(manifest.artifactType)})`,
+      {
+        hint: 'give a layout written by orb convert --format chunked',
+      },
+    );
   }
   const config = JSON.parse((await layout.readBytes(manifest.config.digest)).toString('utf8')) as DiskConfig;
   if (config.schema !== 'orb-disk/v1' || !(config.virtualSize > 0) || !(config.chunkSize > 0)) {
@@ -95,16 +104,31 @@ export async function readChunkedLayout(dir: string, tag?: string): Promise<Chun
     const offset = Number(a[ANN_CHUNK_OFFSET]);
     const length = Number(a[ANN_CHUNK_LENGTH]);
     const digest = a[ANN_CHUNK_DIGEST] ?? '';
-    const bad = (why: string) => new OrbError('input', `${dir}:${tag}: layer ${i} ${why}`, { hint: 'the manifest is damaged or was not written by orb' });
-    if (l.mediaType !== DISK_CHUNK_ZSTD && l.mediaType !== DISK_CHUNK_RAW) throw bad(`has media type ${l.mediaType}`);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length <= 0) throw bad('has no valid offset/length annotations');
-    if (offset < end || offset + length > config.virtualSize) throw bad('overlaps another chunk or lies beyond the disk');
+    const bad = (why: string) =>
+      new OrbError('input', `${dir}:${tag}: layer ${i} ${why}`, {
+        hint: 'the manifest is damaged or was not written by orb',
+      });
+    if (l.mediaType !== DISK_CHUNK_ZSTD && l.mediaType !== DISK_CHUNK_RAW)
+      throw bad(`has media type ${l.mediaType}`);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length <= 0)
+      throw bad('has no valid offset/length annotations');
+    if (offset < end || offset + length > config.virtualSize)
+      throw bad('overlaps another chunk or lies beyond the disk');
     if (!/^sha256:[a-f0-9]{64}$/.test(digest)) throw bad('has no chunk digest annotation');
     end = offset + length;
     chunks.push({ index: i, offset, length, digest, blob: l });
     storedBytes += l.size;
   }
-  return { layout, tag, manifest, manifestDigest: desc.digest, manifestSize: bytes.length, config, chunks, storedBytes };
+  return {
+    layout,
+    tag,
+    manifest,
+    manifestDigest: desc.digest,
+    manifestSize: bytes.length,
+    config,
+    chunks,
+    storedBytes,
+  };
 }
 
 const inflate = promisify(zstdDecompress);
@@ -116,10 +140,16 @@ const inflate = promisify(zstdDecompress);
  */
 export async function decompressChunk(layout: OciLayout, chunk: ChunkRef): Promise<Buffer> {
   const blob = await readFile(layout.blobPath(chunk.blob.digest)).catch((err: Error) => {
-    throw new OrbError('input', `chunk at offset ${chunk.offset}: blob ${chunk.blob.digest} is missing from ${layout.dir}: ${err.message}`);
+    throw new OrbError(
+      'input',
+      `chunk at offset ${chunk.offset}: blob ${chunk.blob.digest} is missing from ${layout.dir}: ${err.message}`,
+    );
   });
   if (blob.length !== chunk.blob.size || (await sha256(blob)) !== chunk.blob.digest) {
-    throw new OrbError('integrity', `chunk at offset ${chunk.offset}: blob ${chunk.blob.digest} in ${layout.dir} is corrupt (size or digest mismatch)`);
+    throw new OrbError(
+      'integrity',
+      `chunk at offset ${chunk.offset}: blob ${chunk.blob.digest} in ${layout.dir} is corrupt (size or digest mismatch)`,
+    );
   }
   return decodeChunkBlob(blob, chunk);
 }
@@ -132,11 +162,17 @@ export async function decodeChunkBlob(blob: Buffer, chunk: ChunkRef): Promise<Bu
     try {
       plain = await inflate(blob, { maxOutputLength: chunk.length });
     } catch (err) {
-      throw new OrbError('integrity', `chunk at offset ${chunk.offset} does not decompress: ${(err as Error).message}`);
+      throw new OrbError(
+        'integrity',
+        `chunk at offset ${chunk.offset} does not decompress: ${(err as Error).message}`,
+      );
     }
   }
   if (plain.length !== chunk.length || (await sha256(plain)) !== chunk.digest) {
-    throw new OrbError('integrity', `chunk at offset ${chunk.offset} decodes to other bytes than its digest ${chunk.digest}`);
+    throw new OrbError(
+      'integrity',
+      `chunk at offset ${chunk.offset} decodes to other bytes than its digest ${chunk.digest}`,
+    );
   }
   return plain;
 }
