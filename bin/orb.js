@@ -8,8 +8,5 @@ if (major < 24) {
   );
   process.exit(2);
 }
-// The bundle is large (AWS SDK, Octokit): V8's on-disk compile cache halves start-up after the first run.
-const { enableCompileCache } = await import('node:module');
-enableCompileCache?.();
 const { runCli } = await import('../dist/orb/index.js');
 process.exitCode = await runCli(process.argv.slice(2));
