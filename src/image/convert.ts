@@ -19,7 +19,7 @@ export const OUTPUT_FORMATS = ['qcow2', 'raw', 'raw.zst', 'chunked'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 
 /** Default chunk size of the chunked format; docs/chunked-format.md gives the measurements. */
-export const DEFAULT_CHUNK_SIZE = 32 << 20;
+export const DEFAULT_CHUNK_SIZE = 16 << 20;
 export const DEFAULT_ZSTD_LEVEL = 3;
 export const DEFAULT_ZLIB_LEVEL = 6;
 
@@ -123,7 +123,7 @@ function validate(o: ConvertOptions): {
   if (chunkSize < 1 << 20 || chunkSize > 128 << 20 || chunkSize % 65536 !== 0) {
     throw new UsageError(
       `chunk size ${chunkSize} is not valid`,
-      'use 1M to 128M, a multiple of 64K (default 32M)',
+      'use 1M to 128M, a multiple of 64K (default 16M)',
     );
   }
   if (o.format !== 'chunked' && o.base?.length)

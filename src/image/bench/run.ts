@@ -107,7 +107,8 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   const dataBytes = reader.extents.dataBytes;
   const zeroBytes = info.virtualSize - dataBytes;
   const budget = o.sampleBytes ?? 256 << 20;
-  const ranges = sampleRanges(reader.extents, budget, 4 << 20);
+  // many small slices: disk data is heterogeneous (text, binaries, already-compressed files)
+  const ranges = sampleRanges(reader.extents, budget, 1 << 20);
   const sampleBytes = ranges.reduce((s, r) => s + r[1], 0);
   const work = await mkdtemp(join(o.workDir ?? tmpdir(), 'orb-bench-'));
   const selected = o.methods?.length ? METHODS.filter((m) => o.methods!.includes(m.id)) : METHODS;
