@@ -298,6 +298,8 @@ measure(
         Bucket: 'bench',
         Key: `reffile${round}`,
         Body: createReadStream(file, { end: OBJECT - 1, highWaterMark: 1 << 20 }),
+        // Upload takes the size from the file on disk otherwise
+        ContentLength: OBJECT,
       },
       queueSize: CONCURRENCY,
       partSize: 16 * MiB,

@@ -77,7 +77,7 @@ export class HttpStatusError extends OrbError {
   }
 }
 
-function retryAfterMs(headers: IncomingHttpHeaders): number | undefined {
+export function retryAfterMs(headers: IncomingHttpHeaders): number | undefined {
   const v = headers['retry-after'];
   if (!v) return undefined;
   const secs = Number(v);

@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
-import { redactUrl, request, statusError, type HttpResponse } from './https-client.js';
+import { redactUrl, request, retryAfterMs, statusError, type HttpResponse } from './https-client.js';
 import { fastRangeGet } from './https-fastget.js';
 import { rangedStream, RangeIgnoredError, type RangeFetch, type RangeFetchInto } from './https-ranged.js';
 
@@ -20,6 +20,8 @@ export interface RemoteFileOptions {
   log?: Logger;
   signal?: AbortSignal;
   what: string;
+  /** a new URL for the same file when the server refuses the current one (401/403) */
+  refreshUrl?: () => Promise<string>;
 }
 
 export interface Probe {
@@ -55,9 +57,17 @@ export function digestFromHeaders(h: HttpResponse['headers']): string | undefine
 export class RemoteFile {
   private probed?: Probe;
   constructor(
-    readonly url: string,
+    public url: string,
     private readonly opts: RemoteFileOptions,
   ) {}
+
+  /** A fresh URL when the current one is refused (an expired pre-signed URL), if the owner can make one. */
+  private async renew(): Promise<boolean> {
+    if (!this.opts.refreshUrl) return false;
+    this.url = await this.opts.refreshUrl();
+    if (this.probed) this.probed.finalUrl = this.url;
+    return true;
+  }
 
   private get signal(): AbortSignal | undefined {
     return this.opts.signal;
@@ -66,12 +76,19 @@ export class RemoteFile {
   async probe(): Promise<Probe> {
     if (this.probed) return this.probed;
     // GET of one byte rather than HEAD: pre-signed GET URLs reject HEAD (signature covers the method).
-    const res = await request(this.url, {
-      headers: { ...(this.opts.headers ?? {}), range: 'bytes=0-0' },
-      authHeaders: this.opts.authHeaders ?? {},
-      ...(this.signal ? { signal: this.signal } : {}),
-      timeoutMs: 60_000,
-    });
+    const ask = () =>
+      request(this.url, {
+        headers: { ...(this.opts.headers ?? {}), range: 'bytes=0-0' },
+        authHeaders: this.opts.authHeaders ?? {},
+        ...(this.signal ? { signal: this.signal } : {}),
+        timeoutMs: 60_000,
+      });
+    let res = await ask();
+    if ((res.status === 401 || res.status === 403) && this.opts.refreshUrl) {
+      res.body.resume();
+      await this.renew();
+      res = await ask();
+    }
     const status = res.status;
     if (status === 416) {
       res.body.resume();
@@ -131,6 +148,13 @@ export class RemoteFile {
         res = await attempt(this.url, true);
         p.finalUrl = res.url;
       }
+      if ((res.status === 401 || res.status === 403) && this.opts.refreshUrl) {
+        // our own signed URL expired: sign a new one
+        res.body.resume();
+        await this.renew();
+        res = await attempt(this.url, true);
+        p.finalUrl = res.url;
+      }
       if (res.status === 206) {
         const m = /bytes (\d+)-(\d+)\//.exec(String(res.headers['content-range'] ?? ''));
         if (!m || Number(m[1]) !== start) {
@@ -164,6 +188,11 @@ export class RemoteFile {
         wholeFileSize: p.size,
         idleMs: 60_000,
       });
+      if (r.kind === 'status' && r.status && (r.status === 408 || r.status === 429 || r.status >= 500)) {
+        // busy server: honour Retry-After before the regular client asks again
+        const wait = Math.min(120_000, retryAfterMs(r.headers ?? {}) ?? 500);
+        await new Promise((res) => setTimeout(res, wait));
+      }
       return r.kind === 'ok' ? 'ok' : 'fallback';
     };
   }

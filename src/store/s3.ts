@@ -6,7 +6,8 @@ import { OrbError, UsageError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { formatDuration } from '../core/progress.js';
 import { OCI_MANIFEST, type Descriptor, type ImageManifest } from '../oci/media.js';
-import { rangedStream } from './https-ranged.js';
+import { HttpStatusError } from './https-client.js';
+import { digestFromHeaders, RemoteFile } from './https-file.js';
 import { isNotFound, makeS3Client, s3Call } from './s3-client.js';
 import {
   presignBundle,
@@ -277,45 +278,39 @@ export class S3Store implements BlobStore {
     return { url, headers: {} };
   }
 
+  /**
+   * Reads through the same URL the transfer threads use (pre-signed, renewed when it expires, or
+   * public), with parallel ranges for big blobs; the SHA-256 recorded on the object must match.
+   */
   async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
     const hex = hexOf(desc.digest);
-    const key = this.blobKey(desc.digest);
-    let checked = false;
-    const stream = rangedStream({
-      size: desc.size,
-      offset,
+    const what = `download ${desc.digest.slice(0, 19)}`;
+    const f = new RemoteFile((await this.httpSource(desc)).url, {
       connections: desc.size > 64 * MiB ? (this.o.connections ?? 8) : 1,
-      what: `download ${desc.digest.slice(0, 19)}`,
+      refreshUrl: async () => (await this.httpSource(desc, true)).url,
       log: this.o.log,
       ...(this.o.signal ? { signal: this.o.signal } : {}),
-      fetch: async (start, end, signal) => {
-        const res = await this.call(
-          (c) =>
-            c.send(
-              new GetObjectCommand({ Bucket: this.ref.bucket, Key: key, Range: `bytes=${start}-${end}` }),
-              { abortSignal: signal },
-            ),
-          `download ${desc.digest.slice(0, 19)}`,
-        ).catch((err: unknown) => {
-          if (isNotFound(err))
-            throw new OrbError('input', `blob ${desc.digest} is missing from ${this.describe()}`, {
-              hint: 'publish the image again',
-            });
-          throw err;
-        });
-        const recorded = res.Metadata?.['sha256'];
-        if (!checked && recorded && recorded !== hex) {
-          (res.Body as Readable).destroy();
-          throw new OrbError(
-            'integrity',
-            `s3://${this.ref.bucket}/${key} records SHA-256 ${recorded}, not ${hex}`,
-          );
-        }
-        checked = true;
-        return res.Body as Readable;
-      },
+      what,
     });
-    return { stream, offset };
+    let probe;
+    try {
+      probe = await f.probe();
+    } catch (err) {
+      if (err instanceof HttpStatusError && err.status === 404) {
+        throw new OrbError('input', `blob ${desc.digest} is missing from ${this.describe()}`, {
+          hint: 'publish the image again',
+        });
+      }
+      throw err;
+    }
+    const recorded = digestFromHeaders(probe.headers);
+    if (recorded && recorded !== hex) {
+      throw new OrbError(
+        'integrity',
+        `s3://${this.ref.bucket}/${this.blobKey(desc.digest)} records SHA-256 ${recorded}, not ${hex}`,
+      );
+    }
+    return f.read(offset);
   }
 
   private async getSmall(key: string, what: string, limit = 16 * MiB): Promise<Buffer | undefined> {

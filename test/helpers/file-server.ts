@@ -21,7 +21,7 @@ export interface FileServerOptions {
   ignoreRange?: boolean;
   headers?: (path: string) => Record<string, string>;
   /** answer this status instead (e.g. 403 for an expired link) */
-  status?: (path: string, range?: string) => number | undefined;
+  status?: (path: string, range?: string, url?: string) => number | undefined;
   /** drop the connection after sending this many body bytes (a network reset mid-transfer) */
   breakAfter?: (path: string, range?: string) => number | undefined;
 }
@@ -32,7 +32,7 @@ export async function startFileServer(root: string, options: FileServerOptions =
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
     const range = req.headers.range;
     requests.push({ method: req.method ?? 'GET', path, ...(range ? { range } : {}) });
-    const forced = options.status?.(path, range);
+    const forced = options.status?.(path, range, req.url);
     if (forced) {
       res.writeHead(forced, { 'content-type': 'application/xml' });
       res.end(
