@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/core/log.js';
+import { nullProgress } from '../src/core/progress.js';
 import type { Descriptor } from '../src/oci/media.js';
 import {
   GITHUB_MAX_ASSET,
@@ -148,6 +149,85 @@ describe('GitHub release store (local API server)', () => {
     };
     await expect(s.putBlob(big, opener(Buffer.alloc(0)))).rejects.toThrow(/2 GiB release asset limit/);
     expect(gh.requests.filter((r) => r.method === 'POST')).toHaveLength(0);
+  });
+
+  it('splits a single file into parts that fit an asset when the part size is larger', async () => {
+    const { partSizeFor } = await import('../src/commands/publish.js');
+    const lines: string[] = [];
+    const log = { ...silentLogger, info: (m: string) => lines.push(m) };
+    const part = partSizeFor(store(), 8 * 1024 ** 3, log);
+    expect(part).toBe(2047 * 1024 ** 2);
+    expect(part).toBeLessThanOrEqual(GITHUB_MAX_ASSET);
+    expect(lines.join('\n')).toMatch(/part size 8(\.0)? GiB exceeds/);
+    expect(partSizeFor(store(), 100 << 20, log)).toBe(100 << 20);
+  });
+
+  it('refuses an image with more blobs than a release holds before uploading anything', async () => {
+    const { OciLayout } = await import('../src/oci/layout.js');
+    const media = await import('../src/oci/media.js');
+    const { publish } = await import('../src/transfer/publish.js');
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = mkdtempSync(join(tmpdir(), 'orb-gh-many-'));
+    try {
+      const layout = new OciLayout(dir);
+      await layout.init();
+      const chunk = 4096;
+      const count = 1000;
+      const whole = createHash('sha256');
+      const layers: Descriptor[] = [];
+      for (let i = 0; i < count; i++) {
+        const data = randomBytes(chunk);
+        whole.update(data);
+        const d = await layout.putBytes(data);
+        layers.push({
+          mediaType: media.DISK_CHUNK_RAW,
+          ...d,
+          annotations: {
+            [media.ANN_CHUNK_OFFSET]: String(i * chunk),
+            [media.ANN_CHUNK_LENGTH]: String(chunk),
+            [media.ANN_CHUNK_DIGEST]: d.digest,
+          },
+        });
+      }
+      const contentDigest = 'sha256:' + whole.digest('hex');
+      const cfg = await layout.putBytes(
+        JSON.stringify({
+          schema: 'orb-disk/v1',
+          virtualSize: chunk * count,
+          chunkSize: chunk,
+          contentDigest,
+          sourceFormat: 'raw',
+          compression: 'none',
+        }),
+      );
+      const m = await layout.putBytes(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: media.OCI_MANIFEST,
+          artifactType: media.DISK_ARTIFACT,
+          config: { mediaType: media.DISK_CONFIG, ...cfg },
+          layers,
+          annotations: { [media.ANN_CONTENT_DIGEST]: contentDigest },
+        }),
+      );
+      await layout.tag({ mediaType: media.OCI_MANIFEST, ...m }, 'v1');
+      const err = await publish({
+        source: `oci-layout:${dir}:v1`,
+        target: store(),
+        tags: ['v1'],
+        concurrency: 2,
+        partSize: 1 << 30,
+        log: silentLogger,
+        progress: () => nullProgress,
+      }).catch((e: unknown) => e as Error);
+      expect(String(err)).toMatch(/1001 blobs; .* holds at most 998/);
+      expect((err as { hint?: string }).hint).toMatch(/chunk size at least 2x larger/);
+      expect(gh.requests.filter((r) => r.method === 'POST')).toHaveLength(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('publishes the manifest, writes release notes with digests and the pull command', async () => {

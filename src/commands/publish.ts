@@ -2,8 +2,10 @@ import '../store/schemes.js';
 import { defineCommand, type Inputs } from '../core/command.js';
 import { UsageError } from '../core/errors.js';
 import type { InputSpec, OutputSpec } from '../core/inputs.js';
+import type { Logger } from '../core/log.js';
 import { formatBytes } from '../core/progress.js';
 import { openStore, storeInputs, storeOutputs, type StoreOptions } from '../store/open.js';
+import type { BlobStore } from '../store/types.js';
 import { publish } from '../transfer/publish.js';
 
 /** Inputs shared by publish and pull: how to reach the store. */
@@ -167,7 +169,7 @@ export default defineCommand({
         target: opened.store,
         tags,
         concurrency: inp.number('concurrency'),
-        partSize: inp.number('part-size'),
+        partSize: partSizeFor(opened.store, inp.number('part-size'), ctx.log),
         ...(inp.list('mount-from').length ? { mountFrom: inp.list('mount-from') } : {}),
         ...(inp.optString('subject') ? { subject: inp.string('subject') } : {}),
         ...(Object.keys(annotations).length ? { annotations } : {}),
@@ -211,3 +213,17 @@ export default defineCommand({
     }
   },
 });
+
+/**
+ * A single file's parts must fit the store's largest blob: a 20 GB qcow2 published to a GitHub
+ * release with the 8 GiB default would otherwise fail only after its first upload.
+ */
+export function partSizeFor(store: BlobStore, asked: number, log: Logger): number {
+  const max = store.maxBlobSize;
+  if (max === undefined || asked <= max) return asked;
+  const capped = Math.floor(max / (1 << 20)) * (1 << 20);
+  log.info(
+    `part size ${formatBytes(asked)} exceeds what ${store.describe()} accepts per file: using ${formatBytes(capped)}`,
+  );
+  return capped;
+}

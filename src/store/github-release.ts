@@ -28,6 +28,7 @@ export {
 } from './github-release-ref.js';
 import { registerStoreInputs, registerStoreOutputs, type OpenedStore, type StoreOptions } from './open.js';
 import type { BlobStore } from './types.js';
+import { checkManifestBytes } from './manifest-bytes.js';
 
 /**
  * `github-release://OWNER/REPO/TAG`: a GitHub release (created when missing) with one asset per
@@ -104,6 +105,8 @@ export interface GithubOptions {
 
 export class GithubReleaseStore implements BlobStore {
   readonly maxBlobSize = GITHUB_MAX_ASSET;
+  /** the manifest goes up twice besides the blobs: by digest and as manifest.json */
+  readonly maxBlobCount = GITHUB_MAX_ASSETS - 2;
   private readonly octokit: Octokit;
   private release?: Release;
   private assets?: Map<string, Asset>;
@@ -423,19 +426,7 @@ export class GithubReleaseStore implements BlobStore {
       );
     }
     const bytes = await this.file(a, `read ${name}`, a.size).text(16 << 20);
-    const digest = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
-    if (pinned && digest !== ref)
-      throw new OrbError(
-        'integrity',
-        `${this.describe()}: manifest ${ref} does not match its digest (got ${digest})`,
-      );
-    let mediaType = 'application/vnd.oci.image.manifest.v1+json';
-    try {
-      mediaType = (JSON.parse(bytes.toString('utf8')) as { mediaType?: string }).mediaType ?? mediaType;
-    } catch {
-      throw new OrbError('input', `${this.describe()}: its manifest is not JSON`);
-    }
-    return { bytes, mediaType, digest };
+    return checkManifestBytes(bytes, ref, this.describe());
   }
 }
 

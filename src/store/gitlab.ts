@@ -18,6 +18,7 @@ import { blobFileName, gitlabInputs, parseGitlabRef, type GitlabRef } from './gi
 export { blobFileName, gitlabInputs, parseGitlabRef, type GitlabRef } from './gitlab-ref.js';
 import { registerStoreInputs, registerStoreOutputs, type OpenedStore, type StoreOptions } from './open.js';
 import type { BlobStore } from './types.js';
+import { checkManifestBytes } from './manifest-bytes.js';
 
 /**
  * `gitlab://PROJECT/PACKAGE/VERSION`: a GitLab generic package. One package file per blob
@@ -376,19 +377,7 @@ export class GitlabStore implements BlobStore {
       }
       throw err;
     }
-    const digest = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
-    if (pinned && ref !== digest)
-      throw new OrbError(
-        'integrity',
-        `${this.describe()}: manifest ${ref} does not match its digest (got ${digest})`,
-      );
-    let mediaType = 'application/vnd.oci.image.manifest.v1+json';
-    try {
-      mediaType = (JSON.parse(bytes.toString('utf8')) as { mediaType?: string }).mediaType ?? mediaType;
-    } catch {
-      throw new OrbError('input', `${this.describe()}: its manifest is not JSON`);
-    }
-    return { bytes, mediaType, digest };
+    return checkManifestBytes(bytes, ref, this.describe());
   }
 }
 

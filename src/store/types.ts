@@ -54,6 +54,10 @@ export interface BlobStore {
    * an expired token is renewed once. Stores without it are read through getBlob.
    */
   httpSource?(desc: Descriptor, refresh?: boolean): Promise<{ url: string; headers: Record<string, string> }>;
+  /** The largest blob the store accepts (GitHub assets, GitLab files, S3 objects); none: no known limit. */
+  readonly maxBlobSize?: number;
+  /** The most blobs (config and layers) one image version may have in the store (GitHub: assets per release). */
+  readonly maxBlobCount?: number;
   /** Optional: mount a blob from another repository of the same registry without uploading. */
   mountBlob?(desc: Descriptor, fromRepository: string): Promise<boolean>;
   /** Optional: manifests whose `subject` is `digest` (OCI referrers), filtered by artifactType. */

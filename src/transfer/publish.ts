@@ -94,6 +94,16 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
     `publishing ${prepared.describe} (${prepared.blobs.length} blobs, ${formatBytes(bytesTotal)}) to ${target.describe()}`,
   );
 
+  // A store that caps the files of one version (GitHub: 1000 assets per release) refuses the
+  // image now, not at the thousandth upload.
+  if (target.maxBlobCount !== undefined && prepared.blobs.length > target.maxBlobCount) {
+    const factor = Math.ceil(prepared.blobs.length / target.maxBlobCount);
+    throw new UsageError(
+      `${prepared.describe} has ${prepared.blobs.length} blobs; ${target.describe()} holds at most ${target.maxBlobCount}`,
+      `convert with a chunk size at least ${factor}x larger (orb convert --chunk-size), or publish to a registry or S3`,
+    );
+  }
+
   // 1. What does the target have already?
   const present = new Set<string>();
   await runPool(
