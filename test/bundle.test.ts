@@ -10,10 +10,14 @@ import { actionEnv, orb, parseGithubOutput, ROOT, runNode } from './helpers/cli.
 describe('the committed bundles', () => {
   it('dist/ and the generated files match the sources (run npm run build and commit)', () => {
     // `npm test` builds first; anything the build changed versus what git has is stale.
-    const status = execFileSync('git', ['status', '--porcelain', '--', 'dist', '*/action.yml', 'action.yml', 'docs/cli.md'], {
-      cwd: ROOT,
-      encoding: 'utf8',
-    });
+    const status = execFileSync(
+      'git',
+      ['status', '--porcelain', '--', 'dist', '*/action.yml', 'action.yml', 'docs/cli.md'],
+      {
+        cwd: ROOT,
+        encoding: 'utf8',
+      },
+    );
     const stale = status
       .split('\n')
       .filter(Boolean)
@@ -50,7 +54,11 @@ describe('the committed bundles', () => {
     const files = { output: join(dir, 'out'), summary: join(dir, 'summary.md') };
     writeFileSync(files.output, '');
     writeFileSync(files.summary, '');
-    const r = await runNode('dist/setup-qemu/index.js', [], actionEnv({ install: 'false', 'probe-timeout': '10' }, files));
+    const r = await runNode(
+      'dist/setup-qemu/index.js',
+      [],
+      actionEnv({ install: 'false', 'probe-timeout': '10' }, files),
+    );
     expect(r.stderr).toBe('');
     expect(r.code, r.stdout).toBe(0);
     const out = parseGithubOutput(readFileSync(files.output, 'utf8'));

@@ -30,7 +30,10 @@ describe('one declaration per command', () => {
 
     it(`${cmd.name}: every input is a CLI flag, in --help and in the README table`, () => {
       const help = commandHelp(cmd);
-      const readme = readFileSync(cmd.name === 'pipeline' ? join(ROOT, 'docs/pipeline.md') : join(folder, 'README.md'), 'utf8');
+      const readme = readFileSync(
+        cmd.name === 'pipeline' ? join(ROOT, 'docs/pipeline.md') : join(folder, 'README.md'),
+        'utf8',
+      );
       for (const spec of cmd.inputs) {
         expect(help).toContain(`--${spec.name}`);
         expect(readme).toContain(`| \`${spec.name}\` | \`--${spec.name}\``);

@@ -9,7 +9,11 @@ import { orb } from './helpers/cli.js';
 describe('orb demo', () => {
   it('runs the whole pipeline on this machine under TCG and pulls back an identical disk', async () => {
     const work = mkdtempSync(join(tmpdir(), 'orb-demo-'));
-    const r = await orb(['demo', '--no-install', '--accelerator', 'tcg', '--work-dir', work, '--json'], {}, 600_000);
+    const r = await orb(
+      ['demo', '--no-install', '--accelerator', 'tcg', '--work-dir', work, '--json'],
+      {},
+      600_000,
+    );
     expect(r.code, r.stderr.slice(-3000)).toBe(0);
     const out = JSON.parse(r.stdout) as Record<string, string | boolean>;
     expect(out.accelerator).toBe('tcg');

@@ -17,7 +17,9 @@ describe('input parsing and validation', () => {
 
   it('names the input and what is accepted', () => {
     const spec: InputSpec = { name: 'level', type: 'integer', min: 1, max: 22, description: 'zstd level' };
-    expect(() => coerce(spec, '99')).toThrow(/input 'level': 99 is out of range; expected a whole number from 1 to 22/);
+    expect(() => coerce(spec, '99')).toThrow(
+      /input 'level': 99 is out of range; expected a whole number from 1 to 22/,
+    );
     expect(() => coerce(spec, 'x')).toThrow(/input 'level'.*expected a whole number/);
     const e: InputSpec = { name: 'format', type: 'enum', choices: ['raw', 'qcow2'], description: '' };
     expect(() => coerce(e, 'vmdk')).toThrow(/expected one of raw, qcow2/);
@@ -35,7 +37,11 @@ describe('input parsing and validation', () => {
       { name: 'n', type: 'integer', default: 4, description: '' },
     ];
     expect(() => resolveInputs(specs, {}, {})).toThrow(/input 'to' is required/);
-    expect(resolveInputs(specs, { to: 'x' }, { GITHUB_TOKEN: 'abc' })).toEqual({ to: 'x', token: 'abc', n: 4 });
+    expect(resolveInputs(specs, { to: 'x' }, { GITHUB_TOKEN: 'abc' })).toEqual({
+      to: 'x',
+      token: 'abc',
+      n: 4,
+    });
   });
 
   it('rejects unknown flags and stray arguments; --no-x negates booleans', () => {

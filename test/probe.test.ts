@@ -14,7 +14,18 @@ describe('KVM probe', () => {
     if (!which('as') || !which('ld')) return;
     const dir = mkdtempSync(join(tmpdir(), 'orb-asm-'));
     execFileSync('as', ['--64', '-o', join(dir, 'p.o'), join(ROOT, 'src/qemu/probe-guest.S')]);
-    execFileSync('ld', ['-m', 'elf_x86_64', '-Ttext=0x7c00', '-e', '0x7c00', '--oformat', 'binary', '-o', join(dir, 'p.bin'), join(dir, 'p.o')]);
+    execFileSync('ld', [
+      '-m',
+      'elf_x86_64',
+      '-Ttext=0x7c00',
+      '-e',
+      '0x7c00',
+      '--oformat',
+      'binary',
+      '-o',
+      join(dir, 'p.bin'),
+      join(dir, 'p.o'),
+    ]);
     expect(readFileSync(join(dir, 'p.bin')).equals(probeBootSector())).toBe(true);
   });
 
@@ -30,7 +41,10 @@ describe('KVM probe', () => {
     expect(none.reason).toMatch(/does not exist/);
     const dir = mkdtempSync(join(tmpdir(), 'orb-kvm-'));
     // A file we may not open stands in for a /dev/kvm without permission (root bypasses modes, so use a directory).
-    const noPerm = await probeAccelerator({ qemu, kvmDevice: process.getuid?.() === 0 ? '/proc/1/mem' : dir });
+    const noPerm = await probeAccelerator({
+      qemu,
+      kvmDevice: process.getuid?.() === 0 ? '/proc/1/mem' : dir,
+    });
     expect(noPerm.accelerator).toBe('tcg');
   });
 

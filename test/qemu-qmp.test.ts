@@ -62,7 +62,9 @@ describe('QMP client and power control', { timeout: 200_000 }, () => {
 
     await vm.waitForSerial('acpi-ready', 120_000);
     // Under a loaded TCG host the kernel may print a timer warning before the init's first line.
-    expect(lines.find((l) => l.startsWith(GUEST_MARKERS.boot))).toMatch(new RegExp(`^${GUEST_MARKERS.boot} variant=acpi tpm=no`));
+    expect(lines.find((l) => l.startsWith(GUEST_MARKERS.boot))).toMatch(
+      new RegExp(`^${GUEST_MARKERS.boot} variant=acpi tpm=no`),
+    );
     const seen: string[] = [];
     for await (const l of vm.serialLines()) {
       seen.push(l);

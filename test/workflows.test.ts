@@ -41,7 +41,10 @@ interface Job {
 }
 
 function stepsOf(file: string): { job: string; jobDef: Job; step?: Step }[] {
-  const doc = parse(readFileSync(join(ROOT, file), 'utf8')) as { jobs?: Record<string, Job>; runs?: { steps?: Step[] } };
+  const doc = parse(readFileSync(join(ROOT, file), 'utf8')) as {
+    jobs?: Record<string, Job>;
+    runs?: { steps?: Step[] };
+  };
   const out: { job: string; jobDef: Job; step?: Step }[] = [];
   for (const [job, jobDef] of Object.entries(doc.jobs ?? {})) {
     out.push({ job, jobDef });
@@ -54,13 +57,19 @@ function stepsOf(file: string): { job: string; jobDef: Job; step?: Step }[] {
 describe('GitHub workflows and actions, validated offline', () => {
   for (const file of githubWorkflows) {
     it(`${file} parses with @actions/workflow-parser without errors`, () => {
-      const result = parseWorkflow({ name: file, content: readFileSync(join(ROOT, file), 'utf8') }, new NoOperationTraceWriter());
+      const result = parseWorkflow(
+        { name: file, content: readFileSync(join(ROOT, file), 'utf8') },
+        new NoOperationTraceWriter(),
+      );
       expect(errorsOf(result)).toEqual([]);
     });
   }
   for (const file of actionFiles) {
     it(`${file} parses as an action`, () => {
-      const result = parseAction({ name: file, content: readFileSync(join(ROOT, file), 'utf8') }, new NoOperationTraceWriter());
+      const result = parseAction(
+        { name: file, content: readFileSync(join(ROOT, file), 'utf8') },
+        new NoOperationTraceWriter(),
+      );
       expect(errorsOf(result)).toEqual([]);
     });
   }
@@ -70,7 +79,9 @@ describe('GitHub workflows and actions, validated offline', () => {
     for (const file of all) {
       for (const { step } of stepsOf(file)) {
         if (!step?.run) continue;
-        expect(step.run, `${file}: ${step.run.slice(0, 60)}`).not.toMatch(/\$\{\{\s*(inputs|github\.event|secrets|steps|needs)\./);
+        expect(step.run, `${file}: ${step.run.slice(0, 60)}`).not.toMatch(
+          /\$\{\{\s*(inputs|github\.event|secrets|steps|needs)\./,
+        );
       }
     }
   });
@@ -79,7 +90,13 @@ describe('GitHub workflows and actions, validated offline', () => {
     for (const file of all) {
       for (const { step, jobDef } of stepsOf(file)) {
         const uses = step?.uses ?? (step ? undefined : jobDef.uses);
-        if (!uses || uses.startsWith('./') || uses.startsWith(`${ORB_REPO}/`) || uses.startsWith(`${ORB_REPO}@`)) continue;
+        if (
+          !uses ||
+          uses.startsWith('./') ||
+          uses.startsWith(`${ORB_REPO}/`) ||
+          uses.startsWith(`${ORB_REPO}@`)
+        )
+          continue;
         expect(uses, file).toMatch(/@[0-9a-f]{40}$/);
       }
     }
@@ -88,26 +105,37 @@ describe('GitHub workflows and actions, validated offline', () => {
   it('our actions are called only with inputs they declare', () => {
     for (const file of all) {
       for (const { step } of stepsOf(file)) {
-        const m = step?.uses && (new RegExp(`^${ORB_REPO}/([a-z-]+)@`).exec(step.uses) ?? (step.uses.startsWith(`${ORB_REPO}@`) ? [step.uses, 'pipeline'] : null));
+        const m =
+          step?.uses &&
+          (new RegExp(`^${ORB_REPO}/([a-z-]+)@`).exec(step.uses) ??
+            (step.uses.startsWith(`${ORB_REPO}@`) ? [step.uses, 'pipeline'] : null));
         if (!m || m[1] === '.github') continue;
         const cmd = findCommand(m[1]!);
         expect(cmd, `${file}: unknown action ${m[1]}`).toBeDefined();
         const declared = new Set(cmd!.inputs.map((i) => i.name));
-        for (const key of Object.keys(step!.with ?? {})) expect(declared, `${file}: ${m[1]} has no input '${key}'`).toContain(key);
+        for (const key of Object.keys(step!.with ?? {}))
+          expect(declared, `${file}: ${m[1]} has no input '${key}'`).toContain(key);
       }
     }
   });
 
   it('permissions are minimal: empty by default, write scopes only on jobs that publish', () => {
     for (const file of githubWorkflows) {
-      const doc = parse(readFileSync(join(ROOT, file), 'utf8')) as { permissions?: unknown; jobs: Record<string, Job> };
+      const doc = parse(readFileSync(join(ROOT, file), 'utf8')) as {
+        permissions?: unknown;
+        jobs: Record<string, Job>;
+      };
       expect(doc.permissions, `${file} needs a top-level permissions: block`).toBeDefined();
       for (const [name, job] of Object.entries(doc.jobs)) {
         const perms = job.permissions ?? {};
-        const writes = Object.entries(perms).filter(([, v]) => v === 'write').map(([k]) => k);
+        const writes = Object.entries(perms)
+          .filter(([, v]) => v === 'write')
+          .map(([k]) => k);
         if (writes.includes('packages') || writes.includes('id-token')) {
           const text = JSON.stringify(job);
-          expect(text, `${file}:${name} asks for packages/id-token write without publishing`).toMatch(/publish|golden-image\.yml|release-image\.yml/);
+          expect(text, `${file}:${name} asks for packages/id-token write without publishing`).toMatch(
+            /publish|golden-image\.yml|release-image\.yml/,
+          );
         }
       }
     }
@@ -126,7 +154,10 @@ describe('GitLab CI/CD components, validated with gitlab-ci-local --preview', ()
     await run('git', ['init', '-q'], { cwd: dir });
     await run('git', ['add', '-A'], { cwd: dir });
     await run('git', [...git, 'commit', '-qm', 'preview'], { cwd: dir });
-    const { stdout } = await run(bin, ['--preview'], { cwd: dir, env: { ...process.env, PATH: `${join(ROOT, 'node_modules/.bin')}:${process.env.PATH}` } });
+    const { stdout } = await run(bin, ['--preview'], {
+      cwd: dir,
+      env: { ...process.env, PATH: `${join(ROOT, 'node_modules/.bin')}:${process.env.PATH}` },
+    });
     return stdout;
   }
 

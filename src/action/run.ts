@@ -22,7 +22,8 @@ export function getInputs(cmd: CommandDef): Inputs {
     if (value !== '') raw[spec.name] = spec.type === 'list' ? value.split('\n') : value;
   }
   const values = resolveInputs(cmd.inputs, raw);
-  for (const spec of cmd.inputs) if (spec.secret && typeof values[spec.name] === 'string') mask(values[spec.name] as string);
+  for (const spec of cmd.inputs)
+    if (spec.secret && typeof values[spec.name] === 'string') mask(values[spec.name] as string);
   return new Inputs(values, cmd.inputs);
 }
 

@@ -69,11 +69,15 @@ export function parseArgs(cmd: CommandDef, argv: readonly string[]): Parsed {
         negated = true;
       }
       if (!spec) {
-        throw new UsageError(`unknown option --${name} for 'orb ${cmd.name}'`, `see 'orb ${cmd.name} --help' for the options it takes`);
+        throw new UsageError(
+          `unknown option --${name} for 'orb ${cmd.name}'`,
+          `see 'orb ${cmd.name} --help' for the options it takes`,
+        );
       }
     } else if (/^-[a-zA-Z]$/.test(arg)) {
       spec = byAlias.get(arg.slice(1));
-      if (!spec) throw new UsageError(`unknown option ${arg} for 'orb ${cmd.name}'`, `see 'orb ${cmd.name} --help'`);
+      if (!spec)
+        throw new UsageError(`unknown option ${arg} for 'orb ${cmd.name}'`, `see 'orb ${cmd.name} --help'`);
     } else {
       positional.push(arg);
       continue;
@@ -89,11 +93,16 @@ export function parseArgs(cmd: CommandDef, argv: readonly string[]): Parsed {
     if (value === undefined) throw new UsageError(`${flagFor(spec)} needs a value: ${spec.description}`);
     put(spec, value);
   }
-  const slots = cmd.inputs.filter((s) => s.positional !== undefined).sort((a, b) => a.positional! - b.positional!);
+  const slots = cmd.inputs
+    .filter((s) => s.positional !== undefined)
+    .sort((a, b) => a.positional! - b.positional!);
   for (const [idx, value] of positional.entries()) {
     const spec = slots[idx];
     if (!spec) {
-      throw new UsageError(`unexpected argument '${value}' for 'orb ${cmd.name}'`, `see 'orb ${cmd.name} --help'`);
+      throw new UsageError(
+        `unexpected argument '${value}' for 'orb ${cmd.name}'`,
+        `see 'orb ${cmd.name} --help'`,
+      );
     }
     put(spec, value);
   }
@@ -101,13 +110,21 @@ export function parseArgs(cmd: CommandDef, argv: readonly string[]): Parsed {
 }
 
 export function commandHelp(cmd: CommandDef): string {
-  const lines = [`orb ${cmd.name}${cmd.usage ? ' ' + cmd.usage : ''} [options]`, '', cmd.description, '', 'Options:'];
+  const lines = [
+    `orb ${cmd.name}${cmd.usage ? ' ' + cmd.usage : ''} [options]`,
+    '',
+    cmd.description,
+    '',
+    'Options:',
+  ];
   for (const s of cmd.inputs) {
     const arg = s.type === 'boolean' ? '' : ` <${s.type === 'enum' ? (s.choices ?? []).join('|') : s.type}>`;
     const def = s.default !== undefined && s.default !== '' ? ` (default: ${String(s.default)})` : '';
     const req = s.required ? ' (required)' : '';
     lines.push(`  --${s.name}${arg}${s.alias ? `, -${s.alias}` : ''}`);
-    lines.push(`      ${s.description}${def}${req}${s.secret ? ' [secret]' : ''}${s.env ? ` [env: ${s.env.join(', ')}]` : ''}`);
+    lines.push(
+      `      ${s.description}${def}${req}${s.secret ? ' [secret]' : ''}${s.env ? ` [env: ${s.env.join(', ')}]` : ''}`,
+    );
   }
   lines.push('  --json', '      print the result as JSON on stdout (keys are the action output names)');
   lines.push('  --dotenv <file>', '      also write the result as KEY=value lines (GitLab dotenv reports)');
@@ -126,7 +143,10 @@ export function mainHelp(): string {
     'Usage: orb <command> [options]     orb <command> --help for its options',
     '',
     'Commands:',
-    ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.title}${c.aliases?.length ? ` (also: ${c.aliases.join(', ')})` : ''}`),
+    ...commands.map(
+      (c) =>
+        `  ${c.name.padEnd(width)}  ${c.title}${c.aliases?.length ? ` (also: ${c.aliases.join(', ')})` : ''}`,
+    ),
     '',
   ].join('\n');
 }
@@ -161,7 +181,8 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
       return 0;
     }
     const values = resolveInputs(cmd.inputs, parsed.raw);
-    for (const s of cmd.inputs) if (s.secret && typeof values[s.name] === 'string') mask(values[s.name] as string);
+    for (const s of cmd.inputs)
+      if (s.secret && typeof values[s.name] === 'string') mask(values[s.name] as string);
     const summary = new Summary();
     const ctx: RunContext = {
       log,
@@ -173,7 +194,10 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
     };
     const result: Outputs = await cmd.run(new Inputs(values, cmd.inputs), ctx);
     const secretKeys = new Set(cmd.outputs.filter((o) => o.secret).map((o) => o.name));
-    const entries = Object.entries(result).filter(([, v]) => v !== undefined) as [string, string | number | boolean][];
+    const entries = Object.entries(result).filter(([, v]) => v !== undefined) as [
+      string,
+      string | number | boolean,
+    ][];
     if (parsed.dotenv) {
       // Dotenv reports become plain CI variables in later jobs: secret outputs stay out of them.
       const lines = entries.filter(([k]) => !secretKeys.has(k)).map(([k, v]) => dotenvLine(k, String(v)));
@@ -184,13 +208,21 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
       process.stdout.write(JSON.stringify(Object.fromEntries(entries), null, 2) + '\n');
     } else {
       for (const [k, v] of entries) {
-        process.stdout.write(`${k}: ${secretKeys.has(k) ? '*** (shown only with --json)' : redact(String(v))}\n`);
+        process.stdout.write(
+          `${k}: ${secretKeys.has(k) ? '*** (shown only with --json)' : redact(String(v))}\n`,
+        );
       }
     }
     return 0;
   } catch (err) {
     if (jsonRequested && err instanceof OrbError && err.outputs) {
-      process.stdout.write(JSON.stringify(Object.fromEntries(Object.entries(err.outputs).filter(([, v]) => v !== undefined)), null, 2) + '\n');
+      process.stdout.write(
+        JSON.stringify(
+          Object.fromEntries(Object.entries(err.outputs).filter(([, v]) => v !== undefined)),
+          null,
+          2,
+        ) + '\n',
+      );
     }
     log.error(describeError(err));
     if (process.env.ORB_DEBUG && err instanceof Error && err.stack) log.debug(err.stack);

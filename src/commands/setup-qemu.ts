@@ -13,10 +13,34 @@ export default defineCommand({
     'and boots a 512-byte probe guest under KVM with a time bound to decide between KVM and software emulation (TCG).',
   action: true,
   inputs: [
-    { name: 'install', type: 'boolean', default: true, description: 'install missing packages with apt-get (sudo when not root)' },
-    { name: 'arch', type: 'enum', choices: ['x86_64', 'aarch64', 'both'], default: 'x86_64', description: 'guest architectures to prepare' },
-    { name: 'accelerator', type: 'enum', choices: ['auto', 'kvm', 'tcg'], default: 'auto', description: 'auto probes KVM; kvm or tcg force one (kvm still fails if /dev/kvm cannot be used)' },
-    { name: 'probe-timeout', type: 'duration', default: 12, min: 2, max: 120, description: 'seconds the KVM probe guest may take before KVM counts as hanging' },
+    {
+      name: 'install',
+      type: 'boolean',
+      default: true,
+      description: 'install missing packages with apt-get (sudo when not root)',
+    },
+    {
+      name: 'arch',
+      type: 'enum',
+      choices: ['x86_64', 'aarch64', 'both'],
+      default: 'x86_64',
+      description: 'guest architectures to prepare',
+    },
+    {
+      name: 'accelerator',
+      type: 'enum',
+      choices: ['auto', 'kvm', 'tcg'],
+      default: 'auto',
+      description: 'auto probes KVM; kvm or tcg force one (kvm still fails if /dev/kvm cannot be used)',
+    },
+    {
+      name: 'probe-timeout',
+      type: 'duration',
+      default: 12,
+      min: 2,
+      max: 120,
+      description: 'seconds the KVM probe guest may take before KVM counts as hanging',
+    },
   ],
   outputs: [
     { name: 'accelerator', description: 'kvm or tcg: what the next stages should use' },
@@ -31,7 +55,9 @@ export default defineCommand({
     const arches: Arch[] = archInput === 'both' ? ['x86_64', 'aarch64'] : [archInput as Arch];
     if (inputs.bool('install')) {
       await installPackages(requiredPackages(arches), ctx.log, ctx.signal);
-      await enableKvmOnGithubRunner(ctx.log).catch((err: Error) => ctx.log.warn(`could not open /dev/kvm: ${err.message}`));
+      await enableKvmOnGithubRunner(ctx.log).catch((err: Error) =>
+        ctx.log.warn(`could not open /dev/kvm: ${err.message}`),
+      );
     }
     const qemu = which('qemu-system-x86_64');
     if (!qemu) {
@@ -60,17 +86,20 @@ export default defineCommand({
       if (d.tcg) ctx.log.info(`TCG probe: ${d.tcg.ok ? 'ok' : 'failed'} in ${d.tcg.seconds.toFixed(2)} s`);
     }
     if (accelerator === 'tcg') {
-      ctx.log.warn(`using software emulation (TCG): ${reason}. Builds and boots will be many times slower than with KVM.`);
+      ctx.log.warn(
+        `using software emulation (TCG): ${reason}. Builds and boots will be many times slower than with KVM.`,
+      );
     }
     const uefi = findUefi(arches[0]!, false);
-    ctx.summary
-      .heading('setup-qemu')
-      .table(['', ''], [
+    ctx.summary.heading('setup-qemu').table(
+      ['', ''],
+      [
         ['accelerator', accelerator],
         ['reason', reason || 'KVM works'],
         ['qemu', version],
         ['UEFI firmware', uefi?.code ?? 'not found'],
-      ]);
+      ],
+    );
     return {
       accelerator,
       'kvm-reason': reason,

@@ -72,7 +72,8 @@ function installHandlers(): void {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(sig, () => {
       // Test runners stop their workers with SIGTERM after every file: not news there.
-      if (!process.env.VITEST) process.stderr.write(`\ninterrupted (${sig}); stopping child processes and removing partial files\n`);
+      if (!process.env.VITEST)
+        process.stderr.write(`\ninterrupted (${sig}); stopping child processes and removing partial files\n`);
       void runCleanup().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
     });
   }

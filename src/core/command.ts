@@ -20,7 +20,11 @@ export class Summary {
   table(header: string[], rows: (string | number)[][]): this {
     const esc = (c: string | number) => String(c).replace(/\|/g, '\\|').replace(/\n/g, ' ');
     this.parts.push(
-      [`| ${header.map(esc).join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.map(esc).join(' | ')} |`)].join('\n'),
+      [
+        `| ${header.map(esc).join(' | ')} |`,
+        `|${header.map(() => '---').join('|')}|`,
+        ...rows.map((r) => `| ${r.map(esc).join(' | ')} |`),
+      ].join('\n'),
     );
     return this;
   }
@@ -56,7 +60,8 @@ export class Inputs {
     private readonly specs: readonly InputSpec[],
   ) {}
   private get(name: string): InputValue {
-    if (!this.specs.some((s) => s.name === name)) throw new OrbError('internal', `input '${name}' is not declared`);
+    if (!this.specs.some((s) => s.name === name))
+      throw new OrbError('internal', `input '${name}' is not declared`);
     return this.values[name];
   }
   has(name: string): boolean {
@@ -115,10 +120,12 @@ export interface CommandDef {
 export function defineCommand(def: CommandDef): CommandDef {
   const seen = new Set<string>();
   for (const i of def.inputs) {
-    if (!/^[a-z][a-z0-9-]*$/.test(i.name)) throw new Error(`${def.name}: input name '${i.name}' must be kebab-case`);
+    if (!/^[a-z][a-z0-9-]*$/.test(i.name))
+      throw new Error(`${def.name}: input name '${i.name}' must be kebab-case`);
     if (seen.has(i.name)) throw new Error(`${def.name}: input '${i.name}' declared twice`);
     seen.add(i.name);
-    if (i.type === 'enum' && !i.choices?.length) throw new Error(`${def.name}: enum input '${i.name}' needs choices`);
+    if (i.type === 'enum' && !i.choices?.length)
+      throw new Error(`${def.name}: enum input '${i.name}' needs choices`);
   }
   return def;
 }

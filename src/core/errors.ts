@@ -24,7 +24,11 @@ export class OrbError extends Error {
   constructor(
     kind: ErrorKind,
     message: string,
-    options: { hint?: string; cause?: unknown; outputs?: Record<string, string | number | boolean | undefined> } = {},
+    options: {
+      hint?: string;
+      cause?: unknown;
+      outputs?: Record<string, string | number | boolean | undefined>;
+    } = {},
   ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'OrbError';

@@ -70,9 +70,13 @@ export async function freeBytes(path: string): Promise<number> {
 export async function ensureFreeSpace(path: string, needed: number, what: string): Promise<void> {
   const free = await freeBytes(path);
   if (free < needed) {
-    throw new OrbError('environment', `not enough free disk for ${what}: need about ${formatBytes(needed)}, ${formatBytes(free)} free at ${dirname(path)}`, {
-      hint: 'free space (on GitHub runners, remove preinstalled toolchains), choose another output directory, or a more compact format',
-    });
+    throw new OrbError(
+      'environment',
+      `not enough free disk for ${what}: need about ${formatBytes(needed)}, ${formatBytes(free)} free at ${dirname(path)}`,
+      {
+        hint: 'free space (on GitHub runners, remove preinstalled toolchains), choose another output directory, or a more compact format',
+      },
+    );
   }
 }
 

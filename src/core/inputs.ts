@@ -71,7 +71,16 @@ export function parseDuration(text: string): number | undefined {
   let consumed = 0;
   for (let m = re.exec(t); m; m = re.exec(t)) {
     const n = Number(m[1]);
-    total += m[2] === 'ms' ? n / 1000 : m[2] === 's' ? n : m[2] === 'm' ? n * 60 : m[2] === 'h' ? n * 3600 : n * 86400;
+    total +=
+      m[2] === 'ms'
+        ? n / 1000
+        : m[2] === 's'
+          ? n
+          : m[2] === 'm'
+            ? n * 60
+            : m[2] === 'h'
+              ? n * 3600
+              : n * 86400;
     consumed = re.lastIndex;
   }
   return consumed === t.length && consumed > 0 ? total : undefined;
@@ -103,7 +112,9 @@ function accepted(spec: InputSpec): string {
 
 function bad(spec: InputSpec, value: string, why?: string): UsageError {
   const shown = spec.secret ? '***' : JSON.stringify(value);
-  return new UsageError(`input '${spec.name}': ${why ?? `${shown} is not valid`}; expected ${accepted(spec)}`);
+  return new UsageError(
+    `input '${spec.name}': ${why ?? `${shown} is not valid`}; expected ${accepted(spec)}`,
+  );
 }
 
 function inRange(spec: InputSpec, n: number, raw: string): number {
@@ -123,7 +134,8 @@ export function coerce(spec: InputSpec, raw: string | string[] | boolean): Input
     return parts;
   }
   if (Array.isArray(raw)) {
-    if (raw.length > 1) throw new UsageError(`input '${spec.name}' was given ${raw.length} times; give it once`);
+    if (raw.length > 1)
+      throw new UsageError(`input '${spec.name}' was given ${raw.length} times; give it once`);
     raw = raw[0] ?? '';
   }
   if (typeof raw === 'boolean') {
@@ -192,7 +204,11 @@ export function resolveInputs(
         throw new UsageError(`input '${spec.name}' is required: ${spec.description}`);
       }
       out[spec.name] =
-        spec.default === undefined ? (spec.type === 'list' ? [] : undefined) : coerce(spec, String(spec.default));
+        spec.default === undefined
+          ? spec.type === 'list'
+            ? []
+            : undefined
+          : coerce(spec, String(spec.default));
       continue;
     }
     out[spec.name] = coerce(spec, value);

@@ -76,6 +76,10 @@ export async function writeManifest(path: string, m: OrbManifest): Promise<void>
   await writeFileAtomic(path, JSON.stringify(m, null, 2) + '\n');
 }
 
-export function newManifest(stage: string, image: OrbManifest['image'], extra: Partial<OrbManifest> = {}): OrbManifest {
+export function newManifest(
+  stage: string,
+  image: OrbManifest['image'],
+  extra: Partial<OrbManifest> = {},
+): OrbManifest {
   return { schema: MANIFEST_SCHEMA, stage, createdAt: new Date().toISOString(), image, ...extra };
 }

@@ -107,12 +107,19 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
       if (timer) clearTimeout(timer);
       opts.signal?.removeEventListener('abort', onAbort);
       if (timedOut) {
-        reject(new OrbError('timeout', `${cmd} did not finish within ${Math.round(opts.timeoutMs! / 1000)} s`));
+        reject(
+          new OrbError('timeout', `${cmd} did not finish within ${Math.round(opts.timeoutMs! / 1000)} s`),
+        );
         return;
       }
       if (opts.check && code !== 0) {
         const tail = stderr.trim().split('\n').slice(-5).join('\n');
-        reject(new OrbError('environment', `${cmd} ${args.slice(0, 3).join(' ')} failed (exit ${code ?? signal}): ${tail}`));
+        reject(
+          new OrbError(
+            'environment',
+            `${cmd} ${args.slice(0, 3).join(' ')} failed (exit ${code ?? signal}): ${tail}`,
+          ),
+        );
         return;
       }
       resolve({ code, signal, stdout, stderr });

@@ -102,7 +102,8 @@ export class RateProgress implements Progress {
     const secs = (Date.now() - this.start) / 1000;
     const avg = secs > 0 ? this.doneUnits / secs : 0;
     this.sink.write(
-      message ?? `${this.label}  done: ${formatBytes(this.doneUnits)} in ${formatDuration(secs)} (${formatBytes(avg)}/s)`,
+      message ??
+        `${this.label}  done: ${formatBytes(this.doneUnits)} in ${formatDuration(secs)} (${formatBytes(avg)}/s)`,
       true,
     );
   }

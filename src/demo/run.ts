@@ -11,7 +11,16 @@ import { runPipeline, pipelineInputs } from '../pipeline/stages.js';
 import { installPackages, requiredPackages } from '../setup/packages.js';
 
 /** What the demo's own Linux image is built from, beyond what setup-qemu installs. */
-export const DEMO_PACKAGES = ['linux-image-amd64', 'busybox-static', 'syslinux', 'syslinux-common', 'mtools', 'dosfstools', 'systemd-boot-efi', 'openssl'];
+export const DEMO_PACKAGES = [
+  'linux-image-amd64',
+  'busybox-static',
+  'syslinux',
+  'syslinux-common',
+  'mtools',
+  'dosfstools',
+  'systemd-boot-efi',
+  'openssl',
+];
 
 const PROVISION_SCRIPT = `#!/bin/sh
 # A provisioning script as users write them: it runs once inside the guest during the build.
@@ -37,13 +46,16 @@ export async function runDemo(inputs: Inputs, ctx: RunContext): Promise<Outputs>
   await mkdir(work, { recursive: true });
 
   const [setup, tSetup] = await step(ctx, 'setup-qemu', async () => {
-    if (inputs.bool('install')) await installPackages([...requiredPackages(['x86_64']), ...DEMO_PACKAGES], ctx.log, ctx.signal);
+    if (inputs.bool('install'))
+      await installPackages([...requiredPackages(['x86_64']), ...DEMO_PACKAGES], ctx.log, ctx.signal);
     const raw: RawInputs = { install: false, accelerator: inputs.string('accelerator') };
     return setupQemu.run(new Inputs(resolveInputs(setupQemu.inputs, raw), setupQemu.inputs), ctx);
   });
   timings.push(['setup-qemu', tSetup]);
 
-  const [cloudImage, tImage] = await step(ctx, 'demo cloud image (Debian kernel + busybox, cached)', () => buildDemoCloudImage());
+  const [cloudImage, tImage] = await step(ctx, 'demo cloud image (Debian kernel + busybox, cached)', () =>
+    buildDemoCloudImage(),
+  );
   timings.push(['demo image', tImage]);
 
   const script = join(work, 'provision.sh');
@@ -72,17 +84,29 @@ export async function runDemo(inputs: Inputs, ctx: RunContext): Promise<Outputs>
   const output = join(work, 'pulled.img');
   await rm(output, { force: true });
   const [pulled, tPull] = await step(ctx, `pull ${reference} -> ${output}`, () =>
-    pull.run(new Inputs(resolveInputs(pull.inputs, { ref: reference, output, format: 'raw' }), pull.inputs), ctx),
+    pull.run(
+      new Inputs(resolveInputs(pull.inputs, { ref: reference, output, format: 'raw' }), pull.inputs),
+      ctx,
+    ),
   );
   timings.push(['pull', tPull]);
   if (pulled['content-sha256'] !== piped['convert-content-sha256']) {
-    throw new OrbError('integrity', `the pulled disk differs from the converted one (${String(pulled['content-sha256'])} vs ${String(piped['convert-content-sha256'])})`);
+    throw new OrbError(
+      'integrity',
+      `the pulled disk differs from the converted one (${String(pulled['content-sha256'])} vs ${String(piped['convert-content-sha256'])})`,
+    );
   }
 
   const rows: [string, string][] = [
-    ['accelerator', `${String(setup.accelerator)}${setup['kvm-reason'] ? ` (${String(setup['kvm-reason'])})` : ''}`],
+    [
+      'accelerator',
+      `${String(setup.accelerator)}${setup['kvm-reason'] ? ` (${String(setup['kvm-reason'])})` : ''}`,
+    ],
     ['published', String(piped.reference)],
-    ['chunks stored / total', `${String(piped['convert-chunks-stored'])} / ${String(piped['convert-chunks'])}`],
+    [
+      'chunks stored / total',
+      `${String(piped['convert-chunks-stored'])} / ${String(piped['convert-chunks'])}`,
+    ],
     ['smoke test', `passed: RDP answered after ${String(piped['smoke-seconds-to-rdp'])} s`],
     ['pulled disk', `${output} (sha256 ${String(pulled['content-sha256'])}, identical)`],
     ...timings.map(([k, s]): [string, string] => [`time: ${k}`, formatDuration(s)]),
@@ -101,7 +125,23 @@ export async function runDemo(inputs: Inputs, ctx: RunContext): Promise<Outputs>
 }
 
 export const demoInputs = [
-  { name: 'install', type: 'boolean' as const, default: true, description: 'install missing Debian packages with apt-get (sudo when not root)' },
-  { name: 'accelerator', type: 'enum' as const, choices: ['auto', 'kvm', 'tcg'], default: 'auto', description: 'auto probes KVM and falls back to TCG' },
-  { name: 'work-dir', type: 'string' as const, default: 'orb-demo', description: 'where the demo writes its images, layout and evidence' },
+  {
+    name: 'install',
+    type: 'boolean' as const,
+    default: true,
+    description: 'install missing Debian packages with apt-get (sudo when not root)',
+  },
+  {
+    name: 'accelerator',
+    type: 'enum' as const,
+    choices: ['auto', 'kvm', 'tcg'],
+    default: 'auto',
+    description: 'auto probes KVM and falls back to TCG',
+  },
+  {
+    name: 'work-dir',
+    type: 'string' as const,
+    default: 'orb-demo',
+    description: 'where the demo writes its images, layout and evidence',
+  },
 ];

@@ -258,7 +258,9 @@ export function buildBootDisk(opts: BootDiskOptions): Promise<string> {
   ].join('\n');
   const loader = 'default orb.conf\ntimeout 0\neditor no\n';
   if (!existsSync(SYSTEMD_BOOT)) {
-    throw new OrbError('environment', `${SYSTEMD_BOOT} is missing`, { hint: "install the Debian package 'systemd-boot-efi'" });
+    throw new OrbError('environment', `${SYSTEMD_BOOT} is missing`, {
+      hint: "install the Debian package 'systemd-boot-efi'",
+    });
   }
   const recipe = {
     kernel: kernel ? hostFileHash(kernel) : null,

@@ -101,7 +101,10 @@ export function guestKernel(): { path: string; version: string } {
   const names = existsSync('/boot') ? readdirSync('/boot').filter((n) => /^vmlinuz-/.test(n)) : [];
   names.sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
   const name = names.pop();
-  if (!name) throw new OrbError('environment', 'no kernel in /boot to build a guest from', { hint: "install the Debian package 'linux-image-amd64'" });
+  if (!name)
+    throw new OrbError('environment', 'no kernel in /boot to build a guest from', {
+      hint: "install the Debian package 'linux-image-amd64'",
+    });
   kernelInfo = { path: join('/boot', name), version: name.slice('vmlinuz-'.length) };
   return kernelInfo;
 }

@@ -12,7 +12,8 @@ import { ANN_REF_NAME, OCI_INDEX, OCI_MANIFEST, type Descriptor, type ImageIndex
  */
 export function parseDigest(digest: string): string {
   const m = /^sha256:([a-f0-9]{64})$/.exec(digest);
-  if (!m) throw new OrbError('integrity', `unsupported or malformed digest '${digest}' (expected sha256:<64 hex>)`);
+  if (!m)
+    throw new OrbError('integrity', `unsupported or malformed digest '${digest}' (expected sha256:<64 hex>)`);
   return m[1]!;
 }
 
@@ -64,7 +65,8 @@ export class OciLayout {
     const data = await readFile(this.blobPath(digest)).catch((err: Error) => {
       throw new OrbError('input', `blob ${digest} is missing from ${this.dir}: ${err.message}`);
     });
-    if (sha256Digest(data) !== digest) throw new OrbError('integrity', `blob ${digest} in ${this.dir} is corrupt (digest mismatch)`);
+    if (sha256Digest(data) !== digest)
+      throw new OrbError('integrity', `blob ${digest} in ${this.dir} is corrupt (digest mismatch)`);
     return data;
   }
 
@@ -76,7 +78,9 @@ export class OciLayout {
     try {
       return JSON.parse(await readFile(join(this.dir, 'index.json'), 'utf8')) as ImageIndex;
     } catch (err) {
-      throw new OrbError('input', `${this.dir} is not an OCI image layout (no readable index.json)`, { cause: err });
+      throw new OrbError('input', `${this.dir} is not an OCI image layout (no readable index.json)`, {
+        cause: err,
+      });
     }
   }
 
@@ -110,7 +114,9 @@ export class OciLayout {
     const found = index.manifests.find((m) => m.annotations?.[ANN_REF_NAME] === ref);
     if (!found) {
       const tags = index.manifests.map((m) => m.annotations?.[ANN_REF_NAME]).filter(Boolean);
-      throw new OrbError('input', `no tag '${ref}' in ${this.dir}`, { hint: tags.length ? `tags there: ${tags.join(', ')}` : 'the layout is empty' });
+      throw new OrbError('input', `no tag '${ref}' in ${this.dir}`, {
+        hint: tags.length ? `tags there: ${tags.join(', ')}` : 'the layout is empty',
+      });
     }
     return found;
   }

@@ -43,7 +43,11 @@ export const ANN_CONTENT_DIGEST = 'dev.orb.content.digest';
 export const ANN_FILE_FORMAT = 'dev.orb.file.format';
 export const ANN_FILE_SIZE = 'dev.orb.file.size';
 /** the OCI empty config `{}` (image-spec 1.1), used by file artifacts */
-export const EMPTY_CONFIG = { mediaType: OCI_EMPTY, digest: 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a', size: 2 } as const;
+export const EMPTY_CONFIG = {
+  mediaType: OCI_EMPTY,
+  digest: 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a',
+  size: 2,
+} as const;
 
 export interface Descriptor {
   mediaType: string;

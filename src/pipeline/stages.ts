@@ -30,9 +30,27 @@ function pick(cmd: CommandDef, names: readonly string[]): InputSpec[] {
 /** Stage inputs the pipeline passes through unchanged, by stage. */
 const PASS = {
   build: [
-    'os', 'iso', 'iso-sha256', 'virtio-win', 'cloud-image', 'cloud-image-sha256', 'edition', 'product-key', 'locale',
-    'time-zone', 'admin-user', 'admin-password', 'firmware', 'arch', 'script', 'sysprep', 'disk-size', 'memory', 'cpus',
-    'timeout', 'accelerator',
+    'os',
+    'iso',
+    'iso-sha256',
+    'virtio-win',
+    'cloud-image',
+    'cloud-image-sha256',
+    'edition',
+    'product-key',
+    'locale',
+    'time-zone',
+    'admin-user',
+    'admin-password',
+    'firmware',
+    'arch',
+    'script',
+    'sysprep',
+    'disk-size',
+    'memory',
+    'cpus',
+    'timeout',
+    'accelerator',
   ],
   convert: ['level'],
   publish: ['to', 'concurrency', 'plain-http', 'username', 'password', 's3-endpoint', 's3-path-style'],
@@ -40,17 +58,45 @@ const PASS = {
 
 export const pipelineInputs: InputSpec[] = [
   { name: 'disk', type: 'string', description: 'an existing disk image or stage manifest: skips the build' },
-  ...pick(buildGoldenImage, PASS.build).map((s) => (s.name === 'iso' ? { ...s, description: `${s.description} (not needed with disk)` } : s)),
-  { name: 'format', type: 'enum', choices: ['chunked', 'qcow2', 'raw.zst'], default: 'chunked', description: 'what to publish: the chunked format, or a single qcow2 or .zst file' },
+  ...pick(buildGoldenImage, PASS.build).map((s) =>
+    s.name === 'iso' ? { ...s, description: `${s.description} (not needed with disk)` } : s,
+  ),
+  {
+    name: 'format',
+    type: 'enum',
+    choices: ['chunked', 'qcow2', 'raw.zst'],
+    default: 'chunked',
+    description: 'what to publish: the chunked format, or a single qcow2 or .zst file',
+  },
   ...pick(convertAndCompress, PASS.convert),
   ...pick(publish, PASS.publish),
-  { name: 'smoke-test', type: 'boolean', default: true, description: 'boot the published image and require an RDP answer' },
-  { name: 'smoke-timeout', type: 'duration', default: '15m', min: 10, description: 'how long the smoke test waits for RDP' },
-  { name: 'work-dir', type: 'string', default: 'orb-pipeline', description: 'directory for the build, the converted image and the smoke-test evidence' },
+  {
+    name: 'smoke-test',
+    type: 'boolean',
+    default: true,
+    description: 'boot the published image and require an RDP answer',
+  },
+  {
+    name: 'smoke-timeout',
+    type: 'duration',
+    default: '15m',
+    min: 10,
+    description: 'how long the smoke test waits for RDP',
+  },
+  {
+    name: 'work-dir',
+    type: 'string',
+    default: 'orb-pipeline',
+    description: 'directory for the build, the converted image and the smoke-test evidence',
+  },
 ];
 
 function prefixed(prefix: string, outs: readonly OutputSpec[]): OutputSpec[] {
-  return outs.map((o) => ({ ...o, name: `${prefix}-${o.name}`, description: `${prefix} stage: ${o.description}` }));
+  return outs.map((o) => ({
+    ...o,
+    name: `${prefix}-${o.name}`,
+    description: `${prefix} stage: ${o.description}`,
+  }));
 }
 
 export const pipelineOutputs: OutputSpec[] = [
@@ -67,7 +113,11 @@ async function runStage(cmd: CommandDef, raw: RawInputs, ctx: RunContext): Promi
     return await cmd.run(new Inputs(values, cmd.inputs), ctx);
   } catch (err) {
     if (err instanceof OrbError) {
-      throw new OrbError(err.kind, `${cmd.name}: ${err.message}`, { hint: err.hint, cause: err, outputs: err.outputs });
+      throw new OrbError(err.kind, `${cmd.name}: ${err.message}`, {
+        hint: err.hint,
+        cause: err,
+        outputs: err.outputs,
+      });
     }
     throw err;
   }
@@ -78,7 +128,8 @@ function passThrough(inputs: Inputs, names: readonly string[]): RawInputs {
   for (const n of names) {
     if (!inputs.has(n)) continue;
     const spec = pipelineInputs.find((s) => s.name === n)!;
-    raw[n] = spec.type === 'list' ? inputs.list(n) : spec.type === 'boolean' ? inputs.bool(n) : inputs.string(n);
+    raw[n] =
+      spec.type === 'list' ? inputs.list(n) : spec.type === 'boolean' ? inputs.bool(n) : inputs.string(n);
   }
   return raw;
 }
@@ -93,9 +144,16 @@ export async function runPipeline(inputs: Inputs, ctx: RunContext): Promise<Outp
   let disk = inputs.optString('disk');
   if (!disk) {
     if (!inputs.has('iso') && !inputs.has('cloud-image')) {
-      throw new OrbError('usage', "the pipeline needs 'disk' (an existing image) or what to build from ('iso', or 'cloud-image' for linux)");
+      throw new OrbError(
+        'usage',
+        "the pipeline needs 'disk' (an existing image) or what to build from ('iso', or 'cloud-image' for linux)",
+      );
     }
-    const built = await runStage(buildGoldenImage, { ...passThrough(inputs, PASS.build), out: join(work, 'build') }, ctx);
+    const built = await runStage(
+      buildGoldenImage,
+      { ...passThrough(inputs, PASS.build), out: join(work, 'build') },
+      ctx,
+    );
     record('build', built);
     disk = String(built.manifest ?? built.disk);
   }
@@ -104,12 +162,22 @@ export async function runPipeline(inputs: Inputs, ctx: RunContext): Promise<Outp
   const ext = format === 'chunked' ? 'oci' : format;
   const converted = await runStage(
     convertAndCompress,
-    { ...passThrough(inputs, PASS.convert), input: disk, output: join(work, `image.${ext}`), format, verify: true },
+    {
+      ...passThrough(inputs, PASS.convert),
+      input: disk,
+      output: join(work, `image.${ext}`),
+      format,
+      verify: true,
+    },
     ctx,
   );
   record('convert', converted);
 
-  const published = await runStage(publish, { ...passThrough(inputs, PASS.publish), source: String(converted.path) }, ctx);
+  const published = await runStage(
+    publish,
+    { ...passThrough(inputs, PASS.publish), source: String(converted.path) },
+    ctx,
+  );
   record('publish', published);
   out.reference = published.reference;
   out.digest = published.digest;
@@ -121,10 +189,18 @@ export async function runPipeline(inputs: Inputs, ctx: RunContext): Promise<Outp
       'evidence-dir': join(work, 'smoke'),
       'pull-dir': join(work, 'smoke-pull'),
     };
-    for (const n of ['accelerator', 'plain-http', 'username', 'password', 's3-endpoint', 's3-path-style'] as const) {
+    for (const n of [
+      'accelerator',
+      'plain-http',
+      'username',
+      'password',
+      's3-endpoint',
+      's3-path-style',
+    ] as const) {
       if (inputs.has(n) && smokeTest.inputs.some((s) => s.name === n)) smokeRaw[n] = inputs.string(n);
     }
-    if (converted.manifest && smokeTest.inputs.some((s) => s.name === 'manifest')) smokeRaw.manifest = String(converted.manifest);
+    if (converted.manifest && smokeTest.inputs.some((s) => s.name === 'manifest'))
+      smokeRaw.manifest = String(converted.manifest);
     try {
       record('smoke', await runStage(smokeTest, smokeRaw, ctx));
     } catch (err) {

@@ -27,7 +27,11 @@ const ARM: [string, string][] = [
   ['/usr/share/qemu-efi-aarch64/QEMU_EFI.fd', '/usr/share/AAVMF/AAVMF_VARS.fd'],
 ];
 
-export function findUefi(arch: Arch, secure: boolean, exists: (p: string) => boolean = existsSync): UefiFirmware | undefined {
+export function findUefi(
+  arch: Arch,
+  secure: boolean,
+  exists: (p: string) => boolean = existsSync,
+): UefiFirmware | undefined {
   const candidates = arch === 'aarch64' ? ARM : secure ? X86_SECURE : X86_PLAIN;
   for (const [code, vars] of candidates) {
     if (exists(code) && exists(vars)) return { code, vars, secure };

@@ -46,22 +46,45 @@ export async function bootProbe(qemu: string, accel: Accelerator, timeoutMs: num
       const res = await run(
         qemu,
         [
-          '-accel', accel, '-display', 'none', '-nodefaults', '-no-user-config', '-m', '16',
-          '-chardev', `file,id=s0,path=${serial}`, '-serial', 'chardev:s0',
-          '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x04',
-          '-drive', `file=${disk},format=raw,if=ide,snapshot=on`,
+          '-accel',
+          accel,
+          '-display',
+          'none',
+          '-nodefaults',
+          '-no-user-config',
+          '-m',
+          '16',
+          '-chardev',
+          `file,id=s0,path=${serial}`,
+          '-serial',
+          'chardev:s0',
+          '-device',
+          'isa-debug-exit,iobase=0xf4,iosize=0x04',
+          '-drive',
+          `file=${disk},format=raw,if=ide,snapshot=on`,
         ],
         { timeoutMs },
       );
       // isa-debug-exit makes QEMU exit with (value << 1) | 1 = 1: that is success here.
-      if (res.code !== 1) error = res.stderr.trim().split('\n').filter((l) => !/warning:/i.test(l)).pop() ?? `exit ${res.code}`;
+      if (res.code !== 1)
+        error =
+          res.stderr
+            .trim()
+            .split('\n')
+            .filter((l) => !/warning:/i.test(l))
+            .pop() ?? `exit ${res.code}`;
     } catch (err) {
       error = (err as Error).message;
     }
     const seconds = (performance.now() - t0) / 1000;
     const out = await readFile(serial, 'utf8').catch(() => '');
     const ok = out.includes('ORB-PROBE-OK');
-    return { ok, seconds, started: out.includes('ORB-PROBE-START'), ...(ok ? {} : { error: error ?? 'no output' }) };
+    return {
+      ok,
+      seconds,
+      started: out.includes('ORB-PROBE-START'),
+      ...(ok ? {} : { error: error ?? 'no output' }),
+    };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -92,7 +115,11 @@ export async function probeAccelerator(opts: ProbeOptions): Promise<AccelDecisio
   const timeoutMs = opts.timeoutMs ?? 12_000;
   const tcg = await bootProbe(opts.qemu, 'tcg', Math.max(timeoutMs, 10_000));
   if (!(await stat(dev).catch(() => undefined))) {
-    return { accelerator: 'tcg', tcg, reason: `${dev} does not exist: this machine offers no hardware virtualization (enable VT-x/AMD-V, or nested virtualization for a VM runner)` };
+    return {
+      accelerator: 'tcg',
+      tcg,
+      reason: `${dev} does not exist: this machine offers no hardware virtualization (enable VT-x/AMD-V, or nested virtualization for a VM runner)`,
+    };
   }
   try {
     await access(dev, constants.R_OK | constants.W_OK);
@@ -105,7 +132,9 @@ export async function probeAccelerator(opts: ProbeOptions): Promise<AccelDecisio
   }
   const kvm = await bootProbe(opts.qemu, 'kvm', timeoutMs);
   if (!kvm.ok) {
-    const where = kvm.started ? 'after real mode, before reaching 64-bit mode' : 'before the firmware ran the boot sector';
+    const where = kvm.started
+      ? 'after real mode, before reaching 64-bit mode'
+      : 'before the firmware ran the boot sector';
     const hung = kvm.error?.includes('did not finish') ?? false;
     return {
       accelerator: 'tcg',

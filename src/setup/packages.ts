@@ -28,7 +28,11 @@ function asRoot(cmd: string, args: string[]): [string, string[]] {
   return ['sudo', ['-n', cmd, ...args]];
 }
 
-export async function installPackages(pkgs: readonly string[], log: Logger, signal?: AbortSignal): Promise<string[]> {
+export async function installPackages(
+  pkgs: readonly string[],
+  log: Logger,
+  signal?: AbortSignal,
+): Promise<string[]> {
   if (!which('dpkg-query') || !which('apt-get')) {
     throw new OrbError('environment', 'automatic install supports Debian and Ubuntu (apt-get) only', {
       hint: `install the equivalents of ${pkgs.join(', ')} yourself and pass --no-install`,

@@ -12,7 +12,12 @@ export interface Ran {
 }
 
 /** Runs a script of the built bundle (bin/orb.js or dist/<action>/index.js) in a child process. */
-export function runNode(script: string, args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 120_000): Promise<Ran> {
+export function runNode(
+  script: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  timeoutMs = 120_000,
+): Promise<Ran> {
   return new Promise((resolve, reject) => {
     const child = spawn(NODE, [join(ROOT, script), ...args], {
       env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '1000', ...env },
@@ -31,11 +36,19 @@ export function runNode(script: string, args: string[], env: NodeJS.ProcessEnv =
   });
 }
 
-export const orb = (args: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number) => runNode('bin/orb.js', args, env, timeoutMs);
+export const orb = (args: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number) =>
+  runNode('bin/orb.js', args, env, timeoutMs);
 
 /** INPUT_* variables the way the Actions runner sets them (name upper-cased, spaces to _). */
-export function actionEnv(inputs: Record<string, string>, files: { output: string; summary: string }): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { GITHUB_OUTPUT: files.output, GITHUB_STEP_SUMMARY: files.summary, GITHUB_ACTIONS: '' };
+export function actionEnv(
+  inputs: Record<string, string>,
+  files: { output: string; summary: string },
+): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {
+    GITHUB_OUTPUT: files.output,
+    GITHUB_STEP_SUMMARY: files.summary,
+    GITHUB_ACTIONS: '',
+  };
   for (const [k, v] of Object.entries(inputs)) env[`INPUT_${k.replace(/ /g, '_').toUpperCase()}`] = v;
   return env;
 }
