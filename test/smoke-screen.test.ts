@@ -37,7 +37,7 @@ function encodePng(
   const channels = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 }[colorType as 0]!;
   const bpp = Math.max(1, (channels * depth) >> 3);
   const out: Buffer[] = [];
-  let prev = Buffer.alloc(rows[0]!.length);
+  let prev: Buffer = Buffer.alloc(rows[0]!.length);
   rows.forEach((row, y) => {
     const f = y % 5;
     const line = Buffer.alloc(row.length + 1);
