@@ -52,6 +52,63 @@ describe('Extents', () => {
   });
 });
 
+describe('the raw-file hasher', () => {
+  it('reads ahead only as far as the conversion allows, then hashes data and holes like the disk', async () => {
+    const { Hasher } = await import('../src/image/workers.js');
+    const { createHash } = await import('node:crypto');
+    const { readFileSync } = await import('node:fs');
+    const path = join(dir, 'ahead.raw');
+    const fd = openSync(path, 'w');
+    writeSync(fd, noise('a1', 8 * MiB), 0, 8 * MiB, 0);
+    writeSync(fd, noise('a2', 8 * MiB), 0, 8 * MiB, 40 * MiB);
+    // 1000 bytes past the last full sector: read as zeros up to the 512-byte boundary
+    writeSync(fd, noise('a3', 1000), 0, 1000, 60 * MiB);
+    closeSync(fd);
+    const size = 60 * MiB + 1024;
+    const e = new Extents(size);
+    e.add(0, 8 * MiB);
+    e.add(40 * MiB, 8 * MiB);
+    e.add(60 * MiB, 1024);
+    const want = createHash('sha256')
+      .update(Buffer.concat([readFileSync(path), Buffer.alloc(24)]))
+      .digest('hex');
+    const h = new Hasher();
+    try {
+      h.readAhead({ path, fileSize: 60 * MiB + 1000 }, e, 4 * MiB);
+      let done = false;
+      const digest = h.digest().then((d) => ((done = true), d));
+      await new Promise((r) => setTimeout(r, 300));
+      // 4 MiB of data past offset 0 is all it may read before the conversion moves
+      expect(done).toBe(false);
+      h.scanned(40 * MiB);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(done).toBe(false);
+      h.scanned(size);
+      expect(await digest).toBe('sha256:' + want);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('says so when the file is shorter than when the conversion started', async () => {
+    const { Hasher } = await import('../src/image/workers.js');
+    const path = join(dir, 'short.raw');
+    const fd = openSync(path, 'w');
+    writeSync(fd, noise('a4', MiB), 0, MiB, 0);
+    closeSync(fd);
+    const e = new Extents(4 * MiB);
+    e.add(0, 4 * MiB);
+    const h = new Hasher();
+    try {
+      h.readAhead({ path, fileSize: 4 * MiB }, e);
+      h.scanned(4 * MiB);
+      await expect(h.digest()).rejects.toThrow(/ended at 1048576 bytes while reading; was it truncated/);
+    } finally {
+      await h.close();
+    }
+  });
+});
+
 describe('bench report', () => {
   it('parses bandwidths in bits and bytes', () => {
     expect(parseBandwidth('100Mbit')).toBe(12.5e6);

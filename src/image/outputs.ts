@@ -70,6 +70,7 @@ export async function runOutput(r: OutputRun): Promise<OutputDone> {
         : Math.max(FILE_UNIT, r.clusterSize);
   const slots = new SlotPool(slotCount(unit, threads), unit);
   const hasher = new Hasher();
+  if (r.reader.file) hasher.readAhead(r.reader.file, r.reader.extents);
   const scan = (sink: UnitSink) =>
     scanDisk({
       reader: r.reader,

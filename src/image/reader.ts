@@ -18,6 +18,8 @@ export interface DiskReader {
   readonly info: ImageInfo;
   readonly virtualSize: number;
   readonly extents: Extents;
+  /** set when the disk is a raw file read directly: another thread may read it too */
+  readonly file?: { path: string; fileSize: number };
   /** Fill `target` with the disk bytes starting at `offset` (offset + length <= virtualSize). */
   read(offset: number, target: Uint8Array): Promise<void>;
   close(): Promise<void>;
@@ -34,6 +36,9 @@ class RawReader implements DiskReader {
   ) {}
   get virtualSize(): number {
     return this.info.virtualSize;
+  }
+  get file(): { path: string; fileSize: number } {
+    return { path: this.info.path, fileSize: this.fileSize };
   }
   async read(offset: number, target: Uint8Array): Promise<void> {
     let done = 0;

@@ -135,6 +135,7 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
         Promise.all([o.hasher?.zeros(length), sink.process(u)]).then(() => undefined),
         length,
       );
+      o.hasher?.scanned(offset + length);
       continue;
     }
     const slot = await slots.acquire();
@@ -163,6 +164,7 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
       failure ??= err;
       break;
     }
+    o.hasher?.scanned(offset + length);
     const u: Unit = { index, offset, length, hole: false, sab };
     const work = Promise.all([o.hasher?.update(sab, 0, length), sink.process(u)]).then(() => undefined);
     track(

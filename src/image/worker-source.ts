@@ -15,6 +15,8 @@
  *   zeromap  one bit per `block` bytes: 1 = holds data (for sparse raw output)
  *   inflate  zstd-decompress a chunk blob into a slot and check its sha256
  *   hash     whole-disk sha256, fed in order (dedicated worker)
+ *   hashFile whole-disk sha256 of a raw file read by the hash worker itself, a bounded distance
+ *            ahead of the conversion (see Hasher.readAhead)
  */
 export const WORKER_SOURCE = String.raw`
 const { parentPort, workerData, threadId } = require('node:worker_threads');
@@ -143,6 +145,56 @@ const tasks = {
     } else hash.update(view(m));
     return {};
   },
+  hashFile(m) {
+    const h = crypto.createHash('sha256');
+    const scanned = new BigInt64Array(m.progress);
+    const buf = Buffer.allocUnsafe(4 << 20);
+    const zeros = (n) => {
+      while (n > 0) { const k = Math.min(n, ZERO.length); h.update(k === ZERO.length ? ZERO : ZERO.subarray(0, k)); n -= k; }
+    };
+    // data bytes before offset x (holes cost no reading, so the lead counts data only)
+    const before = [0];
+    for (const [a, b] of m.ranges) before.push(before[before.length - 1] + (b - a));
+    const dataBefore = (x) => {
+      let lo = 0, hi = m.ranges.length;
+      while (lo < hi) { const mid = (lo + hi) >> 1; if (m.ranges[mid][1] <= x) lo = mid + 1; else hi = mid; }
+      return before[lo] + (lo < m.ranges.length ? Math.max(0, x - m.ranges[lo][0]) : 0);
+    };
+    let fd;
+    try {
+      fd = fs.openSync(m.path, 'r');
+      let pos = 0;
+      for (const [a, b] of m.ranges) {
+        zeros(a - pos);
+        for (let p = a; p < b; ) {
+          // stay within m.lead bytes of data of the conversion's reads: what we read is still in
+          // the page cache when the conversion reads it
+          const mine = dataBefore(p);
+          for (let seen = Atomics.load(scanned, 0); mine - dataBefore(Number(seen)) > m.lead; seen = Atomics.load(scanned, 0)) {
+            Atomics.wait(scanned, 0, seen, 200);
+          }
+          const want = Math.min(buf.length, b - p);
+          // QEMU rounds a raw disk up to 512 bytes and reads the rest as zeros
+          const inFile = Math.max(0, Math.min(want, m.fileSize - p));
+          for (let got = 0; got < inFile; ) {
+            const n = fs.readSync(fd, buf, got, inFile - got, p + got);
+            if (n === 0) throw new Error(m.path + ' ended at ' + (p + got) + ' bytes while reading; was it truncated during the conversion?');
+            got += n;
+          }
+          if (want > inFile) buf.fill(0, inFile, want);
+          h.update(buf.subarray(0, want));
+          p += want;
+        }
+        pos = b;
+      }
+      zeros(m.size - pos);
+    } catch (err) {
+      return { error: String(err && err.message || err), kind: 'input' };
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+    return { hex: h.digest('hex') };
+  },
   digest() {
     const hex = hash.digest('hex');
     hash = crypto.createHash('sha256');
@@ -162,6 +214,6 @@ parentPort.on('message', (m) => {
   res.id = m.id;
   parentPort.postMessage(res, transfer);
   // collect only when compressed outputs have piled up (a full collection costs ~1 ms)
-  if (m.task !== 'hash' && v8.getHeapStatistics().external_memory > 32 * 1024 * 1024) collect();
+  if (m.task !== 'hash' && m.task !== 'hashFile' && v8.getHeapStatistics().external_memory > 32 * 1024 * 1024) collect();
 });
 `;

@@ -1,7 +1,8 @@
-import { availableParallelism } from 'node:os';
+import { availableParallelism, freemem } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { OrbError, type ErrorKind } from '../core/errors.js';
 import { onCleanup } from '../core/cleanup.js';
+import type { Extents } from './extents.js';
 import { WORKER_SOURCE } from './worker-source.js';
 
 /**
@@ -100,22 +101,62 @@ export class WorkerPool {
   }
 }
 
-/** The whole-disk sha256 in its own thread, fed strictly in disk order. */
+/**
+ * The whole-disk sha256 in its own thread, fed strictly in disk order. For a raw file the thread
+ * can instead read the file itself (`readAhead`), running ahead of the conversion: fed by the
+ * conversion, the hash lags behind compression and hashes a disk's trailing zeros alone at the
+ * end (measured: 2 s of a 14 s raw.zst conversion with one core idle).
+ */
 export class Hasher {
   private readonly pool = new WorkerPool(1);
+  private own: { scanned: BigInt64Array; result: Promise<TaskResult> } | undefined;
+
+  /**
+   * Hash `file` (data where `extents` says, zeros elsewhere) in the hash thread, at most `lead`
+   * bytes past what the conversion has read (see `scanned`), so the page cache serves the
+   * conversion what the hasher read. `update` and `zeros` are then no-ops.
+   */
+  readAhead(file: { path: string; fileSize: number }, extents: Extents, lead = defaultLead()): void {
+    const progress = new SharedArrayBuffer(8);
+    const result = this.pool.run({
+      task: 'hashFile',
+      path: file.path,
+      fileSize: file.fileSize,
+      size: extents.virtualSize,
+      ranges: [...extents.ranges()],
+      progress,
+      lead,
+    });
+    // observed in digest(); a failed scan closes the pool instead
+    result.catch(() => undefined);
+    this.own = { scanned: new BigInt64Array(progress), result };
+  }
+  /** The conversion has read the disk up to `offset`. */
+  scanned(offset: number): void {
+    if (!this.own) return;
+    Atomics.store(this.own.scanned, 0, BigInt(Math.min(offset, Number.MAX_SAFE_INTEGER)));
+    Atomics.notify(this.own.scanned, 0);
+  }
   update(sab: SharedArrayBuffer, off: number, len: number): Promise<unknown> {
+    if (this.own) return Promise.resolve();
     return this.pool.run({ task: 'hash', sab, off, len });
   }
   zeros(n: number): Promise<unknown> {
+    if (this.own) return Promise.resolve();
     return this.pool.run({ task: 'hash', zeros: n });
   }
   async digest(): Promise<string> {
-    const r = await this.pool.run({ task: 'digest' });
+    const r = await (this.own ? this.own.result : this.pool.run({ task: 'digest' }));
     return 'sha256:' + String(r.hex);
   }
   close(): Promise<void> {
     return this.pool.close();
   }
+}
+
+/** Read-ahead of the raw-file hasher: 1 GiB, less when memory is short (it relies on the page cache). */
+function defaultLead(): number {
+  return Math.max(64 << 20, Math.min(1 << 30, Math.floor(freemem() / 4)));
 }
 
 /** Fixed-size shared buffers handed out in turn; `acquire` waits when all are in use. */
