@@ -191,28 +191,21 @@ describe('GitHub release store (local API server)', () => {
           },
         });
       }
-      const contentDigest = 'sha256:' + whole.digest('hex');
-      const cfg = await layout.putBytes(
-        JSON.stringify({
+      const { writeChunkedManifest } = await import('../src/image/chunked/encode.js');
+      await writeChunkedManifest(
+        layout,
+        {
           schema: 'orb-disk/v1',
           virtualSize: chunk * count,
           chunkSize: chunk,
-          contentDigest,
+          contentDigest: 'sha256:' + whole.digest('hex'),
           sourceFormat: 'raw',
-          compression: 'none',
-        }),
+          compression: 'zstd',
+          level: 3,
+        },
+        layers,
+        'v1',
       );
-      const m = await layout.putBytes(
-        JSON.stringify({
-          schemaVersion: 2,
-          mediaType: media.OCI_MANIFEST,
-          artifactType: media.DISK_ARTIFACT,
-          config: { mediaType: media.DISK_CONFIG, ...cfg },
-          layers,
-          annotations: { [media.ANN_CONTENT_DIGEST]: contentDigest },
-        }),
-      );
-      await layout.tag({ mediaType: media.OCI_MANIFEST, ...m }, 'v1');
       const err = await publish({
         source: `oci-layout:${dir}:v1`,
         target: store(),
