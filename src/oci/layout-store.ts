@@ -1,8 +1,8 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { OrbError, UsageError } from '../core/errors.js';
 import type { OpenedStore, StoreOptions } from '../store/open.js';
@@ -10,6 +10,7 @@ import type { BlobStore } from '../store/types.js';
 import { OciLayout, sha256Digest } from './layout.js';
 import { OCI_MANIFEST, type Descriptor } from './media.js';
 import { parseLayoutRef } from './reference.js';
+import { HashTap } from '../store/hash-tap.js';
 
 /**
  * `oci-layout:DIR:TAG` as a BlobStore: the embedded default, so publish and pull work on one
@@ -51,19 +52,11 @@ export class LayoutStore implements BlobStore {
     const final = this.layout.blobPath(desc.digest);
     if ((await this.layout.blobSize(desc.digest)) === desc.size) return;
     const tmp = `${final}.${process.pid}.${randomBytes(4).toString('hex')}.partial`;
-    const hash = createHash('sha256');
-    let n = 0;
-    const tap = new Transform({
-      transform(chunk: Buffer, _e, cb) {
-        hash.update(chunk);
-        n += chunk.length;
-        onBytes?.(chunk.length);
-        cb(null, chunk);
-      },
-    });
+    const tap = new HashTap(onBytes);
     try {
       await pipeline(open(0), tap, createWriteStream(tmp));
-      const got = 'sha256:' + hash.digest('hex');
+      const got = tap.digest();
+      const n = tap.sent;
       if (n !== desc.size || got !== desc.digest) {
         throw new OrbError(
           'integrity',
@@ -76,7 +69,7 @@ export class LayoutStore implements BlobStore {
       await rename(tmp, final);
     } catch (err) {
       await rm(tmp, { force: true });
-      onBytes?.(-n);
+      onBytes?.(-tap.sent);
       throw err;
     }
   }

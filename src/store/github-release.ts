@@ -1,6 +1,6 @@
 import { Octokit } from '@octokit/rest';
 import { createHash } from 'node:crypto';
-import { Readable, Transform } from 'node:stream';
+import { Readable } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
 import { mask, type Logger } from '../core/log.js';
 import { formatBytes } from '../core/progress.js';
@@ -29,6 +29,7 @@ export {
 import { registerStoreInputs, registerStoreOutputs, type OpenedStore, type StoreOptions } from './open.js';
 import type { BlobStore } from './types.js';
 import { checkManifestBytes } from './manifest-bytes.js';
+import { HashTap } from './hash-tap.js';
 
 /**
  * `github-release://OWNER/REPO/TAG`: a GitHub release (created when missing) with one asset per
@@ -284,18 +285,7 @@ export class GithubReleaseStore implements BlobStore {
     }
     return withRetries(
       async () => {
-        const hash = createHash('sha256');
-        let sent = 0;
-        const src = open();
-        const counter = new Transform({
-          transform(chunk: Buffer, _e, cb) {
-            hash.update(chunk);
-            sent += chunk.length;
-            onBytes?.(chunk.length);
-            cb(null, chunk);
-          },
-        });
-        src.on('error', (e) => counter.destroy(e));
+        const tap = new HashTap(onBytes);
         let asset: Asset;
         try {
           const res = await this.octokit.request({
@@ -303,17 +293,18 @@ export class GithubReleaseStore implements BlobStore {
             url: rel.upload_url,
             name,
             headers: { 'content-type': 'application/octet-stream', 'content-length': size },
-            data: src.pipe(counter),
+            data: tap.from(open()),
           });
           asset = res.data as Asset;
         } catch (err) {
-          if (sent) onBytes?.(-sent);
+          if (tap.sent) onBytes?.(-tap.sent);
           // a broken upload can leave a "starter" asset that blocks the name
           const left = (await this.listAssets(true).catch(() => undefined))?.get(name);
           if (left) await this.deleteAsset(left).catch(() => undefined);
           throw ghError(err, `upload ${name}`);
         }
-        const local = 'sha256:' + hash.digest('hex');
+        const local = tap.digest();
+        const sent = tap.sent;
         const remote = asset.digest ?? undefined;
         if (local !== expected || sent !== size || asset.size !== size || (remote && remote !== expected)) {
           await this.deleteAsset(asset).catch(() => undefined);

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { Readable, Transform } from 'node:stream';
+import { Readable } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
 import { mask, type Logger } from '../core/log.js';
 import { formatBytes } from '../core/progress.js';
@@ -19,6 +19,7 @@ export { blobFileName, gitlabInputs, parseGitlabRef, type GitlabRef } from './gi
 import { registerStoreInputs, registerStoreOutputs, type OpenedStore, type StoreOptions } from './open.js';
 import type { BlobStore } from './types.js';
 import { checkManifestBytes } from './manifest-bytes.js';
+import { HashTap } from './hash-tap.js';
 
 /**
  * `gitlab://PROJECT/PACKAGE/VERSION`: a GitLab generic package. One package file per blob
@@ -203,21 +204,8 @@ export class GitlabStore implements BlobStore {
     const url = `${this.fileUrl(name)}?select=package_file&status=default`;
     return withRetries(
       async () => {
-        const hash = createHash('sha256');
-        let sent = 0;
-        const body = () => {
-          const src = open();
-          const t = new Transform({
-            transform(chunk: Buffer, _enc, cb) {
-              hash.update(chunk);
-              sent += chunk.length;
-              onBytes?.(chunk.length);
-              cb(null, chunk);
-            },
-          });
-          src.on('error', (e) => t.destroy(e));
-          return src.pipe(t);
-        };
+        const tap = new HashTap(onBytes);
+        const body = () => tap.from(open());
         let res;
         try {
           res = await request(url, {
@@ -232,15 +220,16 @@ export class GitlabStore implements BlobStore {
             timeoutMs: 300_000,
           });
         } catch (err) {
-          if (sent) onBytes?.(-sent);
+          if (tap.sent) onBytes?.(-tap.sent);
           throw err;
         }
         if (res.status !== 200 && res.status !== 201) {
-          if (sent) onBytes?.(-sent);
+          if (tap.sent) onBytes?.(-tap.sent);
           throw await statusError(res, `upload ${name} to GitLab`);
         }
         const pf = JSON.parse((await readBody(res)).toString('utf8')) as PackageFile;
-        const local = 'sha256:' + hash.digest('hex');
+        const local = tap.digest();
+        const sent = tap.sent;
         const remote = pf.file_sha256 ? `sha256:${pf.file_sha256}` : undefined;
         if (
           local !== expected ||
