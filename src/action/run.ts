@@ -4,7 +4,7 @@ import { describeError, OrbError } from '../core/errors.js';
 import { resolveInputs, type RawInputs } from '../core/inputs.js';
 import { mask, onMask, redact, type Logger } from '../core/log.js';
 import { progressInterval, RateProgress } from '../core/progress.js';
-import { runCleanup } from '../core/cleanup.js';
+import { commandSignal, runCleanup } from '../core/cleanup.js';
 import { findCommand } from '../commands/index.js';
 
 const actionsLogger: Logger = {
@@ -39,8 +39,8 @@ function setOutputs(cmd: CommandDef, outputs: Record<string, string | number | b
 /** The whole life of one action step: inputs, run, outputs, the job summary (written once), errors. */
 export async function runAction(name: string): Promise<void> {
   onMask((s) => core.setSecret(s));
-  const controller = new AbortController();
-  process.once('SIGTERM', () => controller.abort(new OrbError('interrupted', 'the job was cancelled')));
+  // The runner cancels a job with SIGINT then SIGTERM: both abort this signal (see cleanup.ts).
+  const command = commandSignal();
   const summary = new Summary();
   const cmd = findCommand(name);
   try {
@@ -50,7 +50,7 @@ export async function runAction(name: string): Promise<void> {
       log: actionsLogger,
       summary,
       mask,
-      signal: controller.signal,
+      signal: command.signal,
       mode: 'action',
       progress: (label, total) =>
         new RateProgress(label, total, { write: (line) => core.info(redact(line)) }, progressInterval()),
@@ -64,6 +64,7 @@ export async function runAction(name: string): Promise<void> {
     if (cmd && err instanceof OrbError && err.outputs) setOutputs(cmd, err.outputs);
     core.setFailed(redact(describeError(err)));
   } finally {
+    command.done();
     await runCleanup();
     if (!summary.empty && process.env.GITHUB_STEP_SUMMARY) {
       await core.summary.addRaw(redact(summary.markdown)).write();

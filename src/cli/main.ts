@@ -4,7 +4,7 @@ import { describeError, exitCodeFor, OrbError, UsageError } from '../core/errors
 import { resolveInputs, type InputSpec, type RawInputs } from '../core/inputs.js';
 import { mask, redact, StderrLogger } from '../core/log.js';
 import { progressInterval, RateProgress, stderrSink } from '../core/progress.js';
-import { runCleanup } from '../core/cleanup.js';
+import { commandSignal, interruptedBy, runCleanup, signalExitCode } from '../core/cleanup.js';
 import { commands, findCommand } from '../commands/index.js';
 import { VERSION } from '../version.js';
 
@@ -157,10 +157,8 @@ function dotenvLine(key: string, value: string): string {
 
 export async function runCli(argv: readonly string[] = process.argv.slice(2)): Promise<number> {
   const log = new StderrLogger();
-  const controller = new AbortController();
-  const onSig = () => controller.abort(new OrbError('interrupted', 'interrupted'));
-  process.once('SIGINT', onSig);
-  process.once('SIGTERM', onSig);
+  // SIGINT/SIGTERM abort this signal; cleanup.ts forces the exit if the command does not return.
+  const command = commandSignal();
   // A failed run that still has results (OrbError.outputs) prints them when --json was asked for.
   const jsonRequested = argv.includes('--json');
   try {
@@ -188,7 +186,7 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
       log,
       summary,
       mask,
-      signal: controller.signal,
+      signal: command.signal,
       mode: 'cli',
       progress: (label, total) => new RateProgress(label, total, stderrSink(), progressInterval()),
     };
@@ -226,10 +224,12 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
     }
     log.error(describeError(err));
     if (process.env.ORB_DEBUG && err instanceof Error && err.stack) log.debug(err.stack);
-    return exitCodeFor(err);
+    // Interrupted, whatever error the unwinding produced (a killed child's exit, an aborted read):
+    // the exit code says which signal, as a shell would.
+    const sig = interruptedBy();
+    return sig ? signalExitCode(sig) : exitCodeFor(err);
   } finally {
-    process.removeListener('SIGINT', onSig);
-    process.removeListener('SIGTERM', onSig);
+    command.done();
     await runCleanup();
   }
 }

@@ -69,7 +69,7 @@ export async function runOutput(r: OutputRun): Promise<OutputDone> {
         ? ZST_FRAME
         : Math.max(FILE_UNIT, r.clusterSize);
   const slots = new SlotPool(slotCount(unit, threads), unit);
-  const hasher = new Hasher();
+  const hasher = new Hasher(r.signal);
   if (r.reader.file) hasher.readAhead(r.reader.file, r.reader.extents);
   const scan = (sink: UnitSink) =>
     scanDisk({

@@ -22,7 +22,7 @@ export async function contentDigestOf(
 ): Promise<string> {
   const unit = 8 << 20;
   const slots = new SlotPool(4, unit);
-  const hasher = new Hasher();
+  const hasher = new Hasher(signal);
   try {
     await scanDisk({
       reader,

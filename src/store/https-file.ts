@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
+import { sleep } from '../oci/http.js';
 import type { Logger } from '../core/log.js';
 import { redactUrl, request, retryAfterMs, statusError, type HttpResponse } from './https-client.js';
 import { fastRangeGet } from './https-fastget.js';
@@ -191,7 +192,7 @@ export class RemoteFile {
       if (r.kind === 'status' && r.status && (r.status === 408 || r.status === 429 || r.status >= 500)) {
         // busy server: honour Retry-After before the regular client asks again
         const wait = Math.min(120_000, retryAfterMs(r.headers ?? {}) ?? 500);
-        await new Promise((res) => setTimeout(res, wait));
+        await sleep(wait, signal);
       }
       return r.kind === 'ok' ? 'ok' : 'fallback';
     };

@@ -1,5 +1,6 @@
 import { Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
+import { sleep } from '../oci/http.js';
 import type { Logger } from '../core/log.js';
 import { withRetries } from './https-client.js';
 
@@ -118,7 +119,7 @@ async function transfer(
           { cause: err },
         );
       opts.log?.warn(`${opts.what}: ${(err as Error).message}; continuing from byte ${pos}`);
-      await new Promise((r) => setTimeout(r, Math.min(5000, 200 * 2 ** (stalls - 1))));
+      await sleep(Math.min(5000, 200 * 2 ** (stalls - 1)), signal);
     } finally {
       if (flow) flow.current = undefined;
     }
@@ -177,7 +178,7 @@ class Segment {
           opts.log?.warn(
             `${opts.what}: ${(err as Error).message}; continuing from byte ${start + this.filled}`,
           );
-          await new Promise((r) => setTimeout(r, Math.min(5000, 200 * 2 ** (stalls - 1))));
+          await sleep(Math.min(5000, 200 * 2 ** (stalls - 1)), signal);
         }
       }
       if (this.filled >= this.buf.length) return;

@@ -218,7 +218,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     log.debug(`pull: downloads done after ${((Date.now() - started) / 1000).toFixed(2)} s`);
 
     // 3. The whole content, hashed in order as it landed.
-    const content = await h.finish();
+    const content = await h.finish(o.signal);
     hasher = undefined;
     log.debug(`pull: content hash done after ${((Date.now() - started) / 1000).toFixed(2)} s`);
     if (content !== plan.contentDigest) {
