@@ -65,7 +65,7 @@ export default defineCommand({
         hint: "run without --no-install, or install the 'qemu-system-x86' package",
       });
     }
-    const version = (await run(qemu, ['--version'])).stdout.match(/version ([\d.]+)/)?.[1] ?? 'unknown';
+    const version = (await run(qemu, ['--version'], { signal: ctx.signal })).stdout.match(/version ([\d.]+)/)?.[1] ?? 'unknown';
     const forced = inputs.string('accelerator');
     let accelerator: 'kvm' | 'tcg';
     let reason = '';
@@ -75,7 +75,11 @@ export default defineCommand({
       reason = 'tcg requested';
     } else {
       ctx.log.info('probing KVM with a 512-byte guest');
-      const d = await probeAccelerator({ qemu, timeoutMs: inputs.number('probe-timeout') * 1000 });
+      const d = await probeAccelerator({
+        qemu,
+        timeoutMs: inputs.number('probe-timeout') * 1000,
+        signal: ctx.signal,
+      });
       if (forced === 'kvm' && d.accelerator !== 'kvm') {
         throw new OrbError('environment', `KVM was requested but cannot be used: ${d.reason}`);
       }

@@ -2,6 +2,7 @@ import { constants } from 'node:fs';
 import { access, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { trackPath } from '../core/cleanup.js';
 import { run } from '../core/proc.js';
 
 /**
@@ -34,8 +35,14 @@ export interface ProbeRun {
 }
 
 /** Boots the probe sector under one accelerator, bounded by `timeoutMs`. */
-export async function bootProbe(qemu: string, accel: Accelerator, timeoutMs: number): Promise<ProbeRun> {
+export async function bootProbe(
+  qemu: string,
+  accel: Accelerator,
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<ProbeRun> {
   const dir = await mkdtemp(join(tmpdir(), 'orb-probe-'));
+  const tracked = trackPath(dir);
   try {
     const disk = join(dir, 'probe.img');
     const serial = join(dir, 'serial.log');
@@ -63,8 +70,9 @@ export async function bootProbe(qemu: string, accel: Accelerator, timeoutMs: num
           '-drive',
           `file=${disk},format=raw,if=ide,snapshot=on`,
         ],
-        { timeoutMs },
+        { timeoutMs, ...(signal ? { signal } : {}) },
       );
+      if (signal?.aborted) throw signal.reason;
       // isa-debug-exit makes QEMU exit with (value << 1) | 1 = 1: that is success here.
       if (res.code !== 1)
         error =
@@ -74,6 +82,7 @@ export async function bootProbe(qemu: string, accel: Accelerator, timeoutMs: num
             .filter((l) => !/warning:/i.test(l))
             .pop() ?? `exit ${res.code}`;
     } catch (err) {
+      if (signal?.aborted) throw err;
       error = (err as Error).message;
     }
     const seconds = (performance.now() - t0) / 1000;
@@ -87,6 +96,7 @@ export async function bootProbe(qemu: string, accel: Accelerator, timeoutMs: num
     };
   } finally {
     await rm(dir, { recursive: true, force: true });
+    tracked.keep();
   }
 }
 
@@ -104,6 +114,8 @@ export interface ProbeOptions {
   timeoutMs?: number;
   /** KVM slower than TCG by this factor (and over 1.5 s) counts as unusable */
   slowFactor?: number;
+  /** aborting stops the probe guest and rejects with the signal's reason */
+  signal?: AbortSignal;
 }
 
 /**
@@ -113,7 +125,7 @@ export interface ProbeOptions {
 export async function probeAccelerator(opts: ProbeOptions): Promise<AccelDecision> {
   const dev = opts.kvmDevice ?? '/dev/kvm';
   const timeoutMs = opts.timeoutMs ?? 12_000;
-  const tcg = await bootProbe(opts.qemu, 'tcg', Math.max(timeoutMs, 10_000));
+  const tcg = await bootProbe(opts.qemu, 'tcg', Math.max(timeoutMs, 10_000), opts.signal);
   if (!(await stat(dev).catch(() => undefined))) {
     return {
       accelerator: 'tcg',
@@ -130,7 +142,7 @@ export async function probeAccelerator(opts: ProbeOptions): Promise<AccelDecisio
       reason: `no permission to open ${dev} as ${process.env.USER ?? 'this user'}: add the user to the 'kvm' group or install a udev rule giving ${dev} mode 0666 (setup-qemu does this on GitHub-hosted runners)`,
     };
   }
-  const kvm = await bootProbe(opts.qemu, 'kvm', timeoutMs);
+  const kvm = await bootProbe(opts.qemu, 'kvm', timeoutMs, opts.signal);
   if (!kvm.ok) {
     const where = kvm.started
       ? 'after real mode, before reaching 64-bit mode'
