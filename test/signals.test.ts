@@ -22,7 +22,7 @@ import {
   OCI_MANIFEST,
   type ImageManifest,
 } from '../src/oci/media.js';
-import { NODE, ROOT } from './helpers/cli.js';
+import { actionEnv, NODE, ROOT } from './helpers/cli.js';
 import { smokeGuestDisk } from './helpers/smoke-guests.js';
 
 /**
@@ -43,20 +43,22 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 interface Started {
   child: ChildProcess;
   stderr: () => string;
+  stdout: () => string;
   tmp: string;
 }
 
-function start(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Started {
+function start(name: string, args: string[], env: NodeJS.ProcessEnv = {}, script = 'bin/orb.js'): Started {
   const tmp = join(dir, `tmp-${name}`);
   mkdirSync(tmp, { recursive: true });
-  const child = spawn(NODE, [join(ROOT, 'bin/orb.js'), ...args], {
+  const child = spawn(NODE, [join(ROOT, script), ...args], {
     env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '200', TMPDIR: tmp, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
+  let stdout = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  child.stdout!.resume();
-  return { child, stderr: () => stderr, tmp };
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  return { child, stderr: () => stderr, stdout: () => stdout, tmp };
 }
 
 async function waitFor(what: string, s: Started, ok: () => boolean, timeoutMs = 60_000): Promise<void> {
@@ -198,6 +200,23 @@ describe('signals end every command within 2 s', () => {
     await interrupt(again, 'SIGINT', dir);
     expect(again.stderr()).not.toMatch(/error:.*(exists|stale|different manifest)/i);
     expect(existsSync(`${out}.partial`)).toBe(true);
+  }, 120_000);
+
+  it('pull action: SIGTERM while hashing exits 143 with the error annotation and keeps the .partial', async () => {
+    const layout = join(dir, 'zero-layout-action');
+    await zeroDiskLayout(layout, 256 * GiB);
+    const out = join(dir, 'action-pulled.img');
+    const files = { output: join(dir, 'action-output'), summary: join(dir, 'action-summary') };
+    const env = {
+      ...actionEnv({ ref: `oci-layout:${layout}:big`, output: out }, files),
+      RUNNER_DEBUG: '1',
+    };
+    const s = start('pull-action', [], env, 'dist/pull/index.js');
+    await waitFor('the content-hash phase', s, () => /downloads done/.test(s.stdout()));
+    await interrupt(s, 'SIGTERM', dir);
+    expect(s.stdout()).toMatch(/::error::interrupted by SIGTERM/);
+    expect(existsSync(`${out}.partial`)).toBe(true);
+    expect(existsSync(out)).toBe(false);
   }, 120_000);
 
   it('convert: SIGTERM while hashing a large sparse raw disk exits 143 and leaves no output', async () => {

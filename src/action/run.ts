@@ -4,7 +4,7 @@ import { describeError, OrbError } from '../core/errors.js';
 import { resolveInputs, type RawInputs } from '../core/inputs.js';
 import { mask, onMask, redact, type Logger } from '../core/log.js';
 import { progressInterval, RateProgress } from '../core/progress.js';
-import { commandSignal, runCleanup } from '../core/cleanup.js';
+import { commandSignal, interruptedBy, runCleanup, signalExitCode } from '../core/cleanup.js';
 import { findCommand } from '../commands/index.js';
 
 const actionsLogger: Logger = {
@@ -65,6 +65,9 @@ export async function runAction(name: string): Promise<void> {
     core.setFailed(redact(describeError(err)));
   } finally {
     command.done();
+    // as the CLI: a run a signal ended exits 128 + its number (setFailed alone would give 1)
+    const sig = interruptedBy();
+    if (sig) process.exitCode = signalExitCode(sig);
     await runCleanup();
     if (!summary.empty && process.env.GITHUB_STEP_SUMMARY) {
       await core.summary.addRaw(redact(summary.markdown)).write();

@@ -138,7 +138,7 @@ export async function finishOutputs(
   await flatten(f.top, disk, o.outputFormat, env.progress(`write ${basename(disk)}`, 100), env.signal);
   const info = await imgInfo(disk, env.signal);
   const p = env.progress(`sha256 ${basename(disk)}`, (await stat(disk)).size);
-  const sha256 = await sha256File(disk, (n) => p.add(n));
+  const sha256 = await sha256File(disk, (n) => p.add(n), env.signal);
   p.done();
   const manifestPath = join(o.outDir, 'manifest.json');
   await writeManifest(

@@ -147,7 +147,7 @@ async function digestOf(path: string, o: ObtainOptions, remember = true): Promis
   const db = await readDigests(dbPath);
   if (db[id]) return db[id];
   const p = o.progress(`sha256 ${basename(path)}`, st.size);
-  const digest = await sha256File(path, (n) => p.add(n));
+  const digest = await sha256File(path, (n) => p.add(n), o.signal);
   p.done();
   if (remember) await rememberDigest(path, digest, o.cacheDir);
   return digest;

@@ -46,7 +46,10 @@ export interface RunContext {
   summary: Summary;
   /** register a secret: masked in every log line (and with core.setSecret in Actions) */
   mask(secret: string | undefined): void;
-  /** aborted on SIGINT/SIGTERM */
+  /**
+   * Aborted on SIGINT/SIGTERM/SIGHUP. Every wait and long loop watches it: 1.5 s after the signal
+   * the process exits anyway (core/cleanup.ts), so what is not unwound by then is left as is.
+   */
   signal: AbortSignal;
   mode: 'cli' | 'action';
   /** Actions: upload files as a workflow artifact (no-op in the CLI, which keeps them on disk) */

@@ -45,7 +45,10 @@ export class UsageError extends OrbError {
   }
 }
 
-/** Exit codes: 2 for usage (as getopt tools do), 130 for interruption, 1 otherwise. */
+/**
+ * Exit codes: 2 for usage (as getopt tools do), 130 for interruption, 1 otherwise. A run ended by
+ * a signal exits 128 + its number instead (130 SIGINT, 143 SIGTERM, 129 SIGHUP): see cleanup.ts.
+ */
 export function exitCodeFor(err: unknown): number {
   if (err instanceof OrbError) {
     if (err.kind === 'usage') return 2;

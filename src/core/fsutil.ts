@@ -89,11 +89,23 @@ export async function exists(path: string): Promise<boolean> {
   }
 }
 
-export async function sha256File(path: string, onBytes?: (n: number) => void): Promise<string> {
+/** sha256 of a file; an abort of `signal` stops the reading and rejects with its reason. */
+export async function sha256File(
+  path: string,
+  onBytes?: (n: number) => void,
+  signal?: AbortSignal,
+): Promise<string> {
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20 })) {
-    hash.update(chunk as Buffer);
-    onBytes?.((chunk as Buffer).length);
+  try {
+    for await (const chunk of createReadStream(path, {
+      highWaterMark: 4 << 20,
+      ...(signal ? { signal } : {}),
+    })) {
+      hash.update(chunk as Buffer);
+      onBytes?.((chunk as Buffer).length);
+    }
+  } catch (err) {
+    throw signal?.aborted ? (signal.reason as Error) : err;
   }
   return hash.digest('hex');
 }

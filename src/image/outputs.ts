@@ -125,7 +125,7 @@ export async function runOutput(r: OutputRun): Promise<OutputDone> {
           r.progress.done();
           return {
             outputBytes: bytes,
-            sha256: 'sha256:' + (await sha256File(r.target)),
+            sha256: 'sha256:' + (await sha256File(r.target, undefined, r.signal)),
             contentSha256: content,
           };
         } catch (err) {

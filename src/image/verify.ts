@@ -121,6 +121,7 @@ export async function verifyOutput(v: VerifyRun): Promise<void> {
       for await (const chunk of createReadStream(v.output, { highWaterMark: 4 << 20 })) {
         hash.update(chunk as Buffer);
         p.add((chunk as Buffer).length);
+        if (v.signal?.aborted) throw new OrbError('interrupted', 'interrupted');
       }
       p.done();
       const got = 'sha256:' + hash.digest('hex');
