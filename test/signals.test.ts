@@ -50,7 +50,7 @@ interface Started {
 function start(name: string, args: string[], env: NodeJS.ProcessEnv = {}, script = 'bin/orb.js'): Started {
   const tmp = join(dir, `tmp-${name}`);
   mkdirSync(tmp, { recursive: true });
-  const child = spawn(NODE, [join(ROOT, script), ...args], {
+  const child = spawn(NODE, [script.startsWith('/') ? script : join(ROOT, script), ...args], {
     env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '200', TMPDIR: tmp, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -218,6 +218,27 @@ describe('signals end every command within 2 s', () => {
     expect(existsSync(`${out}.partial`)).toBe(true);
     expect(existsSync(out)).toBe(false);
   }, 120_000);
+
+  it('a command that ignores its abort signal is still ended after 1.5 s, its children killed', async () => {
+    // the guarantee under every other case: code that does not watch the signal cannot hold the exit
+    const script = join(dir, 'stubborn.mjs');
+    writeFileSync(
+      script,
+      [
+        `import { commandSignal } from ${JSON.stringify(join(ROOT, 'lib/core/cleanup.js'))};`,
+        `import { spawnTracked } from ${JSON.stringify(join(ROOT, 'lib/core/proc.js'))};`,
+        'commandSignal();',
+        "spawnTracked('sleep', ['600'], { stdio: 'ignore' });",
+        "process.stderr.write('ready\\n');",
+        'setInterval(() => undefined, 1000);',
+      ].join('\n'),
+    );
+    const s = start('stubborn', [], {}, script);
+    await waitFor('the child', s, () => /ready/.test(s.stderr()) && descendants(s.child.pid!).length > 0);
+    const t0 = Date.now();
+    await interrupt(s, 'SIGTERM', dir);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1400);
+  }, 30_000);
 
   it('convert: SIGTERM while hashing a large sparse raw disk exits 143 and leaves no output', async () => {
     const raw = join(dir, 'sparse.raw');
