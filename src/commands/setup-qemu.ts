@@ -65,7 +65,9 @@ export default defineCommand({
         hint: "run without --no-install, or install the 'qemu-system-x86' package",
       });
     }
-    const version = (await run(qemu, ['--version'], { signal: ctx.signal })).stdout.match(/version ([\d.]+)/)?.[1] ?? 'unknown';
+    const version =
+      (await run(qemu, ['--version'], { signal: ctx.signal })).stdout.match(/version ([\d.]+)/)?.[1] ??
+      'unknown';
     const forced = inputs.string('accelerator');
     let accelerator: 'kvm' | 'tcg';
     let reason = '';
