@@ -6,7 +6,7 @@ import { basename, join, relative } from 'node:path';
 import type { Summary } from '../core/command.js';
 import { redact, type Logger } from '../core/log.js';
 import type { ProgressFactory } from '../core/progress.js';
-import { newManifest, writeManifest, type BuildInfo } from '../core/manifest.js';
+import { newManifest, stageManifestPath, writeManifest, type BuildInfo } from '../core/manifest.js';
 import { sha256File } from '../core/fsutil.js';
 import { probeAccelerator } from '../qemu/probe.js';
 import { which } from '../core/proc.js';
@@ -140,7 +140,7 @@ export async function finishOutputs(
   const p = env.progress(`sha256 ${basename(disk)}`, (await stat(disk)).size);
   const sha256 = await sha256File(disk, (n) => p.add(n));
   p.done();
-  const manifestPath = join(o.outDir, 'manifest.json');
+  const manifestPath = stageManifestPath(disk);
   await writeManifest(
     manifestPath,
     newManifest(
