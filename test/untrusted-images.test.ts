@@ -1,5 +1,14 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -87,7 +96,16 @@ const HOSTILE: Hostile[] = [
     name: 'qcow2 with an external data file',
     make: (dir, secret) => {
       const img = join(dir, 'data-file.qcow2');
-      qemuImg('create', '-q', '-f', 'qcow2', '-o', `data_file=${secret},data_file_raw=on,preallocation=metadata`, img, '1M');
+      qemuImg(
+        'create',
+        '-q',
+        '-f',
+        'qcow2',
+        '-o',
+        `data_file=${secret},data_file_raw=on,preallocation=metadata`,
+        img,
+        '1M',
+      );
       writeFileSync(secret, SECRET); // qemu-img create zeroed it; the guest now sees these bytes
       return img;
     },
@@ -291,7 +309,7 @@ describe('content that only looks like another format is read as the raw bytes i
 });
 
 describe('the CLI and action input', () => {
-  const built = existsSync(join(import.meta.dirname, '..', 'dist', 'orb', 'main.js'));
+  const built = existsSync(join(import.meta.dirname, '..', 'dist', 'orb', 'index.js'));
   it.runIf(built)('orb convert: refused with the name and the flag to allow it, then allowed', async () => {
     const { dir, secret } = caseDir('cli');
     const img = HOSTILE[0]!.make(dir, secret);
@@ -301,7 +319,14 @@ describe('the CLI and action input', () => {
     expect(no.stderr).toMatch(/names another file as its external data file/);
     expect(no.stderr).toMatch(/--allow-external-file/);
     expect(existsSync(out)).toBe(false);
-    const yes = await runNode('bin/orb.js', ['convert', img, '--output', out, '--allow-external-file', secret]);
+    const yes = await runNode('bin/orb.js', [
+      'convert',
+      img,
+      '--output',
+      out,
+      '--allow-external-file',
+      secret,
+    ]);
     expect(yes.code, yes.stderr).toBe(0);
     expect(statSync(out).size).toBeGreaterThan(0);
   });

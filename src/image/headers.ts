@@ -33,7 +33,9 @@ export type Header =
   | { format: 'vmdk'; kind: 'sparse'; parent?: string }
   | { format: 'vmdk'; kind: 'descriptor'; createType?: string; parent?: string; extents: VmdkExtent[] }
   /** recognised, but not a format orb reads (or a variant of one that needs other files) */
-  | { format: 'refused'; what: string };
+  | { format: 'refused'; name: string; detail?: string }
+  /** a format orb reads, with a header too damaged to judge */
+  | { format: 'damaged'; name: string; detail: string };
 
 const QCOW2_EXT_BACKING_FORMAT = 0xe2792aca;
 const QCOW2_EXT_DATA_FILE = 0x44415441;
@@ -71,34 +73,39 @@ function safeNumber(v: bigint, what: string): number {
 export async function parseHeader(head: Buffer, readAt: ReadAt): Promise<Header> {
   if (startsWith(head, 'QFI\xfb')) return parseQcow2(head, readAt);
   if (startsWith(head, 'KDMV')) return parseVmdkSparse(head, readAt);
-  if (startsWith(head, 'COWD')) return { format: 'refused', what: 'VMDK version 3 (COWD)' };
+  if (startsWith(head, 'COWD')) return { format: 'refused', name: 'vmdk', detail: 'version 3, COWD' };
   if (startsWith(head, 'vhdxfile')) return { format: 'vhdx' };
   if (startsWith(head, 'conectix')) {
     // VHD footer copy at offset 0 (dynamic disks); type 2 fixed, 3 dynamic, 4 differencing
     const type = head.length >= 64 ? head.readUInt32BE(60) : 0;
     if (type === 2 || type === 3) return { format: 'vpc' };
-    return { format: 'refused', what: type === 4 ? 'VHD differencing disk (it needs its parent)' : 'VHD' };
+    return {
+      format: 'refused',
+      name: 'vpc',
+      detail: type === 4 ? 'a differencing disk, which needs its parent' : `disk type ${type}`,
+    };
   }
   if (head.length >= 0x50 && head.readUInt32LE(0x40) === 0xbeda107f) {
     // VDI image types: 1 normal (dynamic), 2 fixed, 3 undo, 4 differencing
     const type = head.readUInt32LE(0x4c);
     if (type === 1 || type === 2) return { format: 'vdi' };
-    return { format: 'refused', what: `VDI of type ${type} (undo or differencing)` };
+    return { format: 'refused', name: 'vdi', detail: `image type ${type}, undo or differencing` };
   }
-  if (startsWith(head, 'QED\0')) return { format: 'refused', what: 'QED' };
-  if (startsWith(head, 'LUKS\xba\xbe')) return { format: 'refused', what: 'LUKS (encrypted)' };
+  if (startsWith(head, 'QED\0')) return { format: 'refused', name: 'qed' };
+  if (startsWith(head, 'LUKS\xba\xbe')) return { format: 'refused', name: 'luks', detail: 'encrypted' };
   if (startsWith(head, 'WithoutFreeSpace') || startsWith(head, 'WithouFreSpacExt'))
-    return { format: 'refused', what: 'Parallels' };
-  if (startsWith(head, 'Bochs Virtual HD Image')) return { format: 'refused', what: 'Bochs' };
-  if (startsWith(head, '#!/bin/sh\n#V2.0 Format')) return { format: 'refused', what: 'cloop' };
+    return { format: 'refused', name: 'parallels' };
+  if (startsWith(head, 'Bochs Virtual HD Image')) return { format: 'refused', name: 'bochs' };
+  if (startsWith(head, '#!/bin/sh\n#V2.0 Format')) return { format: 'refused', name: 'cloop' };
   if (looksLikeVmdkDescriptor(head)) return parseVmdkDescriptor(head.toString('utf8'));
   return { format: 'raw' };
 }
 
 async function parseQcow2(head: Buffer, readAt: ReadAt): Promise<Header> {
-  if (head.length < 72) return { format: 'refused', what: 'qcow2 with a truncated header' };
+  if (head.length < 72) return { format: 'damaged', name: 'qcow2', detail: 'header too short' };
   const version = head.readUInt32BE(4);
-  if (version !== 2 && version !== 3) return { format: 'refused', what: `qcow2 version ${version}` };
+  if (version !== 2 && version !== 3)
+    return { format: 'refused', name: 'qcow2', detail: `version ${version}` };
   const backingOffset = safeNumber(head.readBigUInt64BE(8), 'backing file offset');
   const backingSize = head.readUInt32BE(16);
   const clusterBits = head.readUInt32BE(20);
@@ -106,7 +113,7 @@ async function parseQcow2(head: Buffer, readAt: ReadAt): Promise<Header> {
   let incompat = 0n;
   let extStart = 72;
   if (version === 3) {
-    if (head.length < 104) return { format: 'refused', what: 'qcow2 with a truncated header' };
+    if (head.length < 104) return { format: 'damaged', name: 'qcow2', detail: 'header too short' };
     incompat = head.readBigUInt64BE(72);
     extStart = head.readUInt32BE(100);
   }
@@ -139,7 +146,7 @@ async function parseQcow2(head: Buffer, readAt: ReadAt): Promise<Header> {
 }
 
 async function parseVmdkSparse(head: Buffer, readAt: ReadAt): Promise<Header> {
-  if (head.length < 44) return { format: 'refused', what: 'VMDK with a truncated header' };
+  if (head.length < 44) return { format: 'damaged', name: 'vmdk', detail: 'header too short' };
   const capacity = head.readBigUInt64LE(12);
   const descSectors = head.readBigUInt64LE(28);
   const descCount = head.readBigUInt64LE(36);
@@ -158,7 +165,9 @@ async function parseVmdkSparse(head: Buffer, readAt: ReadAt): Promise<Header> {
     const len = Math.min(safeNumber(descCount * 512n, 'descriptor size'), VMDK_MAX_DESCRIPTOR);
     parent = parentHint(cString(await readAt(at, len)));
   }
-  return parent === undefined ? { format: 'vmdk', kind: 'sparse' } : { format: 'vmdk', kind: 'sparse', parent };
+  return parent === undefined
+    ? { format: 'vmdk', kind: 'sparse' }
+    : { format: 'vmdk', kind: 'sparse', parent };
 }
 
 /** QEMU's own test: after comment and blank lines, a `version=N` line. */

@@ -92,6 +92,18 @@ function shellQuote(s: string): string {
   return /^[\w./@%+=-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
+/** A header too broken to judge: smoke-test words it as a corrupt disk. */
+export class DamagedImage extends OrbError {
+  constructor(
+    message: string,
+    readonly reason: string,
+  ) {
+    super('input', message, {
+      hint: 'copy the image again from its source; if the copy was cut short, its end is missing',
+    });
+  }
+}
+
 function refuse(path: string, what: string, hint?: string): OrbError {
   return new OrbError('input', `${path}: ${what}`, hint === undefined ? {} : { hint });
 }
@@ -100,7 +112,10 @@ export async function vetImage(path: string, o: VetOptions = {}): Promise<Vetted
   const allowed = new Set<string>();
   for (const a of o.allow ?? []) {
     const real = await realpath(resolve(a)).catch((err: NodeJS.ErrnoException) => {
-      throw new OrbError('input', `${ALLOW_FLAG} ${a}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`);
+      throw new OrbError(
+        'input',
+        `${ALLOW_FLAG} ${a}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`,
+      );
     });
     allowed.add(real);
   }
@@ -120,7 +135,10 @@ interface Walk {
 /** Opens the file once, reads its header and whatever else the parser asks for, and closes it. */
 async function headerOf(path: string): Promise<Header> {
   const fh = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
-    throw new OrbError('input', `cannot read ${path}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`);
+    throw new OrbError(
+      'input',
+      `cannot read ${path}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`,
+    );
   });
   try {
     const st = await fh.stat();
@@ -134,7 +152,8 @@ async function headerOf(path: string): Promise<Header> {
       return b.subarray(0, r.bytesRead);
     };
     return await parseHeader(head.subarray(0, bytesRead), readAt).catch((err: unknown) => {
-      if (err instanceof RangeError) throw refuse(path, `its header is damaged (${err.message})`);
+      if (err instanceof RangeError)
+        throw new DamagedImage(`${path} is damaged: ${err.message}`, err.message);
       throw err;
     });
   } finally {
@@ -152,10 +171,19 @@ async function vetNode(
   // A parent that declares its child raw is read raw: nothing in a raw file is interpreted.
   if (declared === 'raw') h = { format: 'raw' };
   if (h.format === 'refused') {
-    throw refuse(path, `is ${h.what}, a format orb does not read`, `orb reads ${READABLE_FORMATS.join(', ')}`);
+    const detail = h.detail === undefined ? '' : ` (${h.detail})`;
+    throw new OrbError('input', `${path} is in format '${h.name}'${detail}, which orb does not read`, {
+      hint: `orb reads ${READABLE_FORMATS.join(', ')} (VMDK as one sparse file, or flat extents that are allowed)`,
+    });
+  }
+  if (h.format === 'damaged') {
+    throw new DamagedImage(`${path} is damaged: its ${h.name} ${h.detail}`, `${h.name} ${h.detail}`);
   }
   if (declared !== undefined && declared !== h.format) {
-    throw refuse(path, `is declared ${shownName(declared)} by the image naming it, but its header says ${h.format}`);
+    throw refuse(
+      path,
+      `is declared ${shownName(declared)} by the image naming it, but its header says ${h.format}`,
+    );
   }
   switch (h.format) {
     case 'raw':
@@ -175,7 +203,10 @@ async function vetNode(
       if (h.backing !== undefined) {
         const fmt = h.backingFormat;
         const p = await named(path, h.backing, 'backing file', w);
-        const sub = await vetNode(p, fmt === undefined || fmt === '' ? undefined : fmt, { ...w, depth: w.depth + 1 });
+        const sub = await vetNode(p, fmt === undefined || fmt === '' ? undefined : fmt, {
+          ...w,
+          depth: w.depth + 1,
+        });
         options.backing = sub.options;
       } else options.backing = null;
       return { format: 'qcow2', options };
@@ -190,7 +221,8 @@ async function vetNode(
         if (h.extents.length === 0) throw refuse(path, 'is a VMDK descriptor without extents');
         for (const e of h.extents) {
           if (e.type === 'ZERO') continue;
-          if (e.name === undefined) throw refuse(path, `has a ${shownName(e.type)} extent without a file name`);
+          if (e.name === undefined)
+            throw refuse(path, `has a ${shownName(e.type)} extent without a file name`);
           // Flat extents are plain bytes: nothing in them is interpreted, nothing else is named.
           if (e.type !== 'FLAT' && e.type !== 'VMFS') {
             throw refuse(
@@ -216,7 +248,10 @@ async function named(image: string, name: string, role: string, w: Walk): Promis
   const shown = shownName(name);
   const how = `if you trust this image and that file, allow exactly it: ${ALLOW_FLAG} PATH; or make the image self-contained first (qemu-img convert -O qcow2 IMAGE flat.qcow2) on a machine where that file belongs`;
   if (name.startsWith('json:')) {
-    throw refuse(image, `names a ${role} ${shown}, which is a QEMU option string, not a file; orb refuses such images`);
+    throw refuse(
+      image,
+      `names a ${role} ${shown}, which is a QEMU option string, not a file; orb refuses such images`,
+    );
   }
   const slash = name.indexOf('/');
   const beforeSlash = slash < 0 ? name : name.slice(0, slash);

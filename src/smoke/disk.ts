@@ -5,7 +5,7 @@ import { basename, join, resolve } from 'node:path';
 import { OrbError } from '../core/errors.js';
 import { requireTool, run, spawnTracked } from '../core/proc.js';
 import { formatBytes } from '../core/progress.js';
-import { qemuInfoName, qemuName, vetImage } from '../image/untrusted.js';
+import { DamagedImage, qemuInfoName, qemuName, vetImage } from '../image/untrusted.js';
 
 /**
  * Everything we learn about a disk image before booting it, so that a corrupt or wrong file fails
@@ -95,7 +95,9 @@ export async function inspectDisk(
 
   // Booting an image that names a host file would hand that file to the guest: the same gate as
   // convert, before QEMU opens anything.
-  const vetted = await vetImage(abs, allow ? { allow } : {});
+  const vetted = await vetImage(abs, allow ? { allow } : {}).catch((err: unknown) => {
+    throw err instanceof DamagedImage ? corrupt(path, err.reason) : err;
+  });
   const name = qemuName(vetted);
   const qemuImg = requireTool('qemu-img', 'qemu-utils');
   // -U: only reading metadata; another reader holding the image (a running VM) must not stop us.
@@ -147,7 +149,9 @@ export async function inspectDisk(
     if (type === 0xee) partitioning = 'gpt';
     else if (type !== 0 && partitioning === 'none') partitioning = 'mbr';
   }
-  const backing = vetted.options.backing ? parsed['full-backing-filename'] ?? parsed['backing-filename'] : undefined;
+  const backing = vetted.options.backing
+    ? (parsed['full-backing-filename'] ?? parsed['backing-filename'])
+    : undefined;
   return {
     path: abs,
     format,
@@ -230,11 +234,10 @@ async function firstSector(
   const dir = await mkdtemp(join(tmpdir(), 'orb-sector-'));
   try {
     const out = join(dir, 'sector.raw');
-    const r = await run(
-      qemuImg,
-      ['dd', '-U', '-O', 'raw', 'bs=512', 'count=1', `if=${name}`, `of=${out}`],
-      { signal, timeoutMs: 60_000 },
-    );
+    const r = await run(qemuImg, ['dd', '-U', '-O', 'raw', 'bs=512', 'count=1', `if=${name}`, `of=${out}`], {
+      signal,
+      timeoutMs: 60_000,
+    });
     if (r.code !== 0)
       throw corrupt(abs, `its first sector cannot be read: ${r.stderr.trim().split('\n').pop() ?? ''}`);
     const buf = await readFile(out);
@@ -261,11 +264,10 @@ export async function createOverlay(
   const backing = disk.external
     ? ['-u', '-b', disk.qemu, overlayPath, String(disk.virtualSize)]
     : ['-b', disk.path, overlayPath];
-  const r = await run(
-    qemuImg,
-    ['create', '-q', '-f', 'qcow2', '-F', disk.format, ...backing],
-    { signal, timeoutMs: 60_000 },
-  );
+  const r = await run(qemuImg, ['create', '-q', '-f', 'qcow2', '-F', disk.format, ...backing], {
+    signal,
+    timeoutMs: 60_000,
+  });
   if (r.code !== 0) {
     throw new OrbError(
       'environment',
