@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OrbError } from '../src/core/errors.js';
 import { convertImage } from '../src/image/convert.js';
-import { inspectDisk } from '../src/smoke/disk.js';
+import { createOverlay, inspectDisk } from '../src/smoke/disk.js';
 import { runNode } from './helpers/cli.js';
 
 /**
@@ -124,7 +124,7 @@ const HOSTILE: Hostile[] = [
   },
   {
     name: 'qcow2 with a backing file, named .raw',
-    make: (dir, secret) => {
+    make: (dir) => {
       const img = join(dir, 'looks-raw.raw');
       qemuImg('create', '-q', '-f', 'qcow2', '-b', 'secret.bin', '-F', 'raw', img);
       return img;
@@ -269,6 +269,27 @@ describe('with --allow-external-file naming exactly that file, convert reads it'
       await expect(inspectDisk(img, undefined, [secret])).rejects.toThrow(/no boot signature/);
     });
   }
+});
+
+describe('smoke-test with --allow-external-file', () => {
+  it('the throw-away overlay pins the chain: QEMU sees exactly the allowed file', async () => {
+    const { dir, secret } = caseDir('smoke-allowed');
+    const bootable = Buffer.from(SECRET);
+    bootable[510] = 0x55;
+    bootable[511] = 0xaa;
+    writeFileSync(secret, bootable);
+    const img = join(dir, 'backed.qcow2');
+    qemuImg('create', '-q', '-f', 'qcow2', '-b', secret, '-F', 'raw', img);
+    const disk = await inspectDisk(img, undefined, [secret]);
+    expect(disk.external).toEqual([secret]);
+    const overlay = join(dir, 'overlay.qcow2');
+    await createOverlay(disk, overlay);
+    // what a VM booted on the overlay reads, through QEMU's own open of the chain
+    const cmp = execFileSync('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'raw', overlay, secret], {
+      encoding: 'utf8',
+    });
+    expect(cmp).toMatch(/identical/);
+  });
 });
 
 describe('content that only looks like another format is read as the raw bytes it is', () => {
