@@ -162,6 +162,23 @@ const HOSTILE: Hostile[] = [
     allowable: true,
   },
   {
+    name: 'sparse VMDK with capacity 0, whose embedded descriptor names a FLAT extent',
+    make: (dir, secret) => {
+      // QEMU reads such a header's descriptor as a descriptor file, extents and all
+      const img = join(dir, 'embedded.vmdk');
+      qemuImg('create', '-q', '-f', 'vmdk', img, '1M');
+      const bytes = readFileSync(img);
+      bytes.writeBigUInt64LE(0n, 12);
+      const desc = `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 2048 FLAT "${secret}" 0\n`;
+      bytes.fill(0, 512, 512 + 20 * 512);
+      bytes.write(desc, 512);
+      writeFileSync(img, bytes);
+      return img;
+    },
+    shows: /names another file as its extent: ".*secret\.bin"/,
+    allowable: true,
+  },
+  {
     name: 'sparse VMDK with a parent',
     make: (dir, secret) => {
       const parent = join(dir, 'parent.vmdk');
