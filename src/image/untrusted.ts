@@ -80,12 +80,12 @@ function fileNode(path: string): Record<string, unknown> {
 }
 
 /**
- * Attacker-chosen bytes shown in a message: printable ASCII only, bounded, quoted, so a name
- * cannot forge log lines, workflow commands (`::set-output`) or terminal escapes.
+ * Attacker-chosen bytes shown in a message: printable ASCII only (no line breaks, so no forged
+ * log lines or workflow commands, no terminal escapes), bounded and quoted.
  */
 export function shownName(name: string): string {
   const clean = name.replace(/[^\x20-\x7e]/g, '?');
-  return JSON.stringify(clean.length > 200 ? `${clean.slice(0, 200)}...` : clean).replace(/::/g, ':\u200b:');
+  return JSON.stringify(clean.length > 200 ? `${clean.slice(0, 200)}...` : clean);
 }
 
 function shellQuote(s: string): string {
@@ -268,7 +268,10 @@ async function named(image: string, name: string, role: string, w: Walk): Promis
     throw refuse(
       image,
       `names another file as its ${role}: ${shown}; orb does not read files an image names`,
-      real === undefined ? how : how.replace('PATH', shellQuote(resolved)),
+      // the resolved path is shown only when it is plain text (it comes from the image)
+      real === undefined || !/^[\x20-\x7e]{1,300}$/.test(resolved)
+        ? how
+        : how.replace('PATH', shellQuote(resolved)),
     );
   }
   if (!w.external.includes(real)) w.external.push(real);
