@@ -66,7 +66,8 @@ export async function resizeImage(path: string, bytes: number, signal?: AbortSig
 }
 
 /**
- * Copies `src` (with its whole backing chain) into one standalone image in `format`, written as
+ * Copies `src` (a layer orb made, or the json: name of a vetted image, src/image/untrusted.ts;
+ * with its whole backing chain) into one standalone image in `format`, written as
  * `.partial` and renamed when complete. Zero and unallocated clusters stay holes.
  */
 export async function flatten(

@@ -50,6 +50,12 @@ const own: InputSpec[] = [
       'disk image file (raw, qcow2, vhdx, vmdk, ...), chunked layout (oci-layout:DIR:TAG) or published reference',
   },
   {
+    name: 'allow-external-file',
+    type: 'list',
+    description:
+      'a file the image names (qcow2 backing or data file, VMDK extent or parent) that the VM may read; without it such images are refused before boot',
+  },
+  {
     name: 'manifest',
     type: 'string',
     description:
@@ -313,6 +319,7 @@ export default defineCommand({
     try {
       result = await smokeTest({
         image: image.path,
+        allowExternalFiles: inputs.list('allow-external-file'),
         ...(manifest ? { manifest } : {}),
         accelerator,
         firmware: inputs.string('firmware') as Firmware | 'auto',

@@ -45,6 +45,8 @@ export interface ConvertOptions {
   base?: string[];
   threads?: number;
   verify?: boolean;
+  /** files the input image may name (backing, data file, extents): exactly these, nothing else */
+  allowExternalFiles?: string[];
   /** write `<output>.orb.json` (default true) */
   manifest?: boolean;
   build?: BuildInfo;
@@ -185,7 +187,11 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   const started = Date.now();
   const settings = validate(o);
   const src = await resolveInput(o.input);
-  const info = await inspectImage(src.path, { signal: o.signal });
+  const info = await inspectImage(src.path, {
+    ...(o.signal ? { signal: o.signal } : {}),
+    ...(o.allowExternalFiles ? { allow: o.allowExternalFiles } : {}),
+  });
+  if (info.external) log.warn(`reading files the input names, as allowed: ${info.external.join(', ')}`);
   const mode = await checkOutput(info, o.output, o.format);
   log.info(`input: ${info.path} (${info.format}, ${info.virtualSize} bytes virtual)`);
   const build = o.build ?? src.manifest?.build;
