@@ -6,18 +6,16 @@ import { resolveCredentials, type CredentialOptions, type Credentials } from './
 import {
   backoffMs,
   defaultRetryPolicy,
-  HttpClient,
   isRetryableStatus,
   parseRetryAfter,
   sleep,
-  TransientError,
-  type Body,
-  type HttpResponse,
   type RetryPolicy,
-} from './http.js';
+} from '../net/retry.js';
+import { HttpClient, TransientError, type Body, type HttpResponse } from './http.js';
 import { sha256Digest } from './layout.js';
 import { OCI_INDEX, OCI_MANIFEST } from './media.js';
-import { isLoopbackHost, type RegistryRef } from './reference.js';
+import { isLoopbackHost } from '../net/loopback.js';
+import type { RegistryRef } from './reference.js';
 
 /**
  * Our OCI distribution-spec client (v1.1): ping and auth, blobs (HEAD, ranged GET following

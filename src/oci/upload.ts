@@ -1,6 +1,7 @@
 import { Transform, type Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
-import { backoffMs, sleep, TransientError, type HttpResponse } from './http.js';
+import { backoffMs, sleep } from '../net/retry.js';
+import { TransientError, type HttpResponse } from './http.js';
 import type { Descriptor } from './media.js';
 import { errorText, type RegistryClient } from './registry.js';
 
