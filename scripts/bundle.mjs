@@ -34,7 +34,8 @@ for (const worker of ['image/compress-worker', 'net/http-worker']) {
     target: 'es2022',
   });
   const extra = Object.keys(out.assets).filter((n) => n !== 'package.json');
-  if (extra.length) throw new Error(`worker ${worker} bundles extra files (${extra.join(', ')}): keep workers to one file`);
+  if (extra.length)
+    throw new Error(`worker ${worker} bundles extra files (${extra.join(', ')}): keep workers to one file`);
   await writeFile(join(orbDir, `${worker.split('/').pop()}.js`), out.code);
 }
 

@@ -261,11 +261,7 @@ async function download(o: ObtainOptions, partial: string): Promise<void> {
     });
     try {
       await mkdir(dirname(partial), { recursive: true });
-      await pipeline(
-        res,
-        counter,
-        createWriteStream(partial, { flags: append ? 'a' : 'w' }),
-      );
+      await pipeline(res, counter, createWriteStream(partial, { flags: append ? 'a' : 'w' }));
     } catch (err) {
       if (o.signal?.aborted)
         throw new OrbError(

@@ -247,7 +247,7 @@ function hashFile(m: TaskMessage): Result {
     let pos = 0;
     for (const [a, b] of m.ranges) {
       hashZeros(h, a - pos);
-      for (let p = a; p < b; ) {
+      for (let p = a; p < b;) {
         // stay within m.lead bytes of data of the conversion's reads: what we read is still in
         // the page cache when the conversion reads it
         const mine = dataBefore(p);
@@ -261,7 +261,7 @@ function hashFile(m: TaskMessage): Result {
         const want = Math.min(buf.length, b - p);
         // QEMU rounds a raw disk up to 512 bytes and reads the rest as zeros
         const inFile = Math.max(0, Math.min(want, m.fileSize - p));
-        for (let got = 0; got < inFile; ) {
+        for (let got = 0; got < inFile;) {
           const n = readSync(fd, buf, got, inFile - got, p + got);
           if (n === 0)
             throw new Error(

@@ -3,7 +3,7 @@ import { Worker } from 'node:worker_threads';
 import { OrbError, type ErrorKind } from '../core/errors.js';
 import { onCleanup } from '../core/cleanup.js';
 import type { Extents } from './extents.js';
-import { workerFile } from '../core/worker-file.js';
+import { startWorker } from '../core/worker-file.js';
 
 /**
  * A fixed set of worker threads running compress-worker.ts, one task at a time each, plus the
@@ -27,7 +27,7 @@ class Thread {
   readonly worker: Worker;
   job: Job | undefined;
   constructor(onDone: (t: Thread, r: TaskResult | Error) => void, workerData: unknown) {
-    this.worker = new Worker(workerFile('./compress-worker.js', import.meta.url), { workerData });
+    this.worker = startWorker('./compress-worker.js', import.meta.url, { workerData });
     this.worker.on('message', (r: TaskResult) => onDone(this, r));
     this.worker.on('error', (err) => onDone(this, err));
   }

@@ -66,7 +66,8 @@ export function fastGet(
       if (err || !result) reject(err ?? cut('the connection closed before an answer', 'ECONNRESET'));
       else resolve(result);
     };
-    const onAbort = () => finish(Object.assign(new Error('aborted'), { name: 'AbortError', code: 'ABORT_ERR' }));
+    const onAbort = () =>
+      finish(Object.assign(new Error('aborted'), { name: 'AbortError', code: 'ABORT_ERR' }));
     const target = (): Buffer => {
       if (!inBody) return head.subarray(hfill);
       const t = sink.target();

@@ -72,22 +72,24 @@ export interface WorkerFailure {
 
 type Post = (m: { progress?: number; flushed?: number; log?: string }) => void;
 
+// (no parameter properties here or in what this file imports: under vitest the thread runs the
+// .ts sources with Node's type stripping, which accepts only erasable syntax)
 export class Fail extends Error {
-  constructor(
-    readonly kind: string,
-    message: string,
-    readonly extra: { status?: number; downloaded?: number } = {},
-  ) {
+  readonly kind: string;
+  readonly extra: { status?: number; downloaded?: number };
+  constructor(kind: string, message: string, extra: { status?: number; downloaded?: number } = {}) {
     super(message);
+    this.kind = kind;
+    this.extra = extra;
   }
 }
 
 function writeAll(fd: number, buf: Buffer, pos: number): void {
-  for (let done = 0; done < buf.length; ) done += writeSync(fd, buf, done, buf.length - done, pos + done);
+  for (let done = 0; done < buf.length;) done += writeSync(fd, buf, done, buf.length - done, pos + done);
 }
 
 function readAll(fd: number, buf: Buffer, pos: number): void {
-  for (let done = 0; done < buf.length; ) {
+  for (let done = 0; done < buf.length;) {
     const n = readSync(fd, buf, done, buf.length - done, pos + done);
     if (n === 0) throw new Fail('internal', `unexpected end of file at ${pos + done}`);
     done += n;
@@ -113,7 +115,7 @@ export async function get(m: GetJob, post: Post): Promise<{ downloaded: number }
     fd = openSync(t.path, 'r+');
     staging = Buffer.allocUnsafe(Math.max(1, Math.min(size, 4 << 20)));
     // continue a blob an earlier run left half done: its bytes are in the file already
-    for (let at = 0; at < have; ) {
+    for (let at = 0; at < have;) {
       const n = Math.min(staging.length, have - at);
       readAll(fd, staging.subarray(0, n), t.offset + at);
       hash.update(staging.subarray(0, n));
@@ -194,10 +196,16 @@ export async function get(m: GetJob, post: Post): Promise<{ downloaded: number }
         const u = new URL(m.url);
         let mode = 'slow';
         if (u.protocol === 'http:' && !process.env.ORB_NO_FAST_GET) {
-          const r = await fastGet(u, headers, { idleMs: m.idleMs }, { head: onHead, target: sinkTarget, data: landed });
+          const r = await fastGet(
+            u,
+            headers,
+            { idleMs: m.idleMs },
+            { head: onHead, target: sinkTarget, data: landed },
+          );
           mode = r.decision;
         }
-        if (mode !== 'body') await slowGet(u, headers, m.idleMs, onHead, sinkTarget, landed, () => have, size);
+        if (mode !== 'body')
+          await slowGet(u, headers, m.idleMs, onHead, sinkTarget, landed, () => have, size);
         flush();
         if (have >= size) break;
         state.short = true;
@@ -264,7 +272,8 @@ async function slowGet(
     throw e instanceof OrbError && e.kind === 'network' ? new Fail('network', e.message) : e;
   });
   try {
-    if (onHead(res.statusCode ?? 0, res.headers) === 'redirect') throw new Fail('network', 'too many redirects');
+    if (onHead(res.statusCode ?? 0, res.headers) === 'redirect')
+      throw new Fail('network', 'too many redirects');
   } catch (e) {
     res.resume();
     throw e;
@@ -320,7 +329,11 @@ function writeContent(m: GetJob, blob: Buffer): void {
 export async function put(m: PutJob, post: Post): Promise<PutDone> {
   let reported = 0;
   const open = () => {
-    const src = createReadStream(m.path, { start: m.start, end: m.start + m.length - 1, highWaterMark: 1 << 20 });
+    const src = createReadStream(m.path, {
+      start: m.start,
+      end: m.start + m.length - 1,
+      highWaterMark: 1 << 20,
+    });
     src.on('data', (c) => {
       reported += c.length;
       if (reported >= 1 << 20) {
@@ -343,7 +356,8 @@ export async function put(m: PutJob, post: Post): Promise<PutDone> {
       idleMs: m.idleMs,
     });
   } catch (e) {
-    if ((e as { kind?: string }).kind === 'input') throw new Fail('input', `cannot read ${m.path}: ${(e as Error).message}`);
+    if ((e as { kind?: string }).kind === 'input')
+      throw new Fail('input', `cannot read ${m.path}: ${(e as Error).message}`);
     throw new Fail('transient', (e as Error).message);
   }
   const parts: Buffer[] = [];

@@ -179,12 +179,12 @@ export async function sendFollowing(o: FollowOptions): Promise<{ res: IncomingMe
 
 /** Thrown by sendWithRetry for a retryable status that stayed after the last attempt. */
 export class RetryableStatusError extends OrbError {
-  constructor(
-    readonly status: number,
-    what: string,
-    readonly retryAfterMs?: number,
-  ) {
+  readonly status: number;
+  readonly retryAfterMs: number | undefined;
+  constructor(status: number, what: string, retryAfterMs?: number) {
     super('network', `${what}: HTTP ${status}`);
+    this.status = status;
+    this.retryAfterMs = retryAfterMs;
   }
 }
 
@@ -213,7 +213,10 @@ export function sendWithRetry(
       classify: (err) => {
         if (!replayable) return { retry: false };
         if (err instanceof RetryableStatusError)
-          return { retry: true, ...(err.retryAfterMs !== undefined ? { retryAfterMs: err.retryAfterMs } : {}) };
+          return {
+            retry: true,
+            ...(err.retryAfterMs !== undefined ? { retryAfterMs: err.retryAfterMs } : {}),
+          };
         return { retry: isConnectionError(err) };
       },
     },

@@ -51,7 +51,10 @@ export function isRetryableStatus(status: number): boolean {
 }
 
 /** Retry-After as milliseconds: delta-seconds or an HTTP date; undefined when absent or unreadable. */
-export function parseRetryAfter(value: string | readonly string[] | undefined, now = Date.now()): number | undefined {
+export function parseRetryAfter(
+  value: string | readonly string[] | undefined,
+  now = Date.now(),
+): number | undefined {
   const raw = Array.isArray(value) ? value[0] : value;
   if (typeof raw !== 'string' || !raw.trim()) return undefined;
   const v = raw.trim();
@@ -163,7 +166,8 @@ export async function retry<T>(fn: (attempt: number) => Promise<T>, o: RetryOpti
       if (v.retryAfterMs !== undefined && v.retryAfterMs > policy.maxRetryAfterMs)
         throw new RetryAfterTooLongError(o.what, v.retryAfterMs, err);
       const wait = backoffMs(attempt, policy, v.retryAfterMs);
-      if (attempt >= policy.attempts || waited + wait > policy.maxTotalMs) throw o.gaveUp?.(err, attempt) ?? err;
+      if (attempt >= policy.attempts || waited + wait > policy.maxTotalMs)
+        throw o.gaveUp?.(err, attempt) ?? err;
       o.onRetry?.(
         `${o.what}: ${(err as Error)?.message ?? String(err)}; retrying in ${(wait / 1000).toFixed(1)} s (attempt ${attempt + 1} of ${policy.attempts})`,
       );

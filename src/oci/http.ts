@@ -125,7 +125,9 @@ export class HttpClient {
       return new HttpResponse(res.statusCode ?? 0, res.headers, url, res);
     } catch (err) {
       if (err instanceof OrbError) throw err;
-      throw new TransientError(`${req.method} ${url.host}${url.pathname}: ${(err as Error)?.message ?? String(err)}`);
+      throw new TransientError(
+        `${req.method} ${url.host}${url.pathname}: ${(err as Error)?.message ?? String(err)}`,
+      );
     }
   }
 

@@ -112,4 +112,3 @@ export function parseLayoutRef(ref: string): LayoutRef {
   }
   return { dir: text, ...(tag !== undefined ? { tag } : {}), ...(digest !== undefined ? { digest } : {}) };
 }
-

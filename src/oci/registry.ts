@@ -8,6 +8,7 @@ import {
   defaultRetryPolicy,
   isRetryableStatus,
   parseRetryAfter,
+  retry,
   sleep,
   type RetryPolicy,
 } from '../net/retry.js';
@@ -142,22 +143,23 @@ export class RegistryClient {
     body: Body | undefined,
     what: string,
   ): Promise<HttpResponse> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.http.send({
+    return retry(
+      () =>
+        this.http.send({
           method,
           url,
           headers,
           ...(body !== undefined ? { body } : {}),
           signal: this.signal,
-        });
-      } catch (err) {
-        if (!(err instanceof TransientError) || attempt >= this.retry.attempts) throw err;
-        const wait = backoffMs(attempt, this.retry);
-        this.log.info(`${what}: ${err.message}; retrying in ${(wait / 1000).toFixed(1)} s`);
-        await sleep(wait, this.signal);
-      }
-    }
+        }),
+      {
+        what,
+        policy: this.retry,
+        ...(this.signal ? { signal: this.signal } : {}),
+        onRetry: (line) => this.log.info(line),
+        classify: (err) => ({ retry: err instanceof TransientError }),
+      },
+    );
   }
 
   url(path: string): string {
@@ -325,24 +327,25 @@ export class RegistryClient {
 
   /** A GET to a storage URL (after a redirect): retries, no registry credentials. */
   async fetchUrl(url: string, headers: OutgoingHttpHeaders, what: string): Promise<HttpResponse> {
-    for (let attempt = 1; ; attempt++) {
-      let res: HttpResponse | undefined;
-      let msg: string;
-      let retryAfter: number | undefined;
-      try {
-        res = await this.http.send({ method: 'GET', url, headers, signal: this.signal });
+    return retry(
+      async () => {
+        const res = await this.http.send({ method: 'GET', url, headers, signal: this.signal });
         if (!isRetryableStatus(res.status)) return res;
-        retryAfter = parseRetryAfter(res.header('retry-after'));
-        msg = `HTTP ${res.status}`;
         await res.discard();
-      } catch (err) {
-        if (!(err instanceof TransientError)) throw err;
-        msg = err.message;
-      }
-      if (attempt >= this.retry.attempts)
-        throw new OrbError('network', `${what} failed after ${attempt} attempts: ${msg}`);
-      await sleep(backoffMs(attempt, this.retry, retryAfter), this.signal);
-    }
+        throw new TransientError(`HTTP ${res.status}`, parseRetryAfter(res.header('retry-after')));
+      },
+      {
+        what,
+        policy: this.retry,
+        ...(this.signal ? { signal: this.signal } : {}),
+        classify: (err) =>
+          err instanceof TransientError
+            ? { retry: true, ...(err.retryAfterMs !== undefined ? { retryAfterMs: err.retryAfterMs } : {}) }
+            : { retry: false },
+        gaveUp: (err, attempts) =>
+          new OrbError('network', `${what} failed after ${attempts} attempts: ${(err as Error).message}`),
+      },
+    );
   }
 
   // ---- manifests ----

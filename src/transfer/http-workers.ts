@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { OrbError } from '../core/errors.js';
-import { workerFile } from '../core/worker-file.js';
+import { startWorker } from '../core/worker-file.js';
 
 /**
  * A few transfer worker threads (src/net/http-worker.ts). Jobs go to the least busy worker;
@@ -47,7 +47,7 @@ export class HttpWorkers {
 
   private slot(): Slot {
     if (this.slots.length < this.size && this.slots.every((s) => s.active > 0)) {
-      const worker = new Worker(workerFile('../net/http-worker.js', import.meta.url), {
+      const worker = startWorker('../net/http-worker.js', import.meta.url, {
         workerData: { role: 'orb-http' },
       });
       const slot: Slot = { worker, active: 0 };
