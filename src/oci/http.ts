@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import type { HttpWorkers } from '../transfer/http-workers.js';
 import { OrbError } from '../core/errors.js';
 import { makeAgents, sendOnce, type Agents } from '../net/http.js';
+import type { PutDone, WorkerFailure } from '../net/http-worker.js';
 
 /**
  * The registry client's view of src/net/http.ts: its own keep-alive agents, responses as
@@ -142,12 +143,7 @@ export class HttpClient {
     const url = typeof req.url === 'string' ? new URL(req.url) : req.url;
     const headers: Record<string, string> = {};
     for (const [k, v] of Object.entries(req.headers ?? {})) if (v !== undefined) headers[k] = String(v);
-    const done = await this.workers!.run<{
-      status?: number;
-      headers?: IncomingHttpHeaders;
-      body?: string;
-      error?: { kind: string; message: string };
-    }>(
+    const done = await this.workers!.run<Partial<PutDone> & { error?: WorkerFailure }>(
       {
         op: 'put',
         method: req.method,

@@ -173,6 +173,8 @@ export class RegistryClient {
   async request(o: RequestOptions): Promise<HttpResponse> {
     await this.ping();
     let authRetried = false;
+    // all waits of this request together stay within the policy's budget
+    let waited = 0;
     for (let attempt = 1; ;) {
       const headers: OutgoingHttpHeaders = { ...(o.headers ?? {}) };
       // Credentials go to the registry only, never to another host an upload Location names.
@@ -191,12 +193,14 @@ export class RegistryClient {
       } catch (err) {
         if (!(err instanceof TransientError)) throw err;
         if (o.retry === false) throw err;
-        if (attempt >= this.retry.attempts) throw this.gaveUp(o, err.message, attempt);
         const wait = backoffMs(attempt, this.retry);
+        if (attempt >= this.retry.attempts || waited + wait > this.retry.maxTotalMs)
+          throw this.gaveUp(o, err.message, attempt);
         this.log.info(
           `${o.what}: ${err.message}; retry ${attempt}/${this.retry.attempts - 1} in ${(wait / 1000).toFixed(1)} s`,
         );
         await sleep(wait, this.signal);
+        waited += wait;
         attempt++;
         continue;
       }
@@ -240,10 +244,12 @@ export class RegistryClient {
           );
         }
         const wait = backoffMs(attempt, this.retry, retryAfter);
+        if (waited + wait > this.retry.maxTotalMs) throw this.gaveUp(o, msg, attempt);
         this.log.info(
           `${o.what}: ${msg}; retry ${attempt}/${this.retry.attempts - 1} in ${(wait / 1000).toFixed(1)} s`,
         );
         await sleep(wait, this.signal);
+        waited += wait;
         attempt++;
         continue;
       }
