@@ -82,6 +82,9 @@ describe('redact (the one redaction function)', () => {
     );
     expect(redact('PRIVATE-TOKEN: glpat-abcdefghij')).toBe('PRIVATE-TOKEN: ***');
     expect(redact('header Bearer abcdefgh12345678')).toBe('header Bearer ***');
+    expect(redact('curl -H "Authorization: Bearer $TOKEN" URL')).toBe(
+      'curl -H "Authorization: Bearer $TOKEN" URL',
+    );
   });
 
   it('masks a registered secret in plain, URL-encoded, base64, UTF-16LE and base64-of-UTF-16LE forms', () => {

@@ -50,9 +50,10 @@ const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^/\s?#"'<>]*@/gi;
 const SECRET_PARAMS =
   'X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|X-Goog-Signature|X-Goog-Credential|Signature|sig|token|access_token|id_token|refresh_token|private_token|job_token|password|client_secret';
 const QUERY_SECRET = new RegExp(`([?&;](?:${SECRET_PARAMS})=)[^&\\s"'<>#]+`, 'gi');
-// Authorization: Basic/Bearer/AWS4-HMAC-SHA256 ..., and the token headers of GitLab and others.
+// Authorization: Basic/Bearer/AWS4-HMAC-SHA256 ..., and the token headers of GitLab and others
+// (a shell placeholder such as $TOKEN in a hint is left alone).
 const AUTH_HEADER =
-  /\b((?:proxy-)?authorization|private-token|job-token|deploy-token|x-api-key|x-amz-security-token)(["']?\s*[:=]\s*["']?)(?:(basic|bearer|token|aws4-hmac-sha256)\s+)?[^\r\n"',}]+/gi;
+  /\b((?:proxy-)?authorization|private-token|job-token|deploy-token|x-api-key|x-amz-security-token)(["']?\s*[:=]\s*["']?)(?:(basic|bearer|token|aws4-hmac-sha256)\s+)?([^\r\n"',}]+)/gi;
 const BEARER = /\b(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}/g;
 
 /**
@@ -65,8 +66,8 @@ export function redact(text: string): string {
   for (const s of [...secrets].sort((a, b) => b.length - a.length)) out = out.split(s).join('***');
   out = out.replace(URL_USERINFO, '$1***@');
   out = out.replace(QUERY_SECRET, '$1***');
-  out = out.replace(AUTH_HEADER, (_m, name: string, sep: string, scheme?: string) =>
-    scheme ? `${name}${sep}${scheme} ***` : `${name}${sep}***`,
+  out = out.replace(AUTH_HEADER, (m: string, name: string, sep: string, scheme?: string, value?: string) =>
+    value?.startsWith('$') ? m : scheme ? `${name}${sep}${scheme} ***` : `${name}${sep}***`,
   );
   out = out.replace(BEARER, '$1***');
   return out;
