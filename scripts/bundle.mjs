@@ -24,6 +24,21 @@ for (const [name, asset] of Object.entries(assets)) {
   await writeFile(join(orbDir, name), asset.source);
 }
 
+// Worker threads are modules of their own (new Worker(file)): one bundle each, written flat beside
+// index.js, where src/core/worker-file.ts looks for them at run time.
+for (const worker of ['image/compress-worker', 'net/http-worker']) {
+  const out = await ncc(join(root, `lib/${worker}.js`), {
+    minify: false,
+    sourceMap: false,
+    quiet: true,
+    target: 'es2022',
+  });
+  const extra = Object.keys(out.assets).filter((n) => n !== 'package.json');
+  if (extra.length)
+    throw new Error(`worker ${worker} bundles extra files (${extra.join(', ')}): keep workers to one file`);
+  await writeFile(join(orbDir, `${worker.split('/').pop()}.js`), out.code);
+}
+
 const { commands } = await import(join(root, 'lib/commands/index.js'));
 const actions = commands.filter((c) => c.action).map((c) => c.name);
 for (const name of [...actions, 'pipeline']) {

@@ -1,12 +1,23 @@
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import buildCommand from '../src/commands/build-golden-image.js';
+import unattendCommand from '../src/commands/unattend.js';
+import { secretForms } from '../src/core/log.js';
+import { startVm } from '../src/qemu/runner.js';
 import { readManifest } from '../src/core/manifest.js';
 import { makeDataIso } from '../src/build/iso.js';
-import { buildInstallerIso, EVIDENCE, readEvidence, runCommandInProcess } from './helpers/installer-iso.js';
+import {
+  buildInstallerIso,
+  EVIDENCE,
+  readCDrive,
+  readEvidence,
+  runCommandInProcess,
+} from './helpers/installer-iso.js';
 
 /**
  * The Windows build end to end, with the fake installer ISO standing in for Windows (see
@@ -15,6 +26,7 @@ import { buildInstallerIso, EVIDENCE, readEvidence, runCommandInProcess } from '
  * secret anywhere after the build.
  */
 const PASSWORD = 'Gold-Image-Pass-42';
+const exec = promisify(execFile);
 
 async function walk(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -26,18 +38,46 @@ async function walk(dir: string): Promise<string[]> {
   return out;
 }
 
-/** Every byte of every file under dir (disks included) is free of `secret`. */
+/**
+ * Every byte of every file under dir (disks included) is free of `secret` in every form we know:
+ * plain, URL-encoded, base64, UTF-16LE, and base64 of UTF-16LE with the answer-file suffixes.
+ */
 async function assertNoSecret(dir: string, secret: string): Promise<void> {
   const needles = [
-    Buffer.from(secret),
+    ...secretForms(secret).map((f) => Buffer.from(f, 'latin1')),
     Buffer.from(secret, 'utf16le'),
-    Buffer.from(Buffer.from(secret).toString('base64')),
   ];
   for (const f of await walk(dir)) {
     if ((await stat(f)).size > 256 << 20) continue;
     const data = await readFile(f);
     for (const n of needles) expect(data.includes(n), `${f} contains the secret`).toBe(false);
   }
+}
+
+// What only an answer file with accounts holds (sysprep's secret-free one has none of these).
+const ANSWER_MARKERS = ['<AutoLogon>', '<LocalAccounts>', '<AdministratorPassword>', '<FirstLogonCommands>'];
+
+/**
+ * The golden disk's C: (the fake's stand-in, see installer-iso.ts) holds no answer file but
+ * sysprep's secret-free one, no orb folder and no C:\OEM; its first 64 MiB (everything the fake
+ * writes, deleted clusters included) hold no answer-file content and no form of the password.
+ */
+async function assertNoBuildTraces(disk: string, password: string, generalized: boolean): Promise<void> {
+  const c = await readCDrive(disk);
+  expect([...c.keys()]).toEqual(generalized ? ['Windows/Panther/unattend.xml'] : []);
+  if (generalized)
+    expect(c.get('Windows/Panther/unattend.xml')!.toString()).toContain('PersistAllDeviceInstalls');
+  for (const [name, data] of c) {
+    for (const m of ANSWER_MARKERS) expect(data.includes(m), `${name} holds ${m}`).toBe(false);
+  }
+  const head = join(await mkdtemp(join(tmpdir(), 'orb-head-')), 'head.raw');
+  await exec('qemu-img', ['convert', '-U', '-O', 'raw', disk, head]);
+  await truncate(head, 64 << 20);
+  const raw = await readFile(head);
+  await rm(dirname(head), { recursive: true, force: true });
+  for (const m of ANSWER_MARKERS) expect(raw.includes(m), `${disk} holds ${m}`).toBe(false);
+  for (const f of secretForms(password))
+    expect(raw.includes(Buffer.from(f, 'latin1')), `${disk} holds ${f}`).toBe(false);
 }
 
 describe('build-golden-image (Windows flow, fake installer)', () => {
@@ -148,9 +188,21 @@ describe('build-golden-image (Windows flow, fake installer)', () => {
     // No secret: not in the log, the summary, any file of the build directory (disks included), and no media left
     expect(log.join('\n')).not.toContain(PASSWORD);
     await assertNoSecret(out, PASSWORD);
+    // Setup left the answer file and orb's folder on the installed base (the check below is not
+    // vacuous), and the final stage removed them: nothing on the golden disk or the dockur copy.
+    const state = JSON.parse(await readFile(join(out, 'build-state.json'), 'utf8'));
+    const installedDisk = String(state.stages.installed.disk);
+    const installed = await readCDrive(
+      installedDisk.startsWith('/') ? installedDisk : join(out, installedDisk),
+    );
+    expect([...installed.keys()]).toEqual(
+      expect.arrayContaining(['Windows/Panther/unattend.xml', 'ProgramData/orb/orb.ps1']),
+    );
+    expect(installed.get('Windows/Panther/unattend.xml')!.toString()).toContain('<AutoLogon>');
+    await assertNoBuildTraces(disk, PASSWORD, true);
+    await assertNoBuildTraces(join(dockur, 'data.img'), PASSWORD, true);
     expect((await walk(out)).filter((f) => f.endsWith('.iso'))).toEqual([]);
     expect((await readdir(privateTmp)).filter((d) => /^orb-(answer|stage|final)-/.test(d))).toEqual([]);
-    const state = JSON.parse(await readFile(join(out, 'build-state.json'), 'utf8'));
     expect(Object.keys(state.stages)).toEqual(['installed', 'provisioned', 'final']);
   }, 600_000);
 
@@ -213,9 +265,56 @@ describe('build-golden-image (Windows flow, fake installer)', () => {
     );
     expect(log.join('\n')).not.toContain(password);
     await assertNoSecret(out, password);
+    await assertNoBuildTraces(String(outputs.disk), password, false);
     expect((await readManifest(String(outputs.manifest))).build).toMatchObject({
       firmware: 'bios',
       generalized: false,
     });
+  }, 600_000);
+  it('dockur media flow (orb unattend; /custom.xml, orb folder as /oem): no answer file, password or orb folder left on the disk', async () => {
+    const media = join(work, 'dockur-media');
+    await runCommandInProcess(unattendCommand, {
+      out: media,
+      edition: 'Windows 11 Pro',
+      'admin-password': PASSWORD,
+      script: [scripts[0]!],
+    });
+    // dockur/windows' setup media: /custom.xml as Autounattend.xml at the root, /oem copied into
+    // $OEM$\$1\OEM (its src/answer.sh and src/image.sh), which Setup copies to C:\OEM.
+    const setup = join(work, 'dockur-setup');
+    const oem = join(setup, '$OEM$', '$1', 'OEM');
+    await mkdir(oem, { recursive: true });
+    await cp(join(media, 'autounattend.xml'), join(setup, 'Autounattend.xml'));
+    await cp(join(media, 'orb'), oem, { recursive: true });
+    const setupIso = join(work, 'dockur-setup.iso');
+    await makeDataIso(setup, setupIso, { label: 'SETUP' });
+    const disk = join(work, 'dockur-data.img');
+    await writeFile(disk, '');
+    await truncate(disk, 256 << 20);
+    const vm = await startVm({
+      accel: 'tcg',
+      memoryMiB: 256,
+      disks: [{ path: disk, format: 'raw' }],
+      cdroms: [iso, setupIso],
+      bootFrom: 'cdrom',
+      firmware: 'bios',
+    });
+    try {
+      // the boot prompt waits for a key, like Windows' "Press any key to boot from CD or DVD"
+      for (let i = 0; i < 150 && !vm.serialText().includes('fake Windows installer'); i++) {
+        await vm.sendKey('ret');
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+      await vm.waitForExit(300_000);
+    } finally {
+      await vm.dispose();
+    }
+    const serial = vm.serialText();
+    expect(serial).toContain('ORB-DONE finalized');
+    expect(serial).toMatch(/removed \d+ build trace paths/);
+    const installed = await readEvidence(disk, EVIDENCE.installed);
+    expect(installed).toContain('./Autounattend.xml');
+    expect(installed).toContain('/OEM/orb.ps1');
+    await assertNoBuildTraces(disk, PASSWORD, true);
   }, 600_000);
 });

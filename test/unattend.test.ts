@@ -20,7 +20,9 @@ import {
   WINDOWS_FAMILIES,
   type WindowsFamily,
 } from '../src/windows/families.js';
-import { ORB_PS1 } from '../src/windows/scripts.js';
+import { BUILD_TRACES, ORB_PS1 } from '../src/windows/scripts.js';
+import { secretForms } from '../src/core/log.js';
+import { emulateDockurSetup, listFiles, removeTraces } from './helpers/windows-setup.js';
 import {
   buildAutounattend,
   buildSysprepUnattend,
@@ -168,6 +170,18 @@ describe('autounattend.xml per Windows family', () => {
       expect(text(comp(spec, 'Networking-MPSSVC-Svc')!, 'FirewallGroups', 'FirewallGroup', 'Active')).toBe(
         'true',
       );
+      // specialize (the installed system's registry, before OOBE): no automatic device encryption
+      const specCmds = path(
+        comp(spec, 'Microsoft-Windows-Deployment')!,
+        'RunSynchronous',
+        'RunSynchronousCommand',
+      );
+      expect(specCmds.map((c) => text(c, 'Path'))).toContain(
+        'reg.exe add HKLM\\SYSTEM\\CurrentControlSet\\Control\\BitLocker /v PreventDeviceEncryption /t REG_DWORD /d 1 /f',
+      );
+      expect(specCmds.map((c) => text(c, 'Order'))).toEqual(specCmds.map((_, i) => String(i + 1)));
+      // (windowsPE commands write Windows PE's own registry: the value would not reach the disk)
+      expect(xml.split('PreventDeviceEncryption')).toHaveLength(2);
       // oobeSystem: OOBE screens skipped, the account, one automatic logon that runs orb.ps1
       const shell = comp(oobe, 'Microsoft-Windows-Shell-Setup')!;
       expect(text(shell, 'OOBE', 'HideEULAPage')).toBe('true');
@@ -184,6 +198,7 @@ describe('autounattend.xml per Windows family', () => {
       expect(text(shell, 'AutoLogon', 'LogonCount')).toBe('1');
       const cmd = text(shell, 'FirstLogonCommands', 'SynchronousCommand', 'CommandLine')!;
       expect(cmd).toContain('orb\\orb.ps1');
+      expect(cmd).toContain("'OEM\\orb.ps1'");
       expect(cmd).toContain('-Mode firstlogon');
       expect(text(comp(oobe, 'Microsoft-Windows-International-Core')!, 'UserLocale')).toBe('de-DE');
       // the password itself is nowhere in the file, and its encoding decodes back to it
@@ -289,6 +304,20 @@ describe('autounattend.xml per Windows family', () => {
     expect(passwordComplexityProblem('alllowercase', 'x')).toMatch(/three/);
   });
 
+  it('orb.ps1 removes every build trace in the final stage, and only answer files at the first logon', () => {
+    const list = '@(' + BUILD_TRACES.map((t) => `'${t}'`).join(', ') + ')';
+    expect(ORB_PS1.split(list)).toHaveLength(3); // Remove-AnswerFiles and Remove-BuildTraces
+    for (const t of ['OEM', 'Windows\\ConfigSetRoot', 'ProgramData\\orb', 'Windows\\Panther\\unattend.xml'])
+      expect(BUILD_TRACES).toContain(t);
+    const finalize = ORB_PS1.slice(ORB_PS1.indexOf('function Invoke-Finalize'));
+    const body = finalize.slice(0, finalize.indexOf('\nfunction '));
+    expect(body).toContain('Remove-BuildTraces');
+    // the sysprep answer is read before C:\OEM (its media in dockur) goes, and its temp copy removed
+    expect(body.indexOf('sysprep-unattend.xml')).toBeLessThan(body.indexOf('Remove-BuildTraces'));
+    expect(body).toMatch(/Remove-Item -LiteralPath \$answer/);
+    expect(ORB_PS1).toContain("-Name 'DefaultPassword', 'AutoLogonCount'");
+  });
+
   it('orb.ps1 is complete PowerShell (no template leftovers, balanced braces)', () => {
     expect(ORB_PS1).not.toContain('${');
     expect(ORB_PS1).toMatch(/^param\(\[string\]\$Mode/m);
@@ -367,6 +396,50 @@ describe('orb unattend --out DIR', () => {
       'PersistAllDeviceInstalls',
     );
     expect((await stat(join(dir, 'answer.iso'))).size).toBeGreaterThan(20_000);
+  });
+
+  it('dockur media flow: orb\\ (the /oem mount) holds no secret, and after the clean-up list no answer file, password or orb folder is left on C:', async () => {
+    const password = 'Dockur-Flow-Pass-9';
+    const out = join(dir, 'dockur-media');
+    await runCommand(unattendCommand, {
+      out,
+      edition: 'Windows 11 Pro',
+      'admin-password': password,
+      script: [join(dir, 'b.ps1')],
+    });
+    const forms = secretForms(password);
+    const answerMarkers = ['<AutoLogon>', '<LocalAccounts>', '<AdministratorPassword>', 'FirstLogonCommands'];
+    const dirty = async (root: string) => {
+      const found: string[] = [];
+      for (const f of await listFiles(root)) {
+        const data = await readFile(join(root, f), 'latin1');
+        if (forms.some((x) => data.includes(x)) || answerMarkers.some((m) => data.includes(m))) found.push(f);
+      }
+      return found;
+    };
+    // What the documented mounts copy to C:\OEM carries no secret at all.
+    expect(await dirty(join(out, 'orb'))).toEqual([]);
+    for (const [name, oemDir] of [
+      ['documented mounts (orb folder as /oem)', join(out, 'orb')],
+      ['the old instructions (whole media folder as /oem)', out],
+    ] as const) {
+      const c = join(dir, `c-${name.length}`, 'C');
+      await emulateDockurSetup(c, { customXml: join(out, 'autounattend.xml'), oemDir });
+      const files = await listFiles(c);
+      expect(files).toContain(oemDir === out ? 'OEM/orb/orb.ps1' : 'OEM/orb.ps1');
+      expect((await dirty(c)).length, name).toBeGreaterThan(0); // Setup's cached copies, before the clean-up
+      // the documented mounts never copy the answer file to C:\OEM (only sysprep's secret-free one)
+      if (oemDir !== out)
+        expect(files.filter((f) => f.startsWith('OEM') && /unattend/i.test(f))).toEqual([
+          'OEM/sysprep-unattend.xml',
+        ]);
+      await removeTraces(c, BUILD_TRACES);
+      expect(await dirty(c), name).toEqual([]);
+      expect(
+        (await listFiles(c)).filter((f) => /unattend|(^|\/)orb(\/|$)|^OEM\//i.test(f)),
+        name,
+      ).toEqual([]);
+    }
   });
 
   it('fails before writing anything on bad input', async () => {

@@ -2,7 +2,7 @@ import * as core from '@actions/core';
 import { Inputs, Summary, type CommandDef, type RunContext } from '../core/command.js';
 import { describeError, OrbError } from '../core/errors.js';
 import { resolveInputs, type RawInputs } from '../core/inputs.js';
-import { mask, onMask, redact, type Logger } from '../core/log.js';
+import { mask, maskUrlSecrets, onMask, redact, type Logger } from '../core/log.js';
 import { progressInterval, RateProgress } from '../core/progress.js';
 import { commandSignal, interruptedBy, runCleanup, signalExitCode } from '../core/cleanup.js';
 import { findCommand } from '../commands/index.js';
@@ -19,6 +19,8 @@ export function getInputs(cmd: CommandDef): Inputs {
   const raw: RawInputs = {};
   for (const spec of cmd.inputs) {
     const value = core.getInput(spec.name);
+    // A credential inside a reference or URL input is registered before anything can echo it.
+    maskUrlSecrets(value);
     if (value !== '') raw[spec.name] = spec.type === 'list' ? value.split('\n') : value;
   }
   const values = resolveInputs(cmd.inputs, raw);
@@ -31,8 +33,13 @@ function setOutputs(cmd: CommandDef, outputs: Record<string, string | number | b
   const secretOutputs = new Set(cmd.outputs.filter((o) => o.secret).map((o) => o.name));
   for (const [key, value] of Object.entries(outputs)) {
     if (value === undefined) continue;
-    if (secretOutputs.has(key)) core.setSecret(String(value));
-    core.setOutput(key, value);
+    if (secretOutputs.has(key)) {
+      core.setSecret(String(value));
+      core.setOutput(key, value);
+    } else {
+      // Outputs end up in logs and later jobs' variables: no credential in them.
+      core.setOutput(key, typeof value === 'string' ? redact(value) : value);
+    }
   }
 }
 
@@ -52,8 +59,14 @@ export async function runAction(name: string): Promise<void> {
       mask,
       signal: command.signal,
       mode: 'action',
-      progress: (label, total) =>
-        new RateProgress(label, total, { write: (line) => core.info(redact(line)) }, progressInterval()),
+      progress: (label, total, unit) =>
+        new RateProgress(
+          label,
+          total,
+          { write: (line) => core.info(redact(line)) },
+          progressInterval(),
+          unit,
+        ),
       uploadArtifact: async (artifactName, files, rootDir) => {
         const { DefaultArtifactClient } = await import('@actions/artifact');
         await new DefaultArtifactClient().uploadArtifact(artifactName, files, rootDir, { retentionDays: 7 });

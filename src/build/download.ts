@@ -3,13 +3,22 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, readFile, realpath, rename, rm, stat, truncate } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { Readable, Transform } from 'node:stream';
+import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
+import type { IncomingMessage } from 'node:http';
 import { OrbError } from '../core/errors.js';
 import { exists, sha256File, writeFileAtomic } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
 import type { Progress } from '../core/progress.js';
+import { sendFollowing } from '../net/http.js';
+import {
+  backoffMs,
+  defaultRetryPolicy,
+  isRetryableStatus,
+  parseRetryAfter,
+  sleep,
+  type RetryPolicy,
+} from '../net/retry.js';
 import { restoreActionsCache, saveActionsCache } from './actions-cache.js';
 
 /**
@@ -174,8 +183,16 @@ async function rememberDigest(path: string, digest: string, cacheDir: string): P
   }
 }
 
+/**
+ * Each attempt resumes where the last stopped (Range from the partial file's size), so a
+ * dropped connection costs only the wait: the one retry policy (src/net/retry.ts) decides it.
+ */
 async function download(o: ObtainOptions, partial: string): Promise<void> {
-  const attempts = o.attempts ?? 6;
+  const policy = defaultRetryPolicy();
+  if (o.attempts) policy.attempts = o.attempts;
+  const attempts = policy.attempts;
+  const retry = (attempt: number, why: string, retryAfterMs?: number) =>
+    backoff(o, policy, attempt, why, retryAfterMs);
   const shown = displayUrl(o.source);
   let progress: Progress | undefined;
   let lastError = '';
@@ -184,45 +201,53 @@ async function download(o: ObtainOptions, partial: string): Promise<void> {
       throw new OrbError('interrupted', `download of ${shown} interrupted; rerun to resume`);
     const have = (await stat(partial).catch(() => undefined))?.size ?? 0;
     if (attempt === 1 && have > 0) o.log.info(`${o.what}: resuming ${shown} at ${have} bytes`);
-    let res: Response;
+    let res: IncomingMessage;
     try {
-      res = await fetch(o.source, { headers: have > 0 ? { range: `bytes=${have}-` } : {}, signal: o.signal });
+      ({ res } = await sendFollowing({
+        url: new URL(o.source),
+        headers: have > 0 ? { range: `bytes=${have}-` } : {},
+        signal: o.signal,
+        idleMs: 120_000,
+      }));
     } catch (err) {
+      if (o.signal?.aborted)
+        throw new OrbError('interrupted', `download of ${shown} interrupted; rerun to resume`);
+      if (err instanceof OrbError) throw err;
       lastError = (err as Error).message;
-      await backoff(o, attempt, attempts, `${shown}: ${lastError}`);
+      await retry(attempt, `${shown}: ${lastError}`);
       continue;
     }
+    const status = res.statusCode ?? 0;
     let append = false;
     let total: number | undefined;
-    if (res.status === 206) {
+    if (status === 206) {
       append = true;
-      const m = /\/(\d+)\s*$/.exec(res.headers.get('content-range') ?? '');
+      const m = /\/(\d+)\s*$/.exec(res.headers['content-range'] ?? '');
       total = m ? Number(m[1]) : undefined;
-    } else if (res.status === 200) {
+    } else if (status === 200) {
       // The server ignored the range: start over.
-      const len = res.headers.get('content-length');
+      const len = res.headers['content-length'];
       total = len ? Number(len) : undefined;
-    } else if (res.status === 416 && have > 0) {
-      const m = /\/(\d+)\s*$/.exec(res.headers.get('content-range') ?? '');
-      await res.body?.cancel();
+    } else if (status === 416 && have > 0) {
+      const m = /\/(\d+)\s*$/.exec(res.headers['content-range'] ?? '');
+      res.resume();
       if (m && Number(m[1]) === have) return; // already complete
       await truncate(partial, 0);
       continue;
     } else {
-      await res.body?.cancel();
-      lastError = `HTTP ${res.status} ${res.statusText}`;
-      if (res.status === 408 || res.status === 429 || res.status >= 500) {
-        await backoff(o, attempt, attempts, `${shown}: ${lastError}`);
+      res.resume();
+      lastError = `HTTP ${status} ${res.statusMessage ?? ''}`.trim();
+      if (isRetryableStatus(status)) {
+        await retry(attempt, `${shown}: ${lastError}`, parseRetryAfter(res.headers['retry-after']));
         continue;
       }
       throw new OrbError('network', `cannot download ${o.what} from ${shown}: ${lastError}`, {
         hint:
-          res.status === 403 || res.status === 401
+          status === 403 || status === 401
             ? 'the link needs credentials or has expired: make a new one'
             : 'check the URL',
       });
     }
-    if (!res.body) throw new OrbError('network', `empty response for ${shown}`);
     progress ??= o.progress(`download ${basename(partial, '.partial')}`, total);
     if (total) progress.setTotal(total);
     let done = append ? have : 0;
@@ -236,11 +261,7 @@ async function download(o: ObtainOptions, partial: string): Promise<void> {
     });
     try {
       await mkdir(dirname(partial), { recursive: true });
-      await pipeline(
-        Readable.fromWeb(res.body as import('node:stream/web').ReadableStream),
-        counter,
-        createWriteStream(partial, { flags: append ? 'a' : 'w' }),
-      );
+      await pipeline(res, counter, createWriteStream(partial, { flags: append ? 'a' : 'w' }));
     } catch (err) {
       if (o.signal?.aborted)
         throw new OrbError(
@@ -248,12 +269,12 @@ async function download(o: ObtainOptions, partial: string): Promise<void> {
           `download of ${shown} interrupted at ${done} bytes; rerun to resume`,
         );
       lastError = (err as Error).message;
-      await backoff(o, attempt, attempts, `${shown} broke off at ${done} bytes (${lastError})`);
+      await retry(attempt, `${shown} broke off at ${done} bytes (${lastError})`);
       continue;
     }
     if (total !== undefined && done !== total) {
       lastError = `got ${done} of ${total} bytes`;
-      await backoff(o, attempt, attempts, `${shown}: ${lastError}`);
+      await retry(attempt, `${shown}: ${lastError}`);
       continue;
     }
     progress.done();
@@ -268,11 +289,18 @@ async function download(o: ObtainOptions, partial: string): Promise<void> {
   );
 }
 
-async function backoff(o: ObtainOptions, attempt: number, attempts: number, why: string): Promise<void> {
-  if (attempt >= attempts) return;
-  const ms = Math.min(30_000, 500 * 2 ** (attempt - 1));
+async function backoff(
+  o: ObtainOptions,
+  policy: RetryPolicy,
+  attempt: number,
+  why: string,
+  retryAfterMs?: number,
+): Promise<void> {
+  if (attempt >= policy.attempts) return;
+  const ms = Math.min(policy.maxRetryAfterMs, backoffMs(attempt, policy, retryAfterMs));
   o.log.warn(
-    `${why}; retrying in ${(ms / 1000).toFixed(1)} s (attempt ${attempt + 1} of ${attempts}, resuming)`,
+    `${why}; retrying in ${(ms / 1000).toFixed(1)} s (attempt ${attempt + 1} of ${policy.attempts}, resuming)`,
   );
-  await sleep(ms, undefined, { signal: o.signal }).catch(() => undefined);
+  // an abort ends the wait; the next turn of the loop reports it
+  await sleep(ms, o.signal).catch(() => undefined);
 }

@@ -15,6 +15,7 @@ import {
 } from './common.js';
 import { copyFirmwareState } from './layers.js';
 import { createOverlay, flatten, imgInfo, resizeImage } from './qemu-img.js';
+import { qemuName, vetImage } from '../image/untrusted.js';
 import { emptyState, isDone, loadState, markDone, recipeKey, saveState } from './state.js';
 import { runStage } from './watch.js';
 
@@ -63,7 +64,10 @@ export async function buildLinux(o: LinuxBuildOptions, env: BuildEnv): Promise<B
     reused.push('installed');
   } else {
     log.info(`importing the cloud image ${o.image}`);
-    await flatten(o.image, base, 'qcow2', env.progress('import image', 100), env.signal);
+    // A downloaded cloud image is someone else's file: pinned format, and refused if it names
+    // other files (src/image/untrusted.ts), so the import cannot pull a host file into the image.
+    const source = qemuName(await vetImage(o.image));
+    await flatten(source, base, 'qcow2', env.progress('import image', 100), env.signal);
     const info = await imgInfo(base, env.signal);
     if (o.diskBytes > info.virtualSize) await resizeImage(base, o.diskBytes, env.signal);
     else if (o.diskBytes < info.virtualSize)

@@ -66,7 +66,8 @@ export async function resizeImage(path: string, bytes: number, signal?: AbortSig
 }
 
 /**
- * Copies `src` (with its whole backing chain) into one standalone image in `format`, written as
+ * Copies `src` (a layer orb made, or the json: name of a vetted image, src/image/untrusted.ts;
+ * with its whole backing chain) into one standalone image in `format`, written as
  * `.partial` and renamed when complete. Zero and unallocated clusters stay holes.
  */
 export async function flatten(
@@ -77,7 +78,8 @@ export async function flatten(
   signal?: AbortSignal,
 ): Promise<void> {
   const out = await partialOutput(dest);
-  progress?.setTotal(100);
+  // `convert -p` reports only "(42.00/100%)": a percentage, not bytes.
+  progress?.setTotal(100, 'percent');
   try {
     const args = [
       'convert',

@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { type CommandDef, Inputs, Summary, type Outputs, type RunContext } from '../core/command.js';
 import { describeError, exitCodeFor, OrbError, UsageError } from '../core/errors.js';
 import { resolveInputs, type InputSpec, type RawInputs } from '../core/inputs.js';
-import { mask, redact, StderrLogger } from '../core/log.js';
+import { mask, maskUrlSecrets, redact, StderrLogger } from '../core/log.js';
 import { progressInterval, RateProgress, stderrSink } from '../core/progress.js';
 import { commandSignal, interruptedBy, runCleanup, signalExitCode } from '../core/cleanup.js';
 import { commands, findCommand } from '../commands/index.js';
@@ -171,6 +171,9 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
       process.stdout.write(VERSION + '\n');
       return 0;
     }
+    // Credentials typed into a reference (oci://user:password@..., a pre-signed URL) are masked
+    // before anything can echo them, including a usage error about that very argument.
+    for (const a of argv) maskUrlSecrets(a);
     const cmd = findCommand(name);
     if (!cmd) throw new UsageError(`unknown command '${name}'`, `'orb --help' lists the commands`);
     const parsed = parseArgs(cmd, rest);
@@ -188,7 +191,8 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
       mask,
       signal: command.signal,
       mode: 'cli',
-      progress: (label, total) => new RateProgress(label, total, stderrSink(), progressInterval()),
+      progress: (label, total, unit) =>
+        new RateProgress(label, total, stderrSink(), progressInterval(), unit),
     };
     const result: Outputs = await cmd.run(new Inputs(values, cmd.inputs), ctx);
     const secretKeys = new Set(cmd.outputs.filter((o) => o.secret).map((o) => o.name));
@@ -198,12 +202,15 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
     ][];
     if (parsed.dotenv) {
       // Dotenv reports become plain CI variables in later jobs: secret outputs stay out of them.
-      const lines = entries.filter(([k]) => !secretKeys.has(k)).map(([k, v]) => dotenvLine(k, String(v)));
+      const lines = entries
+        .filter(([k]) => !secretKeys.has(k))
+        .map(([k, v]) => dotenvLine(k, redact(String(v))));
       writeFileSync(parsed.dotenv, lines.join('\n') + '\n', { mode: 0o600 });
     }
     if (parsed.json) {
       // JSON goes to stdout, which the user asked for: secrets included there and nowhere else.
-      process.stdout.write(JSON.stringify(Object.fromEntries(entries), null, 2) + '\n');
+      const shown = entries.map(([k, v]) => [k, secretKeys.has(k) || typeof v !== 'string' ? v : redact(v)]);
+      process.stdout.write(JSON.stringify(Object.fromEntries(shown), null, 2) + '\n');
     } else {
       for (const [k, v] of entries) {
         process.stdout.write(
@@ -216,7 +223,11 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
     if (jsonRequested && err instanceof OrbError && err.outputs) {
       process.stdout.write(
         JSON.stringify(
-          Object.fromEntries(Object.entries(err.outputs).filter(([, v]) => v !== undefined)),
+          Object.fromEntries(
+            Object.entries(err.outputs)
+              .filter(([, v]) => v !== undefined)
+              .map(([k, v]) => [k, typeof v === 'string' ? redact(v) : v]),
+          ),
           null,
           2,
         ) + '\n',

@@ -27,8 +27,9 @@ export default defineCommand({
     },
   ],
   outputs: [
-    { name: 'url', description: 'the URL of the first (or only) blob' },
-    { name: 'urls', description: 'one URL per blob, in layer order, newline-separated' },
+    // Pre-signed URLs are bearer credentials: shown only with --json, masked everywhere else.
+    { name: 'url', description: 'the URL of the first (or only) blob', secret: true },
+    { name: 'urls', description: 'one URL per blob, in layer order, newline-separated', secret: true },
     { name: 'direct', description: 'true when the registry serves blobs itself (no pre-signed storage URL)' },
     { name: 'expires-in', description: 'seconds the pre-signed URLs stay valid, when they say' },
     { name: 'token-url', description: 'anonymous token endpoint, when direct URLs need a bearer token' },

@@ -82,6 +82,12 @@ const own: InputSpec[] = [
     description: 'prove the output decodes to the input content before keeping it (qcow2: qemu-img compare)',
   },
   {
+    name: 'allow-external-file',
+    type: 'list',
+    description:
+      'a file the input image names (qcow2 backing or data file, VMDK extent or parent) that orb may read; without it such images are refused (see docs/security.md)',
+  },
+  {
     name: 'benchmark',
     type: 'boolean',
     default: false,
@@ -148,6 +154,7 @@ export default defineCommand({
       base: inp.list('base'),
       threads: inp.optNumber('threads'),
       verify: inp.bool('verify'),
+      allowExternalFiles: inp.list('allow-external-file'),
       log: ctx.log,
       progress: (label, total) => ctx.progress(label, total),
       signal: ctx.signal,

@@ -50,9 +50,16 @@ const own: InputSpec[] = [
       'disk image file (raw, qcow2, vhdx, vmdk, ...), chunked layout (oci-layout:DIR:TAG) or published reference',
   },
   {
+    name: 'allow-external-file',
+    type: 'list',
+    description:
+      'a file the image names (qcow2 backing or data file, VMDK extent or parent) that the VM may read; without it such images are refused before boot',
+  },
+  {
     name: 'manifest',
     type: 'string',
-    description: 'stage manifest giving firmware, TPM and OS (default: <image>.orb.json when it exists)',
+    description:
+      'stage manifest giving firmware, TPM and OS for a local image (default: <image>.orb.json when it exists); a pulled image brings its own',
   },
   {
     name: 'timeout',
@@ -301,13 +308,19 @@ export default defineCommand({
           `using software emulation (TCG): ${d.reason}. Booting will be many times slower than with KVM; raise --timeout accordingly.`,
         );
     }
+    // A pulled image's own manifest (from its published config) describes what was booted; a
+    // --manifest given beside a reference could be another version's, so it only fills in for
+    // local files.
+    const given = inputs.optString('manifest');
+    if (given && image.manifest)
+      ctx.log.warn(`--manifest ${given} is ignored: the pulled image brings its own (${image.manifest})`);
+    const manifest = image.manifest ?? given;
     let result: SmokeResult;
     try {
       result = await smokeTest({
         image: image.path,
-        ...((inputs.optString('manifest') ?? image.manifest)
-          ? { manifest: (inputs.optString('manifest') ?? image.manifest)! }
-          : {}),
+        allowExternalFiles: inputs.list('allow-external-file'),
+        ...(manifest ? { manifest } : {}),
         accelerator,
         firmware: inputs.string('firmware') as Firmware | 'auto',
         tpm: tpmIn === 'auto' ? 'auto' : tpmIn === 'true',

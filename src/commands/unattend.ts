@@ -15,7 +15,8 @@ export default defineCommand({
     'Generates the answer file (windowsPE, specialize, oobeSystem) and orb\\ with the first-logon script and your provisioning scripts, ' +
     'without booting anything. Put the folder on any drive Windows Setup sees (a second ISO, Packer cd_files, a USB stick): after ' +
     'Setup the first logon runs the scripts in order, removes the cached answer files and the stored logon password, trims free ' +
-    'space, optionally runs sysprep, and shuts down. The folder holds the admin password (in autounattend.xml): treat it as a secret.',
+    'space, optionally runs sysprep, and shuts down. autounattend.xml holds the admin password: treat it as a secret. orb\\ holds no ' +
+    'secret: for dockur/windows, mount autounattend.xml as /custom.xml and only orb\\ as /oem (docs/windows.md).',
   action: false,
   usage: '--out DIR --edition NAME',
   inputs: [

@@ -2,6 +2,8 @@
  * Typed errors. Every failure that reaches a user goes through one top-level catch (CLI or action
  * wrapper), which prints `message` and, when present, `hint` (what to do about it).
  */
+import { redact } from './log.js';
+
 export type ErrorKind =
   | 'usage' // bad input: flag, type, range, missing value
   | 'input' // input file or reference is unusable (corrupt, wrong type, missing)
@@ -57,10 +59,11 @@ export function exitCodeFor(err: unknown): number {
   return 1;
 }
 
+/** The text a user sees for a failure, with every credential redacted (see core/log.ts). */
 export function describeError(err: unknown): string {
   if (err instanceof OrbError) {
-    return err.hint ? `${err.message}\n  hint: ${err.hint}` : err.message;
+    return redact(err.hint ? `${err.message}\n  hint: ${err.hint}` : err.message);
   }
-  if (err instanceof Error) return `${err.name}: ${err.message}`;
-  return String(err);
+  if (err instanceof Error) return redact(`${err.name}: ${err.message}`);
+  return redact(String(err));
 }

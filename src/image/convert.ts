@@ -3,7 +3,13 @@ import { basename, dirname, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
 import { ensureFreeSpace, freeBytes, partialOutput, type PartialOutput } from '../core/fsutil.js';
 import { silentLogger, type Logger } from '../core/log.js';
-import { manifestImagePath, readManifest, type BuildInfo, type OrbManifest } from '../core/manifest.js';
+import {
+  manifestImagePath,
+  readStageInput,
+  type BuildInfo,
+  type OrbManifest,
+  type StageInput,
+} from '../core/manifest.js';
 import { nullProgress, type Progress } from '../core/progress.js';
 import { isChunkedLayout, parseLayoutRef, readChunkedLayout, type ChunkedImage } from './chunked/read.js';
 import { inspectImage, type ImageInfo } from './inspect.js';
@@ -39,6 +45,8 @@ export interface ConvertOptions {
   base?: string[];
   threads?: number;
   verify?: boolean;
+  /** files the input image may name (backing, data file, extents): exactly these, nothing else */
+  allowExternalFiles?: string[];
   /** write `<output>.orb.json` (default true) */
   manifest?: boolean;
   build?: BuildInfo;
@@ -82,20 +90,21 @@ export interface ConvertResult {
 
 interface ResolvedInput {
   path: string;
-  manifestPath?: string;
   manifest?: OrbManifest;
+  /** provenance of the input manifest, recorded (not edited) in ours */
+  input?: StageInput;
 }
 
 async function resolveInput(input: string): Promise<ResolvedInput> {
   if (input.endsWith('.json')) {
-    const m = await readManifest(input);
+    const { manifest: m, input: record } = await readStageInput(input);
     return {
       path:
         m.image.format === 'chunked' && m.image.chunked
           ? `oci-layout:${manifestImagePath(input, m)}:${m.image.chunked.tag}`
           : manifestImagePath(input, m),
-      manifestPath: input,
       manifest: m,
+      input: record,
     };
   }
   return { path: input };
@@ -178,7 +187,11 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   const started = Date.now();
   const settings = validate(o);
   const src = await resolveInput(o.input);
-  const info = await inspectImage(src.path, { signal: o.signal });
+  const info = await inspectImage(src.path, {
+    ...(o.signal ? { signal: o.signal } : {}),
+    ...(o.allowExternalFiles ? { allow: o.allowExternalFiles } : {}),
+  });
+  if (info.external) log.warn(`reading files the input names, as allowed: ${info.external.join(', ')}`);
   const mode = await checkOutput(info, o.output, o.format);
   log.info(`input: ${info.path} (${info.format}, ${info.virtualSize} bytes virtual)`);
   const build = o.build ?? src.manifest?.build;

@@ -1,6 +1,8 @@
 import { createInterface } from 'node:readline';
 import { OrbError } from '../core/errors.js';
 import { requireTool, spawnTracked } from '../core/proc.js';
+import type { ImageInfo } from './inspect.js';
+import { qemuNameOf } from './untrusted.js';
 import { lastLines } from './util.js';
 
 /**
@@ -79,13 +81,13 @@ interface MapEntry {
  * without reading them.
  */
 export async function mapImage(
-  path: string,
-  format: string,
+  info: Pick<ImageInfo, 'path' | 'format' | 'qemu'>,
   virtualSize: number,
   signal?: AbortSignal,
 ): Promise<Extents> {
+  const path = info.path;
   const qemuImg = requireTool('qemu-img', 'qemu-utils');
-  const child = spawnTracked(qemuImg, ['map', '-U', '--output=json', '-f', format, path], {
+  const child = spawnTracked(qemuImg, ['map', '-U', '--output=json', qemuNameOf(info)], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const onAbort = () => child.kill('SIGTERM');

@@ -3,10 +3,12 @@ import { OrbError } from '../core/errors.js';
 import { requireTool, run } from '../core/proc.js';
 import { lastLines } from './util.js';
 import { isChunkedLayout, parseLayoutRef, readChunkedLayout } from './chunked/read.js';
+import { qemuInfoName, qemuName, vetImage } from './untrusted.js';
+export { qemuNameOf } from './untrusted.js';
 
 /**
- * What a disk image is, found by reading it (qemu-img probes the headers): never trusted from
- * the file name, because `.img` may be raw or qcow2 and a renamed file must not be misread.
+ * What a disk image is, found by reading its header (src/image/untrusted.ts, never QEMU's probe
+ * and never the file name: `.img` may be raw or qcow2 and a renamed file must not be misread).
  */
 export const INPUT_FORMATS = ['raw', 'qcow2', 'vhdx', 'vmdk', 'vdi', 'vpc', 'chunked'] as const;
 export type InputFormat = (typeof INPUT_FORMATS)[number];
@@ -25,6 +27,10 @@ export interface ImageInfo {
   tag?: string;
   /** chunked: sha256:<hex> of the whole disk, from its config (checked after decoding) */
   contentDigest?: string;
+  /** the name QEMU must open it by (format and every named file pinned); absent for chunked */
+  qemu?: string;
+  /** other files the image names that the user allowed (read as part of it) */
+  external?: string[];
 }
 
 interface QemuInfo {
@@ -46,7 +52,7 @@ const CHECKABLE = new Set(['qcow2', 'vhdx', 'vdi', 'vmdk']);
 
 export async function inspectImage(
   input: string,
-  opts: { signal?: AbortSignal; check?: boolean } = {},
+  opts: { signal?: AbortSignal; check?: boolean; allow?: readonly string[] } = {},
 ): Promise<ImageInfo> {
   const { dir: path, tag } = parseLayoutRef(input);
   const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
@@ -83,10 +89,15 @@ export async function inspectImage(
       hint: 'check the file permissions',
     });
   }
+  // The header decides the format and which other files may be read; QEMU gets them pinned.
+  const vetted = await vetImage(path, opts.allow ? { allow: opts.allow } : {});
+  const name = qemuName(vetted);
   const qemuImg = requireTool('qemu-img', 'qemu-utils');
   // -U: do not take the image lock, so a converter can read an image that a stopped-but-not-
   // yet-reaped QEMU still holds; we only read.
-  const res = await run(qemuImg, ['info', '-U', '--output=json', path], { signal: opts.signal });
+  const res = await run(qemuImg, ['info', '-U', '--output=json', qemuInfoName(vetted)], {
+    signal: opts.signal,
+  });
   if (res.code !== 0) {
     throw new OrbError('input', `qemu-img cannot read ${path}: ${lastLines(res.stderr)}`, {
       hint: 'the file is not a disk image qemu-img understands, or it is damaged',
@@ -98,20 +109,9 @@ export async function inspectImage(
   } catch {
     throw new OrbError('internal', `unexpected qemu-img info output for ${path}`);
   }
-  const fmt = info.format ?? '';
-  if (!(INPUT_FORMATS as readonly string[]).includes(fmt) || fmt === 'chunked') {
-    throw new OrbError('input', `${path} is in format '${fmt || 'unknown'}', which orb does not convert`, {
-      hint: `supported input formats: ${INPUT_FORMATS.join(', ')}`,
-    });
-  }
-  if (info['backing-filename']) {
-    throw new OrbError(
-      'input',
-      `${path} has a backing file (${info['backing-filename']}); orb converts self-contained images`,
-      {
-        hint: `flatten it first: qemu-img convert -O qcow2 ${path} flat.qcow2`,
-      },
-    );
+  const fmt = vetted.format;
+  if (info.format !== fmt) {
+    throw new OrbError('internal', `qemu-img read ${path} as ${info.format ?? '?'}, its header says ${fmt}`);
   }
   if (info.encrypted || info['format-specific']?.data?.encrypted) {
     throw new OrbError('input', `${path} is encrypted; orb cannot read encrypted images`);
@@ -120,8 +120,9 @@ export async function inspectImage(
   if (typeof virtualSize !== 'number' || virtualSize <= 0) {
     throw new OrbError('input', `${path} reports no virtual size`, { hint: 'the image header is damaged' });
   }
-  if (opts.check !== false && CHECKABLE.has(fmt)) await checkImage(qemuImg, path, fmt, opts.signal);
-  const result: ImageInfo = { path, format: fmt as InputFormat, virtualSize, fileBytes: st.blocks * 512 };
+  if (opts.check !== false && CHECKABLE.has(fmt)) await checkImage(qemuImg, path, name, opts.signal);
+  const result: ImageInfo = { path, format: fmt, virtualSize, fileBytes: st.blocks * 512, qemu: name };
+  if (vetted.external.length > 0) result.external = vetted.external;
   if (info['cluster-size']) result.clusterSize = info['cluster-size'];
   const ct = info['format-specific']?.data?.['compression-type'];
   if (ct) result.compressionType = ct;
@@ -129,8 +130,8 @@ export async function inspectImage(
 }
 
 /** `qemu-img check` reads metadata only (seconds even for 150 GB) and finds truncated files. */
-async function checkImage(qemuImg: string, path: string, fmt: string, signal?: AbortSignal): Promise<void> {
-  const res = await run(qemuImg, ['check', '-U', '-f', fmt, path], { signal });
+async function checkImage(qemuImg: string, path: string, name: string, signal?: AbortSignal): Promise<void> {
+  const res = await run(qemuImg, ['check', '-U', name], { signal });
   // 0 clean, 3 leaked clusters only (wasted space, data intact), 63 check not supported
   if (res.code === 0 || res.code === 3 || res.code === 63) return;
   const detail = lastLines(res.stderr || res.stdout, 3);

@@ -8,6 +8,7 @@ import { untrackChild } from '../core/cleanup.js';
 import { openChunkedReader } from './chunked/read.js';
 import { Extents, mapImage } from './extents.js';
 import type { ImageInfo } from './inspect.js';
+import { qemuNameOf } from './untrusted.js';
 import { NBD_MAX_READ, NbdClient } from './nbd.js';
 
 /**
@@ -99,7 +100,7 @@ export async function openDiskReader(info: ImageInfo, opts: OpenOptions = {}): P
   }
   const extents = opts.noMap
     ? Extents.full(info.virtualSize)
-    : await mapImage(info.path, info.format, info.virtualSize, opts.signal);
+    : await mapImage(info, info.virtualSize, opts.signal);
   if (info.format === 'raw') {
     const fh = await open(info.path, 'r');
     return new RawReader(info, extents, fh, (await fh.stat()).size);
@@ -119,10 +120,9 @@ async function openNbd(info: ImageInfo, extents: Extents, signal?: AbortSignal):
       '--shared=1',
       '--cache=writeback',
       '--aio=threads',
-      '--image-opts',
-      // locking off: like `qemu-img -U`, read an image another process still holds; we only read.
-      // Commas in the path are doubled, QEMU's escape for option strings.
-      `driver=${info.format},file.driver=file,file.filename=${info.path.replace(/,/g, ',,')},file.locking=off`,
+      // Every node pinned (format, file, backing file or none, data file), locking off: see
+      // src/image/untrusted.ts. No --image-opts: the json: name carries the options.
+      qemuNameOf(info),
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );

@@ -10,6 +10,7 @@ import { readChunkedLayout } from './chunked/read.js';
 import type { ImageInfo } from './inspect.js';
 import type { OutputDone } from './outputs.js';
 import { openDiskReader, type DiskReader } from './reader.js';
+import { qemuNameOf } from './untrusted.js';
 import { scanDisk } from './scan.js';
 import { lastLines } from './util.js';
 import { Hasher, SlotPool } from './workers.js';
@@ -82,7 +83,8 @@ export async function verifyOutput(v: VerifyRun): Promise<void> {
         v.log.info('verify: qemu-img compare input output');
         const cmp = await run(
           qemuImg,
-          ['compare', '-U', '-f', v.info.format, '-F', 'qcow2', v.info.path, v.output],
+          // both pinned (src/image/untrusted.ts): the input's allowed files and nothing else
+          ['compare', '-U', qemuNameOf(v.info), qemuNameOf({ path: v.output, format: 'qcow2' })],
           { signal: v.signal },
         );
         if (cmp.code === 1)

@@ -3,10 +3,10 @@ import { Worker } from 'node:worker_threads';
 import { OrbError, type ErrorKind } from '../core/errors.js';
 import { onCleanup } from '../core/cleanup.js';
 import type { Extents } from './extents.js';
-import { WORKER_SOURCE } from './worker-source.js';
+import { startWorker } from '../core/worker-file.js';
 
 /**
- * A fixed set of worker threads running WORKER_SOURCE, one task at a time each, plus the
+ * A fixed set of worker threads running compress-worker.ts, one task at a time each, plus the
  * SharedArrayBuffer slots that hold disk bytes while they are hashed and compressed. Memory is
  * bounded by the slots (count x size), never by the image.
  */
@@ -27,7 +27,7 @@ class Thread {
   readonly worker: Worker;
   job: Job | undefined;
   constructor(onDone: (t: Thread, r: TaskResult | Error) => void, workerData: unknown) {
-    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData });
+    this.worker = startWorker('./compress-worker.js', import.meta.url, { workerData });
     this.worker.on('message', (r: TaskResult) => onDone(this, r));
     this.worker.on('error', (err) => onDone(this, err));
   }
@@ -48,7 +48,7 @@ export class WorkerPool {
     base: readonly string[] = [],
   ) {
     for (let i = 0; i < size; i++) {
-      const t = new Thread((th, r) => this.done(th, r), { base });
+      const t = new Thread((th, r) => this.done(th, r), { role: 'orb-compress', base });
       this.threads.push(t);
       this.idle.push(t);
     }

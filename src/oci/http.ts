@@ -1,15 +1,15 @@
-import http, { type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
-import https from 'node:https';
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import { Readable } from 'node:stream';
 import type { HttpWorkers } from '../transfer/http-workers.js';
 import { OrbError } from '../core/errors.js';
+import { makeAgents, sendOnce, type Agents } from '../net/http.js';
+import type { PutDone, WorkerFailure } from '../net/http-worker.js';
 
 /**
- * The HTTP layer under the registry client: keep-alive connections, an idle timeout (a stalled
- * link fails instead of hanging a CI job for hours), no automatic redirects (the registry client
- * follows them itself so credentials never go to a storage host), and the retry policy shared by
- * every call: 408/429/5xx and dropped connections are retried with exponential backoff and jitter,
- * honouring Retry-After.
+ * The registry client's view of src/net/http.ts: its own keep-alive agents, responses as
+ * HttpResponse, network failures as TransientError (the registry client retries them under the
+ * policy of src/net/retry.ts), no automatic redirects (the registry client follows them itself so
+ * credentials never go to a storage host), and file-region bodies sent by a transfer worker.
  */
 /**
  * A request body: bytes, or a stream factory (so a retry can reopen it). A stream body may name
@@ -96,99 +96,40 @@ export interface HttpClientOptions {
 }
 
 export class HttpClient {
-  private readonly httpAgent: http.Agent;
-  private readonly httpsAgent: https.Agent;
+  private readonly agents: Agents;
   readonly idleTimeoutMs: number;
   workers: HttpWorkers | undefined;
 
   constructor(opts: HttpClientOptions = {}) {
     this.workers = opts.workers;
     const maxSockets = opts.maxSockets ?? 16;
-    this.httpAgent = new http.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets });
-    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets });
+    this.agents = makeAgents(maxSockets);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? Number(process.env.ORB_HTTP_IDLE_TIMEOUT_MS || 120_000);
   }
 
   /** One attempt. Rejects with TransientError on network failures; any HTTP status resolves. */
-  send(req: HttpRequest): Promise<HttpResponse> {
+  async send(req: HttpRequest): Promise<HttpResponse> {
     const b = req.body;
     if (this.workers && b !== undefined && typeof b === 'object' && !Buffer.isBuffer(b) && b.file)
       return this.sendFromWorker(req, b.file, b.length, b.onProgress);
     const url = typeof req.url === 'string' ? new URL(req.url) : req.url;
-    const lib = url.protocol === 'https:' ? https : http;
-    const agent = url.protocol === 'https:' ? this.httpsAgent : this.httpAgent;
-    const headers: OutgoingHttpHeaders = { 'user-agent': 'orb-actions', ...(req.headers ?? {}) };
-    const body = req.body;
-    if (body !== undefined) {
-      headers['content-length'] = typeof body === 'string' ? Buffer.byteLength(body) : body.length;
-    } else if (req.method === 'PUT' || req.method === 'POST' || req.method === 'PATCH') {
-      headers['content-length'] = 0;
-    }
-    return new Promise<HttpResponse>((resolve, reject) => {
-      if (req.signal?.aborted) {
-        reject(req.signal.reason ?? new OrbError('interrupted', 'interrupted'));
-        return;
-      }
-      let settled = false;
-      let source: Readable | undefined;
-      const fail = (err: unknown) => {
-        if (settled) return;
-        settled = true;
-        source?.destroy();
-        req.signal?.removeEventListener('abort', onAbort);
-        if (err instanceof OrbError) reject(err);
-        else
-          reject(
-            new TransientError(
-              `${req.method} ${url.host}${url.pathname}: ${(err as Error)?.message ?? String(err)}`,
-            ),
-          );
-      };
-      const onAbort = () => {
-        const reason = req.signal?.reason ?? new OrbError('interrupted', 'interrupted');
-        r.destroy(reason instanceof Error ? reason : new Error(String(reason)));
-        fail(reason instanceof OrbError ? reason : new OrbError('interrupted', 'interrupted'));
-      };
-      const r = lib.request(url, { method: req.method, headers, agent });
-      r.setTimeout(this.idleTimeoutMs, () =>
-        r.destroy(new Error(`no data for ${Math.round(this.idleTimeoutMs / 1000)} s`)),
-      );
-      r.on('error', fail);
-      r.on('response', (res) => {
-        if (settled) {
-          res.destroy();
-          return;
-        }
-        settled = true;
-        // The body may still be streaming when an early answer (401, 413) arrives: stop sending.
-        if (source && !source.readableEnded) {
-          source.unpipe(r);
-          source.destroy();
-          // The request body is incomplete, so this connection cannot carry another request.
-          res.once('close', () => r.destroy());
-        }
-        req.signal?.removeEventListener('abort', onAbort);
-        if (req.signal) {
-          const s = req.signal;
-          const abortBody = () => res.destroy(new OrbError('interrupted', 'interrupted'));
-          s.addEventListener('abort', abortBody, { once: true });
-          res.once('close', () => s.removeEventListener('abort', abortBody));
-        }
-        resolve(new HttpResponse(res.statusCode ?? 0, res.headers, url, res));
+    try {
+      const res = await sendOnce({
+        method: req.method,
+        url,
+        headers: req.headers ?? {},
+        body: req.body,
+        signal: req.signal,
+        idleMs: this.idleTimeoutMs,
+        agents: this.agents,
       });
-      req.signal?.addEventListener('abort', onAbort, { once: true });
-      if (body === undefined) r.end();
-      else if (typeof body === 'string' || Buffer.isBuffer(body)) r.end(body);
-      else {
-        source = body.open();
-        source.on('error', (err) => {
-          r.destroy(err);
-          // A local read error is not the network's fault: report it as it is.
-          fail(new OrbError('input', `cannot read the data to upload: ${err.message}`, { cause: err }));
-        });
-        source.pipe(r);
-      }
-    });
+      return new HttpResponse(res.statusCode ?? 0, res.headers, url, res);
+    } catch (err) {
+      if (err instanceof OrbError) throw err;
+      throw new TransientError(
+        `${req.method} ${url.host}${url.pathname}: ${(err as Error)?.message ?? String(err)}`,
+      );
+    }
   }
 
   /** The body is a file region: a worker thread reads and sends it. */
@@ -202,12 +143,7 @@ export class HttpClient {
     const url = typeof req.url === 'string' ? new URL(req.url) : req.url;
     const headers: Record<string, string> = {};
     for (const [k, v] of Object.entries(req.headers ?? {})) if (v !== undefined) headers[k] = String(v);
-    const done = await this.workers!.run<{
-      status?: number;
-      headers?: IncomingHttpHeaders;
-      body?: string;
-      error?: { kind: string; message: string };
-    }>(
+    const done = await this.workers!.run<Partial<PutDone> & { error?: WorkerFailure }>(
       {
         op: 'put',
         method: req.method,
@@ -233,64 +169,7 @@ export class HttpClient {
   }
 
   close(): void {
-    this.httpAgent.destroy();
-    this.httpsAgent.destroy();
+    this.agents.http.destroy();
+    this.agents.https.destroy();
   }
-}
-
-export interface RetryPolicy {
-  /** total attempts, the first included */
-  attempts: number;
-  baseDelayMs: number;
-  maxDelayMs: number;
-  /** a Retry-After longer than this is not waited for: the error says what the server asked */
-  maxRetryAfterMs: number;
-}
-
-export function defaultRetryPolicy(): RetryPolicy {
-  const base = Number(process.env.ORB_RETRY_BASE_MS);
-  return {
-    attempts: Number(process.env.ORB_RETRY_ATTEMPTS) || 6,
-    baseDelayMs: Number.isFinite(base) && base >= 0 && process.env.ORB_RETRY_BASE_MS ? base : 500,
-    maxDelayMs: 30_000,
-    maxRetryAfterMs: 300_000,
-  };
-}
-
-export function isRetryableStatus(status: number): boolean {
-  return status === 408 || status === 429 || (status >= 500 && status !== 501 && status !== 505);
-}
-
-/** Retry-After as milliseconds: delta-seconds or an HTTP date. */
-export function parseRetryAfter(value: string | undefined, now = Date.now()): number | undefined {
-  if (!value) return undefined;
-  const v = value.trim();
-  if (/^\d+(\.\d+)?$/.test(v)) return Math.round(Number(v) * 1000);
-  const t = Date.parse(v);
-  return Number.isFinite(t) ? Math.max(0, t - now) : undefined;
-}
-
-/** Backoff for attempt n (1-based) with full jitter in the upper half; Retry-After wins when given. */
-export function backoffMs(attempt: number, policy: RetryPolicy, retryAfterMs?: number): number {
-  if (retryAfterMs !== undefined) return retryAfterMs;
-  const exp = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1));
-  return Math.round(exp / 2 + (Math.random() * exp) / 2);
-}
-
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) {
-      reject(new OrbError('interrupted', 'interrupted'));
-      return;
-    }
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(new OrbError('interrupted', 'interrupted'));
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }

@@ -112,9 +112,3 @@ export function parseLayoutRef(ref: string): LayoutRef {
   }
   return { dir: text, ...(tag !== undefined ? { tag } : {}), ...(digest !== undefined ? { digest } : {}) };
 }
-
-/** 127.0.0.0/8, ::1 and localhost: plain HTTP is allowed there without asking. */
-export function isLoopbackHost(host: string): boolean {
-  const name = host.startsWith('[') ? host.slice(1, host.indexOf(']')) : host.replace(/:\d+$/, '');
-  return name === 'localhost' || name === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(name);
-}

@@ -6,18 +6,17 @@ import { resolveCredentials, type CredentialOptions, type Credentials } from './
 import {
   backoffMs,
   defaultRetryPolicy,
-  HttpClient,
   isRetryableStatus,
   parseRetryAfter,
+  retry,
   sleep,
-  TransientError,
-  type Body,
-  type HttpResponse,
   type RetryPolicy,
-} from './http.js';
+} from '../net/retry.js';
+import { HttpClient, TransientError, type Body, type HttpResponse } from './http.js';
 import { sha256Digest } from './layout.js';
 import { OCI_INDEX, OCI_MANIFEST } from './media.js';
-import { isLoopbackHost, type RegistryRef } from './reference.js';
+import { isLoopbackHost } from '../net/loopback.js';
+import type { RegistryRef } from './reference.js';
 
 /**
  * Our OCI distribution-spec client (v1.1): ping and auth, blobs (HEAD, ranged GET following
@@ -144,22 +143,23 @@ export class RegistryClient {
     body: Body | undefined,
     what: string,
   ): Promise<HttpResponse> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.http.send({
+    return retry(
+      () =>
+        this.http.send({
           method,
           url,
           headers,
           ...(body !== undefined ? { body } : {}),
           signal: this.signal,
-        });
-      } catch (err) {
-        if (!(err instanceof TransientError) || attempt >= this.retry.attempts) throw err;
-        const wait = backoffMs(attempt, this.retry);
-        this.log.info(`${what}: ${err.message}; retrying in ${(wait / 1000).toFixed(1)} s`);
-        await sleep(wait, this.signal);
-      }
-    }
+        }),
+      {
+        what,
+        policy: this.retry,
+        ...(this.signal ? { signal: this.signal } : {}),
+        onRetry: (line) => this.log.info(line),
+        classify: (err) => ({ retry: err instanceof TransientError }),
+      },
+    );
   }
 
   url(path: string): string {
@@ -173,6 +173,8 @@ export class RegistryClient {
   async request(o: RequestOptions): Promise<HttpResponse> {
     await this.ping();
     let authRetried = false;
+    // all waits of this request together stay within the policy's budget
+    let waited = 0;
     for (let attempt = 1; ;) {
       const headers: OutgoingHttpHeaders = { ...(o.headers ?? {}) };
       // Credentials go to the registry only, never to another host an upload Location names.
@@ -191,12 +193,14 @@ export class RegistryClient {
       } catch (err) {
         if (!(err instanceof TransientError)) throw err;
         if (o.retry === false) throw err;
-        if (attempt >= this.retry.attempts) throw this.gaveUp(o, err.message, attempt);
         const wait = backoffMs(attempt, this.retry);
+        if (attempt >= this.retry.attempts || waited + wait > this.retry.maxTotalMs)
+          throw this.gaveUp(o, err.message, attempt);
         this.log.info(
           `${o.what}: ${err.message}; retry ${attempt}/${this.retry.attempts - 1} in ${(wait / 1000).toFixed(1)} s`,
         );
         await sleep(wait, this.signal);
+        waited += wait;
         attempt++;
         continue;
       }
@@ -240,10 +244,12 @@ export class RegistryClient {
           );
         }
         const wait = backoffMs(attempt, this.retry, retryAfter);
+        if (waited + wait > this.retry.maxTotalMs) throw this.gaveUp(o, msg, attempt);
         this.log.info(
           `${o.what}: ${msg}; retry ${attempt}/${this.retry.attempts - 1} in ${(wait / 1000).toFixed(1)} s`,
         );
         await sleep(wait, this.signal);
+        waited += wait;
         attempt++;
         continue;
       }
@@ -327,24 +333,25 @@ export class RegistryClient {
 
   /** A GET to a storage URL (after a redirect): retries, no registry credentials. */
   async fetchUrl(url: string, headers: OutgoingHttpHeaders, what: string): Promise<HttpResponse> {
-    for (let attempt = 1; ; attempt++) {
-      let res: HttpResponse | undefined;
-      let msg: string;
-      let retryAfter: number | undefined;
-      try {
-        res = await this.http.send({ method: 'GET', url, headers, signal: this.signal });
+    return retry(
+      async () => {
+        const res = await this.http.send({ method: 'GET', url, headers, signal: this.signal });
         if (!isRetryableStatus(res.status)) return res;
-        retryAfter = parseRetryAfter(res.header('retry-after'));
-        msg = `HTTP ${res.status}`;
         await res.discard();
-      } catch (err) {
-        if (!(err instanceof TransientError)) throw err;
-        msg = err.message;
-      }
-      if (attempt >= this.retry.attempts)
-        throw new OrbError('network', `${what} failed after ${attempt} attempts: ${msg}`);
-      await sleep(backoffMs(attempt, this.retry, retryAfter), this.signal);
-    }
+        throw new TransientError(`HTTP ${res.status}`, parseRetryAfter(res.header('retry-after')));
+      },
+      {
+        what,
+        policy: this.retry,
+        ...(this.signal ? { signal: this.signal } : {}),
+        classify: (err) =>
+          err instanceof TransientError
+            ? { retry: true, ...(err.retryAfterMs !== undefined ? { retryAfterMs: err.retryAfterMs } : {}) }
+            : { retry: false },
+        gaveUp: (err, attempts) =>
+          new OrbError('network', `${what} failed after ${attempts} attempts: ${(err as Error).message}`),
+      },
+    );
   }
 
   // ---- manifests ----

@@ -1,6 +1,7 @@
 import { Transform, type Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
-import { backoffMs, sleep, TransientError, type HttpResponse } from './http.js';
+import { backoffMs, sleep } from '../net/retry.js';
+import { TransientError, type HttpResponse } from './http.js';
 import type { Descriptor } from './media.js';
 import { errorText, type RegistryClient } from './registry.js';
 
@@ -20,13 +21,9 @@ const MIN_PATCH = 1 << 20;
 export interface UploadOptions {
   /** blobs larger than this go up in PATCH chunks of this size; 0: always one request */
   chunkSize: number;
-  /** repositories on the same registry to mount the blob from instead of uploading it */
-  mountFrom?: readonly string[];
 }
 
 export interface UploadResult {
-  /** 'uploaded', or 'mounted' when the registry linked it from another repository */
-  how: 'uploaded' | 'mounted';
   /** bytes sent over the wire, retries included */
   sent: number;
 }
@@ -76,25 +73,17 @@ function withDigest(url: string, digest: string): string {
   return u.toString();
 }
 
-async function startSession(
-  client: RegistryClient,
-  desc: Descriptor,
-  from?: string,
-): Promise<{ mounted: boolean; url?: string }> {
-  const q = from ? `?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(from)}` : '';
-  const scopes = from ? [client.pushScope, `repository:${from}:pull`] : [client.pushScope];
+/** Opens an upload session; its URL. (Cross-repository mounts: RegistryStore.mountBlob.) */
+async function startSession(client: RegistryClient, desc: Descriptor): Promise<string> {
   const res = await client.request({
     method: 'POST',
-    path: `/v2/${client.repository}/blobs/uploads/${q}`,
-    scopes,
-    what: from
-      ? `mount blob ${desc.digest.slice(7, 19)} from ${from}`
-      : `start upload of ${desc.digest.slice(7, 19)}`,
-    accept: [201, 202],
+    path: `/v2/${client.repository}/blobs/uploads/`,
+    scopes: [client.pushScope],
+    what: `start upload of ${desc.digest.slice(7, 19)}`,
+    accept: [202],
   });
   await res.discard();
-  if (res.status === 201) return { mounted: true };
-  return { mounted: false, url: locationOf(client, res) };
+  return locationOf(client, res);
 }
 
 /** Where an upload session stands; undefined when the registry no longer knows it. */
@@ -128,13 +117,6 @@ export async function uploadBlob(
     file ? { file: { path: file.path, start: file.start + start }, onProgress: count } : {};
   const short = desc.digest.slice(7, 19);
   let url: string | undefined;
-  for (const from of opts.mountFrom ?? []) {
-    if (from === client.repository) continue;
-    const s = await startSession(client, desc, from);
-    if (s.mounted) return { how: 'mounted', sent: 0 };
-    url = s.url;
-    break;
-  }
   let offset = 0;
   // PATCH size: the threshold, capped where a registry is known to refuse bigger request bodies
   let patchSize = opts.chunkSize > 0 ? opts.chunkSize : desc.size;
@@ -151,7 +133,7 @@ export async function uploadBlob(
   for (let failures = 0; ;) {
     try {
       if (!url) {
-        url = (await startSession(client, desc)).url!;
+        url = await startSession(client, desc);
         offset = 0;
       }
       let res: HttpResponse;
@@ -231,7 +213,7 @@ export async function uploadBlob(
         if (got && got !== desc.digest) {
           throw new OrbError('integrity', `the registry stored blob ${desc.digest} as ${got}`);
         }
-        return { how: 'uploaded', sent };
+        return { sent };
       }
       const detail = errorText(await res.text(64 << 10).catch(() => ''));
       if (res.status === 400 && /DIGEST_INVALID|SIZE_INVALID/i.test(detail)) {
@@ -275,7 +257,7 @@ export async function uploadBlob(
       } else if ((await client.headBlob(desc.digest).catch(() => undefined)) !== undefined) {
         // The upload completed but its answer was lost.
         onBytes(desc.size - counted);
-        return { how: 'uploaded', sent };
+        return { sent };
       } else {
         url = undefined;
         offset = 0;

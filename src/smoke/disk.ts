@@ -5,6 +5,7 @@ import { basename, join, resolve } from 'node:path';
 import { OrbError } from '../core/errors.js';
 import { requireTool, run, spawnTracked } from '../core/proc.js';
 import { formatBytes } from '../core/progress.js';
+import { DamagedImage, qemuInfoName, qemuName, vetImage } from '../image/untrusted.js';
 
 /**
  * Everything we learn about a disk image before booting it, so that a corrupt or wrong file fails
@@ -18,6 +19,10 @@ export interface DiskFacts {
   fileSize: number;
   /** the image's own backing file, when it has one (a qcow2 delta) */
   backing?: string;
+  /** other files the image names that the user allowed (QEMU reads them as part of the disk) */
+  external?: string[];
+  /** the name QEMU opens the image by: format and every named file pinned (src/image/untrusted.ts) */
+  qemu: string;
   /** partitioning seen in the first sector */
   partitioning: 'gpt' | 'mbr' | 'none';
   /** firmware the partitioning suggests: GPT disks boot UEFI, MBR disks BIOS */
@@ -53,7 +58,11 @@ interface QemuImgInfo {
 }
 
 /** qemu-img info, check and the first sector: a verdict in seconds, whatever the image size. */
-export async function inspectDisk(path: string, signal?: AbortSignal): Promise<DiskFacts> {
+export async function inspectDisk(
+  path: string,
+  signal?: AbortSignal,
+  allow?: readonly string[],
+): Promise<DiskFacts> {
   const abs = resolve(path);
   const st = await stat(abs).catch(() => undefined);
   if (!st)
@@ -84,9 +93,18 @@ export async function inspectDisk(path: string, signal?: AbortSignal): Promise<D
     }
   }
 
+  // Booting an image that names a host file would hand that file to the guest: the same gate as
+  // convert, before QEMU opens anything.
+  const vetted = await vetImage(abs, allow ? { allow } : {}).catch((err: unknown) => {
+    throw err instanceof DamagedImage ? corrupt(path, err.reason) : err;
+  });
+  const name = qemuName(vetted);
   const qemuImg = requireTool('qemu-img', 'qemu-utils');
   // -U: only reading metadata; another reader holding the image (a running VM) must not stop us.
-  const info = await run(qemuImg, ['info', '-U', '--output=json', abs], { signal, timeoutMs: 60_000 });
+  const info = await run(qemuImg, ['info', '-U', '--output=json', qemuInfoName(vetted)], {
+    signal,
+    timeoutMs: 60_000,
+  });
   if (info.code !== 0) {
     throw corrupt(
       path,
@@ -99,7 +117,7 @@ export async function inspectDisk(path: string, signal?: AbortSignal): Promise<D
   } catch {
     throw new OrbError('internal', `unexpected qemu-img info output for ${path}`);
   }
-  const format = parsed.format;
+  const format = vetted.format;
   const virtualSize = parsed['virtual-size'];
   if (!virtualSize) throw corrupt(path, 'its virtual size is 0');
   // A raw file whose size is not whole sectors is a truncated copy more often than not.
@@ -108,9 +126,9 @@ export async function inspectDisk(path: string, signal?: AbortSignal): Promise<D
   }
 
   let check: DiskFacts['check'];
-  if (CHECKABLE.has(format)) check = await checkMetadata(qemuImg, abs, format, path, signal);
+  if (CHECKABLE.has(format)) check = await checkMetadata(qemuImg, name, format, path, signal);
 
-  const sector = await firstSector(qemuImg, abs, format, signal);
+  const sector = await firstSector(qemuImg, abs, name, format, signal);
   if (sector.every((b) => b === 0)) {
     throw corrupt(
       path,
@@ -131,10 +149,14 @@ export async function inspectDisk(path: string, signal?: AbortSignal): Promise<D
     if (type === 0xee) partitioning = 'gpt';
     else if (type !== 0 && partitioning === 'none') partitioning = 'mbr';
   }
-  const backing = parsed['full-backing-filename'] ?? parsed['backing-filename'];
+  const backing = vetted.options.backing
+    ? (parsed['full-backing-filename'] ?? parsed['backing-filename'])
+    : undefined;
   return {
     path: abs,
     format,
+    qemu: name,
+    ...(vetted.external.length > 0 ? { external: vetted.external } : {}),
     virtualSize,
     fileSize: st.size,
     ...(backing ? { backing } : {}),
@@ -150,12 +172,12 @@ export async function inspectDisk(path: string, signal?: AbortSignal): Promise<D
  */
 async function checkMetadata(
   qemuImg: string,
-  abs: string,
+  name: string,
   format: string,
   shown: string,
   signal?: AbortSignal,
 ): Promise<'clean' | 'leaks'> {
-  const child = spawnTracked(qemuImg, ['check', '-U', '--output=json', '-f', format, abs], {
+  const child = spawnTracked(qemuImg, ['check', '-U', '--output=json', name], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
@@ -195,6 +217,7 @@ async function checkMetadata(
 async function firstSector(
   qemuImg: string,
   abs: string,
+  name: string,
   format: string,
   signal?: AbortSignal,
 ): Promise<Buffer> {
@@ -211,11 +234,10 @@ async function firstSector(
   const dir = await mkdtemp(join(tmpdir(), 'orb-sector-'));
   try {
     const out = join(dir, 'sector.raw');
-    const r = await run(
-      qemuImg,
-      ['dd', '-U', '-f', format, '-O', 'raw', 'bs=512', 'count=1', `if=${abs}`, `of=${out}`],
-      { signal, timeoutMs: 60_000 },
-    );
+    const r = await run(qemuImg, ['dd', '-U', '-O', 'raw', 'bs=512', 'count=1', `if=${name}`, `of=${out}`], {
+      signal,
+      timeoutMs: 60_000,
+    });
     if (r.code !== 0)
       throw corrupt(abs, `its first sector cannot be read: ${r.stderr.trim().split('\n').pop() ?? ''}`);
     const buf = await readFile(out);
@@ -235,11 +257,17 @@ export async function createOverlay(
   signal?: AbortSignal,
 ): Promise<void> {
   const qemuImg = requireTool('qemu-img', 'qemu-utils');
-  const r = await run(
-    qemuImg,
-    ['create', '-q', '-f', 'qcow2', '-F', disk.format, '-b', disk.path, overlayPath],
-    { signal, timeoutMs: 60_000 },
-  );
+  // An image that names allowed files is the backing by its pinned json: name, so that QEMU opens
+  // exactly those at boot; a self-contained one by its path (pinned by -F, names nothing).
+  // -u with the size: qemu-img create would open the backing without its own backing node and
+  // refuse the pinned options; QEMU opens the whole chain at boot.
+  const backing = disk.external
+    ? ['-u', '-b', disk.qemu, overlayPath, String(disk.virtualSize)]
+    : ['-b', disk.path, overlayPath];
+  const r = await run(qemuImg, ['create', '-q', '-f', 'qcow2', '-F', disk.format, ...backing], {
+    signal,
+    timeoutMs: 60_000,
+  });
   if (r.code !== 0) {
     throw new OrbError(
       'environment',

@@ -1,14 +1,21 @@
-import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
-import https from 'node:https';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
+import { sendFollowing } from '../net/http.js';
+import { isLoopbackHost } from '../net/loopback.js';
+import {
+  defaultRetryPolicy,
+  isConnectionError,
+  isRetryableStatus,
+  parseRetryAfter,
+  retry,
+} from '../net/retry.js';
 
 /**
- * A small HTTP client for the file-like stores (HTTPS downloads, GitLab generic packages, GitHub
- * release assets): keep-alive agents, manual redirects that never carry credentials to another
- * origin, retries with backoff that honour Retry-After, and plain HTTP only for loopback.
+ * The file-like stores' view of src/net/ (HTTPS downloads, GitLab generic packages, GitHub
+ * release assets): redirects that never carry credentials to another origin, the one retry
+ * policy, errors with the server's message and a hint, and plain HTTP only for loopback.
  */
 export interface HttpResponse {
   status: number;
@@ -29,16 +36,6 @@ export interface HttpRequest {
   signal?: AbortSignal;
   /** idle socket timeout */
   timeoutMs?: number;
-}
-
-const agents = {
-  http: new http.Agent({ keepAlive: true, maxSockets: 64 }),
-  https: new https.Agent({ keepAlive: true, maxSockets: 64 }),
-};
-
-export function isLoopbackHost(host: string): boolean {
-  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
-  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
 }
 
 /** Plain http:// only for loopback (tests, local mirrors) or when the caller explicitly allows it. */
@@ -77,64 +74,20 @@ export class HttpStatusError extends OrbError {
   }
 }
 
-export function retryAfterMs(headers: IncomingHttpHeaders): number | undefined {
-  const v = headers['retry-after'];
-  if (!v) return undefined;
-  const secs = Number(v);
-  if (Number.isFinite(secs)) return Math.max(0, secs * 1000);
-  const at = Date.parse(v);
-  return Number.isFinite(at) ? Math.max(0, at - Date.now()) : undefined;
-}
-
-function once(url: URL, req: HttpRequest, headers: Record<string, string>): Promise<IncomingMessage> {
-  return new Promise((resolve, reject) => {
-    const mod = url.protocol === 'https:' ? https : http;
-    const body = req.body;
-    const r = mod.request(
-      url,
-      {
-        method: req.method ?? 'GET',
-        headers,
-        agent: url.protocol === 'https:' ? agents.https : agents.http,
-        signal: req.signal,
-      },
-      resolve,
-    );
-    r.on('error', reject);
-    if (req.timeoutMs) {
-      r.setTimeout(req.timeoutMs, () =>
-        r.destroy(
-          new OrbError('timeout', `no data from ${url.host} for ${Math.round(req.timeoutMs! / 1000)} s`),
-        ),
-      );
-    }
-    if (body === undefined) r.end();
-    else if (typeof body === 'function') {
-      const src = body();
-      src.on('error', (err) => r.destroy(err));
-      src.pipe(r);
-    } else r.end(body);
-  });
-}
-
 /** One request, following redirects; does not retry and does not check the status. */
 export async function request(href: string, req: HttpRequest = {}): Promise<HttpResponse> {
-  let url = new URL(href);
-  const origin = url.origin;
-  for (let hop = 0; hop < 10; hop++) {
-    const headers: Record<string, string> = { 'user-agent': 'orb-actions', ...(req.headers ?? {}) };
-    if (url.origin === origin) Object.assign(headers, req.authHeaders ?? {});
-    const res = await once(url, req, headers);
-    const status = res.statusCode ?? 0;
-    const loc = res.headers.location;
-    if (req.follow !== false && loc && [301, 302, 303, 307, 308].includes(status)) {
-      res.resume();
-      url = new URL(loc, url);
-      continue;
-    }
-    return { status, headers: res.headers, url: url.href, body: res };
-  }
-  throw new OrbError('network', `too many redirects from ${redactUrl(href)}`);
+  const body = req.body;
+  const { res, url } = await sendFollowing({
+    method: req.method ?? 'GET',
+    url: new URL(href),
+    headers: req.headers ?? {},
+    authHeaders: req.authHeaders,
+    body: typeof body === 'function' ? { open: body } : body,
+    signal: req.signal,
+    idleMs: req.timeoutMs,
+    follow: req.follow !== false,
+  });
+  return { status: res.statusCode ?? 0, headers: res.headers, url: url.href, body: res };
 }
 
 export async function readBody(res: HttpResponse, limit = 16 << 20): Promise<Buffer> {
@@ -182,7 +135,7 @@ export async function statusError(res: HttpResponse, what: string): Promise<Http
     res.status,
     url,
     `${what}: HTTP ${res.status}${detail ? ` (${detail})` : ''} from ${url}`,
-    retryAfterMs(res.headers),
+    parseRetryAfter(res.headers['retry-after']),
     hint,
   );
 }
@@ -202,33 +155,11 @@ export function presignedExpiry(href: string): number | undefined {
   }
 }
 
+/** A retryable status (408/429/5xx), a network-kind error or a dropped connection. */
 export function isRetryable(err: unknown): boolean {
-  if (err instanceof HttpStatusError)
-    return (
-      err.status === 408 ||
-      err.status === 429 ||
-      (err.status >= 500 && err.status !== 501 && err.status !== 505)
-    );
+  if (err instanceof HttpStatusError) return isRetryableStatus(err.status);
   if (err instanceof OrbError) return err.kind === 'network' || err.kind === 'timeout';
-  const code = (err as NodeJS.ErrnoException)?.code;
-  if (code === 'ABORT_ERR' || (err as Error)?.name === 'AbortError') return false;
-  return (
-    (typeof code === 'string' &&
-      [
-        'ECONNRESET',
-        'ECONNREFUSED',
-        'EPIPE',
-        'ETIMEDOUT',
-        'EAI_AGAIN',
-        'ENOTFOUND',
-        'ECONNABORTED',
-        'UND_ERR_SOCKET',
-        'ERR_STREAM_PREMATURE_CLOSE',
-        'EHOSTUNREACH',
-        'ENETUNREACH',
-      ].includes(code)) ||
-    /socket hang up|premature close|aborted/i.test((err as Error)?.message ?? '')
-  );
+  return isConnectionError(err);
 }
 
 export interface RetryOptions {
@@ -242,37 +173,24 @@ export interface RetryOptions {
   retryIf?: (err: unknown) => boolean;
 }
 
-/** Runs `fn` with exponential backoff (jittered) on retryable failures; Retry-After wins when given. */
-export async function withRetries<T>(fn: (attempt: number) => Promise<T>, opts: RetryOptions): Promise<T> {
-  const attempts = opts.attempts ?? envAttempts() ?? 6;
-  const base = opts.baseMs ?? envBaseMs() ?? 500;
-  const max = opts.maxMs ?? 30_000;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn(attempt);
-    } catch (err) {
-      if (opts.signal?.aborted) throw opts.signal.reason ?? err;
-      const retry = isRetryable(err) || opts.retryIf?.(err) === true;
-      if (!retry || attempt >= attempts) throw err;
-      const after = err instanceof HttpStatusError ? err.retryAfterMs : undefined;
-      const backoff = Math.min(max, base * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
-      const wait = after !== undefined ? Math.min(after, 120_000) : backoff;
-      opts.log?.warn(
-        `${opts.what}: ${(err as Error).message}; retrying in ${(wait / 1000).toFixed(1)} s (attempt ${attempt + 1} of ${attempts})`,
-      );
-      await sleep(wait, undefined, opts.signal ? { signal: opts.signal } : undefined);
-    }
-  }
-}
-
-// Tests shorten backoff so fault-injection suites stay fast.
-function envAttempts(): number | undefined {
-  const n = Number(process.env.ORB_HTTP_ATTEMPTS);
-  return Number.isFinite(n) && n > 0 ? n : undefined;
-}
-function envBaseMs(): number | undefined {
-  const n = Number(process.env.ORB_HTTP_BACKOFF_MS);
-  return Number.isFinite(n) && n >= 0 ? n : undefined;
+/** Runs `fn` under the one retry policy (src/net/retry.ts); Retry-After wins when given. */
+export function withRetries<T>(fn: (attempt: number) => Promise<T>, opts: RetryOptions): Promise<T> {
+  const policy = defaultRetryPolicy();
+  if (opts.attempts) policy.attempts = opts.attempts;
+  if (opts.baseMs !== undefined) policy.baseDelayMs = opts.baseMs;
+  if (opts.maxMs !== undefined) policy.maxDelayMs = opts.maxMs;
+  return retry(fn, {
+    policy,
+    what: opts.what,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    ...(opts.log ? { onRetry: (line: string) => opts.log!.warn(line) } : {}),
+    classify: (err) => ({
+      retry: isRetryable(err) || opts.retryIf?.(err) === true,
+      ...(err instanceof HttpStatusError && err.retryAfterMs !== undefined
+        ? { retryAfterMs: err.retryAfterMs }
+        : {}),
+    }),
+  });
 }
 
 /** request() + status check, retried. Returns the response for a 2xx (or an `ok` status). */

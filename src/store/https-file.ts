@@ -1,8 +1,8 @@
 import type { Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
-import { sleep } from '../oci/http.js';
 import type { Logger } from '../core/log.js';
-import { redactUrl, request, retryAfterMs, statusError, type HttpResponse } from './https-client.js';
+import { defaultRetryPolicy, isRetryableStatus, parseRetryAfter, sleep } from '../net/retry.js';
+import { redactUrl, request, statusError, type HttpResponse } from './https-client.js';
 import { fastRangeGet } from './https-fastget.js';
 import { rangedStream, RangeIgnoredError, type RangeFetch, type RangeFetchInto } from './https-ranged.js';
 
@@ -189,9 +189,10 @@ export class RemoteFile {
         wholeFileSize: p.size,
         idleMs: 60_000,
       });
-      if (r.kind === 'status' && r.status && (r.status === 408 || r.status === 429 || r.status >= 500)) {
+      if (r.kind === 'status' && r.status && isRetryableStatus(r.status)) {
         // busy server: honour Retry-After before the regular client asks again
-        const wait = Math.min(120_000, retryAfterMs(r.headers ?? {}) ?? 500);
+        const policy = defaultRetryPolicy();
+        const wait = Math.min(policy.maxRetryAfterMs, parseRetryAfter(r.headers?.['retry-after']) ?? 500);
         await sleep(wait, signal);
       }
       return r.kind === 'ok' ? 'ok' : 'fallback';

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
-import { sleep } from '../oci/http.js';
+import { sleep } from '../net/retry.js';
 import type { Logger } from '../core/log.js';
 import { withRetries } from './https-client.js';
 

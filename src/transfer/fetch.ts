@@ -1,7 +1,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
-import { backoffMs, sleep, type RetryPolicy } from '../oci/http.js';
+import { backoffMs, sleep, type RetryPolicy } from '../net/retry.js';
 import type { Descriptor } from '../oci/media.js';
 import type { BlobStore } from '../store/types.js';
 

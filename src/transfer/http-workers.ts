@@ -1,9 +1,9 @@
 import { Worker } from 'node:worker_threads';
 import { OrbError } from '../core/errors.js';
-import { HTTP_WORKER_SOURCE } from './http-worker-source.js';
+import { startWorker } from '../core/worker-file.js';
 
 /**
- * A few transfer worker threads (http-worker-source.ts). Jobs go to the least busy worker;
+ * A few transfer worker threads (src/net/http-worker.ts). Jobs go to the least busy worker;
  * each worker runs many at once on its own event loop. Closing (or an abort) terminates them,
  * failing whatever is in flight as interrupted.
  */
@@ -47,7 +47,9 @@ export class HttpWorkers {
 
   private slot(): Slot {
     if (this.slots.length < this.size && this.slots.every((s) => s.active > 0)) {
-      const worker = new Worker(HTTP_WORKER_SOURCE, { eval: true });
+      const worker = startWorker('../net/http-worker.js', import.meta.url, {
+        workerData: { role: 'orb-http' },
+      });
       const slot: Slot = { worker, active: 0 };
       worker.on(
         'message',

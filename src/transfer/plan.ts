@@ -15,10 +15,12 @@ import {
   DISK_CHUNK_ZSTD,
   DISK_CONFIG,
   FILE_ARTIFACT,
+  FILE_CONFIG,
   FILE_PART,
   OCI_INDEX,
   type Descriptor,
   type DiskConfig,
+  type FileConfig,
   type ImageIndex,
   type ImageManifest,
 } from '../oci/media.js';
@@ -54,6 +56,8 @@ export interface Plan {
   contentDigest: string;
   units: Unit[];
   config?: DiskConfig;
+  /** build facts from the config (disk config, or a file artifact's orb config) */
+  build?: Record<string, unknown>;
   /** file artifacts: the published file's name and format (qcow2, raw.zst, ...) */
   fileName?: string;
   fileFormat?: string;
@@ -117,9 +121,32 @@ export async function makePlan(
   display: string,
 ): Promise<Plan> {
   const type = manifest.artifactType ?? manifest.config.mediaType;
-  return type === DISK_ARTIFACT
-    ? diskPlan(store, manifest, manifestDigest, display)
-    : filePlan(manifest, manifestDigest, display);
+  if (type === DISK_ARTIFACT) return diskPlan(store, manifest, manifestDigest, display);
+  const plan = filePlan(manifest, manifestDigest, display);
+  const build = await fileBuildInfo(store, manifest, display);
+  return build ? { ...plan, build } : plan;
+}
+
+/** A file artifact's build facts, from its orb config (older or foreign ones have the empty config). */
+async function fileBuildInfo(
+  store: BlobStore,
+  manifest: ImageManifest,
+  display: string,
+): Promise<Record<string, unknown> | undefined> {
+  if (manifest.config.mediaType !== FILE_CONFIG) return undefined;
+  let cfg: Partial<FileConfig>;
+  try {
+    cfg = JSON.parse(
+      (await readSmallBlob(store, manifest.config, 1 << 20)).toString('utf8'),
+    ) as Partial<FileConfig>;
+  } catch (err) {
+    if (err instanceof OrbError) throw err;
+    throw new OrbError('input', `${display}: the file config is not JSON`, { cause: err });
+  }
+  if (cfg.schema !== 'orb-file/v1')
+    throw new OrbError('input', `${display}: the file config is not orb-file/v1`);
+  const b = cfg.build;
+  return b && typeof b === 'object' && !Array.isArray(b) ? b : undefined;
 }
 
 async function diskPlan(

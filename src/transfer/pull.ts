@@ -5,7 +5,7 @@ import { ensureFreeSpace, exists } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
 import { newManifest, writeManifest, type BuildInfo, type ImageFormat } from '../core/manifest.js';
 import { formatBytes, type Progress } from '../core/progress.js';
-import { defaultRetryPolicy, type RetryPolicy } from '../oci/http.js';
+import { defaultRetryPolicy, type RetryPolicy } from '../net/retry.js';
 import type { BlobStore } from '../store/types.js';
 import { openBase, type BaseSource } from './base.js';
 import { Journal } from './journal.js';
@@ -325,7 +325,7 @@ async function writeStageManifest(path: string, plan: Plan, r: PullResult): Prom
     },
     { published: { reference: r.reference, digest: r.digest } },
   );
-  const build = plan.config?.build as BuildInfo | undefined;
+  const build = (plan.build ?? plan.config?.build) as BuildInfo | undefined;
   if (build) m.build = build;
   await writeManifest(path, m);
 }

@@ -7,7 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
-import type { RetryPolicy } from '../oci/http.js';
+import type { RetryPolicy } from '../net/retry.js';
 import type { Descriptor } from '../oci/media.js';
 import type { BlobStore } from '../store/types.js';
 import { decodeChunk, sha256Async } from './chunk.js';

@@ -22,8 +22,41 @@
  * pass allocates the full virtual size in the qcow2), and sdelete is not part of Windows.
  */
 
+/**
+ * Every place on C: where a build leaves an answer file, a password or orb's working files, as
+ * paths relative to the system drive. Windows Setup caches the answer file in Panther (and under
+ * Sysprep when it came from there); with UseConfigurationSet (dockur/windows always sets it) it
+ * copies the configuration set to Windows\ConfigSetRoot; dockur/windows copies its /oem mount
+ * through the media's $OEM$\$1\OEM folder to C:\OEM; orb works in ProgramData\orb. The final stage
+ * removes all of it (and the Winlogon values below) before trimming free space and sysprep.
+ */
+export const BUILD_TRACES: readonly string[] = [
+  'unattend.xml',
+  'autounattend.xml',
+  'OEM',
+  'Windows\\Panther\\unattend.xml',
+  'Windows\\Panther\\autounattend.xml',
+  'Windows\\Panther\\unattend-original.xml',
+  'Windows\\Panther\\Unattend',
+  'Windows\\System32\\Sysprep\\unattend.xml',
+  'Windows\\System32\\Sysprep\\autounattend.xml',
+  'Windows\\System32\\Sysprep\\Panther\\unattend.xml',
+  'Windows\\ConfigSetRoot',
+  'ProgramData\\orb',
+];
+
+/** Winlogon values that hold (or act on) the automatic logon's password. */
+export const WINLOGON_SECRETS: readonly string[] = ['DefaultPassword', 'AutoLogonCount'];
+
+/** BUILD_TRACES as a PowerShell array literal (single quotes: no expansion). */
+function psList(items: readonly string[]): string {
+  return items.map((i) => `'${i.replace(/'/g, "''")}'`).join(', ');
+}
+
 // The serial port is how the build hears from the guest; COM1 exists on every QEMU x86 machine.
-// Written without backticks: this text lives in a JavaScript template literal.
+// Written without backticks: this text lives in a JavaScript template literal. Name lists are quoted
+// ('a', 'b'): bare words work in PowerShell, but the grammar test/powershell-parse.test.ts checks
+// these scripts with rejects a bare-word list in a command argument.
 const COMMON = String.raw`
 $ErrorActionPreference = 'Stop'
 $orb = Join-Path $env:ProgramData 'orb'
@@ -38,14 +71,27 @@ function Say([string]$line) {
   try { Add-Content -LiteralPath (Join-Path $logs 'orb.log') -Value $line } catch {}
   if ($port) { try { $port.WriteLine($line) } catch {} }
 }
+function Remove-LogonPassword {
+  $wl = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\Winlogon'
+  Remove-ItemProperty -Path $wl -Name ${psList(WINLOGON_SECRETS)} -ErrorAction SilentlyContinue
+  Set-ItemProperty -Path $wl -Name AutoAdminLogon -Value '0' -ErrorAction SilentlyContinue
+}
 function Remove-AnswerFiles {
   # Windows keeps copies of the answer file; they hold the (only obfuscated) setup password.
-  $names = 'unattend.xml', 'autounattend.xml', 'unattend-original.xml'
-  $dirs = "$env:windir\Panther", "$env:windir\Panther\Unattend", "$env:windir\System32\Sysprep", "$env:windir\System32\Sysprep\Panther"
-  foreach ($d in $dirs) { foreach ($n in $names) { Remove-Item -LiteralPath (Join-Path $d $n) -Force -ErrorAction SilentlyContinue } }
-  $wl = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\Winlogon'
-  Remove-ItemProperty -Path $wl -Name DefaultPassword, AutoLogonCount -ErrorAction SilentlyContinue
-  Set-ItemProperty -Path $wl -Name AutoAdminLogon -Value '0' -ErrorAction SilentlyContinue
+  # Folders (C:\OEM, orb's own) stay until the final stage: the scripts may still run from them.
+  foreach ($t in @(${psList(BUILD_TRACES)})) {
+    $p = Join-Path $env:SystemDrive $t
+    if ($t -like '*.xml') { Remove-Item -LiteralPath $p -Force -ErrorAction SilentlyContinue }
+  }
+  Remove-LogonPassword
+}
+function Remove-BuildTraces {
+  # Everything in BUILD_TRACES, folders included; orb's own folder last, by the caller (logs).
+  foreach ($t in @(${psList(BUILD_TRACES)})) {
+    $p = Join-Path $env:SystemDrive $t
+    if ($p -ne $orb) { Remove-Item -LiteralPath $p -Recurse -Force -ErrorAction SilentlyContinue }
+  }
+  Remove-LogonPassword
 }
 function Disable-Hibernation {
   # Also disables Fast Startup, whose hybrid shutdown would skip the next boot's startup task.
@@ -126,9 +172,12 @@ function Set-AdminPassword($stage) {
 
 function Invoke-Finalize($stage, [string]$media) {
   Say 'ORB-STAGE finalize'
+  # Read before the clean-up: in dockur/windows the media is C:\OEM, which the clean-up removes.
+  $sysprepXml = $null
+  if ($stage.sysprep) { $sysprepXml = Get-Content -Raw -LiteralPath (Join-Path $media 'sysprep-unattend.xml') }
   Set-AdminPassword $stage
   Unregister-ScheduledTask -TaskName 'orb-stage' -Confirm:$false -ErrorAction SilentlyContinue
-  Remove-AnswerFiles
+  Remove-BuildTraces
   Disable-Hibernation
   Get-ChildItem -LiteralPath "$env:windir\Temp" -Force -ErrorAction SilentlyContinue | Remove-Item -Recurse -Force -ErrorAction SilentlyContinue
   try {
@@ -139,7 +188,7 @@ function Invoke-Finalize($stage, [string]$media) {
   }
   if ($stage.sysprep) {
     $answer = Join-Path "$env:windir\Temp" 'orb-sysprep.xml'
-    Copy-Item -LiteralPath (Join-Path $media 'sysprep-unattend.xml') -Destination $answer -Force
+    Set-Content -LiteralPath $answer -Value $sysprepXml -Encoding UTF8 -NoNewline
     Remove-Item -LiteralPath "$env:windir\System32\Sysprep\Sysprep_succeeded.tag" -Force -ErrorAction SilentlyContinue
     Say 'running sysprep /generalize /oobe'
     $p = Start-Process -FilePath "$env:windir\System32\Sysprep\sysprep.exe" -ArgumentList '/generalize', '/oobe', '/quit', '/quiet', "/unattend:$answer" -PassThru -Wait
@@ -148,6 +197,8 @@ function Invoke-Finalize($stage, [string]$media) {
       foreach ($l in $err) { Say $l }
       throw ('sysprep failed (exit ' + $p.ExitCode + '); see the lines above from setuperr.log')
     }
+    # Sysprep keeps its own copy (Panther\unattend.xml, secret-free) for the clones' first boot.
+    Remove-Item -LiteralPath $answer -Force -ErrorAction SilentlyContinue
     Remove-Item -LiteralPath $orb -Recurse -Force -ErrorAction SilentlyContinue
     Say 'ORB-DONE generalized'
   } else {

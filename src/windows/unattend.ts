@@ -271,7 +271,16 @@ function specialize(root: XMLBuilder, o: UnattendOptions, ctx: Ctx): void {
     leaf(group, 'Group', '@FirewallAPI.dll,-28752');
     leaf(group, 'Profile', 'all');
   }
-  const commands: { path: string; description: string }[] = [];
+  // Windows 11 (and 10 on modern hardware) turns on BitLocker device encryption by itself after
+  // OOBE when it finds a TPM: the golden disk would then be encrypted with a key sealed to this
+  // build's TPM, unreadable in every clone. Set before OOBE, so specialize (the installed system's
+  // registry; windowsPE commands only reach Windows PE's own).
+  const commands: { path: string; description: string }[] = [
+    {
+      path: 'reg.exe add HKLM\\SYSTEM\\CurrentControlSet\\Control\\BitLocker /v PreventDeviceEncryption /t REG_DWORD /d 1 /f',
+      description: 'no automatic device encryption of the golden disk',
+    },
+  ];
   if (!familyInfo(o.family).server) {
     // Windows 11 OOBE insists on a network connection for account setup unless this is set.
     commands.push({
@@ -279,7 +288,7 @@ function specialize(root: XMLBuilder, o: UnattendOptions, ctx: Ctx): void {
       description: 'OOBE: allow setup without a network',
     });
   }
-  if (commands.length) runSynchronous(component(s, 'Microsoft-Windows-Deployment', ctx), commands);
+  runSynchronous(component(s, 'Microsoft-Windows-Deployment', ctx), commands);
 }
 
 function oobeSettings(shell: XMLBuilder, o: UnattendOptions): void {
@@ -308,11 +317,14 @@ function isBuiltinAdmin(user: string): boolean {
 
 /**
  * The command the first logon runs: find orb's script on whichever drive the answer media got, or
- * in C:\OEM (dockur/windows copies its /oem mount there through the ISO's $OEM$ folder).
+ * in C:\OEM: dockur/windows copies its /oem mount there through the media's $OEM$\$1\OEM folder.
+ * The documented mount is the media's orb folder as /oem (C:\OEM\orb.ps1); C:\OEM\orb\orb.ps1 is
+ * where the whole media folder mounted as /oem puts it. The final stage removes C:\OEM.
  */
 export function firstLogonCommand(): string {
   const find =
     `$c = @(Get-PSDrive -PSProvider FileSystem | ForEach-Object { Join-Path $_.Root '${MEDIA_DIR}\\${ORB_SCRIPT}' }) + ` +
+    `(Join-Path $env:SystemDrive 'OEM\\${ORB_SCRIPT}') + ` +
     `(Join-Path $env:SystemDrive 'OEM\\${MEDIA_DIR}\\${ORB_SCRIPT}'); ` +
     `$f = $c | Where-Object { Test-Path -LiteralPath $_ } | Select-Object -First 1; if ($f) { & $f -Mode firstlogon } else { exit 3 }`;
   return `powershell.exe -NoProfile -ExecutionPolicy Bypass -Command "${find}"`;

@@ -11,13 +11,18 @@
  *   40 MiB  "ORB-INSTALLED computer=<name> answer=<file list>"
  *   41 MiB  "ORB-PROVISIONED <script names>"
  *   42 MiB  "ORB-FINAL sysprep=<true|false> password-sha256=<hex>"
+ *   44 MiB  "C:", a tar archive (up to 4 MiB) standing in for the Windows volume: what Windows
+ *           Setup leaves there (the answer file cached in Panther, the setup media's $OEM$\$1
+ *           folder at the root, orb's ProgramData\orb), and at the final stage what orb.ps1's
+ *           Remove-BuildTraces list (read from the real orb.ps1) leaves of it, plus sysprep's
+ *           own secret-free answer file. Rewriting the region over zeros stands in for TRIM.
  *
  * Variants for the failure paths: 'hang' (silent forever), 'panic' (kernel panic, the screen
  * freezes), 'no-poweroff' (keeps printing, never finishes).
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -32,6 +37,32 @@ export type InstallerVariant = 'install' | 'hang' | 'panic' | 'no-poweroff';
 
 /** Byte offsets of the evidence records the fake installer and system write to the target disk. */
 export const EVIDENCE = { installed: 40 << 20, provisioned: 41 << 20, final: 42 << 20 } as const;
+/** Where the stand-in for C: (a tar archive) sits on the target disk, and its size. */
+export const C_DRIVE = { offset: 44 << 20, size: 4 << 20 } as const;
+
+// The stand-in for C: and orb.ps1's final clean-up. Written raw: no JavaScript escapes inside.
+const C_DRIVE_SH = String.raw`
+load_c() {
+  rm -rf /tmp/c; mkdir -p /tmp/c
+  dd if="$target" bs=1M skip=44 count=4 2>/dev/null | tar -x -C /tmp/c 2>/dev/null
+  return 0
+}
+save_c() {
+  dd if=/dev/zero of="$target" bs=1M seek=44 count=4 conv=notrunc,fsync 2>/dev/null
+  (cd /tmp/c && tar -c .) | dd of="$target" bs=1M seek=44 conv=notrunc,fsync 2>/dev/null
+}
+# clean_c ORB_PS1: removes from C: what that orb.ps1's Remove-BuildTraces removes (its list).
+clean_c() {
+  list=$(tr -d '\r' < "$1" | sed -n '/^function Remove-BuildTraces/,/^}/p' | sed -n 's/.*foreach (\$t in @(\(.*\))) {.*/\1/p' | head -n 1)
+  [ -n "$list" ] || { echo "ORB-FAIL finalize: no Remove-BuildTraces list in orb.ps1"; return 1; }
+  echo "$list" | tr ',' '\n' | sed "s/^ *'//; s/' *$//" | tr '\\' '/' > /tmp/traces
+  while IFS= read -r t; do
+    case "$t" in ''|*..*|/*) continue ;; esac
+    rm -rf "/tmp/c/$t"
+  done < /tmp/traces
+  echo "ORB-GUEST: removed $(wc -l < /tmp/traces) build trace paths"
+}
+`;
 
 // The module list (with dependencies) is the one orb demo's cloud image uses.
 import { storageModules } from '../../src/guest/cloud.js';
@@ -64,10 +95,10 @@ mount_media() {
   return 1
 }
 evidence() { printf '%s\\n' "$2" | dd of="$target" bs=1M seek="$1" conv=notrunc,fsync 2>/dev/null; }
-`;
+${C_DRIVE_SH}`;
 }
 
-const INSTALLER_MAIN = `
+export const INSTALLER_MAIN = `
 variant=$(sed -n 's/.*orb.installer=\\([a-z-]*\\).*/\\1/p' /proc/cmdline)
 echo "ORB-GUEST: fake Windows installer ($variant)"
 case "$variant" in
@@ -75,15 +106,42 @@ case "$variant" in
   panic) echo "ORB-GUEST: crashing the kernel"; echo c > /proc/sysrq-trigger; while :; do sleep 3600; done ;;
   no-poweroff) while :; do echo "ORB-GUEST: still installing"; sleep 2; done ;;
 esac
-answer=$(mount_media autounattend.xml) || { echo "ORB-FAIL install: no answer media (autounattend.xml) found"; poweroff -f; }
+# Windows Setup reads autounattend.xml (any case) at the root of a drive; dockur/windows names it
+# Autounattend.xml. orb's script is in orb\\ on that drive, or in C:\\OEM (dockur's $OEM$\\$1\\OEM).
+answer=$(mount_media autounattend.xml) || answer=$(mount_media Autounattend.xml) || { echo "ORB-FAIL install: no answer media (autounattend.xml) found"; poweroff -f; }
+xml=$answer/autounattend.xml
+[ -f "$xml" ] || xml=$answer/Autounattend.xml
 media=$(mount_media system.img.gz) || { echo "ORB-FAIL install: installation media not found"; poweroff -f; }
 [ -n "$target" ] || { echo "ORB-FAIL install: no target disk"; poweroff -f; }
-[ -f "$answer/orb/orb.ps1" ] || { echo "ORB-FAIL install: orb/orb.ps1 missing on the answer media"; poweroff -f; }
-computer=$(sed -n 's/.*"computerName": *"\\([^"]*\\)".*/\\1/p' "$answer/orb/build.json")
+orbdir=$answer/orb
+[ -f "$orbdir/orb.ps1" ] || orbdir="$answer/\\$OEM\\$/\\$1/OEM"
+[ -f "$orbdir/orb.ps1" ] || { echo "ORB-FAIL install: orb/orb.ps1 missing on the answer media"; poweroff -f; }
+computer=$(sed -n 's/.*"computerName": *"\\([^"]*\\)".*/\\1/p' "$orbdir/build.json")
 echo "ORB-GUEST: answer media at $answer, installing to $target"
 gunzip -c "$media/system.img.gz" | dd of="$target" bs=1M conv=fsync 2>/dev/null
 files=$(cd "$answer" && find . -type f | sort | tr '\\n' ' ')
 evidence 40 "ORB-INSTALLED computer=$computer answer=$files"
+# What Setup and the first logon leave on C:.
+load_c
+mkdir -p /tmp/c/Windows/Panther /tmp/c/ProgramData/orb/logs
+cp "$xml" /tmp/c/Windows/Panther/unattend.xml
+[ -d "$answer/\\$OEM\\$/\\$1" ] && cp -r "$answer/\\$OEM\\$/\\$1/." /tmp/c/
+cp "$orbdir/orb.ps1" /tmp/c/ProgramData/orb/orb.ps1
+echo "ORB-STAGE install" > /tmp/c/ProgramData/orb/logs/orb.log
+if grep -q '"standalone": *true' "$orbdir/build.json"; then
+  # orb unattend media: the first logon also provisions and finalizes (orb.ps1 -Mode firstlogon).
+  echo "ORB-STAGE finalize"
+  clean_c "$orbdir/orb.ps1" || { sync; poweroff -f; }
+  if grep -q '"sysprep": *true' "$orbdir/build.json"; then
+    mkdir -p /tmp/c/Windows/Panther
+    cp "$orbdir/sysprep-unattend.xml" /tmp/c/Windows/Panther/unattend.xml
+  fi
+  save_c
+  echo "ORB-DONE finalized"
+  sync
+  poweroff -f
+fi
+save_c
 # What Windows does at its first logon (orb.ps1 -Mode firstlogon).
 echo "ORB-STAGE install"
 echo "ORB-DONE installed"
@@ -91,7 +149,7 @@ sync
 poweroff -f
 `;
 
-const SYSTEM_MAIN = `
+export const SYSTEM_MAIN = `
 echo "ORB-GUEST: installed system booted from $target"
 stage_dir=$(mount_media orb/stage.json) || { echo "ORB-GUEST: no stage media; idle"; while :; do sleep 3600; done; }
 json="$stage_dir/orb/stage.json"
@@ -117,6 +175,16 @@ case "$stage" in
     echo "ORB-STAGE finalize"
     sysprep=$(sed -n 's/.*"sysprep": *\\([a-z]*\\).*/\\1/p' "$json")
     pw=$(sed -n 's/.*"password": *"\\([^"]*\\)".*/\\1/p' "$json")
+    # orb.ps1's final clean-up, with the list from the orb.ps1 the first logon installed
+    load_c
+    cp /tmp/c/ProgramData/orb/orb.ps1 /tmp/orb.ps1 || { echo "ORB-FAIL finalize: no orb.ps1 on C:"; sync; poweroff -f; }
+    clean_c /tmp/orb.ps1 || { sync; poweroff -f; }
+    if [ "$sysprep" = true ]; then
+      # sysprep caches its own (secret-free) answer file for the clones' first boot
+      mkdir -p /tmp/c/Windows/Panther
+      cp "$stage_dir/orb/sysprep-unattend.xml" /tmp/c/Windows/Panther/unattend.xml
+    fi
+    save_c
     sum=$(printf '%s' "$pw" | sha256sum | cut -c1-64)
     evidence 42 "ORB-FINAL sysprep=$sysprep password-sha256=$sum"
     if [ "$sysprep" = true ]; then echo "ORB-DONE generalized"; else echo "ORB-DONE finalized"; fi ;;
@@ -240,6 +308,39 @@ export async function readEvidence(image: string, offset: number): Promise<strin
     await fh.close();
     const end = buf.indexOf(0x0a);
     return buf.subarray(0, end < 0 ? 0 : end).toString('utf8');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The files of the stand-in C: drive on a disk image (any format qemu-img reads): relative path
+ * (with '/') to content.
+ */
+export async function readCDrive(image: string): Promise<Map<string, Buffer>> {
+  const dir = await mkdtemp(join(tmpdir(), 'orb-cdrive-'));
+  try {
+    const raw = join(dir, 'disk.raw');
+    await exec('qemu-img', ['convert', '-U', '-O', 'raw', image, raw]);
+    const fh = await open(raw, 'r');
+    const buf = Buffer.alloc(C_DRIVE.size);
+    await fh.read(buf, 0, buf.length, C_DRIVE.offset);
+    await fh.close();
+    await rm(raw);
+    const files = new Map<string, Buffer>();
+    if (buf.subarray(0, 512).every((b) => b === 0)) return files;
+    await writeFile(join(dir, 'c.tar'), buf);
+    await mkdir(join(dir, 'c'));
+    await exec('tar', ['-x', '-f', join(dir, 'c.tar'), '-C', join(dir, 'c')]);
+    const walk = async (d: string, rel: string): Promise<void> => {
+      for (const e of await readdir(d, { withFileTypes: true })) {
+        const r = rel ? `${rel}/${e.name}` : e.name;
+        if (e.isDirectory()) await walk(join(d, e.name), r);
+        else files.set(r, await readFile(join(d, e.name)));
+      }
+    };
+    await walk(join(dir, 'c'), '');
+    return files;
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
