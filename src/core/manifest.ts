@@ -74,9 +74,9 @@ export async function readManifest(path: string): Promise<OrbManifest> {
     throw new OrbError('input', `${path} is not an orb manifest (schema ${quoteUntrusted(m.schema)})`);
   }
   if (image.virtualSize !== undefined)
-    boundedInt(image.virtualSize, `manifest ${path} image.virtualSize`, 1, MAX_VIRTUAL_SIZE);
+    boundedInt(image.virtualSize, `manifest ${path} image.virtualSize`, 1, MAX_VIRTUAL_SIZE, false);
   if (image.fileSize !== undefined)
-    boundedInt(image.fileSize, `manifest ${path} image.fileSize`, 0, MAX_VIRTUAL_SIZE);
+    boundedInt(image.fileSize, `manifest ${path} image.fileSize`, 0, MAX_VIRTUAL_SIZE, false);
   return m as unknown as OrbManifest;
 }
 

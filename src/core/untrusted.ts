@@ -96,13 +96,13 @@ export function safeFileName(value: unknown, field: string): string {
 }
 
 /**
- * A whole number in [min, max]: a JSON number, or (annotations are strings) a decimal string
- * without sign, exponent, fraction or leading zeros.
+ * A whole number in [min, max]: a JSON number, or (annotations are strings; not when `strings` is
+ * false) a decimal string without sign, exponent, fraction or leading zeros.
  */
-export function boundedInt(value: unknown, field: string, min: number, max: number): number {
+export function boundedInt(value: unknown, field: string, min: number, max: number, strings = true): number {
   let n: number;
   if (typeof value === 'number') n = value;
-  else if (typeof value === 'string' && /^(0|[1-9][0-9]{0,15})$/.test(value)) n = Number(value);
+  else if (strings && typeof value === 'string' && /^(0|[1-9][0-9]{0,15})$/.test(value)) n = Number(value);
   else throw untrustedError(field, 'is missing or not a whole number', value);
   if (!Number.isSafeInteger(n)) throw untrustedError(field, 'is not a whole number', value);
   if (n < min || n > max) throw untrustedError(field, `is outside ${min}..${max}`, value);
@@ -158,7 +158,7 @@ export function checkDescriptor(value: unknown, field: string, maxSize: number):
   const d: CheckedDescriptor = {
     mediaType: shortString(value.mediaType ?? '', `${field}.mediaType`),
     digest: sha256Digest(value.digest, `${field}.digest`),
-    size: boundedInt(value.size, `${field}.size`, 0, maxSize),
+    size: boundedInt(value.size, `${field}.size`, 0, maxSize, false),
   };
   if (value.annotations !== undefined)
     d.annotations = annotationsOf(value.annotations, `${field}.annotations`);

@@ -41,9 +41,9 @@ export function checkDiskConfig(bytes: Buffer, display: string): DiskConfig {
   const field = `${display}: disk config`;
   const c = parseJsonObject(bytes, field, MAX_CONFIG_BYTES);
   if (c.schema !== 'orb-disk/v1') throw untrustedError(`${field} schema`, 'is not orb-disk/v1', c.schema);
-  const virtualSize = boundedInt(c.virtualSize, `${field} virtualSize`, 1, MAX_VIRTUAL_SIZE);
+  const virtualSize = boundedInt(c.virtualSize, `${field} virtualSize`, 1, MAX_VIRTUAL_SIZE, false);
   sha256Digest(c.contentDigest, `${field} contentDigest`);
-  if (c.chunkSize !== undefined) boundedInt(c.chunkSize, `${field} chunkSize`, 1, MAX_CHUNK_LENGTH);
+  if (c.chunkSize !== undefined) boundedInt(c.chunkSize, `${field} chunkSize`, 1, MAX_CHUNK_LENGTH, false);
   if (c.build !== undefined && !isObject(c.build))
     throw untrustedError(`${field} build`, 'is not an object', c.build);
   return { ...(c as unknown as DiskConfig), virtualSize };
