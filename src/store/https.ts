@@ -88,7 +88,9 @@ function normalizeDigest(text: string): string {
 
 export function fileName(url: URL): string {
   const last = decodeURIComponent(url.pathname.split('/').filter(Boolean).pop() ?? 'download');
-  return last.replace(/[^A-Za-z0-9._+-]/g, '_') || 'download';
+  // a plain name pull accepts (safeFileName): no separators, at most 255 bytes, not . or ..
+  const name = last.replace(/[^A-Za-z0-9._+-]/g, '_').slice(-200);
+  return /^\.*$/.test(name) ? 'download' : name;
 }
 
 /** The one-part file-artifact manifest that stands for a plain file (as publish builds them). */
