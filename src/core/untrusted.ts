@@ -32,14 +32,12 @@ export function clip(s: string, max = 64): string {
 
 /** A short, printable rendering of a hostile value for an error message. */
 export function quoteUntrusted(value: unknown, max = 32): string {
-  let s: string;
-  if (typeof value === 'string') s = value;
-  else if (value === undefined) return 'nothing';
-  else if (typeof value === 'number' || typeof value === 'boolean' || value === null) return String(value);
-  else s = Array.isArray(value) ? 'an array' : typeof value === 'object' ? 'an object' : typeof value;
-  if (typeof value !== 'string') return s;
-  // Control characters, quotes and backslashes would let a value forge log lines or escapes.
-  return `"${clip(s, max)}" (${s.length} chars)`;
+  if (value === undefined) return 'nothing';
+  if (typeof value === 'number' || typeof value === 'boolean' || value === null) return String(value);
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value !== 'string') return typeof value === 'object' ? 'an object' : typeof value;
+  // clip() drops control characters, quotes and backslashes: no forged log lines or escapes
+  return `"${clip(value, max)}" (${value.length} chars)`;
 }
 
 export function untrustedError(field: string, why: string, value?: unknown, hint?: string): OrbError {
