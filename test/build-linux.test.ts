@@ -79,7 +79,7 @@ describe('build-golden-image (Linux cloud image + NoCloud seed)', () => {
       join(out, 'build.log'),
       join(out, 'logs', 'provision-serial.log'),
       join(out, 'build-state.json'),
-      join(out, 'manifest.json'),
+      String(outputs.manifest),
     ]) {
       expect(await readFile(f, 'utf8')).not.toContain(password);
     }

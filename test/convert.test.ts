@@ -278,7 +278,8 @@ describe('stage manifest', () => {
     const next = await convertImage({ input: r.manifest!, output: out('m2.raw.zst'), format: 'raw.zst' });
     expect(next.contentSha256).toBe(rawSha);
     const m2 = await readManifest(next.manifest!);
-    expect(m2.previous).toBe(r.manifest);
+    expect(m2.input).toMatchObject({ stage: 'convert', path: r.manifest });
+    expect(m2.input?.sha256).toMatch(/^sha256:[a-f0-9]{64}$/);
     expect(m2.build?.os).toBe('test');
   });
 

@@ -419,33 +419,44 @@ describe('single files and local layouts', () => {
     expect(statSync(raw).blocks * 512).toBeLessThan(statSync(raw).size);
   });
 
-  it('oci-layout: is a target and a source, and the stage manifest records the publication', async () => {
+  it('oci-layout: is a target and a source; publish writes its own stage manifest beside its input', async () => {
     const target = join(dir, 'published-layout');
-    const stage = join(dir, 'stage.json');
+    const stage = join(dir, 'layout.orb.json');
     await writeManifest(
       stage,
       newManifest('convert', {
-        path: join(dir, 'v1.raw'),
-        format: 'raw',
+        path: 'layout',
+        format: 'chunked',
         virtualSize: CHUNK * CHUNKS,
         fileSize: CHUNK * CHUNKS,
+        chunked: {
+          layout: 'layout',
+          tag: 'v1',
+          chunkSize: CHUNK,
+          chunks: CHUNKS,
+          storedChunks: CHUNKS,
+          manifestDigest: v1.manifestDigest,
+        },
       }),
     );
+    const before = readFileSync(stage);
     const r = await publish({
-      source: v1.dir,
-      sourceTag: 'v1',
+      source: stage,
       target: new LayoutStore(target),
       tags: ['v1'],
       concurrency: 2,
       partSize: 1 << 30,
-      manifestPath: stage,
       log,
       progress,
     });
     expect(r.digest).toBe(v1.manifestDigest);
-    const m = await readManifest(stage);
+    expect(readFileSync(stage).equals(before)).toBe(true);
+    expect(r.manifestPath).toBe(join(dir, 'layout.published.orb.json'));
+    const m = await readManifest(r.manifestPath!);
+    expect(m.stage).toBe('publish');
     expect(m.published?.digest).toBe(v1.manifestDigest);
-    expect(m.image.format).toBe('raw');
+    expect(m.image.format).toBe('chunked');
+    expect(m.input).toMatchObject({ stage: 'convert', path: stage });
     const out = join(dir, 'from-layout.raw');
     const pm = join(dir, 'pulled.json');
     await pull({

@@ -52,8 +52,14 @@ export async function runAction(name: string): Promise<void> {
       mask,
       signal: controller.signal,
       mode: 'action',
-      progress: (label, total) =>
-        new RateProgress(label, total, { write: (line) => core.info(redact(line)) }, progressInterval()),
+      progress: (label, total, unit) =>
+        new RateProgress(
+          label,
+          total,
+          { write: (line) => core.info(redact(line)) },
+          progressInterval(),
+          unit,
+        ),
       uploadArtifact: async (artifactName, files, rootDir) => {
         const { DefaultArtifactClient } = await import('@actions/artifact');
         await new DefaultArtifactClient().uploadArtifact(artifactName, files, rootDir, { retentionDays: 7 });

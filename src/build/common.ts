@@ -5,8 +5,8 @@ import { trackPath } from '../core/cleanup.js';
 import { basename, join, relative } from 'node:path';
 import type { Summary } from '../core/command.js';
 import { redact, type Logger } from '../core/log.js';
-import type { Progress } from '../core/progress.js';
-import { newManifest, writeManifest, type BuildInfo } from '../core/manifest.js';
+import type { ProgressFactory } from '../core/progress.js';
+import { newManifest, stageManifestPath, writeManifest, type BuildInfo } from '../core/manifest.js';
 import { sha256File } from '../core/fsutil.js';
 import { probeAccelerator } from '../qemu/probe.js';
 import { which } from '../core/proc.js';
@@ -17,7 +17,7 @@ import { flatten, imgInfo } from './qemu-img.js';
 /** What every build (Windows or Linux) is given besides its OS-specific inputs. */
 export interface BuildEnv {
   log: Logger;
-  progress: (label: string, total?: number) => Progress;
+  progress: ProgressFactory;
   signal?: AbortSignal;
   summary?: Summary;
 }
@@ -140,7 +140,7 @@ export async function finishOutputs(
   const p = env.progress(`sha256 ${basename(disk)}`, (await stat(disk)).size);
   const sha256 = await sha256File(disk, (n) => p.add(n));
   p.done();
-  const manifestPath = join(o.outDir, 'manifest.json');
+  const manifestPath = stageManifestPath(disk);
   await writeManifest(
     manifestPath,
     newManifest(

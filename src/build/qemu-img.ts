@@ -77,7 +77,8 @@ export async function flatten(
   signal?: AbortSignal,
 ): Promise<void> {
   const out = await partialOutput(dest);
-  progress?.setTotal(100);
+  // `convert -p` reports only "(42.00/100%)": a percentage, not bytes.
+  progress?.setTotal(100, 'percent');
   try {
     const args = [
       'convert',

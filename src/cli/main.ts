@@ -190,7 +190,8 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
       mask,
       signal: controller.signal,
       mode: 'cli',
-      progress: (label, total) => new RateProgress(label, total, stderrSink(), progressInterval()),
+      progress: (label, total, unit) =>
+        new RateProgress(label, total, stderrSink(), progressInterval(), unit),
     };
     const result: Outputs = await cmd.run(new Inputs(values, cmd.inputs), ctx);
     const secretKeys = new Set(cmd.outputs.filter((o) => o.secret).map((o) => o.name));

@@ -116,7 +116,8 @@ const own: InputSpec[] = [
   {
     name: 'manifest',
     type: 'string',
-    description: 'orb stage manifest to record the publication in (created when missing)',
+    description:
+      "where to write publish's own stage manifest (default, when the source is a stage manifest: <image>.published.orb.json); the input's manifest is never edited",
   },
   ...accessInputs,
 ];

@@ -1,6 +1,8 @@
 import '../store/schemes.js';
+import { resolve } from 'node:path';
 import { defineCommand } from '../core/command.js';
 import type { InputSpec, OutputSpec } from '../core/inputs.js';
+import { stageManifestPath } from '../core/manifest.js';
 import { formatBytes } from '../core/progress.js';
 import { openStore, storeInputs, storeOutputs } from '../store/open.js';
 import { pull } from '../transfer/pull.js';
@@ -46,7 +48,8 @@ const own: InputSpec[] = [
   {
     name: 'manifest',
     type: 'string',
-    description: 'write an orb stage manifest describing the pulled image here',
+    description:
+      'where to write the orb stage manifest describing the pulled image (default: <output>.orb.json)',
   },
   ...accessInputs,
 ];
@@ -93,7 +96,7 @@ export default defineCommand({
         format: inp.string('format') as OutputFormat,
         ...(inp.optString('base') ? { base: inp.string('base') } : {}),
         concurrency: inp.number('concurrency'),
-        ...(inp.optString('manifest') ? { manifestPath: inp.string('manifest') } : {}),
+        manifestPath: inp.optString('manifest') ?? defaultManifestPath(inp.string('output')),
         log: ctx.log,
         progress: ctx.progress,
         signal: ctx.signal,
@@ -134,3 +137,8 @@ export default defineCommand({
     }
   },
 });
+
+/** `<output>.orb.json` beside a file output; none beside a device node (nothing to write there). */
+function defaultManifestPath(output: string): string | undefined {
+  return resolve(output).startsWith('/dev/') ? undefined : stageManifestPath(output);
+}

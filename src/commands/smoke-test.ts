@@ -52,7 +52,8 @@ const own: InputSpec[] = [
   {
     name: 'manifest',
     type: 'string',
-    description: 'stage manifest giving firmware, TPM and OS (default: <image>.orb.json when it exists)',
+    description:
+      'stage manifest giving firmware, TPM and OS for a local image (default: <image>.orb.json when it exists); a pulled image brings its own',
   },
   {
     name: 'timeout',
@@ -301,13 +302,18 @@ export default defineCommand({
           `using software emulation (TCG): ${d.reason}. Booting will be many times slower than with KVM; raise --timeout accordingly.`,
         );
     }
+    // A pulled image's own manifest (from its published config) describes what was booted; a
+    // --manifest given beside a reference could be another version's, so it only fills in for
+    // local files.
+    const given = inputs.optString('manifest');
+    if (given && image.manifest)
+      ctx.log.warn(`--manifest ${given} is ignored: the pulled image brings its own (${image.manifest})`);
+    const manifest = image.manifest ?? given;
     let result: SmokeResult;
     try {
       result = await smokeTest({
         image: image.path,
-        ...((inputs.optString('manifest') ?? image.manifest)
-          ? { manifest: (inputs.optString('manifest') ?? image.manifest)! }
-          : {}),
+        ...(manifest ? { manifest } : {}),
         accelerator,
         firmware: inputs.string('firmware') as Firmware | 'auto',
         tpm: tpmIn === 'auto' ? 'auto' : tpmIn === 'true',

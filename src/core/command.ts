@@ -1,7 +1,7 @@
 import { OrbError } from './errors.js';
 import type { InputSpec, InputValue, OutputSpec } from './inputs.js';
 import type { Logger } from './log.js';
-import type { Progress } from './progress.js';
+import type { ProgressFactory } from './progress.js';
 
 export type OutputValue = string | number | boolean | undefined;
 export type Outputs = Record<string, OutputValue>;
@@ -42,7 +42,7 @@ export class Summary {
 
 export interface RunContext {
   log: Logger;
-  progress(label: string, total?: number): Progress;
+  progress: ProgressFactory;
   summary: Summary;
   /** register a secret: masked in every log line (and with core.setSecret in Actions) */
   mask(secret: string | undefined): void;

@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { OrbError } from './errors.js';
 import { writeFileAtomic } from './fsutil.js';
 import { MAX_VIRTUAL_SIZE, boundedInt, isObject, parseJsonObject, quoteUntrusted } from './untrusted.js';
@@ -55,7 +56,18 @@ export interface OrbManifest {
   };
   build?: BuildInfo;
   published?: { reference: string; digest: string; [key: string]: unknown };
-  previous?: string;
+  /**
+   * The manifest this stage read as its input: where it was and the sha256 of its bytes, so a
+   * chain build -> convert -> publish can be followed back without any stage editing another's.
+   */
+  input?: StageInput;
+}
+
+export interface StageInput {
+  stage: string;
+  path: string;
+  /** sha256:<hex> of the input manifest file as read */
+  sha256: string;
 }
 
 export async function readManifest(path: string): Promise<OrbManifest> {
@@ -94,4 +106,30 @@ export function newManifest(
   extra: Partial<OrbManifest> = {},
 ): OrbManifest {
   return { schema: MANIFEST_SCHEMA, stage, createdAt: new Date().toISOString(), image, ...extra };
+}
+
+/**
+ * The one file-name rule for stage manifests: beside the stage's output, as `<output>.orb.json`.
+ * Publish has no local output (it writes to a store), so it writes beside what it published, as
+ * `<source>.published.orb.json`, and never touches the manifest it was given.
+ */
+export function stageManifestPath(output: string, stage?: string): string {
+  const suffix = stage === 'publish' ? '.published.orb.json' : '.orb.json';
+  return join(dirname(output), `${basename(output)}${suffix}`);
+}
+
+/** Reads a stage manifest as a next stage's input: the manifest plus its provenance record. */
+export async function readStageInput(path: string): Promise<{ manifest: OrbManifest; input: StageInput }> {
+  const bytes = await readFile(path).catch((err: unknown) => {
+    throw new OrbError('input', `cannot read manifest ${path}: ${(err as Error).message}`, { cause: err });
+  });
+  const manifest = await readManifest(path);
+  return {
+    manifest,
+    input: {
+      stage: manifest.stage,
+      path,
+      sha256: 'sha256:' + createHash('sha256').update(bytes).digest('hex'),
+    },
+  };
 }

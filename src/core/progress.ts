@@ -5,13 +5,24 @@ import { redact } from './log.js';
  * GitLab, pipes) it prints a line every `intervalMs`, because CI logs have no carriage returns.
  */
 export interface Progress {
-  /** add `n` units (bytes) done */
+  /** add `n` units done */
   add(n: number): void;
   /** set the absolute amount done */
   set(done: number): void;
-  setTotal(total: number): void;
+  /** the whole amount, and what it counts when the reporter learns that only now */
+  setTotal(total: number, unit?: ProgressUnit): void;
   done(message?: string): void;
 }
+
+/**
+ * What the numbers count. Bytes get sizes and a transfer rate; percent (a tool that reports only
+ * "42/100%", such as `qemu-img convert -p`) gets the percentage and an ETA, since "%/s" says
+ * nothing a reader can use; count (files, blobs) gets "3/10" and items per second.
+ */
+export type ProgressUnit = 'bytes' | 'percent' | 'count';
+
+/** The factory a command gets: `progress('write disk.qcow2', 100, 'percent')`. */
+export type ProgressFactory = (label: string, total?: number, unit?: ProgressUnit) => Progress;
 
 export interface ProgressSink {
   write(line: string, final: boolean): void;
@@ -52,7 +63,10 @@ export class RateProgress implements Progress {
     private total: number | undefined,
     private readonly sink: ProgressSink,
     private readonly intervalMs: number,
-  ) {}
+    private unit: ProgressUnit = 'bytes',
+  ) {
+    if (unit === 'percent') this.total ??= 100;
+  }
 
   add(n: number): void {
     this.set(this.doneUnits + n);
@@ -69,8 +83,9 @@ export class RateProgress implements Progress {
     }
   }
 
-  setTotal(total: number): void {
+  setTotal(total: number, unit?: ProgressUnit): void {
     this.total = total;
+    if (unit) this.unit = unit;
   }
 
   rate(now = Date.now()): number {
@@ -84,15 +99,20 @@ export class RateProgress implements Progress {
 
   line(now = Date.now()): string {
     const rate = this.rate(now);
+    const total = this.total && this.total > 0 ? this.total : undefined;
     const parts = [this.label];
-    if (this.total && this.total > 0) {
-      const pct = Math.min(100, (100 * this.doneUnits) / this.total);
-      parts.push(`${pct.toFixed(1)}%`, `${formatBytes(this.doneUnits)}/${formatBytes(this.total)}`);
-      parts.push(`${formatBytes(rate)}/s`);
-      if (rate > 0) parts.push(`ETA ${formatDuration((this.total - this.doneUnits) / rate)}`);
+    if (this.unit === 'percent') {
+      // Floored: "100%" only once the tool is really done.
+      parts.push(`${Math.floor(Math.min(100, (100 * this.doneUnits) / (total ?? 100)))}%`);
+    } else if (total) {
+      const pct = Math.min(100, (100 * this.doneUnits) / total);
+      parts.push(`${pct.toFixed(1)}%`, `${this.amount(this.doneUnits)}/${this.amount(total)}`);
+      parts.push(this.rateText(rate));
     } else {
-      parts.push(formatBytes(this.doneUnits), `${formatBytes(rate)}/s`);
+      parts.push(this.amount(this.doneUnits), this.rateText(rate));
     }
+    const left = (total ?? (this.unit === 'percent' ? 100 : 0)) - this.doneUnits;
+    if (rate > 0 && left > 0) parts.push(`ETA ${formatDuration(left / rate)}`);
     return parts.join('  ');
   }
 
@@ -101,11 +121,19 @@ export class RateProgress implements Progress {
     this.finished = true;
     const secs = (Date.now() - this.start) / 1000;
     const avg = secs > 0 ? this.doneUnits / secs : 0;
-    this.sink.write(
-      message ??
-        `${this.label}  done: ${formatBytes(this.doneUnits)} in ${formatDuration(secs)} (${formatBytes(avg)}/s)`,
-      true,
-    );
+    const summary =
+      this.unit === 'percent'
+        ? `done in ${formatDuration(secs)}`
+        : `done: ${this.amount(this.doneUnits)} in ${formatDuration(secs)} (${this.rateText(avg)})`;
+    this.sink.write(message ?? `${this.label}  ${summary}`, true);
+  }
+
+  private amount(n: number): string {
+    return this.unit === 'bytes' ? formatBytes(n) : String(Math.round(n));
+  }
+
+  private rateText(perSecond: number): string {
+    return this.unit === 'bytes' ? `${formatBytes(perSecond)}/s` : `${perSecond.toFixed(1)}/s`;
   }
 }
 

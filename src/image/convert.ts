@@ -3,7 +3,13 @@ import { basename, dirname, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
 import { ensureFreeSpace, freeBytes, partialOutput, type PartialOutput } from '../core/fsutil.js';
 import { silentLogger, type Logger } from '../core/log.js';
-import { manifestImagePath, readManifest, type BuildInfo, type OrbManifest } from '../core/manifest.js';
+import {
+  manifestImagePath,
+  readStageInput,
+  type BuildInfo,
+  type OrbManifest,
+  type StageInput,
+} from '../core/manifest.js';
 import { nullProgress, type Progress } from '../core/progress.js';
 import { isChunkedLayout, parseLayoutRef, readChunkedLayout, type ChunkedImage } from './chunked/read.js';
 import { inspectImage, type ImageInfo } from './inspect.js';
@@ -82,20 +88,21 @@ export interface ConvertResult {
 
 interface ResolvedInput {
   path: string;
-  manifestPath?: string;
   manifest?: OrbManifest;
+  /** provenance of the input manifest, recorded (not edited) in ours */
+  input?: StageInput;
 }
 
 async function resolveInput(input: string): Promise<ResolvedInput> {
   if (input.endsWith('.json')) {
-    const m = await readManifest(input);
+    const { manifest: m, input: record } = await readStageInput(input);
     return {
       path:
         m.image.format === 'chunked' && m.image.chunked
           ? `oci-layout:${manifestImagePath(input, m)}:${m.image.chunked.tag}`
           : manifestImagePath(input, m),
-      manifestPath: input,
       manifest: m,
+      input: record,
     };
   }
   return { path: input };

@@ -1,10 +1,12 @@
-import { basename, dirname, join, relative } from 'node:path';
+import { basename, dirname, relative } from 'node:path';
 import {
   newManifest,
+  stageManifestPath,
   writeManifest,
   type BuildInfo,
   type ImageFormat,
   type OrbManifest,
+  type StageInput,
 } from '../core/manifest.js';
 import type { ConvertResult } from './convert.js';
 
@@ -13,13 +15,9 @@ import type { ConvertResult } from './convert.js';
  * (for a chunked layout directory too: beside it, not inside, so the layout stays a plain OCI
  * layout). The next stage (publish) takes it as its input.
  */
-export function stageManifestPath(output: string): string {
-  return join(dirname(output), `${basename(output)}.orb.json`);
-}
-
 export async function writeStageManifest(
   r: ConvertResult,
-  src: { manifestPath?: string; manifest?: OrbManifest },
+  src: { manifest?: OrbManifest; input?: StageInput },
   build: BuildInfo | undefined,
 ): Promise<string> {
   const path = stageManifestPath(r.path);
@@ -43,7 +41,7 @@ export async function writeStageManifest(
   }
   const extra: Partial<OrbManifest> = {};
   if (build) extra.build = build;
-  if (src.manifestPath) extra.previous = src.manifestPath;
+  if (src.input) extra.input = src.input;
   await writeManifest(path, newManifest('convert', image, extra));
   return path;
 }

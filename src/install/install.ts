@@ -3,7 +3,7 @@ import { join, relative, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fsutil.js';
 import { mask, type Logger } from '../core/log.js';
-import { readManifest } from '../core/manifest.js';
+import { readManifest, stageManifestPath } from '../core/manifest.js';
 import { requireTool, run } from '../core/proc.js';
 import type { Progress } from '../core/progress.js';
 import { formatBytes } from '../core/progress.js';
@@ -206,7 +206,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
         format: 'raw',
         ...(useBase ? { base: useBase } : {}),
         concurrency: o.concurrency,
-        manifestPath: `${basePath}.orb.json`,
+        manifestPath: stageManifestPath(basePath),
         log,
         progress: o.progress,
         ...(o.signal ? { signal: o.signal } : {}),
@@ -216,7 +216,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
     }
     await chmod(basePath, 0o444);
     const virtualSize = (await stat(basePath)).size;
-    const stage = await readManifest(`${basePath}.orb.json`).catch(() => undefined);
+    const stage = await readManifest(stageManifestPath(basePath)).catch(() => undefined);
     const build = stage?.build ?? state?.build;
     const contentSha256 = stage?.image.contentSha256 ?? plan.contentDigest.replace(/^sha256:/, '');
 
@@ -342,7 +342,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       }
       if (oldBase) {
         await rm(oldBase, { force: true });
-        await rm(`${oldBase}.orb.json`, { force: true });
+        await rm(stageManifestPath(oldBase), { force: true });
       }
       previousDir = undefined;
       delete record.previous;

@@ -23,6 +23,12 @@ export const DISK_CHUNK_RAW = 'application/vnd.orb.disk.chunk.v1';
 /** artifactType of a single file (qcow2, .zst) published in parts */
 export const FILE_ARTIFACT = 'application/vnd.orb.file.v1';
 export const FILE_PART = 'application/vnd.orb.file.part.v1';
+/**
+ * config blob of a file artifact (image-spec 1.1: an artifact's config type is its own): what
+ * the file is and the build facts, so firmware, TPM and OS reach pull and smoke-test for a
+ * published qcow2 or .zst as they do for chunked images
+ */
+export const FILE_CONFIG = 'application/vnd.orb.file.config.v1+json';
 
 export const ANN_TITLE = 'org.opencontainers.image.title';
 export const ANN_REF_NAME = 'org.opencontainers.image.ref.name';
@@ -73,6 +79,19 @@ export interface ImageIndex {
   mediaType: typeof OCI_INDEX;
   manifests: Descriptor[];
   annotations?: Record<string, string>;
+}
+
+/** The config blob of a file artifact. */
+export interface FileConfig {
+  schema: 'orb-file/v1';
+  /** qcow2, raw.zst, raw, ... */
+  format: string;
+  fileSize: number;
+  /** bytes the guest sees, when the publisher knew it (from a stage manifest) */
+  virtualSize?: number;
+  /** sha256:<hex> of the whole file */
+  contentDigest: string;
+  build?: Record<string, unknown>;
 }
 
 /** The config blob of a chunked disk image. */

@@ -175,7 +175,8 @@ export async function runPipeline(inputs: Inputs, ctx: RunContext): Promise<Outp
 
   const published = await runStage(
     publish,
-    { ...passThrough(inputs, PASS.publish), source: String(converted.path) },
+    // the convert manifest, not the bare file: build facts travel into the published config
+    { ...passThrough(inputs, PASS.publish), source: String(converted.manifest ?? converted.path) },
     ctx,
   );
   record('publish', published);
@@ -199,8 +200,6 @@ export async function runPipeline(inputs: Inputs, ctx: RunContext): Promise<Outp
     ] as const) {
       if (inputs.has(n) && smokeTest.inputs.some((s) => s.name === n)) smokeRaw[n] = inputs.string(n);
     }
-    if (converted.manifest && smokeTest.inputs.some((s) => s.name === 'manifest'))
-      smokeRaw.manifest = String(converted.manifest);
     try {
       record('smoke', await runStage(smokeTest, smokeRaw, ctx));
     } catch (err) {

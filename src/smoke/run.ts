@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { trackPath } from '../core/cleanup.js';
 import { OrbError } from '../core/errors.js';
-import { readManifest, type OrbManifest } from '../core/manifest.js';
+import { readManifest, stageManifestPath, type OrbManifest } from '../core/manifest.js';
 import { startVm, type Firmware, type Vm } from '../qemu/runner.js';
 import { probeRdp, type RdpProbeResult } from '../rdp/probe.js';
 import { createOverlay, describeDisk, inspectDisk } from './disk.js';
@@ -31,7 +31,7 @@ const MEMORY_BY_OS: Record<string, number> = { windows: 4096, linux: 1024, test:
 
 async function loadManifest(o: SmokeOptions): Promise<OrbManifest | undefined> {
   if (o.manifest) return readManifest(o.manifest);
-  const beside = `${o.image}.orb.json`;
+  const beside = stageManifestPath(o.image);
   if (await stat(beside).catch(() => undefined)) return readManifest(beside);
   return undefined;
 }

@@ -5,6 +5,7 @@ import { join, resolve } from 'node:path';
 import { trackPath } from '../core/cleanup.js';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
+import { stageManifestPath } from '../core/manifest.js';
 import type { Progress } from '../core/progress.js';
 import { knownSchemes, openStore, type StoreOptions } from '../store/open.js';
 import { pull } from '../transfer/pull.js';
@@ -89,7 +90,7 @@ async function pullImage(
         // disks come back as sparse raw; published files (a qcow2) as they were published
         format: 'auto',
         concurrency: 6,
-        manifestPath: join(dir, 'image.orb.json'),
+        manifestPath: stageManifestPath(join(dir, 'image')),
         log: opts.log,
         progress: opts.progress,
         ...(opts.signal ? { signal: opts.signal } : {}),

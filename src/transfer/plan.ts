@@ -28,6 +28,7 @@ import {
   DISK_CHUNK_ZSTD,
   DISK_CONFIG,
   FILE_ARTIFACT,
+  FILE_CONFIG,
   FILE_PART,
   OCI_INDEX,
   OCI_MANIFEST,
@@ -63,6 +64,8 @@ export interface Plan {
   contentDigest: string;
   units: Unit[];
   config?: DiskConfig;
+  /** build facts from the config (disk config, or a file artifact's orb config) */
+  build?: Record<string, unknown>;
   /** file artifacts: the published file's name and format (qcow2, raw.zst, ...) */
   fileName?: string;
   fileFormat?: string;
@@ -139,9 +142,29 @@ export async function makePlan(
   display: string,
 ): Promise<Plan> {
   const type = manifest.artifactType ?? manifest.config.mediaType;
-  return type === DISK_ARTIFACT
-    ? diskPlan(store, manifest, manifestDigest, display)
-    : filePlan(manifest, manifestDigest, display);
+  if (type === DISK_ARTIFACT) return diskPlan(store, manifest, manifestDigest, display);
+  const plan = filePlan(manifest, manifestDigest, display);
+  const build = await fileBuildInfo(store, manifest, display);
+  return build ? { ...plan, build } : plan;
+}
+
+/** A file artifact's build facts, from its orb config (older or foreign ones have the empty config). */
+async function fileBuildInfo(
+  store: BlobStore,
+  manifest: ImageManifest,
+  display: string,
+): Promise<Record<string, unknown> | undefined> {
+  if (manifest.config.mediaType !== FILE_CONFIG) return undefined;
+  const field = `${display}: file config`;
+  const cfg = parseJsonObject(
+    await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES),
+    field,
+    MAX_CONFIG_BYTES,
+  );
+  if (cfg.schema !== 'orb-file/v1') throw untrustedError(`${field} schema`, 'is not orb-file/v1', cfg.schema);
+  if (cfg.build === undefined) return undefined;
+  if (!isObject(cfg.build)) throw untrustedError(`${field} build`, 'is not an object', cfg.build);
+  return cfg.build;
 }
 
 async function diskPlan(

@@ -1,7 +1,13 @@
+import { dirname, isAbsolute, relative, resolve } from 'node:path';
 import { UsageError } from '../core/errors.js';
-import { exists } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
-import { newManifest, readManifest, writeManifest, type OrbManifest } from '../core/manifest.js';
+import {
+  manifestImagePath,
+  newManifest,
+  stageManifestPath,
+  writeManifest,
+  type OrbManifest,
+} from '../core/manifest.js';
 import { formatBytes, type Progress } from '../core/progress.js';
 import { readSmallBlob } from '../oci/layout-store.js';
 import { DISK_ARTIFACT, OCI_MANIFEST, type DiskConfig, type ImageManifest } from '../oci/media.js';
@@ -33,7 +39,10 @@ export interface PublishOptions {
   subject?: string;
   /** extra manifest annotations (changes the digest of a layout's manifest) */
   annotations?: Record<string, string>;
-  /** stage manifest to write or update with where the image went */
+  /**
+   * where to write publish's own stage manifest (default: when the source is a stage manifest,
+   * `<image>.published.orb.json` beside the image); the input's manifest is never edited
+   */
   manifestPath?: string;
   log: Logger;
   progress(label: string, total?: number): Progress;
@@ -194,24 +203,40 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
     bytesSkipped: skipped,
     seconds,
   };
-  const manifestPath = opts.manifestPath ?? prepared.stageManifest?.path;
+  const manifestPath = publishManifestPath(opts.manifestPath, prepared);
   if (manifestPath) {
-    await recordInStageManifest(manifestPath, prepared, result, target);
+    await writePublishManifest(manifestPath, prepared, result, target);
     result.manifestPath = manifestPath;
   }
   return result;
 }
 
-async function recordInStageManifest(
+function publishManifestPath(given: string | undefined, p: PreparedArtifact): string | undefined {
+  const input = p.stageManifest;
+  if (given && input && resolve(given) === resolve(input.path)) {
+    throw new UsageError(
+      `--manifest names the ${input.manifest.stage} stage's manifest, which publish reads and never edits`,
+      'leave --manifest out (publish writes <image>.published.orb.json) or name a new file',
+    );
+  }
+  if (given) return given;
+  return input ? stageManifestPath(manifestImagePath(input.path, input.manifest), 'publish') : undefined;
+}
+
+/** Publish's own stage manifest: the input's image and build facts, plus where it went. */
+async function writePublishManifest(
   path: string,
   p: PreparedArtifact,
   r: PublishResult,
   target: BlobStore,
 ): Promise<void> {
-  let m: OrbManifest;
-  if (p.stageManifest?.path === path) m = p.stageManifest.manifest;
-  else if (await exists(path)) m = await readManifest(path);
-  else m = await describeImage(p, target);
+  const input = p.stageManifest;
+  const m = input
+    ? newManifest('publish', rebase(input.manifest, input.path, path), {
+        ...(input.manifest.build ? { build: input.manifest.build } : {}),
+        input: input.record,
+      })
+    : await describeImage(p, target);
   m.published = {
     reference: r.reference,
     digest: r.digest,
@@ -223,6 +248,17 @@ async function recordInStageManifest(
     at: new Date().toISOString(),
   };
   await writeManifest(path, m);
+}
+
+/** The input's image section with its paths made relative to where the new manifest goes. */
+function rebase(m: OrbManifest, from: string, to: string): OrbManifest['image'] {
+  const at = (rel: string) => {
+    const abs = isAbsolute(rel) ? rel : resolve(dirname(from), rel);
+    return relative(dirname(resolve(to)), abs) || '.';
+  };
+  const image = { ...m.image, path: at(m.image.path) };
+  if (m.image.chunked) image.chunked = { ...m.image.chunked, layout: at(m.image.chunked.layout) };
+  return image;
 }
 
 async function describeImage(p: PreparedArtifact, target: BlobStore): Promise<OrbManifest> {

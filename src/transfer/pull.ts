@@ -351,7 +351,7 @@ async function writeStageManifest(path: string, plan: Plan, r: PullResult): Prom
     },
     { published: { reference: r.reference, digest: r.digest } },
   );
-  const build = plan.config?.build as BuildInfo | undefined;
+  const build = (plan.build ?? plan.config?.build) as BuildInfo | undefined;
   if (build) m.build = build;
   await writeManifest(path, m);
 }

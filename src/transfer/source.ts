@@ -5,7 +5,13 @@ import { basename, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
-import { MANIFEST_SCHEMA, manifestImagePath, readManifest, type OrbManifest } from '../core/manifest.js';
+import {
+  MANIFEST_SCHEMA,
+  manifestImagePath,
+  readStageInput,
+  type OrbManifest,
+  type StageInput,
+} from '../core/manifest.js';
 import type { Progress } from '../core/progress.js';
 import { LayoutStore } from '../oci/layout-store.js';
 import {
@@ -17,12 +23,13 @@ import {
   ANN_PART_OFFSET,
   ANN_TITLE,
   DISK_ARTIFACT,
-  EMPTY_CONFIG,
   FILE_ARTIFACT,
+  FILE_CONFIG,
   FILE_PART,
   OCI_INDEX,
   OCI_MANIFEST,
   type Descriptor,
+  type FileConfig,
   type ImageManifest,
 } from '../oci/media.js';
 import { parseLayoutRef } from '../oci/reference.js';
@@ -51,8 +58,8 @@ export interface PreparedArtifact {
   contentDigest?: string;
   /** what was published, for messages */
   describe: string;
-  /** a stage manifest the source was given as (updated after publishing) */
-  stageManifest?: { path: string; manifest: OrbManifest };
+  /** the stage manifest the source was given as (read, never edited) */
+  stageManifest?: { path: string; manifest: OrbManifest; record: StageInput };
   image?: { path: string; format: OrbManifest['image']['format']; virtualSize: number; fileSize: number };
 }
 
@@ -65,8 +72,6 @@ export interface SourceOptions {
   progress(label: string, total?: number): Progress;
   signal?: AbortSignal;
 }
-
-const EMPTY_BYTES = Buffer.from('{}');
 
 export async function prepareSource(source: string, opts: SourceOptions): Promise<PreparedArtifact> {
   if (source.startsWith('oci-layout:')) {
@@ -84,14 +89,15 @@ export async function prepareSource(source: string, opts: SourceOptions): Promis
   if (!st.isFile()) throw new UsageError(`source '${source}' is neither a file nor a directory`);
   const head = await readHead(path, 512);
   if (head[0] === 0x7b && st.size < 4 << 20) {
-    let m: OrbManifest | undefined;
+    let read: { manifest: OrbManifest; input: StageInput } | undefined;
     try {
       const j = JSON.parse(await readFile(path, 'utf8')) as { schema?: string };
-      if (j.schema === MANIFEST_SCHEMA) m = await readManifest(path);
+      if (j.schema === MANIFEST_SCHEMA) read = await readStageInput(path);
     } catch {
       /* not a manifest: publish the file as it is */
     }
-    if (m) {
+    if (read) {
+      const m = read.manifest;
       const imagePath = manifestImagePath(path, m);
       const prepared =
         m.image.format === 'chunked'
@@ -100,8 +106,8 @@ export async function prepareSource(source: string, opts: SourceOptions): Promis
               m.image.chunked?.tag ?? opts.tag,
               opts,
             )
-          : await fromFile(imagePath, opts);
-      return { ...prepared, stageManifest: { path, manifest: m } };
+          : await fromFile(imagePath, opts, m);
+      return { ...prepared, stageManifest: { path, manifest: m, record: read.input } };
     }
   }
   return fromFile(path, opts);
@@ -231,7 +237,7 @@ async function hashParts(
   return { parts, whole: 'sha256:' + whole.digest('hex') };
 }
 
-async function fromFile(path: string, opts: SourceOptions): Promise<PreparedArtifact> {
+async function fromFile(path: string, opts: SourceOptions, stage?: OrbManifest): Promise<PreparedArtifact> {
   const st = await stat(path).catch(() => undefined);
   if (!st?.isFile()) throw new UsageError(`source '${path}' is not a file`);
   const format = detectFileFormat(await readHead(path, 512));
@@ -259,11 +265,25 @@ async function fromFile(path: string, opts: SourceOptions): Promise<PreparedArti
       },
     };
   });
+  const config: FileConfig = {
+    schema: 'orb-file/v1',
+    format,
+    fileSize: st.size,
+    ...(stage?.image.virtualSize ? { virtualSize: stage.image.virtualSize } : {}),
+    contentDigest: whole,
+    ...(stage?.build ? { build: stage.build } : {}),
+  };
+  const configBytes = Buffer.from(JSON.stringify(config));
+  const configDesc: Descriptor = {
+    mediaType: FILE_CONFIG,
+    digest: 'sha256:' + createHash('sha256').update(configBytes).digest('hex'),
+    size: configBytes.length,
+  };
   const manifest: ImageManifest = {
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
     artifactType: FILE_ARTIFACT,
-    config: { ...EMPTY_CONFIG },
+    config: configDesc,
     layers,
     annotations: {
       [ANN_TITLE]: name,
@@ -273,7 +293,7 @@ async function fromFile(path: string, opts: SourceOptions): Promise<PreparedArti
     },
   };
   const blobs: SourceBlob[] = [
-    { desc: { ...EMPTY_CONFIG }, open: (offset) => Readable.from([EMPTY_BYTES.subarray(offset)]) },
+    { desc: configDesc, open: (offset) => Readable.from([configBytes.subarray(offset)]) },
   ];
   const seen = new Set<string>();
   for (const d of layers) {
@@ -304,7 +324,7 @@ async function fromFile(path: string, opts: SourceOptions): Promise<PreparedArti
     image: {
       path,
       format: format === 'raw.zst' || format === 'qcow2' ? format : 'raw',
-      virtualSize: st.size,
+      virtualSize: stage?.image.virtualSize ?? st.size,
       fileSize: st.size,
     },
   };

@@ -23,7 +23,9 @@
  */
 
 // The serial port is how the build hears from the guest; COM1 exists on every QEMU x86 machine.
-// Written without backticks: this text lives in a JavaScript template literal.
+// Written without backticks: this text lives in a JavaScript template literal. Name lists are quoted
+// ('a', 'b'): bare words work in PowerShell, but the grammar test/powershell-parse.test.ts checks
+// these scripts with rejects a bare-word list in a command argument.
 const COMMON = String.raw`
 $ErrorActionPreference = 'Stop'
 $orb = Join-Path $env:ProgramData 'orb'
@@ -44,7 +46,7 @@ function Remove-AnswerFiles {
   $dirs = "$env:windir\Panther", "$env:windir\Panther\Unattend", "$env:windir\System32\Sysprep", "$env:windir\System32\Sysprep\Panther"
   foreach ($d in $dirs) { foreach ($n in $names) { Remove-Item -LiteralPath (Join-Path $d $n) -Force -ErrorAction SilentlyContinue } }
   $wl = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\Winlogon'
-  Remove-ItemProperty -Path $wl -Name DefaultPassword, AutoLogonCount -ErrorAction SilentlyContinue
+  Remove-ItemProperty -Path $wl -Name 'DefaultPassword', 'AutoLogonCount' -ErrorAction SilentlyContinue
   Set-ItemProperty -Path $wl -Name AutoAdminLogon -Value '0' -ErrorAction SilentlyContinue
 }
 function Disable-Hibernation {
