@@ -1,7 +1,7 @@
-import { mkdir, open, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
-import { ensureFreeSpace, exists } from '../core/fsutil.js';
+import { ensureFreeSpace, environmentError, exists } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
 import { newManifest, writeManifest, type BuildInfo, type ImageFormat } from '../core/manifest.js';
 import { formatBytes, type Progress } from '../core/progress.js';
@@ -79,11 +79,32 @@ export async function pull(o: PullOptions): Promise<PullResult> {
   const partial = `${out}.partial`;
   const journalPath = `${partial}.journal`;
   const spoolDir = `${partial}.d`;
-  await mkdir(dirname(out), { recursive: true });
+  const dataBytes = plan.units.reduce((a, u) => a + u.regions.reduce((b, r) => b + r.length, 0), 0);
+  // A conversion afterwards needs room for its output too: about the data a qcow2 holds (the
+  // sparse raw's data bytes), or for a published file about its size again (a rough guess).
+  const converted =
+    plan.kind === 'disk'
+      ? o.format === 'qcow2'
+        ? dataBytes
+        : 0
+      : o.format !== 'auto' && o.format !== plan.fileFormat
+        ? plan.size
+        : 0;
+  // A fresh pull is checked before anything is created, so a refusal leaves nothing behind; a
+  // resumed one is checked again below, once the journal says what is already in place.
+  const fresh = !(await exists(partial));
+  if (fresh) await ensureFreeSpace(out, dataBytes + converted, `pulling ${o.display}`);
+  try {
+    await mkdir(dirname(out), { recursive: true });
+  } catch (err) {
+    throw environmentError(err, `cannot create the output folder of ${out}`);
+  }
   if ((await stat(out).catch(() => undefined))?.isDirectory())
     throw new UsageError(`output ${out} is a directory`, 'give a file path');
 
-  const fh = await open(partial, (await exists(partial)) ? 'r+' : 'w+');
+  const fh = await open(partial, fresh ? 'w+' : 'r+').catch((err: unknown) => {
+    throw environmentError(err, `cannot create ${partial}`);
+  });
   let hasher: OrderedHasher | undefined;
   let base: BaseSource | undefined;
   let openJournal: Journal | undefined;
@@ -92,7 +113,18 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     const { journal, resumed } = await Journal.open(journalPath, { manifest: digest, size: plan.size }, fh);
     openJournal = journal;
     if (!resumed) await fh.truncate(0); // stale bytes of another manifest would break the zero gaps
-    await fh.truncate(plan.size);
+    try {
+      await fh.truncate(plan.size);
+    } catch (err) {
+      // e.g. EFBIG on FAT32: nothing was fetched yet, so a fresh pull leaves nothing behind
+      if (fresh) {
+        openJournal = undefined;
+        await journal.remove();
+        await fh.close().catch(() => undefined);
+        await rm(partial, { force: true });
+      }
+      throw environmentError(err, `cannot make room for ${formatBytes(plan.size)} in ${partial}`);
+    }
     const segments = contentSegments(plan);
     const segIndex = new Map<number, number>();
     segments.forEach((s, i) => {
@@ -121,18 +153,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       log.info(`resuming: ${formatBytes(bytesResumed)} already in place from an earlier run`);
 
     const remainingBytes = plan.units.reduce((a, u) => a + pending(u).reduce((b, r) => b + r.length, 0), 0);
-    // A conversion afterwards needs room for its output too: about the data a qcow2 holds (the
-    // sparse raw's data bytes), or for a published file about its size again (a rough guess).
-    const dataBytes = plan.units.reduce((a, u) => a + u.regions.reduce((b, r) => b + r.length, 0), 0);
-    const converted =
-      plan.kind === 'disk'
-        ? o.format === 'qcow2'
-          ? dataBytes
-          : 0
-        : o.format !== 'auto' && o.format !== plan.fileFormat
-          ? plan.size
-          : 0;
-    await ensureFreeSpace(out, remainingBytes + converted, `pulling ${o.display}`);
+    if (!fresh) await ensureFreeSpace(out, remainingBytes + converted, `pulling ${o.display}`);
     // Room for each parallel download to hold one default-size chunk and its decoded bytes.
     const budget = new ByteBudget(
       o.memoryBudget ?? Math.min(1 << 30, Math.max(256 << 20, o.concurrency * (64 << 20))),
@@ -226,6 +247,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       await journal.remove();
       await fh.close().catch(() => undefined);
       await rm(partial, { force: true });
+      await rm(spoolDir, { recursive: true, force: true });
       throw new OrbError(
         'integrity',
         `the assembled ${plan.kind === 'disk' ? 'disk' : 'file'} has sha256 ${content}, the image says ${plan.contentDigest}`,
@@ -279,9 +301,13 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     // Record what did land, so the rerun the hint suggests continues from there.
     await openJournal?.close().catch(() => undefined);
     await fh.close().catch(() => undefined);
+    // rmdir removes the spool folder only when empty: spooled blobs are kept for the rerun.
+    await rmdir(spoolDir).catch(() => undefined);
+    // The hint promises a kept partial only when there is one (a whole-content mismatch deletes it).
     if (
       err instanceof OrbError &&
-      (err.kind === 'network' || err.kind === 'interrupted' || err.kind === 'integrity')
+      (err.kind === 'network' || err.kind === 'interrupted' || err.kind === 'integrity') &&
+      (await exists(partial))
     ) {
       const hint = err.hint ? `${err.hint}. ` : '';
       throw new OrbError(err.kind, err.message, {
@@ -289,7 +315,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
         cause: err,
       });
     }
-    throw err;
+    throw environmentError(err, `pulling ${o.display} to ${out}`);
   } finally {
     await workers?.close();
     await base?.close();
