@@ -8,6 +8,7 @@ import { formatBytes, type Progress } from '../core/progress.js';
 import { defaultRetryPolicy, type RetryPolicy } from '../oci/http.js';
 import type { BlobStore } from '../store/types.js';
 import { openBase, type BaseSource } from './base.js';
+import { blockTarget, isBlockDevice, zeroRanges, type BlockTarget } from './block-device.js';
 import { Journal } from './journal.js';
 import { OrderedHasher } from './hasher.js';
 import { finishOutput, type OutputFormat } from './output.js';
@@ -76,14 +77,19 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     `${o.display}: ${plan.kind === 'disk' ? 'disk image' : `file ${plan.fileName} (${srcFormat})`}, ${formatBytes(plan.size)}, ${regionCount} ${plan.kind === 'disk' ? 'chunks' : 'parts'} in ${plan.units.length} blobs`,
   );
 
-  const partial = `${out}.partial`;
-  const journalPath = `${partial}.journal`;
-  const spoolDir = `${partial}.d`;
-  await mkdir(dirname(out), { recursive: true });
+  // A block device is written in place: no .partial, no rename, no truncate (block-device.ts).
+  const device: BlockTarget | undefined = (await isBlockDevice(out))
+    ? await blockTarget(out, { size: plan.size, kind: plan.kind, format: o.format })
+    : undefined;
+  const partial = device ? out : `${out}.partial`;
+  const journalPath = device ? device.journalPath : `${partial}.journal`;
+  const spoolDir = device ? device.spoolDir : `${partial}.d`;
+  if (device) await mkdir(dirname(journalPath), { recursive: true });
+  else await mkdir(dirname(out), { recursive: true });
   if ((await stat(out).catch(() => undefined))?.isDirectory())
     throw new UsageError(`output ${out} is a directory`, 'give a file path');
 
-  const fh = await open(partial, (await exists(partial)) ? 'r+' : 'w+');
+  const fh = await open(partial, device || (await exists(partial)) ? 'r+' : 'w+');
   let hasher: OrderedHasher | undefined;
   let base: BaseSource | undefined;
   let openJournal: Journal | undefined;
@@ -91,8 +97,10 @@ export async function pull(o: PullOptions): Promise<PullResult> {
   try {
     const { journal, resumed } = await Journal.open(journalPath, { manifest: digest, size: plan.size }, fh);
     openJournal = journal;
-    if (!resumed) await fh.truncate(0); // stale bytes of another manifest would break the zero gaps
-    await fh.truncate(plan.size);
+    if (!device) {
+      if (!resumed) await fh.truncate(0); // stale bytes of another manifest would break the zero gaps
+      await fh.truncate(plan.size);
+    }
     const segments = contentSegments(plan);
     const segIndex = new Map<number, number>();
     segments.forEach((s, i) => {
@@ -132,7 +140,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
         : o.format !== 'auto' && o.format !== plan.fileFormat
           ? plan.size
           : 0;
-    await ensureFreeSpace(out, remainingBytes + converted, `pulling ${o.display}`);
+    if (!device) await ensureFreeSpace(out, remainingBytes + converted, `pulling ${o.display}`);
     // Room for each parallel download to hold one default-size chunk and its decoded bytes.
     const budget = new ByteBudget(
       o.memoryBudget ?? Math.min(1 << 30, Math.max(256 << 20, o.concurrency * (64 << 20))),
@@ -144,6 +152,8 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     if (o.base) {
       base = await openBase(o.base);
       const b = base;
+      // --base naming the output device itself: a chunk found in place is already written.
+      const inPlace = !!device && resolve(o.base) === out;
       const candidates = plan.units.filter((u) => pending(u).length);
       const progress = o.progress(
         `reusing from ${b.describe}`,
@@ -158,7 +168,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
             try {
               const data = await b.lookup(r);
               if (data) {
-                await writeAll(fh, data, r.offset);
+                if (!inPlace) await writeAll(fh, data, r.offset);
                 markDone(r);
                 bytesReused += r.length;
                 chunksReused++;
@@ -217,6 +227,16 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     await journal.close();
     log.debug(`pull: downloads done after ${((Date.now() - started) / 1000).toFixed(2)} s`);
 
+    // The hasher takes the ranges without data as zeros: on a device, make them so.
+    if (device)
+      await zeroRanges(
+        fh,
+        out,
+        segments.filter((s) => s.zero),
+        log,
+        o.signal,
+      );
+
     // 3. The whole content, hashed in order as it landed.
     const content = await h.finish();
     hasher = undefined;
@@ -225,7 +245,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       openJournal = undefined;
       await journal.remove();
       await fh.close().catch(() => undefined);
-      await rm(partial, { force: true });
+      if (!device) await rm(partial, { force: true });
       throw new OrbError(
         'integrity',
         `the assembled ${plan.kind === 'disk' ? 'disk' : 'file'} has sha256 ${content}, the image says ${plan.contentDigest}`,
@@ -238,10 +258,10 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     await fh.close();
     openJournal = undefined;
     log.debug(`pull: synced after ${((Date.now() - started) / 1000).toFixed(2)} s`);
-    const format = await finishOutput(partial, srcFormat, out, o.format, log, o.signal);
+    const format = device ? srcFormat : await finishOutput(partial, srcFormat, out, o.format, log, o.signal);
     await journal.remove();
     await rm(spoolDir, { recursive: true, force: true });
-    const fileSize = (await stat(out)).size;
+    const fileSize = device ? plan.size : (await stat(out)).size;
     const seconds = (Date.now() - started) / 1000;
     const result: PullResult = {
       path: out,
@@ -285,7 +305,9 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     ) {
       const hint = err.hint ? `${err.hint}. ` : '';
       throw new OrbError(err.kind, err.message, {
-        hint: `${hint}What was fetched is kept in ${partial}: run the same command again to continue, or delete ${partial}* to start over`,
+        hint: device
+          ? `${hint}What was written stays on ${out} (journal ${journalPath}): run the same command again to continue`
+          : `${hint}What was fetched is kept in ${partial}: run the same command again to continue, or delete ${partial}* to start over`,
         cause: err,
       });
     }
