@@ -1,6 +1,15 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readSync,
+  rmSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -39,7 +48,7 @@ function headSha(path: string, n: number): string {
   const h = createHash('sha256');
   const buf = Buffer.alloc(4 * MiB);
   try {
-    for (let at = 0; at < n; ) {
+    for (let at = 0; at < n;) {
       const got = readSync(fd, buf, 0, Math.min(buf.length, n - at), at);
       if (!got) throw new Error(`${path} ended at ${at}`);
       h.update(buf.subarray(0, got));

@@ -132,7 +132,7 @@ export async function zeroRanges(
       if (r.code === 0) continue;
       log.debug(`blkdiscard --zeroout failed (${r.stderr.trim()}): writing zeros`);
     }
-    for (let at = d.offset; at < d.offset + d.length; ) {
+    for (let at = d.offset; at < d.offset + d.length;) {
       const n = Math.min(PIECE, d.offset + d.length - at);
       const { bytesWritten } = await fh.write(zeros, 0, n, at);
       at += bytesWritten;
