@@ -6,6 +6,7 @@ import {
   mkdtempSync,
   openSync,
   readdirSync,
+  readFileSync,
   readSync,
   rmSync,
   writeSync,
@@ -18,6 +19,7 @@ import { nullProgress } from '../src/core/progress.js';
 import { LayoutStore } from '../src/oci/layout-store.js';
 import { deviceSize } from '../src/transfer/block-device.js';
 import { pull } from '../src/transfer/pull.js';
+import { orb } from './helpers/cli.js';
 import { buildLayout, makeDisk } from './helpers/oci-images.js';
 
 /**
@@ -40,6 +42,14 @@ function losetup(file: string): string {
   const d = execFileSync('losetup', ['-f', '--show', file], { encoding: 'utf8' }).trim();
   loops.push(d);
   return d;
+}
+
+/** Bytes the kernel wrote to a block device (sysfs stat: sectors written, field 7). */
+function writtenBytes(d: string): number {
+  const f = readFileSync(`/sys/block/${d.replace('/dev/', '')}/stat`, 'utf8')
+    .trim()
+    .split(/\s+/);
+  return Number(f[6]) * 512;
 }
 
 /** sha256 of the first `n` bytes of a device (or file). */
@@ -122,11 +132,27 @@ describe.skipIf(!canLoop)('pull to a block device (loop device)', () => {
   });
 
   it('updates in place with --base being the device: only changed chunks are downloaded', async () => {
+    const before = writtenBytes(dev);
     const r = await pull({ ...opts(v2.dir, 'v2', dev), base: dev });
+    const written = writtenBytes(dev) - before;
     expect(headSha(dev, SIZE)).toBe(v2.contentDigest.replace('sha256:', ''));
+    // the kernel's count of bytes written to the device: 3 changed chunks and 1 zeroed, not 12
+    console.log(`in-place update wrote ${written / MiB} MiB to ${dev}`);
+    expect(written).toBeLessThanOrEqual(5 * MiB);
     // v2 holds 12 data chunks (chunk 2 went to zero, chunk 3 came in); new or changed: 1, 3 and 5
     expect(r.chunksDownloaded).toBe(3);
     expect(r.chunksReused).toBe(9);
+  });
+
+  it('orb pull --output /dev/loopN --base /dev/loopN through the CLI bundle', async () => {
+    // back to v1 in place, as the Kubernetes Job runs it
+    const r = await orb(['pull', `oci-layout:${v1.dir}:v1`, '--output', dev, '--base', dev, '--json'], {
+      ORB_STATE_DIR: join(dir, 'state'),
+    });
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as Record<string, unknown>;
+    expect(out).toMatchObject({ path: dev, format: 'raw', 'chunks-downloaded': 3, 'chunks-reused': 9 });
+    expect(headSha(dev, SIZE)).toBe(v1.contentDigest.replace('sha256:', ''));
   });
 
   it('refuses a device smaller than the disk, before writing anything', async () => {
