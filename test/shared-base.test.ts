@@ -10,6 +10,7 @@ import { install, type InstallOptions } from '../src/install/install.js';
 import type { Check } from '../src/install/prereq.js';
 import { LayoutStore } from '../src/oci/layout-store.js';
 import { pull } from '../src/transfer/pull.js';
+import { orb } from './helpers/cli.js';
 import { buildLayout, makeDisk } from './helpers/oci-images.js';
 
 /**
@@ -167,6 +168,37 @@ describe('orb install --base-dir (shared base on a read-only share)', () => {
     await expect(install(opts(join(dir, 'c5'), { baseDir: one, verifyBase: 'full' }))).rejects.toThrow(
       /its sha256 is/,
     );
+  });
+
+  it('the documented commands through the CLI: orb pull to the share, orb install --base-dir', async () => {
+    const cliShare = join(dir, 'cli-share');
+    const img = join(cliShare, 'win11.img');
+    const p = await orb([
+      'pull',
+      `oci-layout:${layoutDir}:v1`,
+      '--output',
+      img,
+      '--manifest',
+      `${img}.orb.json`,
+    ]);
+    expect(p.code, p.stderr).toBe(0);
+    const target = join(dir, 'cli-client');
+    const r = await orb([
+      'install',
+      `oci-layout:${layoutDir}:v1`,
+      '--dir',
+      target,
+      '--base-dir',
+      cliShare,
+      '--verify-base',
+      'full',
+      '--prepare-only',
+      '--json',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as Record<string, unknown>;
+    expect(out).toMatchObject({ base: img, 'bytes-downloaded': 0 });
+    expect(readdirSync(join(target, 'images'))).toEqual([]);
   });
 
   it('says how to fill the share when no disk there is this image', async () => {
