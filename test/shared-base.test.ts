@@ -132,6 +132,42 @@ describe('orb install --base-dir (shared base on a read-only share)', () => {
     if (mounted) expect(() => execFileSync('touch', [join(ro, 'x')], { stdio: 'ignore' })).toThrow();
   });
 
+  it('--update moves a client to the next version on the share; the old base stays untouched', async () => {
+    makeDisk(join(dir, 'v2.raw'), {
+      size: 12 * MiB,
+      chunkSize: MiB,
+      random: true,
+      seed: (i) => (i === 4 ? 99 : i + 1),
+    });
+    await buildLayout(join(dir, 'v2.raw'), layoutDir, 'v2', MiB);
+    // the admin adds v2 beside v1 (written through the writable path; clients see the read-only one)
+    await pull({
+      source: new LayoutStore(layoutDir),
+      ref: 'v2',
+      display: 'v2',
+      output: join(share, 'win11-v2.img'),
+      format: 'auto',
+      concurrency: 2,
+      manifestPath: join(share, 'win11-v2.img.orb.json'),
+      log: silentLogger,
+      progress: () => nullProgress,
+    });
+    const v1 = fingerprint(ro)['win11.img'];
+    const target = join(dir, 'client1');
+    const r = await install(
+      opts(target, { ref: `oci-layout:${layoutDir}:v2`, update: true, keepPrevious: false }),
+    );
+    expect(r.base).toBe(join(ro, 'win11-v2.img'));
+    expect(r.bytesDownloaded).toBe(0);
+    const info = JSON.parse(
+      execFileSync('qemu-img', ['info', '--output=json', '-U', r.overlay], { encoding: 'utf8' }),
+    ) as Record<string, string>;
+    expect(info['backing-filename']).toBe(join(ro, 'win11-v2.img'));
+    execFileSync('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'raw', r.overlay, join(dir, 'v2.raw')]);
+    // --no-keep-previous removes only what is ours: the v1 base on the share is still there
+    expect(fingerprint(ro)['win11.img']).toBe(v1);
+  });
+
   it('refuses a disk the copied manifest does not describe (sampled chunks), and a truncated one', async () => {
     const bad = join(dir, 'bad');
     mkdirSync(bad);
