@@ -92,7 +92,9 @@ describe('the parser catches broken PowerShell', () => {
     const problems = await powershellSyntaxProblems(script);
     expect(problems.length).toBeGreaterThan(0);
     const line = script.split('\n').findIndex((l) => l.includes("Say ('ORB-STAGE finalize'")) + 1;
-    expect(problems.map((p) => p.line)).toContain(line);
+    // tree-sitter reports an unclosed parenthesis where the statement it swallowed ends: at the
+    // broken line or within the next few
+    expect(problems.some((p) => p.line >= line && p.line <= line + 5)).toBe(true);
   });
 
   it('in a command line and an encoded command too', async () => {

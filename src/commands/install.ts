@@ -24,6 +24,20 @@ const own: InputSpec[] = [
     description: 'installation directory (disk images, overlay, docker-compose.yml)',
   },
   {
+    name: 'base-dir',
+    type: 'string',
+    description:
+      'a read-only share (NFS/SMB) holding the verified base, put there once with orb pull --output PATH/NAME.img --manifest PATH/NAME.img.orb.json: only the overlay is kept in DIR, the share is never written',
+  },
+  {
+    name: 'verify-base',
+    type: 'enum',
+    choices: ['sample', 'full'],
+    default: 'sample',
+    description:
+      'with --base-dir: how the shared disk is checked against the image: sample (size, 24 chunks chosen at random and empty ranges) or full (its whole sha256)',
+  },
+  {
     name: 'update',
     type: 'boolean',
     default: false,
@@ -156,7 +170,7 @@ export default defineCommand({
     "client's qcow2 overlay on it and writes a docker-compose.yml for dockur/windows that boots the installed disk without reinstalling, " +
     'ports on 127.0.0.1. --update moves to a new version downloading only the changed chunks.',
   action: false,
-  usage: 'REF --dir DIR',
+  usage: 'REF --dir DIR [--base-dir SHARE]',
   inputs,
   outputs,
   async run(inp, ctx) {
@@ -192,6 +206,8 @@ export default defineCommand({
         : {}),
       ...(inp.optString('disk-type') ? { diskType: inp.string('disk-type') as DockurDiskType } : {}),
       concurrency: inp.number('concurrency'),
+      ...(inp.optString('base-dir') ? { baseDir: inp.string('base-dir') } : {}),
+      verifyBase: inp.string('verify-base') as 'sample' | 'full',
       prepareOnly: inp.bool('prepare-only'),
       keepPrevious: inp.bool('keep-previous'),
       start: inp.bool('start'),

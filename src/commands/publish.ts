@@ -5,6 +5,7 @@ import type { InputSpec, OutputSpec } from '../core/inputs.js';
 import type { Logger } from '../core/log.js';
 import { formatBytes } from '../core/progress.js';
 import { openStore, storeInputs, storeOutputs, type StoreOptions } from '../store/open.js';
+import { partSizeForProfile, PROFILE_NAMES, resolveProfile } from '../store/registry-limits.js';
 import type { BlobStore } from '../store/types.js';
 import { publish } from '../transfer/publish.js';
 
@@ -114,6 +115,14 @@ const own: InputSpec[] = [
   },
   { name: 'annotations', type: 'list', description: 'KEY=VALUE annotations to add to the manifest' },
   {
+    name: 'registry-profile',
+    type: 'enum',
+    choices: ['auto', 'none', ...PROFILE_NAMES],
+    default: 'auto',
+    description:
+      "the target registry's limits (layers, layer size, manifest size), checked before uploading: auto from the host (ghcr.io, ECR, registry.gitlab.com, Docker Hub, quay.io); name one for other hosts (harbor, a self-managed gitlab), none to skip",
+  },
+  {
     name: 'manifest',
     type: 'string',
     description:
@@ -156,6 +165,7 @@ export default defineCommand({
       if (eq <= 0) throw new UsageError(`annotation '${a}' is not KEY=VALUE`);
       annotations[a.slice(0, eq)] = a.slice(eq + 1);
     }
+    const limits = resolveProfile(inp.string('registry-profile'), inp.string('to'));
     const opened = await openStore(inp.string('to'), storeOptions(inp, inputs, ctx));
     try {
       const main = opened.tag ?? 'latest';
@@ -170,7 +180,12 @@ export default defineCommand({
         target: opened.store,
         tags,
         concurrency: inp.number('concurrency'),
-        partSize: partSizeFor(opened.store, inp.number('part-size'), ctx.log),
+        partSize: partSizeForProfile(
+          limits,
+          partSizeFor(opened.store, inp.number('part-size'), ctx.log),
+          ctx.log,
+        ),
+        ...(limits ? { registryLimits: limits } : {}),
         ...(inp.list('mount-from').length ? { mountFrom: inp.list('mount-from') } : {}),
         ...(inp.optString('subject') ? { subject: inp.string('subject') } : {}),
         ...(Object.keys(annotations).length ? { annotations } : {}),

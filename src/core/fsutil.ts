@@ -109,3 +109,31 @@ export async function sha256File(
   }
   return hash.digest('hex');
 }
+
+const FS_ERRORS: Record<string, { why: string; hint: string }> = {
+  ENOSPC: {
+    why: 'the disk is full',
+    hint: 'free space or choose an output directory on a larger disk; a rerun continues from what was written',
+  },
+  EDQUOT: { why: 'the disk quota is exhausted', hint: 'free space within your quota or write elsewhere' },
+  EFBIG: {
+    why: 'the file system cannot hold a file that large',
+    hint: 'write to a file system with large-file support (ext4, xfs, btrfs, NTFS; not FAT32)',
+  },
+  EROFS: { why: 'the file system is read-only', hint: 'choose an output path on a writable file system' },
+};
+
+/**
+ * A file system error that is about the machine, not the input (full disk, read-only mount, file
+ * too big for the file system), as OrbError('environment') with a hint; anything else unchanged.
+ */
+export function environmentError(err: unknown, what: string): unknown {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const known = code ? FS_ERRORS[code] : undefined;
+  if (!known || err instanceof OrbError) return err;
+  const path = (err as NodeJS.ErrnoException).path;
+  return new OrbError('environment', `${what}: ${known.why} (${code}${path ? ` at ${path}` : ''})`, {
+    hint: known.hint,
+    cause: err,
+  });
+}

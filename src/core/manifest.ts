@@ -1,8 +1,12 @@
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { OrbError } from './errors.js';
 import { writeFileAtomic } from './fsutil.js';
+import { MAX_VIRTUAL_SIZE, boundedInt, isObject, parseJsonObject, quoteUntrusted } from './untrusted.js';
+
+/** Largest stage manifest read (they are a few KiB). */
+export const MAX_STAGE_MANIFEST_BYTES = 1 << 20;
 
 /**
  * The hand-over between stages: build -> convert -> publish -> pull -> smoke-test. Each stage
@@ -67,17 +71,25 @@ export interface StageInput {
 }
 
 export async function readManifest(path: string): Promise<OrbManifest> {
-  let data: unknown;
+  let bytes: Buffer;
   try {
-    data = JSON.parse(await readFile(path, 'utf8'));
+    // A stage manifest is a few KiB; a bigger file is not one (and is not read into memory).
+    if ((await stat(path)).size > MAX_STAGE_MANIFEST_BYTES)
+      throw new Error(`it is more than ${MAX_STAGE_MANIFEST_BYTES} bytes`);
+    bytes = await readFile(path);
   } catch (err) {
     throw new OrbError('input', `cannot read manifest ${path}: ${(err as Error).message}`, { cause: err });
   }
-  const m = data as Partial<OrbManifest>;
-  if (m.schema !== MANIFEST_SCHEMA || !m.image?.path) {
-    throw new OrbError('input', `${path} is not an orb manifest (schema ${String(m.schema)})`);
+  const m = parseJsonObject(bytes, `manifest ${path}`, MAX_STAGE_MANIFEST_BYTES);
+  const image = m.image;
+  if (m.schema !== MANIFEST_SCHEMA || !isObject(image) || typeof image.path !== 'string' || !image.path) {
+    throw new OrbError('input', `${path} is not an orb manifest (schema ${quoteUntrusted(m.schema)})`);
   }
-  return m as OrbManifest;
+  if (image.virtualSize !== undefined)
+    boundedInt(image.virtualSize, `manifest ${path} image.virtualSize`, 1, MAX_VIRTUAL_SIZE, false);
+  if (image.fileSize !== undefined)
+    boundedInt(image.fileSize, `manifest ${path} image.fileSize`, 0, MAX_VIRTUAL_SIZE, false);
+  return m as unknown as OrbManifest;
 }
 
 export function manifestImagePath(manifestPath: string, m: OrbManifest): string {

@@ -35,6 +35,8 @@ export interface ComposeOptions {
   /** image directory mounted read-only at /images */
   imagesDir: string;
   storageDir: string;
+  /** more read-only mounts (a shared base, at the absolute path the overlay names) */
+  extraVolumes?: string[];
 }
 
 /** DISK_SIZE as dockur parses it (numfmt --from=iec): exact, in the largest unit that divides. */
@@ -86,7 +88,7 @@ export function composeObject(o: ComposeOptions): Record<string, unknown> {
       publish(o.bind, o.rdpPort, 3389, 'tcp'),
       publish(o.bind, o.rdpPort, 3389, 'udp'),
     ],
-    volumes: [`${o.storageDir}:/storage`, `${o.imagesDir}:/images:ro`],
+    volumes: [`${o.storageDir}:/storage`, `${o.imagesDir}:/images:ro`, ...(o.extraVolumes ?? [])],
     restart: 'unless-stopped',
     stop_grace_period: '2m',
   };

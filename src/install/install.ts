@@ -1,5 +1,5 @@
 import { chmod, mkdir, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
-import { join, relative, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fsutil.js';
 import { mask, type Logger } from '../core/log.js';
@@ -15,6 +15,7 @@ import { makePlan, resolveManifest } from '../transfer/plan.js';
 import { pull } from '../transfer/pull.js';
 import { checkDisk, checkDocker, checkKvm, checkQemuImg, describeChecks, type Check } from './prereq.js';
 import { INSTALL_SCHEMA, readInstallState, type InstallState } from './install-state.js';
+import { findSharedBase, type BaseVerify, type SharedBase } from './shared-base.js';
 
 export { connectInstructions, INSTALL_SCHEMA, readInstallState, type InstallState } from './install-state.js';
 
@@ -46,6 +47,9 @@ export interface InstallOptions {
   firmware?: 'bios' | 'uefi' | 'uefi-secure';
   diskType?: DockurDiskType;
   concurrency: number;
+  /** a read-only share holding the base (shared-base.ts): only the overlay is kept in DIR */
+  baseDir?: string;
+  verifyBase?: BaseVerify;
   /** Docker and KVM failures become warnings: only the files are prepared */
   prepareOnly: boolean;
   keepPrevious: boolean;
@@ -96,12 +100,23 @@ async function qemuImgInfo(path: string): Promise<{ 'backing-filename'?: string;
   return JSON.parse(r.stdout) as { 'backing-filename'?: string; 'virtual-size': number };
 }
 
-/** The overlay names its backing file relative to itself: the same path on the host and in the container. */
-async function createOverlay(overlay: string, base: string, signal?: AbortSignal): Promise<void> {
+/**
+ * The overlay names its backing file relative to itself (the same path on the host and in the
+ * container), or absolute for a shared base, which the compose file mounts at that same path.
+ */
+const backingName = (storage: string, base: string, shared: boolean) =>
+  shared ? base : relative(storage, base);
+
+async function createOverlay(
+  overlay: string,
+  base: string,
+  shared: boolean,
+  signal?: AbortSignal,
+): Promise<void> {
   const qemuImg = requireTool('qemu-img', 'qemu-utils');
   const partial = `${overlay}.partial`;
   await rm(partial, { force: true });
-  const backing = relative(join(overlay, '..'), base);
+  const backing = backingName(join(overlay, '..'), base, shared);
   const r = await run(
     qemuImg,
     ['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on', '-b', backing, '-F', 'raw', partial],
@@ -150,9 +165,18 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       );
     }
     const moving = !!state && state.digest !== digest;
-    const baseName = `base-${short(digest)}.img`;
-    const basePath = join(images, baseName);
-    const haveBase = state?.digest === digest && !!(await stat(basePath).catch(() => undefined));
+    // A shared base is found and checked before anything else happens on this client.
+    const shared: SharedBase | undefined = o.baseDir
+      ? await findSharedBase(o.baseDir, plan, {
+          verify: o.verifyBase ?? 'sample',
+          log,
+          ...(o.signal ? { signal: o.signal } : {}),
+        })
+      : undefined;
+    const basePath = shared?.path ?? join(images, `base-${short(digest)}.img`);
+    const baseName = relative(dir, basePath);
+    const haveBase =
+      !!shared || (state?.digest === digest && !!(await stat(basePath).catch(() => undefined)));
     const allocated = plan.units.reduce((a, u) => a + u.regions.reduce((b, r) => b + r.length, 0), 0);
     const headroom = o.headroom ?? 2 * 1024 ** 3;
 
@@ -193,7 +217,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
     // The golden disk: resumable and verified by the pull engine; read-only once in place.
     let bytesDownloaded = 0;
     let bytesReused = 0;
-    const oldBase = state ? join(dir, state.base) : undefined;
+    const oldBase = state ? resolve(dir, state.base) : undefined;
     if (!haveBase) {
       const useBase = moving && oldBase && (await stat(oldBase).catch(() => undefined)) ? oldBase : undefined;
       if (moving && !useBase)
@@ -214,9 +238,10 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       bytesDownloaded = r.bytesDownloaded;
       bytesReused = r.bytesReused;
     }
-    await chmod(basePath, 0o444);
+    if (!shared) await chmod(basePath, 0o444); // never on the share: it is not ours to change
     const virtualSize = (await stat(basePath)).size;
-    const stage = await readManifest(stageManifestPath(basePath)).catch(() => undefined);
+    const stage =
+      shared?.manifest ?? (await readManifest(stageManifestPath(basePath)).catch(() => undefined));
     const build = stage?.build ?? state?.build;
     const contentSha256 = stage?.image.contentSha256 ?? plan.contentDigest.replace(/^sha256:/, '');
 
@@ -243,7 +268,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
           '-f',
           'qcow2',
           '-b',
-          relative(previousDir, oldBase!),
+          oldBase!.startsWith(images + '/') ? relative(previousDir, oldBase!) : oldBase!,
           '-F',
           'raw',
           join(previousDir, 'data.qcow2'),
@@ -253,7 +278,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       log.info(`this client's changes to ${state!.reference} are kept in ${previousDir}`);
     } else if (overlayExists) {
       const info = await qemuImgInfo(overlay);
-      if (info['backing-filename'] !== relative(storage, basePath)) {
+      if (info['backing-filename'] !== backingName(storage, basePath, !!shared)) {
         throw new OrbError(
           'input',
           `${overlay} is not an overlay of ${baseName} (it names ${info['backing-filename'] ?? 'no backing file'})`,
@@ -263,7 +288,8 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
         );
       }
     }
-    if (!(await stat(overlay).catch(() => undefined))) await createOverlay(overlay, basePath, o.signal);
+    if (!(await stat(overlay).catch(() => undefined)))
+      await createOverlay(overlay, basePath, !!shared, o.signal);
 
     // dockur's view: boot the installed disk with the firmware and bus Windows was installed with.
     const firmware = o.firmware ?? build?.firmware;
@@ -301,6 +327,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
         ...(hasEnv ? { envFile: './windows.env' } : {}),
         imagesDir: './images',
         storageDir: './storage',
+        ...(shared ? { extraVolumes: [`${dirname(basePath)}:${dirname(basePath)}:ro`] } : {}),
       },
       [
         `Written by orb install: ${opened.display} (${digest})`,
@@ -316,7 +343,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       schema: INSTALL_SCHEMA,
       reference: opened.display,
       digest,
-      base: relative(dir, basePath),
+      base: shared ? basePath : relative(dir, basePath),
       virtualSize,
       contentSha256,
       installedAt: moving || !state ? new Date().toISOString() : state.installedAt,
@@ -340,7 +367,8 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
         await rm(previousDir, { recursive: true, force: true });
         await rmdir(join(dir, 'previous')).catch(() => undefined); // only when nothing else is kept there
       }
-      if (oldBase) {
+      if (oldBase?.startsWith(images + '/')) {
+        // a base on the share belongs to every client: only our own copy is removed
         await rm(oldBase, { force: true });
         await rm(stageManifestPath(oldBase), { force: true });
       }

@@ -4,17 +4,21 @@ import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
+import {
+  MAX_MANIFEST_BYTES,
+  parseJsonObject,
+  sha256Digest as checkSha256,
+  untrustedError,
+} from '../core/untrusted.js';
 import { ANN_REF_NAME, OCI_INDEX, OCI_MANIFEST, type Descriptor, type ImageIndex } from './media.js';
 
 /**
  * An OCI image layout directory (image-spec "image-layout"): `oci-layout`, `index.json`,
  * `blobs/sha256/<hex>`. Tools such as skopeo read it as `oci:DIR:TAG`.
  */
-export function parseDigest(digest: string): string {
-  const m = /^sha256:([a-f0-9]{64})$/.exec(digest);
-  if (!m)
-    throw new OrbError('integrity', `unsupported or malformed digest '${digest}' (expected sha256:<64 hex>)`);
-  return m[1]!;
+export function parseDigest(digest: string, field = 'digest'): string {
+  // Checked here too, not only where manifests are parsed: this is the one place a digest becomes a path.
+  return checkSha256(digest, field).slice('sha256:'.length);
 }
 
 export function sha256Digest(data: Uint8Array | string): string {
@@ -61,7 +65,14 @@ export class OciLayout {
     return { digest, size: typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength };
   }
 
-  async readBytes(digest: string): Promise<Buffer> {
+  /** A whole small blob (manifest, config), refused past `max` bytes before it is read. */
+  async readBytes(digest: string, max = MAX_MANIFEST_BYTES): Promise<Buffer> {
+    const size = await this.blobSize(digest);
+    if (size !== undefined && size > max)
+      throw new OrbError(
+        'input',
+        `blob ${digest} in ${this.dir} is ${size} bytes, more than the ${max} expected`,
+      );
     const data = await readFile(this.blobPath(digest)).catch((err: Error) => {
       throw new OrbError('input', `blob ${digest} is missing from ${this.dir}: ${err.message}`);
     });
@@ -76,8 +87,15 @@ export class OciLayout {
 
   async readIndex(): Promise<ImageIndex> {
     try {
-      return JSON.parse(await readFile(join(this.dir, 'index.json'), 'utf8')) as ImageIndex;
+      const path = join(this.dir, 'index.json');
+      if ((await stat(path)).size > MAX_MANIFEST_BYTES)
+        throw untrustedError(`${path}`, `is more than ${MAX_MANIFEST_BYTES} bytes`);
+      const index = parseJsonObject(await readFile(path), path, MAX_MANIFEST_BYTES);
+      if (!Array.isArray(index.manifests))
+        throw untrustedError(`${path} manifests`, 'is not an array', index.manifests);
+      return index as unknown as ImageIndex;
     } catch (err) {
+      if (err instanceof OrbError) throw err;
       throw new OrbError('input', `${this.dir} is not an OCI image layout (no readable index.json)`, {
         cause: err,
       });

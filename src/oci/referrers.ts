@@ -1,4 +1,11 @@
 import { OrbError } from '../core/errors.js';
+import {
+  MAX_MANIFEST_BYTES,
+  checkDescriptor,
+  parseDigest,
+  parseJsonObject,
+  untrustedError,
+} from '../core/untrusted.js';
 import { OCI_INDEX, type Descriptor, type ImageIndex } from './media.js';
 import type { RegistryClient } from './registry.js';
 
@@ -13,8 +20,8 @@ export function fallbackTag(digest: string): string {
 
 async function fallbackIndex(client: RegistryClient, subject: string): Promise<ImageIndex | undefined> {
   try {
-    const m = await client.getManifest(fallbackTag(subject));
-    return JSON.parse(m.bytes.toString('utf8')) as ImageIndex;
+    const m = await client.getManifest(fallbackTag(parseDigest(subject, 'subject digest').digest));
+    return checkIndex(m.bytes, `referrers index of ${subject.slice(0, 19)}`);
   } catch (err) {
     if (err instanceof OrbError && err.kind === 'input') return undefined;
     throw err;
@@ -27,6 +34,7 @@ export async function listReferrers(
   digest: string,
   artifactType?: string,
 ): Promise<Descriptor[]> {
+  parseDigest(digest, 'subject digest');
   const q = artifactType ? `?artifactType=${encodeURIComponent(artifactType)}` : '';
   const res = await client.request({
     method: 'GET',
@@ -38,7 +46,10 @@ export async function listReferrers(
   });
   let manifests: Descriptor[];
   if (res.status === 200 && (res.header('content-type') ?? '').includes(OCI_INDEX)) {
-    manifests = (JSON.parse(await res.text()) as ImageIndex).manifests ?? [];
+    manifests = checkIndex(
+      await res.buffer(MAX_MANIFEST_BYTES),
+      `referrers of ${digest.slice(0, 19)}`,
+    ).manifests;
   } else {
     await res.discard();
     manifests = (await fallbackIndex(client, digest))?.manifests ?? [];
@@ -60,4 +71,19 @@ export async function addFallbackReferrer(
   if (index.manifests.some((m) => m.digest === desc.digest)) return;
   index.manifests.push(desc);
   await client.putManifest(Buffer.from(JSON.stringify(index)), OCI_INDEX, fallbackTag(subject));
+}
+
+/** A referrers list from the registry: bounded, and every descriptor checked before use. */
+function checkIndex(bytes: Buffer, field: string): ImageIndex {
+  const json = parseJsonObject(bytes, field, MAX_MANIFEST_BYTES);
+  const list = json.manifests ?? [];
+  if (!Array.isArray(list)) throw untrustedError(`${field} manifests`, 'is not an array', list);
+  return {
+    ...(json as unknown as ImageIndex),
+    // checked, but kept whole: the fallback index is written back with every field it had
+    manifests: list.map((d: unknown, i) => {
+      checkDescriptor(d, `${field} manifests[${i}]`, MAX_MANIFEST_BYTES);
+      return d as Descriptor;
+    }),
+  };
 }

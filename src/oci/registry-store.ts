@@ -1,3 +1,4 @@
+import { parseDigest } from '../core/untrusted.js';
 import type { Readable } from 'node:stream';
 import { UsageError } from '../core/errors.js';
 import type { OpenedStore, StoreOptions } from '../store/open.js';
@@ -50,7 +51,9 @@ export class RegistryStore implements BlobStore {
     const authz = await this.client.auth.header(scopes);
     this.lastAuth = authz;
     return {
-      url: this.client.url(`/v2/${this.client.repository}/blobs/${desc.digest}`),
+      url: this.client.url(
+        `/v2/${this.client.repository}/blobs/${parseDigest(desc.digest, 'blob digest').digest}`,
+      ),
       headers: authz ? { authorization: authz } : {},
     };
   }
@@ -100,7 +103,7 @@ export class RegistryStore implements BlobStore {
     if (fromRepository === this.client.repository) return false;
     const res = await this.client.request({
       method: 'POST',
-      path: `/v2/${this.client.repository}/blobs/uploads/?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(fromRepository)}`,
+      path: `/v2/${this.client.repository}/blobs/uploads/?mount=${encodeURIComponent(parseDigest(desc.digest, 'blob digest').digest)}&from=${encodeURIComponent(fromRepository)}`,
       scopes: [this.client.pushScope, `repository:${fromRepository}:pull`],
       what: `mount blob ${desc.digest.slice(7, 19)} from ${fromRepository}`,
       accept: [201, 202, 404],

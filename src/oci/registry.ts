@@ -1,4 +1,5 @@
 import type { OutgoingHttpHeaders } from 'node:http';
+import { MAX_MANIFEST_BYTES, checkManifestRef, parseDigest } from '../core/untrusted.js';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { Authenticator, credentialHint } from './auth.js';
@@ -275,6 +276,7 @@ export class RegistryClient {
   // ---- blobs ----
 
   async headBlob(digest: string, repository = this.repository): Promise<number | undefined> {
+    parseDigest(digest, 'blob digest');
     const res = await this.request({
       method: 'HEAD',
       path: `/v2/${repository}/blobs/${digest}`,
@@ -294,6 +296,7 @@ export class RegistryClient {
    * ignored the Range).
    */
   async getBlob(digest: string, size: number, offset = 0): Promise<{ res: HttpResponse; offset: number }> {
+    parseDigest(digest, 'blob digest');
     const range = offset > 0 ? { range: `bytes=${offset}-` } : {};
     let res = await this.request({
       method: 'GET',
@@ -357,6 +360,7 @@ export class RegistryClient {
   // ---- manifests ----
 
   async getManifest(ref: string): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
+    checkManifestRef(ref, 'manifest reference');
     const res = await this.request({
       method: 'GET',
       path: `/v2/${this.repository}/manifests/${ref}`,
@@ -371,7 +375,7 @@ export class RegistryClient {
         hint: 'check the tag or digest (and the repository name); it may not be published yet',
       });
     }
-    const bytes = await res.buffer(8 << 20);
+    const bytes = await res.buffer(MAX_MANIFEST_BYTES);
     const digest = sha256Digest(bytes);
     if (ref.startsWith('sha256:') && digest !== ref) {
       throw new OrbError(
@@ -396,6 +400,7 @@ export class RegistryClient {
     mediaType: string,
     ref: string,
   ): Promise<{ digest: string; subjectHandled: boolean }> {
+    checkManifestRef(ref, 'manifest reference');
     const res = await this.request({
       method: 'PUT',
       path: `/v2/${this.repository}/manifests/${ref}`,

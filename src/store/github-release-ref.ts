@@ -1,4 +1,5 @@
-import { OrbError, UsageError } from '../core/errors.js';
+import { UsageError } from '../core/errors.js';
+import { sha256Digest } from '../core/untrusted.js';
 import type { InputSpec } from '../core/inputs.js';
 import type { Descriptor, ImageManifest } from '../oci/media.js';
 
@@ -46,9 +47,7 @@ export function parseGithubRef(ref: string): GithubRef {
 }
 
 export function assetName(digest: string): string {
-  const m = /^sha256:([a-f0-9]{64})$/.exec(digest);
-  if (!m) throw new OrbError('integrity', `unsupported digest '${digest}'`);
-  return `sha256-${m[1]}`;
+  return sha256Digest(digest, 'blob digest').replace(':', '-');
 }
 
 /** The orb section of the release notes: how to pull, and every asset's digest. */

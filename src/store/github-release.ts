@@ -1,3 +1,4 @@
+import { MAX_MANIFEST_BYTES } from '../core/untrusted.js';
 import { Octokit } from '@octokit/rest';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -416,7 +417,7 @@ export class GithubReleaseStore implements BlobStore {
         },
       );
     }
-    const bytes = await this.file(a, `read ${name}`, a.size).text(16 << 20);
+    const bytes = await this.file(a, `read ${name}`, a.size).text(MAX_MANIFEST_BYTES);
     return checkManifestBytes(bytes, ref, this.describe());
   }
 }

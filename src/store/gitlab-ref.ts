@@ -1,4 +1,5 @@
-import { OrbError, UsageError } from '../core/errors.js';
+import { UsageError } from '../core/errors.js';
+import { sha256Digest } from '../core/untrusted.js';
 import type { InputSpec } from '../core/inputs.js';
 
 /** gitlab:// references (`gitlab://PROJECT/PACKAGE/VERSION[@sha256:...]`), inputs and file names. */
@@ -59,7 +60,5 @@ export function parseGitlabRef(ref: string): GitlabRef {
 }
 
 export function blobFileName(digest: string): string {
-  const m = /^sha256:([a-f0-9]{64})$/.exec(digest);
-  if (!m) throw new OrbError('integrity', `unsupported digest '${digest}'`);
-  return `sha256-${m[1]}`;
+  return sha256Digest(digest, 'blob digest').replace(':', '-');
 }

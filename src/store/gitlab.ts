@@ -1,3 +1,4 @@
+import { MAX_MANIFEST_BYTES } from '../core/untrusted.js';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
@@ -353,7 +354,7 @@ export class GitlabStore implements BlobStore {
     });
     let bytes: Buffer;
     try {
-      bytes = await f.text(16 << 20);
+      bytes = await f.text(MAX_MANIFEST_BYTES);
     } catch (err) {
       if (err instanceof HttpStatusError && err.status === 404) {
         throw new OrbError(

@@ -1,4 +1,11 @@
 import { createHash } from 'node:crypto';
+import {
+  MAX_MANIFEST_BYTES,
+  isObject,
+  sha256Digest,
+  shortString,
+  untrustedError,
+} from '../core/untrusted.js';
 import { Readable } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
 import type { InputSpec } from '../core/inputs.js';
@@ -81,7 +88,9 @@ function normalizeDigest(text: string): string {
 
 export function fileName(url: URL): string {
   const last = decodeURIComponent(url.pathname.split('/').filter(Boolean).pop() ?? 'download');
-  return last.replace(/[^A-Za-z0-9._+-]/g, '_') || 'download';
+  // a plain name pull accepts (safeFileName): no separators, at most 255 bytes, not . or ..
+  const name = last.replace(/[^A-Za-z0-9._+-]/g, '_').slice(-200);
+  return /^\.*$/.test(name) ? 'download' : name;
 }
 
 /** The one-part file-artifact manifest that stands for a plain file (as publish builds them). */
@@ -163,7 +172,7 @@ export class HttpsStore implements BlobStore {
     const main = this.file(href.href, `download ${fileName(href)}`);
     const probe = await main.probe();
     const looksJson = /json/i.test(probe.contentType) || href.pathname.endsWith('.json');
-    if (looksJson && probe.size < 8 << 20) {
+    if (looksJson && probe.size < MAX_MANIFEST_BYTES) {
       const body = await main.text();
       let doc: Partial<PresignedBundle> | undefined;
       try {
@@ -196,6 +205,17 @@ export class HttpsStore implements BlobStore {
   ) => Promise<{ url: string; headers: Record<string, string> }>;
 
   private fromBundle(b: PresignedBundle): Resolved {
+    // The bundle is a file anyone could have written: its digests become map keys and log lines.
+    sha256Digest(b.digest, 'pre-signed bundle digest');
+    shortString(b.reference, 'pre-signed bundle reference', 1024);
+    shortString(b.expires, 'pre-signed bundle expires', 64);
+    if (!isObject(b.blobs)) throw untrustedError('pre-signed bundle blobs', 'is not an object', b.blobs);
+    for (const [d, u] of Object.entries(b.blobs)) {
+      sha256Digest(d, 'pre-signed bundle blob digest');
+      if (typeof u !== 'string' || !/^https?:\/\//.test(u))
+        throw untrustedError(`pre-signed bundle blobs[${d.slice(0, 19)}]`, 'is not an http(s) URL');
+    }
+    if (typeof b.manifest !== 'string') throw untrustedError('pre-signed bundle manifest', 'is not a string');
     const manifest = Buffer.from(b.manifest, 'utf8');
     if (sha(manifest) !== b.digest)
       throw new OrbError(

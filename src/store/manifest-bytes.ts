@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { OrbError } from '../core/errors.js';
 import { OCI_MANIFEST } from '../oci/media.js';
+import { MAX_MANIFEST_BYTES, parseJsonObject } from '../core/untrusted.js';
 
 /**
  * Stores that keep the manifest as a plain file (GitHub release asset, GitLab package file) have
@@ -15,11 +16,10 @@ export function checkManifestBytes(
   const digest = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
   if (ref.startsWith('sha256:') && ref !== digest)
     throw new OrbError('integrity', `${where}: manifest ${ref} does not match its digest (got ${digest})`);
-  let parsed: { mediaType?: string };
-  try {
-    parsed = JSON.parse(bytes.toString('utf8')) as { mediaType?: string };
-  } catch {
-    throw new OrbError('input', `${where}: its manifest is not JSON`);
-  }
-  return { bytes, mediaType: parsed.mediaType ?? OCI_MANIFEST, digest };
+  const parsed = parseJsonObject(bytes, `${where}: its manifest`, MAX_MANIFEST_BYTES);
+  return {
+    bytes,
+    mediaType: typeof parsed.mediaType === 'string' ? parsed.mediaType : OCI_MANIFEST,
+    digest,
+  };
 }

@@ -1,4 +1,5 @@
 import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { MAX_MANIFEST_BYTES, checkDescriptor, checkTag, clip, parseJsonObject } from '../core/untrusted.js';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { UsageError } from '../core/errors.js';
 import { mask, type Logger } from '../core/log.js';
@@ -82,7 +83,19 @@ export async function writeLayoutIndex(io: S3LayoutIo): Promise<void> {
       const tag = o.Key!.slice(tagPrefix.length);
       const body = await io.getSmall(o.Key!, `read tag ${tag}`, 64 << 10);
       if (!body) continue;
-      const d = JSON.parse(body.toString('utf8')) as Descriptor;
+      // the listing and the records are the bucket's word: a bad one is skipped, not copied on
+      let d: Descriptor;
+      try {
+        checkTag(tag, 'tag in the bucket listing');
+        d = checkDescriptor(
+          parseJsonObject(body, `tag ${tag} record`, 64 << 10),
+          `tag ${tag} record`,
+          MAX_MANIFEST_BYTES,
+        );
+      } catch (err) {
+        io.log.warn(`index.json: skipping ${clip(o.Key!)}: ${(err as Error).message}`);
+        continue;
+      }
       manifests.push({ ...d, annotations: { ...(d.annotations ?? {}), [ANN_REF_NAME]: tag } });
     }
     token = res.IsTruncated ? res.NextContinuationToken : undefined;

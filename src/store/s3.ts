@@ -1,4 +1,11 @@
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import {
+  MAX_MANIFEST_BYTES,
+  checkDescriptor,
+  clip,
+  parseJsonObject,
+  sha256Digest,
+} from '../core/untrusted.js';
 import { createHash, webcrypto } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
@@ -39,9 +46,7 @@ import type { BlobFile, BlobStore } from './types.js';
 export { formatS3Ref, parseS3Ref, PRESIGN_MAX_SECONDS, s3Inputs, type S3Ref } from './s3-ref.js';
 
 function hexOf(digest: string): string {
-  const m = /^sha256:([a-f0-9]{64})$/.exec(digest);
-  if (!m) throw new OrbError('integrity', `unsupported digest '${digest}'`);
-  return m[1]!;
+  return sha256Digest(digest, 'blob digest').slice('sha256:'.length);
 }
 
 async function readRegion(file: BlobFile, size: number): Promise<Buffer> {
@@ -402,11 +407,19 @@ export class S3Store implements BlobStore {
         throw new OrbError('input', `no tag '${ref}' under ${this.describe()}`, {
           hint: 'check the tag (s3://BUCKET/PREFIX:TAG) and the prefix',
         });
-      const d = JSON.parse(body.toString('utf8')) as Descriptor;
+      const d = checkDescriptor(
+        parseJsonObject(body, `tag ${clip(ref)} record`, 64 << 10),
+        `tag ${clip(ref)} record`,
+        MAX_MANIFEST_BYTES,
+      );
       digest = d.digest;
       mediaType = d.mediaType || OCI_MANIFEST;
     }
-    const bytes = await this.getSmall(this.blobKey(digest), `read manifest ${digest.slice(0, 19)}`, 16 * MiB);
+    const bytes = await this.getSmall(
+      this.blobKey(digest),
+      `read manifest ${digest.slice(0, 19)}`,
+      MAX_MANIFEST_BYTES,
+    );
     if (!bytes) throw new OrbError('input', `manifest ${digest} is missing from ${this.describe()}`);
     if (`sha256:${createHash('sha256').update(bytes).digest('hex')}` !== digest) {
       throw new OrbError('integrity', `manifest ${digest} in ${this.describe()} does not match its digest`);

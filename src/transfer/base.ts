@@ -5,6 +5,7 @@ import { MANIFEST_SCHEMA, manifestImagePath, type OrbManifest } from '../core/ma
 import { LayoutStore } from '../oci/layout-store.js';
 import { DISK_CHUNK_RAW, type Descriptor } from '../oci/media.js';
 import { parseLayoutRef } from '../oci/reference.js';
+import { deviceSize } from './block-device.js';
 import { decodeChunk, sha256Async } from './chunk.js';
 import { inspectImage } from '../image/inspect.js';
 import { openDiskReader, type DiskReader } from '../image/reader.js';
@@ -150,6 +151,8 @@ export async function openBase(spec: string): Promise<BaseSource> {
   const st = await stat(path).catch(() => undefined);
   if (!st) throw new UsageError(`base '${spec}' does not exist`);
   if (st.isDirectory()) return layoutBase(path, undefined, spec);
+  // a block device (an in-place update of `orb pull --output /dev/XYZ`) holds a raw disk (stat says size 0: never read it as a manifest)
+  if (st.isBlockDevice()) return new RawBase(spec, await open(path, 'r'), await deviceSize(path));
   if (st.size < 4 << 20) {
     const text = await readFile(path, 'utf8').catch(() => '');
     if (text.startsWith('{')) {

@@ -1,9 +1,22 @@
 import { OrbError } from '../core/errors.js';
+import {
+  MAX_CONFIG_BYTES,
+  MAX_MANIFEST_BYTES,
+  MAX_VIRTUAL_SIZE,
+  annotationsOf,
+  boundedInt,
+  checkDescriptor,
+  clip,
+  isObject,
+  parseJsonObject,
+  quoteUntrusted,
+  safeFileName,
+  sha256Digest,
+  shortString,
+  untrustedError,
+} from '../core/untrusted.js';
 import { readSmallBlob } from '../oci/layout-store.js';
 import {
-  ANN_CHUNK_DIGEST,
-  ANN_CHUNK_LENGTH,
-  ANN_CHUNK_OFFSET,
   ANN_CONTENT_DIGEST,
   ANN_FILE_FORMAT,
   ANN_PART_FILE,
@@ -18,25 +31,20 @@ import {
   FILE_CONFIG,
   FILE_PART,
   OCI_INDEX,
+  OCI_MANIFEST,
   type Descriptor,
   type DiskConfig,
-  type FileConfig,
-  type ImageIndex,
   type ImageManifest,
 } from '../oci/media.js';
 import type { BlobStore } from '../store/types.js';
+import { checkDiskConfig, diskRegions, type DiskRegion } from '../oci/disk-check.js';
 
 /**
  * What a pull must produce, derived from the manifest and checked before a byte is downloaded:
  * every chunk inside the disk, no overlaps, sizes consistent. One unit per distinct blob (a
  * chunk that occurs several times is fetched once and written to every region).
  */
-export interface Region {
-  offset: number;
-  length: number;
-  /** sha256:<hex> of the region's bytes (uncompressed) */
-  digest: string;
-}
+export type Region = DiskRegion;
 
 export interface Unit {
   blob: Descriptor;
@@ -63,13 +71,6 @@ export interface Plan {
   fileFormat?: string;
 }
 
-function num(v: string | undefined, what: string, where: string): number {
-  const n = Number(v);
-  if (v === undefined || !Number.isSafeInteger(n) || n < 0)
-    throw new OrbError('input', `${where}: ${what} annotation is missing or invalid (${String(v)})`);
-  return n;
-}
-
 /** Fetches the manifest behind `ref` (following an index to our artifact) and checks its type. */
 export async function resolveManifest(
   store: BlobStore,
@@ -77,31 +78,51 @@ export async function resolveManifest(
   display: string,
 ): Promise<{ manifest: ImageManifest; digest: string }> {
   let m = await store.getManifest(ref);
-  type Loose = Partial<Omit<ImageManifest, 'mediaType'>> & {
-    manifests?: ImageIndex['manifests'];
-    mediaType?: string;
-  };
-  let json = JSON.parse(m.bytes.toString('utf8')) as Loose;
-  if (m.mediaType === OCI_INDEX || Array.isArray(json.manifests)) {
-    const pick = (json.manifests ?? []).find(
-      (d) => d.artifactType === DISK_ARTIFACT || d.artifactType === FILE_ARTIFACT,
+  let json = parseJsonObject(m.bytes, `${display}: manifest`, MAX_MANIFEST_BYTES);
+  if (m.mediaType === OCI_INDEX || json.manifests !== undefined) {
+    if (!Array.isArray(json.manifests))
+      throw untrustedError(`${display}: index manifests`, 'is not an array', json.manifests);
+    const i = json.manifests.findIndex(
+      (d) => isObject(d) && (d.artifactType === DISK_ARTIFACT || d.artifactType === FILE_ARTIFACT),
     );
-    if (!pick) throw wrongType(display, 'an image index without an orb disk image or file');
+    if (i < 0) throw wrongType(display, 'an image index without an orb disk image or file');
+    const pick = checkDescriptor(json.manifests[i], `${display}: index manifests[${i}]`, MAX_MANIFEST_BYTES);
     m = await store.getManifest(pick.digest);
-    json = JSON.parse(m.bytes.toString('utf8')) as Loose;
+    if (m.digest !== pick.digest)
+      throw new OrbError(
+        'integrity',
+        `${display}: manifest ${pick.digest} arrived with digest ${clip(m.digest)}`,
+      );
+    json = parseJsonObject(m.bytes, `${display}: manifest ${pick.digest.slice(0, 19)}`, MAX_MANIFEST_BYTES);
   }
-  if (!json.config || !Array.isArray(json.layers))
-    throw wrongType(display, `a ${m.mediaType || 'manifest'} that is not an OCI image manifest`);
+  if (!isObject(json.config) || !Array.isArray(json.layers))
+    throw wrongType(display, `a ${clip(m.mediaType || 'manifest')} that is not an OCI image manifest`);
   const type = json.artifactType ?? json.config.mediaType;
   if (type !== DISK_ARTIFACT && type !== FILE_ARTIFACT) {
     const what =
       type === 'application/vnd.oci.image.config.v1+json' ||
       type === 'application/vnd.docker.container.image.v1+json'
         ? `a container image (${type})`
-        : `an artifact of type ${type}`;
+        : `an artifact of type ${quoteUntrusted(type)}`;
     throw wrongType(display, what);
   }
-  return { manifest: json as ImageManifest, digest: m.digest };
+  return { manifest: checkManifest(json, display), digest: m.digest };
+}
+
+/** Every descriptor and annotation of an image manifest, checked before any of them is used. */
+function checkManifest(json: Record<string, unknown>, display: string): ImageManifest {
+  const layers = json.layers as unknown[];
+  const manifest: ImageManifest = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: checkDescriptor(json.config, `${display}: manifest config`, MAX_CONFIG_BYTES),
+    layers: layers.map((l, i) => checkDescriptor(l, `${display}: manifest layers[${i}]`, MAX_VIRTUAL_SIZE)),
+  };
+  if (json.artifactType !== undefined)
+    manifest.artifactType = shortString(json.artifactType, `${display}: manifest artifactType`);
+  if (json.annotations !== undefined)
+    manifest.annotations = annotationsOf(json.annotations, `${display}: manifest annotations`);
+  return manifest;
 }
 
 function wrongType(display: string, what: string): OrbError {
@@ -134,19 +155,16 @@ async function fileBuildInfo(
   display: string,
 ): Promise<Record<string, unknown> | undefined> {
   if (manifest.config.mediaType !== FILE_CONFIG) return undefined;
-  let cfg: Partial<FileConfig>;
-  try {
-    cfg = JSON.parse(
-      (await readSmallBlob(store, manifest.config, 1 << 20)).toString('utf8'),
-    ) as Partial<FileConfig>;
-  } catch (err) {
-    if (err instanceof OrbError) throw err;
-    throw new OrbError('input', `${display}: the file config is not JSON`, { cause: err });
-  }
-  if (cfg.schema !== 'orb-file/v1')
-    throw new OrbError('input', `${display}: the file config is not orb-file/v1`);
-  const b = cfg.build;
-  return b && typeof b === 'object' && !Array.isArray(b) ? b : undefined;
+  const field = `${display}: file config`;
+  const cfg = parseJsonObject(
+    await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES),
+    field,
+    MAX_CONFIG_BYTES,
+  );
+  if (cfg.schema !== 'orb-file/v1') throw untrustedError(`${field} schema`, 'is not orb-file/v1', cfg.schema);
+  if (cfg.build === undefined) return undefined;
+  if (!isObject(cfg.build)) throw untrustedError(`${field} build`, 'is not an object', cfg.build);
+  return cfg.build;
 }
 
 async function diskPlan(
@@ -156,54 +174,26 @@ async function diskPlan(
   display: string,
 ): Promise<Plan> {
   if (manifest.config.mediaType !== DISK_CONFIG)
-    throw new OrbError(
-      'input',
-      `${display}: config is ${manifest.config.mediaType}, expected ${DISK_CONFIG}`,
+    throw untrustedError(
+      `${display}: manifest config mediaType`,
+      `is not ${DISK_CONFIG}`,
+      manifest.config.mediaType,
     );
-  const config = JSON.parse(
-    (await readSmallBlob(store, manifest.config, 1 << 20)).toString('utf8'),
-  ) as DiskConfig;
-  if (
-    config.schema !== 'orb-disk/v1' ||
-    !Number.isSafeInteger(config.virtualSize) ||
-    !/^sha256:[a-f0-9]{64}$/.test(config.contentDigest ?? '')
-  ) {
-    throw new OrbError(
-      'input',
-      `${display}: the disk config is not orb-disk/v1 or lacks the virtual size or content digest`,
-    );
-  }
-  const byBlob = new Map<string, Unit>();
-  const regions: Region[] = [];
-  for (const l of manifest.layers) {
-    const where = `${display} layer ${l.digest.slice(0, 19)}`;
+  // Layers first: they are in the manifest already, the config costs a request.
+  for (const [i, l] of manifest.layers.entries())
     if (l.mediaType !== DISK_CHUNK_ZSTD && l.mediaType !== DISK_CHUNK_RAW)
-      throw new OrbError('input', `${where}: unexpected media type ${l.mediaType}`);
-    const a = l.annotations ?? {};
-    const region: Region = {
-      offset: num(a[ANN_CHUNK_OFFSET], ANN_CHUNK_OFFSET, where),
-      length: num(a[ANN_CHUNK_LENGTH], ANN_CHUNK_LENGTH, where),
-      digest: a[ANN_CHUNK_DIGEST] ?? (l.mediaType === DISK_CHUNK_RAW ? l.digest : ''),
-    };
-    if (!/^sha256:[a-f0-9]{64}$/.test(region.digest))
-      throw new OrbError('input', `${where}: ${ANN_CHUNK_DIGEST} annotation is missing or invalid`);
-    if (region.offset + region.length > config.virtualSize)
-      throw new OrbError(
-        'input',
-        `${where}: chunk at ${region.offset}+${region.length} lies beyond the disk end ${config.virtualSize}`,
+      throw untrustedError(
+        `${display}: manifest layers[${i}] mediaType`,
+        'is not an orb disk chunk',
+        l.mediaType,
       );
-    const kind = l.mediaType === DISK_CHUNK_RAW ? 'raw' : 'zstd';
-    if (kind === 'raw' && (l.size !== region.length || l.digest !== region.digest))
-      throw new OrbError(
-        'input',
-        `${where}: an uncompressed chunk whose size or digest disagrees with its annotations`,
-      );
-    regions.push(region);
-    const u = byBlob.get(l.digest);
+  const config = checkDiskConfig(await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES), display);
+  const byBlob = new Map<string, Unit>();
+  for (const { layer, kind, region } of diskRegions(manifest, config.virtualSize, display)) {
+    const u = byBlob.get(layer.digest);
     if (u) u.regions.push(region);
-    else byBlob.set(l.digest, { blob: l, kind, regions: [region] });
+    else byBlob.set(layer.digest, { blob: layer, kind, regions: [region] });
   }
-  checkOverlaps(regions, display);
   return {
     kind: 'disk',
     artifactType: DISK_ARTIFACT,
@@ -217,18 +207,18 @@ async function diskPlan(
 }
 
 function filePlan(manifest: ImageManifest, manifestDigest: string, display: string): Plan {
-  const contentDigest = manifest.annotations?.[ANN_CONTENT_DIGEST];
-  if (!contentDigest || !/^sha256:[a-f0-9]{64}$/.test(contentDigest))
-    throw new OrbError('input', `${display}: the file artifact lacks the ${ANN_CONTENT_DIGEST} annotation`);
-  const parts = manifest.layers.map((l) => {
-    const where = `${display} part ${l.digest.slice(0, 19)}`;
+  const ann = manifest.annotations ?? {};
+  const contentDigest = sha256Digest(ann[ANN_CONTENT_DIGEST], `${display}: manifest ${ANN_CONTENT_DIGEST}`);
+  const parts = manifest.layers.map((l, i) => {
+    const where = `${display}: manifest layers[${i}]`;
     if (l.mediaType !== FILE_PART)
-      throw new OrbError('input', `${where}: unexpected media type ${l.mediaType}`);
+      throw untrustedError(`${where} mediaType`, `is not ${FILE_PART}`, l.mediaType);
+    if (l.size < 1) throw untrustedError(`${where} size`, 'is zero: a part holds at least one byte', l.size);
     const a = l.annotations ?? {};
     return {
       l,
-      index: num(a[ANN_PART_INDEX], ANN_PART_INDEX, where),
-      offset: num(a[ANN_PART_OFFSET], ANN_PART_OFFSET, where),
+      index: boundedInt(a[ANN_PART_INDEX], `${where} ${ANN_PART_INDEX}`, 0, manifest.layers.length - 1),
+      offset: boundedInt(a[ANN_PART_OFFSET], `${where} ${ANN_PART_OFFSET}`, 0, MAX_VIRTUAL_SIZE),
     };
   });
   parts.sort((a, b) => a.index - b.index);
@@ -236,18 +226,27 @@ function filePlan(manifest: ImageManifest, manifestDigest: string, display: stri
   const byBlob = new Map<string, Unit>();
   for (const [i, p] of parts.entries()) {
     if (p.index !== i || p.offset !== size)
-      throw new OrbError(
-        'input',
-        `${display}: parts are not contiguous (part ${p.index} at ${p.offset}, expected ${i} at ${size})`,
+      throw untrustedError(
+        `${display}: manifest parts`,
+        `are not contiguous (part ${p.index} at ${p.offset}, expected ${i} at ${size})`,
       );
     const region = { offset: p.offset, length: p.l.size, digest: p.l.digest };
     const u = byBlob.get(p.l.digest);
     if (u) u.regions.push(region);
     else byBlob.set(p.l.digest, { blob: p.l, kind: 'part', regions: [region] });
     size += p.l.size;
+    if (size > MAX_VIRTUAL_SIZE)
+      throw untrustedError(`${display}: manifest parts`, `add up to more than ${MAX_VIRTUAL_SIZE} bytes`);
   }
   const first = manifest.layers[0]?.annotations;
-  const fileName = first?.[ANN_PART_FILE] ?? manifest.annotations?.[ANN_TITLE] ?? 'file';
+  const nameField = first?.[ANN_PART_FILE] !== undefined ? `layers[0] ${ANN_PART_FILE}` : ANN_TITLE;
+  const fileName = safeFileName(
+    first?.[ANN_PART_FILE] ?? ann[ANN_TITLE] ?? 'file',
+    `${display}: manifest ${nameField}`,
+  );
+  const fileFormat = ann[ANN_FILE_FORMAT] ?? 'raw';
+  if (!/^[a-z0-9][a-z0-9.+-]{0,31}$/.test(fileFormat))
+    throw untrustedError(`${display}: manifest ${ANN_FILE_FORMAT}`, 'is not a format name', fileFormat);
   return {
     kind: 'file',
     artifactType: FILE_ARTIFACT,
@@ -257,17 +256,8 @@ function filePlan(manifest: ImageManifest, manifestDigest: string, display: stri
     contentDigest,
     units: [...byBlob.values()],
     fileName,
-    fileFormat: manifest.annotations?.[ANN_FILE_FORMAT] ?? 'raw',
+    fileFormat,
   };
-}
-
-function checkOverlaps(regions: Region[], display: string): void {
-  const sorted = [...regions].sort((a, b) => a.offset - b.offset);
-  for (let i = 1; i < sorted.length; i++) {
-    const p = sorted[i - 1]!;
-    if (p.offset + p.length > sorted[i]!.offset)
-      throw new OrbError('input', `${display}: chunks at ${p.offset} and ${sorted[i]!.offset} overlap`);
-  }
 }
 
 /** Every region plus the zero gaps between them, in disk order: the order of the content hash. */

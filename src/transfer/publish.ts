@@ -12,6 +12,7 @@ import { formatBytes, type Progress } from '../core/progress.js';
 import { readSmallBlob } from '../oci/layout-store.js';
 import { DISK_ARTIFACT, OCI_MANIFEST, type DiskConfig, type ImageManifest } from '../oci/media.js';
 import { isDigest, TAG_RE } from '../oci/reference.js';
+import { checkRegistryLimits, type RegistryLimits } from '../store/registry-limits.js';
 import type { BlobStore } from '../store/types.js';
 import { runPool } from './pool.js';
 import { prepareSource, type PreparedArtifact } from './source.js';
@@ -44,6 +45,8 @@ export interface PublishOptions {
    * `<image>.published.orb.json` beside the image); the input's manifest is never edited
    */
   manifestPath?: string;
+  /** what the target registry accepts (layer count and size, manifest size): checked before any upload */
+  registryLimits?: RegistryLimits;
   log: Logger;
   progress(label: string, total?: number): Progress;
   signal?: AbortSignal;
@@ -102,6 +105,18 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
   log.info(
     `publishing ${prepared.describe} (${prepared.blobs.length} blobs, ${formatBytes(bytesTotal)}) to ${target.describe()}`,
   );
+
+  if (opts.registryLimits)
+    checkRegistryLimits(
+      opts.registryLimits,
+      {
+        describe: prepared.describe,
+        layers: prepared.manifest.layers,
+        manifestBytes: prepared.manifestBytes.length,
+        singleFile: prepared.artifactType !== DISK_ARTIFACT,
+      },
+      log,
+    );
 
   // A store that caps the files of one version (GitHub: 1000 assets per release) refuses the
   // image now, not at the thousandth upload.

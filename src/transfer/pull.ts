@@ -1,13 +1,14 @@
-import { mkdir, open, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
-import { ensureFreeSpace, exists } from '../core/fsutil.js';
+import { ensureFreeSpace, environmentError, exists } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
 import { newManifest, writeManifest, type BuildInfo, type ImageFormat } from '../core/manifest.js';
 import { formatBytes, type Progress } from '../core/progress.js';
 import { defaultRetryPolicy, type RetryPolicy } from '../net/retry.js';
 import type { BlobStore } from '../store/types.js';
 import { openBase, type BaseSource } from './base.js';
+import { blockTarget, isBlockDevice, zeroRanges, type BlockTarget } from './block-device.js';
 import { Journal } from './journal.js';
 import { OrderedHasher } from './hasher.js';
 import { finishOutput, type OutputFormat } from './output.js';
@@ -76,14 +77,39 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     `${o.display}: ${plan.kind === 'disk' ? 'disk image' : `file ${plan.fileName} (${srcFormat})`}, ${formatBytes(plan.size)}, ${regionCount} ${plan.kind === 'disk' ? 'chunks' : 'parts'} in ${plan.units.length} blobs`,
   );
 
-  const partial = `${out}.partial`;
-  const journalPath = `${partial}.journal`;
-  const spoolDir = `${partial}.d`;
-  await mkdir(dirname(out), { recursive: true });
+  // A block device is written in place: no .partial, no rename, no truncate (block-device.ts).
+  const device: BlockTarget | undefined = (await isBlockDevice(out))
+    ? await blockTarget(out, { size: plan.size, kind: plan.kind, format: o.format })
+    : undefined;
+  const partial = device ? out : `${out}.partial`;
+  const journalPath = device ? device.journalPath : `${partial}.journal`;
+  const spoolDir = device ? device.spoolDir : `${partial}.d`;
+  const dataBytes = plan.units.reduce((a, u) => a + u.regions.reduce((b, r) => b + r.length, 0), 0);
+  // A conversion afterwards needs room for its output too: about the data a qcow2 holds (the
+  // sparse raw's data bytes), or for a published file about its size again (a rough guess).
+  const converted =
+    plan.kind === 'disk'
+      ? o.format === 'qcow2'
+        ? dataBytes
+        : 0
+      : o.format !== 'auto' && o.format !== plan.fileFormat
+        ? plan.size
+        : 0;
+  // A fresh pull is checked before anything is created, so a refusal leaves nothing behind; a
+  // resumed one is checked again below, once the journal says what is already in place.
+  const fresh = !device && !(await exists(partial));
+  if (fresh) await ensureFreeSpace(out, dataBytes + converted, `pulling ${o.display}`);
+  try {
+    await mkdir(dirname(device ? journalPath : out), { recursive: true });
+  } catch (err) {
+    throw environmentError(err, `cannot create the folder of ${device ? journalPath : out}`);
+  }
   if ((await stat(out).catch(() => undefined))?.isDirectory())
     throw new UsageError(`output ${out} is a directory`, 'give a file path');
 
-  const fh = await open(partial, (await exists(partial)) ? 'r+' : 'w+');
+  const fh = await open(partial, fresh ? 'w+' : 'r+').catch((err: unknown) => {
+    throw environmentError(err, `cannot ${fresh ? 'create' : 'open'} ${partial}`);
+  });
   let hasher: OrderedHasher | undefined;
   let base: BaseSource | undefined;
   let openJournal: Journal | undefined;
@@ -91,8 +117,21 @@ export async function pull(o: PullOptions): Promise<PullResult> {
   try {
     const { journal, resumed } = await Journal.open(journalPath, { manifest: digest, size: plan.size }, fh);
     openJournal = journal;
-    if (!resumed) await fh.truncate(0); // stale bytes of another manifest would break the zero gaps
-    await fh.truncate(plan.size);
+    if (!device) {
+      if (!resumed) await fh.truncate(0); // stale bytes of another manifest would break the zero gaps
+      try {
+        await fh.truncate(plan.size);
+      } catch (err) {
+        // e.g. EFBIG on FAT32: nothing was fetched yet, so a fresh pull leaves nothing behind
+        if (fresh) {
+          openJournal = undefined;
+          await journal.remove();
+          await fh.close().catch(() => undefined);
+          await rm(partial, { force: true });
+        }
+        throw environmentError(err, `cannot make room for ${formatBytes(plan.size)} in ${partial}`);
+      }
+    }
     const segments = contentSegments(plan);
     const segIndex = new Map<number, number>();
     segments.forEach((s, i) => {
@@ -121,18 +160,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       log.info(`resuming: ${formatBytes(bytesResumed)} already in place from an earlier run`);
 
     const remainingBytes = plan.units.reduce((a, u) => a + pending(u).reduce((b, r) => b + r.length, 0), 0);
-    // A conversion afterwards needs room for its output too: about the data a qcow2 holds (the
-    // sparse raw's data bytes), or for a published file about its size again (a rough guess).
-    const dataBytes = plan.units.reduce((a, u) => a + u.regions.reduce((b, r) => b + r.length, 0), 0);
-    const converted =
-      plan.kind === 'disk'
-        ? o.format === 'qcow2'
-          ? dataBytes
-          : 0
-        : o.format !== 'auto' && o.format !== plan.fileFormat
-          ? plan.size
-          : 0;
-    await ensureFreeSpace(out, remainingBytes + converted, `pulling ${o.display}`);
+    if (!fresh && !device) await ensureFreeSpace(out, remainingBytes + converted, `pulling ${o.display}`);
     // Room for each parallel download to hold one default-size chunk and its decoded bytes.
     const budget = new ByteBudget(
       o.memoryBudget ?? Math.min(1 << 30, Math.max(256 << 20, o.concurrency * (64 << 20))),
@@ -144,6 +172,8 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     if (o.base) {
       base = await openBase(o.base);
       const b = base;
+      // --base naming the output device itself: a chunk found in place is already written.
+      const inPlace = !!device && resolve(o.base) === out;
       const candidates = plan.units.filter((u) => pending(u).length);
       const progress = o.progress(
         `reusing from ${b.describe}`,
@@ -158,7 +188,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
             try {
               const data = await b.lookup(r);
               if (data) {
-                await writeAll(fh, data, r.offset);
+                if (!inPlace) await writeAll(fh, data, r.offset);
                 markDone(r);
                 bytesReused += r.length;
                 chunksReused++;
@@ -217,6 +247,16 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     await journal.close();
     log.debug(`pull: downloads done after ${((Date.now() - started) / 1000).toFixed(2)} s`);
 
+    // The hasher takes the ranges without data as zeros: on a device, make them so.
+    if (device)
+      await zeroRanges(
+        fh,
+        out,
+        segments.filter((s) => s.zero),
+        log,
+        o.signal,
+      );
+
     // 3. The whole content, hashed in order as it landed.
     const content = await h.finish(o.signal);
     hasher = undefined;
@@ -225,7 +265,8 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       openJournal = undefined;
       await journal.remove();
       await fh.close().catch(() => undefined);
-      await rm(partial, { force: true });
+      if (!device) await rm(partial, { force: true });
+      await rm(spoolDir, { recursive: true, force: true });
       throw new OrbError(
         'integrity',
         `the assembled ${plan.kind === 'disk' ? 'disk' : 'file'} has sha256 ${content}, the image says ${plan.contentDigest}`,
@@ -238,10 +279,10 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     await fh.close();
     openJournal = undefined;
     log.debug(`pull: synced after ${((Date.now() - started) / 1000).toFixed(2)} s`);
-    const format = await finishOutput(partial, srcFormat, out, o.format, log, o.signal);
+    const format = device ? srcFormat : await finishOutput(partial, srcFormat, out, o.format, log, o.signal);
     await journal.remove();
     await rm(spoolDir, { recursive: true, force: true });
-    const fileSize = (await stat(out)).size;
+    const fileSize = device ? plan.size : (await stat(out)).size;
     const seconds = (Date.now() - started) / 1000;
     const result: PullResult = {
       path: out,
@@ -279,17 +320,23 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     // Record what did land, so the rerun the hint suggests continues from there.
     await openJournal?.close().catch(() => undefined);
     await fh.close().catch(() => undefined);
+    // rmdir removes the spool folder only when empty: spooled blobs are kept for the rerun.
+    await rmdir(spoolDir).catch(() => undefined);
+    // The hint promises a kept partial only when there is one (a whole-content mismatch deletes it).
     if (
       err instanceof OrbError &&
-      (err.kind === 'network' || err.kind === 'interrupted' || err.kind === 'integrity')
+      (err.kind === 'network' || err.kind === 'interrupted' || err.kind === 'integrity') &&
+      (await exists(partial))
     ) {
       const hint = err.hint ? `${err.hint}. ` : '';
       throw new OrbError(err.kind, err.message, {
-        hint: `${hint}What was fetched is kept in ${partial}: run the same command again to continue, or delete ${partial}* to start over`,
+        hint: device
+          ? `${hint}What was written stays on ${out} (journal ${journalPath}): run the same command again to continue`
+          : `${hint}What was fetched is kept in ${partial}: run the same command again to continue, or delete ${partial}* to start over`,
         cause: err,
       });
     }
-    throw err;
+    throw environmentError(err, `pulling ${o.display} to ${out}`);
   } finally {
     await workers?.close();
     await base?.close();

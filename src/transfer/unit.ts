@@ -1,4 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
+import { sha256Digest } from '../core/untrusted.js';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -397,8 +398,9 @@ async function directUnit(ctx: UnitContext, u: Unit, regions: Region[]): Promise
 
 async function spoolUnit(ctx: UnitContext, u: Unit, regions: Region[]): Promise<void> {
   sameContent(u, regions);
+  // plan.ts checked the digest; checked again here because this is where it becomes a path
+  const path = join(ctx.spoolDir, sha256Digest(u.blob.digest, 'blob digest').slice('sha256:'.length));
   await mkdir(ctx.spoolDir, { recursive: true });
-  const path = join(ctx.spoolDir, u.blob.digest.slice('sha256:'.length));
   let sfh = await open(path, 'a+').then(async (h) => {
     await h.close();
     return open(path, 'r+');

@@ -4,14 +4,23 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { zstdDecompress } from 'node:zlib';
 import { OrbError } from '../../core/errors.js';
+import {
+  MAX_CONFIG_BYTES,
+  MAX_MANIFEST_BYTES,
+  MAX_VIRTUAL_SIZE,
+  checkDescriptor,
+  checkTag,
+  clip,
+  isObject,
+  parseJsonObject,
+  quoteUntrusted,
+  untrustedError,
+} from '../../core/untrusted.js';
+import { checkDiskConfig, diskRegions } from '../../oci/disk-check.js';
 import { OciLayout } from '../../oci/layout.js';
 import {
-  ANN_CHUNK_DIGEST,
-  ANN_CHUNK_LENGTH,
-  ANN_CHUNK_OFFSET,
   DISK_ARTIFACT,
   DISK_CHUNK_RAW,
-  DISK_CHUNK_ZSTD,
   DISK_CONFIG,
   type Descriptor,
   type DiskConfig,
@@ -72,53 +81,53 @@ export async function readChunkedLayout(dir: string, tag?: string): Promise<Chun
     const disks = (await layout.readIndex()).manifests.filter((m) => m.artifactType === DISK_ARTIFACT);
     tag =
       disks.length === 1
-        ? (disks[0]!.annotations?.['org.opencontainers.image.ref.name'] ?? 'latest')
+        ? checkTag(
+            disks[0]!.annotations?.['org.opencontainers.image.ref.name'] ?? 'latest',
+            `${dir}/index.json ref.name`,
+          )
         : 'latest';
   }
   const desc = await layout.resolve(tag);
+  const where = `${dir}:${clip(tag)}`;
+  if (desc.size > MAX_MANIFEST_BYTES)
+    throw untrustedError(`${where}: manifest size`, `is more than ${MAX_MANIFEST_BYTES} bytes`, desc.size);
   const bytes = await layout.readBytes(desc.digest);
-  let manifest: ImageManifest;
-  try {
-    manifest = JSON.parse(bytes.toString('utf8')) as ImageManifest;
-  } catch {
-    throw new OrbError('input', `manifest ${desc.digest} in ${dir} is not JSON`);
-  }
-  if (manifest.artifactType !== DISK_ARTIFACT || manifest.config?.mediaType !== DISK_CONFIG) {
+  const json = parseJsonObject(bytes, `${where}: manifest`, MAX_MANIFEST_BYTES);
+  if (
+    json.artifactType !== DISK_ARTIFACT ||
+    !isObject(json.config) ||
+    json.config.mediaType !== DISK_CONFIG
+  ) {
     throw new OrbError(
       'input',
-      `${dir}:${tag} is not an orb disk image (artifactType ${String(manifest.artifactType)})`,
+      `${where} is not an orb disk image (artifactType ${quoteUntrusted(json.artifactType)})`,
       {
         hint: 'give a layout written by orb convert --format chunked',
       },
     );
   }
-  const config = JSON.parse((await layout.readBytes(manifest.config.digest)).toString('utf8')) as DiskConfig;
-  if (config.schema !== 'orb-disk/v1' || !(config.virtualSize > 0) || !(config.chunkSize > 0)) {
-    throw new OrbError('input', `${dir}:${tag}: the disk config is not orb-disk/v1`);
-  }
-  const chunks: ChunkRef[] = [];
-  let storedBytes = 0;
-  let end = 0;
-  for (const [i, l] of manifest.layers.entries()) {
-    const a = l.annotations ?? {};
-    const offset = Number(a[ANN_CHUNK_OFFSET]);
-    const length = Number(a[ANN_CHUNK_LENGTH]);
-    const digest = a[ANN_CHUNK_DIGEST] ?? '';
-    const bad = (why: string) =>
-      new OrbError('input', `${dir}:${tag}: layer ${i} ${why}`, {
-        hint: 'the manifest is damaged or was not written by orb',
-      });
-    if (l.mediaType !== DISK_CHUNK_ZSTD && l.mediaType !== DISK_CHUNK_RAW)
-      throw bad(`has media type ${l.mediaType}`);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length <= 0)
-      throw bad('has no valid offset/length annotations');
-    if (offset < end || offset + length > config.virtualSize)
-      throw bad('overlaps another chunk or lies beyond the disk');
-    if (!/^sha256:[a-f0-9]{64}$/.test(digest)) throw bad('has no chunk digest annotation');
-    end = offset + length;
-    chunks.push({ index: i, offset, length, digest, blob: l });
-    storedBytes += l.size;
-  }
+  if (!Array.isArray(json.layers))
+    throw untrustedError(`${where}: manifest layers`, 'is not an array', json.layers);
+  const manifest: ImageManifest = {
+    ...(json as unknown as ImageManifest),
+    config: checkDescriptor(json.config, `${where}: manifest config`, MAX_CONFIG_BYTES),
+    layers: json.layers.map((l, i) =>
+      checkDescriptor(l, `${where}: manifest layers[${i}]`, MAX_VIRTUAL_SIZE),
+    ),
+  };
+  const config = checkDiskConfig(await layout.readBytes(manifest.config.digest, MAX_CONFIG_BYTES), where);
+  if (!(config.chunkSize > 0))
+    throw untrustedError(`${where}: disk config chunkSize`, 'is missing', config.chunkSize);
+  const chunks: ChunkRef[] = diskRegions(manifest, config.virtualSize, where).map((c, index) => ({
+    index,
+    offset: c.region.offset,
+    length: c.region.length,
+    digest: c.region.digest,
+    blob: c.layer,
+  }));
+  // diskRegions checked overlaps in any order; readers walk the chunks in disk order.
+  chunks.sort((a, b) => a.offset - b.offset);
+  const storedBytes = chunks.reduce((n, c) => n + c.blob.size, 0);
   return {
     layout,
     tag,
