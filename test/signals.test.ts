@@ -38,7 +38,12 @@ const GiB = 2 ** 30;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'orb-signals-'));
 });
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const started: ChildProcess[] = [];
+afterAll(() => {
+  // a failed case must not leave its CLI running (hashing for minutes) after the file
+  for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
 
 interface Started {
   child: ChildProcess;
@@ -54,6 +59,7 @@ function start(name: string, args: string[], env: NodeJS.ProcessEnv = {}, script
     env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '200', TMPDIR: tmp, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  started.push(child);
   let stderr = '';
   let stdout = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
