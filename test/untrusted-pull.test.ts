@@ -258,3 +258,53 @@ describe('a layer digest that is a path', () => {
     expect(requests).toEqual([]);
   });
 });
+
+describe('a published qcow2 that names a host file', () => {
+  it('is refused before qemu-img opens it, when pulled as raw or inspected', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } = await import('node:fs');
+    const dir = mkdtempSync(join(tmpdir(), 'orb-hostile-qcow2-'));
+    try {
+      const secret = join(dir, 'host-secret');
+      writeFileSync(secret, Buffer.alloc(1 << 20, 'HOST-SECRET-MARKER\n'));
+      const img = join(dir, 'disk.qcow2');
+      execFileSync('qemu-img', [
+        'create',
+        '-q',
+        '-f',
+        'qcow2',
+        '-o',
+        `data_file=${secret},data_file_raw=on`,
+        img,
+        '1M',
+      ]);
+      const target = join(dir, 'layout');
+      await publish({
+        source: img,
+        target: new LayoutStore(target),
+        tags: ['v1'],
+        concurrency: 1,
+        partSize: 1 << 30,
+        log: silentLogger,
+        progress: () => nullProgress,
+      });
+      const out = join(dir, 'out', 'pulled.raw');
+      const err = await pull({
+        source: new LayoutStore(target),
+        ref: 'v1',
+        display: 'layout',
+        output: out,
+        format: 'raw',
+        concurrency: 1,
+        log: silentLogger,
+        progress: () => nullProgress,
+      }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OrbError);
+      expect((err as OrbError).message).toMatch(/host-secret|data file/);
+      for (const f of readdirSync(join(dir, 'out')))
+        expect(readFileSync(join(dir, 'out', f)).includes('HOST-SECRET-MARKER')).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

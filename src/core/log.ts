@@ -101,7 +101,12 @@ function safeDecode(s: string): string {
 }
 
 export class StderrLogger implements Logger {
-  constructor(private readonly verbose = !!process.env.ORB_DEBUG) {}
+  // A plain field, not a parameter property: worker threads load this file (through errors.ts)
+  // from its TypeScript source under the tests, and Node's type stripping refuses those.
+  private readonly verbose: boolean;
+  constructor(verbose = !!process.env.ORB_DEBUG) {
+    this.verbose = verbose;
+  }
   info(msg: string): void {
     process.stderr.write(redact(msg) + '\n');
   }

@@ -4,6 +4,7 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import { trackPath } from '../core/cleanup.js';
+import { qemuName, vetImage } from '../image/untrusted.js';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { requireTool, run } from '../core/proc.js';
@@ -35,7 +36,15 @@ export async function finishOutput(
     if (QEMU_READABLE.has(srcFormat)) {
       const qemuImg = requireTool('qemu-img', 'qemu-utils');
       log.info(`converting ${srcFormat} to ${want} with qemu-img`);
-      await run(qemuImg, ['convert', '-f', srcFormat, '-O', want, partial, tmp], {
+      // A published qcow2 is as hostile as any other image: it must not make qemu-img read a
+      // backing or data file it names on this machine (the same check convert applies).
+      const vetted = await vetImage(partial);
+      if (vetted.format !== srcFormat)
+        throw new OrbError(
+          'input',
+          `the published file says ${srcFormat}, but its header is ${vetted.format}`,
+        );
+      await run(qemuImg, ['convert', '-O', want, qemuName(vetted), tmp], {
         check: true,
         ...(signal ? { signal } : {}),
       });

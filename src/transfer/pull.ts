@@ -4,6 +4,7 @@ import { OrbError, UsageError } from '../core/errors.js';
 import { ensureFreeSpace, environmentError, exists } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
 import { newManifest, writeManifest, type BuildInfo, type ImageFormat } from '../core/manifest.js';
+import { qemuInfoName, vetImage } from '../image/untrusted.js';
 import { formatBytes, type Progress } from '../core/progress.js';
 import { defaultRetryPolicy, type RetryPolicy } from '../net/retry.js';
 import type { BlobStore } from '../store/types.js';
@@ -354,9 +355,17 @@ export async function writeAll(fh: FileHandle, data: Uint8Array, position: numbe
 async function virtualSizeOf(path: string, format: string): Promise<number> {
   if (format === 'raw') return (await stat(path)).size;
   const { run, requireTool } = await import('../core/proc.js');
-  const r = await run(requireTool('qemu-img', 'qemu-utils'), ['info', '--output=json', '-f', format, path], {
-    check: true,
-  });
+  // never let qemu-img open a file the pulled image names (src/image/untrusted.ts)
+  const vetted = await vetImage(path);
+  if (vetted.format !== format)
+    throw new OrbError('input', `the pulled file says ${format}, but its header is ${vetted.format}`);
+  const r = await run(
+    requireTool('qemu-img', 'qemu-utils'),
+    ['info', '-U', '--output=json', qemuInfoName(vetted)],
+    {
+      check: true,
+    },
+  );
   return (JSON.parse(r.stdout) as { 'virtual-size': number })['virtual-size'];
 }
 
