@@ -4,7 +4,13 @@ import { describeError, OrbError } from '../core/errors.js';
 import { resolveInputs, type RawInputs } from '../core/inputs.js';
 import { mask, maskUrlSecrets, onMask, redact, type Logger } from '../core/log.js';
 import { progressInterval, RateProgress } from '../core/progress.js';
-import { commandSignal, interruptedBy, runCleanup, signalExitCode } from '../core/cleanup.js';
+import {
+  commandSignal,
+  exitIfInterrupted,
+  interruptedBy,
+  runCleanup,
+  signalExitCode,
+} from '../core/cleanup.js';
 import { findCommand } from '../commands/index.js';
 
 const actionsLogger: Logger = {
@@ -85,5 +91,6 @@ export async function runAction(name: string): Promise<void> {
     if (!summary.empty && process.env.GITHUB_STEP_SUMMARY) {
       await core.summary.addRaw(redact(summary.markdown)).write();
     }
+    exitIfInterrupted();
   }
 }

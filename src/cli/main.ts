@@ -4,7 +4,13 @@ import { describeError, exitCodeFor, OrbError, UsageError } from '../core/errors
 import { resolveInputs, type InputSpec, type RawInputs } from '../core/inputs.js';
 import { mask, maskUrlSecrets, redact, StderrLogger } from '../core/log.js';
 import { progressInterval, RateProgress, stderrSink } from '../core/progress.js';
-import { commandSignal, interruptedBy, runCleanup, signalExitCode } from '../core/cleanup.js';
+import {
+  commandSignal,
+  exitIfInterrupted,
+  interruptedBy,
+  runCleanup,
+  signalExitCode,
+} from '../core/cleanup.js';
 import { commands, findCommand } from '../commands/index.js';
 import { VERSION } from '../version.js';
 
@@ -242,5 +248,6 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
   } finally {
     command.done();
     await runCleanup();
+    exitIfInterrupted();
   }
 }

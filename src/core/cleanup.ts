@@ -113,6 +113,17 @@ function interruptError(sig: NodeJS.Signals): OrbError {
   return new OrbError('interrupted', `interrupted by ${sig}`);
 }
 
+/**
+ * After an interrupted command has returned and cleaned up: exit now with 128 + the signal's
+ * number rather than wait for the event loop to drain (a socket or file handle the unwinding left
+ * open would otherwise hold the process until the forced exit).
+ */
+export function exitIfInterrupted(): void {
+  if (!received) return;
+  killAllSync();
+  process.exit(signalExitCode(received));
+}
+
 async function forceExit(sig: NodeJS.Signals): Promise<never> {
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([

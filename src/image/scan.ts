@@ -120,7 +120,14 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     inflight.add(t);
     void t.finally(() => inflight.delete(t));
   };
+  let yielded = Date.now();
   for (let offset = start; offset < end; offset += unitSize, index++) {
+    // Holes resolve in microtasks only: without a turn of the event loop now and then, a long run
+    // of them (minutes on a large sparse disk) would hold off signals and timers.
+    if (Date.now() - yielded > 20) {
+      await new Promise((r) => setImmediate(r));
+      yielded = Date.now();
+    }
     while (inflight.size >= limit && failure === undefined) await Promise.race(inflight);
     if (failure !== undefined) break;
     if (o.signal?.aborted) {
