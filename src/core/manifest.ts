@@ -1,74 +1,15 @@
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { OrbError } from './errors.js';
 import { writeFileAtomic } from './fsutil.js';
+import { MANIFEST_SCHEMA, type OrbManifest, type StageInput } from '../formats/stage-manifest.js';
 import { MAX_VIRTUAL_SIZE, boundedInt, isObject, parseJsonObject, quoteUntrusted } from './untrusted.js';
 
 /** Largest stage manifest read (they are a few KiB). */
 export const MAX_STAGE_MANIFEST_BYTES = 1 << 20;
 
-/**
- * The hand-over between stages: build -> convert -> publish -> pull -> smoke-test. Each stage
- * reads the previous manifest (when given) and writes its own beside its output, so the stages
- * compose in any CI or on a laptop without re-deriving facts (firmware, digests, sizes).
- */
-export const MANIFEST_SCHEMA = 'orb-manifest/v1';
-
-export type ImageFormat = 'raw' | 'qcow2' | 'raw.zst' | 'chunked' | 'vhdx' | 'vmdk' | 'vdi' | 'vpc';
-
-export interface BuildInfo {
-  os: 'windows' | 'linux' | 'test';
-  arch: 'x86_64' | 'aarch64';
-  firmware: 'bios' | 'uefi' | 'uefi-secure';
-  tpm?: boolean;
-  edition?: string;
-  adminUser?: string;
-  /** where the guest's RDP (or other) service listens, for smoke tests */
-  ports?: number[];
-  /** seconds the build took */
-  seconds?: number;
-  [key: string]: unknown;
-}
-
-export interface ChunkInfo {
-  layout: string;
-  tag: string;
-  chunkSize: number;
-  chunks: number;
-  storedChunks: number;
-  manifestDigest: string;
-}
-
-export interface OrbManifest {
-  schema: typeof MANIFEST_SCHEMA;
-  stage: string;
-  createdAt: string;
-  image: {
-    /** relative to the manifest's directory, or absolute */
-    path: string;
-    format: ImageFormat;
-    virtualSize: number;
-    fileSize: number;
-    sha256?: string;
-    contentSha256?: string;
-    chunked?: ChunkInfo;
-  };
-  build?: BuildInfo;
-  published?: { reference: string; digest: string; [key: string]: unknown };
-  /**
-   * The manifest this stage read as its input: where it was and the sha256 of its bytes, so a
-   * chain build -> convert -> publish can be followed back without any stage editing another's.
-   */
-  input?: StageInput;
-}
-
-export interface StageInput {
-  stage: string;
-  path: string;
-  /** sha256:<hex> of the input manifest file as read */
-  sha256: string;
-}
+/** Reading and writing a stage manifest file; its schema and file-name rule are in src/formats/stage-manifest.ts. */
+export * from '../formats/stage-manifest.js';
 
 export async function readManifest(path: string): Promise<OrbManifest> {
   let bytes: Buffer;
@@ -92,30 +33,8 @@ export async function readManifest(path: string): Promise<OrbManifest> {
   return m as unknown as OrbManifest;
 }
 
-export function manifestImagePath(manifestPath: string, m: OrbManifest): string {
-  return isAbsolute(m.image.path) ? m.image.path : resolve(dirname(manifestPath), m.image.path);
-}
-
 export async function writeManifest(path: string, m: OrbManifest): Promise<void> {
   await writeFileAtomic(path, JSON.stringify(m, null, 2) + '\n');
-}
-
-export function newManifest(
-  stage: string,
-  image: OrbManifest['image'],
-  extra: Partial<OrbManifest> = {},
-): OrbManifest {
-  return { schema: MANIFEST_SCHEMA, stage, createdAt: new Date().toISOString(), image, ...extra };
-}
-
-/**
- * The one file-name rule for stage manifests: beside the stage's output, as `<output>.orb.json`.
- * Publish has no local output (it writes to a store), so it writes beside what it published, as
- * `<source>.published.orb.json`, and never touches the manifest it was given.
- */
-export function stageManifestPath(output: string, stage?: string): string {
-  const suffix = stage === 'publish' ? '.published.orb.json' : '.orb.json';
-  return join(dirname(output), `${basename(output)}${suffix}`);
 }
 
 /** Reads a stage manifest as a next stage's input: the manifest plus its provenance record. */

@@ -1,7 +1,6 @@
 import { createInterface } from 'node:readline';
 import { OrbError } from '../core/errors.js';
 import { requireTool, spawnTracked } from '../core/proc.js';
-import type { ImageInfo } from './inspect.js';
 import { qemuNameOf } from './untrusted.js';
 import { lastLines } from './util.js';
 
@@ -81,7 +80,7 @@ interface MapEntry {
  * without reading them.
  */
 export async function mapImage(
-  info: Pick<ImageInfo, 'path' | 'format' | 'qemu'>,
+  info: { path: string; format: string; qemu?: string },
   virtualSize: number,
   signal?: AbortSignal,
 ): Promise<Extents> {

@@ -8,15 +8,32 @@ import {
   type OrbManifest,
   type StageInput,
 } from '../core/manifest.js';
-import type { ConvertResult } from './convert.js';
 
 /**
  * The convert stage's hand-over manifest, written beside the output as `<output>.orb.json`
  * (for a chunked layout directory too: beside it, not inside, so the layout stays a plain OCI
  * layout). The next stage (publish) takes it as its input.
  */
+/** What the manifest records of a conversion (a ConvertResult; declared here so convert.ts can import this file). */
+export interface ConvertedImage {
+  path: string;
+  format: string;
+  virtualSize: number;
+  outputBytes: number;
+  sha256: string;
+  contentSha256: string;
+  chunked?: {
+    tag: string;
+    manifestDigest: string;
+    chunkSize: number;
+    chunks: number;
+    stored: number;
+    reused: number;
+  };
+}
+
 export async function writeStageManifest(
-  r: ConvertResult,
+  r: ConvertedImage,
   src: { manifest?: OrbManifest; input?: StageInput },
   build: BuildInfo | undefined,
 ): Promise<string> {

@@ -25,7 +25,7 @@ import {
   type Descriptor,
   type ImageManifest,
 } from '../oci/media.js';
-import { detectFileFormat } from '../transfer/source.js';
+import { detectFileFormat } from '../formats/file-format.js';
 import { checkUrlScheme, redactUrl } from './https-client.js';
 import { digestFromHeaders, RemoteFile } from './https-file.js';
 import { registerStoreInputs, type OpenedStore, type StoreOptions } from './open.js';

@@ -4,17 +4,17 @@ import {
   CreateMultipartUploadCommand,
   HeadObjectCommand,
   UploadPartCommand,
-  type S3Client,
 } from '@aws-sdk/client-s3';
 import { createHash, webcrypto } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
-import type { Logger } from '../core/log.js';
 import { formatBytes } from '../core/progress.js';
-import type { Descriptor } from '../oci/media.js';
 import { HttpStatusError, isRetryable } from './https-client.js';
 import { isNotFound, s3Call, s3Code, s3Retryable, s3Status } from './s3-client.js';
 import { findResumable } from './s3-resume.js';
+import { MAX_OBJECT, MAX_PART, MAX_PARTS, MiB, MIN_PART, type MultipartArgs } from './s3-parts.js';
+
+export * from './s3-parts.js';
 
 /**
  * Multipart upload of one blob: parts uploaded concurrently (bounded memory), each retried on its
@@ -22,12 +22,6 @@ import { findResumable } from './s3-resume.js';
  * before completing. An interrupted upload is kept and resumed on the next run from the parts S3
  * lists (each verified against the local bytes); an upload that cannot succeed is aborted.
  */
-export const MiB = 1024 * 1024;
-export const MIN_PART = 5 * MiB;
-export const MAX_PART = 5 * 1024 * MiB;
-export const MAX_PARTS = 10_000;
-export const MAX_OBJECT = 5 * 1024 * 1024 * MiB;
-
 /** Part size: the configured one, raised so the object needs at most 10,000 parts. */
 export function choosePartSize(size: number, configured: number): number {
   if (size > MAX_OBJECT) {
@@ -40,12 +34,6 @@ export function choosePartSize(size: number, configured: number): number {
   return Math.min(MAX_PART, Math.max(MIN_PART, configured, needed));
 }
 
-/** Shared per store: set to false once the server shows it does not implement S3 checksums. */
-export interface ChecksumSupport {
-  enabled: boolean;
-  warned?: boolean;
-}
-
 export function checksumUnsupported(err: unknown): boolean {
   const status = err instanceof HttpStatusError ? err.status : s3Status(err);
   const code = s3Code(err);
@@ -55,25 +43,6 @@ export function checksumUnsupported(err: unknown): boolean {
     (status === 400 && /checksum|x-amz-sdk-checksum|x-amz-checksum/i.test(msg)) ||
     (code === 'InvalidArgument' && /checksum/i.test(msg))
   );
-}
-
-export interface MultipartArgs {
-  client: S3Client;
-  bucket: string;
-  key: string;
-  desc: Descriptor;
-  open: (offset: number) => Readable;
-  onBytes?: (n: number) => void;
-  partSize: number;
-  concurrency: number;
-  /** bytes of part buffers allowed in memory at once */
-  memoryBudget: number;
-  checksums: ChecksumSupport;
-  metadata: Record<string, string>;
-  contentType: string;
-  log: Logger;
-  signal?: AbortSignal;
-  anonymous: boolean;
 }
 
 interface DonePart {

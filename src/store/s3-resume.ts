@@ -3,7 +3,7 @@ import {
   ListMultipartUploadsCommand,
   ListPartsCommand,
 } from '@aws-sdk/client-s3';
-import { MAX_PARTS, MIN_PART, type MultipartArgs } from './s3-multipart.js';
+import { MAX_PARTS, MIN_PART, type MultipartArgs } from './s3-parts.js';
 
 /**
  * Finding an interrupted multipart upload of a blob to continue: S3 lists the uploads of the key

@@ -10,7 +10,7 @@ import { decodeChunk, sha256Async } from './chunk.js';
 import { inspectImage } from '../image/inspect.js';
 import { openDiskReader, type DiskReader } from '../image/reader.js';
 import { makePlan, resolveManifest, type Region } from './plan.js';
-import { detectFileFormat } from './source.js';
+import { detectFileFormat } from '../formats/file-format.js';
 
 /**
  * `--base`: a local earlier version whose unchanged chunks are taken instead of downloaded.

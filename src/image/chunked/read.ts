@@ -27,8 +27,7 @@ import {
   type ImageManifest,
 } from '../../oci/media.js';
 import { Extents } from '../extents.js';
-import type { ImageInfo } from '../inspect.js';
-import type { DiskReader } from '../reader.js';
+import type { DiskReader, ImageInfo } from '../disk.js';
 
 /** One stored chunk: where it goes in the disk and which blob holds it. */
 export interface ChunkRef {
