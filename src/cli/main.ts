@@ -6,7 +6,7 @@ import { mask, maskUrlSecrets, redact, StderrLogger } from '../core/log.js';
 import { progressInterval, RateProgress, stderrSink } from '../core/progress.js';
 import { runCleanup } from '../core/cleanup.js';
 import { commands, findCommand } from '../commands/index.js';
-import { VERSION } from '../version.js';
+import { VERSION } from '../core/version.js';
 
 interface Parsed {
   raw: RawInputs;

@@ -1,4 +1,4 @@
-import type { Descriptor } from '../oci/media.js';
+import type { Descriptor } from './oci-media.js';
 
 /**
  * The chunk index of a chunked disk image (docs/chunked-format.md): the manifest's layers, one per

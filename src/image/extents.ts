@@ -2,7 +2,7 @@ import { createInterface } from 'node:readline';
 import { OrbError } from '../core/errors.js';
 import { requireTool, spawnTracked } from '../core/proc.js';
 import { qemuNameOf } from './untrusted.js';
-import { lastLines } from './util.js';
+import { lastLines } from './tool-output.js';
 
 /**
  * Where the data is: the ranges of the guest-visible disk that may hold non-zero bytes. The

@@ -1,7 +1,7 @@
 import { open, stat } from 'node:fs/promises';
 import { OrbError } from '../core/errors.js';
 import { requireTool, run } from '../core/proc.js';
-import { lastLines } from './util.js';
+import { lastLines } from './tool-output.js';
 import type { ImageInfo } from './disk.js';
 import { isChunkedLayout, parseLayoutRef, readChunkedLayout } from './chunked/read.js';
 import { qemuInfoName, qemuName, vetImage } from './untrusted.js';

@@ -2,7 +2,7 @@ import type { Check } from './prereq.js';
 import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { OrbError } from '../core/errors.js';
-import type { BuildInfo } from '../core/manifest.js';
+import type { BuildInfo } from '../core/stage-manifest-file.js';
 
 export interface InstallResult {
   dir: string;

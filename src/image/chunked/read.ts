@@ -24,7 +24,7 @@ import {
   DISK_CONFIG,
   type DiskConfig,
   type ImageManifest,
-} from '../../oci/media.js';
+} from '../../formats/oci-media.js';
 import type { ChunkRef } from '../../formats/chunked-index.js';
 import { Extents } from '../extents.js';
 import type { DiskReader, ImageInfo } from '../disk.js';
