@@ -27,7 +27,7 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const { startRegistry } = await import(join(root, 'test/helpers/registry.ts'));
 const { OciLayout } = await import(join(root, 'lib/oci/layout.js'));
-const media = await import(join(root, 'lib/oci/media.js'));
+const media = await import(join(root, 'lib/formats/oci-media.js'));
 
 const MiB = 1 << 20;
 const SIZE = Number(process.env.ORB_BENCH_OCI_MIB || 2048) * MiB;

@@ -28,13 +28,13 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const lib = (p) => import(join(root, 'lib', p));
 const { S3Client, GetObjectCommand } = await import('@aws-sdk/client-s3');
 const { Upload } = await import('@aws-sdk/lib-storage');
-const { S3Store, parseS3Ref } = await lib('store/s3.js');
-const { HttpsStore } = await lib('store/https.js');
-const { RemoteFile } = await lib('store/https-file.js');
+const { S3Store, parseS3Ref } = await lib('stores/s3.js');
+const { HttpsStore } = await lib('stores/https.js');
+const { RemoteFile } = await lib('stores/https-file.js');
 const { publish } = await lib('transfer/publish.js');
 const { pull } = await lib('transfer/pull.js');
 const { OciLayout } = await lib('oci/layout.js');
-const media = await lib('oci/media.js');
+const media = await lib('formats/oci-media.js');
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;

@@ -12,7 +12,7 @@ import {
   signalExitCode,
 } from '../core/cleanup.js';
 import { commands, findCommand } from '../commands/index.js';
-import { VERSION } from '../version.js';
+import { VERSION } from '../core/version.js';
 
 interface Parsed {
   raw: RawInputs;

@@ -3,13 +3,18 @@ import { join, resolve } from 'node:path';
 import { defineCommand, type RunContext } from '../core/command.js';
 import { UsageError } from '../core/errors.js';
 import { formatBytes, formatDuration } from '../core/progress.js';
-import { ANSWER_INPUTS, answerInputs, type AnswerInputs } from '../build/inputs.js';
-import { resolveAccelerator, TeeLogger, type BuildResult, type CommonBuildOptions } from '../build/common.js';
-import { actionsCacheAvailable } from '../build/actions-cache.js';
-import { defaultCacheDir, isUrl, obtain } from '../build/download.js';
+import { ANSWER_INPUTS, answerInputs, type AnswerInputs } from '../builder/inputs.js';
+import {
+  resolveAccelerator,
+  TeeLogger,
+  type BuildResult,
+  type CommonBuildOptions,
+} from '../builder/build-env.js';
+import { actionsCacheAvailable } from '../builder/actions-cache.js';
+import { defaultCacheDir, isUrl, obtain } from '../builder/download.js';
 import { exists } from '../core/fsutil.js';
-import { buildWindows } from '../build/windows.js';
-import { buildLinux } from '../build/linux.js';
+import { buildWindows } from '../builder/windows.js';
+import { buildLinux } from '../builder/linux.js';
 import { checkScriptPaths } from '../windows/media.js';
 import { generatePassword } from '../windows/accounts.js';
 

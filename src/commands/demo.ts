@@ -1,5 +1,5 @@
 import { defineCommand } from '../core/command.js';
-import { demoInputs, runDemo } from '../demo/run.js';
+import { demoInputs, runDemo } from './demo-run.js';
 
 /** The README's main job: the whole pipeline on this machine, with embedded defaults. */
 export default defineCommand({

@@ -1,4 +1,4 @@
-import '../store/schemes.js';
+import '../stores/schemes.js';
 import { defineCommand } from '../core/command.js';
 import { UsageError } from '../core/errors.js';
 import type { InputSpec, OutputSpec } from '../core/inputs.js';
@@ -6,7 +6,7 @@ import { formatBytes } from '../core/progress.js';
 import type { DockurDiskType } from '../dockur/bundle.js';
 import { checkBind } from '../dockur/compose.js';
 import { connectInstructions, install } from '../install/install.js';
-import { storeInputs } from '../store/open.js';
+import { storeInputs } from '../stores/open.js';
 import { accessInputs, storeOptions } from './publish.js';
 
 const own: InputSpec[] = [

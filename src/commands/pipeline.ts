@@ -1,5 +1,5 @@
 import { defineCommand } from '../core/command.js';
-import { pipelineInputs, pipelineOutputs, runPipeline } from '../pipeline/stages.js';
+import { pipelineInputs, pipelineOutputs, runPipeline } from './pipeline-stages.js';
 
 // The root action (`uses: org/orb-actions@v1`): every stage in one step.
 export default defineCommand({

@@ -1,12 +1,12 @@
-import '../store/schemes.js';
+import '../stores/schemes.js';
 import { defineCommand, type Inputs } from '../core/command.js';
 import { UsageError } from '../core/errors.js';
 import type { InputSpec, OutputSpec } from '../core/inputs.js';
 import type { Logger } from '../core/log.js';
 import { formatBytes } from '../core/progress.js';
-import { openStore, storeInputs, storeOutputs, type StoreOptions } from '../store/open.js';
-import { partSizeForProfile, PROFILE_NAMES, resolveProfile } from '../store/registry-limits.js';
-import type { BlobStore } from '../store/types.js';
+import { openStore, storeInputs, storeOutputs, type StoreOptions } from '../stores/open.js';
+import { partSizeForProfile, PROFILE_NAMES, resolveProfile } from '../stores/registry-limits.js';
+import type { BlobStore } from '../stores/store.js';
 import { publish } from '../transfer/publish.js';
 
 /** Inputs shared by publish and pull: how to reach the store. */

@@ -1,12 +1,12 @@
-import '../store/schemes.js';
+import '../stores/schemes.js';
 import { resolve } from 'node:path';
 import { defineCommand } from '../core/command.js';
 import type { InputSpec, OutputSpec } from '../core/inputs.js';
-import { stageManifestPath } from '../core/manifest.js';
+import { stageManifestPath } from '../core/stage-manifest-file.js';
 import { formatBytes } from '../core/progress.js';
-import { openStore, storeInputs, storeOutputs } from '../store/open.js';
+import { openStore, storeInputs, storeOutputs } from '../stores/open.js';
 import { pull } from '../transfer/pull.js';
-import type { OutputFormat } from '../transfer/output.js';
+import type { OutputFormat } from '../transfer/pull-output.js';
 import { accessInputs, storeOptions } from './publish.js';
 
 const own: InputSpec[] = [

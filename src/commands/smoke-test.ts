@@ -1,4 +1,4 @@
-import '../store/schemes.js';
+import '../stores/schemes.js';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { defineCommand, type Outputs } from '../core/command.js';
@@ -10,8 +10,8 @@ import type { DiskInterface, Firmware } from '../qemu/runner.js';
 import { writeSummary } from '../smoke/evidence.js';
 import { smokeTest, type SmokeResult } from '../smoke/run.js';
 import { parseRect } from '../smoke/screen.js';
-import { resolveImageSource } from '../smoke/source.js';
-import { storeInputs } from '../store/open.js';
+import { resolveImageSource } from '../smoke/open-image.js';
+import { storeInputs } from '../stores/open.js';
 import { accessInputs, storeOptions } from './publish.js';
 import { expectedProtocols, rdpOutputs, rdpOutputSpecs } from './rdp-probe.js';
 

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { OrbError } from '../core/errors.js';
 import { partialOutput } from '../core/fsutil.js';
 import type { Progress } from '../core/progress.js';
-import { flatten } from '../build/qemu-img.js';
+import { flatten } from '../qemu/img.js';
 
 /**
  * The /storage folder dockur/windows boots as an existing installation, without running Setup.

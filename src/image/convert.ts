@@ -9,7 +9,7 @@ import {
   type BuildInfo,
   type OrbManifest,
   type StageInput,
-} from '../core/manifest.js';
+} from '../core/stage-manifest-file.js';
 import { nullProgress, type Progress } from '../core/progress.js';
 import { isChunkedLayout, parseLayoutRef, readChunkedLayout, type ChunkedImage } from './chunked/read.js';
 import { inspectImage, type ImageInfo } from './inspect.js';
@@ -17,7 +17,7 @@ import { estimateOutputBytes } from './estimate.js';
 import { openDiskReader, type DiskReader } from './reader.js';
 import { runOutput, type OutputDone } from './outputs.js';
 import { verifyOutput } from './verify.js';
-import { writeStageManifest } from './stage-manifest.js';
+import { writeStageManifest } from './convert-manifest.js';
 import { defaultThreads, WorkerPool } from './workers.js';
 import { validateClusterSize, type Qcow2Compression } from './qcow2.js';
 

@@ -1,9 +1,8 @@
 import { createInterface } from 'node:readline';
 import { OrbError } from '../core/errors.js';
 import { requireTool, spawnTracked } from '../core/proc.js';
-import type { ImageInfo } from './inspect.js';
 import { qemuNameOf } from './untrusted.js';
-import { lastLines } from './util.js';
+import { lastLines } from './tool-output.js';
 
 /**
  * Where the data is: the ranges of the guest-visible disk that may hold non-zero bytes. The
@@ -81,7 +80,7 @@ interface MapEntry {
  * without reading them.
  */
 export async function mapImage(
-  info: Pick<ImageInfo, 'path' | 'format' | 'qemu'>,
+  info: { path: string; format: string; qemu?: string },
   virtualSize: number,
   signal?: AbortSignal,
 ): Promise<Extents> {

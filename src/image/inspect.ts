@@ -1,37 +1,13 @@
 import { open, stat } from 'node:fs/promises';
 import { OrbError } from '../core/errors.js';
 import { requireTool, run } from '../core/proc.js';
-import { lastLines } from './util.js';
+import { lastLines } from './tool-output.js';
+import type { ImageInfo } from './disk.js';
 import { isChunkedLayout, parseLayoutRef, readChunkedLayout } from './chunked/read.js';
 import { qemuInfoName, qemuName, vetImage } from './untrusted.js';
 export { qemuNameOf } from './untrusted.js';
 
-/**
- * What a disk image is, found by reading its header (src/image/untrusted.ts, never QEMU's probe
- * and never the file name: `.img` may be raw or qcow2 and a renamed file must not be misread).
- */
-export const INPUT_FORMATS = ['raw', 'qcow2', 'vhdx', 'vmdk', 'vdi', 'vpc', 'chunked'] as const;
-export type InputFormat = (typeof INPUT_FORMATS)[number];
-
-export interface ImageInfo {
-  path: string;
-  format: InputFormat;
-  virtualSize: number;
-  /** bytes the input occupies on disk (allocated blocks of the file, or the layout's blobs) */
-  fileBytes: number;
-  /** qcow2 cluster size when the input has one */
-  clusterSize?: number;
-  /** qcow2: zlib or zstd */
-  compressionType?: string;
-  /** chunked: the tag read */
-  tag?: string;
-  /** chunked: sha256:<hex> of the whole disk, from its config (checked after decoding) */
-  contentDigest?: string;
-  /** the name QEMU must open it by (format and every named file pinned); absent for chunked */
-  qemu?: string;
-  /** other files the image names that the user allowed (read as part of it) */
-  external?: string[];
-}
+export { INPUT_FORMATS, type InputFormat, type ImageInfo } from './disk.js';
 
 interface QemuInfo {
   format?: string;

@@ -1,10 +1,10 @@
 import { OrbError } from '../core/errors.js';
 import { sha256File } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
-import type { BuildInfo } from '../core/manifest.js';
+import type { BuildInfo } from '../core/stage-manifest-file.js';
 import type { Progress } from '../core/progress.js';
 import { OciLayout } from '../oci/layout.js';
-import type { DiskConfig } from '../oci/media.js';
+import type { DiskConfig } from '../formats/oci-media.js';
 import { ChunkedSink, reusableBlobs, writeChunkedManifest } from './chunked/encode.js';
 import type { ChunkedImage } from './chunked/read.js';
 import type { Qcow2Compression } from './qcow2.js';

@@ -7,24 +7,11 @@ import { requireTool, spawnTracked } from '../core/proc.js';
 import { untrackChild } from '../core/cleanup.js';
 import { openChunkedReader } from './chunked/read.js';
 import { Extents, mapImage } from './extents.js';
-import type { ImageInfo } from './inspect.js';
+import type { DiskReader, ImageInfo } from './disk.js';
 import { qemuNameOf } from './untrusted.js';
 import { NBD_MAX_READ, NbdClient } from './nbd.js';
 
-/**
- * Random access to the guest-visible bytes of a disk image, whatever its format, plus the map
- * of where data can be (everything outside `extents` reads as zeros and is never read).
- */
-export interface DiskReader {
-  readonly info: ImageInfo;
-  readonly virtualSize: number;
-  readonly extents: Extents;
-  /** set when the disk is a raw file read directly: another thread may read it too */
-  readonly file?: { path: string; fileSize: number };
-  /** Fill `target` with the disk bytes starting at `offset` (offset + length <= virtualSize). */
-  read(offset: number, target: Uint8Array): Promise<void>;
-  close(): Promise<void>;
-}
+export type { DiskReader } from './disk.js';
 
 /** Raw files are read directly: no extra process, the kernel's readahead does the rest. */
 class RawReader implements DiskReader {

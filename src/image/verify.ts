@@ -12,7 +12,7 @@ import type { OutputDone } from './outputs.js';
 import { openDiskReader, type DiskReader } from './reader.js';
 import { qemuNameOf } from './untrusted.js';
 import { scanDisk } from './scan.js';
-import { lastLines } from './util.js';
+import { lastLines } from './tool-output.js';
 import { Hasher, SlotPool } from './workers.js';
 
 /** sha256 of the guest-visible content of any readable image, zeros included, memory bounded. */

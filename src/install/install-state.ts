@@ -1,8 +1,29 @@
+import type { Check } from './prereq.js';
 import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { OrbError } from '../core/errors.js';
-import type { BuildInfo } from '../core/manifest.js';
-import type { InstallResult } from './install.js';
+import type { BuildInfo } from '../core/stage-manifest-file.js';
+
+export interface InstallResult {
+  dir: string;
+  compose: string;
+  overlay: string;
+  base: string;
+  reference: string;
+  digest: string;
+  contentSha256: string;
+  virtualSize: number;
+  bytesDownloaded: number;
+  bytesReused: number;
+  updatedFrom?: string;
+  previousDir?: string;
+  adminUser?: string;
+  rdp: string;
+  web: string;
+  checks: Check[];
+  warnings: string[];
+  started: boolean;
+}
 
 /** DIR/install.json (what is installed, for --update) and the closing instructions. */
 export const INSTALL_SCHEMA = 'orb-install/v1';

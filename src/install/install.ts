@@ -3,21 +3,27 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fsutil.js';
 import { mask, type Logger } from '../core/log.js';
-import { readManifest, stageManifestPath } from '../core/manifest.js';
+import { readManifest, stageManifestPath } from '../core/stage-manifest-file.js';
 import { requireTool, run } from '../core/proc.js';
 import type { Progress } from '../core/progress.js';
 import { formatBytes } from '../core/progress.js';
 import { dockurDiskType, dockurMode, type DockurDiskType } from '../dockur/bundle.js';
 import { DOCKUR_IMAGE, writeCompose, writeCredentialsEnv, writeDockurState } from '../dockur/compose.js';
-import '../store/schemes.js';
-import { openStore, type StoreOptions } from '../store/open.js';
-import { makePlan, resolveManifest } from '../transfer/plan.js';
+import '../stores/schemes.js';
+import { openStore, type StoreOptions } from '../stores/open.js';
+import { makePlan, resolveManifest } from '../transfer/pull-plan.js';
 import { pull } from '../transfer/pull.js';
 import { checkDisk, checkDocker, checkKvm, checkQemuImg, describeChecks, type Check } from './prereq.js';
-import { INSTALL_SCHEMA, readInstallState, type InstallState } from './install-state.js';
+import { INSTALL_SCHEMA, readInstallState, type InstallResult, type InstallState } from './install-state.js';
 import { findSharedBase, type BaseVerify, type SharedBase } from './shared-base.js';
 
-export { connectInstructions, INSTALL_SCHEMA, readInstallState, type InstallState } from './install-state.js';
+export {
+  connectInstructions,
+  INSTALL_SCHEMA,
+  readInstallState,
+  type InstallResult,
+  type InstallState,
+} from './install-state.js';
 
 /**
  * `orb install REF --dir DIR`: from nothing to a Windows that `docker compose up` boots.
@@ -62,27 +68,6 @@ export interface InstallOptions {
   signal?: AbortSignal;
   /** tests: replace the Docker/KVM checks */
   runtimeChecks?: () => Promise<Check[]>;
-}
-
-export interface InstallResult {
-  dir: string;
-  compose: string;
-  overlay: string;
-  base: string;
-  reference: string;
-  digest: string;
-  contentSha256: string;
-  virtualSize: number;
-  bytesDownloaded: number;
-  bytesReused: number;
-  updatedFrom?: string;
-  previousDir?: string;
-  adminUser?: string;
-  rdp: string;
-  web: string;
-  checks: Check[];
-  warnings: string[];
-  started: boolean;
 }
 
 const short = (digest: string) => digest.slice(7, 19);

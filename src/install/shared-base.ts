@@ -4,11 +4,11 @@ import { basename, join, resolve } from 'node:path';
 import { OrbError } from '../core/errors.js';
 import { sha256File } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
-import { readManifest, type OrbManifest } from '../core/manifest.js';
+import { readManifest, type OrbManifest } from '../core/stage-manifest-file.js';
 import { formatBytes } from '../core/progress.js';
-import { sha256Async } from '../transfer/chunk.js';
-import { isZero } from '../transfer/output.js';
-import { contentSegments, type Plan } from '../transfer/plan.js';
+import { sha256Async } from '../transfer/check-chunk.js';
+import { isZero } from '../transfer/pull-output.js';
+import { contentSegments, type Plan } from '../transfer/pull-plan.js';
 
 /**
  * `orb install --base-dir PATH`: the golden disk lives once on a file share (NFS/SMB, mounted

@@ -16,7 +16,7 @@ import {
 } from './retry.js';
 
 /**
- * The transfer worker thread (started by src/transfer/http-workers.ts; bundled as
+ * The transfer worker thread (started by src/net/http-workers.ts; bundled as
  * dist/orb/http-worker.js). Receiving and hashing gigabytes is CPU work: spread over a few
  * threads, a pull keeps up with the link instead of with one JavaScript thread.
  *

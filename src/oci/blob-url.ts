@@ -1,7 +1,7 @@
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { parseChallenge } from './auth.js';
-import { OCI_INDEX, type ImageManifest } from './media.js';
+import { OCI_INDEX, type ImageManifest } from '../formats/oci-media.js';
 import { formatRegistryRef, parseRegistryRef } from './reference.js';
 import { RegistryClient } from './registry.js';
 

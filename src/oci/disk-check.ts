@@ -17,11 +17,11 @@ import {
   type Descriptor,
   type DiskConfig,
   type ImageManifest,
-} from './media.js';
+} from '../formats/oci-media.js';
 
 /**
  * The checks of a chunked disk image's config and chunk list, before anything is allocated or
- * fetched: shared by `orb pull` (src/transfer/plan.ts) and the chunked layout reader
+ * fetched: shared by `orb pull` (src/transfer/pull-plan.ts) and the chunked layout reader
  * (src/image/chunked/read.ts), so both refuse the same hostile images with the same messages.
  */
 export interface DiskRegion {

@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import { Readable } from 'node:stream';
-import type { HttpWorkers } from '../transfer/http-workers.js';
+import type { HttpWorkers } from '../net/http-workers.js';
 import { OrbError } from '../core/errors.js';
 import { makeAgents, sendOnce, type Agents } from '../net/http.js';
 import type { PutDone, WorkerFailure } from '../net/http-worker.js';

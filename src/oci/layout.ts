@@ -10,7 +10,13 @@ import {
   sha256Digest as checkSha256,
   untrustedError,
 } from '../core/untrusted.js';
-import { ANN_REF_NAME, OCI_INDEX, OCI_MANIFEST, type Descriptor, type ImageIndex } from './media.js';
+import {
+  ANN_REF_NAME,
+  OCI_INDEX,
+  OCI_MANIFEST,
+  type Descriptor,
+  type ImageIndex,
+} from '../formats/oci-media.js';
 
 /**
  * An OCI image layout directory (image-spec "image-layout"): `oci-layout`, `index.json`,

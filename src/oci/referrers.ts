@@ -6,7 +6,7 @@ import {
   parseJsonObject,
   untrustedError,
 } from '../core/untrusted.js';
-import { OCI_INDEX, type Descriptor, type ImageIndex } from './media.js';
+import { OCI_INDEX, type Descriptor, type ImageIndex } from '../formats/oci-media.js';
 import type { RegistryClient } from './registry.js';
 
 /**

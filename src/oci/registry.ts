@@ -15,7 +15,7 @@ import {
 } from '../net/retry.js';
 import { HttpClient, TransientError, type Body, type HttpResponse } from './http.js';
 import { sha256Digest } from './layout.js';
-import { OCI_INDEX, OCI_MANIFEST } from './media.js';
+import { OCI_INDEX, OCI_MANIFEST } from '../formats/oci-media.js';
 import { isLoopbackHost } from '../net/loopback.js';
 import type { RegistryRef } from './reference.js';
 

@@ -2,7 +2,7 @@ import { Transform, type Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
 import { backoffMs, sleep } from '../net/retry.js';
 import { TransientError, type HttpResponse } from './http.js';
-import type { Descriptor } from './media.js';
+import type { Descriptor } from '../formats/oci-media.js';
 import { errorText, type RegistryClient } from './registry.js';
 
 /**

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { trackPath } from '../core/cleanup.js';
 import { OrbError } from '../core/errors.js';
-import { readManifest, stageManifestPath, type OrbManifest } from '../core/manifest.js';
+import { readManifest, stageManifestPath, type OrbManifest } from '../core/stage-manifest-file.js';
 import { startVm, type Firmware, type Vm } from '../qemu/runner.js';
 import { probeRdp, type RdpProbeResult } from '../rdp/probe.js';
 import { createOverlay, describeDisk, inspectDisk } from './disk.js';

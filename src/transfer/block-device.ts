@@ -5,7 +5,7 @@ import { OrbError, UsageError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { formatBytes } from '../core/progress.js';
 import { run, which } from '../core/proc.js';
-import { isZero } from './output.js';
+import { isZero } from './pull-output.js';
 
 /**
  * `orb pull --output /dev/XYZ`: the disk is written in place on a block device (what a

@@ -2,8 +2,8 @@ import { createHash, type Hash } from 'node:crypto';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { backoffMs, sleep, type RetryPolicy } from '../net/retry.js';
-import type { Descriptor } from '../oci/media.js';
-import type { BlobStore } from '../store/types.js';
+import type { Descriptor } from '../formats/oci-media.js';
+import type { BlobStore } from '../stores/store.js';
 
 /**
  * Downloads one blob into a sink, resuming after a dropped connection with a ranged request from

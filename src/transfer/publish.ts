@@ -7,15 +7,15 @@ import {
   stageManifestPath,
   writeManifest,
   type OrbManifest,
-} from '../core/manifest.js';
+} from '../core/stage-manifest-file.js';
 import { formatBytes, type Progress } from '../core/progress.js';
-import { readSmallBlob } from '../oci/layout-store.js';
-import { DISK_ARTIFACT, OCI_MANIFEST, type DiskConfig, type ImageManifest } from '../oci/media.js';
+import { readSmallBlob } from '../stores/layout.js';
+import { DISK_ARTIFACT, OCI_MANIFEST, type DiskConfig, type ImageManifest } from '../formats/oci-media.js';
 import { isDigest, TAG_RE } from '../oci/reference.js';
-import { checkRegistryLimits, type RegistryLimits } from '../store/registry-limits.js';
-import type { BlobStore } from '../store/types.js';
+import { checkRegistryLimits, type RegistryLimits } from '../stores/registry-limits.js';
+import type { BlobStore } from '../stores/store.js';
 import { runPool } from './pool.js';
-import { prepareSource, type PreparedArtifact } from './source.js';
+import { prepareSource, type PreparedArtifact } from './publish-source.js';
 
 /**
  * Publish engine, generic over BlobStore: prepare the artifact, ask the target which blobs it

@@ -3,20 +3,27 @@ import { dirname, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
 import { ensureFreeSpace, environmentError, exists } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
-import { newManifest, writeManifest, type BuildInfo, type ImageFormat } from '../core/manifest.js';
+import { newManifest, writeManifest, type BuildInfo, type ImageFormat } from '../core/stage-manifest-file.js';
 import { qemuInfoName, vetImage } from '../image/untrusted.js';
 import { formatBytes, type Progress } from '../core/progress.js';
 import { defaultRetryPolicy, type RetryPolicy } from '../net/retry.js';
-import type { BlobStore } from '../store/types.js';
-import { openBase, type BaseSource } from './base.js';
+import type { BlobStore } from '../stores/store.js';
+import { openBase, type BaseSource } from './pull-base.js';
 import { blockTarget, isBlockDevice, zeroRanges, type BlockTarget } from './block-device.js';
-import { Journal } from './journal.js';
+import { Journal } from './pull-journal.js';
 import { OrderedHasher } from './hasher.js';
-import { finishOutput, type OutputFormat } from './output.js';
-import { contentSegments, makePlan, resolveManifest, type Plan, type Region, type Unit } from './plan.js';
+import { finishOutput, type OutputFormat } from './pull-output.js';
+import {
+  contentSegments,
+  makePlan,
+  resolveManifest,
+  type Plan,
+  type Region,
+  type Unit,
+} from './pull-plan.js';
 import { ByteBudget, runPool } from './pool.js';
-import { HttpWorkers } from './http-workers.js';
-import { downloadUnit, type UnitContext } from './unit.js';
+import { HttpWorkers } from '../net/http-workers.js';
+import { downloadUnit, type UnitContext } from './place-blob.js';
 
 /**
  * Pull engine, generic over BlobStore. The output is assembled in `<output>.partial` (sparse:

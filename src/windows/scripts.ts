@@ -55,7 +55,7 @@ function psList(items: readonly string[]): string {
 
 // The serial port is how the build hears from the guest; COM1 exists on every QEMU x86 machine.
 // Written without backticks: this text lives in a JavaScript template literal. Name lists are quoted
-// ('a', 'b'): bare words work in PowerShell, but the grammar test/powershell-parse.test.ts checks
+// ('a', 'b'): bare words work in PowerShell, but the grammar test/windows/powershell-parse.test.ts checks
 // these scripts with rejects a bare-word list in a command argument.
 const COMMON = String.raw`
 $ErrorActionPreference = 'Stop'

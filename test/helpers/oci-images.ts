@@ -14,7 +14,7 @@ import {
   OCI_MANIFEST,
   type Descriptor,
   type ImageManifest,
-} from '../../src/oci/media.js';
+} from '../../src/formats/oci-media.js';
 
 /**
  * Small test disks and chunked layouts in the distribution format (the same shape as

@@ -4,7 +4,7 @@ import { OrbError } from '../../core/errors.js';
 import { spawnTracked, which } from '../../core/proc.js';
 import { convertImage } from '../convert.js';
 import type { Qcow2Compression } from '../qcow2.js';
-import { lastLines } from '../util.js';
+import { lastLines } from '../tool-output.js';
 
 /**
  * The compression methods `orb bench` compares. orb's own formats run in-process through the

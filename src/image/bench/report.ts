@@ -1,6 +1,43 @@
 import { UsageError } from '../../core/errors.js';
 import { formatBytes, formatDuration } from '../../core/progress.js';
-import type { BenchReport, MethodResult } from './run.js';
+
+export interface Measure {
+  inBytes: number;
+  outBytes: number;
+  compressSeconds: number;
+  decompressSeconds: number;
+  peakRss: number;
+}
+
+export interface MethodResult {
+  id: string;
+  label: string;
+  data: Measure;
+  zeros?: Measure;
+  predicted: { outBytes: number; compressSeconds: number; decompressSeconds: number };
+  full?: Measure & { sizeErrorPct: number; timeErrorPct: number };
+  /** compress + transfer at `bandwidth` + decompress, predicted for the whole image */
+  deliverySeconds: number;
+  ratio: number;
+  compressMBps: number;
+  decompressMBps: number;
+}
+
+export interface BenchReport {
+  input: string;
+  inputFormat: string;
+  virtualSize: number;
+  dataBytes: number;
+  zeroBytes: number;
+  sampleBytes: number;
+  /** false when the sample is all the data (the prediction is then a measurement) */
+  sampled: boolean;
+  bandwidth: number;
+  methods: MethodResult[];
+  skipped: { id: string; why: string }[];
+  recommended: string;
+  reason: string;
+}
 
 /** "100Mbit", "1Gbit/s", "1 Gbps", "50MB/s", "12.5MiB/s" → bytes per second. */
 export function parseBandwidth(text: string): number {

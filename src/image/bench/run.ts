@@ -9,7 +9,7 @@ import { sampleRanges } from '../estimate.js';
 import { inspectImage } from '../inspect.js';
 import { openDiskReader } from '../reader.js';
 import { METHODS, type Method } from './methods.js';
-import { recommend } from './report.js';
+import { recommend, type BenchReport, type Measure, type MethodResult } from './report.js';
 import { RssSampler } from './rss.js';
 
 /**
@@ -33,43 +33,7 @@ export interface BenchOptions {
   signal?: AbortSignal;
 }
 
-export interface Measure {
-  inBytes: number;
-  outBytes: number;
-  compressSeconds: number;
-  decompressSeconds: number;
-  peakRss: number;
-}
-
-export interface MethodResult {
-  id: string;
-  label: string;
-  data: Measure;
-  zeros?: Measure;
-  predicted: { outBytes: number; compressSeconds: number; decompressSeconds: number };
-  full?: Measure & { sizeErrorPct: number; timeErrorPct: number };
-  /** compress + transfer at `bandwidth` + decompress, predicted for the whole image */
-  deliverySeconds: number;
-  ratio: number;
-  compressMBps: number;
-  decompressMBps: number;
-}
-
-export interface BenchReport {
-  input: string;
-  inputFormat: string;
-  virtualSize: number;
-  dataBytes: number;
-  zeroBytes: number;
-  sampleBytes: number;
-  /** false when the sample is all the data (the prediction is then a measurement) */
-  sampled: boolean;
-  bandwidth: number;
-  methods: MethodResult[];
-  skipped: { id: string; why: string }[];
-  recommended: string;
-  reason: string;
-}
+export type { BenchReport, Measure, MethodResult } from './report.js';
 
 async function copyFileRange(from: string, to: string, n: number): Promise<void> {
   const src = await open(from, 'r');

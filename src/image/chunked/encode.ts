@@ -17,7 +17,7 @@ import {
   type Descriptor,
   type DiskConfig,
   type ImageManifest,
-} from '../../oci/media.js';
+} from '../../formats/oci-media.js';
 import type { Unit, UnitSink } from '../scan.js';
 import type { WorkerPool } from '../workers.js';
 import type { ChunkedImage } from './read.js';

@@ -17,7 +17,7 @@
  *                                     → ConvertResult: `orb convert --format chunked` as a function.
  *   parseLayoutRef('oci-layout:DIR:TAG') → { dir, tag }
  *
- * Media types and annotations are the constants in src/oci/media.ts.
+ * Media types and annotations are the constants in src/formats/oci-media.ts.
  */
 import { convertImage, type ConvertOptions, type ConvertResult } from '../convert.js';
 import type { Qcow2Compression } from '../qcow2.js';

@@ -22,24 +22,14 @@ import {
   DISK_ARTIFACT,
   DISK_CHUNK_RAW,
   DISK_CONFIG,
-  type Descriptor,
   type DiskConfig,
   type ImageManifest,
-} from '../../oci/media.js';
+} from '../../formats/oci-media.js';
+import type { ChunkRef } from '../../formats/chunked-index.js';
 import { Extents } from '../extents.js';
-import type { ImageInfo } from '../inspect.js';
-import type { DiskReader } from '../reader.js';
+import type { DiskReader, ImageInfo } from '../disk.js';
 
-/** One stored chunk: where it goes in the disk and which blob holds it. */
-export interface ChunkRef {
-  index: number;
-  offset: number;
-  length: number;
-  /** sha256:<hex> of the uncompressed bytes */
-  digest: string;
-  /** the layer descriptor (blob digest, size, media type) */
-  blob: Descriptor;
-}
+export type { ChunkRef } from '../../formats/chunked-index.js';
 
 export interface ChunkedImage {
   layout: OciLayout;
