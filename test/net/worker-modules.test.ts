@@ -63,15 +63,15 @@ describe('compress worker tasks', () => {
       digest: r.digest,
       offset: 0,
     };
-    expect(tasks.inflate!(back as TaskMessage)).toEqual({});
+    expect(tasks.inflate!(back as unknown as TaskMessage)).toEqual({});
     expect(Buffer.from(out).equals(data)).toBe(true);
-    const bad = tasks.inflate!({ ...back, digest: 'sha256:' + '0'.repeat(64) } as TaskMessage);
+    const bad = tasks.inflate!({ ...back, digest: 'sha256:' + '0'.repeat(64) } as unknown as TaskMessage);
     expect(bad.kind).toBe('integrity');
   });
 
   it('reports a zero chunk without compressing it', () => {
     const sab = new SharedArrayBuffer(4096);
-    const r = makeTasks(new Set()).chunk!({ task: 'chunk', sab, off: 0, len: 4096 } as TaskMessage);
+    const r = makeTasks(new Set()).chunk!({ task: 'chunk', sab, off: 0, len: 4096 } as unknown as TaskMessage);
     expect(r).toEqual({ zero: true });
   });
 });

@@ -14,16 +14,16 @@ import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OciLayout } from '../src/oci/layout.js';
+import { OciLayout } from '../../src/oci/layout.js';
 import {
   ANN_CONTENT_DIGEST,
   DISK_ARTIFACT,
   DISK_CONFIG,
   OCI_MANIFEST,
   type ImageManifest,
-} from '../src/oci/media.js';
-import { actionEnv, NODE, ROOT } from './helpers/cli.js';
-import { smokeGuestDisk } from './helpers/smoke-guests.js';
+} from '../../src/formats/oci-media.js';
+import { actionEnv, NODE, ROOT } from '../helpers/cli.js';
+import { smokeGuestDisk } from '../helpers/smoke-guests.js';
 
 /**
  * SIGTERM and SIGINT end every command within 2 s in its long phase, with exit code 143 / 130, an
