@@ -71,7 +71,12 @@ describe('compress worker tasks', () => {
 
   it('reports a zero chunk without compressing it', () => {
     const sab = new SharedArrayBuffer(4096);
-    const r = makeTasks(new Set()).chunk!({ task: 'chunk', sab, off: 0, len: 4096 } as unknown as TaskMessage);
+    const r = makeTasks(new Set()).chunk!({
+      task: 'chunk',
+      sab,
+      off: 0,
+      len: 4096,
+    } as unknown as TaskMessage);
     expect(r).toEqual({ zero: true });
   });
 });
