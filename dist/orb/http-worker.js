@@ -124,6 +124,8 @@ function safeDecode(s) {
     }
 }
 class StderrLogger {
+    // A plain field, not a parameter property: worker threads load this file (through errors.ts)
+    // from its TypeScript source under the tests, and Node's type stripping refuses those.
     verbose;
     constructor(verbose = !!process.env.ORB_DEBUG) {
         this.verbose = verbose;
@@ -173,7 +175,10 @@ class UsageError extends errors_OrbError {
         this.name = 'UsageError';
     }
 }
-/** Exit codes: 2 for usage (as getopt tools do), 130 for interruption, 1 otherwise. */
+/**
+ * Exit codes: 2 for usage (as getopt tools do), 130 for interruption, 1 otherwise. A run ended by
+ * a signal exits 128 + its number instead (130 SIGINT, 143 SIGTERM, 129 SIGHUP): see cleanup.ts.
+ */
 function exitCodeFor(err) {
     if (err instanceof errors_OrbError) {
         if (err.kind === 'usage')
