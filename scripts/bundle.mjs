@@ -26,7 +26,7 @@ for (const [name, asset] of Object.entries(assets)) {
 
 // Worker threads are modules of their own (new Worker(file)): one bundle each, written flat beside
 // index.js, where src/core/worker-file.ts looks for them at run time.
-for (const worker of ['image/compress-worker', 'net/http-worker']) {
+for (const worker of ['image/compress-worker', 'net/http-worker', 'transfer/hash-worker']) {
   const out = await ncc(join(root, `lib/${worker}.js`), {
     minify: false,
     sourceMap: false,

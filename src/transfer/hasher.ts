@@ -1,44 +1,14 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { onCleanup } from '../core/cleanup.js';
 import { OrbError } from '../core/errors.js';
+import { startWorker } from '../core/worker-file.js';
 
 /**
  * The whole-content sha256 of a file being assembled out of order. Segments are marked done as
  * they land; a worker thread reads the file back in order as soon as the next segment is there,
  * so the final check costs no extra pass at the end and no main-thread time. Zero gaps are
- * hashed without reading. The worker is inline code, so bundling needs no extra file.
+ * hashed without reading. The thread is src/transfer/hash-worker.ts.
  */
-const WORKER = `
-const { parentPort, workerData } = require('node:worker_threads');
-const { openSync, readSync, closeSync } = require('node:fs');
-const { createHash } = require('node:crypto');
-const hash = createHash('sha256');
-const buf = Buffer.allocUnsafe(4 << 20);
-const zeros = Buffer.alloc(4 << 20);
-let fd;
-parentPort.on('message', (m) => {
-  try {
-    if (m.type === 'file') {
-      if (fd === undefined) fd = openSync(workerData.path, 'r');
-      let left = m.length, pos = m.offset;
-      while (left > 0) {
-        const n = readSync(fd, buf, 0, Math.min(left, buf.length), pos);
-        if (n === 0) throw new Error('file ended at ' + pos);
-        hash.update(n === buf.length ? buf : buf.subarray(0, n));
-        left -= n; pos += n;
-      }
-    } else if (m.type === 'zeros') {
-      let left = m.length;
-      while (left > 0) { const n = Math.min(left, zeros.length); hash.update(n === zeros.length ? zeros : zeros.subarray(0, n)); left -= n; }
-    } else if (m.type === 'end') {
-      if (fd !== undefined) closeSync(fd);
-      parentPort.postMessage({ digest: 'sha256:' + hash.digest('hex') });
-    }
-  } catch (e) {
-    parentPort.postMessage({ error: String(e && e.message || e) });
-  }
-});
-`;
 
 export interface Segment {
   offset: number;
@@ -58,7 +28,7 @@ export class OrderedHasher {
     path: string,
     private readonly segments: readonly Segment[],
   ) {
-    this.worker = new Worker(WORKER, { eval: true, workerData: { path } });
+    this.worker = startWorker('./hash-worker.js', import.meta.url, { workerData: { path } });
     // a forced exit after a signal stops the thread even if no one awaits finish() or abort()
     this.unregister = onCleanup(() => this.worker.terminate().then(() => undefined));
     this.done = segments.map((s) => s.zero);
