@@ -77,7 +77,9 @@ ${
   generalize
     ? `if command -v cloud-init >/dev/null 2>&1; then cloud-init clean --logs --seed >/dev/null 2>&1 || cloud-init clean --logs >/dev/null 2>&1; fi
 [ -f /etc/machine-id ] && : > /etc/machine-id
-rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*`
+rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*
+# Logs of the build boot describe the build machine, not the clones: kept as empty files.
+find /var/log -type f 2>/dev/null | while IFS= read -r f; do : > "$f"; done`
     : ':'
 }
 command -v fstrim >/dev/null 2>&1 && fstrim -a >/dev/null 2>&1
