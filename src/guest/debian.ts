@@ -4,7 +4,7 @@ import { chown, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/pr
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { OrbError } from '../core/errors.js';
-import { which } from '../core/proc.js';
+import { run, which } from '../core/proc.js';
 import { cached, guestCacheDir } from './initramfs.js';
 
 /**
@@ -257,12 +257,13 @@ export async function buildDebianImage(opts: DebianImageOptions = {}): Promise<s
         try {
           const t0 = Date.now();
           say(`building Debian ${DEBIAN_SUITE} with mmdebstrap from ${mirror} (once; cached)`);
-          await exec(
+          // Its "I: ..." lines are the progress of a step that takes minutes.
+          let partial = '';
+          await run(
             'mmdebstrap',
             [
               '--variant=minbase',
               '--mode=root',
-              '--quiet',
               `--include=${DEBIAN_INCLUDE.join(',')}`,
               ...PATH_EXCLUDES.map((p) => `--dpkgopt=path-exclude=${p}`),
               '--dpkgopt=path-include=/usr/share/locale/locale.alias',
@@ -273,7 +274,15 @@ export async function buildDebianImage(opts: DebianImageOptions = {}): Promise<s
               root,
               mirror,
             ],
-            { maxBuffer: 64 << 20, ...(opts.signal ? { signal: opts.signal } : {}) },
+            {
+              check: true,
+              ...(opts.signal ? { signal: opts.signal } : {}),
+              onStderr: (chunk) => {
+                const lines = (partial + chunk).split('\n');
+                partial = lines.pop() ?? '';
+                for (const l of lines) if (l.startsWith('I: ')) say(`mmdebstrap: ${l.slice(3)}`);
+              },
+            },
           );
           say(`mmdebstrap done in ${Math.round((Date.now() - t0) / 1000)} s`);
           await finishRoot(root);
