@@ -31,6 +31,32 @@ export interface SeedOptions {
 
 export const RUNNER_PATH = '/var/lib/orb/run.sh';
 const SCRIPTS_DIR = '/var/lib/orb/scripts';
+/** Runs after cloud-init has exited, right before the power-off (see buildUserData). */
+export const AFTER_EXIT_PATH = '/var/lib/orb-after-exit.sh';
+
+/**
+ * cloud-init keeps writing after runcmd (semaphores, instance data, its log), so what the runner
+ * cleaned comes back. power_state's condition command runs once cloud-init's process is gone and
+ * before the power-off: there the clean-up is final. It always answers "yes, power off".
+ */
+export function afterExitScript(generalize: boolean): string {
+  return `#!/bin/sh
+rm -f ${AFTER_EXIT_PATH}
+rm -f /var/lib/cloud/instance/user-data.txt* /var/lib/cloud/instances/*/user-data.txt*
+${
+  generalize
+    ? `cloud-init clean --logs --seed >/dev/null 2>&1 || cloud-init clean --logs >/dev/null 2>&1
+rm -rf /var/lib/cloud/instances/* /var/lib/cloud/instance /var/lib/cloud/data/*
+[ -f /etc/machine-id ] && : > /etc/machine-id
+rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*`
+    : ''
+}
+find /var/log -type f -name 'cloud-init*' 2>/dev/null | while IFS= read -r f; do : > "$f"; done
+command -v fstrim >/dev/null 2>&1 && fstrim -a >/dev/null 2>&1
+sync
+exit 0
+`;
+}
 
 /** sha512-crypt hash for cloud-init's `passwd` (the password goes to openssl on stdin, never argv). */
 export async function hashPassword(password: string): Promise<string> {
@@ -100,6 +126,12 @@ export async function buildUserData(o: SeedOptions): Promise<string> {
     });
   }
   files.push({
+    path: AFTER_EXIT_PATH,
+    permissions: '0755',
+    encoding: 'b64',
+    content: Buffer.from(afterExitScript(o.generalize)).toString('base64'),
+  });
+  files.push({
     path: RUNNER_PATH,
     permissions: '0755',
     encoding: 'b64',
@@ -125,7 +157,7 @@ export async function buildUserData(o: SeedOptions): Promise<string> {
     runcmd: [['/bin/sh', RUNNER_PATH]],
     power_state: {
       mode: 'poweroff',
-      condition: true,
+      condition: ['/bin/sh', AFTER_EXIT_PATH],
       timeout: o.powerOffTimeout ?? 60,
       message: 'orb: build stage finished',
     },
