@@ -67,4 +67,28 @@ export class Ext4Reader {
     const m = /Size: (\d+)/.exec(await this.debugfs(`stat ${path}`));
     return m ? Number(m[1]) : undefined;
   }
+
+  /**
+   * Which files hold the bytes at these offsets of the disk image: a path, '(free)' for a block no
+   * file owns, or '(outside)' for offsets outside this file system.
+   */
+  async ownersOf(offsets: readonly number[]): Promise<string[]> {
+    const blockSize = Number(/Block size:\s+(\d+)/.exec(await this.debugfs('stats -h'))?.[1] ?? 4096);
+    const blocks = offsets.map((o) => (o < this.offset ? -1 : Math.floor((o - this.offset) / blockSize)));
+    const inodes = new Map<number, string>();
+    const icheck = await this.debugfs(`icheck ${blocks.filter((b) => b >= 0).join(' ')}`);
+    for (const m of icheck.matchAll(/^(\d+)\s+(\d+|<block not found>)$/gm)) inodes.set(Number(m[1]), m[2]!);
+    const numeric = [...new Set([...inodes.values()].filter((v) => /^\d+$/.test(v)))];
+    const paths = new Map<string, string>();
+    if (numeric.length) {
+      const ncheck = await this.debugfs(`ncheck ${numeric.join(' ')}`);
+      for (const m of ncheck.matchAll(/^(\d+)\s+(\S.*)$/gm)) paths.set(m[1]!, m[2]!.trim());
+    }
+    return blocks.map((b) => {
+      if (b < 0) return '(outside)';
+      const ino = inodes.get(b);
+      if (!ino || !/^\d+$/.test(ino)) return '(free)';
+      return paths.get(ino) ?? `<inode ${ino}>`;
+    });
+  }
 }
