@@ -31,6 +31,38 @@ export interface SeedOptions {
 
 export const RUNNER_PATH = '/var/lib/orb/run.sh';
 const SCRIPTS_DIR = '/var/lib/orb/scripts';
+/** Runs after cloud-init has exited, right before the power-off (see buildUserData). */
+export const AFTER_EXIT_PATH = '/var/lib/orb-after-exit.sh';
+
+/**
+ * cloud-init keeps writing after runcmd (semaphores, instance data, its log), so what the runner
+ * cleaned comes back. power_state's condition command runs once cloud-init's process is gone and
+ * before the power-off: there the clean-up is final. It always answers "yes, power off".
+ */
+export function afterExitScript(generalize: boolean): string {
+  return `#!/bin/sh
+rm -f ${AFTER_EXIT_PATH}
+rm -f /var/lib/cloud/instance/user-data.txt* /var/lib/cloud/instances/*/user-data.txt*
+${
+  generalize
+    ? `cloud-init clean --logs --seed >/dev/null 2>&1 || cloud-init clean --logs >/dev/null 2>&1
+rm -rf /var/lib/cloud/instances/* /var/lib/cloud/instance /var/lib/cloud/data/*
+[ -f /etc/machine-id ] && : > /etc/machine-id
+rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*`
+    : ''
+}
+find /var/log -type f -name 'cloud-init*' 2>/dev/null | while IFS= read -r f; do : > "$f"; done
+# cloud-init rewrites its copies of user-data (with the password hash) during the boot, and
+# discard cannot reach a freed 4 KiB block inside a disk-format cluster still in use: zeros over
+# all free space do (the build's disk turns zero writes into holes, so the output stays small).
+dd if=/dev/zero of=/var/tmp/orb-zero bs=1M 2>/dev/null
+sync
+rm -f /var/tmp/orb-zero
+command -v fstrim >/dev/null 2>&1 && fstrim -a >/dev/null 2>&1
+sync
+exit 0
+`;
+}
 
 /** sha512-crypt hash for cloud-init's `passwd` (the password goes to openssl on stdin, never argv). */
 export async function hashPassword(password: string): Promise<string> {
@@ -77,7 +109,9 @@ ${
   generalize
     ? `if command -v cloud-init >/dev/null 2>&1; then cloud-init clean --logs --seed >/dev/null 2>&1 || cloud-init clean --logs >/dev/null 2>&1; fi
 [ -f /etc/machine-id ] && : > /etc/machine-id
-rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*`
+rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*
+# Logs of the build boot describe the build machine, not the clones: kept as empty files.
+find /var/log -type f 2>/dev/null | while IFS= read -r f; do : > "$f"; done`
     : ':'
 }
 command -v fstrim >/dev/null 2>&1 && fstrim -a >/dev/null 2>&1
@@ -97,6 +131,12 @@ export async function buildUserData(o: SeedOptions): Promise<string> {
       content: (await readFile(s)).toString('base64'),
     });
   }
+  files.push({
+    path: AFTER_EXIT_PATH,
+    permissions: '0755',
+    encoding: 'b64',
+    content: Buffer.from(afterExitScript(o.generalize)).toString('base64'),
+  });
   files.push({
     path: RUNNER_PATH,
     permissions: '0755',
@@ -123,7 +163,7 @@ export async function buildUserData(o: SeedOptions): Promise<string> {
     runcmd: [['/bin/sh', RUNNER_PATH]],
     power_state: {
       mode: 'poweroff',
-      condition: true,
+      condition: ['/bin/sh', AFTER_EXIT_PATH],
       timeout: o.powerOffTimeout ?? 60,
       message: 'orb: build stage finished',
     },

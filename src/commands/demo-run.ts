@@ -6,14 +6,15 @@ import { resolveInputs, type RawInputs } from '../core/inputs.js';
 import { formatDuration } from '../core/progress.js';
 import setupQemu from './setup-qemu.js';
 import pull from './pull.js';
-import { buildDemoCloudImage } from '../guest/cloud.js';
+import { buildDebianImage, DEBIAN_SUITE } from '../guest/debian.js';
 import { runPipeline, pipelineInputs } from './pipeline-stages.js';
 import { installPackages, requiredPackages } from '../setup/packages.js';
 
-/** What the demo's own Linux image is built from, beyond what setup-qemu installs. */
+/** What the demo's Debian image is built with (src/guest/debian.ts), beyond what setup-qemu installs. */
 export const DEMO_PACKAGES = [
-  'linux-image-amd64',
-  'busybox-static',
+  'mmdebstrap',
+  'e2fsprogs',
+  'fdisk',
   'syslinux',
   'syslinux-common',
   'mtools',
@@ -24,7 +25,7 @@ export const DEMO_PACKAGES = [
 
 const PROVISION_SCRIPT = `#!/bin/sh
 # A provisioning script as users write them: it runs once inside the guest during the build.
-echo "provisioning the demo image on $(uname -r)"
+echo "provisioning the demo image: Debian $(cat /etc/debian_version), kernel $(uname -r)"
 `;
 
 async function step<T>(ctx: RunContext, title: string, fn: () => Promise<T>): Promise<[T, number]> {
@@ -35,10 +36,11 @@ async function step<T>(ctx: RunContext, title: string, fn: () => Promise<T>): Pr
 }
 
 /**
- * The README's main job on one machine with embedded defaults: set up QEMU, build a small Linux
- * golden image through the cloud-init path, convert it to the chunked format, publish it to an
- * oci-layout: directory, smoke-test the published artifact (pulled first) and pull it back to a
- * raw disk, checking the whole-disk digest. No registry, no network, no Windows ISO needed.
+ * The README's main job on one machine with embedded defaults: set up QEMU, build a Debian 12
+ * golden image through the real cloud-init (the base image is built once with mmdebstrap from
+ * Debian's archive, then cached), convert it to the chunked format, publish it to an oci-layout:
+ * directory, smoke-test the published artifact (pulled first) against xrdp with TLS and pull it
+ * back to a raw disk, checking the whole-disk digest. No registry and no Windows ISO needed.
  */
 export async function runDemo(inputs: Inputs, ctx: RunContext): Promise<Outputs> {
   const work = resolve(inputs.string('work-dir'));
@@ -53,8 +55,10 @@ export async function runDemo(inputs: Inputs, ctx: RunContext): Promise<Outputs>
   });
   timings.push(['setup-qemu', tSetup]);
 
-  const [cloudImage, tImage] = await step(ctx, 'demo cloud image (Debian kernel + busybox, cached)', () =>
-    buildDemoCloudImage(),
+  const [cloudImage, tImage] = await step(
+    ctx,
+    `Debian ${DEBIAN_SUITE} cloud image (mmdebstrap, cached)`,
+    () => buildDebianImage({ log: (l) => ctx.log.info(l), signal: ctx.signal }),
   );
   timings.push(['demo image', tImage]);
 
@@ -66,20 +70,26 @@ export async function runDemo(inputs: Inputs, ctx: RunContext): Promise<Outputs>
     os: 'linux',
     'cloud-image': cloudImage,
     firmware: 'bios',
-    'disk-size': '1G',
-    memory: '256M',
-    cpus: '1',
+    'disk-size': '2G',
+    memory: '1G',
+    cpus: '2',
     script: [script],
     accelerator: String(setup.accelerator),
     timeout: '15m',
     to: reference,
-    'smoke-timeout': '5m',
+    'smoke-timeout': '10m',
     'work-dir': join(work, 'pipeline'),
   };
   const [piped, tPipe] = await step(ctx, 'pipeline: build -> convert -> publish -> smoke-test', () =>
     runPipeline(new Inputs(resolveInputs(pipelineInputs, pipelineRaw), pipelineInputs), ctx),
   );
   timings.push(['build, convert, publish, smoke-test', tPipe]);
+  // xrdp in the image has a certificate its user can read: anything short of TLS is a regression.
+  if (piped['smoke-protocol'] !== 'tls') {
+    throw new OrbError('check', `xrdp in the guest selected ${String(piped['smoke-protocol'])}, not TLS`, {
+      hint: `see the evidence in ${join(work, 'pipeline', 'smoke')}`,
+    });
+  }
 
   const output = join(work, 'pulled.img');
   await rm(output, { force: true });
@@ -107,7 +117,11 @@ export async function runDemo(inputs: Inputs, ctx: RunContext): Promise<Outputs>
       'chunks stored / total',
       `${String(piped['convert-chunks-stored'])} / ${String(piped['convert-chunks'])}`,
     ],
-    ['smoke test', `passed: RDP answered after ${String(piped['smoke-seconds-to-rdp'])} s`],
+    [
+      'smoke test',
+      `passed: RDP answered after ${String(piped['smoke-seconds-to-rdp'])} s, ` +
+        `${String(piped['smoke-protocol'])} (${String(piped['smoke-tls-version'])}, ${String(piped['smoke-tls-subject'])})`,
+    ],
     ['pulled disk', `${output} (sha256 ${String(pulled['content-sha256'])}, identical)`],
     ...timings.map(([k, s]): [string, string] => [`time: ${k}`, formatDuration(s)]),
   ];

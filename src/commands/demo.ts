@@ -6,8 +6,9 @@ export default defineCommand({
   name: 'demo',
   title: 'Run the whole pipeline on this machine with embedded defaults',
   description:
-    'Sets up QEMU (installing Debian packages when root or with sudo), builds a small Linux image through the cloud-init path, ' +
-    'converts it to the chunked format, publishes it to an oci-layout: directory, smoke-tests the published image and pulls it back.',
+    'Sets up QEMU (installing Debian packages when root or with sudo), builds a Debian 12 cloud image with mmdebstrap (once, cached), ' +
+    'builds a golden image from it with the real cloud-init, converts it to the chunked format, publishes it to an oci-layout: directory, ' +
+    'smoke-tests the published image over RDP with TLS and pulls it back.',
   action: false,
   inputs: demoInputs,
   outputs: [

@@ -5,7 +5,13 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { buildUserData, runnerScript, writeSeedIso, RUNNER_PATH } from '../../src/builder/cloudinit.js';
+import {
+  AFTER_EXIT_PATH,
+  buildUserData,
+  runnerScript,
+  writeSeedIso,
+  RUNNER_PATH,
+} from '../../src/builder/cloudinit.js';
 
 const exec = promisify(execFile);
 
@@ -47,12 +53,18 @@ describe('cloud-init NoCloud seed', () => {
     expect(cfg.write_files.map((f: { path: string }) => f.path)).toEqual([
       '/var/lib/orb/scripts/01-a.sh',
       '/var/lib/orb/scripts/02-b_c.sh',
+      AFTER_EXIT_PATH,
       RUNNER_PATH,
     ]);
     expect(Buffer.from(cfg.write_files[0].content, 'base64').toString()).toBe('echo a\n');
     expect(cfg.runcmd).toEqual([['/bin/sh', RUNNER_PATH]]);
-    expect(cfg.power_state).toMatchObject({ mode: 'poweroff', condition: true });
-    const runner = Buffer.from(cfg.write_files[2].content, 'base64').toString();
+    // The final clean-up runs as power_state's condition, once cloud-init has stopped writing.
+    expect(cfg.power_state).toMatchObject({ mode: 'poweroff', condition: ['/bin/sh', AFTER_EXIT_PATH] });
+    const afterExit = Buffer.from(cfg.write_files[2].content, 'base64').toString();
+    expect(afterExit).toContain('cloud-init clean');
+    expect(afterExit).toMatch(/exit 0\n$/);
+    await exec('sh', ['-n', '-c', afterExit]);
+    const runner = Buffer.from(cfg.write_files[3].content, 'base64').toString();
     expect(runner).toContain("for s in '01-a.sh' '02-b_c.sh'; do");
     expect(runner).toContain('cloud-init clean');
     expect(runner).toContain('ORB-DONE generalized');

@@ -227,7 +227,7 @@ const SCHEMAS: Record<string, Schema> = {
   },
 };
 
-const DIR = join(import.meta.dirname, '..', 'examples', 'kubernetes');
+const DIR = join(import.meta.dirname, '..', '..', 'examples', 'kubernetes');
 const docs = readdirSync(DIR)
   .filter((f) => f.endsWith('.yaml'))
   .flatMap((f) =>

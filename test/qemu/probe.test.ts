@@ -11,7 +11,7 @@ const qemu = which('qemu-system-x86_64')!;
 
 describe('KVM probe', () => {
   it('the embedded boot sector is what probe-guest.S assembles to', () => {
-    if (!which('as') || !which('ld')) return;
+    expect(which('as') && which('ld'), "needs as and ld: install the Debian package 'binutils'").toBeTruthy();
     const dir = mkdtempSync(join(tmpdir(), 'orb-asm-'));
     execFileSync('as', ['--64', '-o', join(dir, 'p.o'), join(ROOT, 'src/qemu/probe-guest.S')]);
     execFileSync('ld', [

@@ -252,7 +252,7 @@ describe('no PowerShell escapes this test', () => {
   const INVOKES = /powershell(\.exe)?['"`]?\s*(-|,\s*['"`]-)|pwsh(\.exe)?\s+-|EncodedCommand|ORB_PS1\s*=/i;
 
   it('only the covered modules generate PowerShell', async () => {
-    const root = join(import.meta.dirname, '..');
+    const root = join(import.meta.dirname, '..', '..');
     const files = (await readdir(join(root, 'src'), { recursive: true }))
       .map(String)
       .filter((f) => f.endsWith('.ts'));
