@@ -42,6 +42,10 @@ export const AFTER_EXIT_PATH = '/var/lib/orb-after-exit.sh';
 export function afterExitScript(generalize: boolean): string {
   return `#!/bin/sh
 rm -f ${AFTER_EXIT_PATH}
+# Overwrite before removing: cloud-init's copies of user-data (the password hash) would otherwise
+# stay in freed blocks; shred writes zeros in place, so no free-space pass has to find them.
+find /var/lib/cloud -type f 2>/dev/null | while IFS= read -r f; do shred -n 0 -z "$f" 2>/dev/null; done
+sync
 rm -f /var/lib/cloud/instance/user-data.txt* /var/lib/cloud/instances/*/user-data.txt*
 ${
   generalize
@@ -57,7 +61,10 @@ find /var/log -type f -name 'cloud-init*' 2>/dev/null | while IFS= read -r f; do
 # all free space do (the build's disk turns zero writes into holes, so the output stays small).
 dd if=/dev/zero of=/var/tmp/orb-zero bs=1M 2>/dev/null
 sync
-rm -f /var/tmp/orb-zero
+# delayed allocation can refuse the last megabyte while 4 KiB blocks are still free
+dd if=/dev/zero of=/var/tmp/orb-zero-tail bs=4k 2>/dev/null
+sync
+rm -f /var/tmp/orb-zero /var/tmp/orb-zero-tail
 command -v fstrim >/dev/null 2>&1 && fstrim -a >/dev/null 2>&1
 sync
 exit 0
