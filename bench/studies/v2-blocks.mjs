@@ -61,6 +61,8 @@ function parseArgs(argv) {
     if (argv[i] === '--sample') a.sample = Number(argv[++i]);
     else if (argv[i] === '--workers') a.workers = Number(argv[++i]);
     else if (argv[i] === '--json') a.json = argv[++i];
+    else if (argv[i] === '--only')
+      a.only = argv[++i]; // BLOCK_KIB:FRAME_KIB, e.g. 32:256
     else if (!a.dir) a.dir = argv[i];
     else throw new Error(`unknown argument ${argv[i]}`);
   }
@@ -280,6 +282,44 @@ function structuralPatch(v1, loc1, v2, loc2, newFrames) {
   return Buffer.concat(parts);
 }
 
+/**
+ * A fresh pull of v2 by Range: live frames (referenced by v2) in pack order, ranges merged over
+ * gaps of dead frames shorter than 256 KiB, split at 1 GiB pack boundaries. Frame sizes of the
+ * base pack are measured when the whole disk is compressed (--sample 1), else estimated.
+ */
+function freshPull(v2, loc2, ft, baseFrames) {
+  const live = new Uint8Array(ft.length);
+  for (const id of v2) if (id) live[loc2.get(id)[0]] = 1;
+  let ranges = 0;
+  let read = 0;
+  let liveBytes = 0;
+  let deadBase = 0;
+  let base = 0;
+  for (const [from, to] of [
+    [0, baseFrames],
+    [baseFrames, ft.length],
+  ]) {
+    let off = 0;
+    let end = -Infinity; // end of the open range
+    for (let i = from; i < to; i++) {
+      const len = ft[i].clen;
+      const packStart = Math.floor(off / 2 ** 30) !== Math.floor(end / 2 ** 30);
+      if (from === 0) base += len;
+      if (live[i]) {
+        liveBytes += len;
+        if (!packStart && off - end < 256 * KiB) read += off - end + len;
+        else {
+          ranges++;
+          read += len;
+        }
+        end = off + len;
+      } else if (from === 0) deadBase += len;
+      off += len;
+    }
+  }
+  return { ranges, read, live: liveBytes, deadBase, base };
+}
+
 const zstdLen = (buf, level) =>
   zlib.zstdCompressSync(buf, { params: { [ZC.ZSTD_c_compressionLevel]: level } }).length;
 function patchLen(base, next, dir) {
@@ -341,7 +381,8 @@ async function main() {
   const rows = [];
   const configs = [];
   for (const B of [16, 32, 64, 128, 256, 1024].map((k) => k * KiB))
-    for (const F of [0, 256 * KiB, 512 * KiB, MiB]) if (F === 0 || F > B) configs.push({ B, F });
+    for (const F of [0, 256 * KiB, 512 * KiB, MiB])
+      if ((F === 0 || F > B) && (!a.only || a.only === `${B / KiB}:${F / KiB}`)) configs.push({ B, F });
   const idsCache = new Map();
   for (const { B, F } of configs) {
     if (!idsCache.has(B)) {
@@ -394,6 +435,7 @@ async function main() {
       for (let s = 0; s < blocks; s++) loc2.set(v2[fr2[2 * i] / B + s], [ft1.length + i, s]);
     }
     const idx2 = encodeIndex(v2, ft2, (id) => loc2.get(id));
+    const fresh = freshPull(v2, loc2, ft2, ft1.length);
     const idx1z = zstdLen(idx1, 19);
     const idx2z = zstdLen(idx2, 19);
     const patch = patchLen(idx1, idx2, a.dir);
@@ -417,6 +459,10 @@ async function main() {
       indexBytesPerEntry: idx1z / entries1,
       index60GB: (idx1z / fullCompressed) * 60e9,
       missKiB: miss / KiB,
+      duplicateBlocksV1: 1 - storedCount1 / entries1,
+      freshRanges: fresh.ranges,
+      freshReadVsLive: fresh.read / fresh.live,
+      deadInBasePack: fresh.deadBase / fresh.base,
       cpuSecPerGiB:
         (c1.cpu + c2.cpu) / ((in1 + fr2.filter((_, i) => i % 2).reduce((s, x) => s + x, 0)) / 2 ** 30),
     });
@@ -429,12 +475,16 @@ async function main() {
     `pair: ${a.dir} (recipe ${meta.recipe}); floor ${(floor / MiB).toFixed(1)} MiB = ${meta.changedBlocks4k} changed 4 KiB blocks, zstd -3`,
     `first image measured on ${a.sample > 1 ? `1/${a.sample} of the disk (every ${a.sample}th 16 MiB region)` : 'the whole disk'}; zstd -3 -T0 stream of it: ${(zstdStream / MiB).toFixed(1)} MiB in ${zstdSeconds.toFixed(1)} s`,
     `hashing (sha256, 16 KiB, both disks): ${hashCpu.toFixed(1)} s CPU`,
+    `v1 non-zero blocks that repeat an earlier block (stored once): ${rows
+      .map((r) => `${r.blockKiB} KiB ${(100 * r.duplicateBlocksV1).toFixed(1)}%`)
+      .filter((x, i, all) => all.indexOf(x) === i)
+      .join(', ')}`,
     '',
-    '| block | compressed as | first vs zstd -3 | download vs floor (full index / structural index patch) | upload vs floor | index v1 (KiB, zstd) | index v2 patch: zstd --patch-from / structural (KiB) | index at 60 GB compressed (MB) | lazy miss fetch (KiB) | zstd CPU s/GiB |',
-    '|---|---|---|---|---|---|---|---|---|---|',
+    '| block | compressed as | first vs zstd -3 | download vs floor (full index / structural index patch) | upload vs floor | index v1 (KiB, zstd) | index v2 patch: zstd --patch-from / structural (KiB) | index at 60 GB compressed (MB) | lazy miss fetch (KiB) | zstd CPU s/GiB | fresh pull of v2: ranges / bytes read vs live / dead share of v1 pack |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map(
       (r) =>
-        `| ${r.blockKiB} KiB | ${r.unit} | ${f2(r.firstVsZstd)}x | ${f2(r.downloadVsFloor)}x / ${f2(r.downloadPatchVsFloor)}x | ${f2(r.uploadVsFloor)}x | ${kb(r.indexV1)} | ${kb(r.indexPatch)} / ${kb(r.indexPatchStructural)} | ${(r.index60GB / 1e6).toFixed(1)} | ${r.missKiB.toFixed(0)} | ${f2(r.cpuSecPerGiB)} |`,
+        `| ${r.blockKiB} KiB | ${r.unit} | ${f2(r.firstVsZstd)}x | ${f2(r.downloadVsFloor)}x / ${f2(r.downloadPatchVsFloor)}x | ${f2(r.uploadVsFloor)}x | ${kb(r.indexV1)} | ${kb(r.indexPatch)} / ${kb(r.indexPatchStructural)} | ${(r.index60GB / 1e6).toFixed(1)} | ${r.missKiB.toFixed(0)} | ${f2(r.cpuSecPerGiB)} | ${r.freshRanges} / ${f2(r.freshReadVsLive)}x / ${(100 * r.deadInBasePack).toFixed(1)}% |`,
     ),
     '',
     `run time ${((Date.now() - tStart) / 1000).toFixed(0)} s (load average ${execFileSync('cat', ['/proc/loadavg'], { encoding: 'utf8' }).split(' ')[0]})`,
