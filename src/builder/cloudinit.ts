@@ -59,6 +59,12 @@ find /var/log -type f -name 'cloud-init*' 2>/dev/null | while IFS= read -r f; do
 # cloud-init rewrites its copies of user-data (with the password hash) during the boot, and
 # discard cannot reach a freed 4 KiB block inside a disk-format cluster still in use: zeros over
 # all free space do (the build's disk turns zero writes into holes, so the output stays small).
+# ext4 does not reuse blocks freed in a journal transaction that has not committed yet: commit
+# the deletions above first, or the zero fill walks around exactly the blocks that held them.
+sync
+# ext4 keeps some clusters (reserved_clusters, up to 4096) that not even root may allocate: let
+# the zero fill have them too, so no freed block escapes it.
+for f in /sys/fs/ext4/*/reserved_clusters; do [ -w "$f" ] && echo 0 > "$f"; done 2>/dev/null
 dd if=/dev/zero of=/var/tmp/orb-zero bs=1M 2>/dev/null
 sync
 # delayed allocation can refuse the last megabyte while 4 KiB blocks are still free
