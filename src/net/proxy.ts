@@ -44,7 +44,9 @@ export function proxyFor(target: URL, env: Env = process.env): ProxyChoice | und
     });
   const auth = url.username
     ? 'Basic ' +
-      Buffer.from(`${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`).toString('base64')
+      Buffer.from(`${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`).toString(
+        'base64',
+      )
     : undefined;
   return { url, ...(auth ? { auth } : {}) };
 }
@@ -102,7 +104,10 @@ export function connectTunnel(
   port: number,
   cb: (err: Error | null, socket?: net.Socket) => void,
 ): void {
-  const sock = net.connect({ host: proxy.url.hostname.replace(/^\[|\]$/g, ''), port: Number(proxy.url.port) || 80 });
+  const sock = net.connect({
+    host: proxy.url.hostname.replace(/^\[|\]$/g, ''),
+    port: Number(proxy.url.port) || 80,
+  });
   const target = net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
   let head = Buffer.alloc(0);
   let done = false;
@@ -125,9 +130,14 @@ export function connectTunnel(
     const status = /^HTTP\/1\.[01] (\d{3})/.exec(head.toString('latin1', 0, end));
     if (status?.[1] !== '200') {
       finish(
-        Object.assign(new Error(`the proxy ${proxy.url.host} refused CONNECT ${target}: ${head.toString('latin1', 0, Math.min(end, 80)).split('\r\n')[0]}`), {
-          code: 'EPROXY',
-        }),
+        Object.assign(
+          new Error(
+            `the proxy ${proxy.url.host} refused CONNECT ${target}: ${head.toString('latin1', 0, Math.min(end, 80)).split('\r\n')[0]}`,
+          ),
+          {
+            code: 'EPROXY',
+          },
+        ),
       );
       return;
     }
@@ -137,7 +147,9 @@ export function connectTunnel(
   };
   sock.on('data', onData);
   sock.once('error', (e) => finish(e));
-  sock.once('close', () => finish(new Error(`the proxy ${proxy.url.host} closed the connection during CONNECT`)));
+  sock.once('close', () =>
+    finish(new Error(`the proxy ${proxy.url.host} closed the connection during CONNECT`)),
+  );
   sock.write(
     `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n` +
       (proxy.auth ? `Proxy-Authorization: ${proxy.auth}\r\n` : '') +
