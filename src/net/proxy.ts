@@ -114,6 +114,8 @@ export function connectTunnel(
   const finish = (err: Error | null) => {
     if (done) return;
     done = true;
+    // paused, so no tunnel bytes are dropped between this listener and the TLS layer's
+    sock.pause();
     sock.removeListener('data', onData);
     if (err) {
       sock.destroy();
