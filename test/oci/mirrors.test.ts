@@ -41,7 +41,13 @@ async function startCounter(target: string): Promise<Counter> {
     c.requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers });
     const path = (req.url ?? '/').replace(/^\/mirror-api\//, '/v2/');
     const out = http.request(
-      { host: up.hostname, port: up.port, method: req.method, path, headers: { ...req.headers, host: up.host } },
+      {
+        host: up.hostname,
+        port: up.port,
+        method: req.method,
+        path,
+        headers: { ...req.headers, host: up.host },
+      },
       (r) => {
         res.writeHead(r.statusCode ?? 502, r.headers);
         if (req.method === 'GET' && /\/blobs\/sha256:/.test(path))
