@@ -12,6 +12,7 @@ import { RegistryClient } from '../../src/oci/registry.js';
 import { RegistryStore, registryClientFor } from '../../src/stores/registry.js';
 import { publish } from '../../src/transfer/publish.js';
 import { pull } from '../../src/transfer/pull.js';
+import { orb } from '../helpers/cli.js';
 import { buildLayout, makeDisk, type BuiltLayout } from '../helpers/oci-images.js';
 import { freePort, startRegistry, type Registry } from '../helpers/registry.js';
 
@@ -233,5 +234,20 @@ describe('registry mirrors', () => {
     expect(atMirror.requests.some((r) => /\/manifests\/v1\?ns=/.test(r.url))).toBe(true);
     for (const r of atMirror.requests) expect(JSON.stringify(r.headers)).not.toContain('b3JpZ2luLXNlY3JldA');
     for (const r of atMirror.requests) expect(r.headers.authorization ?? '').not.toMatch(/^Basic/);
+  }, 60_000);
+
+  it('the orb CLI takes mirrors from ORB_REGISTRY_MIRRORS and --hosts-dir (bundle)', async () => {
+    atOrigin.reset();
+    atMirror.reset();
+    const out = join(dir, 'cli.raw');
+    const r = await orb(
+      ['pull', `oci://${atOrigin.host}/mirrors/img:v1`, '--output', out, '--hosts-dir', join(dir, 'none')],
+      { ORB_REGISTRY_MIRRORS: `http://127.0.0.1:${await freePort()},${atMirror.url}` },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(await sha256File(out)).toBe(diskSum);
+    expect(atMirror.requests.some((q) => /\/blobs\/sha256:.*\?ns=/.test(q.url))).toBe(true);
+    expect(atOrigin.blobBytes).toBe(0);
+    expect(r.stderr + r.stdout).toMatch(/mirror http:\/\/127\.0\.0\.1:\d+: .*using the next/);
   }, 60_000);
 });
