@@ -1,8 +1,10 @@
+import { createHash } from 'node:crypto';
 import type { OutgoingHttpHeaders } from 'node:http';
+import { Readable } from 'node:stream';
 import type { Logger } from '../core/log.js';
 import { isRetryableStatus } from '../net/retry.js';
 import { Authenticator } from './auth.js';
-import type { HttpResponse } from './http.js';
+import { HttpResponse } from './http.js';
 import { mirrorUrl, type MirrorConfig, type MirrorHost } from './mirrors.js';
 
 /**
@@ -114,4 +116,30 @@ export class MirrorSet {
     }
     return undefined;
   }
+
+  /**
+   * A blob from the mirrors. A small one read whole (configs, manifests' neighbours) is checked
+   * here, so a mirror with a bad copy costs a fallback to the origin instead of the pull; bigger
+   * ones are checked by the caller as they stream (the transfer workers fall back themselves).
+   */
+  async blob(digest: string, size: number, headers: OutgoingHttpHeaders): Promise<HttpResponse | undefined> {
+    const res = await this.first('GET', 'blobs', digest, headers);
+    if (!res || res.status !== 200 || size > SMALL_BLOB) return res;
+    const m = this.config.mirrors.find((x) => x.origin === res.url.origin);
+    let bytes: Buffer;
+    try {
+      bytes = await res.buffer(size);
+    } catch (err) {
+      if (m) this.skip(m, `blob ${digest.slice(0, 19)}: ${(err as Error).message}`);
+      return undefined;
+    }
+    if ('sha256:' + createHash('sha256').update(bytes).digest('hex') !== digest) {
+      if (m) this.skip(m, `blob ${digest.slice(0, 19)} arrived with another digest`);
+      return undefined;
+    }
+    return new HttpResponse(res.status, res.headers, res.url, Readable.from([bytes]));
+  }
 }
+
+/** Blobs up to this size are verified on arrival from a mirror (see MirrorSet.blob). */
+const SMALL_BLOB = 4 << 20;

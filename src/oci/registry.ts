@@ -311,7 +311,9 @@ export class RegistryClient {
     const range = offset > 0 ? { range: `bytes=${offset}-` } : {};
     // mirrors first (what they send is checked against the digest like the origin's bytes)
     let res =
-      (await this.mirrors?.first('GET', 'blobs', digest, range)) ??
+      (offset === 0
+        ? await this.mirrors?.blob(digest, size, range)
+        : await this.mirrors?.first('GET', 'blobs', digest, range)) ??
       (await this.request({
         method: 'GET',
         path: `/v2/${this.repository}/blobs/${digest}`,

@@ -50,6 +50,7 @@ export class RegistryStore implements BlobStore {
     const digest = parseDigest(desc.digest, 'blob digest').digest;
     const viaMirror = await this.mirrorSource(digest);
     if (viaMirror) return viaMirror;
+    this.viaMirror.delete(digest);
     await this.client.ping();
     const scopes = [this.client.pullScope];
     if (refresh) this.client.auth.invalidate(scopes, this.lastAuth);
@@ -63,6 +64,22 @@ export class RegistryStore implements BlobStore {
     };
   }
   private lastAuth: string | undefined;
+  /** digest -> the mirror the last httpSource named for it */
+  private readonly viaMirror = new Map<string, string>();
+  /** digest -> mirrors that failed it (mid-transfer, wrong bytes) and are skipped for it */
+  private readonly badMirrors = new Map<string, Set<string>>();
+
+  sourceFailed(desc: Descriptor, why: string): boolean {
+    const origin = this.viaMirror.get(desc.digest);
+    const m = this.client.mirrors?.config.mirrors.find((x) => x.origin === origin);
+    if (!origin || !m) return false;
+    this.viaMirror.delete(desc.digest);
+    let bad = this.badMirrors.get(desc.digest);
+    if (!bad) this.badMirrors.set(desc.digest, (bad = new Set()));
+    bad.add(origin);
+    this.client.mirrors!.skip(m, `blob ${desc.digest.slice(0, 19)}: ${why}`);
+    return true;
+  }
 
   /**
    * The first mirror that has the blob (HEAD), for the transfer workers. Mirrors with their own
@@ -73,12 +90,14 @@ export class RegistryStore implements BlobStore {
   ): Promise<{ url: string; headers: Record<string, string> } | undefined> {
     const set = this.client.mirrors;
     if (!set) return undefined;
+    const bad = this.badMirrors.get(digest);
     for (const m of set.candidates(digest)) {
-      if (m.customTls) continue;
+      if (m.customTls || bad?.has(m.origin)) continue;
       try {
         const res = await set.send(m, 'HEAD', 'blobs', digest, {});
         await res.discard();
         if (res.status === 200) {
+          this.viaMirror.set(digest, m.origin);
           const authz = await set.authorization(m);
           return {
             url: mirrorUrl(m, this.client.host, this.client.repository, 'blobs', digest),

@@ -30,6 +30,8 @@ interface Counter {
   requests: { method: string; url: string; headers: http.IncomingHttpHeaders }[];
   /** response body bytes of blob GETs */
   blobBytes: number;
+  /** flip every byte of blob GET bodies (a mirror sending wrong bytes) */
+  corrupt: boolean;
   reset(): void;
   stop(): Promise<void>;
 }
@@ -37,7 +39,7 @@ interface Counter {
 /** A pass-through HTTP proxy in front of `target` that counts; `/mirror-api/` maps to `/v2/`. */
 async function startCounter(target: string): Promise<Counter> {
   const up = new URL(target);
-  const c = { requests: [], blobBytes: 0 } as unknown as Counter;
+  const c = { requests: [], blobBytes: 0, corrupt: false } as unknown as Counter;
   const server = http.createServer((req, res) => {
     c.requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers });
     const path = (req.url ?? '/').replace(/^\/mirror-api\//, '/v2/');
@@ -51,8 +53,14 @@ async function startCounter(target: string): Promise<Counter> {
       },
       (r) => {
         res.writeHead(r.statusCode ?? 502, r.headers);
-        if (req.method === 'GET' && /\/blobs\/sha256:/.test(path))
+        if (req.method === 'GET' && /\/blobs\/sha256:/.test(path)) {
           r.on('data', (d: Buffer) => (c.blobBytes += d.length));
+          if (c.corrupt) {
+            r.on('data', (d: Buffer) => res.write(d.map((b) => b ^ 0xff)));
+            r.on('end', () => res.end());
+            return;
+          }
+        }
         r.pipe(res);
       },
     );
@@ -249,5 +257,19 @@ describe('registry mirrors', () => {
     expect(atMirror.requests.some((q) => /\/blobs\/sha256:.*\?ns=/.test(q.url))).toBe(true);
     expect(atOrigin.blobBytes).toBe(0);
     expect(r.stderr + r.stdout).toMatch(/mirror http:\/\/127\.0\.0\.1:\d+: .*using the next/);
+  }, 60_000);
+
+  it('drops a mirror that sends wrong bytes for a blob and takes it from the origin', async () => {
+    atMirror.corrupt = true;
+    try {
+      atOrigin.reset();
+      const log = recorder();
+      await pullWith({ mirror: atMirror.url }, log);
+      // every blob came from the origin after the mirror's copy failed its digest
+      expect(atOrigin.blobBytes).toBeGreaterThanOrEqual(blobTotal);
+      expect(log.lines.filter((l) => l.includes(`mirror ${atMirror.url}`))).toHaveLength(1);
+    } finally {
+      atMirror.corrupt = false;
+    }
   }, 60_000);
 });
