@@ -194,7 +194,11 @@ export class ProxyHttpAgent extends http.Agent {
     const port = Number(options.port) || 80;
     const proxy = proxyFor(new URL(`http://${net.isIPv6(host) ? `[${host}]` : host}:${port}/`));
     if (!proxy) return super.createConnection(options);
-    connectTunnel(proxy, host, port, (err, raw) => cb?.(err, raw ?? none));
+    connectTunnel(proxy, host, port, (err, raw) => {
+      // the tunnel was paused after CONNECT; the HTTP client's listener needs it flowing again
+      raw?.resume();
+      cb?.(err, raw ?? none);
+    });
     return undefined;
   }
 }

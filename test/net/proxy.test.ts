@@ -20,6 +20,9 @@ import { publish } from '../../src/transfer/publish.js';
 import { pull } from '../../src/transfer/pull.js';
 import { OCI_MANIFEST } from '../../src/formats/oci-media.js';
 import { buildLayout, makeDisk } from '../helpers/oci-images.js';
+import { startS3rver } from '../helpers/s3rver.js';
+import { makeS3Client } from '../../src/stores/s3-client.js';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 
 /**
@@ -287,5 +290,25 @@ describe('traffic through the proxy', () => {
     expect(
       proxy.absolute.some((u) => u.startsWith(`http://${plainReg.host}/v2/proxy/plain/blobs/sha256:`)),
     ).toBe(true);
+  }, 60_000);
+
+  it('carries the S3 store (AWS SDK) through the proxy with CONNECT', async () => {
+    const s3 = await startS3rver();
+    process.env.AWS_ACCESS_KEY_ID = s3.credentials.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = s3.credentials.secretAccessKey;
+    try {
+      process.env.HTTP_PROXY = proxy.url;
+      proxy.connects.length = 0;
+      const { client } = await makeS3Client({ endpoint: s3.endpoint, pathStyle: true, log: silentLogger });
+      const body = Buffer.alloc(100_000, 3);
+      await client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: 'via-proxy', Body: body }));
+      const got = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: 'via-proxy' }));
+      expect(Buffer.from(await got.Body!.transformToByteArray()).equals(body)).toBe(true);
+      client.destroy();
+      expect(proxy.connects).toContain(`127.0.0.1:${s3.port}`);
+    } finally {
+      clearProxyEnv();
+      await s3.close();
+    }
   }, 60_000);
 });
