@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { proxyFor } from './proxy.js';
 
 /**
  * A plain-HTTP GET whose body the kernel reads straight into the caller's buffers (`net.connect`
@@ -94,9 +95,12 @@ export function fastGet(
       }
       return true;
     };
+    // behind HTTP_PROXY the request goes to the proxy, naming the target by its absolute URI
+    const proxy = proxyFor(url);
+    const peer = proxy?.url ?? url;
     const sock = net.connect({
-      host: url.hostname.replace(/^\[|\]$/g, ''),
-      port: Number(url.port) || 80,
+      host: peer.hostname.replace(/^\[|\]$/g, ''),
+      port: Number(peer.port) || 80,
       onread: {
         buffer: target,
         callback: (n: number) => {
@@ -141,8 +145,9 @@ export function fastGet(
       finish(cut(inBody ? 'the connection was cut' : 'the connection closed before an answer', 'ECONNRESET')),
     );
     const lines = [
-      `GET ${url.pathname}${url.search} HTTP/1.1`,
+      proxy ? `GET ${url.href} HTTP/1.1` : `GET ${url.pathname}${url.search} HTTP/1.1`,
       `Host: ${url.host}`,
+      ...(proxy?.auth ? [`Proxy-Authorization: ${proxy.auth}`] : []),
       'User-Agent: orb-actions',
       'Connection: close',
     ];

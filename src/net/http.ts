@@ -1,7 +1,9 @@
 import http, { type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
+import tls from 'node:tls';
 import { Readable } from 'node:stream';
 import { OrbError } from '../core/errors.js';
+import { ProxyHttpsAgent, proxyFor } from './proxy.js';
 import { isConnectionError, isRetryableStatus, parseRetryAfter, retry, type RetryPolicy } from './retry.js';
 
 /**
@@ -34,10 +36,24 @@ export interface Agents {
   https: https.Agent;
 }
 
-export function makeAgents(maxSockets: number): Agents {
+/** TLS settings of one server (a mirror's `ca` and `skip_verify`). */
+export interface TlsSettings {
+  ca?: (string | Buffer)[];
+  rejectUnauthorized?: boolean;
+}
+
+/** Keep-alive agents; the https one tunnels through HTTPS_PROXY where NO_PROXY does not say otherwise. */
+export function makeAgents(maxSockets: number, tlsSettings: TlsSettings = {}): Agents {
+  const ca = tlsSettings.ca?.length ? { ca: [...tls.getCACertificates('default'), ...tlsSettings.ca] } : {};
   return {
     http: new http.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets }),
-    https: new https.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets }),
+    https: new ProxyHttpsAgent({
+      keepAlive: true,
+      maxSockets,
+      maxFreeSockets: maxSockets,
+      ...ca,
+      ...(tlsSettings.rejectUnauthorized === false ? { rejectUnauthorized: false } : {}),
+    }),
   };
 }
 
@@ -100,11 +116,26 @@ export function sendOnce(o: SendOptions): Promise<IncomingMessage> {
       r.destroy(e);
       fail(e);
     };
-    const r = (secure ? https : http).request(url, {
-      method,
-      headers,
-      agent: secure ? agents.https : agents.http,
-    });
+    // an http target behind HTTP_PROXY: the request goes to the proxy with the absolute URI
+    const viaProxy = secure ? undefined : proxyFor(url);
+    const r = viaProxy
+      ? http.request({
+          host: viaProxy.url.hostname.replace(/^\[|\]$/g, ''),
+          port: Number(viaProxy.url.port) || 80,
+          path: url.href,
+          method,
+          headers: {
+            host: url.host,
+            ...headers,
+            ...(viaProxy.auth ? { 'proxy-authorization': viaProxy.auth } : {}),
+          },
+          agent: agents.http,
+        })
+      : (secure ? https : http).request(url, {
+          method,
+          headers,
+          agent: secure ? agents.https : agents.http,
+        });
     if (o.idleMs) {
       const idle = o.idleMs;
       r.setTimeout(idle, () =>

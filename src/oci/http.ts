@@ -2,7 +2,7 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import { Readable } from 'node:stream';
 import type { HttpWorkers } from '../net/http-workers.js';
 import { OrbError } from '../core/errors.js';
-import { makeAgents, sendOnce, type Agents } from '../net/http.js';
+import { makeAgents, sendOnce, type Agents, type TlsSettings } from '../net/http.js';
 import type { PutDone, WorkerFailure } from '../net/http-worker.js';
 
 /**
@@ -93,6 +93,8 @@ export interface HttpClientOptions {
   workers?: HttpWorkers;
   /** a request or response with no bytes moving for this long fails (and is retried) */
   idleTimeoutMs?: number;
+  /** trust and verification of this client's https servers (a mirror's ca, skip_verify) */
+  tls?: TlsSettings;
 }
 
 export class HttpClient {
@@ -103,7 +105,7 @@ export class HttpClient {
   constructor(opts: HttpClientOptions = {}) {
     this.workers = opts.workers;
     const maxSockets = opts.maxSockets ?? 16;
-    this.agents = makeAgents(maxSockets);
+    this.agents = makeAgents(maxSockets, opts.tls);
     this.idleTimeoutMs = opts.idleTimeoutMs ?? Number(process.env.ORB_HTTP_IDLE_TIMEOUT_MS || 120_000);
   }
 

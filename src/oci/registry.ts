@@ -18,6 +18,8 @@ import { sha256Digest } from './layout.js';
 import { OCI_INDEX, OCI_MANIFEST } from '../formats/oci-media.js';
 import { isLoopbackHost } from '../net/loopback.js';
 import type { RegistryRef } from './reference.js';
+import { MirrorSet } from './mirror-fetch.js';
+import type { MirrorConfig } from './mirrors.js';
 
 /**
  * Our OCI distribution-spec client (v1.1): ping and auth, blobs (HEAD, ranged GET following
@@ -43,6 +45,8 @@ export interface RegistryClientOptions {
   retry?: RetryPolicy;
   maxSockets?: number;
   http?: HttpClient;
+  /** mirrors for what is named by digest (see mirrors.ts); `server` replaces the origin's URL */
+  mirrors?: MirrorConfig | undefined;
 }
 
 export interface RequestOptions {
@@ -71,12 +75,15 @@ export class RegistryClient {
   readonly auth: Authenticator;
   private pinged: Promise<void> | undefined;
   private readonly ownsHttp: boolean;
+  readonly mirrors: MirrorSet | undefined;
 
   constructor(opts: RegistryClientOptions) {
     this.host = opts.ref.host;
     this.repository = opts.ref.repository;
     const plain = opts.plainHttp || isLoopbackHost(opts.ref.apiHost);
-    this.base = `${plain ? 'http' : 'https'}://${opts.ref.apiHost}`;
+    this.base = opts.mirrors?.server
+      ? new URL(opts.mirrors.server).origin
+      : `${plain ? 'http' : 'https'}://${opts.ref.apiHost}`;
     this.ownsHttp = !opts.http;
     this.http = opts.http ?? new HttpClient({ maxSockets: opts.maxSockets ?? 16 });
     this.retry = opts.retry ?? defaultRetryPolicy();
@@ -90,6 +97,9 @@ export class RegistryClient {
           : resolveCredentials(opts.ref.host, (opts.credentials as CredentialOptions | undefined) ?? {});
     if (creds) this.log.debug(`${this.host}: using credentials from ${creds.source}`);
     this.auth = new Authenticator(this.http, this.host, creds, this.log);
+    this.mirrors = opts.mirrors?.mirrors.length
+      ? new MirrorSet(opts.mirrors, this.host, this.repository, this.log, this.signal)
+      : undefined;
   }
 
   get pullScope(): string {
@@ -101,6 +111,7 @@ export class RegistryClient {
 
   close(): void {
     if (this.ownsHttp) this.http.close();
+    for (const m of this.mirrors?.config.mirrors ?? []) m.http.close();
   }
 
   /** GET /v2/: learns the auth challenge before any request with a large body is sent. */
@@ -298,14 +309,19 @@ export class RegistryClient {
   async getBlob(digest: string, size: number, offset = 0): Promise<{ res: HttpResponse; offset: number }> {
     parseDigest(digest, 'blob digest');
     const range = offset > 0 ? { range: `bytes=${offset}-` } : {};
-    let res = await this.request({
-      method: 'GET',
-      path: `/v2/${this.repository}/blobs/${digest}`,
-      headers: range,
-      scopes: [this.pullScope],
-      what: `download blob ${digest.slice(7, 19)}`,
-      accept: [200, 206, 301, 302, 303, 307, 308, 404, 416],
-    });
+    // mirrors first (what they send is checked against the digest like the origin's bytes)
+    let res =
+      (offset === 0
+        ? await this.mirrors?.blob(digest, size, range)
+        : await this.mirrors?.first('GET', 'blobs', digest, range)) ??
+      (await this.request({
+        method: 'GET',
+        path: `/v2/${this.repository}/blobs/${digest}`,
+        headers: range,
+        scopes: [this.pullScope],
+        what: `download blob ${digest.slice(7, 19)}`,
+        accept: [200, 206, 301, 302, 303, 307, 308, 404, 416],
+      }));
     for (let hops = 0; res.status >= 300 && res.status < 400; hops++) {
       const location = res.header('location');
       await res.discard();
@@ -361,14 +377,20 @@ export class RegistryClient {
 
   async getManifest(ref: string): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
     checkManifestRef(ref, 'manifest reference');
-    const res = await this.request({
-      method: 'GET',
-      path: `/v2/${this.repository}/manifests/${ref}`,
-      headers: { accept: MANIFEST_ACCEPT },
-      scopes: [this.pullScope],
-      what: `get manifest ${this.repository}:${ref}`,
-      accept: [200, 404],
-    });
+    // by digest from a mirror when one has it; a tag only from mirrors allowed to resolve
+    const fromMirror = await this.mirrors?.first('GET', 'manifests', ref, { accept: MANIFEST_ACCEPT });
+    if (fromMirror && fromMirror.status !== 200) await fromMirror.discard();
+    const res =
+      fromMirror?.status === 200
+        ? fromMirror
+        : await this.request({
+            method: 'GET',
+            path: `/v2/${this.repository}/manifests/${ref}`,
+            headers: { accept: MANIFEST_ACCEPT },
+            scopes: [this.pullScope],
+            what: `get manifest ${this.repository}:${ref}`,
+            accept: [200, 404],
+          });
     if (res.status === 404) {
       await res.discard();
       throw new OrbError('input', `${this.host}/${this.repository} has no manifest '${ref}'`, {

@@ -1,13 +1,15 @@
 import { parseDigest } from '../core/untrusted.js';
 import type { Readable } from 'node:stream';
 import { UsageError } from '../core/errors.js';
-import type { OpenedStore, StoreOptions } from './open.js';
+import type { InputSpec } from '../core/inputs.js';
+import { registerStoreInputs, type OpenedStore, type StoreOptions } from './open.js';
 import type { BlobFile, BlobStore } from './store.js';
 import { HttpWorkers } from '../net/http-workers.js';
 import { sha256Digest } from '../oci/layout.js';
 import type { Descriptor } from '../formats/oci-media.js';
 import { formatRegistryRef, parseRegistryRef } from '../oci/reference.js';
 import { RegistryClient, type RegistryClientOptions } from '../oci/registry.js';
+import { DEFAULT_HOSTS_DIR, loadMirrors, mirrorUrl } from '../oci/mirrors.js';
 import { addFallbackReferrer, listReferrers } from '../oci/referrers.js';
 import { uploadBlob } from '../oci/upload.js';
 
@@ -45,6 +47,10 @@ export class RegistryStore implements BlobStore {
     desc: Descriptor,
     refresh = false,
   ): Promise<{ url: string; headers: Record<string, string> }> {
+    const digest = parseDigest(desc.digest, 'blob digest').digest;
+    const viaMirror = await this.mirrorSource(digest);
+    if (viaMirror) return viaMirror;
+    this.viaMirror.delete(digest);
     await this.client.ping();
     const scopes = [this.client.pullScope];
     if (refresh) this.client.auth.invalidate(scopes, this.lastAuth);
@@ -58,6 +64,53 @@ export class RegistryStore implements BlobStore {
     };
   }
   private lastAuth: string | undefined;
+  /** digest -> the mirror the last httpSource named for it */
+  private readonly viaMirror = new Map<string, string>();
+  /** digest -> mirrors that failed it (mid-transfer, wrong bytes) and are skipped for it */
+  private readonly badMirrors = new Map<string, Set<string>>();
+
+  sourceFailed(desc: Descriptor, why: string): boolean {
+    const origin = this.viaMirror.get(desc.digest);
+    const m = this.client.mirrors?.config.mirrors.find((x) => x.origin === origin);
+    if (!origin || !m) return false;
+    this.viaMirror.delete(desc.digest);
+    let bad = this.badMirrors.get(desc.digest);
+    if (!bad) this.badMirrors.set(desc.digest, (bad = new Set()));
+    bad.add(origin);
+    this.client.mirrors!.skip(m, `blob ${desc.digest.slice(0, 19)}: ${why}`);
+    return true;
+  }
+
+  /**
+   * The first mirror that has the blob (HEAD), for the transfer workers. Mirrors with their own
+   * ca or skip_verify are left to the in-process path: the workers trust the default CAs only.
+   */
+  private async mirrorSource(
+    digest: string,
+  ): Promise<{ url: string; headers: Record<string, string> } | undefined> {
+    const set = this.client.mirrors;
+    if (!set) return undefined;
+    const bad = this.badMirrors.get(digest);
+    for (const m of set.candidates(digest)) {
+      if (m.customTls || bad?.has(m.origin)) continue;
+      try {
+        const res = await set.send(m, 'HEAD', 'blobs', digest, {});
+        await res.discard();
+        if (res.status === 200) {
+          this.viaMirror.set(digest, m.origin);
+          const authz = await set.authorization(m);
+          return {
+            url: mirrorUrl(m, this.client.host, this.client.repository, 'blobs', digest),
+            headers: { ...m.headers, ...(authz ? { authorization: authz } : {}) },
+          };
+        }
+        set.skip(m, `HTTP ${res.status} for blob ${digest.slice(0, 19)}`);
+      } catch (err) {
+        set.skip(m, (err as Error).message);
+      }
+    }
+    return undefined;
+  }
 
   async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
     const { res, offset: start } = await this.client.getBlob(desc.digest, desc.size, offset);
@@ -153,6 +206,18 @@ export function registryClientFor(
     log: opts.log,
     signal: opts.signal,
     maxSockets: concurrency + 4,
+    // only pull-side commands declare the mirror inputs: publish always talks to the origin
+    ...('hosts-dir' in o || 'mirror' in o
+      ? {
+          mirrors: loadMirrors({
+            host: r.host,
+            mirrors: str(o.mirror)?.split(',') ?? [],
+            hostsDir: str(o['hosts-dir']) ?? DEFAULT_HOSTS_DIR,
+            maxSockets: concurrency + 4,
+            log: opts.log,
+          }),
+        }
+      : {}),
     ...extra,
   });
 }
@@ -171,3 +236,21 @@ export async function openRegistryStore(ref: string, opts: StoreOptions): Promis
   const tag = r.digest ?? r.tag;
   return { store, ...(tag ? { tag } : {}), display: formatRegistryRef(r) };
 }
+
+export const mirrorInputs: InputSpec[] = [
+  {
+    name: 'mirror',
+    type: 'list',
+    env: ['ORB_REGISTRY_MIRRORS'],
+    description:
+      'registry mirror URL tried before the origin for blobs and manifests named by digest (repeatable, in order; containerd-style ?ns=HOST); every digest is still verified',
+  },
+  {
+    name: 'hosts-dir',
+    type: 'string',
+    default: DEFAULT_HOSTS_DIR,
+    description:
+      'containerd-style mirror configuration: HOST/hosts.toml (else _default/hosts.toml) under this directory, with server and [host."URL"] capabilities, header, override_path, ca, skip_verify',
+  },
+];
+registerStoreInputs(['pull'], mirrorInputs);

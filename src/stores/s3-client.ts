@@ -1,6 +1,7 @@
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
+import { ProxyHttpAgent, ProxyHttpsAgent } from '../net/proxy.js';
 import { HttpStatusError, isRetryable, withRetries } from './https-client.js';
 
 /**
@@ -34,8 +35,10 @@ function baseConfig(s: S3Settings): S3ClientConfig {
     // retries are ours (withRetries): per part, with backoff, honouring Retry-After
     maxAttempts: 1,
     requestHandler: {
-      httpAgent: { keepAlive: true, maxSockets: 128 },
-      httpsAgent: { keepAlive: true, maxSockets: 128 },
+      // HTTPS_PROXY/HTTP_PROXY/NO_PROXY as for every other store: the agents open CONNECT
+      // tunnels (the SDK sends origin-form requests, so an http endpoint is tunnelled too)
+      httpAgent: new ProxyHttpAgent({ keepAlive: true, maxSockets: 128 }),
+      httpsAgent: new ProxyHttpsAgent({ keepAlive: true, maxSockets: 128 }),
       connectionTimeout: 15_000,
       socketTimeout: 120_000,
     },

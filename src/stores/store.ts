@@ -54,6 +54,11 @@ export interface BlobStore {
    * an expired token is renewed once. Stores without it are read through getBlob.
    */
   httpSource?(desc: Descriptor, refresh?: boolean): Promise<{ url: string; headers: Record<string, string> }>;
+  /**
+   * Optional: the last httpSource for `desc` failed for `why`. True when it was a mirror, which is
+   * now skipped for this blob: ask httpSource again (the next mirror or the origin).
+   */
+  sourceFailed?(desc: Descriptor, why: string): boolean;
   /** The largest blob the store accepts (GitHub assets, GitLab files, S3 objects); none: no known limit. */
   readonly maxBlobSize?: number;
   /** The most blobs (config and layers) one image version may have in the store (GitHub: assets per release). */

@@ -306,6 +306,11 @@ async function workerUnit(ctx: UnitContext, u: Unit, regions: Region[], need: nu
         refresh = refreshed = true;
         continue;
       }
+      if (e.kind !== 'auth' && e.kind !== 'environment' && ctx.store.sourceFailed?.(u.blob, e.message)) {
+        // a mirror failed this blob: the next mirror or the origin; a bad copy is dropped whole
+        if (e.kind === 'mismatch') have = 0;
+        continue;
+      }
       if (e.kind === 'mismatch' && mismatches++ === 0) {
         ctx.log.warn(
           `blob ${short}: received bytes have digest ${e.message.slice(7, 19)}, not the expected one; downloading it again`,

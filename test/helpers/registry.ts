@@ -2,7 +2,7 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createPrivateKey, createSign, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -20,6 +20,10 @@ export interface RegistryOptions {
   anonymousPull?: string[];
   /** token lifetime in seconds */
   tokenSeconds?: number;
+  /** pull-through cache mode: the upstream registry URL (distribution's `proxy.remoteurl`) */
+  proxyRemote?: string;
+  /** serve https with this certificate and key (PEM files) */
+  tls?: { cert: string; key: string };
 }
 
 export interface TokenRequest {
@@ -118,6 +122,15 @@ async function waitReady(url: string, child: ChildProcess, stderr: () => string)
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`docker-registry exited (${child.exitCode}): ${stderr()}`);
     try {
+      if (url.startsWith('https:')) {
+        // a self-signed test certificate: listening is enough
+        const u = new URL(url);
+        await new Promise<void>((ok, no) => {
+          const s = connect(Number(u.port), u.hostname, () => (s.end(), ok()));
+          s.on('error', no);
+        });
+        return;
+      }
       const res = await fetch(`${url}/v2/`);
       if (res.status === 200 || res.status === 401) return;
     } catch {
@@ -183,7 +196,9 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     'http:',
     `  addr: ${host}`,
     `  secret: ${randomBytes(16).toString('hex')}`,
+    ...(opts.tls ? ['  tls:', `    certificate: ${opts.tls.cert}`, `    key: ${opts.tls.key}`] : []),
     authYaml,
+    ...(opts.proxyRemote ? ['proxy:', `  remoteurl: ${opts.proxyRemote}`] : []),
   ].join('\n');
   writeFileSync(join(dir, 'config.yml'), config + '\n');
   // Under setpriv --pdeathsig the kernel stops the registry if this process dies without
@@ -195,7 +210,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     : spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
-  const url = `http://${host}`;
+  const url = `${opts.tls ? 'https' : 'http'}://${host}`;
   try {
     await waitReady(url, child, () => err);
   } catch (e) {
