@@ -200,7 +200,196 @@ function describeError(err) {
 
 ;// CONCATENATED MODULE: external "node:net"
 const external_node_net_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:net");
+;// CONCATENATED MODULE: external "node:http"
+const external_node_http_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:http");
+;// CONCATENATED MODULE: external "node:https"
+const external_node_https_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:https");
+;// CONCATENATED MODULE: external "node:tls"
+const external_node_tls_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:tls");
+;// CONCATENATED MODULE: ./lib/net/proxy.js
+
+
+
+
+
+function envValue(env, name) {
+    // lower case first, as curl does
+    const v = env[name.toLowerCase()] ?? env[name.toUpperCase()];
+    return v && v.trim() ? v.trim() : undefined;
+}
+/** The proxy `target` goes through, or undefined for a direct connection. */
+function proxyFor(target, env = process.env) {
+    const scheme = target.protocol === 'https:' ? 'https' : 'http';
+    const raw = envValue(env, `${scheme}_proxy`) ?? envValue(env, 'all_proxy');
+    if (!raw)
+        return undefined;
+    if (bypassed(target, envValue(env, 'no_proxy') ?? ''))
+        return undefined;
+    let url;
+    try {
+        url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `http://${raw}`);
+    }
+    catch {
+        throw new errors_OrbError('usage', `the ${scheme}_proxy variable is not a URL: ${raw}`);
+    }
+    if (url.protocol !== 'http:')
+        throw new errors_OrbError('usage', `unsupported proxy scheme ${url.protocol} in ${scheme}_proxy`, {
+            hint: 'orb speaks to proxies over plain HTTP (http://host:port); CONNECT carries https traffic',
+        });
+    const auth = url.username
+        ? 'Basic ' +
+            Buffer.from(`${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`).toString('base64')
+        : undefined;
+    return { url, ...(auth ? { auth } : {}) };
+}
+function ipv4ToInt(ip) {
+    const p = ip.split('.');
+    if (p.length !== 4 || !p.every((x) => /^\d{1,3}$/.test(x) && Number(x) < 256))
+        return undefined;
+    return p.reduce((a, x) => a * 256 + Number(x), 0);
+}
+/**
+ * NO_PROXY: comma-separated; `*` matches everything; a name matches itself and its subdomains (a
+ * leading dot is optional); an IP address matches itself, an address/bits range its network; an
+ * entry with `:port` matches that port only (curl ignores ports; Go and wget honour them).
+ */
+function bypassed(target, noProxy) {
+    const host = target.hostname.replace(/^\[|\]$/g, '').toLowerCase();
+    const port = target.port || (target.protocol === 'https:' ? '443' : '80');
+    for (let entry of noProxy.split(/[,\s]+/)) {
+        entry = entry.trim().toLowerCase();
+        if (!entry)
+            continue;
+        if (entry === '*')
+            return true;
+        let entryPort;
+        const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(entry) ?? /^([^:]+):(\d+)$/.exec(entry);
+        if (m) {
+            entry = m[1];
+            entryPort = m[2];
+        }
+        if (entryPort && entryPort !== port)
+            continue;
+        const cidr = /^([\d.]+|[0-9a-f:]+)\/(\d{1,3})$/.exec(entry);
+        if (cidr) {
+            const net4 = ipv4ToInt(cidr[1]);
+            const h4 = ipv4ToInt(host);
+            const bits = Number(cidr[2]);
+            if (net4 !== undefined && h4 !== undefined && bits <= 32) {
+                const mask = bits === 0 ? 0 : 2 ** 32 - 2 ** (32 - bits);
+                if ((net4 & mask) >>> 0 === (h4 & mask) >>> 0)
+                    return true;
+            }
+            else if (cidr[1] === host)
+                return true;
+            continue;
+        }
+        if (external_node_net_namespaceObject.isIP(entry) || external_node_net_namespaceObject.isIP(host)) {
+            if (entry === host)
+                return true;
+            continue;
+        }
+        const name = entry.replace(/^\*?\./, '');
+        if (host === name || host.endsWith('.' + name))
+            return true;
+    }
+    return false;
+}
+/** Opens a CONNECT tunnel to `host:port` through `proxy`; calls back with the raw socket. */
+function connectTunnel(proxy, host, port, cb) {
+    const sock = external_node_net_namespaceObject.connect({
+        host: proxy.url.hostname.replace(/^\[|\]$/g, ''),
+        port: Number(proxy.url.port) || 80,
+    });
+    const target = external_node_net_namespaceObject.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
+    let head = Buffer.alloc(0);
+    let done = false;
+    const finish = (err) => {
+        if (done)
+            return;
+        done = true;
+        // paused, so no tunnel bytes are dropped between this listener and the TLS layer's
+        sock.pause();
+        sock.removeListener('data', onData);
+        if (err) {
+            sock.destroy();
+            cb(err);
+        }
+        else
+            cb(null, sock);
+    };
+    const onData = (chunk) => {
+        head = Buffer.concat([head, chunk]);
+        const end = head.indexOf('\r\n\r\n');
+        if (end < 0) {
+            if (head.length > 16 << 10)
+                finish(new Error('the proxy answered CONNECT with oversized headers'));
+            return;
+        }
+        const status = /^HTTP\/1\.[01] (\d{3})/.exec(head.toString('latin1', 0, end));
+        if (status?.[1] !== '200') {
+            finish(Object.assign(new Error(`the proxy ${proxy.url.host} refused CONNECT ${target}: ${head.toString('latin1', 0, Math.min(end, 80)).split('\r\n')[0]}`), {
+                code: 'EPROXY',
+            }));
+            return;
+        }
+        // bytes after the head belong to the tunnel (a server speaking first): give them back
+        if (head.length > end + 4)
+            sock.unshift(head.subarray(end + 4));
+        finish(null);
+    };
+    sock.on('data', onData);
+    sock.once('error', (e) => finish(e));
+    sock.once('close', () => finish(new Error(`the proxy ${proxy.url.host} closed the connection during CONNECT`)));
+    sock.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n` +
+        (proxy.auth ? `Proxy-Authorization: ${proxy.auth}\r\n` : '') +
+        '\r\n');
+}
+const none = undefined;
+/**
+ * An https.Agent whose connections go through a CONNECT tunnel when the proxy rules say so for
+ * the host they are for, and straight otherwise: one agent serves every target.
+ */
+class ProxyHttpsAgent extends external_node_https_namespaceObject.Agent {
+    createConnection(options, cb) {
+        const host = options.host ?? 'localhost';
+        const port = Number(options.port) || 443;
+        const proxy = proxyFor(new URL(`https://${external_node_net_namespaceObject.isIPv6(host) ? `[${host}]` : host}:${port}/`));
+        if (!proxy)
+            return super.createConnection(options);
+        connectTunnel(proxy, host, port, (err, raw) => {
+            if (err || !raw)
+                return cb?.(err ?? new Error('no tunnel'), none);
+            const servername = options.servername ?? (external_node_net_namespaceObject.isIP(host) ? undefined : host);
+            const secure = external_node_tls_namespaceObject.connect({ ...options, socket: raw, ...(servername ? { servername } : {}) });
+            cb?.(null, secure);
+        });
+        return undefined;
+    }
+}
+/**
+ * An http.Agent for clients that cannot send absolute URIs (the AWS SDK): an http target behind a
+ * proxy is reached through a CONNECT tunnel too, which any proxy that allows CONNECT to the port
+ * carries.
+ */
+class ProxyHttpAgent extends external_node_http_namespaceObject.Agent {
+    createConnection(options, cb) {
+        const host = options.host ?? 'localhost';
+        const port = Number(options.port) || 80;
+        const proxy = proxyFor(new URL(`http://${external_node_net_namespaceObject.isIPv6(host) ? `[${host}]` : host}:${port}/`));
+        if (!proxy)
+            return super.createConnection(options);
+        connectTunnel(proxy, host, port, (err, raw) => {
+            // the tunnel was paused after CONNECT; the HTTP client's listener needs it flowing again
+            raw?.resume();
+            cb?.(err, raw ?? none);
+        });
+        return undefined;
+    }
+}
+
 ;// CONCATENATED MODULE: ./lib/net/fast-get.js
+
 
 function parseHead(text) {
     const lines = text.split('\r\n');
@@ -272,9 +461,12 @@ function fastGet(url, headers, opts, sink) {
             }
             return true;
         };
+        // behind HTTP_PROXY the request goes to the proxy, naming the target by its absolute URI
+        const proxy = proxyFor(url);
+        const peer = proxy?.url ?? url;
         const sock = external_node_net_namespaceObject.connect({
-            host: url.hostname.replace(/^\[|\]$/g, ''),
-            port: Number(url.port) || 80,
+            host: peer.hostname.replace(/^\[|\]$/g, ''),
+            port: Number(peer.port) || 80,
             onread: {
                 buffer: target,
                 callback: (n) => {
@@ -317,8 +509,9 @@ function fastGet(url, headers, opts, sink) {
         sock.on('end', () => finish(cut(inBody ? 'the connection was cut' : 'the connection closed before an answer', 'ECONNRESET')));
         sock.on('close', () => finish(cut(inBody ? 'the connection was cut' : 'the connection closed before an answer', 'ECONNRESET')));
         const lines = [
-            `GET ${url.pathname}${url.search} HTTP/1.1`,
+            proxy ? `GET ${url.href} HTTP/1.1` : `GET ${url.pathname}${url.search} HTTP/1.1`,
             `Host: ${url.host}`,
+            ...(proxy?.auth ? [`Proxy-Authorization: ${proxy.auth}`] : []),
             'User-Agent: orb-actions',
             'Connection: close',
         ];
@@ -328,10 +521,6 @@ function fastGet(url, headers, opts, sink) {
     });
 }
 
-;// CONCATENATED MODULE: external "node:http"
-const external_node_http_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:http");
-;// CONCATENATED MODULE: external "node:https"
-const external_node_https_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:https");
 ;// CONCATENATED MODULE: external "node:stream"
 const external_node_stream_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream");
 ;// CONCATENATED MODULE: ./lib/net/retry.js
@@ -469,10 +658,20 @@ function interrupted() {
 
 
 
-function makeAgents(maxSockets) {
+
+
+/** Keep-alive agents; the https one tunnels through HTTPS_PROXY where NO_PROXY does not say otherwise. */
+function makeAgents(maxSockets, tlsSettings = {}) {
+    const ca = tlsSettings.ca?.length ? { ca: [...external_node_tls_namespaceObject.getCACertificates('default'), ...tlsSettings.ca] } : {};
     return {
         http: new external_node_http_namespaceObject.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets }),
-        https: new external_node_https_namespaceObject.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets }),
+        https: new ProxyHttpsAgent({
+            keepAlive: true,
+            maxSockets,
+            maxFreeSockets: maxSockets,
+            ...ca,
+            ...(tlsSettings.rejectUnauthorized === false ? { rejectUnauthorized: false } : {}),
+        }),
     };
 }
 let shared;
@@ -535,11 +734,26 @@ function sendOnce(o) {
             r.destroy(e);
             fail(e);
         };
-        const r = (secure ? external_node_https_namespaceObject : external_node_http_namespaceObject).request(url, {
-            method,
-            headers,
-            agent: secure ? agents.https : agents.http,
-        });
+        // an http target behind HTTP_PROXY: the request goes to the proxy with the absolute URI
+        const viaProxy = secure ? undefined : proxyFor(url);
+        const r = viaProxy
+            ? external_node_http_namespaceObject.request({
+                host: viaProxy.url.hostname.replace(/^\[|\]$/g, ''),
+                port: Number(viaProxy.url.port) || 80,
+                path: url.href,
+                method,
+                headers: {
+                    host: url.host,
+                    ...headers,
+                    ...(viaProxy.auth ? { 'proxy-authorization': viaProxy.auth } : {}),
+                },
+                agent: agents.http,
+            })
+            : (secure ? external_node_https_namespaceObject : external_node_http_namespaceObject).request(url, {
+                method,
+                headers,
+                agent: secure ? agents.https : agents.http,
+            });
         if (o.idleMs) {
             const idle = o.idleMs;
             r.setTimeout(idle, () => r.destroy(Object.assign(new Error(`no data from ${url.host} for ${Math.round(idle / 1000)} s`), {
