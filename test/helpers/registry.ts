@@ -5,6 +5,7 @@ import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { selfSignedCert } from './certs.js';
 
 /**
  * Debian's `docker-registry` (distribution 2.8) on 127.0.0.1 with its own config and storage in a
@@ -149,25 +150,11 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
   let token: { server: Server; url: string } | undefined;
   let authYaml = '';
   if (opts.auth === 'token') {
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'rsa:2048',
-        '-nodes',
-        '-days',
-        '2',
-        '-subj',
-        '/CN=orb-test-token',
-        '-keyout',
-        join(dir, 'token.key'),
-        '-out',
-        join(dir, 'token.crt'),
-      ],
-      { stdio: 'ignore' },
-    );
+    selfSignedCert({
+      cert: join(dir, 'token.crt'),
+      key: join(dir, 'token.key'),
+      subject: '/CN=orb-test-token',
+    });
     const der = execFileSync('openssl', ['x509', '-in', join(dir, 'token.crt'), '-outform', 'DER']);
     token = await startTokenServer(opts, der, readFileSync(join(dir, 'token.key'), 'utf8'), tokenRequests);
     authYaml = [

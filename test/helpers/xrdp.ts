@@ -1,8 +1,9 @@
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { selfSignedCert } from './certs.js';
 
 /**
  * Debian's xrdp as a real RDP server for tests: its own xrdp.ini, certificate, key and log in a
@@ -45,27 +46,7 @@ async function startOnce(opts: XrdpOptions): Promise<Xrdp> {
   const cert = join(dir, 'cert.pem');
   const key = join(dir, 'key.pem');
   if (opts.certificate !== false) {
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'rsa:2048',
-        '-nodes',
-        '-keyout',
-        key,
-        '-out',
-        cert,
-        '-days',
-        '2',
-        '-subj',
-        `/CN=${cn}/O=orb-actions tests`,
-      ],
-      {
-        stdio: 'ignore',
-      },
-    );
+    selfSignedCert({ cert, key, subject: `/CN=${cn}/O=orb-actions tests` });
   }
   const ini = join(dir, 'xrdp.ini');
   const logFile = join(dir, 'xrdp.log');

@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
@@ -24,6 +23,7 @@ import { startS3rver } from '../helpers/s3rver.js';
 import { makeS3Client } from '../../src/stores/s3-client.js';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startRegistry, type Registry } from '../helpers/registry.js';
+import { selfSignedCert } from '../helpers/certs.js';
 
 /**
  * HTTPS_PROXY / HTTP_PROXY / NO_PROXY: curl's matching rules, and real traffic through a small
@@ -149,27 +149,12 @@ let ca: string;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'orb-proxy-'));
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '2',
-      '-subj',
-      '/CN=127.0.0.1',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1',
-      '-keyout',
-      join(dir, 'key.pem'),
-      '-out',
-      join(dir, 'cert.pem'),
-    ],
-    { stdio: 'ignore' },
-  );
+  selfSignedCert({
+    cert: join(dir, 'cert.pem'),
+    key: join(dir, 'key.pem'),
+    subject: '/CN=127.0.0.1',
+    ip: '127.0.0.1',
+  });
   ca = readFileSync(join(dir, 'cert.pem'), 'utf8');
   tlsReg = await startRegistry({ tls: { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') } });
   plainReg = await startRegistry();
