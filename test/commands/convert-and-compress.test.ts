@@ -2,6 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import {
   chmodSync,
   copyFileSync,
+  cpSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -150,12 +151,31 @@ describe('orb convert', () => {
 });
 
 /** Permission checks mean nothing to root: drop to nobody for them when we are root. */
+/**
+ * The CLI as an unprivileged user (nobody, when the tests run as root). That user may not be able
+ * to enter the checkout (a clone in a 0700 folder), so it runs a copy of what the CLI needs (the
+ * Node binary, bin/orb.js and the bundle) made once in the test's world-readable folder.
+ */
+let runnable: { node: string; cli: string } | undefined;
+function unprivilegedCli(): { node: string; cli: string } {
+  if (runnable) return runnable;
+  const top = join(dir, 'as-user');
+  mkdirSync(join(top, 'bin'), { recursive: true });
+  copyFileSync(NODE, join(top, 'node'));
+  chmodSync(join(top, 'node'), 0o755);
+  copyFileSync(join(ROOT, 'bin', 'orb.js'), join(top, 'bin', 'orb.js'));
+  cpSync(join(ROOT, 'dist', 'orb'), join(top, 'dist', 'orb'), { recursive: true });
+  runnable = { node: join(top, 'node'), cli: join(top, 'bin', 'orb.js') };
+  return runnable;
+}
+
 function asUser(args: string[]): { code: number | null; stderr: string } {
   const root = process.getuid?.() === 0;
-  const cmd = root ? 'setpriv' : NODE;
+  const { node, cli } = root ? unprivilegedCli() : { node: NODE, cli: join(ROOT, 'bin/orb.js') };
+  const cmd = root ? 'setpriv' : node;
   const full = root
-    ? ['--reuid=65534', '--regid=65534', '--clear-groups', '--', NODE, join(ROOT, 'bin/orb.js'), ...args]
-    : [join(ROOT, 'bin/orb.js'), ...args];
+    ? ['--reuid=65534', '--regid=65534', '--clear-groups', '--', node, cli, ...args]
+    : [cli, ...args];
   const r = spawnSync(cmd, full, { encoding: 'utf8', env: { ...process.env, HOME: dir }, timeout: 120_000 });
   return { code: r.status, stderr: r.stderr };
 }
