@@ -20,6 +20,17 @@ export const DISK_CHUNK_ZSTD = 'application/vnd.orb.disk.chunk.v1.zstd';
 /** one chunk stored uncompressed (when zstd does not make it smaller) */
 export const DISK_CHUNK_RAW = 'application/vnd.orb.disk.chunk.v1';
 
+/**
+ * Chunked disk format v2 (docs/chunked-format.md): an image-spec 1.1 artifact whose config type is
+ * its own (container tools refuse it before fetching a layer), an index blob, then pack blobs.
+ */
+export const DISK_V2_ARTIFACT = 'application/vnd.orb.disk.v2';
+export const DISK_V2_CONFIG = 'application/vnd.orb.disk.config.v2+json';
+/** the binary block index (src/formats/disk-index.ts), one zstd frame */
+export const DISK_V2_INDEX = 'application/vnd.orb.disk.index.v2+zstd';
+/** concatenated zstd frames of blocks; where each frame is, only the index says */
+export const DISK_V2_PACK = 'application/vnd.orb.disk.pack.v2';
+
 /** artifactType of a single file (qcow2, .zst) published in parts */
 export const FILE_ARTIFACT = 'application/vnd.orb.file.v1';
 export const FILE_PART = 'application/vnd.orb.file.part.v1';
@@ -101,6 +112,21 @@ export interface DiskConfig {
   chunkSize: number;
   /** sha256:<hex> of the whole disk content (the raw bytes the guest sees) */
   contentDigest: string;
+  sourceFormat: string;
+  compression: 'zstd';
+  level: number;
+  build?: Record<string, unknown>;
+}
+
+/** The config blob of a chunked disk image, format v2. */
+export interface DiskV2Config {
+  schema: 'orb-disk/v2';
+  virtualSize: number;
+  blockSize: number;
+  /** orb2:sha256:<hex>: the root over block digests and zero runs (src/formats/disk-index.ts) */
+  contentDigest: string;
+  /** sha256:<hex> of the index blob (also layers[0]) */
+  index: string;
   sourceFormat: string;
   compression: 'zstd';
   level: number;
