@@ -23,13 +23,18 @@ export interface BuildInfo {
   [key: string]: unknown;
 }
 
+/** A chunked (format v2) layout: where, which tag, and what the conversion stored. */
 export interface ChunkInfo {
   layout: string;
   tag: string;
-  chunkSize: number;
-  chunks: number;
-  storedChunks: number;
   manifestDigest: string;
+  blockSize: number;
+  /** blocks of the disk (zero blocks included) */
+  blocks: number;
+  /** non-zero blocks the index lists */
+  storedBlocks: number;
+  /** packs the manifest lists */
+  packs: number;
 }
 
 export interface OrbManifest {
@@ -43,7 +48,10 @@ export interface OrbManifest {
     virtualSize: number;
     fileSize: number;
     sha256?: string;
+    /** sha256 of the disk content: plain files (raw, qcow2, raw.zst) */
     contentSha256?: string;
+    /** orb2:sha256:<hex>, the chunked format's content root (src/formats/disk-index.ts) */
+    contentDigest?: string;
     chunked?: ChunkInfo;
   };
   build?: BuildInfo;
