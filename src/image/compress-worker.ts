@@ -4,6 +4,7 @@ import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
 import zlib from 'node:zlib';
+import { decodeFrame } from '../formats/disk-index-decode.js';
 
 /**
  * The compression/hash worker thread (started by workers.ts; bundled as dist/orb/compress-worker.js).
@@ -14,6 +15,8 @@ import zlib from 'node:zlib';
  *            (chunked format v2: the main thread deduplicates by these digests)
  *   frames   zstd frames (content size in the header, no checksum) of runs of blocks of the
  *            unit, concatenated; the main thread appends them to a pack
+ *   unframe  decode one frame of a pack (bounds of src/formats/disk-index-decode.ts) and hash
+ *            each of its blocks; the main thread compares with the index and uses the bytes
  *   frame    zero check, else one zstd frame (raw.zst is a sequence of frames)
  *   clusters per qcow2 cluster: -1 zero, n compressed bytes, -2 stored uncompressed (cluster
  *            bytes included), all packed in one buffer
@@ -34,6 +37,9 @@ export interface TaskMessage {
   block: number;
   /** frames: [first block, block count] pairs, blocks counted from `off` */
   runs: Uint32Array;
+  /** unframe: one compressed frame of `blocks` blocks of `block` bytes */
+  data: Uint8Array;
+  blocks: number;
   zeros: number;
   path: string;
   fileSize: number;
@@ -139,6 +145,20 @@ export function makeTasks(): Record<string, (m: TaskMessage) => Result> {
         p += z.length;
       }
       return { lengths, data, transfer: [lengths.buffer, data.buffer] };
+    },
+    unframe(m) {
+      let plain: Buffer;
+      try {
+        plain = decodeFrame(m.data, m.blocks, m.block, (why) => new Error(why));
+      } catch (err) {
+        // the main thread decodes it again to raise the reader's own error, with its context
+        return { bad: (err as Error).message };
+      }
+      const digests = new Uint8Array(m.blocks * 32);
+      for (let i = 0; i < m.blocks; i++)
+        digests.set(createHash('sha256').update(plain.subarray(i * m.block, (i + 1) * m.block)).digest(), i * 32);
+      const data = asTransfer(plain);
+      return { data, digests, transfer: [data.buffer, digests.buffer] };
     },
     frame(m) {
       const buf = view(m);

@@ -11,7 +11,13 @@ import {
   type StageInput,
 } from '../core/stage-manifest-file.js';
 import { nullProgress, type Progress } from '../core/progress.js';
-import { isChunkedLayout, parseLayoutRef, readChunkedLayout, type ChunkedImage } from './chunked/read.js';
+import {
+  isChunkedLayout,
+  LayoutReader,
+  parseLayoutRef,
+  readChunkedLayout,
+  type ChunkedImage,
+} from './chunked/read.js';
 import { inspectImage, type ImageInfo } from './inspect.js';
 import { estimateOutputBytes } from './estimate.js';
 import { openDiskReader, type DiskReader } from './reader.js';
@@ -226,6 +232,7 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
 
   const reader: DiskReader = await openDiskReader(info, { signal: o.signal });
   const pool = new WorkerPool(threads);
+  if (reader instanceof LayoutReader) reader.pool = pool;
   let partial: PartialOutput | undefined;
   let done: OutputDone | undefined;
   try {

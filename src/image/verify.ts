@@ -173,6 +173,7 @@ export async function verifyOutput(v: VerifyRun): Promise<void> {
         { path: v.output, format: 'chunked', virtualSize: img.config.virtualSize, fileBytes: 0, tag: digest },
         img,
       );
+      reader.pool = v.pool;
       try {
         const got = await diskContentRoot(reader, v.pool, v.progress('verify', size), v.signal);
         if (got !== root || img.config.contentDigest !== root) throw mismatch('the chunked layout', got, root);

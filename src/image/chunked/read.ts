@@ -19,6 +19,7 @@ import { checkDiskV2Config, checkDiskV2Manifest, decodeIndexFrame, loadDiskIndex
 import { OciLayout } from '../../oci/layout.js';
 import { Extents } from '../extents.js';
 import type { DiskReader, ImageInfo } from '../disk.js';
+import type { WorkerPool } from '../workers.js';
 
 /** A chunked (v2) image in a local OCI layout, every part checked (src/oci/disk-v2.ts). */
 export interface ChunkedImage {
@@ -144,6 +145,8 @@ export function indexExtents(idx: DiskIndex): Extents {
 interface Frame {
   data: Buffer;
   checked: Uint8Array;
+  /** sha256 of each slot, when a worker decoded the frame (else computed here on first use) */
+  digests?: Uint8Array;
 }
 
 /**
@@ -156,6 +159,8 @@ export class LayoutReader implements DiskReader {
   private readonly frames = new Map<number, Promise<Frame>>();
   private readonly files = new Map<number, Promise<FileHandle>>();
   private readonly display: string;
+  /** worker threads that decode and hash frames (set by the conversion; else the main thread does) */
+  pool: WorkerPool | undefined;
 
   constructor(
     readonly info: ImageInfo,
@@ -210,7 +215,20 @@ export class LayoutReader implements DiskReader {
         );
       got += bytesRead;
     }
-    return { data: decodeIndexFrame(idx, f, buf, this.display), checked: new Uint8Array(idx.frameBlocks[f]!) };
+    const blocks = idx.frameBlocks[f]!;
+    if (this.pool) {
+      // not transferred: on a bad frame the bytes are decoded again here for the error message
+      const r = await this.pool.run({ task: 'unframe', data: buf, blocks, block: idx.blockSize });
+      if (r.bad !== undefined) decodeIndexFrame(idx, f, buf, this.display);
+      if (r.bad !== undefined) throw new OrbError('integrity', `${this.display}: frame ${f}: ${String(r.bad)}`);
+      const data = r.data as Uint8Array;
+      return {
+        data: Buffer.from(data.buffer, data.byteOffset, data.byteLength),
+        checked: new Uint8Array(blocks),
+        digests: r.digests as Uint8Array,
+      };
+    }
+    return { data: decodeIndexFrame(idx, f, buf, this.display), checked: new Uint8Array(blocks) };
   }
 
   private frame(f: number): Promise<Frame> {
@@ -219,7 +237,7 @@ export class LayoutReader implements DiskReader {
       p = this.load(f);
       this.frames.set(f, p);
       // reads come in disk order: keep the few most recent frames
-      while (this.frames.size > 64) this.frames.delete(this.frames.keys().next().value!);
+      while (this.frames.size > 128) this.frames.delete(this.frames.keys().next().value!);
     }
     return p;
   }
@@ -232,7 +250,9 @@ export class LayoutReader implements DiskReader {
     const fr = await this.frame(f);
     const bytes = fr.data.subarray(s * idx.blockSize, (s + 1) * idx.blockSize);
     if (!fr.checked[s]) {
-      const got = createHash('sha256').update(bytes).digest();
+      const got = fr.digests
+        ? Buffer.from(fr.digests.buffer, fr.digests.byteOffset + s * 32, 32)
+        : createHash('sha256').update(bytes).digest();
       if (!got.equals(entryDigest(idx, e)))
         throw new OrbError(
           'integrity',
@@ -250,6 +270,9 @@ export class LayoutReader implements DiskReader {
     const end = offset + target.length;
     let pos = offset;
     let e = this.entryAt(Math.floor(offset / bs));
+    // start every frame this read needs at once, so workers decode them in parallel
+    for (let i = e; i < idx.entryCount && idx.entryBlock[i]! * bs < end; i++)
+      this.frame(idx.entryFrame[i]!).catch(() => undefined);
     while (pos < end) {
       const block = Math.floor(pos / bs);
       while (e < idx.entryCount && idx.entryBlock[e]! < block) e++;
