@@ -3,7 +3,13 @@ import { UsageError } from '../core/errors.js';
 import type { InputSpec, OutputSpec } from '../core/inputs.js';
 import { formatBytes, formatDuration } from '../core/progress.js';
 import { benchInputs, benchOutputs, runBenchCommand } from '../image/bench/command.js';
-import { convertImage, DEFAULT_PACK_SIZE, MIN_PACK_SIZE, OUTPUT_FORMATS, type OutputFormat } from '../image/convert.js';
+import {
+  convertImage,
+  DEFAULT_PACK_SIZE,
+  MIN_PACK_SIZE,
+  OUTPUT_FORMATS,
+  type OutputFormat,
+} from '../image/convert.js';
 import type { Qcow2Compression } from '../image/qcow2.js';
 
 const own: InputSpec[] = [
@@ -127,7 +133,10 @@ const ownOutputs: OutputSpec[] = [
   { name: 'manifest-digest', description: 'chunked: digest of the OCI manifest' },
   { name: 'blocks', description: 'chunked: 32 KiB blocks in the disk' },
   { name: 'blocks-new', description: 'chunked: blocks compressed into new packs' },
-  { name: 'blocks-reused', description: 'chunked: blocks a --base already held (referenced, not stored again)' },
+  {
+    name: 'blocks-reused',
+    description: 'chunked: blocks a --base already held (referenced, not stored again)',
+  },
   { name: 'blocks-zero', description: 'chunked: zero blocks (never stored)' },
   { name: 'packs', description: 'chunked: packs the manifest lists' },
   { name: 'new-pack-bytes', description: 'chunked: bytes of the packs this conversion wrote' },
@@ -171,34 +180,32 @@ export default defineCommand({
       progress: (label, total) => ctx.progress(label, total),
       signal: ctx.signal,
     });
-    ctx.summary
-      .heading(`convert-and-compress: ${format}`)
-      .table(
-        ['', ''],
-        [
-          ['output', r.path],
-          ['input format', r.inputFormat],
-          ['virtual size', formatBytes(r.virtualSize)],
-          ['allocated in input', formatBytes(r.allocatedBytes)],
-          ['output size', `${formatBytes(r.outputBytes)} (ratio ${r.ratio.toFixed(2)})`],
-          ['time', `${formatDuration(r.seconds)} (${r.mbPerSecond.toFixed(0)} MB/s of disk)`],
-          ...(r.contentSha256 ? [['content sha256', r.contentSha256]] : []),
-          ...(r.contentDigest ? [['content digest', r.contentDigest]] : []),
-          ['verified', r.verified ? 'yes' : 'no (use verify: true)'],
-          ...(r.chunked
-            ? [
-                [
-                  'blocks',
-                  `${r.chunked.blocks} of ${r.chunked.blockSize} bytes: ${r.chunked.fresh} new, ${r.chunked.reused} reused from the base, ${r.chunked.duplicate} repeated, ${r.chunked.zero} zero`,
-                ],
-                [
-                  'packs',
-                  `${r.chunked.packs} (${r.chunked.newPacks} new, ${formatBytes(r.chunked.newPackBytes)}); index ${formatBytes(r.chunked.indexBytes)}`,
-                ],
-              ]
-            : []),
-        ],
-      );
+    ctx.summary.heading(`convert-and-compress: ${format}`).table(
+      ['', ''],
+      [
+        ['output', r.path],
+        ['input format', r.inputFormat],
+        ['virtual size', formatBytes(r.virtualSize)],
+        ['allocated in input', formatBytes(r.allocatedBytes)],
+        ['output size', `${formatBytes(r.outputBytes)} (ratio ${r.ratio.toFixed(2)})`],
+        ['time', `${formatDuration(r.seconds)} (${r.mbPerSecond.toFixed(0)} MB/s of disk)`],
+        ...(r.contentSha256 ? [['content sha256', r.contentSha256]] : []),
+        ...(r.contentDigest ? [['content digest', r.contentDigest]] : []),
+        ['verified', r.verified ? 'yes' : 'no (use verify: true)'],
+        ...(r.chunked
+          ? [
+              [
+                'blocks',
+                `${r.chunked.blocks} of ${r.chunked.blockSize} bytes: ${r.chunked.fresh} new, ${r.chunked.reused} reused from the base, ${r.chunked.duplicate} repeated, ${r.chunked.zero} zero`,
+              ],
+              [
+                'packs',
+                `${r.chunked.packs} (${r.chunked.newPacks} new, ${formatBytes(r.chunked.newPackBytes)}); index ${formatBytes(r.chunked.indexBytes)}`,
+              ],
+            ]
+          : []),
+      ],
+    );
     Object.assign(out, {
       path: r.path,
       format: r.format,

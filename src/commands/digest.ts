@@ -28,7 +28,8 @@ const inputs = [...own, ...storeInputs('pull', own)];
 
 export default defineCommand({
   name: 'digest',
-  title: "Print a disk's content digest (orb2 root), the same for a raw disk, its qcow2, its chunked layout and the pulled disk",
+  title:
+    "Print a disk's content digest (orb2 root), the same for a raw disk, its qcow2, its chunked layout and the pulled disk",
   description:
     'The content identity of the chunked format: a sha256 root over the 32 KiB block digests and zero runs (docs/chunked-format-v2.md, ' +
     '"Content identity"). For a disk file only the data extents are read and hashed on all cores; holes cost nothing. For a layout or ' +

@@ -48,9 +48,8 @@ export interface OrbManifest {
     virtualSize: number;
     fileSize: number;
     sha256?: string;
-    /** sha256 of the disk content: plain files (raw, qcow2, raw.zst) */
     contentSha256?: string;
-    /** orb2:sha256:<hex>, the chunked format's content root (src/formats/disk-index.ts) */
+    /** chunked disks (format v2): the orb2 content root, orb2:sha256:<hex> */
     contentDigest?: string;
     chunked?: ChunkInfo;
   };

@@ -162,7 +162,12 @@ export function makeTasks(): Record<string, (m: TaskMessage) => Result> {
       if (plain.length !== want) return { bad: `decompressed to ${plain.length} bytes` };
       const digests = new Uint8Array(m.blocks * 32);
       for (let i = 0; i < m.blocks; i++)
-        digests.set(createHash('sha256').update(plain.subarray(i * m.block, (i + 1) * m.block)).digest(), i * 32);
+        digests.set(
+          createHash('sha256')
+            .update(plain.subarray(i * m.block, (i + 1) * m.block))
+            .digest(),
+          i * 32,
+        );
       const data = asTransfer(plain);
       return { data, digests, transfer: [data.buffer, digests.buffer] };
     },

@@ -23,7 +23,9 @@ export async function diskContentRoot(
     process: (u: Unit) =>
       order.sequence(
         u.index,
-        u.hole ? undefined : pool.run({ task: 'blocks', sab: u.sab, off: 0, len: u.length, block: BLOCK_SIZE }),
+        u.hole
+          ? undefined
+          : pool.run({ task: 'blocks', sab: u.sab, off: 0, len: u.length, block: BLOCK_SIZE }),
         (r) => {
           const n = Math.ceil(u.length / BLOCK_SIZE);
           if (!r) return root.zeros(n);

@@ -141,7 +141,7 @@ function validate(o: ConvertOptions): {
   if (!Number.isInteger(packSize) || packSize < MIN_PACK_SIZE || packSize > MAX_PACK_SIZE) {
     throw new UsageError(
       `pack size ${packSize} is not valid`,
-      'use 1M to 64G (default 1G; at most the target store\'s largest object: GitHub releases 2,000,000,000 bytes, GitLab 5G, GHCR 10G)',
+      "use 1M to 64G (default 1G; at most the target store's largest object: GitHub releases 2,000,000,000 bytes, GitLab 5G, GHCR 10G)",
     );
   }
   if (o.format !== 'chunked' && o.base?.length)
@@ -214,7 +214,9 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
       const { dir, tag } = parseLayoutRef(r.path);
       const base = await readChunkedLayout(dir, tag);
       if (base.config.virtualSize !== info.virtualSize)
-        log.info(`base ${dir}: ${base.config.virtualSize} bytes, the input ${info.virtualSize}: blocks are matched by content`);
+        log.info(
+          `base ${dir}: ${base.config.virtualSize} bytes, the input ${info.virtualSize}: blocks are matched by content`,
+        );
       bases.push(base);
     }
     if (mode === 'add-to-layout') {
@@ -337,9 +339,13 @@ function checkStageContent(m: OrbManifest | undefined, done: OutputDone, info: I
   ];
   for (const [want, got] of pairs) {
     if (want && got && hex(want) !== hex(got)) {
-      throw new OrbError('integrity', `the input's content (${hex(got)}) differs from its manifest (${hex(want)})`, {
-        hint: 'the image changed after the previous stage wrote its manifest; rebuild it or give the image path instead',
-      });
+      throw new OrbError(
+        'integrity',
+        `the input's content (${hex(got)}) differs from its manifest (${hex(want)})`,
+        {
+          hint: 'the image changed after the previous stage wrote its manifest; rebuild it or give the image path instead',
+        },
+      );
     }
   }
 }

@@ -40,7 +40,10 @@ export async function localContentDigest(
   o: { threads?: number; progress?: (label: string, total?: number) => Progress; signal?: AbortSignal } = {},
 ): Promise<DigestResult> {
   const { dir, tag } = parseLayoutRef(ref);
-  if (ref.startsWith('oci-layout:') || ((await stat(dir).catch(() => undefined))?.isDirectory() && (await isChunkedLayout(dir)))) {
+  if (
+    ref.startsWith('oci-layout:') ||
+    ((await stat(dir).catch(() => undefined))?.isDirectory() && (await isChunkedLayout(dir)))
+  ) {
     // the index's root was recomputed from its entries and checked against config and manifest
     const img = await readChunkedLayout(dir, tag, { packs: false });
     return {
@@ -60,7 +63,12 @@ export async function localContentDigest(
       o.progress?.('digest', reader.extents.dataBytes > 0 ? info.virtualSize : 0),
       o.signal,
     );
-    return { contentDigest: root, kind: 'disk', virtualSize: info.virtualSize, readBytes: reader.extents.dataBytes };
+    return {
+      contentDigest: root,
+      kind: 'disk',
+      virtualSize: info.virtualSize,
+      readBytes: reader.extents.dataBytes,
+    };
   } finally {
     await reader.close().catch(() => undefined);
     await pool.close();
@@ -74,8 +82,16 @@ export async function storeContentDigest(opened: OpenedStore): Promise<DigestRes
   const layers = checkDiskV2Manifest(manifest, display);
   const config = checkDiskV2Config(await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES), display);
   if (layers.index.size > MAX_INDEX_BLOB)
-    throw new OrbError('input', `${display}: the index is ${layers.index.size} bytes, more than ${MAX_INDEX_BLOB}`);
+    throw new OrbError(
+      'input',
+      `${display}: the index is ${layers.index.size} bytes, more than ${MAX_INDEX_BLOB}`,
+    );
   const blob = await readSmallBlob(store, layers.index, MAX_INDEX_BLOB);
   const idx = loadDiskIndex(blob, manifest, config, layers, display);
-  return { contentDigest: idx.contentDigest, kind: 'store', virtualSize: idx.virtualSize, readBytes: blob.length };
+  return {
+    contentDigest: idx.contentDigest,
+    kind: 'store',
+    virtualSize: idx.virtualSize,
+    readBytes: blob.length,
+  };
 }

@@ -89,10 +89,7 @@ const CHUNKED_UNIT = 4 << 20;
 export async function runOutput(r: OutputRun): Promise<OutputDone> {
   if (r.format === 'chunked') return chunked(r);
   const threads = r.pool.size;
-  const unit =
-    r.format === 'raw.zst'
-        ? ZST_FRAME
-        : Math.max(FILE_UNIT, r.clusterSize);
+  const unit = r.format === 'raw.zst' ? ZST_FRAME : Math.max(FILE_UNIT, r.clusterSize);
   const slots = new SlotPool(slotCount(unit, threads), unit);
   const hasher = new Hasher(r.signal);
   if (r.reader.file) hasher.readAhead(r.reader.file, r.reader.extents);

@@ -72,7 +72,8 @@ function mismatch(what: string, got: string, want: string): OrbError {
 export async function verifyOutput(v: VerifyRun): Promise<void> {
   const want = v.done.contentSha256 ?? '';
   const size = v.info.virtualSize;
-  if (v.format !== 'chunked' && !want) throw new OrbError('internal', 'verify: no content sha256 to check against');
+  if (v.format !== 'chunked' && !want)
+    throw new OrbError('internal', 'verify: no content sha256 to check against');
   switch (v.format) {
     case 'qcow2': {
       const qemuImg = requireTool('qemu-img', 'qemu-utils');
@@ -176,7 +177,8 @@ export async function verifyOutput(v: VerifyRun): Promise<void> {
       reader.pool = v.pool;
       try {
         const got = await diskContentRoot(reader, v.pool, v.progress('verify', size), v.signal);
-        if (got !== root || img.config.contentDigest !== root) throw mismatch('the chunked layout', got, root);
+        if (got !== root || img.config.contentDigest !== root)
+          throw mismatch('the chunked layout', got, root);
       } finally {
         await reader.close();
       }

@@ -33,7 +33,18 @@ import {
   DISK_V2_PACK,
 } from '../../src/formats/oci-media.js';
 import { OciLayout } from '../../src/oci/layout.js';
-import { MiB, inFormat, noise, qemuCompare, sha256File, smallDisk, text } from '../helpers/images.js';
+import { RssSampler } from '../../src/image/bench/rss.js';
+import {
+  GiB,
+  MiB,
+  inFormat,
+  noise,
+  qemuCompare,
+  sha256File,
+  smallDisk,
+  sparseDisk,
+  text,
+} from '../helpers/images.js';
 
 let dir: string;
 let raw: string;
@@ -90,7 +101,11 @@ describe('convert --format chunked (v2)', () => {
     expect(m.layers[0]!.mediaType).toBe(DISK_V2_INDEX);
     expect(m.layers.slice(1).every((l) => l.mediaType === DISK_V2_PACK)).toBe(true);
     expect(m.annotations?.[ANN_CONTENT_DIGEST]).toBe(rawRoot);
-    expect(img.config).toMatchObject({ schema: 'orb-disk/v2', blockSize: BLOCK_SIZE, contentDigest: rawRoot });
+    expect(img.config).toMatchObject({
+      schema: 'orb-disk/v2',
+      blockSize: BLOCK_SIZE,
+      contentDigest: rawRoot,
+    });
     // every blob is named by its digest; no temporary file is left
     for (const f of readdirSync(join(layout, 'blobs/sha256'))) {
       expect(f).toMatch(/^[0-9a-f]{64}$/);
@@ -132,7 +147,9 @@ describe('convert --format chunked (v2)', () => {
     execFileSync('skopeo', ['copy', '--preserve-digests', `oci:${layout}:latest`, `oci:${copy}:latest`], {
       stdio: 'pipe',
     });
-    expect((await readChunkedLayout(copy)).manifestDigest).toBe((await readChunkedLayout(layout)).manifestDigest);
+    expect((await readChunkedLayout(copy)).manifestDigest).toBe(
+      (await readChunkedLayout(layout)).manifestDigest,
+    );
   });
 });
 
@@ -154,18 +171,31 @@ describe('blocks are stored once', () => {
     expect(f[3]).toBe(f[0]);
     expect(img.index.packs[0]!.size).toBeLessThan(2 * BLOCK_SIZE);
     expect(r.contentDigest).toBe((await localContentDigest(p)).contentDigest);
-    const back = await decodeChunked({ layout: out('repeat'), output: out('repeat-back.raw'), format: 'raw' });
+    const back = await decodeChunked({
+      layout: out('repeat'),
+      output: out('repeat-back.raw'),
+      format: 'raw',
+    });
     expect(sha256File(back.path)).toBe(sha256File(p));
   });
 
   it('--pack-size caps every pack; the layout still decodes', async () => {
-    const r = await convertImage({ input: raw, output: out('small-packs'), format: 'chunked', packSize: MiB });
+    const r = await convertImage({
+      input: raw,
+      output: out('small-packs'),
+      format: 'chunked',
+      packSize: MiB,
+    });
     const img = await readChunkedLayout(out('small-packs'));
     expect(r.chunked!.packs).toBeGreaterThan(3);
     expect(img.packs.length).toBe(r.chunked!.packs);
     for (const p of img.packs) expect(p.size).toBeLessThanOrEqual(MiB);
     expect(r.contentDigest).toBe(rawRoot);
-    const back = await decodeChunked({ layout: out('small-packs'), output: out('small-packs.raw'), format: 'raw' });
+    const back = await decodeChunked({
+      layout: out('small-packs'),
+      output: out('small-packs.raw'),
+      format: 'raw',
+    });
     expect(sha256File(back.path)).toBe(rawSha);
   });
 });
@@ -187,7 +217,10 @@ describe('--base: a new version stores only the blocks that changed', () => {
     const nz = nonZeroBlocks(raw);
     const zeroBlock = [...Array(statSync(raw).size / BLOCK_SIZE).keys()].find((b) => !nz.includes(b))!;
     const touched = [nz[3]!, nz[40]!, nz[200]!, nz[nz.length - 2]!];
-    const v2raw = update('v2.raw', [...touched.map((b) => b * BLOCK_SIZE + 8192), zeroBlock * BLOCK_SIZE + 4096]);
+    const v2raw = update('v2.raw', [
+      ...touched.map((b) => b * BLOCK_SIZE + 8192),
+      zeroBlock * BLOCK_SIZE + 4096,
+    ]);
     const r2 = await convertImage({
       input: v2raw,
       output: out('base-v2'),
@@ -217,14 +250,17 @@ describe('--base: a new version stores only the blocks that changed', () => {
     const r = await convertImage({ input: v2raw, output: shared, format: 'chunked', tag: 'v2' });
     expect(r.chunked!.fresh).toBe(1);
     const index = JSON.parse(readFileSync(join(shared, 'index.json'), 'utf8'));
-    expect(index.manifests.map((m: { annotations: Record<string, string> }) => m.annotations[ANN_REF_NAME]).sort()).toEqual([
-      'v1',
-      'v2',
-    ]);
-    expect((await decodeChunked({ layout: shared, tag: 'v1', output: out('v1-again.raw'), format: 'raw' })).contentDigest).toBe(
-      rawRoot,
-    );
-    const before = { index: readFileSync(join(shared, 'index.json'), 'utf8'), blobs: readdirSync(join(shared, 'blobs/sha256')).sort() };
+    expect(
+      index.manifests.map((m: { annotations: Record<string, string> }) => m.annotations[ANN_REF_NAME]).sort(),
+    ).toEqual(['v1', 'v2']);
+    expect(
+      (await decodeChunked({ layout: shared, tag: 'v1', output: out('v1-again.raw'), format: 'raw' }))
+        .contentDigest,
+    ).toBe(rawRoot);
+    const before = {
+      index: readFileSync(join(shared, 'index.json'), 'utf8'),
+      blobs: readdirSync(join(shared, 'blobs/sha256')).sort(),
+    };
     const controller = new AbortController();
     let units = 0;
     const err = await convertImage({
@@ -304,7 +340,12 @@ describe('bad input: a clear error and nothing written', () => {
   it('an index that points outside its pack', async () => {
     const block = text('x', BLOCK_SIZE);
     const frame = zstd(block);
-    const d = await crafted('outside', frame, [[10, frame.length, 1]], [[0, 0, 0, createHash('sha256').update(block).digest()]]);
+    const d = await crafted(
+      'outside',
+      frame,
+      [[10, frame.length, 1]],
+      [[0, 0, 0, createHash('sha256').update(block).digest()]],
+    );
     const err = await refused(d, 'outside.raw');
     expect(err.message).toMatch(/index/);
     expect(err.message).toMatch(/frame 0/);
@@ -313,9 +354,12 @@ describe('bad input: a clear error and nothing written', () => {
   it('a frame that decompresses to more than its blocks', async () => {
     const two = text('y', 2 * BLOCK_SIZE);
     const frame = zstd(two);
-    const d = await crafted('toolong', frame, [[0, frame.length, 1]], [
-      [0, 0, 0, createHash('sha256').update(two.subarray(0, BLOCK_SIZE)).digest()],
-    ]);
+    const d = await crafted(
+      'toolong',
+      frame,
+      [[0, frame.length, 1]],
+      [[0, 0, 0, createHash('sha256').update(two.subarray(0, BLOCK_SIZE)).digest()]],
+    );
     const err = await refused(d, 'toolong.raw');
     expect(err.kind).toBe('integrity');
     expect(err.message).toMatch(/declares 65536 bytes, the index says 32768/);
@@ -324,9 +368,28 @@ describe('bad input: a clear error and nothing written', () => {
   it('a block whose bytes are not its digest', async () => {
     const block = text('z', BLOCK_SIZE);
     const frame = zstd(block);
-    const d = await crafted('wrongdigest', frame, [[0, frame.length, 1]], [[0, 0, 0, createHash('sha256').update('other').digest()]]);
+    const d = await crafted(
+      'wrongdigest',
+      frame,
+      [[0, frame.length, 1]],
+      [[0, 0, 0, createHash('sha256').update('other').digest()]],
+    );
     const err = await refused(d, 'wrongdigest.raw');
     expect(err.kind).toBe('integrity');
     expect(err.message).toMatch(/other bytes than its sha256/);
+  });
+});
+
+describe('cost follows the data', () => {
+  it('a 32 GiB sparse disk: only its data is read and stored, memory bounded', async () => {
+    const big = sparseDisk(32 * GiB);
+    const rss = new RssSampler().start();
+    const r = await convertImage({ input: big, output: out('big'), format: 'chunked' });
+    const peak = rss.stop();
+    expect(peak).toBeLessThan(512 * MiB);
+    expect(r.chunked).toMatchObject({ blocks: (32 * GiB) / BLOCK_SIZE, stored: (12 * MiB) / BLOCK_SIZE });
+    expect(r.outputBytes).toBeLessThan(12 * MiB);
+    const d = await localContentDigest(big);
+    expect(d).toMatchObject({ contentDigest: r.contentDigest, readBytes: 12 * MiB });
   });
 });

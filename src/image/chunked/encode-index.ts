@@ -75,7 +75,13 @@ export function buildIndex(p: IndexParts): { index: DiskIndex; baseRefs: BaseRef
       }
       const globals = [g];
       byKey.set(key, globals);
-      order.push({ pack, offset: idx.frameOffset[f]!, length: idx.frameLength[f]!, blocks: idx.frameBlocks[f]!, globals });
+      order.push({
+        pack,
+        offset: idx.frameOffset[f]!,
+        length: idx.frameLength[f]!,
+        blocks: idx.frameBlocks[f]!,
+        globals,
+      });
     }
   });
   order.sort((x, y) => x.pack - y.pack || x.offset - y.offset);
@@ -87,7 +93,12 @@ export function buildIndex(p: IndexParts): { index: DiskIndex; baseRefs: BaseRef
   const firstNewPack = b.packs.length;
   for (const pack of p.newPacks) b.addPack(pack);
   for (let f = 0; f < p.frames.count; f++)
-    b.addFrame(firstNewPack + p.frames.pack[f]!, p.frames.offset[f]!, p.frames.length[f]!, p.frames.blocks[f]!);
+    b.addFrame(
+      firstNewPack + p.frames.pack[f]!,
+      p.frames.offset[f]!,
+      p.frames.length[f]!,
+      p.frames.blocks[f]!,
+    );
   for (let i = 0; i < p.entries.count; i++) {
     const r = p.entries.ref[i]!;
     const frame = r >= p.baseFlag ? frameOf[r - p.baseFlag]! : baseFrames + r;
@@ -95,7 +106,10 @@ export function buildIndex(p: IndexParts): { index: DiskIndex; baseRefs: BaseRef
   }
   const index = b.finish();
   if (index.contentDigest !== p.root)
-    throw new OrbError('internal', `the index's content root ${index.contentDigest} is not the scan's ${p.root}`);
+    throw new OrbError(
+      'internal',
+      `the index's content root ${index.contentDigest} is not the scan's ${p.root}`,
+    );
   return { index, baseRefs };
 }
 
@@ -109,9 +123,13 @@ export async function linkBasePacks(layout: OciLayout, refs: BaseRefs): Promise<
     if ((await layout.blobSize(pack.digest)) === pack.size) continue;
     const src = from.blobPath(pack.digest);
     if ((await from.blobSize(pack.digest)) !== pack.size)
-      throw new OrbError('input', `base pack ${pack.digest} is missing or has the wrong size in ${from.dir}`, {
-        hint: 'the --base layout is incomplete; convert without --base or restore it',
-      });
+      throw new OrbError(
+        'input',
+        `base pack ${pack.digest} is missing or has the wrong size in ${from.dir}`,
+        {
+          hint: 'the --base layout is incomplete; convert without --base or restore it',
+        },
+      );
     const dest = layout.blobPath(pack.digest);
     const tmp = `${dest}.${process.pid}.partial`;
     await rm(tmp, { force: true });

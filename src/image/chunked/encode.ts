@@ -1,5 +1,11 @@
 import { OrbError } from '../../core/errors.js';
-import { BLOCK_SIZE, ContentRoot, FRAME_BLOCKS, MAX_ENTRIES, type DiskIndex } from '../../formats/disk-index.js';
+import {
+  BLOCK_SIZE,
+  ContentRoot,
+  FRAME_BLOCKS,
+  MAX_ENTRIES,
+  type DiskIndex,
+} from '../../formats/disk-index.js';
 import type { OciLayout } from '../../oci/layout.js';
 import { InOrder, type Unit, type UnitSink } from '../scan.js';
 import type { WorkerPool } from '../workers.js';
@@ -101,9 +107,7 @@ export class ChunkedSink implements UnitSink {
     let firstFrame = 0;
     const decided = this.decide.sequence(u.index, hashed, (r) => {
       firstFrame = this.frameBlocks.n;
-      runs = r
-        ? this.decideUnit(first, n, r.zero as Uint8Array, r.digests as Uint8Array)
-        : this.zeros(n);
+      runs = r ? this.decideUnit(first, n, r.zero as Uint8Array, r.digests as Uint8Array) : this.zeros(n);
     });
     const compressed = decided.then(() =>
       runs.length
@@ -160,7 +164,9 @@ export class ChunkedSink implements UnitSink {
         throw new OrbError(
           'input',
           `the disk has more than ${MAX_ENTRIES} non-zero blocks of ${BLOCK_SIZE} bytes (format v2's limit: 256 GiB of data)`,
-          { hint: 'trim free space in the guest (fstrim) so unused blocks read as zeros, or ship the disk as qcow2' },
+          {
+            hint: 'trim free space in the guest (fstrim) so unused blocks read as zeros, or ship the disk as qcow2',
+          },
         );
       const e = this.digests.push(d);
       this.entryBlock.push(first + i);

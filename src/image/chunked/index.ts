@@ -28,7 +28,10 @@ export {
 } from './read.js';
 export { decodeChunkBlob } from './v1-chunk.js';
 
-export interface DecodeOptions extends Pick<ConvertOptions, 'log' | 'progress' | 'signal' | 'threads' | 'verify'> {
+export interface DecodeOptions extends Pick<
+  ConvertOptions,
+  'log' | 'progress' | 'signal' | 'threads' | 'verify'
+> {
   /** layout directory */
   layout: string;
   /** default: the layout's only disk, else latest */

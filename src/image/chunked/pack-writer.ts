@@ -35,7 +35,7 @@ export class PackWriter {
     }
     const c = this.cur;
     const offset = c.size;
-    for (let done = 0; done < frame.length; ) {
+    for (let done = 0; done < frame.length;) {
       const { bytesWritten } = await c.fh.write(frame, done, frame.length - done, offset + done);
       done += bytesWritten;
     }

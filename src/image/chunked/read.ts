@@ -14,8 +14,18 @@ import {
   untrustedError,
 } from '../../core/untrusted.js';
 import { entryDigest, MAX_INDEX_BLOB, type DiskIndex } from '../../formats/disk-index.js';
-import { DISK_V2_ARTIFACT, type Descriptor, type DiskV2Config, type ImageManifest } from '../../formats/oci-media.js';
-import { checkDiskV2Config, checkDiskV2Manifest, decodeIndexFrame, loadDiskIndex } from '../../oci/disk-v2.js';
+import {
+  DISK_V2_ARTIFACT,
+  type Descriptor,
+  type DiskV2Config,
+  type ImageManifest,
+} from '../../formats/oci-media.js';
+import {
+  checkDiskV2Config,
+  checkDiskV2Manifest,
+  decodeIndexFrame,
+  loadDiskIndex,
+} from '../../oci/disk-v2.js';
 import { OciLayout } from '../../oci/layout.js';
 import { Extents } from '../extents.js';
 import type { DiskReader, ImageInfo } from '../disk.js';
@@ -98,13 +108,18 @@ export async function readChunkedLayout(
   const manifest: ImageManifest = {
     ...(json as unknown as ImageManifest),
     config: checkDescriptor(json.config, `${where}: manifest config`, MAX_CONFIG_BYTES),
-    layers: json.layers.map((l, i) => checkDescriptor(l, `${where}: manifest layers[${i}]`, MAX_VIRTUAL_SIZE)),
+    layers: json.layers.map((l, i) =>
+      checkDescriptor(l, `${where}: manifest layers[${i}]`, MAX_VIRTUAL_SIZE),
+    ),
   };
   const layers = checkDiskV2Manifest(manifest, where);
   const config = checkDiskV2Config(await layout.readBytes(manifest.config.digest, MAX_CONFIG_BYTES), where);
   const blob = await layout.readBytes(layers.index.digest, MAX_INDEX_BLOB);
   if (blob.length !== layers.index.size)
-    throw untrustedError(`${where}: index`, `is ${blob.length} bytes, the manifest says ${layers.index.size}`);
+    throw untrustedError(
+      `${where}: index`,
+      `is ${blob.length} bytes, the manifest says ${layers.index.size}`,
+    );
   const index = loadDiskIndex(blob, manifest, config, layers, where);
   if (opts.packs !== false) {
     for (const p of layers.packs) {
@@ -205,7 +220,7 @@ export class LayoutReader implements DiskReader {
     const at = idx.frameOffset[f]!;
     const buf = Buffer.allocUnsafe(len);
     const fh = await this.packFile(p);
-    for (let got = 0; got < len; ) {
+    for (let got = 0; got < len;) {
       const { bytesRead } = await fh.read(buf, got, len - got, at + got);
       if (bytesRead === 0)
         throw new OrbError(
@@ -220,7 +235,8 @@ export class LayoutReader implements DiskReader {
       // not transferred: on a bad frame the bytes are decoded again here for the error message
       const r = await this.pool.run({ task: 'unframe', data: buf, blocks, block: idx.blockSize });
       if (r.bad !== undefined) decodeIndexFrame(idx, f, buf, this.display);
-      if (r.bad !== undefined) throw new OrbError('integrity', `${this.display}: frame ${f}: ${String(r.bad)}`);
+      if (r.bad !== undefined)
+        throw new OrbError('integrity', `${this.display}: frame ${f}: ${String(r.bad)}`);
       const data = r.data as Uint8Array;
       return {
         data: Buffer.from(data.buffer, data.byteOffset, data.byteLength),

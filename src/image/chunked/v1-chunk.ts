@@ -19,10 +19,19 @@ export async function decodeChunkBlob(blob: Buffer, chunk: ChunkRef): Promise<Bu
     try {
       plain = await inflate(blob, { maxOutputLength: chunk.length });
     } catch (err) {
-      throw new OrbError('integrity', `chunk at offset ${chunk.offset} does not decompress: ${(err as Error).message}`);
+      throw new OrbError(
+        'integrity',
+        `chunk at offset ${chunk.offset} does not decompress: ${(err as Error).message}`,
+      );
     }
   }
-  if (plain.length !== chunk.length || 'sha256:' + createHash('sha256').update(plain).digest('hex') !== chunk.digest)
-    throw new OrbError('integrity', `chunk at offset ${chunk.offset} decodes to other bytes than its digest ${chunk.digest}`);
+  if (
+    plain.length !== chunk.length ||
+    'sha256:' + createHash('sha256').update(plain).digest('hex') !== chunk.digest
+  )
+    throw new OrbError(
+      'integrity',
+      `chunk at offset ${chunk.offset} decodes to other bytes than its digest ${chunk.digest}`,
+    );
   return plain;
 }
