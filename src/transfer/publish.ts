@@ -124,7 +124,7 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
     const factor = Math.ceil(prepared.blobs.length / target.maxBlobCount);
     throw new UsageError(
       `${prepared.describe} has ${prepared.blobs.length} blobs; ${target.describe()} holds at most ${target.maxBlobCount}`,
-      `convert with a chunk size at least ${factor}x larger (orb convert --chunk-size), or publish to a registry or S3`,
+      `convert with a --pack-size at least ${factor}x larger, or publish to a registry or S3`,
     );
   }
 
