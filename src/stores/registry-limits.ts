@@ -139,7 +139,11 @@ export function checkRegistryLimits(limits: RegistryLimits, a: ArtifactShape, lo
     problems.push(
       `a manifest of ${formatBytes(a.manifestBytes)}; ${limits.name} accepts at most ${formatBytes(limits.maxManifestBytes)}`,
     );
-    hints.push(a.singleFile ? 'publish with a larger --part-size (fewer parts)' : 'convert with a larger --pack-size (fewer packs)');
+    hints.push(
+      a.singleFile
+        ? 'publish with a larger --part-size (fewer parts)'
+        : 'convert with a larger --pack-size (fewer packs)',
+    );
   }
   if (problems.length) {
     throw new UsageError(
