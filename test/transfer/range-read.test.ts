@@ -243,6 +243,15 @@ describe.each([
     front.clear();
   });
 
+  it('a stalled answer is dropped after idleMs and asked again', async () => {
+    front.clear();
+    front.log.length = 0;
+    front.add({ method: 'GET', path: blobPath, times: 1, action: { type: 'delay', ms: 1500 } });
+    await expectBytes(origin(), 7, 7000, { ...opts, idleMs: 300 });
+    expect(blobGets(front)).toHaveLength(2);
+    front.clear();
+  });
+
   it('retries 5xx and 429 (Retry-After honoured), and gives up after the attempts', async () => {
     front.clear();
     front.log.length = 0;
