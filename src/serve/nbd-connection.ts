@@ -33,6 +33,9 @@ const ALLOCATION_CONTEXT_ID = 1;
 const TRANSMISSION_FLAGS =
   P.TFLAG.HAS_FLAGS | P.TFLAG.READ_ONLY | P.TFLAG.SEND_FLUSH | P.TFLAG.CAN_MULTI_CONN;
 
+/** A name a client sent, fit for a log line: bounded, quoted, control characters escaped. */
+const shown = (name: string): string => JSON.stringify(name.length > 64 ? `${name.slice(0, 64)}...` : name);
+
 /** The client broke the protocol: we hang up (the spec allows a hard disconnect then). */
 class ProtocolError extends Error {}
 
@@ -150,7 +153,11 @@ export class NbdConnection {
     };
     const unknown = (name: string): 'more' => {
       this.send(
-        P.optionError(opt, P.REP.ERR_UNKNOWN, `no export "${name}" (this server has "${exportName}")`),
+        P.optionError(
+          opt,
+          P.REP.ERR_UNKNOWN,
+          `no export ${shown(name)} (this server has ${shown(exportName)})`,
+        ),
       );
       return 'more';
     };
@@ -159,7 +166,7 @@ export class NbdConnection {
         const name = data.toString('utf8');
         // No way to refuse this option but hanging up (the spec says so).
         if (data.length > P.MAX_STRING || !this.knows(name))
-          throw new ProtocolError(`unknown export "${name}"`);
+          throw new ProtocolError(`asked for an unknown export ${shown(name)}`);
         this.send(P.exportNameReply(source.size, TRANSMISSION_FLAGS, noZeroes));
         return 'transmit';
       }

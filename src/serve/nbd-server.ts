@@ -1,4 +1,4 @@
-import { chmod, lstat, mkdtemp, rename, rm, unlink } from 'node:fs/promises';
+import { chmod, link, lstat, mkdtemp, rm, unlink } from 'node:fs/promises';
 import { connect, createServer, isIPv4, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
@@ -75,9 +75,13 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServer>
     stats,
     isClosing: () => closing,
     warnOnce(message) {
-      if (warned.has(message)) return;
-      if (warned.size < MAX_REMEMBERED_WARNINGS) warned.add(message);
-      log.warn(message);
+      if (warned.has(message) || warned.size > MAX_REMEMBERED_WARNINGS) return;
+      warned.add(message);
+      log.warn(
+        warned.size > MAX_REMEMBERED_WARNINGS
+          ? `${message} (${MAX_REMEMBERED_WARNINGS} distinct NBD warnings so far: no more are shown)`
+          : message,
+      );
     },
   };
   const conns = new Set<NbdConnection>();
@@ -177,9 +181,10 @@ function listenOn(server: Server, start: () => void, where: string): Promise<voi
 }
 
 /**
- * Binds the socket in a fresh private folder, makes it 0600, then renames it into place: at no
+ * Binds the socket in a fresh private folder, makes it 0600, then links it into place: at no
  * moment does `path` name a socket other users could connect to (a chmod after listening on the
- * final path would leave that window). Returns the socket's inode, so close() removes only ours.
+ * final path would leave that window), and a link, unlike a rename, never replaces a socket
+ * another server put there meanwhile. Returns the socket's inode, so close() removes only ours.
  */
 async function listenUnix(server: Server, path: string): Promise<number> {
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH)
@@ -200,7 +205,13 @@ async function listenUnix(server: Server, path: string): Promise<number> {
       throw new UsageError(`the NBD socket folder path is too long: ${dir}`, 'use a shorter folder');
     await listenOn(server, () => server.listen({ path: staging }), staging);
     await chmod(staging, 0o600);
-    await rename(staging, path);
+    await link(staging, path).catch((err: NodeJS.ErrnoException) => {
+      throw err.code === 'EEXIST'
+        ? new OrbError('environment', `another server is listening on ${path}`, {
+            hint: 'stop it, or give another --socket',
+          })
+        : new OrbError('environment', `cannot create the NBD socket ${path}: ${err.message}`, { cause: err });
+    });
     return (await lstat(path)).ino;
   } catch (err) {
     server.close();

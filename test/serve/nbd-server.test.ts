@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OrbError, UsageError } from '../../src/core/errors.js';
 import type { Logger } from '../../src/core/log.js';
 import { NbdClient } from '../../src/image/nbd.js';
+import { allocationDescriptors } from '../../src/serve/nbd-protocol.js';
 import { startNbdServer, type ExportSource, type NbdServer } from '../../src/serve/nbd-server.js';
 
 /**
@@ -398,6 +399,49 @@ describe('NBD server: bounds on what a client sends', () => {
     expect(c.isClosed()).toBe(true);
   });
 
+  it('serves the old NBD_OPT_EXPORT_NAME, answers NBD_OPT_ABORT, lists base:allocation', async () => {
+    const old = await rawClient(socket);
+    old.option(1, Buffer.from('disk'));
+    const reply = await old.read(10); // size and flags, no zeroes (the client set NO_ZEROES)
+    expect(Number(reply.readBigUInt64BE(0))).toBe(SIZE);
+    expect(reply.readUInt16BE(8) & 3).toBe(3); // HAS_FLAGS | READ_ONLY
+    old.request(0, 12 * MiB + 5, 3);
+    expect(await old.simple()).toBe(0);
+    expect((await old.read(3)).equals(Buffer.alloc(3, PATTERN))).toBe(true);
+    old.sock.destroy();
+
+    const wrong = await rawClient(socket);
+    wrong.option(1, Buffer.from('other'));
+    await expect(wrong.read(1)).rejects.toThrow(/closed/);
+
+    const c = await rawClient(socket);
+    c.option(8); // structured replies
+    expect((await c.reply())[0]).toBe(1);
+    const query = (...qs: string[]): Buffer => {
+      const parts = [Buffer.alloc(4), Buffer.alloc(4)];
+      parts[1]!.writeUInt32BE(qs.length);
+      for (const q of qs) {
+        const n = Buffer.alloc(4);
+        n.writeUInt32BE(q.length);
+        parts.push(n, Buffer.from(q));
+      }
+      return Buffer.concat(parts);
+    };
+    c.option(9, query()); // LIST_META_CONTEXT, every context
+    const [type, data] = await c.reply();
+    expect(type).toBe(4);
+    expect(data.subarray(4).toString()).toBe('base:allocation');
+    expect((await c.reply())[0]).toBe(1);
+    c.option(10, query('qemu:dirty-bitmap:x')); // SET: nothing we have
+    expect((await c.reply())[0]).toBe(1);
+    c.option(10, Buffer.from([0, 0, 0, 0, 0, 0, 0, 1])); // says one query, sends none
+    expect((await c.reply())[0]).toBe(0x80000003);
+    c.option(2); // ABORT
+    expect((await c.reply())[0]).toBe(1);
+    await c.read(1).catch(() => {});
+    expect(c.isClosed()).toBe(true);
+  });
+
   it('hangs up on an oversized option instead of buffering it', async () => {
     const c = await rawClient(socket);
     c.option(7, Buffer.alloc(1 * MiB));
@@ -499,5 +543,27 @@ describe('NBD server: TCP on 127.0.0.1 and closing', () => {
     for (let i = 0; i < 40 && existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
     expect(existsSync(socket)).toBe(false);
     await server.close();
+  });
+});
+
+describe('NBD server: base:allocation descriptors', () => {
+  it('merges, clips to the request, honours REQ_ONE and never reports nothing', () => {
+    const ext = [
+      { length: 100, zero: false },
+      { length: 50, zero: false },
+      { length: 0, zero: true },
+      { length: 200, zero: true },
+      { length: 1000, zero: false },
+    ];
+    expect(allocationDescriptors(ext, 400, false)).toEqual([
+      [150, 0],
+      [200, 3],
+      [50, 0],
+    ]);
+    expect(allocationDescriptors(ext, 400, true)).toEqual([[150, 0]]);
+    expect(allocationDescriptors([], 4096, false)).toEqual([[4096, 0]]);
+    expect(allocationDescriptors([{ length: -1, zero: true }], 10, false)).toEqual([[10, 0]]);
+    const many = Array.from({ length: 5000 }, (_, i) => ({ length: 1, zero: i % 2 === 0 }));
+    expect(allocationDescriptors(many, 5000, false)).toHaveLength(1024);
   });
 });
