@@ -240,6 +240,25 @@ describe('NBD server: real clients over a Unix socket', () => {
     await rm(out);
   });
 
+  it('a qcow2 overlay backed by the export: writes stay in the overlay, the rest reads through', async () => {
+    const overlay = join(dir, 'overlay.qcow2');
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', uri(), '-F', 'raw', overlay], {
+      timeout: 60_000,
+    });
+    const io = (...cmds: string[]) =>
+      run('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), overlay], { timeout: 60_000 });
+    const wrote = await io(`write -P 0x5a ${12 * MiB} 4096`);
+    expect(wrote.stdout).toMatch(/wrote 4096\/4096/);
+    const { stdout } = await io(
+      `read -P 0x5a ${12 * MiB} 4096`,
+      `read -P ${PATTERN} ${12 * MiB + 4096} ${MiB - 4096}`,
+      `read -P 0 ${6 * MiB} ${MiB}`,
+    );
+    expect(stdout).not.toMatch(/fail/i);
+    expect(stdout.match(/^read \d+\/\d+ bytes at offset/gm)).toHaveLength(3);
+    await rm(overlay);
+  });
+
   it('a failing source read is an I/O error for that request only, logged once', async () => {
     source.failing = { start: 20 * MiB, end: 20 * MiB + 4096, left: 2 };
     // qemu-io exits 1 when any command failed; what each one printed is the result
@@ -446,6 +465,29 @@ describe('NBD server: bounds on what a client sends', () => {
     const c = await rawClient(socket);
     c.option(7, Buffer.alloc(1 * MiB));
     await expect(c.read(1)).rejects.toThrow(/closed/);
+  });
+
+  it('refuses clients past maxClients, and serves again once one leaves', async () => {
+    const sockDir = await mkdtemp(join(dir, 's'));
+    const log = captureLog();
+    const one = await startNbdServer({
+      source: fileSource(),
+      exportName: 'disk',
+      socket: join(sockDir, 'nbd.sock'),
+      log,
+      maxClients: 1,
+    });
+    try {
+      const path = (one.address as { socket: string }).socket;
+      const first = await rawClient(path);
+      await expect(rawClient(path)).rejects.toThrow(/closed/);
+      expect(log.warnings.join('\n')).toMatch(/1 are connected already/);
+      first.sock.destroy();
+      for (let i = 0; i < 40 && one.stats.connections > 0; i++) await new Promise((r) => setTimeout(r, 25));
+      (await rawClient(path)).sock.destroy();
+    } finally {
+      await one.close();
+    }
   });
 
   it('refuses to listen beyond loopback and to replace a file that is not a socket', async () => {
