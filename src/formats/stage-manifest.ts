@@ -49,7 +49,11 @@ export interface OrbManifest {
     fileSize: number;
     sha256?: string;
     contentSha256?: string;
-    /** chunked disks (format v2): the orb2 content root, orb2:sha256:<hex> */
+    /**
+     * orb2:sha256:<hex>, the disk's content identity (docs/chunked-format.md): a root over its
+     * 32 KiB block digests and zero runs, computed without reading zeros. `orb digest` gives the
+     * same value for the disk in any format; chunked stages record it instead of contentSha256.
+     */
     contentDigest?: string;
     chunked?: ChunkInfo;
   };
