@@ -79,6 +79,13 @@ const own: InputSpec[] = [
       'chunked: earlier version(s) (layout, oci-layout:DIR:TAG or orb manifest); blocks they hold are referenced (their packs linked into the output layout), only new blocks are compressed into new packs. Adding to an existing layout uses its --tag as a base too',
   },
   {
+    name: 'repack',
+    type: 'boolean',
+    default: false,
+    description:
+      'chunked with --base: compress every block again into fresh packs instead of referencing the base packs (done by itself when the base lists more than 400 packs; base packs less than half live are always rewritten)',
+  },
+  {
     name: 'threads',
     type: 'integer',
     min: 1,
@@ -173,6 +180,7 @@ export default defineCommand({
       packSize: inp.number('pack-size'),
       tag: inp.string('tag'),
       base: inp.list('base'),
+      repack: inp.bool('repack'),
       threads: inp.optNumber('threads'),
       verify: inp.bool('verify'),
       allowExternalFiles: inp.list('allow-external-file'),

@@ -59,6 +59,8 @@ export interface ConvertOptions {
   tag?: string;
   /** earlier chunked version(s): blocks they hold are referenced, not stored again */
   base?: string[];
+  /** with bases: compress every block again into fresh packs (the repack policy's full repack) */
+  repack?: boolean;
   threads?: number;
   verify?: boolean;
   /** files the input image may name (backing, data file, extents): exactly these, nothing else */
@@ -269,6 +271,7 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
       ...settings,
       tag: o.tag ?? 'latest',
       bases,
+      ...(o.repack ? { repack: true } : {}),
       build,
       progress: progress(`convert ${o.format}`, info.virtualSize),
       signal: o.signal,

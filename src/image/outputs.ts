@@ -31,6 +31,8 @@ export interface OutputRun {
   tag: string;
   /** chunked: earlier versions whose blocks are referenced instead of stored again */
   bases: ChunkedImage[];
+  /** chunked with bases: compress every base block again into fresh packs */
+  repack?: boolean;
   build?: BuildInfo | undefined;
   progress: Progress;
   signal?: AbortSignal | undefined;
@@ -51,6 +53,8 @@ export interface ChunkedSummary {
   duplicate: number;
   /** blocks a base already held */
   reused: number;
+  /** blocks a base held in a pack the repack policy dropped (compressed again, in `fresh`) */
+  repacked: number;
   /** index entries (non-zero blocks) */
   stored: number;
   /** new frames */
@@ -175,7 +179,9 @@ async function chunked(r: OutputRun): Promise<OutputDone> {
     packSize: r.packSize,
     virtualSize: r.reader.virtualSize,
     bases: r.bases,
+    ...(r.repack ? { repack: true } : {}),
   });
+  for (const why of sink.repackReasons) r.log.info(`repack: ${why}`);
   const created: string[] = [];
   const rollback = async () => {
     for (const p of [...sink.packs.created, ...created]) await rm(p, { force: true });
@@ -204,7 +210,7 @@ async function chunked(r: OutputRun): Promise<OutputDone> {
     const newPackBytes = sink.packs.packs.reduce((n, p) => n + p.size, 0);
     const packBytes = index.packs.reduce((n, p) => n + p.size, 0);
     r.log.info(
-      `blocks: ${s.blocks} (${s.fresh} new in ${s.frames} frames, ${s.reused} reused from the base, ${s.duplicate} repeated, ${s.zero} zero); new packs: ${sink.packs.packs.length} (${newPackBytes} bytes); index ${m.indexBytes} bytes`,
+      `blocks: ${s.blocks} (${s.fresh} new in ${s.frames} frames${s.repacked ? `, ${s.repacked} of them repacked from the base` : ''}, ${s.reused} reused from the base, ${s.duplicate} repeated, ${s.zero} zero); new packs: ${sink.packs.packs.length} (${newPackBytes} bytes); index ${m.indexBytes} bytes`,
     );
     return {
       outputBytes: packBytes + m.indexBytes + m.size + m.manifest.config.size,
@@ -219,6 +225,7 @@ async function chunked(r: OutputRun): Promise<OutputDone> {
         fresh: s.fresh,
         duplicate: s.duplicate,
         reused: s.reused,
+        repacked: s.repacked,
         stored: index.entryCount,
         frames: s.frames,
         packs: index.packs.length,

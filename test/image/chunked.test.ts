@@ -243,6 +243,23 @@ describe('--base: a new version stores only the blocks that changed', () => {
     expect(sha256File(back.path)).toBe(sha256File(v2raw));
   });
 
+  it('--repack compresses every block again into fresh packs: no base pack is listed', async () => {
+    const v1 = out('repack-v1');
+    await convertImage({ input: raw, output: v1, format: 'chunked' });
+    const r = await convertImage({
+      input: raw,
+      output: out('repacked'),
+      format: 'chunked',
+      base: [v1],
+      repack: true,
+    });
+    expect(r.chunked).toMatchObject({ reused: 0, repacked: r.chunked!.fresh });
+    // every listed pack was written by this run (compression is deterministic: same bytes as v1's)
+    expect(r.chunked!.newPacks).toBe(r.chunked!.packs);
+    expect(r.chunked!.newPackBytes).toBe((await readChunkedLayout(v1)).packs.reduce((n, p) => n + p.size, 0));
+    expect(r.contentDigest).toBe(rawRoot);
+  });
+
   it('adding a version to a layout uses its existing tag as the base; a failed run leaves it as it was', async () => {
     const shared = out('shared');
     await convertImage({ input: raw, output: shared, format: 'chunked', tag: 'v1' });

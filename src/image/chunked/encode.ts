@@ -12,6 +12,7 @@ import type { WorkerPool } from '../workers.js';
 import { DigestPages, DigestTable } from './digest-table.js';
 import { buildIndex, type BaseRefs } from './encode-index.js';
 import { PackWriter } from './pack-writer.js';
+import { decideRepack, keepsFrame, type RepackDecision } from './repack.js';
 import type { ChunkedImage } from './read.js';
 
 /**
@@ -33,6 +34,8 @@ export interface EncodeStats {
   duplicate: number;
   /** blocks a base already holds (its frame is referenced, nothing compressed) */
   reused: number;
+  /** blocks a base holds in a pack the repack policy drops: compressed again (counted in fresh) */
+  repacked: number;
   frames: number;
 }
 
@@ -57,7 +60,17 @@ class Grow<T extends Uint32Array | Uint8Array | Float64Array> {
 }
 
 export class ChunkedSink implements UnitSink {
-  readonly stats: EncodeStats = { blocks: 0, zero: 0, fresh: 0, duplicate: 0, reused: 0, frames: 0 };
+  readonly stats: EncodeStats = {
+    blocks: 0,
+    zero: 0,
+    fresh: 0,
+    duplicate: 0,
+    reused: 0,
+    repacked: 0,
+    frames: 0,
+  };
+  /** what the repack policy decided, one line per base that repacks (for the log) */
+  readonly repackReasons: string[] = [];
   readonly root: ContentRoot;
   readonly packs: PackWriter;
   private readonly decide = new InOrder();
@@ -73,7 +86,8 @@ export class ChunkedSink implements UnitSink {
   private readonly framePack = new Grow((n) => new Uint32Array(n));
   private readonly frameOffset = new Grow((n) => new Float64Array(n));
   private readonly frameLength = new Grow((n) => new Uint32Array(n));
-  private readonly bases: { idx: DiskIndex; table: DigestTable; first: number }[] = [];
+  private readonly bases: { idx: DiskIndex; table: DigestTable; first: number; repack: RepackDecision }[] =
+    [];
 
   constructor(
     private readonly o: {
@@ -83,6 +97,8 @@ export class ChunkedSink implements UnitSink {
       packSize: number;
       virtualSize: number;
       bases: readonly ChunkedImage[];
+      /** compress every base block again into fresh packs (`--repack`) */
+      repack?: boolean;
     },
   ) {
     this.root = new ContentRoot(o.virtualSize);
@@ -92,7 +108,9 @@ export class ChunkedSink implements UnitSink {
       const idx = b.index;
       const table = new DigestTable((i) => idx.digests.subarray(i * 32, i * 32 + 32), idx.entryCount);
       for (let i = 0; i < idx.entryCount; i++) table.add(i);
-      this.bases.push({ idx, table, first });
+      const repack = decideRepack(idx, o.repack ?? false);
+      if (repack.reason) this.repackReasons.push(`${b.layout.dir}: ${repack.reason}`);
+      this.bases.push({ idx, table, first, repack });
       first += idx.frameCount;
     }
   }
@@ -179,7 +197,8 @@ export class ChunkedSink implements UnitSink {
         continue;
       }
       const base = this.inBase(d);
-      if (base) {
+      if (base === 'repack') this.stats.repacked++;
+      else if (base) {
         this.entryRef.push(BASE + base.frame);
         this.entrySlot.push(base.slot);
         this.stats.reused++;
@@ -206,12 +225,17 @@ export class ChunkedSink implements UnitSink {
     return runs;
   }
 
-  private inBase(d: Uint8Array): { frame: number; slot: number } | undefined {
+  /** Where a base holds this block; 'repack' when only packs the repack policy drops hold it. */
+  private inBase(d: Uint8Array): { frame: number; slot: number } | 'repack' | undefined {
+    let dropped = false;
     for (const b of this.bases) {
       const i = b.table.get(d);
-      if (i >= 0) return { frame: b.first + b.idx.entryFrame[i]!, slot: b.idx.entrySlot[i]! };
+      if (i < 0) continue;
+      const f = b.idx.entryFrame[i]!;
+      if (keepsFrame(b.idx, b.repack, f)) return { frame: b.first + f, slot: b.idx.entrySlot[i]! };
+      dropped = true;
     }
-    return undefined;
+    return dropped ? 'repack' : undefined;
   }
 
   /** After the scan: close the last pack and assemble the index (base packs first, in base order). */
