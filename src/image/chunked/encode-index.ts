@@ -1,6 +1,6 @@
 import { copyFile, link, rename, rm, constants as fsc } from 'node:fs/promises';
 import { OrbError } from '../../core/errors.js';
-import { IndexBuilder, type DiskIndex, type PackRef } from '../../formats/disk-index.js';
+import { IndexBuilder, MAX_PACKS, type DiskIndex, type PackRef } from '../../formats/disk-index.js';
 import type { OciLayout } from '../../oci/layout.js';
 import type { ChunkedImage } from './read.js';
 
@@ -91,6 +91,12 @@ export function buildIndex(p: IndexParts): { index: DiskIndex; baseRefs: BaseRef
   }
   const baseFrames = order.length;
   const firstNewPack = b.packs.length;
+  if (firstNewPack + p.newPacks.length > MAX_PACKS)
+    throw new OrbError(
+      'input',
+      `the image would list ${firstNewPack + p.newPacks.length} packs (${firstNewPack} kept from the base, ${p.newPacks.length} new); the format allows ${MAX_PACKS}`,
+      { hint: 'convert with a larger --pack-size (or --repack to start over in fresh packs)' },
+    );
   for (const pack of p.newPacks) b.addPack(pack);
   for (let f = 0; f < p.frames.count; f++)
     b.addFrame(
