@@ -60,7 +60,10 @@ describe('orb digest of a reference', () => {
     const opened = await openStore(`oci://${proxy.host}/digest/disk:v1`, { log: silentLogger, options: {} });
     const d = await storeContentDigest(opened);
     expect(d).toMatchObject({ contentDigest: root, kind: 'store', readBytes: img.indexDescriptor.size });
-    const gets = proxy.log.slice(from).filter((e) => e.method === 'GET').map((e) => e.url);
+    const gets = proxy.log
+      .slice(from)
+      .filter((e) => e.method === 'GET')
+      .map((e) => e.url);
     for (const p of img.packs) expect(gets.some((u) => u.includes(p.digest))).toBe(false);
     expect(gets.some((u) => u.includes(img.indexDescriptor.digest))).toBe(true);
   });
