@@ -44,6 +44,8 @@ export interface OrbManifest {
     fileSize: number;
     sha256?: string;
     contentSha256?: string;
+    /** chunked disks (format v2): the orb2 content root, orb2:sha256:<hex> */
+    contentDigest?: string;
     chunked?: ChunkInfo;
   };
   build?: BuildInfo;
