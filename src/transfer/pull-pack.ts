@@ -92,15 +92,34 @@ export async function fetchWholePack(o: WholePackOptions): Promise<void> {
         want.splice(0, want.length, ...want.filter((f) => !decoded.has(f)));
       },
     };
-    const r = await fetchBlob({
-      store: o.store,
-      desc: o.desc,
-      sink,
-      onBytes: o.onBytes,
-      retry: o.retry,
-      log: o.log,
-      signal: o.signal,
-    });
+    // fetchBlob reports a failing sink as a disk error; a frame refused by decode is not one
+    let refused: unknown;
+    const guard = async (p: Promise<void>) => {
+      try {
+        await p;
+      } catch (err) {
+        refused ??= err;
+        throw err;
+      }
+    };
+    let r: { digest: string };
+    try {
+      r = await fetchBlob({
+        store: o.store,
+        desc: o.desc,
+        sink: {
+          write: (c, at) => guard(sink.write(c, at)),
+          flush: () => guard(flush()),
+          reset: () => sink.reset(),
+        },
+        onBytes: o.onBytes,
+        retry: o.retry,
+        log: o.log,
+        signal: o.signal,
+      });
+    } catch (err) {
+      throw refused ?? err;
+    }
     await flush();
     if (r.digest === o.desc.digest) {
       if (next < want.length)

@@ -187,3 +187,54 @@ export async function writeV2Image(disk: string, dir: string, tag: string, o: V2
 }
 
 export { hex as sha256Hex };
+
+/**
+ * The same image with some parts replaced (hostile variants): pack bytes (named by their new
+ * digest, the index's pack table updated to match), or the index blob as given (encoded from a
+ * mutated DiskIndex, or any bytes). Config and manifest are rewritten to name what was given.
+ */
+export async function writeV2Variant(
+  img: V2Image,
+  dir: string,
+  tag: string,
+  o: { packBytes?: (Buffer | undefined)[]; indexBlob?: Buffer; mutate?: (idx: DiskIndex) => void },
+): Promise<V2Image> {
+  const layout = new OciLayout(dir);
+  await layout.init();
+  const packs = [...img.packs];
+  const packBytes = [...img.packBytes];
+  const idx: DiskIndex = {
+    ...img.index,
+    packs: img.index.packs.map((p) => ({ ...p })),
+    frameOffset: Float64Array.from(img.index.frameOffset),
+    frameLength: Uint32Array.from(img.index.frameLength),
+    frameBlocks: Uint8Array.from(img.index.frameBlocks),
+    entrySlot: Uint8Array.from(img.index.entrySlot),
+    entryFrame: Uint32Array.from(img.index.entryFrame),
+  };
+  for (const [i, b] of (o.packBytes ?? []).entries()) {
+    if (!b) continue;
+    const { digest } = await layout.putBytes(b);
+    packs[i] = { mediaType: DISK_V2_PACK, digest, size: b.length };
+    packBytes[i] = b;
+    idx.packs[i] = { digest, size: b.length };
+  }
+  o.mutate?.(idx);
+  const indexBlob = o.indexBlob ?? encodeIndex(idx);
+  const ib = await layout.putBytes(indexBlob);
+  const config: DiskV2Config = { ...img.config, index: ib.digest };
+  const cfgBytes = Buffer.from(JSON.stringify(config));
+  const cfg = await layout.putBytes(cfgBytes);
+  const manifest: ImageManifest = {
+    ...img.manifest,
+    config: { mediaType: DISK_V2_CONFIG, digest: cfg.digest, size: cfgBytes.length },
+    layers: [{ mediaType: DISK_V2_INDEX, digest: ib.digest, size: indexBlob.length }, ...packs],
+  };
+  const mBytes = Buffer.from(JSON.stringify(manifest));
+  const m = await layout.putBytes(mBytes);
+  await layout.tag({ mediaType: OCI_MANIFEST, digest: m.digest, size: mBytes.length }, tag);
+  return { ...img, dir, tag, manifest, manifestDigest: m.digest, config, index: idx, indexBlob, packs, packBytes };
+}
+
+/** sha256 digest of bytes, `sha256:<hex>` */
+export const digestOf = hex;
