@@ -49,12 +49,10 @@ export class BlockPool {
     const slot = this.workers.reduce((a, b) => (b.busy < a.busy ? b : a));
     const id = this.nextId++;
     slot.busy++;
-    const transfer: ArrayBuffer[] = [];
-    if (m.op === 'frames' && m.data.byteOffset === 0 && m.data.byteLength === m.data.buffer.byteLength)
-      transfer.push(m.data.buffer as ArrayBuffer);
+    // bytes are copied, not transferred: a buffer may still be referenced (stream chunks, tails)
     return new Promise<R>((resolve, reject) => {
       this.waiting.set(id, { resolve: resolve as (r: BlockReply) => void, reject });
-      slot.w.postMessage({ id, m }, transfer);
+      slot.w.postMessage({ id, m });
     });
   }
 

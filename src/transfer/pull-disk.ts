@@ -9,7 +9,7 @@ import type { BlobStore } from '../stores/store.js';
 import type { BaseReply, FrameJob, FramesReply } from './block-ops.js';
 import type { BlockPool } from './block-pool.js';
 import { DigestLookup } from './digest-lookup.js';
-import { RANGE_IGNORED, readPackRange } from './pack-read.js';
+import { RangeIgnored, readRange } from './range-read.js';
 import type { Base } from './pull-base.js';
 import type { Journal } from './pull-journal.js';
 import { planFetches, type PackRange } from './pull-ranges.js';
@@ -122,14 +122,14 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
     const pack = c.packs[idx.framePack[f]!]!;
     const where = `frame ${f} of pack ${pack.digest} at byte ${idx.frameOffset[f]} (${idx.frameLength[f]} bytes)`;
     c.log.warn(`${c.display}: ${where} ${why}; fetching it again`);
-    const data = await readPackRange(c.store, pack, idx.frameOffset[f]!, idx.frameLength[f]!, {
+    const data = await readRange(c.store, pack, idx.frameOffset[f]!, idx.frameLength[f]!, {
       signal: c.signal,
       retry: c.retry,
       log: c.log,
       onBytes,
     });
     let again = why;
-    if (data !== RANGE_IGNORED) {
+    if (!(data instanceof RangeIgnored)) {
       const r = await c.pool.run<FramesReply>({
         op: 'frames',
         data,
@@ -191,16 +191,16 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
       const len = r.end - r.start;
       await budget.acquire(len);
       try {
-        const data = await readPackRange(c.store, c.packs[r.pack]!, r.start, len, {
+        const data = await readRange(c.store, c.packs[r.pack]!, r.start, len, {
           signal: c.signal,
           retry: c.retry,
           log: c.log,
           onBytes,
         });
-        if (data === RANGE_IGNORED) {
+        if (data instanceof RangeIgnored) {
           if (!ignored)
             c.log.info(
-              `${c.store.describe()} ignores HTTP Range requests: fetching whole packs instead (each checked against its digest)`,
+              `${c.store.describe()} ignores HTTP Range requests (${data.why}): fetching whole packs instead, each checked against its digest`,
             );
           ignored = true;
           return toWhole(r);

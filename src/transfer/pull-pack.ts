@@ -47,25 +47,26 @@ export async function fetchWholePack(o: WholePackOptions): Promise<void> {
       const ready: number[] = [];
       while (next < want.length && idx.frameOffset[want[next]!]! + idx.frameLength[want[next]!]! <= start + len)
         ready.push(want[next++]!);
-      if (ready.length) {
-        await o.budget.acquire(data.length);
-        try {
-          await o.decode(data, ready, start);
-        } finally {
-          o.budget.release(data.length);
-        }
-        for (const f of ready) decoded.add(f);
-      }
-      // keep the start of a frame not complete yet
+      // the start of a frame not complete yet is kept (copied first: `data` goes to a worker thread)
       const from = next < want.length ? idx.frameOffset[want[next]!]! : start + len;
-      if (from < start + len) {
-        const tail = Buffer.from(data.subarray(from - start));
+      const tail = from < start + len ? Buffer.from(data.subarray(from - start)) : undefined;
+      const dataStart = start;
+      if (tail) {
         parts = [tail];
         start = from;
         len = tail.length;
       } else {
         parts = [];
         len = 0;
+      }
+      if (ready.length) {
+        await o.budget.acquire(data.length);
+        try {
+          await o.decode(data, ready, dataStart);
+        } finally {
+          o.budget.release(data.length);
+        }
+        for (const f of ready) decoded.add(f);
       }
     };
     const sink: BlobSink = {

@@ -162,7 +162,7 @@ describe('hostile v2 images', () => {
     }
   });
 
-  it('a Range answer with the wrong bytes: fetched once more, then refused; an empty one: a network error, resumable', async () => {
+  it('a Range answer with the wrong bytes: fetched once more, then refused; an empty one: truncated; both resumable', async () => {
     // a base that holds everything but a few blocks, so the rest comes as ranges
     const base = join(dir, 'base.raw');
     const fd = openSync(base, 'w');
@@ -176,10 +176,17 @@ describe('hostile v2 images', () => {
     expect(e.message).toMatch(/twice/);
     onlyPartial(o, 'd.raw');
     const o2 = outDir();
+    // a store that sends more than the range asked for is refused as such
+    const o3 = outDir();
+    const longer = rangeFault(new LayoutStore(L), (b) => Buffer.concat([b, Buffer.alloc(10)]), true);
+    const e3 = await refused(run(longer, 'good', join(o3, 'd.raw'), base));
+    expect(e3.message).toMatch(/more bytes than asked/);
+    onlyPartial(o3, 'd.raw');
     // a short answer is continued from where it stopped; one that never brings the bytes fails
     const short = rangeFault(new LayoutStore(L), () => Buffer.alloc(0), true);
     const e2 = await refused(run(short, 'good', join(o2, 'd.raw'), base));
-    expect(e2.kind).toBe('network');
+    expect(e2.kind).toBe('integrity');
+    expect(e2.message).toMatch(/truncated: the server sends only 0 of/);
     onlyPartial(o2, 'd.raw');
     // and the honest store finishes what was started
     const r = await run(new LayoutStore(L), 'good', join(o2, 'd.raw'), base);
@@ -198,17 +205,15 @@ function withPack(inner: BlobStore, pack: Descriptor, bytes: Buffer): BlobStore 
 }
 
 /** A store whose ranged answers (offset > 0) are rewritten by `f`. */
-function rangeFault(inner: LayoutStore, f: (b: Buffer) => Buffer, onlyShort = false): BlobStore {
+function rangeFault(inner: LayoutStore, f: (b: Buffer) => Buffer, _whole = false): BlobStore {
   const s = Object.create(inner) as BlobStore;
   s.getBlob = (async (desc: Descriptor, offset = 0, end?: number) => {
-    const r = await inner.getBlob(desc, offset);
+    const r = await inner.getBlob(desc, offset, end);
     if (end === undefined) return r;
     const parts: Buffer[] = [];
     for await (const c of r.stream) parts.push(c as Buffer);
     const all = Buffer.concat(parts);
-    // the reader stops at the length it asked for, so the fault is applied to the first 64 KiB
-    const head = all.subarray(0, 64 << 10);
-    const out = onlyShort ? f(head) : Buffer.concat([f(head), all.subarray(head.length)]);
+    const out = f(all);
     return { stream: Readable.from([out]), offset };
   }) as BlobStore['getBlob'];
   return s;
