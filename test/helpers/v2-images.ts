@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync, fstatSync } from 'node:fs';
+import { Readable } from 'node:stream';
 import { zstdCompressSync, constants as Z } from 'node:zlib';
+import type { BlobStore } from '../../src/stores/store.js';
 import { OciLayout } from '../../src/oci/layout.js';
 import { BLOCK_SIZE, FRAME_BLOCKS, IndexBuilder, encodeIndex, type DiskIndex } from '../../src/formats/disk-index.js';
 import {
@@ -238,3 +240,15 @@ export async function writeV2Variant(
 
 /** sha256 digest of bytes, `sha256:<hex>` */
 export const digestOf = hex;
+
+/** Puts an image's blobs and manifest into any store (a stand-in for publish in pull tests). */
+export async function pushV2(img: V2Image, store: BlobStore, tag: string): Promise<void> {
+  const layout = new OciLayout(img.dir);
+  const blobs = [img.manifest.config, ...img.manifest.layers];
+  for (const d of blobs) {
+    if ((await store.statBlob(d.digest)) !== undefined) continue;
+    const bytes = await layout.readBytes(d.digest, 1 << 30);
+    await store.putBlob(d, () => Readable.from([bytes]));
+  }
+  await store.putManifest(await layout.readBytes(img.manifestDigest), OCI_MANIFEST, [tag]);
+}
