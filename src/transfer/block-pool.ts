@@ -32,7 +32,6 @@ export class BlockPool {
         else p?.resolve(msg.r!);
       });
       w.on('error', (err) => this.fail(err));
-      w.unref();
       this.workers.push(slot);
     }
     this.unregister = onCleanup(() => this.close());
