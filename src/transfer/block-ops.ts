@@ -85,7 +85,8 @@ export function decodeFrameBytes(compressed: Uint8Array, blocks: number, blockSi
   const want = blocks * blockSize;
   const h = zstdFrameHeader(compressed);
   if (!h) throw new Error('is not a zstd frame');
-  if (h.contentSize !== want) throw new Error(`declares ${h.contentSize ?? 'no'} bytes, the index says ${want}`);
+  if (h.contentSize !== want)
+    throw new Error(`declares ${h.contentSize ?? 'no'} bytes, the index says ${want}`);
   if (h.windowSize > MAX_WINDOW) throw new Error(`needs a ${h.windowSize}-byte window`);
   let out: Buffer;
   try {
@@ -106,7 +107,7 @@ export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockRepl
   const write = (buf: Uint8Array, offset: number) => {
     out ??= openSync(d.out, 'r+');
     const n = Math.min(buf.length, d.size - offset);
-    for (let done = 0; done < n; ) done += writeSync(out, buf, done, n - done, offset + done);
+    for (let done = 0; done < n;) done += writeSync(out, buf, done, n - done, offset + done);
   };
 
   const frames = (data: Uint8Array, jobs: FrameJob[]): BlockReply => {
@@ -153,7 +154,7 @@ export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockRepl
     m.items.forEach((it, i) => {
       block.fill(0);
       const n = Math.max(0, Math.min(bs, m.size - it.src));
-      for (let got = 0; got < n; ) {
+      for (let got = 0; got < n;) {
         const r = readSync(fd, block, got, n - got, it.src + got);
         if (r === 0) break;
         got += r;

@@ -28,7 +28,8 @@ export class BlockPool {
         const p = this.waiting.get(msg.id);
         this.waiting.delete(msg.id);
         slot.busy--;
-        if (msg.error !== undefined) p?.reject(new OrbError('environment', `writing the output: ${msg.error}`));
+        if (msg.error !== undefined)
+          p?.reject(new OrbError('environment', `writing the output: ${msg.error}`));
         else p?.resolve(msg.r!);
       });
       w.on('error', (err) => this.fail(err));

@@ -11,7 +11,12 @@ export async function sha256Async(data: Uint8Array): Promise<string> {
 }
 
 /** A file artifact's part: its bytes are the content, checked against length and digest. */
-export async function checkPart(blob: Buffer, length: number, digest: string, where: string): Promise<Buffer> {
+export async function checkPart(
+  blob: Buffer,
+  length: number,
+  digest: string,
+  where: string,
+): Promise<Buffer> {
   if (blob.length !== length || (await sha256Async(blob)) !== digest)
     throw new OrbError('integrity', `${where}: the part does not match its digest`);
   return blob;

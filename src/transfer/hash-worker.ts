@@ -65,7 +65,10 @@ if (parentPort && (workerData as { mode?: string }).mode === 'blocks') {
     }
     try {
       const r = ops.run(msg.m);
-      const transfer = r.op === 'base' ? [r.matched.buffer as ArrayBuffer, ...(r.digests ? [r.digests.buffer as ArrayBuffer] : [])] : [];
+      const transfer =
+        r.op === 'base'
+          ? [r.matched.buffer as ArrayBuffer, ...(r.digests ? [r.digests.buffer as ArrayBuffer] : [])]
+          : [];
       port.postMessage({ id: msg.id, r }, transfer);
     } catch (e) {
       port.postMessage({ id: msg.id, error: e instanceof Error ? e.message : String(e) });

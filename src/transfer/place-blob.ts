@@ -1,11 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
-import { sha256Digest } from '../core/untrusted.js';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import zlib from 'node:zlib';
+import type { FileHandle } from 'node:fs/promises';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import type { RetryPolicy } from '../net/retry.js';

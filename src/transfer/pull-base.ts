@@ -80,9 +80,18 @@ async function layoutBase(dir: string, tag: string | undefined, display: string)
   const { manifest, digest } = await resolveManifest(store, ref!, display);
   const plan = await makePlan(store, manifest, digest, display);
   if (!plan.index)
-    throw new UsageError(`base ${display} is a file, not a disk image`, 'give a disk or a chunked disk layout');
+    throw new UsageError(
+      `base ${display} is a file, not a disk image`,
+      'give a disk or a chunked disk layout',
+    );
   const index = plan.index;
-  return { kind: 'layout', describe: display, store, index, lookup: new DigestLookup(index.digests, index.entryCount) };
+  return {
+    kind: 'layout',
+    describe: display,
+    store,
+    index,
+    lookup: new DigestLookup(index.digests, index.entryCount),
+  };
 }
 
 /** qcow2, vhdx, vmdk, ...: read through the disk reader of src/image (qemu-nbd), skipping holes. */

@@ -1,4 +1,3 @@
-import { open } from 'node:fs/promises';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { formatBytes, type Progress } from '../core/progress.js';
@@ -6,11 +5,11 @@ import type { RetryPolicy } from '../net/retry.js';
 import { entryDigest, type DiskIndex } from '../formats/disk-index.js';
 import type { Descriptor } from '../formats/oci-media.js';
 import type { BlobStore } from '../stores/store.js';
-import type { BaseReply, FrameJob, FramesReply } from './block-ops.js';
+import type { FrameJob, FramesReply } from './block-ops.js';
 import type { BlockPool } from './block-pool.js';
-import { DigestLookup } from './digest-lookup.js';
 import { RangeIgnored, readRange } from './range-read.js';
 import type { Base } from './pull-base.js';
+import { fromBase } from './pull-from-base.js';
 import type { Journal } from './pull-journal.js';
 import { planFetches, type PackRange } from './pull-ranges.js';
 import { ByteBudget, runPool } from './pool.js';
@@ -52,8 +51,6 @@ export interface DiskPullStats {
   ranges: number;
   wholePacks: number;
 }
-
-const BASE_BATCH = 512;
 
 export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
   const idx = c.index;
@@ -165,7 +162,10 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
     fallback.set(r.pack, list);
   };
   type Task = { range: PackRange } | { pack: number; frames: number[] };
-  const tasks: Task[] = [...plan.whole.map((w) => ({ pack: w.pack, frames: w.frames })), ...plan.ranges.map((range) => ({ range }))];
+  const tasks: Task[] = [
+    ...plan.whole.map((w) => ({ pack: w.pack, frames: w.frames })),
+    ...plan.ranges.map((range) => ({ range })),
+  ];
   const whole = async (pack: number, frames: number[]) => {
     st.wholePacks++;
     await fetchWholePack({
@@ -189,7 +189,8 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
       const r = t.range;
       if (ignored) return toWhole(r);
       const len = r.end - r.start;
-      await budget.acquire(len);
+      const hold = Math.min(len, budget.capacity);
+      await budget.acquire(hold);
       try {
         const data = await readRange(c.store, c.packs[r.pack]!, r.start, len, {
           signal: c.signal,
@@ -208,7 +209,7 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
         st.ranges++;
         await decode(data, r.frames, r.start);
       } finally {
-        budget.release(len);
+        budget.release(hold);
       }
     },
     c.signal,
@@ -217,7 +218,11 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
   await runPool(
     [...fallback.entries()],
     c.concurrency,
-    ([pack, frames]) => whole(pack, frames.sort((a, b) => a - b)),
+    ([pack, frames]) =>
+      whole(
+        pack,
+        frames.sort((a, b) => a - b),
+      ),
     c.signal,
   );
   progress.add(unreported);
@@ -248,159 +253,4 @@ function frameUsers(idx: DiskIndex, done: Uint8Array): { slots(f: number): Frame
       return [...bySlot.values()];
     },
   };
-}
-
-/**
- * Blocks from the base. A disk: the block at the same offset, read and hashed by the workers
- * (written when it matches); then blocks the base holds at another offset (moved content,
- * found among the digests just read) copied the same way. A v2 layout: blocks found by digest
- * in its index, decoded from its packs and verified like downloaded frames.
- */
-async function fromBase(c: DiskPullContext, done: Uint8Array): Promise<number> {
-  const idx = c.index;
-  const b = c.base!;
-  const bs = idx.blockSize;
-  const todo: number[] = [];
-  for (let i = 0; i < idx.entryCount; i++) if (!done[i]) todo.push(i);
-  const progress = c.progress(`reusing from ${b.describe}`, todo.length * bs);
-  let reused = 0;
-  if (b.kind === 'layout') reused = await fromLayout(c, b, todo, done);
-  else if (b.kind === 'raw') {
-    // same offset first; the digests of the blocks that differ find moved content
-    const batches: number[][] = [];
-    for (let k = 0; k < todo.length; k += BASE_BATCH) batches.push(todo.slice(k, k + BASE_BATCH));
-    const seenParts: { offsets: number[]; digests: Uint8Array }[] = [];
-    await runPool(
-      batches,
-      4,
-      async (batch) => {
-        const r = await c.pool.run<BaseReply>({
-          op: 'base',
-          path: b.path,
-          size: b.size,
-          items: batch.map((i) => ({ src: idx.entryBlock[i]! * bs, digest: entryDigest(idx, i), dst: [idx.entryBlock[i]! * bs] })),
-          write: !c.inPlace,
-          collect: true,
-        });
-        batch.forEach((i, k) => {
-          if (!r.matched[k]) return;
-          done[i] = 1;
-          reused++;
-        });
-        // every block read (matching or not) may be the source of moved content elsewhere
-        if (r.digests) seenParts.push({ offsets: batch.map((i) => idx.entryBlock[i]! * bs), digests: r.digests });
-        progress.add(batch.length * bs);
-      },
-      c.signal,
-    );
-    // moved content: a needed block whose digest the base holds elsewhere (among those read)
-    const offsets = seenParts.flatMap((p) => p.offsets);
-    if (offsets.length) {
-      const lookup = new DigestLookup(Buffer.concat(seenParts.map((p) => p.digests)), offsets.length);
-      const moved: { i: number; src: number }[] = [];
-      for (let i = 0; i < idx.entryCount; i++) {
-        if (done[i]) continue;
-        const k = lookup.find(entryDigest(idx, i));
-        if (k >= 0) moved.push({ i, src: offsets[k]! });
-      }
-      for (let k = 0; k < moved.length; k += BASE_BATCH) {
-        const batch = moved.slice(k, k + BASE_BATCH);
-        const r = await c.pool.run<BaseReply>({
-          op: 'base',
-          path: b.path,
-          size: b.size,
-          items: batch.map(({ i, src }) => ({ src, digest: entryDigest(idx, i), dst: [idx.entryBlock[i]! * bs] })),
-          write: true,
-          collect: false,
-        });
-        batch.forEach(({ i }, j) => {
-          if (r.matched[j]) {
-            done[i] = 1;
-            reused++;
-          }
-        });
-      }
-      if (moved.length) c.log.info(`${moved.length} blocks found at other offsets of ${b.describe} (moved content)`);
-    }
-  } else {
-    // qcow2 and others through qemu-nbd: read here, hashed on the thread pool, written here
-    const { createHash } = await import('node:crypto');
-    const fh = await open(c.pool.outPath, 'r+');
-    try {
-      const buf = Buffer.alloc(bs);
-      for (const i of todo) {
-        const off = idx.entryBlock[i]! * bs;
-        const n = Math.min(bs, b.reader.virtualSize - off);
-        if (n <= 0 || !b.reader.extents.within(off, off + n).length) continue;
-        buf.fill(0);
-        await b.reader.read(off, buf.subarray(0, n));
-        if (!createHash('sha256').update(buf).digest().equals(entryDigest(idx, i))) continue;
-        await fh.write(buf, 0, Math.min(bs, idx.virtualSize - off), off);
-        done[i] = 1;
-        reused++;
-      }
-    } finally {
-      await fh.close();
-    }
-  }
-  progress.done(`reused ${formatBytes(reused * bs)} (${reused} blocks) from ${b.describe}`);
-  return reused;
-}
-
-async function fromLayout(
-  c: DiskPullContext,
-  b: Extract<Base, { kind: 'layout' }>,
-  todo: number[],
-  done: Uint8Array,
-): Promise<number> {
-  const idx = c.index;
-  const bi = b.index;
-  // base frame -> the new entries it provides
-  const byFrame = new Map<number, { slot: number; i: number }[]>();
-  for (const i of todo) {
-    const k = b.lookup.find(entryDigest(idx, i));
-    if (k < 0) continue;
-    const f = bi.entryFrame[k]!;
-    const list = byFrame.get(f) ?? [];
-    list.push({ slot: bi.entrySlot[k]!, i });
-    byFrame.set(f, list);
-  }
-  let reused = 0;
-  await runPool(
-    [...byFrame.entries()],
-    4,
-    async ([f, list]) => {
-      const pack = bi.packs[bi.framePack[f]!]!;
-      let data: Buffer;
-      try {
-        const fh = await open(b.store.layout.blobPath(pack.digest), 'r');
-        try {
-          data = Buffer.alloc(bi.frameLength[f]!);
-          const { bytesRead } = await fh.read(data, 0, data.length, bi.frameOffset[f]!);
-          if (bytesRead !== data.length) return; // a short base pack: download instead
-        } finally {
-          await fh.close();
-        }
-      } catch {
-        return; // missing in the base: download instead
-      }
-      const slots = new Map<number, FrameJob['slots'][number]>();
-      for (const { slot, i } of list) {
-        const s = slots.get(slot);
-        const off = idx.entryBlock[i]! * idx.blockSize;
-        if (s) s.offsets.push(off);
-        else slots.set(slot, { slot, digest: entryDigest(idx, i), offsets: [off] });
-      }
-      const r = await c.pool.run<FramesReply>({
-        op: 'frames',
-        data,
-        frames: [{ f, at: 0, length: data.length, blocks: bi.frameBlocks[f]!, slots: [...slots.values()] }],
-      });
-      if (r.bad.length) return; // a damaged base frame: those blocks are downloaded
-      for (const { i } of list) done[i] = 1;
-      reused += list.length;
-    },
-    c.signal,
-  );
-  return reused;
 }

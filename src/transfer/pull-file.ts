@@ -114,7 +114,10 @@ export async function pullFile(c: FilePullContext): Promise<FilePullStats> {
     }
 
     const todo = plan.units.filter((u) => pending(u).length);
-    const total = todo.reduce((a, u) => a + u.blob.size - (journal.partial.get(u.blob.digest)?.bytes ?? 0), 0);
+    const total = todo.reduce(
+      (a, u) => a + u.blob.size - (journal.partial.get(u.blob.digest)?.bytes ?? 0),
+      0,
+    );
     const progress = c.progress('downloading', total);
     let bytesDownloaded = 0;
     let unreported = 0;

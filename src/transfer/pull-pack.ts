@@ -36,7 +36,9 @@ export async function fetchWholePack(o: WholePackOptions): Promise<void> {
   const idx = o.index;
   const decoded = new Set<number>();
   for (let attempt = 0; ; attempt++) {
-    const want = o.frames.filter((f) => !decoded.has(f)).sort((a, b) => idx.frameOffset[a]! - idx.frameOffset[b]!);
+    const want = o.frames
+      .filter((f) => !decoded.has(f))
+      .sort((a, b) => idx.frameOffset[a]! - idx.frameOffset[b]!);
     let next = 0;
     let parts: Buffer[] = [];
     let start = 0;
@@ -45,7 +47,10 @@ export async function fetchWholePack(o: WholePackOptions): Promise<void> {
       if (!len) return;
       const data = parts.length === 1 ? parts[0]! : Buffer.concat(parts, len);
       const ready: number[] = [];
-      while (next < want.length && idx.frameOffset[want[next]!]! + idx.frameLength[want[next]!]! <= start + len)
+      while (
+        next < want.length &&
+        idx.frameOffset[want[next]!]! + idx.frameLength[want[next]!]! <= start + len
+      )
         ready.push(want[next++]!);
       // the start of a frame not complete yet is kept (copied first: `data` goes to a worker thread)
       const from = next < want.length ? idx.frameOffset[want[next]!]! : start + len;
@@ -60,11 +65,12 @@ export async function fetchWholePack(o: WholePackOptions): Promise<void> {
         len = 0;
       }
       if (ready.length) {
-        await o.budget.acquire(data.length);
+        const hold = Math.min(data.length, o.budget.capacity);
+        await o.budget.acquire(hold);
         try {
           await o.decode(data, ready, dataStart);
         } finally {
-          o.budget.release(data.length);
+          o.budget.release(hold);
         }
         for (const f of ready) decoded.add(f);
       }

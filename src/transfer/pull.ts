@@ -143,7 +143,8 @@ export async function pull(o: PullOptions): Promise<PullResult> {
         throw environmentError(err, `cannot make room for ${formatBytes(plan.size)} in ${partial}`);
       }
     }
-    const memoryBudget = o.memoryBudget ?? Math.min(512 << 20, Math.max(128 << 20, o.concurrency * (32 << 20)));
+    const memoryBudget =
+      o.memoryBudget ?? Math.min(512 << 20, Math.max(128 << 20, o.concurrency * (32 << 20)));
     if (o.base) base = await openBase(o.base);
     let stats: {
       bytesDownloaded: number;
@@ -181,7 +182,10 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       if (device) await zeroRanges(fh, out, zeroRuns(index), log, o.signal);
     } else {
       if (base?.kind === 'layout')
-        throw new UsageError(`base ${o.base} is a disk layout; ${o.display} is a file`, 'give an earlier copy of the file');
+        throw new UsageError(
+          `base ${o.base} is a disk layout; ${o.display} is a file`,
+          'give an earlier copy of the file',
+        );
       const s = await pullFile({
         plan,
         store: o.source,
@@ -280,7 +284,11 @@ function zeroRuns(idx: DiskIndex): { offset: number; length: number }[] {
   const out: { offset: number; length: number }[] = [];
   let next = 0;
   const add = (from: number, to: number) => {
-    if (to > from) out.push({ offset: from * idx.blockSize, length: Math.min(to * idx.blockSize, idx.virtualSize) - from * idx.blockSize });
+    if (to > from)
+      out.push({
+        offset: from * idx.blockSize,
+        length: Math.min(to * idx.blockSize, idx.virtualSize) - from * idx.blockSize,
+      });
   };
   for (let i = 0; i < idx.entryCount; i++) {
     const b = idx.entryBlock[i]!;

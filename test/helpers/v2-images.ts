@@ -4,7 +4,13 @@ import { Readable } from 'node:stream';
 import { zstdCompressSync, constants as Z } from 'node:zlib';
 import type { BlobStore } from '../../src/stores/store.js';
 import { OciLayout } from '../../src/oci/layout.js';
-import { BLOCK_SIZE, FRAME_BLOCKS, IndexBuilder, encodeIndex, type DiskIndex } from '../../src/formats/disk-index.js';
+import {
+  BLOCK_SIZE,
+  FRAME_BLOCKS,
+  IndexBuilder,
+  encodeIndex,
+  type DiskIndex,
+} from '../../src/formats/disk-index.js';
 import {
   ANN_CONTENT_DIGEST,
   DISK_V2_ARTIFACT,
@@ -55,7 +61,12 @@ export function compressFrame(data: Buffer, level = 3): Buffer {
 }
 
 /** Reads a raw disk and writes it as a v2 image into the layout `dir` under `tag`. */
-export async function writeV2Image(disk: string, dir: string, tag: string, o: V2Options = {}): Promise<V2Image> {
+export async function writeV2Image(
+  disk: string,
+  dir: string,
+  tag: string,
+  o: V2Options = {},
+): Promise<V2Image> {
   const fd = openSync(disk, 'r');
   const size = fstatSync(fd).size;
   const b = new IndexBuilder(size);
@@ -133,7 +144,11 @@ export async function writeV2Image(disk: string, dir: string, tag: string, o: V2
   if (o.base) {
     const bi = o.base.index;
     const sorted = [...usedBaseFrames].sort((x, y) => x - y);
-    for (const f of sorted) frameIndex.set(f, b.addFrame(bi.framePack[f]!, bi.frameOffset[f]!, bi.frameLength[f]!, bi.frameBlocks[f]!));
+    for (const f of sorted)
+      frameIndex.set(
+        f,
+        b.addFrame(bi.framePack[f]!, bi.frameOffset[f]!, bi.frameLength[f]!, bi.frameBlocks[f]!),
+      );
   }
   const firstNew = b.frameCount;
   for (const d of newPackDescs) b.addPack({ digest: d.digest, size: d.size });
@@ -158,12 +173,11 @@ export async function writeV2Image(disk: string, dir: string, tag: string, o: V2
   };
   const cfgBytes = Buffer.from(JSON.stringify(config));
   const cfg = await layout.putBytes(cfgBytes);
-  const allPacks: Descriptor[] = [
-    ...(o.base ? o.base.packs : []),
-    ...newPackDescs,
-  ];
+  const allPacks: Descriptor[] = [...(o.base ? o.base.packs : []), ...newPackDescs];
   // a base pack must be in this layout too (a registry holds it once)
-  if (o.base) for (const [i, p] of o.base.packs.entries()) if ((await layout.blobSize(p.digest)) === undefined) await layout.putBytes(o.base.packBytes[i]!);
+  if (o.base)
+    for (const [i, p] of o.base.packs.entries())
+      if ((await layout.blobSize(p.digest)) === undefined) await layout.putBytes(o.base.packBytes[i]!);
   const manifest: ImageManifest = {
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
@@ -235,7 +249,18 @@ export async function writeV2Variant(
   const mBytes = Buffer.from(JSON.stringify(manifest));
   const m = await layout.putBytes(mBytes);
   await layout.tag({ mediaType: OCI_MANIFEST, digest: m.digest, size: mBytes.length }, tag);
-  return { ...img, dir, tag, manifest, manifestDigest: m.digest, config, index: idx, indexBlob, packs, packBytes };
+  return {
+    ...img,
+    dir,
+    tag,
+    manifest,
+    manifestDigest: m.digest,
+    config,
+    index: idx,
+    indexBlob,
+    packs,
+    packBytes,
+  };
 }
 
 /** sha256 digest of bytes, `sha256:<hex>` */

@@ -156,7 +156,12 @@ describe.skipIf(!canLoop)('pull to a block device (loop device)', () => {
     });
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as Record<string, unknown>;
-    expect(out).toMatchObject({ path: dev, format: 'raw', 'chunks-downloaded': 3 * PER, 'chunks-reused': 9 * PER });
+    expect(out).toMatchObject({
+      path: dev,
+      format: 'raw',
+      'chunks-downloaded': 3 * PER,
+      'chunks-reused': 9 * PER,
+    });
     expect(out['content-digest']).toBe(v1.index.contentDigest);
     expect(headSha(dev, SIZE)).toBe(sum1);
   });

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -179,7 +179,11 @@ const diskMutations: Mutation[] = [
     /disk config virtualSize/,
     (_m, c) => set(c, 'virtualSize', v),
   ]),
-  ['virtualSize not the index\'s', /index.*is for \d+ bytes|content digest/, (_m, c) => (c.virtualSize = (c.virtualSize as number) * 2)],
+  [
+    "virtualSize not the index's",
+    /index.*is for \d+ bytes|content digest/,
+    (_m, c) => (c.virtualSize = (c.virtualSize as number) * 2),
+  ],
   ...[undefined, 0, 65536, '32768', 1e12].map((v): Mutation => [
     `blockSize ${String(v)}`,
     /disk config blockSize/,
@@ -190,13 +194,21 @@ const diskMutations: Mutation[] = [
     /disk config contentDigest/,
     (_m, c) => set(c, 'contentDigest', d),
   ]),
-  ['contentDigest another root', /content\.digest|content digest|contentDigest/, (_m, c) => (c.contentDigest = 'orb2:sha256:' + 'b'.repeat(64))],
+  [
+    'contentDigest another root',
+    /content\.digest|content digest|contentDigest/,
+    (_m, c) => (c.contentDigest = 'orb2:sha256:' + 'b'.repeat(64)),
+  ],
   ...bad.digests.map((d): Mutation => [
     `config index ${String(d).slice(0, 20)}`,
     /disk config index/,
     (_m, c) => set(c, 'index', d),
   ]),
-  ['config index another blob', /disk config index is not layers\[0\]/, (_m, c) => (c.index = 'sha256:' + 'c'.repeat(64))],
+  [
+    'config index another blob',
+    /disk config index is not layers\[0\]/,
+    (_m, c) => (c.index = 'sha256:' + 'c'.repeat(64)),
+  ],
   ['level out of range', /disk config level/, (_m, c) => (c.level = 99)],
   ['build a string', /disk config build/, (_m, c) => (c.build = '../x')],
 ];

@@ -15,7 +15,7 @@ import { RegistryClient } from '../../src/oci/registry.js';
 import { FILE_ARTIFACT, OCI_MANIFEST } from '../../src/formats/oci-media.js';
 import { publish } from '../../src/transfer/publish.js';
 import { pull } from '../../src/transfer/pull.js';
-import { buildLayout, makeDisk, sha256 } from '../helpers/oci-images.js';
+import { makeDisk, sha256 } from '../helpers/oci-images.js';
 import { writeV2Image, type V2Image } from '../helpers/v2-images.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 

@@ -1,4 +1,13 @@
-import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSync, rmSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -144,14 +153,19 @@ describe('hostile v2 images', () => {
     ] as const) {
       const start = img.index.frameOffset[f]!;
       const old = img.packBytes[p]!;
-      const bytes = Buffer.concat([old.subarray(0, start), frame, old.subarray(start + img.index.frameLength[f]!)]);
+      const bytes = Buffer.concat([
+        old.subarray(0, start),
+        frame,
+        old.subarray(start + img.index.frameLength[f]!),
+      ]);
       const delta = frame.length - img.index.frameLength[f]!;
       await writeV2Variant(img, L, tag, {
         packBytes: Object.assign([], { [p]: bytes }),
         mutate: (idx) => {
           idx.frameLength[f] = frame.length;
           for (let g = 0; g < idx.frameCount; g++)
-            if (g !== f && idx.framePack[g] === p && idx.frameOffset[g]! > start) idx.frameOffset[g] = idx.frameOffset[g]! + delta;
+            if (g !== f && idx.framePack[g] === p && idx.frameOffset[g]! > start)
+              idx.frameOffset[g] = idx.frameOffset[g]! + delta;
         },
       });
       const o = outDir();
@@ -167,7 +181,8 @@ describe('hostile v2 images', () => {
     const base = join(dir, 'base.raw');
     const fd = openSync(base, 'w');
     ftruncateSync(fd, BLOCKS * B);
-    for (let i = 0; i < BLOCKS; i++) if (i % 3 !== 2 && i !== 60) writeSync(fd, pattern(i + 1, B, true), 0, B, i * B);
+    for (let i = 0; i < BLOCKS; i++)
+      if (i % 3 !== 2 && i !== 60) writeSync(fd, pattern(i + 1, B, true), 0, B, i * B);
     closeSync(fd);
     const o = outDir();
     const shifted = rangeFault(new LayoutStore(L), (b) => Buffer.concat([b.subarray(1), Buffer.alloc(1)]));

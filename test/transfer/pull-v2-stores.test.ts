@@ -85,8 +85,14 @@ describe('v2 pull from S3 (s3rver)', () => {
     await s3?.close();
   });
   it('fresh, update with --base, and back by Range', async () => {
-    await roundTrip('s3', (tag) =>
-      new S3Store(parseS3Ref(`s3://${s3.bucket}/img:${tag}`), { endpoint: s3.endpoint, pathStyle: true, log: silentLogger }),
+    await roundTrip(
+      's3',
+      (tag) =>
+        new S3Store(parseS3Ref(`s3://${s3.bucket}/img:${tag}`), {
+          endpoint: s3.endpoint,
+          pathStyle: true,
+          log: silentLogger,
+        }),
     );
   });
 });
@@ -101,12 +107,14 @@ describe('v2 pull from GitLab generic packages (redirects to storage)', () => {
   });
   it('fresh, update with --base, and back by Range; no token leaves for storage', async () => {
     gl.knobs.redirectDownloads = true;
-    await roundTrip('gitlab', (tag) =>
-      new GitlabStore(parseGitlabRef(`gitlab://${gl.project}/img/${tag}`), {
-        api: gl.api,
-        token: gl.tokens.private,
-        log: silentLogger,
-      }),
+    await roundTrip(
+      'gitlab',
+      (tag) =>
+        new GitlabStore(parseGitlabRef(`gitlab://${gl.project}/img/${tag}`), {
+          api: gl.api,
+          token: gl.tokens.private,
+          log: silentLogger,
+        }),
     );
     expect(gl.leakedAuth).toEqual([]);
   });
@@ -121,12 +129,14 @@ describe('v2 pull from GitHub release assets (redirects to storage)', () => {
     await gh?.close();
   });
   it('fresh, update with --base, and back by Range; no token leaves for storage', async () => {
-    await roundTrip('github', (tag) =>
-      new GithubReleaseStore(parseGithubRef(`github-release://${gh.owner}/${gh.repo}/${tag}`), {
-        api: gh.api,
-        token: gh.token,
-        log: silentLogger,
-      }),
+    await roundTrip(
+      'github',
+      (tag) =>
+        new GithubReleaseStore(parseGithubRef(`github-release://${gh.owner}/${gh.repo}/${tag}`), {
+          api: gh.api,
+          token: gh.token,
+          log: silentLogger,
+        }),
     );
     expect(gh.leakedAuth).toBe(0);
   });

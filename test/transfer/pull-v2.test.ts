@@ -1,5 +1,16 @@
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -56,7 +67,8 @@ function writeDisk(path: string, block: (i: number) => Buffer | undefined): stri
 }
 
 // v1: compressible blocks, every 5th zero, blocks 40..47 repeat 0..7 (dedupe)
-const block1 = (i: number) => (i % 5 === 4 ? undefined : pattern(i >= 40 && i < 48 ? i - 40 + 1 : i + 1, B, true));
+const block1 = (i: number) =>
+  i % 5 === 4 ? undefined : pattern(i >= 40 && i < 48 ? i - 40 + 1 : i + 1, B, true);
 // v2: 6 blocks changed, block 100's content moved to block 4 (a zero block of v1), one new zero
 const changed = new Set([10, 11, 12, 200, 201, 300]);
 const block2 = (i: number) => {
@@ -79,7 +91,11 @@ function layout(d = join(dir, 'layout')): LayoutStore {
 
 function registry(repo: string, host = reg.host): RegistryStore {
   return new RegistryStore(
-    new RegistryClient({ ref: { host, apiHost: host, repository: repo }, credentials: null, log: silentLogger }),
+    new RegistryClient({
+      ref: { host, apiHost: host, repository: repo },
+      credentials: null,
+      log: silentLogger,
+    }),
   );
 }
 
@@ -123,7 +139,9 @@ afterAll(async () => {
 describe('v2 pull', () => {
   it('the test images are what the format says: several packs, dedupe, a base reused', () => {
     expect(v1.index.packs.length).toBeGreaterThan(2);
-    expect(v1.index.entryCount).toBe(Array.from({ length: BLOCKS }, (_, i) => block1(i)).filter(Boolean).length);
+    expect(v1.index.entryCount).toBe(
+      Array.from({ length: BLOCKS }, (_, i) => block1(i)).filter(Boolean).length,
+    );
     // blocks 40..47 repeat 0..7 (4 and 44 are zero): 7 stored once
     expect(v1.index.frameBlocks.reduce((a, b) => a + b, 0)).toBe(v1.index.entryCount - 7);
     // v2 lists v1's packs and adds one small pack of new blocks
@@ -139,7 +157,9 @@ describe('v2 pull', () => {
     expect(r.contentSha256).toBeUndefined();
     expect(r.chunks).toBe(v1.index.entryCount);
     expect(statSync(out).blocks * 512).toBeLessThan(BLOCKS * B);
-    const m = JSON.parse(readFileSync(join(dir, 'fresh.orb.json'), 'utf8')) as { image: { contentDigest: string } };
+    const m = JSON.parse(readFileSync(join(dir, 'fresh.orb.json'), 'utf8')) as {
+      image: { contentDigest: string };
+    };
     expect(m.image.contentDigest).toBe(v1.index.contentDigest);
     expect(readdirSync(dir).filter((f) => f.includes('.partial'))).toEqual([]);
   });
@@ -174,7 +194,10 @@ describe('v2 pull', () => {
 
   it('--base with a v2 layout decodes unchanged blocks from its packs', async () => {
     const out = join(dir, 'upd2.raw');
-    const r = await pull({ ...opts(registry('pv2/disk'), 'v2', out), base: `oci-layout:${join(dir, 'layout')}:v1` });
+    const r = await pull({
+      ...opts(registry('pv2/disk'), 'v2', out),
+      base: `oci-layout:${join(dir, 'layout')}:v1`,
+    });
     expect(fileSha(out)).toBe(sum2);
     expect(r.chunksDownloaded).toBe(changed.size);
   });
@@ -198,7 +221,9 @@ describe('v2 pull', () => {
     const out = join(dir, 'back.raw');
     const before = proxy.log.length;
     const r = await pull({ ...opts(registry('pv2/disk', proxy.host), 'v1', out), base: join(dir, 'v2.raw') });
-    const blobGets = proxy.log.slice(before).filter((e) => /\/blobs\/sha256:/.test(e.url) && e.method === 'GET');
+    const blobGets = proxy.log
+      .slice(before)
+      .filter((e) => /\/blobs\/sha256:/.test(e.url) && e.method === 'GET');
     expect(fileSha(out)).toBe(sum1);
     expect(r.wholePacks).toBe(0);
     // one request per needed frame at most (frames far apart here; merging is tested on the planner)
@@ -223,7 +248,10 @@ describe('v2 pull', () => {
       lines.length = 0;
       // v1 over a v2 disk: a few frames of v1's packs, normally ranges
       const out = join(dir, 'norange.raw');
-      const r = await pull({ ...opts(registry('pv2/disk', proxy.host), 'v1', out), base: join(dir, 'v2.raw') });
+      const r = await pull({
+        ...opts(registry('pv2/disk', proxy.host), 'v1', out),
+        base: join(dir, 'v2.raw'),
+      });
       expect(fileSha(out)).toBe(sum1);
       expect(r.ranges).toBe(0);
       expect(lines.filter((l) => /ignores HTTP Range/.test(l)).length).toBe(1);
@@ -235,12 +263,19 @@ describe('v2 pull', () => {
 
   it('resumes after a reset mid-range, fetching only what is missing', async () => {
     const out = join(dir, 'resume.raw');
-    const rule = proxy.add({ path: /\/blobs\//, skip: 3, action: { type: 'reset-response', afterBytes: 100_000 } });
+    const rule = proxy.add({
+      path: /\/blobs\//,
+      skip: 3,
+      action: { type: 'reset-response', afterBytes: 100_000 },
+    });
     const prev = process.env.ORB_RETRY_ATTEMPTS;
     process.env.ORB_RETRY_ATTEMPTS = '1';
     let failed: unknown;
     try {
-      await pull({ ...opts(registry('pv2/disk', proxy.host), 'v1', out), retry: { ...defaultRetryPolicy(), attempts: 1, baseDelayMs: 1 } });
+      await pull({
+        ...opts(registry('pv2/disk', proxy.host), 'v1', out),
+        retry: { ...defaultRetryPolicy(), attempts: 1, baseDelayMs: 1 },
+      });
     } catch (err) {
       failed = err;
     } finally {
@@ -262,7 +297,12 @@ describe('v2 pull: resume inside ranges', () => {
   it('a connection reset mid-range fails the run; the rerun fetches only the missing frames', async () => {
     const out = join(dir, 'resume-range.raw');
     // v1 over the v2 disk needs a few ranges of v1's packs; the second ranged GET is cut
-    const rule = proxy.add({ header: 'range', skip: 1, times: 1, action: { type: 'reset-response', afterBytes: 5000 } });
+    const rule = proxy.add({
+      header: 'range',
+      skip: 1,
+      times: 1,
+      action: { type: 'reset-response', afterBytes: 5000 },
+    });
     let failed: unknown;
     try {
       await pull({
@@ -282,7 +322,11 @@ describe('v2 pull: resume inside ranges', () => {
     const journal = readFileSync(out + '.partial.journal', 'utf8');
     expect(journal).toMatch(/"f":\[/);
     const before = proxy.log.length;
-    const r = await pull({ ...opts(registry('pv2/disk', proxy.host), 'v1', out), base: join(dir, 'v2.raw'), concurrency: 1 });
+    const r = await pull({
+      ...opts(registry('pv2/disk', proxy.host), 'v1', out),
+      base: join(dir, 'v2.raw'),
+      concurrency: 1,
+    });
     expect(fileSha(out)).toBe(sum1);
     expect(r.bytesResumed).toBeGreaterThan(0);
     const ranged = proxy.log.slice(before).filter((e) => e.headers.range);

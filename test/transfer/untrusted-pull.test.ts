@@ -17,7 +17,13 @@ import { silentLogger } from '../../src/core/log.js';
 import { nullProgress } from '../../src/core/progress.js';
 import { LayoutStore } from '../../src/stores/layout.js';
 import { OciLayout } from '../../src/oci/layout.js';
-import { DISK_V2_ARTIFACT as DISK_ARTIFACT, DISK_V2_PACK, OCI_INDEX, OCI_MANIFEST, type ImageManifest } from '../../src/formats/oci-media.js';
+import {
+  DISK_V2_ARTIFACT as DISK_ARTIFACT,
+  DISK_V2_PACK,
+  OCI_INDEX,
+  OCI_MANIFEST,
+  type ImageManifest,
+} from '../../src/formats/oci-media.js';
 import { RegistryStore } from '../../src/stores/registry.js';
 import { RegistryClient } from '../../src/oci/registry.js';
 import { publish } from '../../src/transfer/publish.js';
