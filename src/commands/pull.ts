@@ -107,17 +107,25 @@ export default defineCommand({
         progress: ctx.progress,
         signal: ctx.signal,
       });
-      ctx.summary.heading('pull').table(
-        ['', ''],
-        [
-          ['source', r.reference],
-          ['output', `${r.path} (${r.format})`],
-          ['downloaded', `${formatBytes(r.bytesDownloaded)} (${r.chunksDownloaded} ${r.contentDigest ? 'blocks' : 'parts'})`],
-          ['reused', `${formatBytes(r.bytesReused)} (${r.chunksReused} ${r.contentDigest ? 'blocks' : 'parts'})`],
-          r.contentDigest ? ['content digest', r.contentDigest] : ['content sha256', r.contentSha256 ?? ''],
-          ['time', `${r.seconds.toFixed(1)} s`],
-        ],
-      );
+      ctx.summary
+        .heading('pull')
+        .table(
+          ['', ''],
+          [
+            ['source', r.reference],
+            ['output', `${r.path} (${r.format})`],
+            [
+              'downloaded',
+              `${formatBytes(r.bytesDownloaded)} (${r.chunksDownloaded} ${r.contentDigest ? 'blocks' : 'parts'})`,
+            ],
+            [
+              'reused',
+              `${formatBytes(r.bytesReused)} (${r.chunksReused} ${r.contentDigest ? 'blocks' : 'parts'})`,
+            ],
+            r.contentDigest ? ['content digest', r.contentDigest] : ['content sha256', r.contentSha256 ?? ''],
+            ['time', `${r.seconds.toFixed(1)} s`],
+          ],
+        );
       const extra = (await opened.store.publishedOutputs?.()) ?? {};
       return {
         path: r.path,
