@@ -35,7 +35,7 @@ const own: InputSpec[] = [
     name: 'base',
     type: 'string',
     description:
-      'a local earlier version (raw disk, chunked layout or orb manifest): unchanged chunks are taken from it',
+      'a local earlier version (raw disk, chunked layout or orb manifest): blocks it holds (at any offset) are taken from it instead of downloaded',
   },
   {
     name: 'concurrency',
@@ -43,7 +43,7 @@ const own: InputSpec[] = [
     default: 6,
     min: 1,
     max: 64,
-    description: 'blobs downloaded at once',
+    description: 'requests (byte ranges, packs, parts) in flight at once',
   },
   {
     name: 'manifest',
@@ -61,15 +61,21 @@ const ownOutputs: OutputSpec[] = [
   { name: 'digest', description: 'digest of the pulled manifest' },
   { name: 'reference', description: 'the source by digest' },
   { name: 'artifact-type', description: 'artifactType of the manifest' },
-  { name: 'content-sha256', description: 'sha256 of the disk content (or the published file), verified' },
+  {
+    name: 'content-digest',
+    description: 'disks: the content identity (orb2:sha256:..., see orb digest), proven block by block',
+  },
+  { name: 'content-sha256', description: 'files: sha256 of the published file, verified' },
   { name: 'virtual-size', description: 'disk size in bytes' },
   { name: 'file-size', description: 'bytes of the written file' },
   { name: 'bytes-downloaded', description: 'bytes downloaded' },
   { name: 'bytes-reused', description: 'bytes taken from --base instead of downloaded' },
   { name: 'bytes-resumed', description: 'bytes already in place from an interrupted earlier run' },
-  { name: 'chunks', description: 'chunks (or parts) in the image' },
-  { name: 'chunks-downloaded', description: 'chunks downloaded' },
-  { name: 'chunks-reused', description: 'chunks taken from --base' },
+  { name: 'chunks', description: 'disks: non-zero 32 KiB blocks; files: parts' },
+  { name: 'chunks-downloaded', description: 'blocks (or parts) downloaded' },
+  { name: 'chunks-reused', description: 'blocks (or parts) taken from --base' },
+  { name: 'ranges', description: 'disks: byte ranges of packs requested' },
+  { name: 'whole-packs', description: 'disks: packs fetched whole' },
   { name: 'seconds', description: 'wall time' },
   { name: 'mb-per-second', description: 'download rate in MB/s' },
 ];
@@ -79,7 +85,7 @@ export default defineCommand({
   title: 'Pull a disk image: parallel, verified, resumable, downloading only what changed',
   description:
     'Downloads an image published by orb publish and writes a sparse raw disk or a qcow2, byte-identical to the published content ' +
-    '(every blob and the whole disk checked against their sha256). A rerun continues an interrupted pull; --base takes unchanged chunks from a local earlier version.',
+    '(a disk: only the byte ranges of packs holding needed blocks, every block checked against its sha256; a file: every part and the whole file). A rerun continues an interrupted pull; --base takes unchanged blocks from a local earlier version.',
   action: true,
   usage: 'REF --output PATH',
   inputs,
@@ -101,17 +107,25 @@ export default defineCommand({
         progress: ctx.progress,
         signal: ctx.signal,
       });
-      ctx.summary.heading('pull').table(
-        ['', ''],
-        [
-          ['source', r.reference],
-          ['output', `${r.path} (${r.format})`],
-          ['downloaded', `${formatBytes(r.bytesDownloaded)} (${r.chunksDownloaded} chunks)`],
-          ['reused', `${formatBytes(r.bytesReused)} (${r.chunksReused} chunks)`],
-          ['content sha256', r.contentSha256],
-          ['time', `${r.seconds.toFixed(1)} s`],
-        ],
-      );
+      ctx.summary
+        .heading('pull')
+        .table(
+          ['', ''],
+          [
+            ['source', r.reference],
+            ['output', `${r.path} (${r.format})`],
+            [
+              'downloaded',
+              `${formatBytes(r.bytesDownloaded)} (${r.chunksDownloaded} ${r.contentDigest ? 'blocks' : 'parts'})`,
+            ],
+            [
+              'reused',
+              `${formatBytes(r.bytesReused)} (${r.chunksReused} ${r.contentDigest ? 'blocks' : 'parts'})`,
+            ],
+            r.contentDigest ? ['content digest', r.contentDigest] : ['content sha256', r.contentSha256 ?? ''],
+            ['time', `${r.seconds.toFixed(1)} s`],
+          ],
+        );
       const extra = (await opened.store.publishedOutputs?.()) ?? {};
       return {
         path: r.path,
@@ -119,7 +133,8 @@ export default defineCommand({
         digest: r.digest,
         reference: r.reference,
         'artifact-type': r.artifactType,
-        'content-sha256': r.contentSha256,
+        'content-digest': r.contentDigest ?? '',
+        'content-sha256': r.contentSha256 ?? '',
         'virtual-size': r.virtualSize,
         'file-size': r.fileSize,
         'bytes-downloaded': r.bytesDownloaded,
@@ -128,6 +143,8 @@ export default defineCommand({
         chunks: r.chunks,
         'chunks-downloaded': r.chunksDownloaded,
         'chunks-reused': r.chunksReused,
+        ranges: r.ranges ?? 0,
+        'whole-packs': r.wholePacks ?? 0,
         seconds: Number(r.seconds.toFixed(2)),
         'mb-per-second': r.seconds > 0 ? Number((r.bytesDownloaded / 1e6 / r.seconds).toFixed(1)) : 0,
         ...extra,

@@ -1,12 +1,15 @@
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
+import { createBlockOps, type BlockOp, type BlockWorkerData } from './block-ops.js';
 
 /**
- * The thread behind OrderedHasher (src/transfer/hasher.ts; bundled as dist/orb/hash-worker.js):
- * reads the assembled file back in order, segment by segment as the main thread says each one
- * has landed, and hashes zero gaps without reading them. Imports nothing of ours, so it stays one
- * small file in the bundle.
+ * Two kinds of thread (bundled as dist/orb/hash-worker.js):
+ *  - behind OrderedHasher (src/transfer/hasher.ts, file artifacts): reads the assembled file
+ *    back in order, segment by segment as the main thread says each one has landed, and hashes
+ *    zero gaps without reading them;
+ *  - behind BlockPool (src/transfer/block-pool.ts, v2 disks; workerData.mode 'blocks'): decodes
+ *    and verifies frames and base blocks and writes them into the output (block-ops.ts).
  */
 export type HashMessage =
   { type: 'file'; offset: number; length: number } | { type: 'zeros'; length: number } | { type: 'end' };
@@ -51,7 +54,27 @@ export function createSegmentHasher(path: string): (m: HashMessage) => HashReply
   };
 }
 
-if (parentPort) {
+if (parentPort && (workerData as { mode?: string }).mode === 'blocks') {
+  const port = parentPort;
+  const ops = createBlockOps(workerData as BlockWorkerData);
+  port.on('message', (msg: { id: number; m: BlockOp } | { close: true }) => {
+    if ('close' in msg) {
+      ops.close();
+      port.postMessage({ closed: true });
+      return;
+    }
+    try {
+      const r = ops.run(msg.m);
+      const transfer =
+        r.op === 'base'
+          ? [r.matched.buffer as ArrayBuffer, ...(r.digests ? [r.digests.buffer as ArrayBuffer] : [])]
+          : [];
+      port.postMessage({ id: msg.id, r }, transfer);
+    } catch (e) {
+      port.postMessage({ id: msg.id, error: e instanceof Error ? e.message : String(e) });
+    }
+  });
+} else if (parentPort) {
   const port = parentPort;
   const step = createSegmentHasher((workerData as { path: string }).path);
   port.on('message', (m: HashMessage) => {

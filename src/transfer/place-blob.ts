@@ -1,17 +1,11 @@
 import { createHash, type Hash } from 'node:crypto';
-import { sha256Digest } from '../core/untrusted.js';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import zlib from 'node:zlib';
+import type { FileHandle } from 'node:fs/promises';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import type { RetryPolicy } from '../net/retry.js';
 import type { Descriptor } from '../formats/oci-media.js';
 import type { BlobStore } from '../stores/store.js';
-import { decodeChunk, sha256Async } from './check-chunk.js';
+import { sha256Async } from './check-chunk.js';
 import { fetchBlob, type BlobSink } from './fetch.js';
 import type { Journal } from './pull-journal.js';
 import type { Region, Unit } from './pull-plan.js';
@@ -19,15 +13,11 @@ import type { ByteBudget } from './pool.js';
 import type { HttpWorkers } from '../net/http-workers.js';
 
 /**
- * Fetching one blob of a pull and putting its content where it belongs, three ways:
- *  - memory: a compressed chunk small enough for the memory budget is downloaded into a
- *    buffer, verified, decompressed, verified again and written;
- *  - direct: an uncompressed chunk or a file part is written straight into the output as it
- *    arrives (it only counts once its digest matched; progress is journaled so a rerun continues
- *    mid-blob);
- *  - spool: a compressed blob too big for memory is downloaded to a spool file (a rerun continues
- *    it), verified, then decompressed into the output as a stream.
- * A blob whose digest does not match is fetched once more from the start, then rejected.
+ * Fetching one part of a file artifact and putting it where it belongs (disks, format v2, are
+ * pull-disk.ts): a part is written straight into the output as it arrives (by a transfer worker
+ * thread when the store offers plain HTTP, else here), and only counts once its digest matched;
+ * progress is journaled so a rerun continues mid-blob. A part whose digest does not match is
+ * fetched once more from the start, then rejected.
  */
 export interface UnitContext {
   store: BlobStore;
@@ -54,14 +44,10 @@ const MEMORY_BLOB_MAX = 64 << 20;
 
 export async function downloadUnit(ctx: UnitContext, u: Unit, regions: Region[]): Promise<void> {
   if (!regions.length) return;
-  const need = u.blob.size + (u.kind === 'zstd' ? regions[0]!.length : 0);
-  const memory = u.blob.size <= MEMORY_BLOB_MAX && ctx.budget.fits(need);
-  // Raw chunks and parts go straight into the output (no copy into a buffer); they count once
-  // their digest matched. Compressed chunks need the whole blob before they can be decoded.
-  if (ctx.workers && ctx.store.httpSource && (memory || u.kind !== 'zstd'))
-    await workerUnit(ctx, u, regions, u.kind === 'zstd' ? need : 0);
-  else if (memory) await memoryUnit(ctx, u, regions, need);
-  else if (u.kind === 'zstd') await spoolUnit(ctx, u, regions);
+  const memory = u.blob.size <= MEMORY_BLOB_MAX && ctx.budget.fits(u.blob.size);
+  // Parts go straight into the output (no copy into a buffer); they count once their digest matched.
+  if (ctx.workers && ctx.store.httpSource) await workerUnit(ctx, u, regions, 0);
+  else if (memory) await memoryUnit(ctx, u, regions, u.blob.size);
   else await directUnit(ctx, u, regions);
   ctx.regionsDownloaded += regions.length;
 }
@@ -217,12 +203,9 @@ async function memoryUnit(ctx: UnitContext, u: Unit, regions: Region[], need: nu
       undefined,
       () => sha256Async(buf),
     );
-    const r0 = regions[0]!;
-    // raw chunks and parts: the blob digest just checked is the content digest (plan.ts made sure)
-    const data =
-      u.kind === 'zstd' ? await decodeChunk('zstd', buf, r0.length, r0.digest, `chunk at ${r0.offset}`) : buf;
+    // the blob digest just checked is the part's digest (pull-plan.ts made sure)
     for (const r of regions) {
-      await writeAll(ctx.fh, data, r.offset);
+      await writeAll(ctx.fh, buf, r.offset);
       ctx.markDone(r);
     }
   } finally {
@@ -399,77 +382,4 @@ async function directUnit(ctx: UnitContext, u: Unit, regions: Region[]): Promise
   await fetchVerified(ctx, u.blob, sink, have, hash);
   await copyToOthers(ctx, first, regions.slice(1));
   for (const r of regions) ctx.markDone(r);
-}
-
-async function spoolUnit(ctx: UnitContext, u: Unit, regions: Region[]): Promise<void> {
-  sameContent(u, regions);
-  // plan.ts checked the digest; checked again here because this is where it becomes a path
-  const path = join(ctx.spoolDir, sha256Digest(u.blob.digest, 'blob digest').slice('sha256:'.length));
-  await mkdir(ctx.spoolDir, { recursive: true });
-  let sfh = await open(path, 'a+').then(async (h) => {
-    await h.close();
-    return open(path, 'r+');
-  });
-  try {
-    let have = Math.min((await sfh.stat()).size, u.blob.size);
-    const hash = have > 0 ? await rehash(sfh, 0, have) : undefined;
-    if (have > 0)
-      ctx.log.info(`blob ${u.blob.digest.slice(7, 19)}: continuing at byte ${have} from an earlier run`);
-    const s = sfh;
-    const spool = new FileSink(s, 0);
-    spool.flushed = have;
-    await fetchVerified(
-      ctx,
-      u.blob,
-      {
-        write: (c, at) => spool.write(c, at),
-        flush: () => spool.flush(),
-        reset: async () => (await spool.reset(), await s.truncate(0)),
-      },
-      have,
-      hash,
-    );
-    have = u.blob.size;
-    await sfh.close();
-    sfh = undefined as unknown as FileHandle;
-    const r0 = regions[0]!;
-    const content = createHash('sha256');
-    let pos = 0;
-    const sink = new Writable({
-      highWaterMark: 4 << 20,
-      write(chunk: Buffer, _e, cb) {
-        if (pos + chunk.length > r0.length) {
-          cb(
-            new OrbError(
-              'integrity',
-              `chunk at ${r0.offset} decompresses to more than the ${r0.length} bytes the manifest says`,
-            ),
-          );
-          return;
-        }
-        content.update(chunk);
-        const at = pos;
-        pos += chunk.length;
-        writeAll(ctx.fh, chunk, r0.offset + at).then(() => cb(), cb);
-      },
-    });
-    try {
-      await pipeline(createReadStream(path, { highWaterMark: 4 << 20 }), zlib.createZstdDecompress(), sink);
-    } catch (err) {
-      if (err instanceof OrbError) throw err;
-      throw new OrbError('integrity', `chunk at ${r0.offset} does not decompress: ${(err as Error).message}`);
-    }
-    const got = 'sha256:' + content.digest('hex');
-    if (pos !== r0.length || got !== r0.digest) {
-      throw new OrbError(
-        'integrity',
-        `chunk at ${r0.offset}: content is ${pos} bytes with digest ${got}, the manifest says ${r0.length} bytes, ${r0.digest}`,
-      );
-    }
-    await copyToOthers(ctx, r0, regions.slice(1));
-    for (const r of regions) ctx.markDone(r);
-    await rm(path, { force: true });
-  } finally {
-    await sfh?.close().catch(() => undefined);
-  }
 }

@@ -3,21 +3,23 @@ import { dirname, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
 import { MANIFEST_SCHEMA, manifestImagePath, type OrbManifest } from '../core/stage-manifest-file.js';
 import { LayoutStore } from '../stores/layout.js';
-import { DISK_CHUNK_RAW, type Descriptor } from '../formats/oci-media.js';
 import { parseLayoutRef } from '../oci/reference.js';
 import { deviceSize } from './block-device.js';
-import { decodeChunk, sha256Async } from './check-chunk.js';
+import { sha256Async } from './check-chunk.js';
+import type { DiskIndex } from '../formats/disk-index.js';
+import { DigestLookup } from './digest-lookup.js';
 import { inspectImage } from '../image/inspect.js';
 import { openDiskReader, type DiskReader } from '../image/reader.js';
 import { makePlan, resolveManifest, type Region } from './pull-plan.js';
 import { detectFileFormat } from '../formats/file-format.js';
 
 /**
- * `--base`: a local earlier version whose unchanged chunks are taken instead of downloaded.
- * Nothing from the base is trusted: every region taken is checked against the new manifest's
- * chunk digest. Bases: a disk (the output of an earlier pull: raw read directly, qcow2 and
- * others through qemu-nbd) read at the same offsets, a chunked layout (oci-layout:DIR:TAG or its
- * directory) looked up by chunk digest, or an orb stage manifest naming either.
+ * `--base`: a local earlier version whose unchanged blocks (or file parts) are taken instead of
+ * downloaded. Nothing from the base is trusted: every block taken is checked against the new
+ * index's digest (file parts against their part digest). Bases: a disk (the output of an earlier
+ * pull: raw files and devices read directly by worker threads, qcow2 and others through
+ * qemu-nbd), a chunked v2 layout (oci-layout:DIR:TAG or its directory) looked up by block
+ * digest, or an orb stage manifest naming either.
  */
 export interface BaseSource {
   describe: string;
@@ -26,11 +28,13 @@ export interface BaseSource {
   close(): Promise<void>;
 }
 
-class RawBase implements BaseSource {
+export class RawBase implements BaseSource {
+  readonly kind = 'raw' as const;
   constructor(
     readonly describe: string,
     private readonly fh: FileHandle,
-    private readonly size: number,
+    readonly size: number,
+    readonly path: string,
   ) {}
   async lookup(region: Region): Promise<Buffer | undefined> {
     if (region.offset + region.length > this.size) return undefined;
@@ -48,29 +52,20 @@ class RawBase implements BaseSource {
   }
 }
 
-class LayoutBase implements BaseSource {
-  constructor(
-    readonly describe: string,
-    private readonly store: LayoutStore,
-    private readonly chunks: Map<string, { blob: Descriptor; kind: 'zstd' | 'raw'; length: number }>,
-  ) {}
-  async lookup(region: Region): Promise<Buffer | undefined> {
-    const c = this.chunks.get(region.digest);
-    if (!c || c.length !== region.length) return undefined;
-    let blob: Buffer;
-    try {
-      blob = await this.store.layout.readBytes(c.blob.digest);
-    } catch {
-      return undefined; // missing or corrupt in the base: download instead
-    }
-    return decodeChunk(c.kind, blob, region.length, region.digest, `base ${this.describe}`).catch(
-      () => undefined,
-    );
-  }
-  async close(): Promise<void> {}
+/**
+ * A chunked v2 layout as a base: its index (checked like a downloaded one) and a lookup by block
+ * digest. Blocks found are decoded from its packs (positioned reads) and verified like any
+ * downloaded frame; nothing of it is trusted.
+ */
+export interface LayoutDiskBase {
+  kind: 'layout';
+  describe: string;
+  store: LayoutStore;
+  index: DiskIndex;
+  lookup: DigestLookup;
 }
 
-async function layoutBase(dir: string, tag: string | undefined, display: string): Promise<BaseSource> {
+async function layoutBase(dir: string, tag: string | undefined, display: string): Promise<LayoutDiskBase> {
   const store = new LayoutStore(dir);
   let ref = tag;
   if (!ref) {
@@ -84,24 +79,27 @@ async function layoutBase(dir: string, tag: string | undefined, display: string)
   }
   const { manifest, digest } = await resolveManifest(store, ref!, display);
   const plan = await makePlan(store, manifest, digest, display);
-  const chunks = new Map<string, { blob: Descriptor; kind: 'zstd' | 'raw'; length: number }>();
-  for (const u of plan.units) {
-    if (u.kind === 'part') continue;
-    for (const r of u.regions)
-      chunks.set(r.digest, {
-        blob: u.blob,
-        kind: u.blob.mediaType === DISK_CHUNK_RAW ? 'raw' : 'zstd',
-        length: r.length,
-      });
-  }
-  return new LayoutBase(display, store, chunks);
+  if (!plan.index)
+    throw new UsageError(
+      `base ${display} is a file, not a disk image`,
+      'give a disk or a chunked disk layout',
+    );
+  const index = plan.index;
+  return {
+    kind: 'layout',
+    describe: display,
+    store,
+    index,
+    lookup: new DigestLookup(index.digests, index.entryCount),
+  };
 }
 
 /** qcow2, vhdx, vmdk, ...: read through the disk reader of src/image (qemu-nbd), skipping holes. */
-class DiskBase implements BaseSource {
+export class DiskBase implements BaseSource {
+  readonly kind = 'reader' as const;
   constructor(
     readonly describe: string,
-    private readonly reader: DiskReader,
+    readonly reader: DiskReader,
   ) {}
   async lookup(region: Region): Promise<Buffer | undefined> {
     if (region.offset + region.length > this.reader.virtualSize) return undefined;
@@ -116,14 +114,14 @@ class DiskBase implements BaseSource {
   }
 }
 
-async function fileBase(path: string, display: string): Promise<BaseSource> {
+async function fileBase(path: string, display: string): Promise<RawBase | DiskBase> {
   const fh = await open(path, 'r');
   const head = Buffer.alloc(512);
   await fh.read(head, 0, 512, 0);
   const format = detectFileFormat(head);
   if (format === 'raw') {
     const size = (await fh.stat()).size;
-    return new RawBase(display, fh, size);
+    return new RawBase(display, fh, size, path);
   }
   await fh.close();
   if (format === 'qcow2' || format === 'vhdx' || format === 'vmdk') {
@@ -136,7 +134,13 @@ async function fileBase(path: string, display: string): Promise<BaseSource> {
   );
 }
 
-export async function openBase(spec: string): Promise<BaseSource> {
+export type Base = RawBase | DiskBase | LayoutDiskBase;
+
+export async function closeBase(b: Base | undefined): Promise<void> {
+  if (b && b.kind !== 'layout') await b.close();
+}
+
+export async function openBase(spec: string): Promise<Base> {
   if (/^[a-z][a-z0-9+.-]*:\/\//.test(spec)) {
     throw new UsageError(
       `--base must be local (a raw disk, a chunked layout or an orb manifest), not '${spec}'`,
@@ -152,7 +156,7 @@ export async function openBase(spec: string): Promise<BaseSource> {
   if (!st) throw new UsageError(`base '${spec}' does not exist`);
   if (st.isDirectory()) return layoutBase(path, undefined, spec);
   // a block device (an in-place update of `orb pull --output /dev/XYZ`) holds a raw disk (stat says size 0: never read it as a manifest)
-  if (st.isBlockDevice()) return new RawBase(spec, await open(path, 'r'), await deviceSize(path));
+  if (st.isBlockDevice()) return new RawBase(spec, await open(path, 'r'), await deviceSize(path), path);
   if (st.size < 4 << 20) {
     const text = await readFile(path, 'utf8').catch(() => '');
     if (text.startsWith('{')) {

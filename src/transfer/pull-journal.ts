@@ -3,8 +3,9 @@ import type { FileHandle } from 'node:fs/promises';
 
 /**
  * What an interrupted pull already has, so a rerun fetches only the rest. Lines of JSON next to
- * the `.partial` output: a header naming the manifest, then regions written and verified, and
- * progress of large blobs written straight into the output. An entry is appended only after the
+ * the `.partial` output: a header naming the manifest, then for a disk the frames whose blocks
+ * were all written (each verified), for a file the parts written and verified and the progress
+ * of large parts written straight into the output. An entry is appended only after the
  * output was synced to disk, so a crash can lose progress but never vouch for bytes that are not
  * there.
  */
@@ -18,6 +19,8 @@ export class Journal {
   readonly regions = new Map<number, string>();
   /** blob digest -> bytes of it already in place at `offset` (direct writes) */
   readonly partial = new Map<string, { offset: number; bytes: number }>();
+  /** v2 disks: frames whose needed blocks are all written and verified */
+  readonly frames = new Set<number>();
   private pending: string[] = [];
   private flushing: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -46,13 +49,15 @@ export class Journal {
     if (head && head.manifest === header.manifest && head.size === header.size) {
       resumed = true;
       for (const line of lines.slice(1)) {
-        let e: { r?: number; d?: string; p?: string; o?: number; n?: number };
+        let e: { r?: number; d?: string; p?: string; o?: number; n?: number; f?: unknown };
         try {
           e = JSON.parse(line) as typeof e;
         } catch {
           break; // a torn last line after a crash
         }
-        if (typeof e.r === 'number' && e.d) j.regions.set(e.r, e.d);
+        if (Array.isArray(e.f)) {
+          for (const f of e.f) if (Number.isSafeInteger(f) && (f as number) >= 0) j.frames.add(f as number);
+        } else if (typeof e.r === 'number' && e.d) j.regions.set(e.r, e.d);
         else if (e.p && typeof e.n === 'number' && typeof e.o === 'number')
           j.partial.set(e.p, { offset: e.o, bytes: e.n });
       }
@@ -64,6 +69,12 @@ export class Journal {
 
   regionDone(offset: number, digest: string): void {
     this.pending.push(JSON.stringify({ r: offset, d: digest }));
+    this.schedule();
+  }
+
+  framesDone(frames: readonly number[]): void {
+    if (!frames.length) return;
+    this.pending.push(JSON.stringify({ f: frames }));
     this.schedule();
   }
 

@@ -24,32 +24,36 @@ import {
   ANN_PART_OFFSET,
   ANN_TITLE,
   DISK_ARTIFACT,
-  DISK_CHUNK_RAW,
-  DISK_CHUNK_ZSTD,
-  DISK_CONFIG,
+  DISK_V2_ARTIFACT,
   FILE_ARTIFACT,
   FILE_CONFIG,
   FILE_PART,
   OCI_INDEX,
   OCI_MANIFEST,
   type Descriptor,
-  type DiskConfig,
+  type DiskV2Config,
   type ImageManifest,
 } from '../formats/oci-media.js';
 import type { BlobStore } from '../stores/store.js';
-import { checkDiskConfig, diskRegions, type DiskRegion } from '../oci/disk-check.js';
+import { MAX_INDEX_BLOB, type DiskIndex } from '../formats/disk-index.js';
+import { checkDiskV2Config, checkDiskV2Manifest, loadDiskIndex } from '../oci/disk-v2.js';
 
 /**
- * What a pull must produce, derived from the manifest and checked before a byte is downloaded:
- * every chunk inside the disk, no overlaps, sizes consistent. One unit per distinct blob (a
- * chunk that occurs several times is fetched once and written to every region).
+ * What a pull must produce, derived from the manifest and checked before a byte is downloaded.
+ * A disk (format v2) is its index, decoded with every check of the spec (src/oci/disk-v2.ts):
+ * the blocks, frames and packs. A file artifact is its parts: one unit per distinct blob (a part
+ * that occurs several times is fetched once and written to every region).
  */
-export type Region = DiskRegion;
+export interface Region {
+  offset: number;
+  length: number;
+  digest: string;
+}
 
 export interface Unit {
   blob: Descriptor;
-  /** zstd: compressed chunk; raw/part: the blob bytes are the region bytes */
-  kind: 'zstd' | 'raw' | 'part';
+  /** part: the blob bytes are the region bytes */
+  kind: 'part';
   regions: Region[];
 }
 
@@ -60,10 +64,13 @@ export interface Plan {
   manifest: ImageManifest;
   /** bytes of the disk content (virtual size) or of the file */
   size: number;
-  /** sha256:<hex> of the whole content */
+  /** disk: the orb2 content root (orb2:sha256:<hex>); file: sha256:<hex> of the whole file */
   contentDigest: string;
+  /** file parts (empty for a disk) */
   units: Unit[];
-  config?: DiskConfig;
+  /** disk: the decoded, checked index and the config */
+  index?: DiskIndex;
+  config?: DiskV2Config;
   /** build facts from the config (disk config, or a file artifact's orb config) */
   build?: Record<string, unknown>;
   /** file artifacts: the published file's name and format (qcow2, raw.zst, ...) */
@@ -83,7 +90,7 @@ export async function resolveManifest(
     if (!Array.isArray(json.manifests))
       throw untrustedError(`${display}: index manifests`, 'is not an array', json.manifests);
     const i = json.manifests.findIndex(
-      (d) => isObject(d) && (d.artifactType === DISK_ARTIFACT || d.artifactType === FILE_ARTIFACT),
+      (d) => isObject(d) && (d.artifactType === DISK_V2_ARTIFACT || d.artifactType === FILE_ARTIFACT),
     );
     if (i < 0) throw wrongType(display, 'an image index without an orb disk image or file');
     const pick = checkDescriptor(json.manifests[i], `${display}: index manifests[${i}]`, MAX_MANIFEST_BYTES);
@@ -98,7 +105,13 @@ export async function resolveManifest(
   if (!isObject(json.config) || !Array.isArray(json.layers))
     throw wrongType(display, `a ${clip(m.mediaType || 'manifest')} that is not an OCI image manifest`);
   const type = json.artifactType ?? json.config.mediaType;
-  if (type !== DISK_ARTIFACT && type !== FILE_ARTIFACT) {
+  if (type === DISK_ARTIFACT)
+    throw new OrbError(
+      'input',
+      `${display} is an orb disk image of chunked format v1 (${DISK_ARTIFACT}), which this orb no longer reads`,
+      { hint: 'convert and publish the disk again with this orb (format v2)' },
+    );
+  if (type !== DISK_V2_ARTIFACT && type !== FILE_ARTIFACT) {
     const what =
       type === 'application/vnd.oci.image.config.v1+json' ||
       type === 'application/vnd.docker.container.image.v1+json'
@@ -128,7 +141,7 @@ function checkManifest(json: Record<string, unknown>, display: string): ImageMan
 function wrongType(display: string, what: string): OrbError {
   return new OrbError(
     'input',
-    `${display} is ${what}, not an orb disk image (${DISK_ARTIFACT}) or file (${FILE_ARTIFACT})`,
+    `${display} is ${what}, not an orb disk image (${DISK_V2_ARTIFACT}) or file (${FILE_ARTIFACT})`,
     {
       hint: 'check the reference; orb pulls what orb publish pushed',
     },
@@ -142,7 +155,7 @@ export async function makePlan(
   display: string,
 ): Promise<Plan> {
   const type = manifest.artifactType ?? manifest.config.mediaType;
-  if (type === DISK_ARTIFACT) return diskPlan(store, manifest, manifestDigest, display);
+  if (type === DISK_V2_ARTIFACT) return diskPlan(store, manifest, manifestDigest, display);
   const plan = filePlan(manifest, manifestDigest, display);
   const build = await fileBuildInfo(store, manifest, display);
   return build ? { ...plan, build } : plan;
@@ -173,35 +186,21 @@ async function diskPlan(
   manifestDigest: string,
   display: string,
 ): Promise<Plan> {
-  if (manifest.config.mediaType !== DISK_CONFIG)
-    throw untrustedError(
-      `${display}: manifest config mediaType`,
-      `is not ${DISK_CONFIG}`,
-      manifest.config.mediaType,
-    );
-  // Layers first: they are in the manifest already, the config costs a request.
-  for (const [i, l] of manifest.layers.entries())
-    if (l.mediaType !== DISK_CHUNK_ZSTD && l.mediaType !== DISK_CHUNK_RAW)
-      throw untrustedError(
-        `${display}: manifest layers[${i}] mediaType`,
-        'is not an orb disk chunk',
-        l.mediaType,
-      );
-  const config = checkDiskConfig(await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES), display);
-  const byBlob = new Map<string, Unit>();
-  for (const { layer, kind, region } of diskRegions(manifest, config.virtualSize, display)) {
-    const u = byBlob.get(layer.digest);
-    if (u) u.regions.push(region);
-    else byBlob.set(layer.digest, { blob: layer, kind, regions: [region] });
-  }
+  // Layers first: they are in the manifest already, the config and the index cost requests.
+  const layers = checkDiskV2Manifest(manifest, display);
+  const config = checkDiskV2Config(await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES), display);
+  // readSmallBlob checks size and digest before the bytes are decoded
+  const blob = await readSmallBlob(store, layers.index, MAX_INDEX_BLOB);
+  const index = loadDiskIndex(blob, manifest, config, layers, display);
   return {
     kind: 'disk',
-    artifactType: DISK_ARTIFACT,
+    artifactType: DISK_V2_ARTIFACT,
     manifestDigest,
     manifest,
     size: config.virtualSize,
-    contentDigest: config.contentDigest,
-    units: [...byBlob.values()],
+    contentDigest: index.contentDigest,
+    units: [],
+    index,
     config,
   };
 }

@@ -8,30 +8,24 @@ import { qemuInfoName, vetImage } from '../image/untrusted.js';
 import { formatBytes, type Progress } from '../core/progress.js';
 import { defaultRetryPolicy, type RetryPolicy } from '../net/retry.js';
 import type { BlobStore } from '../stores/store.js';
-import { openBase, type BaseSource } from './pull-base.js';
+import { closeBase, openBase, type Base } from './pull-base.js';
 import { blockTarget, isBlockDevice, zeroRanges, type BlockTarget } from './block-device.js';
 import { Journal } from './pull-journal.js';
-import { OrderedHasher } from './hasher.js';
 import { finishOutput, type OutputFormat } from './pull-output.js';
-import {
-  contentSegments,
-  makePlan,
-  resolveManifest,
-  type Plan,
-  type Region,
-  type Unit,
-} from './pull-plan.js';
-import { ByteBudget, runPool } from './pool.js';
-import { HttpWorkers } from '../net/http-workers.js';
-import { downloadUnit, type UnitContext } from './place-blob.js';
+import { makePlan, resolveManifest, type Plan } from './pull-plan.js';
+import { BlockPool } from './block-pool.js';
+import { pullDisk } from './pull-disk.js';
+import { ContentMismatch, pullFile } from './pull-file.js';
+import { checkDiskV2Manifest } from '../oci/disk-v2.js';
+import type { DiskIndex } from '../formats/disk-index.js';
 
 /**
  * Pull engine, generic over BlobStore. The output is assembled in `<output>.partial` (sparse:
- * zero chunks are never written), with a journal beside it so a rerun after any interruption
- * fetches only what is missing. Every blob is checked against its digest and every chunk
- * against its content digest before it counts; the whole content's sha256 is computed in order
- * while the pieces land and compared at the end. Only then does the output path appear
- * (rename), converted to qcow2 when asked.
+ * zero blocks are never written), with a journal beside it so a rerun after any interruption
+ * fetches only what is missing. A disk (chunked format v2, pull-disk.ts) is proven block by
+ * block against its index, whose root is the content identity: no pass over the output. A file
+ * artifact (pull-file.ts) is checked part by part and as a whole. Only then does the output path
+ * appear (rename), converted to qcow2 when asked.
  */
 export interface PullOptions {
   source: BlobStore;
@@ -49,7 +43,7 @@ export interface PullOptions {
   progress(label: string, total?: number): Progress;
   signal?: AbortSignal;
   retry?: RetryPolicy;
-  /** memory for compressed chunks in flight (bigger blobs are spooled to disk) */
+  /** memory for fetched bytes in flight (ranges, file parts) */
   memoryBudget?: number;
 }
 
@@ -59,15 +53,22 @@ export interface PullResult {
   digest: string;
   reference: string;
   artifactType: string;
-  contentSha256: string;
+  /** file artifacts: sha256 (hex) of the file */
+  contentSha256?: string;
+  /** disks: the orb2 content root (orb2:sha256:<hex>), proven block by block */
+  contentDigest?: string;
   virtualSize: number;
   fileSize: number;
   bytesDownloaded: number;
   bytesReused: number;
   bytesResumed: number;
+  /** disks: non-zero blocks / file: parts */
   chunks: number;
   chunksDownloaded: number;
   chunksReused: number;
+  /** disks: byte ranges requested and packs fetched whole */
+  ranges?: number;
+  wholePacks?: number;
   seconds: number;
   manifestPath?: string;
 }
@@ -80,9 +81,12 @@ export async function pull(o: PullOptions): Promise<PullResult> {
   const plan = await makePlan(o.source, manifest, digest, o.display);
   const srcFormat = plan.kind === 'disk' ? 'raw' : (plan.fileFormat ?? 'raw');
   if (plan.kind === 'disk' && o.format === 'auto') o.format = 'raw';
-  const regionCount = plan.units.reduce((a, u) => a + u.regions.length, 0);
+  const index: DiskIndex | undefined = plan.index;
+  const pieces = index ? index.entryCount : plan.units.reduce((a, u) => a + u.regions.length, 0);
   log.info(
-    `${o.display}: ${plan.kind === 'disk' ? 'disk image' : `file ${plan.fileName} (${srcFormat})`}, ${formatBytes(plan.size)}, ${regionCount} ${plan.kind === 'disk' ? 'chunks' : 'parts'} in ${plan.units.length} blobs`,
+    index
+      ? `${o.display}: disk image, ${formatBytes(plan.size)}, ${index.entryCount} blocks of data (${formatBytes(index.entryCount * index.blockSize)}) in ${index.frameCount} frames, ${index.packs.length} packs`
+      : `${o.display}: file ${plan.fileName} (${srcFormat}), ${formatBytes(plan.size)}, ${pieces} parts in ${plan.units.length} blobs`,
   );
 
   // A block device is written in place: no .partial, no rename, no truncate (block-device.ts).
@@ -92,19 +96,19 @@ export async function pull(o: PullOptions): Promise<PullResult> {
   const partial = device ? out : `${out}.partial`;
   const journalPath = device ? device.journalPath : `${partial}.journal`;
   const spoolDir = device ? device.spoolDir : `${partial}.d`;
-  const dataBytes = plan.units.reduce((a, u) => a + u.regions.reduce((b, r) => b + r.length, 0), 0);
+  const dataBytes = index
+    ? index.entryCount * index.blockSize
+    : plan.units.reduce((a, u) => a + u.regions.reduce((b, r) => b + r.length, 0), 0);
   // A conversion afterwards needs room for its output too: about the data a qcow2 holds (the
   // sparse raw's data bytes), or for a published file about its size again (a rough guess).
-  const converted =
-    plan.kind === 'disk'
-      ? o.format === 'qcow2'
-        ? dataBytes
-        : 0
-      : o.format !== 'auto' && o.format !== plan.fileFormat
-        ? plan.size
-        : 0;
-  // A fresh pull is checked before anything is created, so a refusal leaves nothing behind; a
-  // resumed one is checked again below, once the journal says what is already in place.
+  const converted = index
+    ? o.format === 'qcow2'
+      ? dataBytes
+      : 0
+    : o.format !== 'auto' && o.format !== plan.fileFormat
+      ? plan.size
+      : 0;
+  // A fresh pull is checked before anything is created, so a refusal leaves nothing behind.
   const fresh = !device && !(await exists(partial));
   if (fresh) await ensureFreeSpace(out, dataBytes + converted, `pulling ${o.display}`);
   try {
@@ -118,10 +122,9 @@ export async function pull(o: PullOptions): Promise<PullResult> {
   const fh = await open(partial, fresh ? 'w+' : 'r+').catch((err: unknown) => {
     throw environmentError(err, `cannot ${fresh ? 'create' : 'open'} ${partial}`);
   });
-  let hasher: OrderedHasher | undefined;
-  let base: BaseSource | undefined;
+  let base: Base | undefined;
   let openJournal: Journal | undefined;
-  let workers: HttpWorkers | undefined;
+  let pool: BlockPool | undefined;
   try {
     const { journal, resumed } = await Journal.open(journalPath, { manifest: digest, size: plan.size }, fh);
     openJournal = journal;
@@ -140,153 +143,70 @@ export async function pull(o: PullOptions): Promise<PullResult> {
         throw environmentError(err, `cannot make room for ${formatBytes(plan.size)} in ${partial}`);
       }
     }
-    const segments = contentSegments(plan);
-    const segIndex = new Map<number, number>();
-    segments.forEach((s, i) => {
-      if (!s.zero) segIndex.set(s.offset, i);
-    });
-    hasher = new OrderedHasher(partial, segments);
-    const h = hasher;
-    const done = new Set<number>();
-    let bytesResumed = 0;
-    for (const u of plan.units) {
-      for (const r of u.regions) {
-        if (journal.regions.get(r.offset) === r.digest) {
-          done.add(r.offset);
-          bytesResumed += r.length;
-          h.markDone(segIndex.get(r.offset)!);
-        }
-      }
-    }
-    const markDone = (r: Region) => {
-      done.add(r.offset);
-      journal.regionDone(r.offset, r.digest);
-      h.markDone(segIndex.get(r.offset)!);
+    const memoryBudget =
+      o.memoryBudget ?? Math.min(512 << 20, Math.max(128 << 20, o.concurrency * (32 << 20)));
+    if (o.base) base = await openBase(o.base);
+    let stats: {
+      bytesDownloaded: number;
+      bytesReused: number;
+      bytesResumed: number;
+      chunksDownloaded: number;
+      chunksReused: number;
+      ranges?: number;
+      wholePacks?: number;
     };
-    const pending = (u: Unit) => u.regions.filter((r) => !done.has(r.offset));
-    if (resumed && bytesResumed)
-      log.info(`resuming: ${formatBytes(bytesResumed)} already in place from an earlier run`);
-
-    const remainingBytes = plan.units.reduce((a, u) => a + pending(u).reduce((b, r) => b + r.length, 0), 0);
-    if (!fresh && !device) await ensureFreeSpace(out, remainingBytes + converted, `pulling ${o.display}`);
-    // Room for each parallel download to hold one default-size chunk and its decoded bytes.
-    const budget = new ByteBudget(
-      o.memoryBudget ?? Math.min(1 << 30, Math.max(256 << 20, o.concurrency * (64 << 20))),
-    );
-
-    // 1. Take what the base has (verified chunk by chunk).
-    let bytesReused = 0;
-    let chunksReused = 0;
-    if (o.base) {
-      base = await openBase(o.base);
-      const b = base;
-      // --base naming the output device itself: a chunk found in place is already written.
-      const inPlace = !!device && resolve(o.base) === out;
-      const candidates = plan.units.filter((u) => pending(u).length);
-      const progress = o.progress(
-        `reusing from ${b.describe}`,
-        candidates.reduce((a, u) => a + pending(u).reduce((s, r) => s + r.length, 0), 0),
-      );
-      await runPool(
-        candidates,
-        Math.max(2, Math.min(4, o.concurrency)),
-        async (u) => {
-          for (const r of pending(u)) {
-            await budget.acquire(r.length);
-            try {
-              const data = await b.lookup(r);
-              if (data) {
-                if (!inPlace) await writeAll(fh, data, r.offset);
-                markDone(r);
-                bytesReused += r.length;
-                chunksReused++;
-              }
-            } finally {
-              budget.release(r.length);
-            }
-            progress.add(r.length);
-          }
-        },
-        o.signal,
-      );
-      progress.done(`reused ${formatBytes(bytesReused)} (${chunksReused} chunks) from ${b.describe}`);
-    }
-
-    // 2. Download the rest in parallel.
-    const todo = plan.units.filter((u) => pending(u).length);
-    const downloadTotal = todo.reduce(
-      (a, u) => a + u.blob.size - (journal.partial.get(u.blob.digest)?.bytes ?? 0),
-      0,
-    );
-    const progress = o.progress('downloading', downloadTotal);
-    let bytesDownloaded = 0;
-    let unreported = 0;
-    // Stores reachable by plain HTTP GET are read by worker threads: receiving and hashing
-    // gigabytes is CPU work that one JavaScript thread would make the bottleneck.
-    workers = o.source.httpSource
-      ? new HttpWorkers(Math.min(Number(process.env.ORB_TRANSFER_WORKERS) || 4, o.concurrency), o.signal)
-      : undefined;
-    const ctx: UnitContext = {
-      workers,
-      idleMs: Number(process.env.ORB_HTTP_IDLE_TIMEOUT_MS || 120_000),
-      store: o.source,
-      fh,
-      partialPath: partial,
-      spoolDir,
-      journal,
-      budget,
-      retry: o.retry ?? defaultRetryPolicy(),
-      log,
-      signal: o.signal,
-      onBytes: (n) => {
-        bytesDownloaded += n;
-        unreported += n;
-        if (unreported >= 1 << 20) {
-          progress.add(unreported);
-          unreported = 0;
-        }
-      },
-      markDone,
-      regionsDownloaded: 0,
-    };
-    await runPool(todo, o.concurrency, (u) => downloadUnit(ctx, u, pending(u)), o.signal);
-    progress.add(unreported);
-    progress.done();
-    await journal.close();
-    log.debug(`pull: downloads done after ${((Date.now() - started) / 1000).toFixed(2)} s`);
-
-    // The hasher takes the ranges without data as zeros: on a device, make them so.
-    if (device)
-      await zeroRanges(
-        fh,
-        out,
-        segments.filter((s) => s.zero),
+    if (index) {
+      pool = new BlockPool({ out: partial, size: plan.size, blockSize: index.blockSize });
+      const s = await pullDisk({
+        store: o.source,
+        display: o.display,
+        index,
+        packs: checkDiskV2Manifest(plan.manifest, o.display).packs,
+        pool,
+        journal,
+        base,
+        // --base naming the output device itself: a block found in place is already written
+        inPlace: !!device && !!o.base && resolve(o.base) === out,
+        concurrency: o.concurrency,
+        retry: o.retry ?? defaultRetryPolicy(),
         log,
-        o.signal,
-      );
-
-    // 3. The whole content, hashed in order as it landed.
-    const content = await h.finish(o.signal);
-    hasher = undefined;
-    log.debug(`pull: content hash done after ${((Date.now() - started) / 1000).toFixed(2)} s`);
-    if (content !== plan.contentDigest) {
-      openJournal = undefined;
-      await journal.remove();
-      await fh.close().catch(() => undefined);
-      if (!device) await rm(partial, { force: true });
-      await rm(spoolDir, { recursive: true, force: true });
-      throw new OrbError(
-        'integrity',
-        `the assembled ${plan.kind === 'disk' ? 'disk' : 'file'} has sha256 ${content}, the image says ${plan.contentDigest}`,
-        {
-          hint: 'every chunk matched its digest, so the published manifest is inconsistent; publish the image again',
-        },
-      );
+        progress: o.progress,
+        signal: o.signal,
+        memoryBudget,
+      });
+      await pool.close();
+      pool = undefined;
+      await journal.close();
+      stats = { ...s, chunksDownloaded: s.blocksDownloaded, chunksReused: s.blocksReused };
+      // zero runs are holes in a file; a device must read them back as zeros
+      if (device) await zeroRanges(fh, out, zeroRuns(index), log, o.signal);
+    } else {
+      if (base?.kind === 'layout')
+        throw new UsageError(
+          `base ${o.base} is a disk layout; ${o.display} is a file`,
+          'give an earlier copy of the file',
+        );
+      const s = await pullFile({
+        plan,
+        store: o.source,
+        fh,
+        partial,
+        spoolDir,
+        journal,
+        base,
+        concurrency: o.concurrency,
+        retry: o.retry ?? defaultRetryPolicy(),
+        log,
+        progress: o.progress,
+        signal: o.signal,
+        memoryBudget,
+      });
+      stats = { ...s, chunksDownloaded: s.partsDownloaded, chunksReused: s.partsReused };
     }
+    log.debug(`pull: fetched after ${((Date.now() - started) / 1000).toFixed(2)} s`);
     await fh.datasync();
     await fh.close();
     openJournal = undefined;
-    log.debug(`pull: synced after ${((Date.now() - started) / 1000).toFixed(2)} s`);
     const format = device ? srcFormat : await finishOutput(partial, srcFormat, out, o.format, log, o.signal);
     await journal.remove();
     await rm(spoolDir, { recursive: true, force: true });
@@ -298,25 +218,26 @@ export async function pull(o: PullOptions): Promise<PullResult> {
       digest,
       reference: `${o.source.describe()}@${digest}`,
       artifactType: plan.artifactType,
-      contentSha256: plan.contentDigest.slice('sha256:'.length),
-      virtualSize:
-        plan.kind === 'disk'
-          ? plan.size
-          : format === srcFormat
-            ? plan.size
-            : await virtualSizeOf(out, format),
+      ...(index
+        ? { contentDigest: index.contentDigest }
+        : { contentSha256: plan.contentDigest.slice('sha256:'.length) }),
+      virtualSize: index ? plan.size : format === srcFormat ? plan.size : await virtualSizeOf(out, format),
       fileSize,
-      bytesDownloaded,
-      bytesReused,
-      bytesResumed,
-      chunks: regionCount,
-      chunksDownloaded: ctx.regionsDownloaded,
-      chunksReused,
+      bytesDownloaded: stats.bytesDownloaded,
+      bytesReused: stats.bytesReused,
+      bytesResumed: stats.bytesResumed,
+      chunks: pieces,
+      chunksDownloaded: stats.chunksDownloaded,
+      chunksReused: stats.chunksReused,
+      ...(stats.ranges !== undefined ? { ranges: stats.ranges, wholePacks: stats.wholePacks ?? 0 } : {}),
       seconds,
     };
     log.info(
-      `pulled ${o.display} to ${out} (${format}) in ${seconds.toFixed(1)} s: downloaded ${formatBytes(bytesDownloaded)}, reused ${formatBytes(bytesReused)}` +
-        (bytesResumed ? `, ${formatBytes(bytesResumed)} from an earlier run` : ''),
+      `pulled ${o.display} to ${out} (${format}) in ${seconds.toFixed(1)} s: downloaded ${formatBytes(stats.bytesDownloaded)}` +
+        (index ? ` in ${stats.ranges} ranges and ${stats.wholePacks} whole packs` : '') +
+        `, reused ${formatBytes(stats.bytesReused)}` +
+        (stats.bytesResumed ? `, ${formatBytes(stats.bytesResumed)} from an earlier run` : '') +
+        (index ? `; content ${index.contentDigest}` : ''),
     );
     if (o.manifestPath) {
       await writeStageManifest(o.manifestPath, plan, result);
@@ -324,13 +245,21 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     }
     return result;
   } catch (err) {
-    await hasher?.abort();
+    await pool?.close().catch(() => undefined);
+    if (err instanceof ContentMismatch) {
+      // every part matched, the whole did not: nothing here is worth keeping
+      openJournal = undefined;
+      await rm(journalPath, { force: true });
+      await fh.close().catch(() => undefined);
+      if (!device) await rm(partial, { force: true });
+      await rm(spoolDir, { recursive: true, force: true });
+      throw err;
+    }
     // Record what did land, so the rerun the hint suggests continues from there.
     await openJournal?.close().catch(() => undefined);
     await fh.close().catch(() => undefined);
-    // rmdir removes the spool folder only when empty: spooled blobs are kept for the rerun.
+    // rmdir removes the spool folder only when empty
     await rmdir(spoolDir).catch(() => undefined);
-    // The hint promises a kept partial only when there is one (a whole-content mismatch deletes it).
     if (
       err instanceof OrbError &&
       (err.kind === 'network' || err.kind === 'interrupted' || err.kind === 'integrity') &&
@@ -346,9 +275,28 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     }
     throw environmentError(err, `pulling ${o.display} to ${out}`);
   } finally {
-    await workers?.close();
-    await base?.close();
+    await closeBase(base);
   }
+}
+
+/** The zero runs of a disk (between entries), for a device that must read them back as zeros. */
+function zeroRuns(idx: DiskIndex): { offset: number; length: number }[] {
+  const out: { offset: number; length: number }[] = [];
+  let next = 0;
+  const add = (from: number, to: number) => {
+    if (to > from)
+      out.push({
+        offset: from * idx.blockSize,
+        length: Math.min(to * idx.blockSize, idx.virtualSize) - from * idx.blockSize,
+      });
+  };
+  for (let i = 0; i < idx.entryCount; i++) {
+    const b = idx.entryBlock[i]!;
+    add(next, b);
+    next = b + 1;
+  }
+  add(next, idx.blockCount);
+  return out;
 }
 
 export async function writeAll(fh: FileHandle, data: Uint8Array, position: number): Promise<void> {
@@ -384,7 +332,8 @@ async function writeStageManifest(path: string, plan: Plan, r: PullResult): Prom
       format: r.format as ImageFormat,
       virtualSize: r.virtualSize,
       fileSize: r.fileSize,
-      contentSha256: r.contentSha256,
+      ...(r.contentSha256 ? { contentSha256: r.contentSha256 } : {}),
+      ...(r.contentDigest ? { contentDigest: r.contentDigest } : {}),
     },
     { published: { reference: r.reference, digest: r.digest } },
   );

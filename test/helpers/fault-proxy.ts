@@ -49,6 +49,8 @@ export interface ProxyLogEntry {
   status?: number;
   fault?: FaultAction['type'];
   at: number;
+  /** response body bytes sent to the client */
+  bytes?: number;
 }
 
 export interface FaultProxy {
@@ -221,6 +223,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
         } else if (a?.type === 'flip') body = ur.pipe(flipAt(a.offset));
         else if (a?.type === 'slow') body = ur.pipe(throttle(a.bytesPerSecond));
         res.writeHead(ur.statusCode ?? 502, outHeaders);
+        body.on('data', (c: Buffer) => (entry.bytes = (entry.bytes ?? 0) + c.length));
         body.pipe(res);
       },
     );

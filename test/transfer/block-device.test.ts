@@ -20,7 +20,8 @@ import { LayoutStore } from '../../src/stores/layout.js';
 import { deviceSize } from '../../src/transfer/block-device.js';
 import { pull } from '../../src/transfer/pull.js';
 import { orb } from '../helpers/cli.js';
-import { buildLayout, makeDisk } from '../helpers/oci-images.js';
+import { makeDisk } from '../helpers/oci-images.js';
+import { writeV2Image, type V2Image } from '../helpers/v2-images.js';
 
 /**
  * `orb pull --output /dev/loopN`: a loop device on a sparse file stands for a Kubernetes PVC with
@@ -35,8 +36,12 @@ let dir: string;
 const loops: string[] = [];
 let dev: string;
 let small: string;
-let v1: Awaited<ReturnType<typeof buildLayout>>;
-let v2: Awaited<ReturnType<typeof buildLayout>>;
+let v1: V2Image;
+let v2: V2Image;
+let sum1: string;
+let sum2: string;
+/** 32 KiB blocks per 1 MiB chunk of the test disks */
+const PER = CHUNK / (32 << 10);
 
 function losetup(file: string): string {
   const d = execFileSync('losetup', ['-f', '--show', file], { encoding: 'utf8' }).trim();
@@ -86,15 +91,15 @@ describe.skipIf(!canLoop)('pull to a block device (loop device)', () => {
     dir = mkdtempSync(join(tmpdir(), 'orb-blk-'));
     process.env.ORB_STATE_DIR = join(dir, 'state');
     // v1: 3 of 4 chunks hold data. v2: chunks 1 and 5 changed, chunk 2 now zero, chunk 3 now data.
-    makeDisk(join(dir, 'v1.raw'), { size: SIZE, chunkSize: CHUNK });
-    makeDisk(join(dir, 'v2.raw'), {
+    sum1 = makeDisk(join(dir, 'v1.raw'), { size: SIZE, chunkSize: CHUNK });
+    sum2 = makeDisk(join(dir, 'v2.raw'), {
       size: SIZE,
       chunkSize: CHUNK,
       data: (i) => (i === 2 ? false : i === 3 ? true : i % 4 !== 3),
       seed: (i) => (i === 1 || i === 5 ? 100 + i : i + 1),
     });
-    v1 = await buildLayout(join(dir, 'v1.raw'), join(dir, 'v1'), 'v1', CHUNK);
-    v2 = await buildLayout(join(dir, 'v2.raw'), join(dir, 'v2'), 'v2', CHUNK);
+    v1 = await writeV2Image(join(dir, 'v1.raw'), join(dir, 'v1'), 'v1', { packSize: 4 * MiB });
+    v2 = await writeV2Image(join(dir, 'v2.raw'), join(dir, 'v2'), 'v2', { packSize: 4 * MiB, base: v1 });
     // the backing files: sparse, then filled with old bytes as a reused volume would be
     const back = join(dir, 'pvc.img');
     const fd = openSync(back, 'w');
@@ -125,23 +130,23 @@ describe.skipIf(!canLoop)('pull to a block device (loop device)', () => {
     const r = await pull(opts(v1.dir, 'v1', dev));
     expect(r.path).toBe(dev);
     expect(r.format).toBe('raw');
-    expect(headSha(dev, SIZE)).toBe(v1.contentDigest.replace('sha256:', ''));
+    expect(headSha(dev, SIZE)).toBe(sum1);
     // nothing was created beside the device, and the journal was removed from the state dir
     expect(existsSync(`${dev}.partial`)).toBe(false);
     expect(readdirSync(join(dir, 'state'))).toEqual([]);
   });
 
-  it('updates in place with --base being the device: only changed chunks are downloaded', async () => {
+  it('updates in place with --base being the device: only changed blocks are downloaded', async () => {
     const before = writtenBytes(dev);
     const r = await pull({ ...opts(v2.dir, 'v2', dev), base: dev });
     const written = writtenBytes(dev) - before;
-    expect(headSha(dev, SIZE)).toBe(v2.contentDigest.replace('sha256:', ''));
+    expect(headSha(dev, SIZE)).toBe(sum2);
     // the kernel's count of bytes written to the device: 3 changed chunks and 1 zeroed, not 12
     console.log(`in-place update wrote ${written / MiB} MiB to ${dev}`);
     expect(written).toBeLessThanOrEqual(5 * MiB);
     // v2 holds 12 data chunks (chunk 2 went to zero, chunk 3 came in); new or changed: 1, 3 and 5
-    expect(r.chunksDownloaded).toBe(3);
-    expect(r.chunksReused).toBe(9);
+    expect(r.chunksDownloaded).toBe(3 * PER);
+    expect(r.chunksReused).toBe(9 * PER);
   });
 
   it('orb pull --output /dev/loopN --base /dev/loopN through the CLI bundle', async () => {
@@ -151,8 +156,14 @@ describe.skipIf(!canLoop)('pull to a block device (loop device)', () => {
     });
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as Record<string, unknown>;
-    expect(out).toMatchObject({ path: dev, format: 'raw', 'chunks-downloaded': 3, 'chunks-reused': 9 });
-    expect(headSha(dev, SIZE)).toBe(v1.contentDigest.replace('sha256:', ''));
+    expect(out).toMatchObject({
+      path: dev,
+      format: 'raw',
+      'chunks-downloaded': 3 * PER,
+      'chunks-reused': 9 * PER,
+    });
+    expect(out['content-digest']).toBe(v1.index.contentDigest);
+    expect(headSha(dev, SIZE)).toBe(sum1);
   });
 
   it('refuses a device smaller than the disk, before writing anything', async () => {

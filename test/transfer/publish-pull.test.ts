@@ -15,7 +15,8 @@ import { RegistryClient } from '../../src/oci/registry.js';
 import { FILE_ARTIFACT, OCI_MANIFEST } from '../../src/formats/oci-media.js';
 import { publish } from '../../src/transfer/publish.js';
 import { pull } from '../../src/transfer/pull.js';
-import { buildLayout, makeDisk, sha256, type BuiltLayout } from '../helpers/oci-images.js';
+import { makeDisk, sha256 } from '../helpers/oci-images.js';
+import { writeV2Image, type V2Image } from '../helpers/v2-images.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 
 /**
@@ -32,8 +33,11 @@ const CHUNK = 256 << 10;
 const CHUNKS = 50;
 let reg: Registry;
 let dir: string;
-let v1: BuiltLayout;
-let v2: BuiltLayout;
+let v1: V2Image;
+let v2: V2Image;
+/** 32 KiB blocks per 256 KiB chunk of the test disks */
+const PER = 8;
+const stored = (i: V2Image) => i.packs.reduce((a, p) => a + p.size, 0);
 let sum1: string;
 let sum2: string;
 
@@ -54,8 +58,8 @@ beforeAll(async () => {
   const spec = { size: CHUNK * CHUNKS, chunkSize: CHUNK, data: (i: number) => i % 5 !== 4 };
   sum1 = makeDisk(join(dir, 'v1.raw'), spec);
   sum2 = makeDisk(join(dir, 'v2.raw'), { ...spec, seed: (i) => (i === 7 ? 999 : i + 1) });
-  v1 = await buildLayout(join(dir, 'v1.raw'), join(dir, 'layout'), 'v1', CHUNK);
-  v2 = await buildLayout(join(dir, 'v2.raw'), join(dir, 'layout'), 'v2', CHUNK);
+  v1 = await writeV2Image(join(dir, 'v1.raw'), join(dir, 'layout'), 'v1', { packSize: 2 << 20 });
+  v2 = await writeV2Image(join(dir, 'v2.raw'), join(dir, 'layout'), 'v2', { packSize: 2 << 20, base: v1 });
 });
 
 afterAll(async () => {
@@ -92,7 +96,7 @@ describe('chunked images through a registry', () => {
       progress,
     });
     expect(await sha256File(out)).toBe(sum1);
-    expect(pulled1.contentSha256).toBe(sum1);
+    expect(pulled1.contentDigest).toBe(v1.index.contentDigest);
     expect(pulled1.format).toBe('raw');
     // zero chunks are holes
     expect(statSync(out).blocks * 512).toBeLessThan(statSync(out).size);
@@ -121,11 +125,11 @@ describe('chunked images through a registry', () => {
       log,
       progress,
     });
-    expect(second.blobsUploaded).toBe(2); // the changed chunk and the config
+    expect(second.blobsUploaded).toBe(3); // the new pack, the index and the config
     expect(second.bytesUploaded / first.bytesUploaded).toBeLessThan(0.05);
   });
 
-  it('--base takes unchanged chunks from the earlier raw disk and downloads about 2%', async () => {
+  it('--base takes unchanged blocks from the earlier raw disk and downloads about 2%', async () => {
     const out = join(dir, 'p2.raw');
     const r = await pull({
       source: store('pp/disk'),
@@ -139,7 +143,7 @@ describe('chunked images through a registry', () => {
       progress,
     });
     expect(await sha256File(out)).toBe(sum2);
-    expect(r.chunksDownloaded).toBe(1);
+    expect(r.chunksDownloaded).toBe(PER);
     expect(r.bytesDownloaded / pulled1.bytesDownloaded).toBeLessThan(0.05);
     expect(r.bytesReused).toBe(39 * CHUNK);
   });
@@ -158,7 +162,7 @@ describe('chunked images through a registry', () => {
       progress,
     });
     expect(await sha256File(out)).toBe(sum2);
-    expect(r.chunksDownloaded).toBe(1);
+    expect(r.chunksDownloaded).toBe(PER);
   });
 
   it('--base can be a qcow2 disk (read through qemu-nbd)', async () => {
@@ -177,7 +181,7 @@ describe('chunked images through a registry', () => {
       progress,
     });
     expect(await sha256File(out)).toBe(sum2);
-    expect(r.chunksDownloaded).toBe(1);
+    expect(r.chunksDownloaded).toBe(PER);
   });
 
   it('writes qcow2 on request, identical in content', async () => {
@@ -205,7 +209,7 @@ describe('chunked images through a registry', () => {
       ...nullProgress,
       add(n: number) {
         seen += n;
-        if (seen > v1.storedBytes / 2) ac.abort();
+        if (seen > stored(v1) / 2) ac.abort();
       },
     });
     const err = await pull({
@@ -472,13 +476,13 @@ describe('single files and local layouts', () => {
     });
     expect(await sha256File(out)).toBe(sum1);
     const pulled = await readManifest(pm);
-    expect(pulled.image.contentSha256).toBe(sum1);
+    expect(pulled.image.contentDigest).toBe(v1.index.contentDigest);
     expect(pulled.stage).toBe('pull');
   });
 });
 
 describe('independent client: skopeo', () => {
-  it('inspects our artifact and copies between our layout and the registry keeping digests', async () => {
+  it('inspects our artifact raw, is refused as a container image, and copies between our layout and the registry keeping digests', async () => {
     await publish({
       source: v1.dir,
       sourceTag: 'v1',
@@ -498,17 +502,22 @@ describe('independent client: skopeo', () => {
     ) as {
       artifactType: string;
       annotations: Record<string, string>;
-      layers: { annotations: Record<string, string> }[];
+      layers: { mediaType: string }[];
     };
-    expect(raw.artifactType).toBe('application/vnd.orb.disk.v1');
-    expect(raw.annotations['dev.orb.content.digest']).toBe(`sha256:${sum1}`);
-    expect(raw.layers[0]!.annotations['dev.orb.chunk.offset']).toBe('0');
-    const digest = execFileSync(
-      'skopeo',
-      ['inspect', '--tls-verify=false', '--format', '{{.Digest}}', `docker://${reg.host}/pp/skopeo:v1`],
-      { encoding: 'utf8' },
-    ).trim();
-    expect(digest).toBe(v1.manifestDigest);
+    expect(raw.artifactType).toBe('application/vnd.orb.disk.v2');
+    expect(raw.annotations['dev.orb.content.digest']).toBe(v1.index.contentDigest);
+    expect(raw.layers[0]!.mediaType).toBe('application/vnd.orb.disk.index.v2+zstd');
+    // an image-specific operation is refused cleanly: it is not a container image
+    let refusal = '';
+    try {
+      execFileSync('skopeo', ['inspect', '--tls-verify=false', `docker://${reg.host}/pp/skopeo:v1`], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+    } catch (err) {
+      refusal = String((err as { stderr?: string }).stderr ?? err);
+    }
+    expect(refusal).toMatch(/unsupported image-specific operation on artifact/);
     // our layout -> registry with skopeo: same digest as our publish
     execFileSync('skopeo', [
       'copy',

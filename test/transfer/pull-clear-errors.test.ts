@@ -1,4 +1,16 @@
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statfsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  statfsSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,52 +20,35 @@ import { silentLogger } from '../../src/core/log.js';
 import { nullProgress } from '../../src/core/progress.js';
 import { LayoutStore } from '../../src/stores/layout.js';
 import { OciLayout } from '../../src/oci/layout.js';
-import {
-  ANN_CHUNK_DIGEST,
-  ANN_CHUNK_LENGTH,
-  ANN_CHUNK_OFFSET,
-  DISK_ARTIFACT,
-  DISK_CHUNK_ZSTD,
-  OCI_MANIFEST,
-  type ImageManifest,
-} from '../../src/formats/oci-media.js';
+import { BLOCK_SIZE, IndexBuilder, MAX_ENTRIES } from '../../src/formats/disk-index.js';
+import { ANN_CONTENT_DIGEST, OCI_MANIFEST, type ImageManifest } from '../../src/formats/oci-media.js';
+import { publish } from '../../src/transfer/publish.js';
 import { pull } from '../../src/transfer/pull.js';
-import { buildLayout, makeDisk } from '../helpers/oci-images.js';
+import { pattern } from '../helpers/oci-images.js';
+import { compressFrame, writeV2Variant, writeV2Image, type V2Image } from '../helpers/v2-images.js';
 
 /**
  * Issue 13, finding 6: failures that used to surface raw or leave debris. The free-space check
- * runs before the `.partial` exists (a refused pull leaves nothing); after a whole-content
- * mismatch the hint does not promise a partial that was deleted, and no empty `.partial.d/` is
- * left; EFBIG, EROFS and ENOSPC become environment errors with a hint.
+ * runs before the `.partial` exists (a refused pull leaves nothing); an image whose parts
+ * disagree is refused before anything is written (disks) or, for a file whose whole does not
+ * match, with a hint that promises no partial; EFBIG, EROFS and ENOSPC become environment
+ * errors with a hint.
  */
-const CHUNK = 64 << 10;
 let root: string;
 let layout: OciLayout;
-let base: ImageManifest;
-let config: Record<string, unknown>;
+let img: V2Image;
 
 beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), 'orb-clear-'));
-  makeDisk(join(root, 'disk.raw'), { size: CHUNK * 4, chunkSize: CHUNK, data: () => true });
-  const built = await buildLayout(join(root, 'disk.raw'), join(root, 'layout'), 'good', CHUNK);
+  const fd = openSync(join(root, 'disk.raw'), 'w');
+  for (let i = 0; i < 8; i++) writeSync(fd, pattern(i + 1, BLOCK_SIZE, true), 0, BLOCK_SIZE, i * BLOCK_SIZE);
+  closeSync(fd);
+  img = await writeV2Image(join(root, 'disk.raw'), join(root, 'layout'), 'good');
   rmSync(join(root, 'disk.raw'));
-  layout = new OciLayout(built.dir);
-  base = JSON.parse((await layout.readBytes(built.manifestDigest)).toString('utf8')) as ImageManifest;
-  config = JSON.parse((await layout.readBytes(base.config.digest)).toString('utf8')) as Record<
-    string,
-    unknown
-  >;
+  layout = new OciLayout(img.dir);
 });
 
 afterAll(() => rmSync(root, { recursive: true, force: true }));
-
-async function tagged(m: ImageManifest, tag: string): Promise<void> {
-  const d = await layout.putBytes(JSON.stringify(m));
-  await layout.tag(
-    { mediaType: OCI_MANIFEST, digest: d.digest, size: d.size, artifactType: DISK_ARTIFACT },
-    tag,
-  );
-}
 
 function pullTo(tag: string, output: string) {
   return pull({
@@ -72,22 +67,33 @@ describe('pull failures are clear and leave nothing they do not promise', () => 
   it('checks free space before creating the partial: a refused pull creates no file or folder', async () => {
     const s = statfsSync(root);
     const free = s.bavail * s.bsize;
-    const big = 128 << 20; // the largest chunk the format allows
-    const n = Math.min(Math.ceil(free / big) + 8, 20_000);
-    const blob = base.layers[0]!;
-    // n distinct regions of one (never fetched) blob: more data than the disk has room for
-    const layers = Array.from({ length: n }, (_, i) => ({
-      mediaType: DISK_CHUNK_ZSTD,
-      digest: blob.digest,
-      size: blob.size,
-      annotations: {
-        [ANN_CHUNK_OFFSET]: String(i * big),
-        [ANN_CHUNK_LENGTH]: String(big),
-        [ANN_CHUNK_DIGEST]: blob.annotations![ANN_CHUNK_DIGEST]!,
+    // twice the free space: other processes on this machine change it while the test runs, and
+    // a pull that passed the check would really write that much
+    const n = Math.ceil((2 * free) / BLOCK_SIZE);
+    if (n > MAX_ENTRIES) return; // more room than the format can fill: nothing to refuse
+    // n blocks of data, all the same (deduplicated) block: one tiny frame, more data than the disk has room for
+    const block = pattern(1, BLOCK_SIZE, true);
+    const frame = compressFrame(block);
+    const digest = createHash('sha256').update(block).digest();
+    const b = new IndexBuilder(n * BLOCK_SIZE);
+    const p = await layout.putBytes(frame);
+    b.addPack({ digest: p.digest, size: frame.length });
+    b.addFrame(0, 0, frame.length, 1);
+    for (let i = 0; i < n; i++) b.addEntry(i, 0, 0, digest);
+    const index = b.finish();
+    await writeV2Variant(
+      {
+        ...img,
+        index,
+        packs: [{ mediaType: img.packs[0]!.mediaType, digest: p.digest, size: frame.length }],
+        packBytes: [frame],
+        config: { ...img.config, virtualSize: n * BLOCK_SIZE, contentDigest: index.contentDigest },
+        manifest: { ...img.manifest, annotations: { [ANN_CONTENT_DIGEST]: index.contentDigest } },
       },
-    }));
-    const cfg = await layout.putBytes(JSON.stringify({ ...config, virtualSize: n * big }));
-    await tagged({ ...base, config: { ...base.config, digest: cfg.digest, size: cfg.size }, layers }, 'huge');
+      layout.dir,
+      'huge',
+      {},
+    );
     const out = join(root, 'new', 'sub', 'disk.raw');
     const err = await pullTo('huge', out);
     expect(err).toBeInstanceOf(OrbError);
@@ -95,43 +101,60 @@ describe('pull failures are clear and leave nothing they do not promise', () => 
     expect((err as OrbError).message).toMatch(/not enough free disk/);
     expect((err as OrbError).hint).toBeTruthy();
     expect(existsSync(join(root, 'new'))).toBe(false);
-  });
+  }, 300_000);
 
-  it('after a whole-content mismatch: the hint does not claim a kept partial, and nothing is left', async () => {
-    const cfg = await layout.putBytes(
-      JSON.stringify({ ...config, contentDigest: `sha256:${'1'.repeat(64)}` }),
-    );
-    await tagged({ ...base, config: { ...base.config, digest: cfg.digest, size: cfg.size } }, 'liar');
+  it('a disk whose config and index disagree on the content digest: refused before anything exists', async () => {
+    const other = `orb2:sha256:${'1'.repeat(64)}`;
+    const v = await writeV2Variant(img, layout.dir, 'liar', {});
+    const cfg = await layout.putBytes(JSON.stringify({ ...v.config, contentDigest: other }));
+    const m: ImageManifest = {
+      ...v.manifest,
+      config: { ...v.manifest.config, digest: cfg.digest, size: cfg.size },
+      annotations: { [ANN_CONTENT_DIGEST]: other },
+    };
+    const d = await layout.putBytes(JSON.stringify(m));
+    await layout.tag({ mediaType: OCI_MANIFEST, digest: d.digest, size: d.size }, 'liar');
     mkdirSync(join(root, 'out'));
-    const out = join(root, 'out', 'disk.raw');
-    const err = await pullTo('liar', out);
+    const err = await pullTo('liar', join(root, 'out', 'disk.raw'));
     expect(err).toBeInstanceOf(OrbError);
-    expect((err as OrbError).kind).toBe('integrity');
-    expect((err as OrbError).message).toMatch(/the image says sha256:1111/);
-    expect((err as OrbError).hint ?? '').not.toMatch(/kept/);
+    expect((err as OrbError).message).toMatch(/content digest/);
     expect(readdirSync(join(root, 'out'))).toEqual([]);
   });
 
-  it('a spooled pull that fails leaves no empty .partial.d/ behind', async () => {
-    // memoryBudget 0: every compressed chunk goes through the spool folder
-    const cfg = await layout.putBytes(
-      JSON.stringify({ ...config, contentDigest: `sha256:${'2'.repeat(64)}` }),
-    );
-    await tagged({ ...base, config: { ...base.config, digest: cfg.digest, size: cfg.size } }, 'liar2');
-    mkdirSync(join(root, 'out2'));
-    const err = await pull({
-      source: new LayoutStore(layout.dir),
-      ref: 'liar2',
-      display: 'liar2',
-      output: join(root, 'out2', 'disk.raw'),
-      format: 'raw',
+  it('a file whose whole does not match: the hint does not claim a kept partial, and nothing is left', async () => {
+    writeFileSync(join(root, 'f.qcow2.zst'), pattern(3, 100_000, true));
+    const fl = join(root, 'flayout');
+    await publish({
+      source: join(root, 'f.qcow2.zst'),
+      target: new LayoutStore(fl),
+      tags: ['f'],
       concurrency: 2,
-      memoryBudget: 1,
+      partSize: 30_000,
+      log: silentLogger,
+      progress: () => nullProgress,
+    });
+    const fo = new OciLayout(fl);
+    const m = JSON.parse(
+      (await fo.readBytes((await fo.resolve('f')).digest)).toString('utf8'),
+    ) as ImageManifest;
+    m.annotations = { ...m.annotations, [ANN_CONTENT_DIGEST]: `sha256:${'1'.repeat(64)}` };
+    const d = await fo.putBytes(JSON.stringify(m));
+    await fo.tag({ mediaType: OCI_MANIFEST, digest: d.digest, size: d.size }, 'liar');
+    mkdirSync(join(root, 'out3'));
+    const err = await pull({
+      source: new LayoutStore(fl),
+      ref: 'liar',
+      display: 'liar',
+      output: join(root, 'out3', 'f.bin'),
+      format: 'auto',
+      concurrency: 2,
       log: silentLogger,
       progress: () => nullProgress,
     }).catch((e: unknown) => e as OrbError);
     expect((err as OrbError).kind).toBe('integrity');
-    expect(readdirSync(join(root, 'out2'))).toEqual([]);
+    expect((err as OrbError).message).toMatch(/the image says sha256:1111/);
+    expect((err as OrbError).hint ?? '').not.toMatch(/kept/);
+    expect(readdirSync(join(root, 'out3'))).toEqual([]);
   });
 
   it('EFBIG, EROFS, ENOSPC and EDQUOT become environment errors with a hint; others pass through', () => {

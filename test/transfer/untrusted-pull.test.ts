@@ -18,11 +18,8 @@ import { nullProgress } from '../../src/core/progress.js';
 import { LayoutStore } from '../../src/stores/layout.js';
 import { OciLayout } from '../../src/oci/layout.js';
 import {
-  ANN_CHUNK_DIGEST,
-  ANN_CHUNK_LENGTH,
-  ANN_CHUNK_OFFSET,
-  DISK_ARTIFACT,
-  DISK_CHUNK_ZSTD,
+  DISK_V2_ARTIFACT as DISK_ARTIFACT,
+  DISK_V2_PACK,
   OCI_INDEX,
   OCI_MANIFEST,
   type ImageManifest,
@@ -32,12 +29,13 @@ import { RegistryClient } from '../../src/oci/registry.js';
 import { publish } from '../../src/transfer/publish.js';
 import { pull } from '../../src/transfer/pull.js';
 import type { BlobStore } from '../../src/stores/store.js';
-import { buildLayout, makeDisk } from '../helpers/oci-images.js';
+import { makeDisk } from '../helpers/oci-images.js';
+import { writeV2Image } from '../helpers/v2-images.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 
 /**
  * Issue 13, finding 1: a manifest whose layer digest is a path (`sha256:x/../../…`), declared
- * over 64 MiB so the spool path would be taken, made `orb pull` create (from a registry:
+ * large so a spool path would be taken, made `orb pull` create (from a registry:
  * overwrite) a file of the image's choosing, and put the digest into registry URLs. Guards that
  * such a pull fails with an error naming the field, creates or changes nothing outside the output
  * folder, and sends no request carrying the hostile digest.
@@ -73,21 +71,11 @@ function hostileDigest(target: string): string {
   return `sha256:x/../../../${relative(root, target)}`;
 }
 
+/** A v2 disk manifest whose pack (layers[1]) is named by a path. */
 function hostileManifest(base: ImageManifest, digest: string): ImageManifest {
   return {
     ...base,
-    layers: [
-      {
-        mediaType: DISK_CHUNK_ZSTD,
-        digest,
-        size: 100 << 20, // over the 64 MiB in-memory limit: the spool path
-        annotations: {
-          [ANN_CHUNK_OFFSET]: '0',
-          [ANN_CHUNK_LENGTH]: String(CHUNK),
-          [ANN_CHUNK_DIGEST]: `sha256:${'0'.repeat(64)}`,
-        },
-      },
-    ],
+    layers: [base.layers[0]!, { mediaType: DISK_V2_PACK, digest, size: 100 << 20 }],
   };
 }
 
@@ -124,7 +112,7 @@ beforeAll(async () => {
   writeFileSync(join(root, 'victim', 'existing'), 'precious\n');
   mkdirSync(join(root, 'out'));
   makeDisk(join(root, 'disk.raw'), { size: CHUNK * 4, chunkSize: CHUNK });
-  const built = await buildLayout(join(root, 'disk.raw'), join(root, 'layout'), 'good', CHUNK);
+  const built = await writeV2Image(join(root, 'disk.raw'), join(root, 'layout'), 'good');
   base = JSON.parse(
     (await new OciLayout(built.dir).readBytes(built.manifestDigest)).toString('utf8'),
   ) as ImageManifest;
@@ -188,7 +176,7 @@ describe('a layer digest that is a path', () => {
       new LayoutStore(layout.dir),
       'evil',
       join(root, 'out'),
-      /layers\[0\]\.digest is not a digest/,
+      /layers\[1\]\.digest is not a digest/,
     );
     // and one that would overwrite an existing file
     const d2 = hostileDigest(join(root, 'victim', 'existing'));
@@ -197,7 +185,7 @@ describe('a layer digest that is a path', () => {
       { mediaType: OCI_MANIFEST, digest: m2.digest, size: m2.size, artifactType: DISK_ARTIFACT },
       'evil2',
     );
-    await expectRefused(new LayoutStore(layout.dir), 'evil2', join(root, 'out'), /layers\[0\]\.digest/);
+    await expectRefused(new LayoutStore(layout.dir), 'evil2', join(root, 'out'), /layers\[1\]\.digest/);
   });
 
   it('from a registry: refused, nothing written, no request carries the hostile digest', async () => {
@@ -213,7 +201,7 @@ describe('a layer digest that is a path', () => {
     const digest = hostileDigest(join(root, 'victim', 'existing'));
     swapped.set('evil', { body: JSON.stringify(hostileManifest(base, digest)), type: OCI_MANIFEST });
     requests.length = 0;
-    await expectRefused(registryStore('untrusted/disk'), 'evil', join(root, 'out'), /layers\[0\]\.digest/);
+    await expectRefused(registryStore('untrusted/disk'), 'evil', join(root, 'out'), /layers\[1\]\.digest/);
     expect(requests.length).toBeGreaterThan(0);
     expect(requests.filter((r) => r.includes('..') || r.includes('sha256:x'))).toEqual([]);
     expect(requests.filter((r) => r.includes('/blobs/'))).toEqual([]);

@@ -1,0 +1,146 @@
+import { OrbError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
+import type { RetryPolicy } from '../net/retry.js';
+import type { DiskIndex } from '../formats/disk-index.js';
+import type { Descriptor } from '../formats/oci-media.js';
+import type { BlobStore } from '../stores/store.js';
+import { fetchBlob, type BlobSink } from './fetch.js';
+import type { ByteBudget } from './pool.js';
+
+/**
+ * One pack fetched whole (most of it is needed, or the store ignores Range): streamed through,
+ * the needed frames cut out as they pass and handed to `decode` a few MiB at a time (awaited, so
+ * memory stays bounded whatever the pack's size and nothing is spooled), the pack's digest
+ * checked at the end. A dropped connection continues with a ranged request from the bytes
+ * received (fetchBlob); a pack whose digest does not match is fetched once more (frames already
+ * written stay: each was verified block by block), then refused.
+ */
+export interface WholePackOptions {
+  store: BlobStore;
+  desc: Descriptor;
+  index: DiskIndex;
+  /** needed frames of this pack */
+  frames: number[];
+  /** decodes, verifies and writes `frames`, which lie in `data` from pack offset `base` */
+  decode(data: Buffer, frames: number[], base: number): Promise<void>;
+  budget: ByteBudget;
+  retry: RetryPolicy;
+  log: Logger;
+  signal?: AbortSignal | undefined;
+  onBytes(n: number): void;
+}
+
+const BATCH = 8 << 20;
+
+export async function fetchWholePack(o: WholePackOptions): Promise<void> {
+  const idx = o.index;
+  const decoded = new Set<number>();
+  for (let attempt = 0; ; attempt++) {
+    const want = o.frames
+      .filter((f) => !decoded.has(f))
+      .sort((a, b) => idx.frameOffset[a]! - idx.frameOffset[b]!);
+    let next = 0;
+    let parts: Buffer[] = [];
+    let start = 0;
+    let len = 0;
+    const flush = async () => {
+      if (!len) return;
+      const data = parts.length === 1 ? parts[0]! : Buffer.concat(parts, len);
+      const ready: number[] = [];
+      while (
+        next < want.length &&
+        idx.frameOffset[want[next]!]! + idx.frameLength[want[next]!]! <= start + len
+      )
+        ready.push(want[next++]!);
+      // the start of a frame not complete yet is kept (copied first: `data` goes to a worker thread)
+      const from = next < want.length ? idx.frameOffset[want[next]!]! : start + len;
+      const tail = from < start + len ? Buffer.from(data.subarray(from - start)) : undefined;
+      const dataStart = start;
+      if (tail) {
+        parts = [tail];
+        start = from;
+        len = tail.length;
+      } else {
+        parts = [];
+        len = 0;
+      }
+      if (ready.length) {
+        const hold = Math.min(data.length, o.budget.capacity);
+        await o.budget.acquire(hold);
+        try {
+          await o.decode(data, ready, dataStart);
+        } finally {
+          o.budget.release(hold);
+        }
+        for (const f of ready) decoded.add(f);
+      }
+    };
+    const sink: BlobSink = {
+      write: async (chunk, at) => {
+        if (next >= want.length) return;
+        const first = idx.frameOffset[want[next]!]!;
+        if (!len) {
+          if (at + chunk.length <= first) return; // bytes before the next needed frame
+          const skip = Math.max(0, first - at);
+          parts = [chunk.subarray(skip)];
+          start = at + skip;
+          len = chunk.length - skip;
+        } else {
+          parts.push(chunk);
+          len += chunk.length;
+        }
+        if (len >= BATCH) await flush();
+      },
+      flush,
+      reset: async () => {
+        parts = [];
+        len = 0;
+        next = 0;
+        want.splice(0, want.length, ...want.filter((f) => !decoded.has(f)));
+      },
+    };
+    // fetchBlob reports a failing sink as a disk error; a frame refused by decode is not one
+    let refused: unknown;
+    const guard = async (p: Promise<void>) => {
+      try {
+        await p;
+      } catch (err) {
+        refused ??= err;
+        throw err;
+      }
+    };
+    let r: { digest: string };
+    try {
+      r = await fetchBlob({
+        store: o.store,
+        desc: o.desc,
+        sink: {
+          write: (c, at) => guard(sink.write(c, at)),
+          flush: () => guard(flush()),
+          reset: () => sink.reset(),
+        },
+        onBytes: o.onBytes,
+        retry: o.retry,
+        log: o.log,
+        signal: o.signal,
+      });
+    } catch (err) {
+      throw refused ?? err;
+    }
+    await flush();
+    if (r.digest === o.desc.digest) {
+      if (next < want.length)
+        throw new OrbError('internal', `pack ${o.desc.digest}: frames past the received bytes`);
+      return;
+    }
+    if (attempt >= 1)
+      throw new OrbError(
+        'integrity',
+        `pack ${o.desc.digest} from ${o.store.describe()} arrived with digest ${r.digest}, twice: it is corrupt in the store or on the way`,
+        { hint: 'only blocks that matched their own sha256 were written; publish the image again' },
+      );
+    o.log.warn(
+      `pack ${o.desc.digest.slice(7, 19)}: received bytes have digest ${r.digest.slice(7, 19)}, not the expected one; downloading it again`,
+    );
+  }
+}
