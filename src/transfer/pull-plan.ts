@@ -23,7 +23,7 @@ import {
   ANN_PART_INDEX,
   ANN_PART_OFFSET,
   ANN_TITLE,
-  DISK_ARTIFACT,
+  DISK_V1_ARTIFACT,
   DISK_V2_ARTIFACT,
   FILE_ARTIFACT,
   FILE_CONFIG,
@@ -105,10 +105,10 @@ export async function resolveManifest(
   if (!isObject(json.config) || !Array.isArray(json.layers))
     throw wrongType(display, `a ${clip(m.mediaType || 'manifest')} that is not an OCI image manifest`);
   const type = json.artifactType ?? json.config.mediaType;
-  if (type === DISK_ARTIFACT)
+  if (type === DISK_V1_ARTIFACT)
     throw new OrbError(
       'input',
-      `${display} is an orb disk image of chunked format v1 (${DISK_ARTIFACT}), which this orb no longer reads`,
+      `${display} is an orb disk image of chunked format v1 (${DISK_V1_ARTIFACT}), which this orb no longer reads`,
       { hint: 'convert and publish the disk again with this orb (format v2)' },
     );
   if (type !== DISK_V2_ARTIFACT && type !== FILE_ARTIFACT) {

@@ -1,5 +1,5 @@
 /**
- * The chunked disk format v2 (docs/chunked-format-v2.md): public API for the other stages.
+ * The chunked disk format v2 (docs/chunked-format.md): public API for the other stages.
  *
  *   readChunkedLayout(dir, tag?)      → ChunkedImage: manifest, DiskV2Config, DiskIndex and pack
  *                                       descriptors, all checked by src/oci/disk-v2.ts. `tag`
@@ -26,7 +26,6 @@ export {
   LayoutReader,
   type ChunkedImage,
 } from './read.js';
-export { decodeChunkBlob } from './v1-chunk.js';
 
 export interface DecodeOptions extends Pick<
   ConvertOptions,
