@@ -23,7 +23,7 @@ import { convertImage } from '../../src/image/convert.js';
 import { decodeChunked, readChunkedLayout } from '../../src/image/chunked/index.js';
 import { writeDiskV2Manifest } from '../../src/image/chunked/manifest.js';
 import { localContentDigest } from '../../src/image/digest.js';
-import { BLOCK_SIZE, IndexBuilder, entryDigest } from '../../src/formats/disk-index.js';
+import { BLOCK_SIZE, FRAME_BLOCKS, IndexBuilder, entryDigest } from '../../src/formats/disk-index.js';
 import {
   ANN_CONTENT_DIGEST,
   ANN_REF_NAME,
@@ -128,8 +128,8 @@ describe('convert --format chunked (v2)', () => {
     const blocks = Array.from(img.index.entryBlock);
     expect(blocks).toEqual(nonZeroBlocks(raw));
     expect(img.index.entryCount).toBeLessThan(statSync(raw).size / BLOCK_SIZE);
-    // frames hold at most 8 blocks and each entry's digest is its block's sha256
-    expect(Math.max(...img.index.frameBlocks)).toBeLessThanOrEqual(8);
+    // frames hold at most FRAME_BLOCKS blocks (1 MiB) and each entry's digest is its block's sha256
+    expect(Math.max(...img.index.frameBlocks)).toBeLessThanOrEqual(FRAME_BLOCKS);
     const data = readFileSync(raw);
     const e = 7;
     const b = img.index.entryBlock[e]!;
