@@ -18,7 +18,12 @@ import { BlockMap, loadState, saveState } from './block-map.js';
  * local, the cache file is renamed to its final name: it is then the same verified disk that
  * `orb pull` writes.
  */
-export type RangeFetcher = (pack: PackRef, start: number, length: number, signal: AbortSignal) => Promise<Buffer>;
+export type RangeFetcher = (
+  pack: PackRef,
+  start: number,
+  length: number,
+  signal: AbortSignal,
+) => Promise<Buffer>;
 
 export interface LazyDiskOptions {
   index: DiskIndex;
@@ -55,6 +60,7 @@ export class LazyDisk {
   private outage = false;
   private finishing: Promise<void> | undefined;
   private completeListeners: (() => void)[] = [];
+  private closing: Promise<void> | undefined;
   /** the cache cannot take more blocks (disk full): verified bytes are served from memory */
   diskFull = false;
   /** frames that failed verification twice: never tried again by the fill */
@@ -150,7 +156,7 @@ export class LazyDisk {
       }
     }
     const out = Buffer.alloc(length);
-    for (let at = 0; at < length; ) {
+    for (let at = 0; at < length;) {
       const { bytesRead } = await this.fh.read(out, at, length - at, offset + at);
       if (!bytesRead) break; // past the end of the file: zeros, as the disk is
       at += bytesRead;
@@ -160,7 +166,13 @@ export class LazyDisk {
   }
 
   /** Copies blocks the cache could not take (disk full) from their verified frames. */
-  private overlay(out: Buffer, offset: number, first: number, end: number, frames: Map<number, Buffer>): void {
+  private overlay(
+    out: Buffer,
+    offset: number,
+    first: number,
+    end: number,
+    frames: Map<number, Buffer>,
+  ): void {
     const { idx } = this.map;
     const bs = idx.blockSize;
     for (let e = this.map.firstEntryAt(first); e < idx.entryCount && idx.entryBlock[e]! < end; e++) {
@@ -182,7 +194,7 @@ export class LazyDisk {
     const stop = Math.min(offset + length, this.size);
     const runs: { length: number; zero: boolean }[] = [];
     let e = this.map.firstEntryAt(Math.floor(offset / bs));
-    for (let pos = offset; pos < stop && runs.length < 4096; ) {
+    for (let pos = offset; pos < stop && runs.length < 4096;) {
       const block = Math.floor(pos / bs);
       let to: number;
       if (e < idx.entryCount && idx.entryBlock[e] === block) {
@@ -210,7 +222,7 @@ export class LazyDisk {
       (a, b) => idx.framePack[a]! - idx.framePack[b]! || idx.frameOffset[a]! - idx.frameOffset[b]!,
     );
     const out = new Map<number, Promise<Buffer>>();
-    for (let i = 0; i < sorted.length; ) {
+    for (let i = 0; i < sorted.length;) {
       const group = [sorted[i]!];
       const pack = idx.framePack[sorted[i]!]!;
       const start = idx.frameOffset[sorted[i]!]!;
@@ -218,7 +230,8 @@ export class LazyDisk {
       for (i++; i < sorted.length; i++) {
         const f = sorted[i]!;
         const fEnd = idx.frameOffset[f]! + idx.frameLength[f]!;
-        if (idx.framePack[f] !== pack || idx.frameOffset[f]! - end > MERGE_GAP || fEnd - start > MAX_RANGE) break;
+        if (idx.framePack[f] !== pack || idx.frameOffset[f]! - end > MERGE_GAP || fEnd - start > MAX_RANGE)
+          break;
         group.push(f);
         end = Math.max(end, fEnd);
       }
@@ -327,7 +340,13 @@ export class LazyDisk {
       const e = this.map.frameEntries[i]!;
       const slot = idx.entrySlot[e]!;
       let d = seen.get(slot);
-      if (!d) seen.set(slot, (d = createHash('sha256').update(data.subarray(slot * bs, (slot + 1) * bs)).digest()));
+      if (!d)
+        seen.set(
+          slot,
+          (d = createHash('sha256')
+            .update(data.subarray(slot * bs, (slot + 1) * bs))
+            .digest()),
+        );
       if (!d.equals(idx.digests.subarray(e * 32, e * 32 + 32)))
         throw new OrbError(
           'integrity',
@@ -351,7 +370,7 @@ export class LazyDisk {
         // The last block is zero-padded in the image: only the disk's bytes are written.
         const n = Math.min(bs, this.size - at);
         const slot = idx.entrySlot[e]! * bs;
-        for (let w = 0; w < n; ) w += (await this.fh.write(data, slot + w, n - w, at + w)).bytesWritten;
+        for (let w = 0; w < n;) w += (await this.fh.write(data, slot + w, n - w, at + w)).bytesWritten;
         landed.push(e);
       }
     } catch (err) {
@@ -403,7 +422,12 @@ export class LazyDisk {
   }
 
   /** Stops fetching, waits for what is in flight to settle, persists the state, closes the file. */
-  async close(): Promise<void> {
+  close(): Promise<void> {
+    this.closing ??= this.shut();
+    return this.closing;
+  }
+
+  private async shut(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     this.life.abort(new OrbError('interrupted', 'the disk was closed'));

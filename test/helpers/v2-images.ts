@@ -2,7 +2,13 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { zstdCompressSync, constants } from 'node:zlib';
 import { OciLayout } from '../../src/oci/layout.js';
-import { BLOCK_SIZE, FRAME_BLOCKS, IndexBuilder, encodeIndex, type DiskIndex } from '../../src/formats/disk-index.js';
+import {
+  BLOCK_SIZE,
+  FRAME_BLOCKS,
+  IndexBuilder,
+  encodeIndex,
+  type DiskIndex,
+} from '../../src/formats/disk-index.js';
 import {
   ANN_CONTENT_DIGEST,
   ANN_CREATED,
