@@ -302,16 +302,22 @@ export class RegistryClient {
   }
 
   /**
-   * GET a blob from `offset` (Range). Follows storage redirects without sending our credentials
-   * to another host. Returns the stream and the offset it really starts at (0 when the server
-   * ignored the Range).
+   * GET a blob from `offset` up to `end` (exclusive; Range). Follows storage redirects without
+   * sending our credentials to another host. Returns the stream and the bytes [offset, end) it
+   * really carries (offset 0 and end `size` when the server ignored the Range).
    */
-  async getBlob(digest: string, size: number, offset = 0): Promise<{ res: HttpResponse; offset: number }> {
+  async getBlob(
+    digest: string,
+    size: number,
+    offset = 0,
+    end = size,
+  ): Promise<{ res: HttpResponse; offset: number; end: number }> {
     parseDigest(digest, 'blob digest');
-    const range = offset > 0 ? { range: `bytes=${offset}-` } : {};
+    const asked = offset > 0 || end < size ? `bytes=${offset}-${end < size ? String(end - 1) : ''}` : '';
+    const range = asked ? { range: asked } : {};
     // mirrors first (what they send is checked against the digest like the origin's bytes)
     let res =
-      (offset === 0
+      (!asked
         ? await this.mirrors?.blob(digest, size, range)
         : await this.mirrors?.first('GET', 'blobs', digest, range)) ??
       (await this.request({
@@ -339,14 +345,14 @@ export class RegistryClient {
     }
     if (res.status === 416) {
       await res.discard();
-      if (offset >= size) return { res, offset: size };
-      throw new TransientError(`download blob ${digest.slice(7, 19)}: HTTP 416 for bytes=${offset}-`);
+      if (offset >= size) return { res, offset: size, end: size };
+      throw new TransientError(`download blob ${digest.slice(7, 19)}: HTTP 416 for ${asked}`);
     }
     if (res.status === 206) {
-      const m = /bytes\s+(\d+)-/.exec(res.header('content-range') ?? '');
-      return { res, offset: m ? Number(m[1]) : offset };
+      const m = /bytes\s+(\d+)-(\d+)/.exec(res.header('content-range') ?? '');
+      return m ? { res, offset: Number(m[1]), end: Number(m[2]) + 1 } : { res, offset, end };
     }
-    if (res.status === 200) return { res, offset: 0 };
+    if (res.status === 200) return { res, offset: 0, end: size };
     return this.unexpected(res, `download blob ${digest}`);
   }
 

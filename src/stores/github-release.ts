@@ -28,7 +28,7 @@ export {
   type GithubRef,
 } from './github-release-ref.js';
 import { registerStoreInputs, registerStoreOutputs, type OpenedStore, type StoreOptions } from './open.js';
-import type { BlobStore } from './store.js';
+import type { BlobRead, BlobStore } from './store.js';
 import { checkManifestBytes } from './manifest-check.js';
 import { HashTap } from './hash-tap.js';
 
@@ -365,13 +365,13 @@ export class GithubReleaseStore implements BlobStore {
       : { url: a.browser_download_url, headers: {} };
   }
 
-  async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
+  async getBlob(desc: Descriptor, offset = 0, end?: number): Promise<BlobRead> {
     const a = (await this.listAssets()).get(assetName(desc.digest));
     if (!a || a.state !== 'uploaded')
       throw new OrbError('input', `${this.describe()} has no asset for blob ${desc.digest}`, {
         hint: 'publish the image again',
       });
-    return this.file(a, `download ${a.name}`, a.size).read(offset);
+    return this.file(a, `download ${a.name}`, a.size).read(offset, end);
   }
 
   async putManifest(bytes: Buffer, _mediaType: string, tags: readonly string[]): Promise<string> {

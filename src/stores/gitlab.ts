@@ -18,7 +18,7 @@ import { blobFileName, gitlabInputs, parseGitlabRef, type GitlabRef } from './gi
 
 export { blobFileName, gitlabInputs, parseGitlabRef, type GitlabRef } from './gitlab-ref.js';
 import { registerStoreInputs, registerStoreOutputs, type OpenedStore, type StoreOptions } from './open.js';
-import type { BlobStore } from './store.js';
+import type { BlobRead, BlobStore } from './store.js';
 import { checkManifestBytes } from './manifest-check.js';
 import { HashTap } from './hash-tap.js';
 
@@ -303,7 +303,7 @@ export class GitlabStore implements BlobStore {
     };
   }
 
-  async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
+  async getBlob(desc: Descriptor, offset = 0, end?: number): Promise<BlobRead> {
     const f = new RemoteFile(this.fileUrl(blobFileName(desc.digest)), {
       authHeaders: this.auth,
       connections: desc.size > 64 << 20 ? (this.o.connections ?? 8) : 1,
@@ -311,7 +311,7 @@ export class GitlabStore implements BlobStore {
       ...(this.o.signal ? { signal: this.o.signal } : {}),
       what: `download ${desc.digest.slice(0, 19)} from GitLab`,
     });
-    return f.read(offset);
+    return f.read(offset, end);
   }
 
   async putManifest(bytes: Buffer, _mediaType: string, tags: readonly string[]): Promise<string> {

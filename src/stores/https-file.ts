@@ -200,17 +200,20 @@ export class RemoteFile {
   }
 
   /**
-   * Bytes from `offset` to the end. When the server ignores Range, the stream restarts at 0 and
-   * the returned offset says so (the caller must then rewrite, never append).
+   * Bytes from `offset` up to `end` (exclusive; default: the end of the file). When the server
+   * ignores Range, the stream is the whole file from 0 and the returned offset and end say so
+   * (the caller must then rewrite, never append).
    */
-  async read(offset = 0): Promise<{ stream: Readable; offset: number }> {
+  async read(offset = 0, end?: number): Promise<{ stream: Readable; offset: number; end: number }> {
     const p = await this.probe();
-    const start = p.ranges ? offset : 0;
+    const stop = p.ranges ? Math.min(end ?? p.size, p.size) : p.size;
+    const start = p.ranges ? Math.min(offset, stop) : 0;
     const into = p.ranges ? this.fetcherInto(p) : undefined;
     const stream = rangedStream({
       fetch: this.fetcher(),
       ...(into ? { fetchInto: into } : {}),
-      size: p.size,
+      // rangedStream reads [offset, size): a bounded read is a shorter "file"
+      size: stop,
       offset: start,
       connections: p.ranges ? (this.opts.connections ?? 8) : 1,
       ...(this.opts.segmentSize ? { segmentSize: this.opts.segmentSize } : {}),
@@ -218,7 +221,7 @@ export class RemoteFile {
       ...(this.opts.log ? { log: this.opts.log } : {}),
       what: this.opts.what,
     });
-    return { stream, offset: start };
+    return { stream, offset: start, end: stop };
   }
 
   /** The first `n` bytes (format detection), one short request. */

@@ -29,7 +29,7 @@ import { detectFileFormat } from '../formats/file-format.js';
 import { checkUrlScheme, redactUrl } from './https-client.js';
 import { digestFromHeaders, RemoteFile } from './https-file.js';
 import { registerStoreInputs, type OpenedStore, type StoreOptions } from './open.js';
-import type { BlobStore } from './store.js';
+import type { BlobRead, BlobStore } from './store.js';
 
 /**
  * `https://...` (and `http://` on loopback) as a pull source:
@@ -301,13 +301,17 @@ export class HttpsStore implements BlobStore {
     throw new UsageError('https:// URLs are a pull source only');
   }
 
-  async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
+  async getBlob(desc: Descriptor, offset = 0, end?: number): Promise<BlobRead> {
     if (desc.digest === EMPTY_DESC.digest)
-      return { stream: Readable.from([EMPTY_JSON.subarray(offset)]), offset };
+      return {
+        stream: Readable.from([EMPTY_JSON.subarray(offset, end)]),
+        offset,
+        end: end ?? EMPTY_JSON.length,
+      };
     const r = await this.resolve();
     const f = r.files.get(desc.digest);
     if (!f) throw new OrbError('input', `${this.describe()} has no blob ${desc.digest}`);
-    return f.read(offset);
+    return f.read(offset, end);
   }
 
   async getManifest(_ref: string): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {

@@ -2,11 +2,11 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { OrbError, UsageError } from '../core/errors.js';
 import type { OpenedStore, StoreOptions } from './open.js';
-import type { BlobStore } from './store.js';
+import type { BlobRead, BlobStore } from './store.js';
 import { OciLayout, sha256Digest } from '../oci/layout.js';
 import { OCI_MANIFEST, type Descriptor } from '../formats/oci-media.js';
 import { parseLayoutRef } from '../oci/reference.js';
@@ -74,17 +74,25 @@ export class LayoutStore implements BlobStore {
     }
   }
 
-  async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
+  async getBlob(desc: Descriptor, offset = 0, end?: number): Promise<BlobRead> {
     const size = await this.layout.blobSize(desc.digest);
     if (size === undefined) {
       throw new OrbError('input', `blob ${desc.digest} is missing from ${this.dir}`, {
         hint: 'the layout is incomplete; publish or convert it again',
       });
     }
-    const start = Math.min(offset, size);
+    // positioned reads of [start, stop): a pack's range costs what it reads, not the pack
+    const stop = Math.min(end ?? size, size);
+    const start = Math.min(offset, stop);
+    if (start === stop) return { stream: Readable.from([]), offset: start, end: stop };
     return {
-      stream: createReadStream(this.layout.blobPath(desc.digest), { start, highWaterMark: 1 << 20 }),
+      stream: createReadStream(this.layout.blobPath(desc.digest), {
+        start,
+        end: stop - 1,
+        highWaterMark: Math.min(1 << 20, stop - start),
+      }),
       offset: start,
+      end: stop,
     };
   }
 

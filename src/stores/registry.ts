@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { UsageError } from '../core/errors.js';
 import type { InputSpec } from '../core/inputs.js';
 import { registerStoreInputs, type OpenedStore, type StoreOptions } from './open.js';
-import type { BlobFile, BlobStore } from './store.js';
+import type { BlobFile, BlobRead, BlobStore } from './store.js';
 import { HttpWorkers } from '../net/http-workers.js';
 import { sha256Digest } from '../oci/layout.js';
 import type { Descriptor } from '../formats/oci-media.js';
@@ -112,9 +112,9 @@ export class RegistryStore implements BlobStore {
     return undefined;
   }
 
-  async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
-    const { res, offset: start } = await this.client.getBlob(desc.digest, desc.size, offset);
-    return { stream: res.stream, offset: start };
+  async getBlob(desc: Descriptor, offset = 0, end?: number): Promise<BlobRead> {
+    const r = await this.client.getBlob(desc.digest, desc.size, offset, end);
+    return { stream: r.res.stream, offset: r.offset, end: r.end };
   }
 
   async putManifest(bytes: Buffer, mediaType: string, tags: readonly string[]): Promise<string> {

@@ -8,7 +8,7 @@ import {
 } from '../core/untrusted.js';
 import { createHash, webcrypto } from 'node:crypto';
 import { open } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { OrbError, UsageError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { formatDuration } from '../core/progress.js';
@@ -32,7 +32,7 @@ import {
   type ChecksumSupport,
 } from './s3-multipart.js';
 import { registerStoreInputs, registerStoreOutputs, type OpenedStore, type StoreOptions } from './open.js';
-import type { BlobFile, BlobStore } from './store.js';
+import type { BlobFile, BlobRead, BlobStore } from './store.js';
 
 /**
  * `s3://BUCKET[/PREFIX][:TAG|@sha256:...]` on AWS or any S3-compatible server. Layout under the
@@ -287,9 +287,10 @@ export class S3Store implements BlobStore {
    * Reads through the same URL the transfer threads use (pre-signed, renewed when it expires, or
    * public), with parallel ranges for big blobs; the SHA-256 recorded on the object must match.
    */
-  async getBlob(desc: Descriptor, offset = 0): Promise<{ stream: Readable; offset: number }> {
+  async getBlob(desc: Descriptor, offset = 0, end?: number): Promise<BlobRead> {
     const hex = hexOf(desc.digest);
     const what = `download ${desc.digest.slice(0, 19)}`;
+    if (end !== undefined) return this.getRange(desc, offset, Math.min(end, desc.size), what);
     const f = new RemoteFile((await this.httpSource(desc)).url, {
       connections: desc.size > 64 * MiB ? (this.o.connections ?? 8) : 1,
       refreshUrl: async () => (await this.httpSource(desc, true)).url,
@@ -316,6 +317,36 @@ export class S3Store implements BlobStore {
       );
     }
     return f.read(offset);
+  }
+
+  /** [offset, end) of a blob with one ranged GetObject (`Range: bytes=a-b`): a pack's blocks. */
+  private async getRange(desc: Descriptor, offset: number, end: number, what: string): Promise<BlobRead> {
+    if (offset >= end) return { stream: Readable.from([]), offset: end, end };
+    const Key = this.blobKey(desc.digest);
+    const Range = `bytes=${offset}-${end - 1}`;
+    const res = await this.call(
+      (c) => c.send(new GetObjectCommand({ Bucket: this.ref.bucket, Key, Range }), this.sig()),
+      what,
+    ).catch((err: unknown) => {
+      if (!isNotFound(err)) throw err;
+      throw new OrbError('input', `blob ${desc.digest} is missing from ${this.describe()}`, {
+        hint: 'publish the image again',
+      });
+    });
+    const stream = res.Body as Readable;
+    const recorded = res.Metadata?.['sha256'];
+    if (recorded && recorded !== hexOf(desc.digest)) {
+      stream.destroy();
+      throw new OrbError(
+        'integrity',
+        `s3://${this.ref.bucket}/${Key} records SHA-256 ${recorded}, not ${hexOf(desc.digest)}`,
+      );
+    }
+    // no Content-Range: the server ignored the Range and sends the whole object
+    const m = /^bytes (\d+)-(\d+)\//.exec(res.ContentRange ?? '');
+    return m
+      ? { stream, offset: Number(m[1]), end: Number(m[2]) + 1 }
+      : { stream, offset: 0, end: desc.size };
   }
 
   private async getSmall(key: string, what: string, limit = 16 * MiB): Promise<Buffer | undefined> {

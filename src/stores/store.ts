@@ -16,6 +16,13 @@ export interface BlobFile {
   start: number;
 }
 
+/** What getBlob returns: the stream and the bytes [offset, end) of the blob it carries. */
+export interface BlobRead {
+  stream: Readable;
+  offset: number;
+  end?: number;
+}
+
 export interface BlobStore {
   /** human-readable location, secrets removed */
   describe(): string;
@@ -36,13 +43,15 @@ export interface BlobStore {
     file?: BlobFile,
   ): Promise<void>;
   /**
-   * Read a blob from `offset` (a ranged request where the store supports it). The returned
-   * `offset` is where the stream really starts: 0 when the server ignored the range, in which
-   * case the caller must start that blob over (never append). The stream errors when the
-   * connection drops; the caller resumes with another getBlob from what it has. The caller
+   * Read a blob from `offset` up to `end` (exclusive; default: the blob's end), with a ranged
+   * request where the store supports it. The returned `offset` is where the stream really
+   * starts: 0 when the server ignored the range, in which case the caller must start that blob
+   * over (never append). `end`, when returned, is where the stream stops (the blob's size when
+   * the server ignored the range); the caller still counts what arrives. The stream errors when
+   * the connection drops; the caller resumes with another getBlob from what it has. The caller
    * verifies size and digest.
    */
-  getBlob(desc: Descriptor, offset?: number): Promise<{ stream: Readable; offset: number }>;
+  getBlob(desc: Descriptor, offset?: number, end?: number): Promise<BlobRead>;
   /** Store a manifest under one or more tags (none: by digest only); returns its digest. */
   putManifest(bytes: Buffer, mediaType: string, tags: readonly string[]): Promise<string>;
   /** Fetch a manifest by tag or digest (bytes verified against the digest when one was asked for). */

@@ -24,6 +24,7 @@ import {
   ANN_PART_OFFSET,
   ANN_TITLE,
   DISK_ARTIFACT,
+  DISK_V2_ARTIFACT,
   DISK_CHUNK_RAW,
   DISK_CHUNK_ZSTD,
   DISK_CONFIG,
@@ -83,7 +84,11 @@ export async function resolveManifest(
     if (!Array.isArray(json.manifests))
       throw untrustedError(`${display}: index manifests`, 'is not an array', json.manifests);
     const i = json.manifests.findIndex(
-      (d) => isObject(d) && (d.artifactType === DISK_ARTIFACT || d.artifactType === FILE_ARTIFACT),
+      (d) =>
+        isObject(d) &&
+        (d.artifactType === DISK_ARTIFACT ||
+          d.artifactType === DISK_V2_ARTIFACT ||
+          d.artifactType === FILE_ARTIFACT),
     );
     if (i < 0) throw wrongType(display, 'an image index without an orb disk image or file');
     const pick = checkDescriptor(json.manifests[i], `${display}: index manifests[${i}]`, MAX_MANIFEST_BYTES);
@@ -98,7 +103,7 @@ export async function resolveManifest(
   if (!isObject(json.config) || !Array.isArray(json.layers))
     throw wrongType(display, `a ${clip(m.mediaType || 'manifest')} that is not an OCI image manifest`);
   const type = json.artifactType ?? json.config.mediaType;
-  if (type !== DISK_ARTIFACT && type !== FILE_ARTIFACT) {
+  if (type !== DISK_ARTIFACT && type !== DISK_V2_ARTIFACT && type !== FILE_ARTIFACT) {
     const what =
       type === 'application/vnd.oci.image.config.v1+json' ||
       type === 'application/vnd.docker.container.image.v1+json'
