@@ -123,6 +123,9 @@ export function composeObject(o: ComposeOptions): Record<string, unknown> {
     command: o.orb.command,
     ...(o.orb.envFile ? { env_file: [o.orb.envFile] } : {}),
     volumes: o.orb.volumes,
+    // the store is reached as orb on the host reaches it (a registry on 127.0.0.1, DNS, routes);
+    // the export is a Unix socket, so no port is published
+    network_mode: 'host',
     init: true,
     healthcheck: {
       test: o.orb.healthcheck,

@@ -42,6 +42,8 @@ export interface InstallState {
   installedAt: string;
   build?: BuildInfo;
   previous?: { digest: string; dir: string; base: string };
+  /** orb2 content root of a chunked v2 base (--lazy: from orb serve) */
+  contentDigest?: string;
   /** --lazy, until the overlay is rebased onto the filled base (paths relative to DIR) */
   lazy?: { socket: string; cache: string };
 }

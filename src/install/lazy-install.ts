@@ -1,4 +1,4 @@
-import { chmod, cp, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fsutil.js';
@@ -14,7 +14,6 @@ import {
   type ComposeOptions,
   type OrbSidecar,
 } from '../dockur/compose.js';
-import { parseLayoutRef } from '../oci/reference.js';
 import '../stores/schemes.js';
 import { readSmallBlob } from '../stores/layout.js';
 import { openStore, type OpenedStore } from '../stores/open.js';
@@ -22,12 +21,15 @@ import type { InstallOptions } from './install.js';
 import { INSTALL_SCHEMA, readInstallState, type InstallResult, type InstallState } from './install-state.js';
 import {
   checkSocketPath,
+  copyOrb,
   createNbdOverlay,
   EXPORT_NAME,
   fillComplete,
   healthcheckCommand,
+  layoutDir,
   nbdBacking,
-  orbRoot,
+  pinnedRef,
+  qcow2Backing,
   rebaseOntoBase,
   selfCommand,
   ServeChild,
@@ -63,13 +65,6 @@ export interface LazyOptions {
 
 const short = (digest: string) => digest.slice(7, 19);
 
-/** The reference pinned to the digest install resolved, where the scheme can name one. */
-export function pinnedRef(ref: string, digest: string): string {
-  if (ref.startsWith('oci://')) return `${ref.replace(/@sha256:[0-9a-f]{64}$/, '')}@${digest}`;
-  if (ref.startsWith('oci-layout:')) return `oci-layout:${parseLayoutRef(ref).dir}@${digest}`;
-  return ref; // other stores name versions, not digests: install compares the digest on every run
-}
-
 async function imageInfo(opened: OpenedStore): Promise<{ digest: string; build?: BuildInfo }> {
   const m = await opened.store.getManifest(opened.tag ?? 'latest');
   let json = JSON.parse(m.bytes.toString('utf8')) as {
@@ -86,19 +81,6 @@ async function imageInfo(opened: OpenedStore): Promise<{ digest: string; build?:
     build?: BuildInfo;
   };
   return { digest: m.digest, ...(config.build ? { build: config.build } : {}) };
-}
-
-async function qcow2Backing(path: string): Promise<string | undefined> {
-  const r = await run(requireTool('qemu-img', 'qemu-utils'), [
-    'info',
-    '--output=json',
-    '-U',
-    '-f',
-    'qcow2',
-    path,
-  ]);
-  if (r.code !== 0) throw new OrbError('input', `cannot read ${path}: ${r.stderr.trim().split('\n').pop()}`);
-  return (JSON.parse(r.stdout) as { 'backing-filename'?: string })['backing-filename'];
 }
 
 const sleep = (ms: number, signal?: AbortSignal) =>
@@ -192,11 +174,13 @@ export async function installLazy(o: InstallOptions & { lazy: LazyOptions }): Pr
       ...lz.serveArgs,
     ];
     let virtualSize: number;
+    let contentDigest = state?.contentDigest;
     if (rebased || (overlayExists && (await fillComplete(base)))) {
       virtualSize = (await stat(base)).size; // nothing to fetch: only the rebase may be left
     } else {
       child = await ServeChild.start(lz.serveCommand ?? selfCommand(), serveArgv, { env: lz.serveEnv, log });
       virtualSize = child.ready.virtualSize;
+      contentDigest = child.ready.contentDigest ?? contentDigest;
       if (child.ready.export !== EXPORT_NAME)
         throw new OrbError(
           'internal',
@@ -252,6 +236,7 @@ export async function installLazy(o: InstallOptions & { lazy: LazyOptions }): Pr
       base: relative(dir, base),
       virtualSize,
       contentSha256: '',
+      ...(contentDigest ? { contentDigest } : {}),
       installedAt: state?.installedAt ?? new Date().toISOString(),
       ...(build ? { build } : {}),
       ...(lazy ? { lazy: { socket: relative(dir, socket), cache: relative(dir, base) } } : {}),
@@ -309,7 +294,13 @@ export async function installLazy(o: InstallOptions & { lazy: LazyOptions }): Pr
       image: lz.orbImage,
       command: ['node', join(orbDir, 'bin', 'orb.js'), ...serveArgv],
       socket,
-      volumes: [`${orbDir}:${orbDir}:ro`, `${images}:${images}`, `${storage}:${storage}`],
+      volumes: [
+        `${orbDir}:${orbDir}:ro`,
+        `${images}:${images}`,
+        `${storage}:${storage}`,
+        // an oci-layout store is a folder on this machine: the sidecar reads it at the same path
+        ...(o.ref.startsWith('oci-layout:') ? [`${layoutDir(o.ref)}:${layoutDir(o.ref)}:ro`] : []),
+      ],
       windowsVolumes: [`${storage}:${storage}`],
       healthcheck: healthcheckCommand(socket),
       ...(secrets.length ? { envFile: './orb.env' } : {}),
@@ -376,23 +367,4 @@ export async function installLazy(o: InstallOptions & { lazy: LazyOptions }): Pr
     await child?.stop();
     await opened.store.close?.();
   }
-}
-
-async function copyOrb(to: string): Promise<void> {
-  const root = orbRoot();
-  const bundle = join(root, 'dist', 'orb');
-  if (!(await stat(join(bundle, 'index.js')).catch(() => undefined)))
-    throw new OrbError(
-      'environment',
-      `the orb bundle is missing in ${bundle}: the compose file's orb service needs it`,
-      {
-        hint: 'run `npm run build` in the checkout',
-      },
-    );
-  await rm(`${to}.partial`, { recursive: true, force: true });
-  await mkdir(join(`${to}.partial`, 'bin'), { recursive: true });
-  await cp(join(root, 'bin', 'orb.js'), join(`${to}.partial`, 'bin', 'orb.js'));
-  await cp(bundle, join(`${to}.partial`, 'dist', 'orb'), { recursive: true });
-  await rm(to, { recursive: true, force: true });
-  await rename(`${to}.partial`, to);
 }

@@ -1,11 +1,12 @@
 import { createInterface } from 'node:readline';
 import type { ChildProcess } from 'node:child_process';
-import { stat } from 'node:fs/promises';
-import { dirname, join, relative } from 'node:path';
+import { cp, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { requireTool, run, spawnTracked } from '../core/proc.js';
+import { parseLayoutRef } from '../oci/reference.js';
 
 /**
  * `orb install --lazy` (issue 16): the client's qcow2 overlay is backed by an NBD export of the
@@ -126,6 +127,8 @@ export interface ServeReady {
   socket: string;
   export: string;
   virtualSize: number;
+  /** the orb2 content root of the disk (identity of the base once complete) */
+  contentDigest?: string;
 }
 export interface ServeStop {
   bytesFetched: number;
@@ -169,14 +172,16 @@ export class ServeChild {
         o.log.info(`orb serve: ${line}`);
         return;
       }
-      if (typeof j['virtual-size'] === 'number')
+      // the stop line repeats the ready keys: `complete` tells them apart
+      if ('complete' in j)
+        stop = { bytesFetched: Number(j['bytes-fetched'] ?? 0), complete: j.complete === true };
+      else if (typeof j['virtual-size'] === 'number')
         onReady({
           socket: String(j.socket ?? ''),
           export: String(j.export ?? EXPORT_NAME),
           virtualSize: j['virtual-size'],
+          ...(typeof j['content-digest'] === 'string' ? { contentDigest: j['content-digest'] } : {}),
         });
-      else if ('complete' in j)
-        stop = { bytesFetched: Number(j['bytes-fetched'] ?? 0), complete: j.complete === true };
     });
     const ended = new Promise<{ code: number | null; stop?: ServeStop }>((res) => {
       child.on('error', () => res({ code: -1 }));
@@ -224,4 +229,47 @@ export const HEALTH_SCRIPT =
 
 export function healthcheckCommand(socket: string): string[] {
   return ['CMD', 'node', '-e', HEALTH_SCRIPT, socket];
+}
+
+export const layoutDir = (ref: string) => resolve(parseLayoutRef(ref).dir);
+
+/** The reference pinned to the digest install resolved, where the scheme can name one. */
+export function pinnedRef(ref: string, digest: string): string {
+  if (ref.startsWith('oci://')) return `${ref.replace(/@sha256:[0-9a-f]{64}$/, '')}@${digest}`;
+  if (ref.startsWith('oci-layout:')) return `oci-layout:${layoutDir(ref)}@${digest}`;
+  return ref; // other stores name versions, not digests: install compares the digest on every run
+}
+
+/** The overlay's backing file name (no lock taken: a running VM may hold it). */
+export async function qcow2Backing(path: string): Promise<string | undefined> {
+  const r = await run(requireTool('qemu-img', 'qemu-utils'), [
+    'info',
+    '--output=json',
+    '-U',
+    '-f',
+    'qcow2',
+    path,
+  ]);
+  if (r.code !== 0) throw new OrbError('input', `cannot read ${path}: ${r.stderr.trim().split('\n').pop()}`);
+  return (JSON.parse(r.stdout) as { 'backing-filename'?: string })['backing-filename'];
+}
+
+/** This orb (entry and bundle) into `to`, for the compose file's orb service. */
+export async function copyOrb(to: string): Promise<void> {
+  const root = orbRoot();
+  const bundle = join(root, 'dist', 'orb');
+  if (!(await stat(join(bundle, 'index.js')).catch(() => undefined)))
+    throw new OrbError(
+      'environment',
+      `the orb bundle is missing in ${bundle}: the compose file's orb service needs it`,
+      {
+        hint: 'run `npm run build` in the checkout',
+      },
+    );
+  await rm(`${to}.partial`, { recursive: true, force: true });
+  await mkdir(join(`${to}.partial`, 'bin'), { recursive: true });
+  await cp(join(root, 'bin', 'orb.js'), join(`${to}.partial`, 'bin', 'orb.js'));
+  await cp(bundle, join(`${to}.partial`, 'dist', 'orb'), { recursive: true });
+  await rm(to, { recursive: true, force: true });
+  await rename(`${to}.partial`, to);
 }

@@ -1,6 +1,6 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
@@ -8,11 +8,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger, type Logger } from '../../src/core/log.js';
 import { nullProgress } from '../../src/core/progress.js';
 import { install, type InstallOptions } from '../../src/install/install.js';
-import { HEALTH_SCRIPT, nbdBacking } from '../../src/install/lazy.js';
+import { createNbdOverlay, HEALTH_SCRIPT, nbdBacking, ServeChild } from '../../src/install/lazy.js';
 import type { LazyOptions } from '../../src/install/lazy-install.js';
 import type { Check } from '../../src/install/prereq.js';
 import { OciLayout } from '../../src/oci/layout.js';
 import { DISK_V2_ARTIFACT, DISK_V2_CONFIG, OCI_MANIFEST } from '../../src/formats/oci-media.js';
+import { NODE, ROOT } from '../helpers/cli.js';
+import { buildV2Layout, type V2Image } from '../helpers/v2-images.js';
 
 /**
  * `orb install --lazy` against a stand-in for `orb serve`: qemu-nbd --read-only serving the
@@ -24,6 +26,8 @@ const MiB = 1 << 20;
 let dir: string;
 let original: string;
 let standin: string;
+let v2: V2Image;
+const ORB = [NODE, join(ROOT, 'bin', 'orb.js')];
 const logged: string[] = [];
 const log: Logger = { ...silentLogger, info: (m) => logged.push(m), warn: (m) => logged.push(m) };
 const checksOk = async (): Promise<Check[]> => [{ name: 'kvm', ok: true, forFiles: false, detail: 'test' }];
@@ -122,10 +126,17 @@ const health = (socket: string) =>
   spawnSync('node', ['-e', HEALTH_SCRIPT, socket], { timeout: 10_000 }).status;
 
 /** Starts a lazy install and resolves once the overlay can boot (install keeps serving). */
-function startLazy(target: string, signal?: AbortSignal) {
+function startLazy(
+  target: string,
+  signal?: AbortSignal,
+  lazy: Partial<LazyOptions> = {},
+  extra: Partial<InstallOptions> = {},
+) {
   let ready!: (i: { overlay: string; socket: string }) => void;
   const whenReady = new Promise<{ overlay: string; socket: string }>((r) => (ready = r));
-  const done = install(opts(target, { onReady: ready }, signal ? { signal } : {}));
+  const done = install(
+    opts(target, { onReady: ready, ...lazy }, { ...(signal ? { signal } : {}), ...extra }),
+  );
   done.catch(() => undefined);
   return {
     whenReady: Promise.race([whenReady, done.then(() => Promise.reject(new Error('ended early')))]),
@@ -142,11 +153,14 @@ beforeAll(async () => {
   data.fill(0x11, 4 * MiB, 5 * MiB);
   randomBytes(2 * MiB).copy(data, 6 * MiB);
   writeFileSync(original, data);
+  v2 = await buildV2Layout(data, join(dir, 'v2'), 'v1');
   standin = join(dir, 'standin.mjs');
   writeFileSync(standin, STANDIN);
   await layout();
 });
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+afterAll(() => {
+  if (!process.env.ORB_KEEP_TEST_DIR) rmSync(dir, { recursive: true, force: true });
+});
 
 describe('orb install --lazy (stand-in server: qemu-nbd)', () => {
   it('boots from an overlay that reads through the socket, then rebases onto the filled base', async () => {
@@ -229,7 +243,6 @@ describe('orb install --lazy (stand-in server: qemu-nbd)', () => {
     const { overlay, socket } = await run.whenReady;
     const cache = join(target, 'images', readdirBase(target));
     // qemu-io in interactive mode holds the overlay open (and QEMU's write lock) until stdin ends
-    const { spawn } = await import('node:child_process');
     const vm = spawn('qemu-io', ['-f', 'qcow2', overlay], { stdio: ['pipe', 'pipe', 'pipe'] });
     await new Promise((r) => setTimeout(r, 500));
     writeFileSync(`${cache}.go`, '');
@@ -275,3 +288,144 @@ async function waitFor(cond: () => boolean, ms = 20_000): Promise<void> {
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+describe('orb install --lazy (orb serve)', () => {
+  it("boots through orb serve, passes dockur's disk checks, continues after an interruption and rebases onto the verified base", async () => {
+    const target = join(dir, 'served');
+    const ref = `oci-layout:${join(dir, 'v2')}:v1`;
+    const ac = new AbortController();
+    // first run without the background fill: everything local was read through the socket
+    const first = startLazy(target, ac.signal, { serveCommand: ORB, serveArgs: ['--no-fill'] }, { ref });
+    const { overlay, socket } = await first.whenReady;
+    const cache = join(target, 'images', readdirBase(target));
+    expect(existsSync(cache)).toBe(false);
+    expect(existsSync(`${cache}.partial`)).toBe(true);
+    expect(chain(overlay)).toContain(`image: nbd+unix:///disk?socket=${socket}`);
+    const st = JSON.parse(readFileSync(join(target, 'install.json'), 'utf8')) as { contentDigest?: string };
+    expect(st.contentDigest).toBe(v2.contentDigest);
+
+    // dockur's own commands on its disk (qemus/qemu src/disk.sh getSize, src/utils.sh hasData)
+    const size = JSON.parse(
+      execFileSync('qemu-img', ['info', '--output=json', '-f', 'qcow2', overlay], { encoding: 'utf8' }),
+    ) as { 'virtual-size': number };
+    expect(size['virtual-size']).toBe(16 * MiB);
+    const head = join(dir, 'head.raw');
+    execFileSync('qemu-img', [
+      'dd',
+      '-f',
+      'qcow2',
+      '-O',
+      'raw',
+      'bs=102400',
+      'count=1',
+      `if=${overlay}`,
+      `of=${head}`,
+    ]);
+    expect(readFileSync(head).equals(readFileSync(original).subarray(0, 102400))).toBe(true);
+    expect(spawnSync('cmp', ['-s', '-n', '102400', head, '/dev/zero']).status).toBe(1); // "has data": no reinstall
+    // dockur's drive options (cache=none, aio=native) over the NBD backing
+    const io = spawnSync(
+      'qemu-io',
+      [
+        '-t',
+        'none',
+        '-i',
+        'native',
+        '-f',
+        'qcow2',
+        '-c',
+        'read -P 0x11 4M 1M',
+        '-c',
+        'read 0 4M',
+        '-c',
+        'write -P 0x77 1M 64k',
+        overlay,
+      ],
+      { encoding: 'utf8' },
+    );
+    expect(io.status, io.stderr).toBe(0);
+    expect(io.stdout).not.toMatch(/Pattern verification failed/);
+    expect(health(socket)).toBe(0);
+    const sidecar = (
+      parse(readFileSync(join(target, 'docker-compose.yml'), 'utf8')) as {
+        services: { orb: { command: string[]; volumes: string[] } };
+      }
+    ).services.orb;
+    expect(sidecar.volumes).toContain(`${join(dir, 'v2')}:${join(dir, 'v2')}:ro`);
+
+    ac.abort();
+    await expect(first.done).rejects.toThrow(/run orb install again/);
+    expect(existsSync(`${cache}.state`)).toBe(true);
+
+    // the rerun resumes serve's cache: it fetches only what the first run did not
+    const second = startLazy(target, undefined, { serveCommand: ORB }, { ref });
+    const r = await second.done;
+    expect(r.lazy).toBe('complete');
+    expect(r.bytesDownloaded, logged.slice(-30).join('\n')).toBeGreaterThan(0);
+    expect(r.bytesDownloaded).toBeLessThan(v2.packBytes - 3 * MiB);
+    expect(chain(overlay)).toContain(`image: ${target}/storage/../images/${readdirBase(target)}\n`);
+    expect(spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', cache, original]).status).toBe(0);
+    const after = qemuIo(overlay, 'read -P 0x77 1M 64k', 'read -P 0x11 4M 1M', 'read -P 0 8M 8M');
+    expect(after.status, after.stderr).toBe(0);
+    expect(after.stdout).not.toMatch(/Pattern verification failed/);
+
+    // the compose file's orb service command, run on the host as the container would run it
+    const [, ...rest] = sidecar.command;
+    const svc = spawn(NODE, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const readyLine = await new Promise<string>((res, rej) => {
+      let out = '';
+      svc.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('\n')) res(out.split('\n')[0]!);
+      });
+      svc.on('close', (code) => rej(new Error(`orb serve exited ${code}`)));
+    });
+    expect(JSON.parse(readyLine)).toMatchObject({ socket, export: 'disk', 'virtual-size': 16 * MiB });
+    expect(health(socket)).toBe(0);
+    const uri = `nbd+unix:///disk?socket=${socket}`;
+    expect(spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', uri, original]).status).toBe(0);
+    svc.kill('SIGTERM');
+    const stopLine = await new Promise<string>((res) => {
+      let out = '';
+      svc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      svc.on('close', () => res(out.trim().split('\n').pop() ?? ''));
+    });
+    expect(JSON.parse(stopLine)).toMatchObject({ complete: true, 'bytes-fetched': 0 });
+  });
+
+  it('holds guest I/O across a restart of the server (reconnect-delay) and reads the right bytes after it', async () => {
+    const work = join(dir, 'reconnect');
+    mkdirSync(work);
+    const socket = join(work, 's.sock');
+    const overlay = join(work, 'data.qcow2');
+    const args = [
+      'serve',
+      `oci-layout:${join(dir, 'v2')}:v1`,
+      '--socket',
+      socket,
+      '--cache',
+      join(work, 'base.img'),
+      '--json',
+      '--no-fill',
+    ];
+    let server = await ServeChild.start(ORB, args, { log: silentLogger });
+    await createNbdOverlay(overlay, socket, 16 * MiB);
+    // one QEMU process (qemu-io reading commands from stdin) keeps its NBD connection throughout
+    const vm = spawn('qemu-io', ['-f', 'qcow2', overlay], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    vm.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    vm.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    vm.stdin.write('read -P 0x11 4M 512k\n');
+    await waitFor(() => /read 524288\/524288 bytes at offset 4194304/.test(out));
+    await server.stop();
+    vm.stdin.write('read -P 0x11 4608k 512k\n'); // issued while nothing listens on the socket
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(out).not.toMatch(/offset 4718592|error/i); // waiting, not failed
+    server = await ServeChild.start(ORB, args, { log: silentLogger });
+    await waitFor(() => /read 524288\/524288 bytes at offset 4718592/.test(out), 60_000);
+    vm.stdin.end();
+    await new Promise((r) => vm.on('close', r));
+    await server.stop();
+    expect(out).not.toMatch(/Pattern verification failed|error/i);
+  });
+});
