@@ -428,4 +428,73 @@ describe('orb install --lazy (orb serve)', () => {
     await server.stop();
     expect(out).not.toMatch(/Pattern verification failed|error/i);
   });
+
+  it("docs/lazy-boot.md's plain QEMU command lines read the image through orb serve", async () => {
+    const work = join(dir, 'plain');
+    mkdirSync(work);
+    const socket = join(work, 'win.sock');
+    const ref = `oci-layout:${join(dir, 'v2')}:v1`;
+    const server = await ServeChild.start(
+      ORB,
+      ['serve', ref, '--socket', socket, '--cache', join(work, 'win.img'), '--json', '--no-fill'],
+      { log: silentLogger },
+    );
+    const checks = ['read -P 0x11 4M 1M', 'read -P 0 8M 8M', 'write -P 0x44 0 64k', 'read -P 0x44 0 64k'];
+    // a throwaway boot: writes go to a temporary file QEMU deletes (snapshot=on)
+    qemuSystem(
+      ['-drive', `file=nbd+unix:///disk?socket=${socket},format=raw,if=none,id=disk0,snapshot=on`],
+      checks,
+    );
+    // a kept overlay on the export, and the same chain spelled out with -blockdev
+    const backing = `json:{"driver":"raw","file":{"driver":"nbd","server":{"type":"unix","path":"${socket}"},"export":"disk","reconnect-delay":60}}`;
+    execFileSync('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-F',
+      'raw',
+      '-b',
+      backing,
+      join(work, 'win.qcow2'),
+    ]);
+    qemuSystem(['-drive', `file=${join(work, 'win.qcow2')},format=qcow2,if=none,id=disk0`], checks);
+    qemuSystem(
+      [
+        '-blockdev',
+        `driver=nbd,node-name=base-nbd,server.type=unix,server.path=${socket},export=disk,reconnect-delay=60,read-only=on`,
+        '-blockdev',
+        'driver=raw,node-name=base,file=base-nbd,read-only=on',
+        '-blockdev',
+        `driver=file,node-name=overlay-file,filename=${join(work, 'win.qcow2')}`,
+        '-blockdev',
+        'driver=qcow2,node-name=disk0,file=overlay-file,backing=base',
+      ],
+      ['read -P 0x44 0 64k', 'read -P 0x11 4M 1M'],
+    );
+    await server.stop();
+  });
 });
+
+/**
+ * QEMU itself with the given block options and no guest (-machine none, paused): HMP's qemu-io
+ * runs the commands on the node or drive `disk0`, as a guest's reads would reach it.
+ */
+function qemuSystem(block: string[], commands: string[]): void {
+  const qmp = [
+    { execute: 'qmp_capabilities' },
+    ...commands.map((c) => ({
+      execute: 'human-monitor-command',
+      arguments: { 'command-line': `qemu-io disk0 "${c}"` },
+    })),
+    { execute: 'quit' },
+  ];
+  const r = spawnSync(
+    'qemu-system-x86_64',
+    ['-nodefaults', '-display', 'none', '-machine', 'none', '-S', '-qmp', 'stdio', ...block],
+    { input: qmp.map((q) => JSON.stringify(q)).join('\n') + '\n', encoding: 'utf8', timeout: 60_000 },
+  );
+  expect(r.status, r.stderr).toBe(0);
+  expect(r.stdout).not.toMatch(/Pattern verification failed|error/i);
+  expect(r.stdout.match(/^(read|wrote) \d+\/\d+ bytes/gm)).toHaveLength(commands.length);
+}
