@@ -6,6 +6,7 @@ import { formatBytes } from '../core/progress.js';
 import type { DockurDiskType } from '../dockur/bundle.js';
 import { checkBind } from '../dockur/compose.js';
 import { connectInstructions, install } from '../install/install.js';
+import { installLazy } from '../install/lazy-install.js';
 import { storeInputs } from '../stores/open.js';
 import { accessInputs, storeOptions } from './publish.js';
 
@@ -211,9 +212,10 @@ export default defineCommand({
   description:
     'Checks Docker, /dev/kvm and free disk (with a fix for each), pulls the image (resumable, verified) as a read-only base, creates this ' +
     "client's qcow2 overlay on it and writes a docker-compose.yml for dockur/windows that boots the installed disk without reinstalling, " +
-    'ports on 127.0.0.1. --update moves to a new version downloading only the changed chunks.',
+    'ports on 127.0.0.1. --update moves to a new version downloading only the changed chunks. --lazy boots before the download ' +
+    'finishes: the overlay reads over NBD from orb serve, which fills the base in the background (docs/lazy-boot.md).',
   action: false,
-  usage: 'REF --dir DIR [--base-dir SHARE]',
+  usage: 'REF --dir DIR [--base-dir SHARE | --lazy]',
   inputs,
   outputs,
   async run(inp, ctx) {
@@ -230,7 +232,7 @@ export default defineCommand({
       );
     const password = inp.optString('admin-password');
     if (password) ctx.mask(password);
-    const r = await install({
+    const o = {
       ref: inp.string('ref'),
       dir: inp.string('dir'),
       update: inp.bool('update'),
@@ -254,22 +256,18 @@ export default defineCommand({
       prepareOnly: inp.bool('prepare-only'),
       keepPrevious: inp.bool('keep-previous'),
       start: inp.bool('start'),
-      ...(inp.bool('lazy')
-        ? (() => {
-            const serve = serveInvocation(inp);
-            return {
-              lazy: {
-                serveArgs: serve.args,
-                serveEnv: serve.env,
-                orbImage: inp.string('orb-image'),
-              },
-            };
-          })()
-        : {}),
       log: ctx.log,
       progress: ctx.progress,
       signal: ctx.signal,
-    });
+    };
+    // --lazy: boot before the download finishes (the overlay reads from orb serve)
+    const serve = inp.bool('lazy') ? serveInvocation(inp) : undefined;
+    const r = serve
+      ? await installLazy({
+          ...o,
+          lazy: { serveArgs: serve.args, serveEnv: serve.env, orbImage: inp.string('orb-image') },
+        })
+      : await install(o);
     const text = connectInstructions(r, !!password);
     ctx.log.info('\n' + text);
     ctx.summary

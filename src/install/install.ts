@@ -16,7 +16,6 @@ import { pull } from '../transfer/pull.js';
 import { checkDisk, checkDocker, checkKvm, checkQemuImg, describeChecks, type Check } from './prereq.js';
 import { INSTALL_SCHEMA, readInstallState, type InstallResult, type InstallState } from './install-state.js';
 import { findSharedBase, type BaseVerify, type SharedBase } from './shared-base.js';
-import { installLazy, type LazyOptions } from './lazy-install.js';
 
 export {
   connectInstructions,
@@ -69,8 +68,6 @@ export interface InstallOptions {
   signal?: AbortSignal;
   /** tests: replace the Docker/KVM checks */
   runtimeChecks?: () => Promise<Check[]>;
-  /** boot before the download finishes: the overlay reads from `orb serve` (lazy-install.ts) */
-  lazy?: LazyOptions;
 }
 
 const short = (digest: string) => digest.slice(7, 19);
@@ -118,7 +115,6 @@ async function createOverlay(
 }
 
 export async function install(o: InstallOptions): Promise<InstallResult> {
-  if (o.lazy) return installLazy({ ...o, lazy: o.lazy });
   const log = o.log;
   const dir = resolve(o.dir);
   const images = join(dir, 'images');

@@ -7,9 +7,9 @@ import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger, type Logger } from '../../src/core/log.js';
 import { nullProgress } from '../../src/core/progress.js';
-import { install, type InstallOptions } from '../../src/install/install.js';
+import type { InstallOptions } from '../../src/install/install.js';
 import { createNbdOverlay, HEALTH_SCRIPT, nbdBacking, ServeChild } from '../../src/install/lazy.js';
-import type { LazyOptions } from '../../src/install/lazy-install.js';
+import { installLazy, type LazyOptions } from '../../src/install/lazy-install.js';
 import type { Check } from '../../src/install/prereq.js';
 import { OciLayout } from '../../src/oci/layout.js';
 import { DISK_V2_ARTIFACT, DISK_V2_CONFIG, OCI_MANIFEST } from '../../src/formats/oci-media.js';
@@ -83,7 +83,7 @@ function opts(
   target: string,
   lazy: Partial<LazyOptions>,
   extra: Partial<InstallOptions> = {},
-): InstallOptions {
+): InstallOptions & { lazy: LazyOptions } {
   return {
     ref: `oci-layout:${join(dir, 'layout')}:v1`,
     dir: target,
@@ -134,7 +134,7 @@ function startLazy(
 ) {
   let ready!: (i: { overlay: string; socket: string }) => void;
   const whenReady = new Promise<{ overlay: string; socket: string }>((r) => (ready = r));
-  const done = install(
+  const done = installLazy(
     opts(target, { onReady: ready, ...lazy }, { ...(signal ? { signal } : {}), ...extra }),
   );
   done.catch(() => undefined);
@@ -233,7 +233,7 @@ describe('orb install --lazy (stand-in server: qemu-nbd)', () => {
     expect(Object.keys(c2.services)).toEqual(['windows']);
     expect(JSON.parse(readFileSync(join(target, 'install.json'), 'utf8'))).not.toHaveProperty('lazy');
     // and a rerun changes nothing
-    const again = await install(opts(target, {}));
+    const again = await installLazy(opts(target, {}));
     expect(again.lazy).toBe('complete');
   });
 
