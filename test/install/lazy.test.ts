@@ -473,6 +473,30 @@ describe('orb install --lazy (orb serve)', () => {
       ['read -P 0x44 0 64k', 'read -P 0x11 4M 1M'],
     );
     await server.stop();
+    // after the fill: the documented rebase, then the overlay reads with no server at all
+    const filling = await ServeChild.start(
+      ORB,
+      ['serve', ref, '--socket', socket, '--cache', join(work, 'win.img'), '--json'],
+      { log: silentLogger },
+    );
+    await waitFor(() => existsSync(join(work, 'win.img')));
+    expect(await filling.stop()).toMatchObject({ complete: true });
+    execFileSync('qemu-img', [
+      'rebase',
+      '-u',
+      '-f',
+      'qcow2',
+      '-b',
+      join(work, 'win.img'),
+      '-F',
+      'raw',
+      join(work, 'win.qcow2'),
+    ]);
+    expect(existsSync(socket)).toBe(false);
+    qemuSystem(
+      ['-drive', `file=${join(work, 'win.qcow2')},format=qcow2,if=none,id=disk0`],
+      ['read -P 0x44 0 64k', 'read -P 0x11 4M 1M', 'read -P 0 8M 8M'],
+    );
   });
 });
 
