@@ -281,6 +281,8 @@ export async function installLazy(o: InstallOptions & { lazy: LazyOptions }): Pr
     const orbDir = join(dir, 'orb');
     await copyOrb(orbDir);
     const secrets = Object.entries(lz.serveEnv);
+    if (secrets.some(([, v]) => /[\r\n]/.test(v)))
+      throw new UsageError('a credential for orb serve must be one line');
     if (secrets.length)
       await writeFileAtomic(
         join(dir, 'orb.env'),

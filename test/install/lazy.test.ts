@@ -34,12 +34,13 @@ const checksOk = async (): Promise<Check[]> => [{ name: 'kvm', ok: true, forFile
 
 const STANDIN = `
 import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, renameSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 const [orig, cmd, ref, ...rest] = process.argv.slice(2);
 const opt = (n) => rest[rest.indexOf(n) + 1];
 const socket = opt('--socket'), cache = opt('--cache');
 if (cmd !== 'serve' || !ref || !rest.includes('--json')) process.exit(2);
 rmSync(socket, { force: true });
+writeFileSync(cache + '.seen', JSON.stringify({ argv: process.argv, password: process.env.ORB_REGISTRY_PASSWORD }));
 const nbd = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=8', '-f', 'raw', '-x', 'disk', '--socket', socket, orig], { stdio: 'inherit' });
 while (!existsSync(socket)) await new Promise((r) => setTimeout(r, 20));
 console.log(JSON.stringify({ socket, export: 'disk', 'virtual-size': statSync(orig).size }));
@@ -237,6 +238,33 @@ describe('orb install --lazy (stand-in server: qemu-nbd)', () => {
     expect(again.lazy).toBe('complete');
   });
 
+  it('gives the server its credentials in the environment, never on its command line or in a log', async () => {
+    const target = join(dir, 'secret');
+    const secret = 'pw-9f3e1c';
+    const run = startLazy(target, undefined, {
+      serveEnv: { ORB_REGISTRY_PASSWORD: secret },
+      serveArgs: ['--username', 'bob'],
+    });
+    await run.whenReady;
+    const cache = join(target, 'images', readdirBase(target));
+    const seen = JSON.parse(readFileSync(`${cache}.seen`, 'utf8')) as { argv: string[]; password?: string };
+    expect(seen.password).toBe(secret);
+    expect(seen.argv.join(' ')).not.toContain(secret);
+    expect(seen.argv).toEqual(expect.arrayContaining(['--username', 'bob']));
+    const envFile = join(target, 'orb.env');
+    expect(statSync(envFile).mode & 0o777).toBe(0o600);
+    expect(readFileSync(envFile, 'utf8')).toContain(`ORB_REGISTRY_PASSWORD='${secret}'`);
+    const compose = readFileSync(join(target, 'docker-compose.yml'), 'utf8');
+    expect(compose).not.toContain(secret);
+    expect(compose).toContain('./orb.env');
+    writeFileSync(`${cache}.go`, '');
+    await run.done;
+    expect(existsSync(envFile)).toBe(false); // not needed once the disk is local
+    for (const f of ['docker-compose.yml', 'install.json'])
+      expect(readFileSync(join(target, f), 'utf8')).not.toContain(secret);
+    expect(logged.join('\n')).not.toContain(secret);
+  });
+
   it('keeps serving while a VM holds the overlay after the fill, rebasing once it lets go', async () => {
     const target = join(dir, 'held');
     const run = startLazy(target);
@@ -391,6 +419,38 @@ describe('orb install --lazy (orb serve)', () => {
       svc.on('close', () => res(out.trim().split('\n').pop() ?? ''));
     });
     expect(JSON.parse(stopLine)).toMatchObject({ complete: true, 'bytes-fetched': 0 });
+  });
+
+  it('orb install --lazy from the CLI (bundle): serves the pinned image, never prints the password, ends complete', async () => {
+    const target = join(dir, 'cli');
+    const r = spawnSync(
+      NODE,
+      [
+        join(ROOT, 'bin', 'orb.js'),
+        'install',
+        `oci-layout:${join(dir, 'v2')}:v1`,
+        '--dir',
+        target,
+        '--lazy',
+        '--prepare-only',
+        '--username',
+        'bob',
+        '--json',
+      ],
+      { encoding: 'utf8', env: { ...process.env, ORB_REGISTRY_PASSWORD: 'pw-cli-77' }, timeout: 120_000 },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as Record<string, unknown>;
+    expect(out).toMatchObject({
+      lazy: 'complete',
+      socket: join(target, 'storage', 'orb-disk.sock'),
+      'virtual-size': 16 * MiB,
+    });
+    expect(r.stderr).toMatch(/orb serve: serving oci-layout:.*@sha256:/);
+    expect(r.stderr + r.stdout).not.toContain('pw-cli-77');
+    expect(
+      spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', out.base as string, original]).status,
+    ).toBe(0);
   });
 
   it('holds guest I/O across a restart of the server (reconnect-delay) and reads the right bytes after it', async () => {
