@@ -215,7 +215,10 @@ export class LazyDisk {
       let to: number;
       if (e < idx.entryCount && idx.entryBlock[e] === block) {
         let last = block;
-        while (e + 1 < idx.entryCount && idx.entryBlock[e + 1] === last + 1) (e++, last++);
+        while (e + 1 < idx.entryCount && idx.entryBlock[e + 1] === last + 1) {
+          e++;
+          last++;
+        }
         e++;
         to = Math.min((last + 1) * bs, stop);
         runs.push({ length: to - pos, zero: false });

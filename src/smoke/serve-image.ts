@@ -88,10 +88,8 @@ export async function serveImage(
     // QEMU opens the export as the overlay's raw backing: reconnect-delay holds guest I/O across a
     // dropped connection instead of failing it.
     const qemu = `json:${JSON.stringify({
-      driver: 'nbd',
-      server: { type: 'unix', path: socket },
-      export: 'disk',
-      'reconnect-delay': 10,
+      driver: 'raw',
+      file: { driver: 'nbd', server: { type: 'unix', path: socket }, export: 'disk', 'reconnect-delay': 10 },
     })}`;
     const facts: DiskFacts = {
       path: cache,

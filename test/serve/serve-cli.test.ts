@@ -44,7 +44,9 @@ interface Served {
   ready: Record<string, unknown>;
   uri: string;
   stderr(): string;
-  stop(signal?: NodeJS.Signals): Promise<{ ms: number; code: number | null; result?: Record<string, unknown> }>;
+  stop(
+    signal?: NodeJS.Signals,
+  ): Promise<{ ms: number; code: number | null; result?: Record<string, unknown> }>;
 }
 
 async function serve(args: string[]): Promise<Served> {
@@ -55,7 +57,9 @@ async function serve(args: string[]): Promise<Served> {
   let out = '';
   let err = '';
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((r) => child.on('exit', (code) => (children.delete(child), r(code))));
+  const exited = new Promise<number | null>((r) =>
+    child.on('exit', (code) => (children.delete(child), r(code))),
+  );
   const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`orb serve not ready in 60 s: ${err}`)), 60_000);
     child.stdout.on('data', (d: Buffer) => {
@@ -80,7 +84,8 @@ async function serve(args: string[]): Promise<Served> {
       child.kill(signal);
       const code = await exited;
       const lines = out.trim().split('\n');
-      const last = lines.length > 1 ? (JSON.parse(lines[lines.length - 1]!) as Record<string, unknown>) : undefined;
+      const last =
+        lines.length > 1 ? (JSON.parse(lines[lines.length - 1]!) as Record<string, unknown>) : undefined;
       return { ms: Date.now() - t0, code, ...(last ? { result: last } : {}) };
     },
   };
@@ -211,14 +216,21 @@ describe('orb serve', () => {
 
   it('never serves corrupted pack bytes: the read fails, later reads succeed', async () => {
     const cache = join(root, 'bad-cache', 'disk.raw');
-    const rule = proxy.add({ method: 'GET', header: 'range', path: /\/blobs\//, action: { type: 'flip', offset: 40 } });
+    const rule = proxy.add({
+      method: 'GET',
+      header: 'range',
+      path: /\/blobs\//,
+      action: { type: 'flip', offset: 40 },
+    });
     const s = await serve([`oci://${proxy.host}/serve/disk:v1`, '--cache', cache, '--no-fill']);
     const bad = await qemuRead(s, 9 * MiB, 64 * 1024).catch((e: unknown) => e);
     expect(bad).toBeInstanceOf(Error);
     expect(s.stderr()).toMatch(/does not (match|decompress)|declares|frame/);
     expect(s.stderr()).toContain('I/O error');
     proxy.remove(rule);
-    expect((await qemuRead(s, 9 * MiB, 64 * 1024)).equals(disk.subarray(9 * MiB, 9 * MiB + 64 * 1024))).toBe(true);
+    expect((await qemuRead(s, 9 * MiB, 64 * 1024)).equals(disk.subarray(9 * MiB, 9 * MiB + 64 * 1024))).toBe(
+      true,
+    );
     await s.stop();
   }, 120_000);
 });
