@@ -211,13 +211,6 @@ const own: InputSpec[] = [
     description: 'seconds the guest gets to power off after the ACPI request before QEMU is stopped',
   },
   {
-    name: 'full-pull',
-    type: 'boolean',
-    default: false,
-    description:
-      'pull a published chunked image whole before booting (default: boot it through orb serve, fetching only the blocks the boot reads)',
-  },
-  {
     name: 'pull-dir',
     type: 'string',
     description:
@@ -261,11 +254,6 @@ export default defineCommand({
     { name: 'screenshots', description: 'number of screenshots kept' },
     { name: 'serial-log', description: 'path of the serial console log' },
     { name: 'qemu-log', description: "path of QEMU's own log" },
-    { name: 'bytes-fetched', description: 'served images: compressed bytes fetched for the boot' },
-    {
-      name: 'boot-profile',
-      description: 'served images: the blocks the boot read, in order (for orb serve --profile)',
-    },
   ],
   async run(inputs, ctx) {
     const masks = inputs.list('reference-mask').map(parseRect);
@@ -306,7 +294,6 @@ export default defineCommand({
       progress: ctx.progress,
       store: storeOptions(inputs, storeSpecs, ctx),
       ...(inputs.optString('pull-dir') ? { pullDir: inputs.string('pull-dir') } : {}),
-      lazy: !inputs.bool('full-pull'),
     });
     const evidenceDir =
       inputs.optString('evidence-dir') ?? join(process.env.RUNNER_TEMP || tmpdir(), `orb-smoke-${stamp()}`);
@@ -332,7 +319,6 @@ export default defineCommand({
     try {
       result = await smokeTest({
         image: image.path,
-        ...(image.disk ? { disk: image.disk } : {}),
         allowExternalFiles: inputs.list('allow-external-file'),
         ...(manifest ? { manifest } : {}),
         accelerator,
@@ -370,18 +356,12 @@ export default defineCommand({
         signal: ctx.signal,
         log: ctx.log,
       });
-      if (image.saveProfile) await image.saveProfile(join(result.evidenceDir, 'boot-profile.json'));
     } finally {
       await image.dispose();
     }
 
     await writeSummary(ctx.summary, result);
     const outputs = outputsOf(result);
-    if (image.served) {
-      outputs['bytes-fetched'] = image.served().bytesFetched;
-      outputs['boot-profile'] = join(result.evidenceDir, 'boot-profile.json');
-      ctx.summary.text(`Booted through orb serve: ${outputs['bytes-fetched']} bytes fetched.`);
-    }
     const upload = inputs.string('upload-evidence');
     if (ctx.uploadArtifact && (upload === 'always' || (upload === 'on-failure' && !result.passed))) {
       const name =

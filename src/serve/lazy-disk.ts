@@ -41,8 +41,12 @@ export interface LazyDiskOptions {
 
 export type FetchKind = 'demand' | 'fill';
 
-/** Frames closer than this in a pack are fetched by one request (the gap is read and dropped). */
-const MERGE_GAP = 32 << 10;
+/**
+ * Fill requests span frames closer than this in a pack (the gap, frames that are local already,
+ * is read and dropped: one request instead of two). Reads take only adjacent frames: a boot pays
+ * for every byte it fetches.
+ */
+const FILL_MERGE_GAP = 32 << 10;
 const MAX_RANGE = 8 << 20;
 
 export class LazyDisk {
@@ -63,8 +67,6 @@ export class LazyDisk {
   private closing: Promise<void> | undefined;
   /** the cache cannot take more blocks (disk full): verified bytes are served from memory */
   diskFull = false;
-  private readonly touched: Uint8Array;
-  private readonly readOrder: number[] = [];
   /** frames that failed verification twice: never tried again by the fill */
   readonly badFrames = new Set<number>();
 
@@ -76,7 +78,6 @@ export class LazyDisk {
   ) {
     this.size = o.index.virtualSize;
     this.map = map;
-    this.touched = new Uint8Array(map.local.length);
     this.timer = setInterval(() => void this.flush().catch(() => {}), o.flushMs ?? 3000);
     this.timer.unref();
   }
@@ -139,7 +140,6 @@ export class LazyDisk {
     const fresh: number[] = [];
     let missing = false;
     for (let e = this.map.firstEntryAt(first); e < idx.entryCount && idx.entryBlock[e]! < end; e++) {
-      this.record(e);
       if (this.map.isLocal(e)) continue;
       missing = true;
       const f = idx.entryFrame[e]!;
@@ -167,18 +167,6 @@ export class LazyDisk {
     }
     if (missing) this.overlay(out, offset, first, end, frames);
     return out;
-  }
-
-  /** Notes the first read of entry e: the boot profile is the non-zero blocks in first-read order. */
-  private record(e: number): void {
-    if (this.touched[e >> 3]! & (1 << (e & 7))) return;
-    this.touched[e >> 3]! |= 1 << (e & 7);
-    this.readOrder.push(this.map.idx.entryBlock[e]!);
-  }
-
-  /** Non-zero blocks in the order reads first asked for them (a boot profile). */
-  get profile(): readonly number[] {
-    return this.readOrder;
   }
 
   /** Copies blocks the cache could not take (disk full) from their verified frames. */
@@ -249,8 +237,8 @@ export class LazyDisk {
       for (i++; i < sorted.length; i++) {
         const f = sorted[i]!;
         const fEnd = idx.frameOffset[f]! + idx.frameLength[f]!;
-        if (idx.framePack[f] !== pack || idx.frameOffset[f]! - end > MERGE_GAP || fEnd - start > MAX_RANGE)
-          break;
+        const gap = kind === 'fill' ? FILL_MERGE_GAP : 0;
+        if (idx.framePack[f] !== pack || idx.frameOffset[f]! - end > gap || fEnd - start > MAX_RANGE) break;
         group.push(f);
         end = Math.max(end, fEnd);
       }

@@ -48,7 +48,7 @@ function secs(ms: number): string {
 export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
   const log = o.log;
   const begin = performance.now();
-  const disk = o.disk ?? (await inspectDisk(o.image, o.signal, o.allowExternalFiles));
+  const disk = await inspectDisk(o.image, o.signal, o.allowExternalFiles);
   log.info(`image ${describeDisk(disk)}${disk.check ? `, metadata ${disk.check}` : ''}`);
   const manifest = await loadManifest(o);
   const build = manifest?.build;

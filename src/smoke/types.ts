@@ -8,8 +8,6 @@ import type { Rect } from './screen.js';
 export interface SmokeOptions {
   /** a disk image file (raw, qcow2, ...); never written */
   image: string;
-  /** the image is not a local file (an NBD export of orb serve): these facts, not inspectDisk's */
-  disk?: DiskFacts;
   /** files the image may name (backing, data file, extents), given to the guest as part of the disk */
   allowExternalFiles?: string[];
   /** stage manifest; default `<image>.orb.json` when it exists */
