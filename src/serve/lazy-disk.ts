@@ -41,8 +41,12 @@ export interface LazyDiskOptions {
 
 export type FetchKind = 'demand' | 'fill';
 
-/** Frames closer than this in a pack are fetched by one request (the gap is read and dropped). */
-const MERGE_GAP = 32 << 10;
+/**
+ * Fill requests span frames closer than this in a pack (the gap, frames that are local already,
+ * is read and dropped: one request instead of two). Reads take only adjacent frames: a boot pays
+ * for every byte it fetches.
+ */
+const FILL_MERGE_GAP = 32 << 10;
 const MAX_RANGE = 8 << 20;
 
 export class LazyDisk {
@@ -199,7 +203,10 @@ export class LazyDisk {
       let to: number;
       if (e < idx.entryCount && idx.entryBlock[e] === block) {
         let last = block;
-        while (e + 1 < idx.entryCount && idx.entryBlock[e + 1] === last + 1) (e++, last++);
+        while (e + 1 < idx.entryCount && idx.entryBlock[e + 1] === last + 1) {
+          e++;
+          last++;
+        }
         e++;
         to = Math.min((last + 1) * bs, stop);
         runs.push({ length: to - pos, zero: false });
@@ -230,8 +237,8 @@ export class LazyDisk {
       for (i++; i < sorted.length; i++) {
         const f = sorted[i]!;
         const fEnd = idx.frameOffset[f]! + idx.frameLength[f]!;
-        if (idx.framePack[f] !== pack || idx.frameOffset[f]! - end > MERGE_GAP || fEnd - start > MAX_RANGE)
-          break;
+        const gap = kind === 'fill' ? FILL_MERGE_GAP : 0;
+        if (idx.framePack[f] !== pack || idx.frameOffset[f]! - end > gap || fEnd - start > MAX_RANGE) break;
         group.push(f);
         end = Math.max(end, fEnd);
       }

@@ -164,7 +164,8 @@ describe('LazyDisk', () => {
     expect(want).toBeLessThan(image.packBytes / 2);
     // again: all local now
     const calls = f.calls;
-    for (const [off, len] of ranges) expect((await d.read(off, len)).equals(disk.subarray(off, off + len))).toBe(true);
+    for (const [off, len] of ranges)
+      expect((await d.read(off, len)).equals(disk.subarray(off, off + len))).toBe(true);
     expect(f.calls).toBe(calls);
     // the status of zero runs and data runs
     const st = d.status(0, disk.length);
@@ -281,21 +282,42 @@ describe('LazyDisk', () => {
     await d.close();
   });
 
-  it.runIf(process.getuid?.() === 0)('stops filling on a full disk and keeps serving verified bytes', async () => {
-    const mnt = join(root, 'small');
-    mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
-    try {
-      const f = layoutFetcher(image.dir);
-      const { d, log } = await openDisk(f, { cache: join(mnt, 'disk.raw') });
-      await new Filler(d, {}).start();
-      expect(d.diskFull).toBe(true);
-      expect(d.complete).toBe(false);
-      expect(log.lines.some((l) => l.includes('the disk is full'))).toBe(true);
-      expect((await d.read(0, disk.length)).equals(disk)).toBe(true);
-      await d.close();
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
+  it('fills the blocks of a boot profile first, in its order', async () => {
+    const g = layoutFetcher(image.dir);
+    const order: number[] = [];
+    const fetch = g.fetch;
+    g.fetch = (pack, start, length, signal) => {
+      order.push(start);
+      return fetch(pack, start, length, signal);
+    };
+    const { d } = await openDisk(g);
+    // a zero block (20) in a profile is skipped, not refused
+    await new Filler(d, { profile: [182, 45, 20, 0], concurrency: 1, batchBytes: 1 }).start();
+    const idx = image.index;
+    const frameOf = (block: number) => idx.entryFrame[d.map.entryOf(block)]!;
+    expect(order.slice(0, 3)).toEqual([182, 45, 0].map((b) => idx.frameOffset[frameOf(b)]));
+    expect(d.complete).toBe(true);
+    await d.close();
   });
+
+  it.runIf(process.getuid?.() === 0)(
+    'stops filling on a full disk and keeps serving verified bytes',
+    async () => {
+      const mnt = join(root, 'small');
+      mkdirSync(mnt);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
+      try {
+        const f = layoutFetcher(image.dir);
+        const { d, log } = await openDisk(f, { cache: join(mnt, 'disk.raw') });
+        await new Filler(d, {}).start();
+        expect(d.diskFull).toBe(true);
+        expect(d.complete).toBe(false);
+        expect(log.lines.some((l) => l.includes('the disk is full'))).toBe(true);
+        expect((await d.read(0, disk.length)).equals(disk)).toBe(true);
+        await d.close();
+      } finally {
+        execFileSync('umount', [mnt]);
+      }
+    },
+  );
 });
