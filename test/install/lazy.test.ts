@@ -453,6 +453,65 @@ describe('orb install --lazy (orb serve)', () => {
     ).toBe(0);
   });
 
+  it('--start hands over to the compose service; a rerun after its fill rebases and drops it', async () => {
+    const target = join(dir, 'handover');
+    const ref = `oci-layout:${join(dir, 'v2')}:v1`;
+    // a docker that records what it was asked (no engine here): the compose service is then run
+    // on the host with the command the compose file gives it
+    const bin = join(dir, 'fake-bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(join(bin, 'docker'), `#!/bin/sh\necho "$@" >> ${join(dir, 'docker.log')}\n`, {
+      mode: 0o755,
+    });
+    const path = process.env.PATH;
+    process.env.PATH = `${bin}:${path}`;
+    let r;
+    try {
+      r = await installLazy(opts(target, { serveCommand: ORB }, { ref, start: true }));
+    } finally {
+      process.env.PATH = path;
+    }
+    expect(r).toMatchObject({ lazy: 'serving', started: true });
+    expect(readFileSync(join(dir, 'docker.log'), 'utf8')).toBe(
+      `compose -f ${join(target, 'docker-compose.yml')} up -d\n`,
+    );
+    const socket = join(target, 'storage', 'orb-disk.sock');
+    expect(existsSync(socket)).toBe(false); // install's own server stopped: the service serves
+    const orb = (
+      parse(readFileSync(join(target, 'docker-compose.yml'), 'utf8')) as {
+        services: { orb: { command: string[] } };
+      }
+    ).services.orb;
+    const [, ...rest] = orb.command;
+    const svc = await ServeChild.start([NODE], rest, { log: silentLogger });
+    const cache = join(target, 'images', readdirBase(target));
+    await waitFor(() => existsSync(cache));
+    // Windows still running on the overlay after the fill: the rerun leaves the overlay alone
+    const overlay = join(target, 'storage', 'data.qcow2');
+    const vm = spawn('qemu-io', ['-f', 'qcow2', overlay], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    vm.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    vm.stdin.write('read -P 0x11 4M 1M\n');
+    await waitFor(() => /read 1048576\/1048576/.test(out));
+    const busy = await installLazy(opts(target, { serveCommand: ORB }, { ref }));
+    expect(busy.lazy).toBe('serving');
+    expect(busy.warnings.join(' ')).toMatch(/Windows is running on the overlay/);
+    expect(chain(overlay)).toContain(`image: nbd+unix:///disk?socket=${socket}`);
+    vm.stdin.end();
+    await new Promise((res) => vm.on('close', res));
+    expect(out).not.toMatch(/Pattern verification failed/);
+    await svc.stop();
+    const again = await installLazy(opts(target, { serveCommand: ORB }, { ref }));
+    expect(again.lazy).toBe('complete');
+    expect(chain(join(target, 'storage', 'data.qcow2'))).toContain(
+      `image: ${target}/storage/../images/${readdirBase(target)}\n`,
+    );
+    const c = parse(readFileSync(join(target, 'docker-compose.yml'), 'utf8')) as {
+      services: Record<string, unknown>;
+    };
+    expect(Object.keys(c.services)).toEqual(['windows']);
+  });
+
   it('holds guest I/O across a restart of the server (reconnect-delay) and reads the right bytes after it', async () => {
     const work = join(dir, 'reconnect');
     mkdirSync(work);
