@@ -14,6 +14,7 @@ import convertAndCompress from './convert-and-compress.js';
 import bench from './bench.js';
 import pipeline from './pipeline.js';
 import digest from './digest.js';
+import serve from './serve.js';
 
 /** Every command; the CLI, the action entry points and the generated docs all read this list. */
 export const commands: readonly CommandDef[] = [
@@ -31,6 +32,7 @@ export const commands: readonly CommandDef[] = [
   bench,
   pipeline,
   digest,
+  serve,
 ];
 
 export function findCommand(name: string): CommandDef | undefined {
