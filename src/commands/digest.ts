@@ -2,7 +2,8 @@ import '../stores/schemes.js';
 import { defineCommand } from '../core/command.js';
 import type { InputSpec } from '../core/inputs.js';
 import { formatBytes } from '../core/progress.js';
-import { isLocalInput, localContentDigest, storeContentDigest, type DigestResult } from '../image/digest.js';
+import { isLocalInput, localContentDigest, type DigestResult } from '../image/digest.js';
+import { storeContentDigest } from '../transfer/digest-ref.js';
 import { openStore, storeInputs } from '../stores/open.js';
 import { accessInputs, storeOptions } from './publish.js';
 

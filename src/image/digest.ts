@@ -1,12 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { OrbError } from '../core/errors.js';
-import { MAX_CONFIG_BYTES } from '../core/untrusted.js';
 import type { Progress } from '../core/progress.js';
-import { MAX_INDEX_BLOB } from '../formats/disk-index.js';
-import { checkDiskV2Config, checkDiskV2Manifest, loadDiskIndex } from '../oci/disk-v2.js';
-import { readSmallBlob } from '../stores/layout.js';
-import type { OpenedStore } from '../stores/open.js';
-import { resolveManifest } from '../transfer/pull-plan.js';
 import { isChunkedLayout, parseLayoutRef, readChunkedLayout } from './chunked/read.js';
 import { diskContentRoot } from './content-root.js';
 import { inspectImage } from './inspect.js';
@@ -14,7 +7,7 @@ import { openDiskReader } from './reader.js';
 import { defaultThreads, WorkerPool } from './workers.js';
 
 /**
- * `orb digest`: the content identity (orb2 root, docs/chunked-format-v2.md "Content identity")
+ * `orb digest`: the content identity (orb2 root, docs/chunked-format.md "Content identity")
  * of a disk file, a chunked layout or a published image. The same disk gives the same root in
  * every form: raw, qcow2, its layout, the pulled disk.
  */
@@ -73,25 +66,4 @@ export async function localContentDigest(
     await reader.close().catch(() => undefined);
     await pool.close();
   }
-}
-
-/** Root of a published image: only the manifest, the config and the index are downloaded. */
-export async function storeContentDigest(opened: OpenedStore): Promise<DigestResult> {
-  const { store, display } = opened;
-  const { manifest } = await resolveManifest(store, opened.tag ?? 'latest', display);
-  const layers = checkDiskV2Manifest(manifest, display);
-  const config = checkDiskV2Config(await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES), display);
-  if (layers.index.size > MAX_INDEX_BLOB)
-    throw new OrbError(
-      'input',
-      `${display}: the index is ${layers.index.size} bytes, more than ${MAX_INDEX_BLOB}`,
-    );
-  const blob = await readSmallBlob(store, layers.index, MAX_INDEX_BLOB);
-  const idx = loadDiskIndex(blob, manifest, config, layers, display);
-  return {
-    contentDigest: idx.contentDigest,
-    kind: 'store',
-    virtualSize: idx.virtualSize,
-    readBytes: blob.length,
-  };
 }

@@ -1,5 +1,5 @@
 import type { Extents } from './extents.js';
-import type { ChunkedImage } from './chunked/read.js';
+import type { ChunkedImage } from './chunked/image.js';
 
 /**
  * What a disk image is, found by reading its header (src/image/untrusted.ts, never QEMU's probe

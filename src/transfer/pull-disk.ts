@@ -1,44 +1,22 @@
 import { OrbError } from '../core/errors.js';
-import type { Logger } from '../core/log.js';
-import { formatBytes, type Progress } from '../core/progress.js';
-import type { RetryPolicy } from '../net/retry.js';
+import { formatBytes } from '../core/progress.js';
 import { entryDigest, type DiskIndex } from '../formats/disk-index.js';
-import type { Descriptor } from '../formats/oci-media.js';
-import type { BlobStore } from '../stores/store.js';
 import type { FrameJob, FramesReply } from './block-ops.js';
-import type { BlockPool } from './block-pool.js';
 import { RangeIgnored, readRange } from './range-read.js';
-import type { Base } from './pull-base.js';
 import { fromBase } from './pull-from-base.js';
-import type { Journal } from './pull-journal.js';
 import { planFetches, type PackRange } from './pull-ranges.js';
 import { ByteBudget, runPool } from './pool.js';
 import { fetchWholePack } from './pull-pack.js';
+import type { DiskPullContext } from './pull-disk-context.js';
 
 /**
- * The v2 disk pull (docs/chunked-format-v2.md, "Pull planning"): which blocks are needed (all,
+ * The v2 disk pull (docs/chunked-format.md, "Pull planning"): which blocks are needed (all,
  * minus what the journal says an earlier run wrote, minus what a base provides), which frames
  * hold them, which byte ranges of which packs to ask for; then the requests in parallel, frames
  * decoded and every block checked against its sha256 by worker threads before it is written.
  * The content identity is the index's root, proven block by block: no pass over the output.
  */
-export interface DiskPullContext {
-  store: BlobStore;
-  display: string;
-  index: DiskIndex;
-  packs: Descriptor[];
-  pool: BlockPool;
-  journal: Journal;
-  base?: Base | undefined;
-  /** the base is the output device itself: blocks found in place are not written again */
-  inPlace: boolean;
-  concurrency: number;
-  retry: RetryPolicy;
-  log: Logger;
-  progress(label: string, total?: number): Progress;
-  signal?: AbortSignal | undefined;
-  memoryBudget: number;
-}
+export type { DiskPullContext } from './pull-disk-context.js';
 
 export interface DiskPullStats {
   bytesDownloaded: number;

@@ -5,7 +5,7 @@ import { entryDigest } from '../formats/disk-index.js';
 import type { BaseReply, FrameJob, FramesReply } from './block-ops.js';
 import { DigestLookup } from './digest-lookup.js';
 import type { Base } from './pull-base.js';
-import type { DiskPullContext } from './pull-disk.js';
+import type { DiskPullContext } from './pull-disk-context.js';
 import { runPool } from './pool.js';
 
 const BASE_BATCH = 512;

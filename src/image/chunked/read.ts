@@ -14,12 +14,7 @@ import {
   untrustedError,
 } from '../../core/untrusted.js';
 import { entryDigest, MAX_INDEX_BLOB, type DiskIndex } from '../../formats/disk-index.js';
-import {
-  DISK_V2_ARTIFACT,
-  type Descriptor,
-  type DiskV2Config,
-  type ImageManifest,
-} from '../../formats/oci-media.js';
+import { DISK_V2_ARTIFACT, type ImageManifest } from '../../formats/oci-media.js';
 import {
   checkDiskV2Config,
   checkDiskV2Manifest,
@@ -30,23 +25,9 @@ import { OciLayout } from '../../oci/layout.js';
 import { Extents } from '../extents.js';
 import type { DiskReader, ImageInfo } from '../disk.js';
 import type { WorkerPool } from '../workers.js';
+import type { ChunkedImage } from './image.js';
 
-/** A chunked (v2) image in a local OCI layout, every part checked (src/oci/disk-v2.ts). */
-export interface ChunkedImage {
-  layout: OciLayout;
-  tag: string;
-  manifest: ImageManifest;
-  manifestDigest: string;
-  manifestSize: number;
-  config: DiskV2Config;
-  /** layers[0] */
-  indexDescriptor: Descriptor;
-  index: DiskIndex;
-  /** layers[1..]: the packs, in the index's pack-table order */
-  packs: Descriptor[];
-  /** index + packs (compressed bytes the image occupies) */
-  storedBytes: number;
-}
+export type { ChunkedImage } from './image.js';
 
 export async function isChunkedLayout(dir: string): Promise<boolean> {
   return !!(await stat(join(dir, 'oci-layout')).catch(() => undefined));
