@@ -2,29 +2,31 @@ import { randomInt } from 'node:crypto';
 import { open, readdir, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { OrbError } from '../core/errors.js';
-import { sha256File } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
 import { readManifest, type OrbManifest } from '../core/stage-manifest-file.js';
 import { formatBytes } from '../core/progress.js';
 import { sha256Async } from '../transfer/part-check.js';
 import { isZero } from '../transfer/pull-output.js';
-import { contentSegments, type Plan } from '../transfer/pull-plan.js';
+import { entryDigest } from '../formats/disk-index.js';
+import { localContentDigest } from '../image/digest.js';
+import type { Plan } from '../transfer/pull-plan.js';
 
 /**
  * `orb install --base-dir PATH`: the golden disk lives once on a file share (NFS/SMB, mounted
  * read-only by the admin) and each client keeps only its qcow2 overlay. The share was filled by
  * `orb pull REF --output PATH/NAME.img --manifest PATH/NAME.img.orb.json`.
  *
- * Which file: the stage manifest beside it whose recorded content sha256 is the image's. A
+ * Which file: the stage manifest beside it whose recorded content digest is the image's. A
  * manifest is a small JSON file anyone can copy next to another disk, so the disk itself is
  * checked too, without reading all of it:
  *   - it is a regular file of exactly the image's virtual size;
- *   - `sample` (default): SAMPLES data chunks, the first and last and the rest chosen at random
+ *   - `sample` (default): SAMPLES stored blocks, the first and last and the rest chosen at random
  *     on every run (so a fleet of clients covers the disk between them), each hashed and
- *     compared with the chunk digest the published manifest names, and a few ranges the image
- *     has no data in read back as zeros. Wrong-disk and truncated-copy mistakes fail this;
- *     a deliberately forged disk that differs only outside the samples does not;
- *   - `full`: the whole disk hashed and compared with the content sha256 (reads it all once).
+ *     compared with the block digest the image's index names, and a few blocks the image has
+ *     no data in read back as zeros. Wrong-disk and truncated-copy mistakes fail this; a
+ *     deliberately forged disk that differs only outside the samples does not;
+ *   - `full`: the content root of the whole disk (its data extents read once, holes not) compared
+ *     with the image's.
  * The base is only ever opened read-only; nothing is written, chmod-ed or renamed on the share.
  */
 export type BaseVerify = 'sample' | 'full';
@@ -63,13 +65,14 @@ export async function findSharedBase(
   plan: Plan,
   o: { verify: BaseVerify; log: Logger; signal?: AbortSignal },
 ): Promise<SharedBase> {
-  const want = plan.contentDigest.replace(/^sha256:/, '');
+  const want = plan.contentDigest;
+  const short = (d: string) => d.replace(/^orb2:sha256:/, '').slice(0, 12);
   const seen: string[] = [];
   for (const mp of await candidates(resolve(dir))) {
     const m = await readManifest(mp).catch(() => undefined);
-    if (!m?.image.contentSha256) continue;
-    seen.push(`${basename(mp)} (${m.image.contentSha256.slice(0, 12)})`);
-    if (m.image.contentSha256 !== want) continue;
+    if (!m?.image.contentDigest) continue;
+    seen.push(`${basename(mp)} (${short(m.image.contentDigest)})`);
+    if (m.image.contentDigest !== want) continue;
     if (m.image.format !== 'raw')
       throw new OrbError('input', `${mp} describes a ${m.image.format} disk; a shared base must be raw`, {
         hint: `pull it to the share again as raw: orb pull REF --output ${imagePathOnShare(mp, m)} --manifest ${mp}`,
@@ -79,7 +82,7 @@ export async function findSharedBase(
     o.log.info(`shared base ${path}: ${checked}`);
     return { path, manifestPath: mp, manifest: m, checked };
   }
-  throw new OrbError('input', `no disk in ${dir} is this image (content sha256 ${want.slice(0, 12)})`, {
+  throw new OrbError('input', `no disk in ${dir} is this image (content digest ${short(want)})`, {
     hint:
       (seen.length ? `the share holds ${seen.join(', ')}. ` : 'the share holds no orb manifest. ') +
       `Put the image there once (as its admin): orb pull REF --output ${join(dir, 'NAME.img')} --manifest ${join(dir, 'NAME.img.orb.json')}`,
@@ -105,14 +108,21 @@ export async function verifySharedBase(
     });
   if (!st?.isFile()) throw refuse('no such regular file');
   if (st.size !== plan.size) throw refuse(`it has ${st.size} bytes, the image ${plan.size}`);
+  const idx = plan.index;
+  if (!idx) throw refuse('the image is not a chunked disk');
   if (o.verify === 'full') {
-    const sha = await sha256File(path);
-    if (`sha256:${sha}` !== plan.contentDigest) throw refuse(`its sha256 is ${sha}`);
-    return `whole disk verified (${formatBytes(plan.size)} read)`;
+    const r = await localContentDigest(path, o.signal ? { signal: o.signal } : {});
+    if (r.contentDigest !== plan.contentDigest) throw refuse(`its content digest is ${r.contentDigest}`);
+    return `whole disk verified (${formatBytes(r.readBytes)} of data read)`;
   }
-  const segments = contentSegments(plan);
-  const data = segments.filter((s) => !s.zero);
-  const zeros = segments.filter((s) => s.zero);
+  // zero blocks: the blocks between entries (and after the last)
+  const zeroBlocks: number[] = [];
+  for (let i = 0, next = 0; i <= idx.entryCount && zeroBlocks.length < 4096; i++) {
+    const b = i < idx.entryCount ? idx.entryBlock[i]! : idx.blockCount;
+    if (b > next) zeroBlocks.push(next, b - 1);
+    next = b + 1;
+  }
+  const entries = Array.from({ length: idx.entryCount }, (_, i) => i);
   const fh = await open(path, 'r');
   let read = 0;
   try {
@@ -128,17 +138,26 @@ export async function verifySharedBase(
       read += length;
       return buf;
     };
-    const sampled = pick(data, SAMPLES);
-    for (const r of sampled) {
-      const d = await sha256Async(await readAt(r.offset, r.length));
-      if (d !== r.digest) throw refuse(`the chunk at offset ${r.offset} differs`);
+    const sampled = pick(entries, SAMPLES);
+    for (const e of sampled) {
+      const offset = idx.entryBlock[e]! * idx.blockSize;
+      // the last block of a disk whose size is not a multiple of the block reads zero-padded
+      const block = await readAt(offset, Math.min(idx.blockSize, plan.size - offset));
+      const padded =
+        block.length === idx.blockSize
+          ? block
+          : Buffer.concat([block, Buffer.alloc(idx.blockSize - block.length)]);
+      const d = await sha256Async(padded);
+      if (d !== 'sha256:' + entryDigest(idx, e).toString('hex'))
+        throw refuse(`the block at offset ${offset} differs`);
     }
-    const zsampled = pick(zeros, ZERO_SAMPLES);
-    for (const z of zsampled) {
-      if (!isZero(await readAt(z.offset, Math.min(z.length, ZERO_PROBE))))
-        throw refuse(`offset ${z.offset} holds data where the image has none`);
+    const zsampled = pick(zeroBlocks, ZERO_SAMPLES);
+    for (const b of zsampled) {
+      const offset = b * idx.blockSize;
+      if (!isZero(await readAt(offset, Math.min(idx.blockSize, ZERO_PROBE, plan.size - offset))))
+        throw refuse(`offset ${offset} holds data where the image has none`);
     }
-    return `${sampled.length} of ${data.length} chunks and ${zsampled.length} empty ranges match (${formatBytes(read)} read; --verify-base full reads it all)`;
+    return `${sampled.length} of ${idx.entryCount} blocks and ${zsampled.length} empty blocks match (${formatBytes(read)} read; --verify-base full reads the data once)`;
   } finally {
     await fh.close();
   }
