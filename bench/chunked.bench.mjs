@@ -26,6 +26,8 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const { RssSampler } = await import(join(root, 'lib/image/bench/rss.js'));
+// test helpers are TypeScript importing `./x.js`: map those to the .ts files (Node strips types)
+await import(join(root, 'lib/core/worker-ts-hook.js'));
 const { startRegistry } = await import(join(root, 'test/helpers/registry.ts'));
 const MiB = 1 << 20;
 const GiB = 1 << 30;

@@ -11,7 +11,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const resultsDir = join(here, 'results');
@@ -41,7 +41,12 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
 function runOne(file) {
   return new Promise((resolve) => {
     const start = Date.now();
-    current = spawn(process.execPath, [join(here, file)], { stdio: 'inherit', env: process.env });
+    // the benchmarks import test helpers written in TypeScript: map their `./x.js` specifiers to .ts
+    const hook = join(here, '..', 'lib', 'core', 'worker-ts-hook.js');
+    current = spawn(process.execPath, ['--import', pathToFileURL(hook).href, join(here, file)], {
+      stdio: 'inherit',
+      env: process.env,
+    });
     current.on('close', (code, signal) =>
       resolve({ code: code ?? (signal ? 128 : 1), seconds: (Date.now() - start) / 1000 }),
     );
