@@ -151,7 +151,10 @@ const ownOutputs: OutputSpec[] = [
   { name: 'blobs-uploaded', description: 'number of blobs uploaded' },
   { name: 'blobs-skipped', description: 'number of blobs already there' },
   { name: 'blobs-mounted', description: 'number of blobs mounted from another repository' },
-  { name: 'boot-profile-digest', description: 'digest of the attached boot profile manifest (with --boot-profile)' },
+  {
+    name: 'boot-profile-digest',
+    description: 'digest of the attached boot profile manifest (with --boot-profile)',
+  },
   { name: 'seconds', description: 'wall time' },
   { name: 'mb-per-second', description: 'upload rate in MB/s' },
 ];
@@ -203,7 +206,14 @@ export default defineCommand({
         signal: ctx.signal,
       });
       const profile = inp.optString('boot-profile')
-        ? await attachProfileFile(inp.string('boot-profile'), opened.store, r.digest, main, opened.display, ctx.log)
+        ? await attachProfileFile(
+            inp.string('boot-profile'),
+            opened.store,
+            r.digest,
+            main,
+            opened.display,
+            ctx.log,
+          )
         : undefined;
       ctx.summary
         .heading('publish')

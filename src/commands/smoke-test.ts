@@ -273,9 +273,13 @@ export default defineCommand({
     { name: 'lazy', description: 'true when the disk was booted through the lazy export (not pulled first)' },
     {
       name: 'bytes-fetched',
-      description: 'bytes fetched from the store for the boot (lazy: the blocks read and the metadata; else the pull)',
+      description:
+        'bytes fetched from the store for the boot (lazy: the blocks read and the metadata; else the pull)',
     },
-    { name: 'boot-profile', description: 'the boot profile recorded by a lazy boot (for orb publish --boot-profile)' },
+    {
+      name: 'boot-profile',
+      description: 'the boot profile recorded by a lazy boot (for orb publish --boot-profile)',
+    },
     { name: 'boot-profile-blocks', description: 'blocks in the boot profile' },
     ...rdpOutputSpecs,
     { name: 'accelerator', description: 'kvm or tcg' },

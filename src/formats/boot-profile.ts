@@ -76,20 +76,29 @@ export interface ProfileExpect {
  * Decodes a profile from a store, refusing (OrbError 'input') anything that is not a well-formed
  * profile of exactly the `expect`ed disk: another disk's profile must never steer a fetch.
  */
-export function decodeBootProfile(blob: Buffer, expect: ProfileExpect, display = 'boot profile'): BootProfile {
+export function decodeBootProfile(
+  blob: Buffer,
+  expect: ProfileExpect,
+  display = 'boot profile',
+): BootProfile {
   const fail = (why: string) =>
     new OrbError('input', `${display}: ${why}`, {
       hint: 'record it again with orb smoke-test on this image and attach it with orb publish --boot-profile',
     });
   if (blob.length > MAX_PROFILE_BYTES) throw fail(`${blob.length} bytes (at most ${MAX_PROFILE_BYTES})`);
-  if (blob.length < HEADER || !blob.subarray(0, 8).equals(MAGIC)) throw fail('not a boot profile (bad magic)');
+  if (blob.length < HEADER || !blob.subarray(0, 8).equals(MAGIC))
+    throw fail('not a boot profile (bad magic)');
   const size = blob.readBigUInt64LE(8);
   const bs = blob.readUInt32LE(16);
   const root = ROOT_PREFIX + blob.subarray(20, 52).toString('hex');
   if (root !== expect.contentDigest)
-    throw fail(`recorded on another disk (${root.slice(0, 28)}…, this one is ${expect.contentDigest.slice(0, 28)}…)`);
+    throw fail(
+      `recorded on another disk (${root.slice(0, 28)}…, this one is ${expect.contentDigest.slice(0, 28)}…)`,
+    );
   if (size !== BigInt(expect.virtualSize) || bs !== expect.blockSize)
-    throw fail(`its geometry (${size} bytes, ${bs}-byte blocks) is not the disk's (${expect.virtualSize}, ${expect.blockSize})`);
+    throw fail(
+      `its geometry (${size} bytes, ${bs}-byte blocks) is not the disk's (${expect.virtualSize}, ${expect.blockSize})`,
+    );
   const runCount = blob.readUInt32LE(52);
   const total = blob.readUInt32LE(56);
   if (total > MAX_PROFILE_BLOCKS) throw fail(`${total} blocks (at most ${MAX_PROFILE_BLOCKS})`);
@@ -105,7 +114,9 @@ export function decodeBootProfile(blob: Buffer, expect: ProfileExpect, display =
     const len = getVarint(blob, at, fail) + 1;
     const start = end + (z % 2 === 0 ? z / 2 : -(z + 1) / 2);
     if (start < 0 || start + len > blockCount)
-      throw fail(`run ${r} (blocks ${start}..${start + len - 1}) lies outside the disk's ${blockCount} blocks`);
+      throw fail(
+        `run ${r} (blocks ${start}..${start + len - 1}) lies outside the disk's ${blockCount} blocks`,
+      );
     if (blocks.length + len > total) throw fail(`its runs hold more than the ${total} blocks it declares`);
     for (let b = start; b < start + len; b++) {
       if (seen[b >> 3]! & (1 << (b & 7))) throw fail(`block ${b} appears twice`);

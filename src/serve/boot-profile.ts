@@ -99,7 +99,11 @@ export async function attachProfileFile(
 }
 
 async function putBytes(store: BlobStore, data: Buffer, mediaType: string): Promise<Descriptor> {
-  const desc = { mediaType, digest: `sha256:${createHash('sha256').update(data).digest('hex')}`, size: data.length };
+  const desc = {
+    mediaType,
+    digest: `sha256:${createHash('sha256').update(data).digest('hex')}`,
+    size: data.length,
+  };
   if ((await store.statBlob(desc.digest)) !== desc.size)
     await store.putBlob(desc, (offset) => Readable.from([data.subarray(offset)]));
   return desc;
@@ -161,7 +165,10 @@ export async function findBootProfile(
     if (!isObject(subject) || subject.digest !== manifestDigest)
       throw new OrbError('input', `${where} belongs to another manifest, not ${manifestDigest.slice(0, 19)}`);
     if (m.artifactType !== BOOT_PROFILE_ARTIFACT || !Array.isArray(m.layers) || m.layers.length !== 1)
-      throw new OrbError('input', `${where} is not a boot profile artifact (${BOOT_PROFILE_ARTIFACT}, one layer)`);
+      throw new OrbError(
+        'input',
+        `${where} is not a boot profile artifact (${BOOT_PROFILE_ARTIFACT}, one layer)`,
+      );
     const layer = m.layers[0] as Descriptor;
     if (!isObject(layer) || typeof layer.digest !== 'string' || typeof layer.size !== 'number')
       throw new OrbError('input', `${where}: its layer is not a descriptor`);
@@ -192,7 +199,9 @@ export async function prefetchBlocks(
     const e = disk.map.entryOf(b);
     if (e < 0) continue;
     const f = idx.entryFrame[e]!;
-    if (!given[f]) (given[f] = 1), frames.push(f);
+    if (given[f]) continue;
+    given[f] = 1;
+    frames.push(f);
   }
   let next = 0;
   const batch = o.batchFrames ?? 8;

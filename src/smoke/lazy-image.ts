@@ -15,7 +15,12 @@ import { openStore } from '../stores/open.js';
 import { resolveManifest } from '../transfer/pull-plan.js';
 import type { DiskFacts } from './disk.js';
 import type { SmokeResult } from './types.js';
-import { looksLikeReference, resolveImageSource, type ImageSource, type SourceOptions } from './open-image.js';
+import {
+  looksLikeReference,
+  resolveImageSource,
+  type ImageSource,
+  type SourceOptions,
+} from './open-image.js';
 
 /**
  * A published chunked disk booted before it is downloaded: the serve machinery runs in this
@@ -133,7 +138,10 @@ export async function openLazyImage(ref: string, opts: LazyOptions): Promise<Laz
     // What inspectDisk learns from a file, from the disk itself: the first sector decides the firmware.
     const sector = await disk.read(0, 512);
     if (sector.every((b) => b === 0) || sector[510] !== 0x55 || sector[511] !== 0xaa)
-      throw new OrbError('input', `${opened.display} is not a bootable disk image: its first sector has no boot signature`);
+      throw new OrbError(
+        'input',
+        `${opened.display} is not a bootable disk image: its first sector has no boot signature`,
+      );
     let partitioning: DiskFacts['partitioning'] = 'none';
     for (let i = 0; i < 4; i++) {
       const type = sector[446 + i * 16 + 4]!;
@@ -208,7 +216,8 @@ export async function openSmokeImage(
 ): Promise<{ image: ImageSource; lazy?: LazyImage }> {
   let ref: string | undefined;
   if (looksLikeReference(text)) ref = text;
-  else if (await stat(join(resolve(text), 'oci-layout')).catch(() => undefined)) ref = `oci-layout:${resolve(text)}`;
+  else if (await stat(join(resolve(text), 'oci-layout')).catch(() => undefined))
+    ref = `oci-layout:${resolve(text)}`;
   if (ref && !opts.fullPull) {
     const lazy = await openLazyImage(ref, opts);
     if (lazy)

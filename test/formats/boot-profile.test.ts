@@ -24,9 +24,9 @@ describe('boot profile format', () => {
 
   it('refuses a profile of another disk or another geometry', () => {
     const blob = encodeBootProfile({ ...disk, blocks: [1, 2] });
-    expect(() => decodeBootProfile(blob, { ...disk, contentDigest: `orb2:sha256:${'cd'.repeat(32)}` })).toThrow(
-      /recorded on another disk/,
-    );
+    expect(() =>
+      decodeBootProfile(blob, { ...disk, contentDigest: `orb2:sha256:${'cd'.repeat(32)}` }),
+    ).toThrow(/recorded on another disk/);
     expect(() => decodeBootProfile(blob, { ...disk, virtualSize: disk.virtualSize * 2 })).toThrow(/geometry/);
     expect(() => decodeBootProfile(blob, { ...disk, blockSize: 65536 })).toThrow(/geometry/);
   });
@@ -54,11 +54,13 @@ describe('boot profile format', () => {
     runs.writeUInt32LE(50, 52);
     expect(() => decodeBootProfile(runs, disk)).toThrow(/runs for|truncated/);
     expect(() => decodeBootProfile(good.subarray(0, good.length - 1), disk)).toThrow(/truncated/);
-    expect(() => decodeBootProfile(Buffer.concat([good, Buffer.from([0])]), disk)).toThrow(/follow the last run/);
-    expect(() => decodeBootProfile(Buffer.alloc(MAX_PROFILE_BYTES + 1), disk)).toThrow(/at most/);
-    expect(() => decodeBootProfile(Buffer.from('not a profile at all, clearly not one, no magic here at all..'), disk)).toThrow(
-      /bad magic/,
+    expect(() => decodeBootProfile(Buffer.concat([good, Buffer.from([0])]), disk)).toThrow(
+      /follow the last run/,
     );
+    expect(() => decodeBootProfile(Buffer.alloc(MAX_PROFILE_BYTES + 1), disk)).toThrow(/at most/);
+    expect(() =>
+      decodeBootProfile(Buffer.from('not a profile at all, clearly not one, no magic here at all..'), disk),
+    ).toThrow(/bad magic/);
     const endless = Buffer.concat([good.subarray(0, 60), Buffer.alloc(20, 0xff)]);
     endless.writeUInt32LE(1, 52);
     expect(() => decodeBootProfile(endless, disk)).toThrow(/too long/);

@@ -5,7 +5,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Logger } from '../../src/core/log.js';
-import { BOOT_PROFILE_ARTIFACT, decodeBootProfile, encodeBootProfile } from '../../src/formats/boot-profile.js';
+import {
+  BOOT_PROFILE_ARTIFACT,
+  decodeBootProfile,
+  encodeBootProfile,
+} from '../../src/formats/boot-profile.js';
 import { attachBootProfile, findBootProfile, loadBootProfile } from '../../src/serve/boot-profile.js';
 import { openStore } from '../../src/stores/open.js';
 import '../../src/stores/schemes.js';
@@ -151,7 +155,9 @@ describe('smoke-test through the lazy export', () => {
     expect(r.stderr).toMatch(/boot profile sha256:.*: \d+ blocks the boot reads, fetched first/);
     expect(r.stderr).toMatch(/boot profile prefetched/);
     const out = JSON.parse(r.stdout) as Record<string, number>;
-    console.log(`lazy busybox boot with its profile: ${out['bytes-fetched']} bytes, RDP after ${out['seconds-to-rdp-total']} s`);
+    console.log(
+      `lazy busybox boot with its profile: ${out['bytes-fetched']} bytes, RDP after ${out['seconds-to-rdp-total']} s`,
+    );
     expect(out['bytes-fetched']).toBeLessThan(image.packBytes * 0.6);
   }, 480_000);
 
@@ -190,13 +196,21 @@ describe('smoke-test through the lazy export', () => {
     ).rejects.toThrow(/recorded on another disk/);
     const bad = join(dir, 'big.bin');
     writeFileSync(bad, Buffer.alloc(25 << 20));
-    const pub = await orb(['publish', `oci-layout:${image.dir}:v1`, '--to', ref, '--boot-profile', bad], {}, 120_000);
+    const pub = await orb(
+      ['publish', `oci-layout:${image.dir}:v1`, '--to', ref, '--boot-profile', bad],
+      {},
+      120_000,
+    );
     expect(pub.code).not.toBe(0);
     expect(pub.stderr).toMatch(/boot profile .*big\.bin: \d+ bytes \(at most \d+\)/);
 
     // A referrer that lies (blocks past the disk's end, put there by hand): ignored with a warning.
     const blocks = image.index.blockCount;
-    const far = encodeBootProfile({ ...image.index, virtualSize: image.index.virtualSize * 2, blocks: [blocks + 5] });
+    const far = encodeBootProfile({
+      ...image.index,
+      virtualSize: image.index.virtualSize * 2,
+      blocks: [blocks + 5],
+    });
     far.writeBigUInt64LE(BigInt(image.index.virtualSize), 8);
     await attachRaw(s, far);
     const warn = memLog();
@@ -224,7 +238,11 @@ async function attachRaw(s: BlobStore, blob: Buffer): Promise<void> {
     artifactType: BOOT_PROFILE_ARTIFACT,
     config: cfg,
     layers: [layer],
-    subject: { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: image.manifestDigest, size: image.manifestBytes.length },
+    subject: {
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      digest: image.manifestDigest,
+      size: image.manifestBytes.length,
+    },
     annotations: { 'org.opencontainers.image.created': '2099-01-01T00:00:00Z' },
   };
   await s.putManifest(Buffer.from(JSON.stringify(m)), m.mediaType, []);
