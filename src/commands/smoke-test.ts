@@ -335,6 +335,7 @@ export default defineCommand({
       progress: ctx.progress,
       store: storeOptions(inputs, storeSpecs, ctx),
       ...(inputs.optString('pull-dir') ? { pullDir: inputs.string('pull-dir') } : {}),
+      lazy: !inputs.bool('full-pull'),
     });
     const delivery: Delivery = {
       ...(lazy ? { lazy } : {}),
@@ -411,9 +412,10 @@ export default defineCommand({
 
     await writeSummary(ctx.summary, result);
     const outputs = outputsOf(result, delivery);
+    if (lazy) ctx.summary.text(`Booted through orb serve: ${lazy.bytesFetched()} bytes fetched.`);
     if (lazy)
       ctx.log.info(
-        `lazy boot: ${formatBytes(lazy.bytesFetched())} fetched of ${formatBytes(lazy.compressedBytes)} compressed (${((100 * lazy.bytesFetched()) / Math.max(1, lazy.compressedBytes)).toFixed(1)}%)${lazy.profileUsed ? ', boot profile prefetched' : ''}`,
+        `lazy boot: ${formatBytes(lazy.bytesFetched())} of blocks fetched of ${formatBytes(lazy.compressedBytes)} compressed (${((100 * lazy.bytesFetched()) / Math.max(1, lazy.compressedBytes)).toFixed(1)}%), and ${formatBytes(lazy.metadataBytes)} of metadata${lazy.profileUsed ? '; boot profile prefetched' : ''}`,
       );
     const upload = inputs.string('upload-evidence');
     if (ctx.uploadArtifact && (upload === 'always' || (upload === 'on-failure' && !result.passed))) {

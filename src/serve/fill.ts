@@ -97,7 +97,8 @@ export class Filler {
   /** The next run of adjacent frames of one pack, up to the batch size. */
   private nextBatch(): number[] {
     const { idx } = this.disk.map;
-    const limit = Math.max(256 << 10, Math.min(this.o.batchBytes ?? 4 << 20, (this.o.rate ?? Infinity) / 2));
+    // At a low rate limit, smaller requests keep the pace even (and a read waits behind less).
+    const limit = Math.max(256 << 10, Math.min(this.o.batchBytes ?? 4 << 20, (this.o.rate || Infinity) / 2));
     const batch: number[] = [];
     let end = 0;
     let bytes = 0;

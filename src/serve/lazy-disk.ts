@@ -63,6 +63,8 @@ export class LazyDisk {
   private closing: Promise<void> | undefined;
   /** the cache cannot take more blocks (disk full): verified bytes are served from memory */
   diskFull = false;
+  private readonly touched: Uint8Array;
+  private readonly readOrder: number[] = [];
   /** frames that failed verification twice: never tried again by the fill */
   readonly badFrames = new Set<number>();
 
@@ -74,6 +76,7 @@ export class LazyDisk {
   ) {
     this.size = o.index.virtualSize;
     this.map = map;
+    this.touched = new Uint8Array(map.local.length);
     this.timer = setInterval(() => void this.flush().catch(() => {}), o.flushMs ?? 3000);
     this.timer.unref();
   }
@@ -136,6 +139,7 @@ export class LazyDisk {
     const fresh: number[] = [];
     let missing = false;
     for (let e = this.map.firstEntryAt(first); e < idx.entryCount && idx.entryBlock[e]! < end; e++) {
+      this.record(e);
       if (this.map.isLocal(e)) continue;
       missing = true;
       const f = idx.entryFrame[e]!;
@@ -163,6 +167,18 @@ export class LazyDisk {
     }
     if (missing) this.overlay(out, offset, first, end, frames);
     return out;
+  }
+
+  /** Notes the first read of entry e: the boot profile is the non-zero blocks in first-read order. */
+  private record(e: number): void {
+    if (this.touched[e >> 3]! & (1 << (e & 7))) return;
+    this.touched[e >> 3]! |= 1 << (e & 7);
+    this.readOrder.push(this.map.idx.entryBlock[e]!);
+  }
+
+  /** Non-zero blocks in the order reads first asked for them (a boot profile). */
+  get profile(): readonly number[] {
+    return this.readOrder;
   }
 
   /** Copies blocks the cache could not take (disk full) from their verified frames. */
@@ -199,7 +215,10 @@ export class LazyDisk {
       let to: number;
       if (e < idx.entryCount && idx.entryBlock[e] === block) {
         let last = block;
-        while (e + 1 < idx.entryCount && idx.entryBlock[e + 1] === last + 1) (e++, last++);
+        while (e + 1 < idx.entryCount && idx.entryBlock[e + 1] === last + 1) {
+          e++;
+          last++;
+        }
         e++;
         to = Math.min((last + 1) * bs, stop);
         runs.push({ length: to - pos, zero: false });

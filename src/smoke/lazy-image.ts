@@ -13,7 +13,7 @@ import { startNbdServer, type NbdServer } from '../serve/nbd-server.js';
 import { openDiskV2, storeFetcher } from '../serve/open-image.js';
 import { openStore } from '../stores/open.js';
 import { resolveManifest } from '../transfer/pull-plan.js';
-import type { DiskFacts } from './disk.js';
+import { partitioningOf, type DiskFacts } from './disk.js';
 import type { SmokeResult } from './types.js';
 import {
   looksLikeReference,
@@ -48,8 +48,10 @@ export interface LazyImage {
   facts: DiskFacts;
   /** whether a published boot profile was prefetched */
   profileUsed: boolean;
-  /** bytes fetched from the store so far: manifest, config, index, profile and packs */
+  /** compressed bytes of packs fetched so far (the blocks read; Range requests) */
   bytesFetched(): number;
+  /** bytes of metadata fetched: manifest, config, index, boot profile */
+  metadataBytes: number;
   /** stops recording: the boot is over */
   freezeProfile(): void;
   /** the recorded profile blob (blocks read until freezeProfile) */
@@ -100,6 +102,7 @@ export async function openLazyImage(ref: string, opts: LazyOptions): Promise<Laz
     });
     cleanups.push(() => disk.close());
     const { idx } = disk.map;
+    const socket = join(dir, 'nbd.sock');
     const recorder = new BlockRecorder(idx.virtualSize, idx.blockSize, (b) => disk.map.entryOf(b) >= 0);
     const server: NbdServer = await startNbdServer({
       source: {
@@ -111,7 +114,7 @@ export async function openLazyImage(ref: string, opts: LazyOptions): Promise<Laz
         status: (offset, length) => Promise.resolve(disk.status(offset, length)),
       },
       exportName: 'disk',
-      socket: join(dir, 'nbd.sock'),
+      socket,
       log: opts.log,
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
@@ -136,22 +139,18 @@ export async function openLazyImage(ref: string, opts: LazyOptions): Promise<Laz
     }
 
     // What inspectDisk learns from a file, from the disk itself: the first sector decides the firmware.
-    const sector = await disk.read(0, 512);
-    if (sector.every((b) => b === 0) || sector[510] !== 0x55 || sector[511] !== 0xaa)
-      throw new OrbError(
-        'input',
-        `${opened.display} is not a bootable disk image: its first sector has no boot signature`,
-      );
-    let partitioning: DiskFacts['partitioning'] = 'none';
-    for (let i = 0; i < 4; i++) {
-      const type = sector[446 + i * 16 + 4]!;
-      if (type === 0xee) partitioning = 'gpt';
-      else if (type !== 0 && partitioning === 'none') partitioning = 'mbr';
-    }
+    const partitioning = partitioningOf(await disk.read(0, 512), opened.display);
+    // QEMU opens the export as the overlay's raw backing; reconnect-delay holds guest I/O across
+    // a dropped connection instead of failing it.
+    const qemu = `json:${JSON.stringify({
+      driver: 'raw',
+      file: { driver: 'nbd', server: { type: 'unix', path: socket }, export: 'disk', 'reconnect-delay': 10 },
+    })}`;
     const facts: DiskFacts = {
-      path: server.uri,
+      path: join(dir, 'disk.raw'),
       format: 'raw',
-      qemu: server.uri,
+      qemu,
+      external: [socket],
       virtualSize: disk.size,
       fileSize: img.index.packs.reduce((n, p) => n + p.size, 0),
       partitioning,
@@ -164,14 +163,14 @@ export async function openLazyImage(ref: string, opts: LazyOptions): Promise<Laz
       stage = join(dir, 'image.orb.json');
       const m = newManifest(
         'pull',
-        { path: server.uri, format: 'raw', virtualSize: disk.size, fileSize: 0 },
+        { path: facts.path, format: 'raw', virtualSize: disk.size, fileSize: 0 },
         { published: { reference: `${opened.display}@${digest}`, digest } },
       );
       m.build = build;
       await writeManifest(stage, m);
     }
     opts.log.info(
-      `booting ${opened.display} lazily: ${server.uri} serves its blocks as the guest reads them (verified, nothing filled in the background)`,
+      `booting ${opened.display} through orb serve (in this process, ${server.uri}): blocks are fetched and verified as the guest reads them, nothing is filled in the background (--full-pull downloads it first)`,
     );
     return {
       uri: server.uri,
@@ -183,7 +182,8 @@ export async function openLazyImage(ref: string, opts: LazyOptions): Promise<Laz
       compressedBytes: facts.fileSize,
       facts,
       profileUsed,
-      bytesFetched: () => metaBytes + disk.stats.bytesFetched,
+      bytesFetched: () => disk.stats.bytesFetched,
+      metadataBytes: metaBytes,
       freezeProfile: () => recorder.freeze(),
       profile: () => {
         recorder.freeze();

@@ -55,6 +55,7 @@ export async function buildV2Layout(
   const frames: { pack: number; offset: number; length: number; blocks: number }[] = [];
   const entries: { block: number; frame: number; slot: number; digest: Buffer }[] = [];
   const known = new Map<string, { frame: number; slot: number }>();
+  const zero = Buffer.alloc(BLOCK_SIZE);
   const blockAt = (i: number) => {
     const out = Buffer.alloc(BLOCK_SIZE);
     disk.copy(out, 0, i * BLOCK_SIZE, Math.min(disk.length, (i + 1) * BLOCK_SIZE));
@@ -83,7 +84,7 @@ export async function buildV2Layout(
   };
   for (let i = 0; i < blocks; i++) {
     const data = blockAt(i);
-    if (data.every((x) => x === 0)) {
+    if (data.equals(zero)) {
       closeRun();
       continue;
     }

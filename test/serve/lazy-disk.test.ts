@@ -12,6 +12,7 @@ import { OciLayout } from '../../src/oci/layout.js';
 import { Filler } from '../../src/serve/fill.js';
 import { LazyDisk, type RangeFetcher } from '../../src/serve/lazy-disk.js';
 import { openDiskV2 } from '../../src/serve/open-image.js';
+import { readProfile, writeProfile } from '../../src/serve/profile.js';
 import { LayoutStore } from '../../src/stores/layout.js';
 import { pattern } from '../helpers/oci-images.js';
 import { buildV2Layout, type V2Image } from '../helpers/v2-images.js';
@@ -164,7 +165,8 @@ describe('LazyDisk', () => {
     expect(want).toBeLessThan(image.packBytes / 2);
     // again: all local now
     const calls = f.calls;
-    for (const [off, len] of ranges) expect((await d.read(off, len)).equals(disk.subarray(off, off + len))).toBe(true);
+    for (const [off, len] of ranges)
+      expect((await d.read(off, len)).equals(disk.subarray(off, off + len))).toBe(true);
     expect(f.calls).toBe(calls);
     // the status of zero runs and data runs
     const st = d.status(0, disk.length);
@@ -281,21 +283,56 @@ describe('LazyDisk', () => {
     await d.close();
   });
 
-  it.runIf(process.getuid?.() === 0)('stops filling on a full disk and keeps serving verified bytes', async () => {
-    const mnt = join(root, 'small');
-    mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
-    try {
-      const f = layoutFetcher(image.dir);
-      const { d, log } = await openDisk(f, { cache: join(mnt, 'disk.raw') });
-      await new Filler(d, {}).start();
-      expect(d.diskFull).toBe(true);
-      expect(d.complete).toBe(false);
-      expect(log.lines.some((l) => l.includes('the disk is full'))).toBe(true);
-      expect((await d.read(0, disk.length)).equals(disk)).toBe(true);
-      await d.close();
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
+  it('records a boot profile and fetches the blocks of a profile first', async () => {
+    const f = layoutFetcher(image.dir);
+    const { d } = await openDisk(f);
+    await d.read(152 * B, 512);
+    await d.read(2 * B, 3 * B);
+    await d.read(152 * B, B);
+    expect(d.profile).toEqual([152, 2, 3, 4]);
+    const path = join(root, 'profile.json');
+    await writeProfile(path, image.index, [182, 45, 20, 0]);
+    // zero blocks (20) are dropped by the fill, not refused: the profile is the boot's reads
+    const blocks = await readProfile(path, image.index);
+    expect(blocks).toEqual([182, 45, 20, 0]);
+    await d.close();
+    const g = layoutFetcher(image.dir);
+    const order: number[] = [];
+    const fetch = g.fetch;
+    g.fetch = (pack, start, length, signal) => {
+      order.push(start);
+      return fetch(pack, start, length, signal);
+    };
+    const { d: d2 } = await openDisk(g);
+    await new Filler(d2, { profile: blocks, concurrency: 1, batchBytes: 1 }).start();
+    const idx = image.index;
+    const frameOf = (block: number) => idx.entryFrame[d2.map.entryOf(block)]!;
+    expect(order.slice(0, 3)).toEqual([182, 45, 0].map((b) => idx.frameOffset[frameOf(b)]));
+    expect(d2.complete).toBe(true);
+    await d2.close();
+    // another image's profile is refused
+    const other = { ...image.index, contentDigest: 'orb2:sha256:' + '0'.repeat(64) };
+    await expect(readProfile(path, other)).rejects.toThrow(/for another image/);
   });
+
+  it.runIf(process.getuid?.() === 0)(
+    'stops filling on a full disk and keeps serving verified bytes',
+    async () => {
+      const mnt = join(root, 'small');
+      mkdirSync(mnt);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
+      try {
+        const f = layoutFetcher(image.dir);
+        const { d, log } = await openDisk(f, { cache: join(mnt, 'disk.raw') });
+        await new Filler(d, {}).start();
+        expect(d.diskFull).toBe(true);
+        expect(d.complete).toBe(false);
+        expect(log.lines.some((l) => l.includes('the disk is full'))).toBe(true);
+        expect((await d.read(0, disk.length)).equals(disk)).toBe(true);
+        await d.close();
+      } finally {
+        execFileSync('umount', [mnt]);
+      }
+    },
+  );
 });

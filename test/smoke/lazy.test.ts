@@ -91,7 +91,7 @@ describe('smoke-test through the lazy export', () => {
     expect(fetched).toBeLessThan(image.packBytes * 0.6);
     expect(fetched).toBeLessThan(image.index.virtualSize);
     expect(out['seconds-to-rdp-total']).toBeGreaterThanOrEqual(out['seconds-to-rdp'] as number);
-    expect(r.stderr).toMatch(/booting oci:\/\/.* lazily/);
+    expect(r.stderr).toMatch(/booting oci:\/\/.* through orb serve/);
     profilePath = out['boot-profile'] as string;
     const profile = decodeBootProfile(readFileSync(profilePath), image.index);
     expect(profile.blocks.length).toBe(out['boot-profile-blocks']);
@@ -108,7 +108,7 @@ describe('smoke-test through the lazy export', () => {
       300_000,
     );
     expect(full.stderr).toMatch(/pulling oci:\/\/.*lazy\/guest:v1 for the smoke test/);
-    expect(full.stderr).not.toMatch(/lazily/);
+    expect(full.stderr).not.toMatch(/through orb serve/);
 
     const qcow = join(dir, 'guest.qcow2');
     execFileSync('qemu-img', ['convert', '-O', 'qcow2', await smokeGuestDisk('smoke-rdp'), qcow]);
