@@ -253,7 +253,9 @@ export default defineCommand({
     'Boots a disk image (raw, qcow2, ...) headless on a throw-away overlay (the image is never written), forwards the guest RDP port to ' +
     '127.0.0.1 and retries a real RDP check (X.224 negotiation and TLS handshake) until the timeout; optionally checks more TCP ports, ' +
     'a serial console pattern, that the screen settled, and a reference screenshot. Keeps screenshots over time, the serial and QEMU logs ' +
-    'and timings as evidence, and always stops the VM.',
+    'and timings as evidence, and always stops the VM. A published chunked disk boots through an NBD export that fetches only the ' +
+    'blocks the boot reads (its boot profile is fetched first when one is attached, and the reads are recorded as a new one); ' +
+    '--full-pull downloads it first.',
   action: true,
   usage: '--image PATH_OR_REF',
   inputs,
