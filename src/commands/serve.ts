@@ -10,7 +10,6 @@ import { Filler } from '../serve/fill.js';
 import { LazyDisk } from '../serve/lazy-disk.js';
 import { startNbdServer } from '../serve/nbd-server.js';
 import { openDiskV2, storeFetcher } from '../serve/open-image.js';
-import { readProfile } from '../serve/profile.js';
 import { accessInputs, storeOptions } from './publish.js';
 
 const own: InputSpec[] = [
@@ -57,12 +56,6 @@ const own: InputSpec[] = [
     default: 0,
     min: 0,
     description: 'bytes per second the background fill may use (0: no limit); reads are never limited',
-  },
-  {
-    name: 'profile',
-    type: 'string',
-    description:
-      'a boot profile of this image (boot-profile.json from orb smoke-test): the fill fetches its blocks first',
   },
   {
     name: 'retry-seconds',
@@ -118,7 +111,6 @@ export default defineCommand({
         retryMs: inp.number('retry-seconds') * 1000,
       });
       try {
-        const profile = inp.has('profile') ? await readProfile(inp.string('profile'), img.index) : undefined;
         const socket = listen ? undefined : resolve(inp.optString('socket') ?? `${cache}.sock`);
         const server = await startNbdServer({
           source: {
@@ -134,7 +126,7 @@ export default defineCommand({
         const where = socket ? { socket } : { listen: `${listen!.host}:${portOf(server.address)}` };
         const filler =
           inp.bool('fill') && !disk.complete
-            ? new Filler(disk, { rate: inp.number('limit-rate'), ...(profile ? { profile } : {}) })
+            ? new Filler(disk, { rate: inp.number('limit-rate') })
             : undefined;
         void filler?.start();
         ctx.log.info(

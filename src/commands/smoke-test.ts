@@ -337,7 +337,6 @@ export default defineCommand({
       progress: ctx.progress,
       store: storeOptions(inputs, storeSpecs, ctx),
       ...(inputs.optString('pull-dir') ? { pullDir: inputs.string('pull-dir') } : {}),
-      lazy: !inputs.bool('full-pull'),
     });
     const delivery: Delivery = {
       ...(lazy ? { lazy } : {}),

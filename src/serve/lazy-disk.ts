@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
@@ -41,8 +40,12 @@ export interface LazyDiskOptions {
 
 export type FetchKind = 'demand' | 'fill';
 
-/** Frames closer than this in a pack are fetched by one request (the gap is read and dropped). */
-const MERGE_GAP = 32 << 10;
+/**
+ * Fill requests span frames closer than this in a pack (the gap, frames that are local already,
+ * is read and dropped: one request instead of two). Reads take only adjacent frames: a boot pays
+ * for every byte it fetches.
+ */
+const FILL_MERGE_GAP = 32 << 10;
 const MAX_RANGE = 8 << 20;
 
 export class LazyDisk {
@@ -63,8 +66,6 @@ export class LazyDisk {
   private closing: Promise<void> | undefined;
   /** the cache cannot take more blocks (disk full): verified bytes are served from memory */
   diskFull = false;
-  private readonly touched: Uint8Array;
-  private readonly readOrder: number[] = [];
   /** frames that failed verification twice: never tried again by the fill */
   readonly badFrames = new Set<number>();
 
@@ -76,7 +77,6 @@ export class LazyDisk {
   ) {
     this.size = o.index.virtualSize;
     this.map = map;
-    this.touched = new Uint8Array(map.local.length);
     this.timer = setInterval(() => void this.flush().catch(() => {}), o.flushMs ?? 3000);
     this.timer.unref();
   }
@@ -139,7 +139,6 @@ export class LazyDisk {
     const fresh: number[] = [];
     let missing = false;
     for (let e = this.map.firstEntryAt(first); e < idx.entryCount && idx.entryBlock[e]! < end; e++) {
-      this.record(e);
       if (this.map.isLocal(e)) continue;
       missing = true;
       const f = idx.entryFrame[e]!;
@@ -165,70 +164,14 @@ export class LazyDisk {
       if (!bytesRead) break; // past the end of the file: zeros, as the disk is
       at += bytesRead;
     }
-    if (missing) this.overlay(out, offset, first, end, frames);
+    // Blocks the cache could not take (disk full) come from their verified frames.
+    if (missing) this.map.copyNotLocal(out, offset, frames);
     return out;
-  }
-
-  /** Notes the first read of entry e: the boot profile is the non-zero blocks in first-read order. */
-  private record(e: number): void {
-    if (this.touched[e >> 3]! & (1 << (e & 7))) return;
-    this.touched[e >> 3]! |= 1 << (e & 7);
-    this.readOrder.push(this.map.idx.entryBlock[e]!);
-  }
-
-  /** Non-zero blocks in the order reads first asked for them (a boot profile). */
-  get profile(): readonly number[] {
-    return this.readOrder;
-  }
-
-  /** Copies blocks the cache could not take (disk full) from their verified frames. */
-  private overlay(
-    out: Buffer,
-    offset: number,
-    first: number,
-    end: number,
-    frames: Map<number, Buffer>,
-  ): void {
-    const { idx } = this.map;
-    const bs = idx.blockSize;
-    for (let e = this.map.firstEntryAt(first); e < idx.entryCount && idx.entryBlock[e]! < end; e++) {
-      if (this.map.isLocal(e)) continue;
-      const data = frames.get(idx.entryFrame[e]!);
-      if (!data) throw new OrbError('internal', `block ${idx.entryBlock[e]} is neither local nor fetched`);
-      const blockStart = idx.entryBlock[e]! * bs;
-      const from = Math.max(offset, blockStart);
-      const to = Math.min(offset + out.length, blockStart + bs);
-      const slot = idx.entrySlot[e]! * bs;
-      data.copy(out, from - offset, slot + from - blockStart, slot + to - blockStart);
-    }
   }
 
   /** Runs from `offset`: zero blocks (holes, never fetched) or data. */
   status(offset: number, length: number): { length: number; zero: boolean }[] {
-    const { idx } = this.map;
-    const bs = idx.blockSize;
-    const stop = Math.min(offset + length, this.size);
-    const runs: { length: number; zero: boolean }[] = [];
-    let e = this.map.firstEntryAt(Math.floor(offset / bs));
-    for (let pos = offset; pos < stop && runs.length < 4096;) {
-      const block = Math.floor(pos / bs);
-      let to: number;
-      if (e < idx.entryCount && idx.entryBlock[e] === block) {
-        let last = block;
-        while (e + 1 < idx.entryCount && idx.entryBlock[e + 1] === last + 1) {
-          e++;
-          last++;
-        }
-        e++;
-        to = Math.min((last + 1) * bs, stop);
-        runs.push({ length: to - pos, zero: false });
-      } else {
-        to = Math.min(e < idx.entryCount ? idx.entryBlock[e]! * bs : this.size, stop);
-        runs.push({ length: to - pos, zero: true });
-      }
-      pos = to;
-    }
-    return runs;
+    return this.map.runs(offset, Math.min(offset + length, this.size));
   }
 
   /**
@@ -249,8 +192,8 @@ export class LazyDisk {
       for (i++; i < sorted.length; i++) {
         const f = sorted[i]!;
         const fEnd = idx.frameOffset[f]! + idx.frameLength[f]!;
-        if (idx.framePack[f] !== pack || idx.frameOffset[f]! - end > MERGE_GAP || fEnd - start > MAX_RANGE)
-          break;
+        const gap = kind === 'fill' ? FILL_MERGE_GAP : 0;
+        if (idx.framePack[f] !== pack || idx.frameOffset[f]! - end > gap || fEnd - start > MAX_RANGE) break;
         group.push(f);
         end = Math.max(end, fEnd);
       }
@@ -351,27 +294,8 @@ export class LazyDisk {
   }
 
   private verify(f: number, compressed: Buffer): Buffer {
-    const { idx } = this.map;
-    const data = decodeIndexFrame(idx, f, compressed, this.o.display);
-    const bs = idx.blockSize;
-    const seen = new Map<number, Buffer>();
-    for (let i = this.map.frameStart[f]!; i < this.map.frameStart[f + 1]!; i++) {
-      const e = this.map.frameEntries[i]!;
-      const slot = idx.entrySlot[e]!;
-      let d = seen.get(slot);
-      if (!d)
-        seen.set(
-          slot,
-          (d = createHash('sha256')
-            .update(data.subarray(slot * bs, (slot + 1) * bs))
-            .digest()),
-        );
-      if (!d.equals(idx.digests.subarray(e * 32, e * 32 + 32)))
-        throw new OrbError(
-          'integrity',
-          `${this.o.display}: block ${idx.entryBlock[e]} (frame ${f}, slot ${slot}) does not match its sha256 in the index`,
-        );
-    }
+    const data = decodeIndexFrame(this.map.idx, f, compressed, this.o.display);
+    this.map.checkFrame(f, data, this.o.display);
     return data;
   }
 

@@ -58,12 +58,16 @@ export class NbdConnection {
     this.reader = new SocketReader(sock);
     // Socket errors (a client reset) end the session through 'close'; nothing to report.
     sock.on('error', () => {});
-    sock.on('close', () => {
-      this.abort.abort();
-      this.notify();
-    });
+    const closed = new Promise<void>((resolve) =>
+      sock.on('close', () => {
+        this.abort.abort();
+        this.notify();
+        resolve();
+      }),
+    );
     sock.on('drain', () => this.notify());
-    this.done = this.run();
+    // Settled only once the socket is gone, so the server counts (and close() ends) it till then.
+    this.done = this.run().finally(() => closed);
   }
 
   /** Hangs up now: pending source reads are aborted and their replies dropped. */

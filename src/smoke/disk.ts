@@ -128,26 +128,7 @@ export async function inspectDisk(
   let check: DiskFacts['check'];
   if (CHECKABLE.has(format)) check = await checkMetadata(qemuImg, name, format, path, signal);
 
-  const partitioning = partitioningOf(await firstSector(qemuImg, abs, name, format, signal), path);
-  const backing = vetted.options.backing
-    ? (parsed['full-backing-filename'] ?? parsed['backing-filename'])
-    : undefined;
-  return {
-    path: abs,
-    format,
-    qemu: name,
-    ...(vetted.external.length > 0 ? { external: vetted.external } : {}),
-    virtualSize,
-    fileSize: st.size,
-    ...(backing ? { backing } : {}),
-    partitioning,
-    suggestedFirmware: partitioning === 'gpt' ? 'uefi' : 'bios',
-    ...(check ? { check } : {}),
-  };
-}
-
-/** The partitioning the first sector shows; a sector without a boot signature is refused. */
-export function partitioningOf(sector: Buffer, path: string): DiskFacts['partitioning'] {
+  const sector = await firstSector(qemuImg, abs, name, format, signal);
   if (sector.every((b) => b === 0)) {
     throw corrupt(
       path,
@@ -168,7 +149,21 @@ export function partitioningOf(sector: Buffer, path: string): DiskFacts['partiti
     if (type === 0xee) partitioning = 'gpt';
     else if (type !== 0 && partitioning === 'none') partitioning = 'mbr';
   }
-  return partitioning;
+  const backing = vetted.options.backing
+    ? (parsed['full-backing-filename'] ?? parsed['backing-filename'])
+    : undefined;
+  return {
+    path: abs,
+    format,
+    qemu: name,
+    ...(vetted.external.length > 0 ? { external: vetted.external } : {}),
+    virtualSize,
+    fileSize: st.size,
+    ...(backing ? { backing } : {}),
+    partitioning,
+    suggestedFirmware: partitioning === 'gpt' ? 'uefi' : 'bios',
+    ...(check ? { check } : {}),
+  };
 }
 
 /**

@@ -13,7 +13,7 @@ import { startNbdServer, type NbdServer } from '../serve/nbd-server.js';
 import { openDiskV2, storeFetcher } from '../serve/open-image.js';
 import { openStore } from '../stores/open.js';
 import { resolveManifest } from '../transfer/pull-plan.js';
-import { partitioningOf, type DiskFacts } from './disk.js';
+import type { DiskFacts } from './disk.js';
 import type { SmokeResult } from './types.js';
 import {
   looksLikeReference,
@@ -253,4 +253,21 @@ export async function saveProfile(
     `boot profile: ${p.blocks} blocks in order of first read (${p.blob.length} bytes) in ${path}${p.truncated ? ' (truncated at its limit)' : ''}; attach it with orb publish --boot-profile`,
   );
   return { path, blocks: p.blocks };
+}
+
+/** As inspectDisk judges a file's first sector: a boot signature, and MBR or GPT. */
+function partitioningOf(sector: Buffer, display: string): DiskFacts['partitioning'] {
+  if (sector.every((b) => b === 0) || sector[510] !== 0x55 || sector[511] !== 0xaa)
+    throw new OrbError(
+      'input',
+      `${display} is not a bootable disk image: its first sector has no boot signature (55 AA)`,
+      { hint: 'this is not a whole-disk image, or the wrong image was published' },
+    );
+  let partitioning: DiskFacts['partitioning'] = 'none';
+  for (let i = 0; i < 4; i++) {
+    const type = sector[446 + i * 16 + 4]!;
+    if (type === 0xee) partitioning = 'gpt';
+    else if (type !== 0 && partitioning === 'none') partitioning = 'mbr';
+  }
+  return partitioning;
 }

@@ -9,8 +9,6 @@ import { stageManifestPath } from '../core/stage-manifest-file.js';
 import type { Progress } from '../core/progress.js';
 import { knownSchemes, openStore, type StoreOptions } from '../stores/open.js';
 import { pull } from '../transfer/pull.js';
-import type { DiskFacts } from './disk.js';
-import { serveImage } from './serve-image.js';
 
 /**
  * What `--image` names: a disk file (booted as it is, through an overlay), or a chunked layout or
@@ -27,12 +25,6 @@ export interface ImageSource {
   display: string;
   /** bytes fetched from the store to get it (pulled references) */
   bytesFetched?: number;
-  /** served over NBD while it boots (the facts QEMU opens instead of `path`) */
-  disk?: DiskFacts;
-  /** served images: what was fetched so far */
-  served?(): { bytesFetched: number; bytesLocal: number };
-  /** served images: writes the boot profile */
-  saveProfile?(path: string): Promise<void>;
   dispose(): Promise<void>;
 }
 
@@ -44,8 +36,6 @@ export interface SourceOptions {
   store: StoreOptions;
   /** where pulled images go (default RUNNER_TEMP or the temporary directory) */
   pullDir?: string;
-  /** remote chunked images are served block by block while they boot instead of pulled first */
-  lazy?: boolean;
 }
 
 const SCHEME_RE = /^[a-z][a-z0-9+.-]*:/;
@@ -55,12 +45,8 @@ export function looksLikeReference(text: string): boolean {
 }
 
 export async function resolveImageSource(text: string, opts: SourceOptions): Promise<ImageSource> {
-  if (looksLikeReference(text)) {
-    const layout = text.startsWith('oci-layout:');
-    const served = opts.lazy && !layout ? await serveImage(text, opts) : undefined;
-    if (served) return served;
-    return pullImage(text, layout ? 'layout' : 'reference', opts);
-  }
+  if (looksLikeReference(text))
+    return pullImage(text, text.startsWith('oci-layout:') ? 'layout' : 'reference', opts);
   const path = resolve(text);
   const st = await stat(path).catch(() => undefined);
   if (!st) {

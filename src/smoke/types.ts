@@ -8,8 +8,6 @@ import type { Rect } from './screen.js';
 export interface SmokeOptions {
   /** a disk image file (raw, qcow2, ...); never written */
   image: string;
-  /** the image is not a local file (an NBD export of orb serve): these facts, not inspectDisk's */
-  disk?: DiskFacts;
   /** files the image may name (backing, data file, extents), given to the guest as part of the disk */
   allowExternalFiles?: string[];
   /** stage manifest; default `<image>.orb.json` when it exists */
@@ -55,6 +53,11 @@ export interface SmokeOptions {
   /** ACPI power-off grace before QEMU is stopped hard, default 20 s */
   shutdownGraceMs?: number;
   qemuBinary?: string;
+  /**
+   * The disk, already inspected (a lazily served export has no local file to inspect); the
+   * caller vouches for it. `image` is then only a name.
+   */
+  disk?: DiskFacts;
   /** called when RDP first answered (the boot is over: a boot profile stops recording) */
   onRdpReady?: () => void;
   /** called once QEMU runs (tests inspect the forwards; callers can log the pid) */
