@@ -50,10 +50,21 @@ export async function attachBootProfile(o: {
   display: string;
   log: Logger;
 }): Promise<AttachResult> {
-  const img = await openDiskV2(o.store, o.subject, o.display);
+  // By its tag: not every store finds a manifest by digest (release assets, packages).
+  const img = await openDiskV2(o.store, o.tag, o.display);
+  if (img.manifestDigest !== o.subject)
+    throw new OrbError(
+      'input',
+      `${o.display} now names ${img.manifestDigest.slice(0, 19)}, not the ${o.subject.slice(0, 19)} just published`,
+      { hint: 'another publish moved the tag: attach the profile again' },
+    );
   // The same checks a reader runs: a profile of another disk is refused before it is published.
   const profile = decodeBootProfile(o.blob, img.index, 'the boot profile');
-  const subjectBytes = (await o.store.getManifest(o.subject)).bytes;
+  const subjectBytes = (await o.store.getManifest(o.tag)).bytes;
+  if (`sha256:${createHash('sha256').update(subjectBytes).digest('hex')}` !== o.subject)
+    throw new OrbError('input', `${o.display} moved while the boot profile was attached`, {
+      hint: 'attach the profile again',
+    });
   const layer = await putBytes(o.store, o.blob, BOOT_PROFILE_ARTIFACT);
   await putBytes(o.store, Buffer.from('{}'), EMPTY_CONFIG.mediaType);
   const manifest: ImageManifest & { subject: Descriptor } = {
