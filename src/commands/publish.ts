@@ -8,6 +8,7 @@ import { openStore, storeInputs, storeOutputs, type StoreOptions } from '../stor
 import { partSizeForProfile, PROFILE_NAMES, resolveProfile } from '../stores/registry-limits.js';
 import type { BlobStore } from '../stores/store.js';
 import { publish } from '../transfer/publish.js';
+import { attachProfileFile } from '../serve/boot-profile.js';
 
 /** Inputs shared by publish and pull: how to reach the store. */
 export const accessInputs: InputSpec[] = [
@@ -123,6 +124,12 @@ const own: InputSpec[] = [
       "the target registry's limits (layers, layer size, manifest size), checked before uploading: auto from the host (ghcr.io, ECR, registry.gitlab.com, Docker Hub, quay.io); name one for other hosts (harbor, a self-managed gitlab), none to skip",
   },
   {
+    name: 'boot-profile',
+    type: 'string',
+    description:
+      'a boot profile recorded by orb smoke-test (its boot-profile output) to attach to the published chunked disk, so lazy clients fetch the boot first',
+  },
+  {
     name: 'manifest',
     type: 'string',
     description:
@@ -147,6 +154,10 @@ const ownOutputs: OutputSpec[] = [
   { name: 'blobs-uploaded', description: 'number of blobs uploaded' },
   { name: 'blobs-skipped', description: 'number of blobs already there' },
   { name: 'blobs-mounted', description: 'number of blobs mounted from another repository' },
+  {
+    name: 'boot-profile-digest',
+    description: 'digest of the attached boot profile manifest (with --boot-profile)',
+  },
   { name: 'seconds', description: 'wall time' },
   { name: 'mb-per-second', description: 'upload rate in MB/s' },
 ];
@@ -197,6 +208,16 @@ export default defineCommand({
         progress: ctx.progress,
         signal: ctx.signal,
       });
+      const profile = inp.optString('boot-profile')
+        ? await attachProfileFile(
+            inp.string('boot-profile'),
+            opened.store,
+            r.digest,
+            main,
+            opened.display,
+            ctx.log,
+          )
+        : undefined;
       ctx.summary
         .heading('publish')
         .table(
@@ -225,6 +246,7 @@ export default defineCommand({
         'blobs-mounted': r.blobsMounted,
         seconds: Number(r.seconds.toFixed(2)),
         'mb-per-second': r.seconds > 0 ? Number((r.bytesUploaded / 1e6 / r.seconds).toFixed(1)) : 0,
+        ...(profile ? { 'boot-profile-digest': profile.digest } : {}),
         ...extra,
       };
     } finally {

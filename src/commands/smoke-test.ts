@@ -4,20 +4,37 @@ import { basename, join } from 'node:path';
 import { defineCommand, type Outputs } from '../core/command.js';
 import type { InputSpec } from '../core/inputs.js';
 import { OrbError, UsageError } from '../core/errors.js';
+import { formatBytes } from '../core/progress.js';
 import { requireTool } from '../core/proc.js';
 import { probeAccelerator } from '../qemu/probe.js';
 import type { DiskInterface, Firmware } from '../qemu/runner.js';
 import { writeSummary } from '../smoke/evidence.js';
 import { smokeTest, type SmokeResult } from '../smoke/run.js';
 import { parseRect } from '../smoke/screen.js';
-import { resolveImageSource } from '../smoke/open-image.js';
+import { openSmokeImage, saveProfile, type LazyImage } from '../smoke/lazy-image.js';
 import { storeInputs } from '../stores/open.js';
 import { accessInputs, storeOptions } from './publish.js';
 import { expectedProtocols, rdpOutputs, rdpOutputSpecs } from './rdp-probe.js';
 
-function outputsOf(r: SmokeResult): Outputs {
+/** How the disk was reached: lazily through the export, or pulled (or local) first. */
+interface Delivery {
+  lazy?: LazyImage;
+  bytesFetched?: number;
+  /** seconds from the command's start to the launch of smokeTest */
+  before: number;
+  profile?: { path: string; blocks: number };
+}
+
+function outputsOf(r: SmokeResult, d: Delivery): Outputs {
   const t = r.timings;
+  const fromStart =
+    t.rdpReady === undefined ? '' : Number((d.before + (t.launched ?? 0) + t.rdpReady).toFixed(1));
   return {
+    lazy: !!d.lazy,
+    'bytes-fetched': d.lazy ? d.lazy.bytesFetched() : (d.bytesFetched ?? ''),
+    'seconds-to-rdp-total': fromStart,
+    'boot-profile': d.profile?.path ?? '',
+    'boot-profile-blocks': d.profile?.blocks ?? '',
     passed: r.passed,
     failures: r.failures.join('\n'),
     'seconds-to-first-serial': t.firstSerial === undefined ? '' : Number(t.firstSerial.toFixed(1)),
@@ -211,6 +228,13 @@ const own: InputSpec[] = [
     description: 'seconds the guest gets to power off after the ACPI request before QEMU is stopped',
   },
   {
+    name: 'full-pull',
+    type: 'boolean',
+    default: false,
+    description:
+      'pull a published chunked disk completely before booting it (default: boot it through a lazy NBD export that fetches only the blocks the boot reads)',
+  },
+  {
     name: 'pull-dir',
     type: 'string',
     description:
@@ -229,7 +253,9 @@ export default defineCommand({
     'Boots a disk image (raw, qcow2, ...) headless on a throw-away overlay (the image is never written), forwards the guest RDP port to ' +
     '127.0.0.1 and retries a real RDP check (X.224 negotiation and TLS handshake) until the timeout; optionally checks more TCP ports, ' +
     'a serial console pattern, that the screen settled, and a reference screenshot. Keeps screenshots over time, the serial and QEMU logs ' +
-    'and timings as evidence, and always stops the VM.',
+    'and timings as evidence, and always stops the VM. A published chunked disk boots through an NBD export that fetches only the ' +
+    'blocks the boot reads (its boot profile is fetched first when one is attached, and the reads are recorded as a new one); ' +
+    '--full-pull downloads it first.',
   action: true,
   usage: '--image PATH_OR_REF',
   inputs,
@@ -242,6 +268,21 @@ export default defineCommand({
     },
     { name: 'seconds-to-rdp', description: 'seconds from VM start until RDP answered' },
     { name: 'seconds-total', description: 'seconds the whole test took' },
+    {
+      name: 'seconds-to-rdp-total',
+      description: 'seconds from the start of the command (pull or lazy open included) until RDP answered',
+    },
+    { name: 'lazy', description: 'true when the disk was booted through the lazy export (not pulled first)' },
+    {
+      name: 'bytes-fetched',
+      description:
+        'bytes fetched from the store for the boot (lazy: the blocks read and the metadata; else the pull)',
+    },
+    {
+      name: 'boot-profile',
+      description: 'the boot profile recorded by a lazy boot (for orb publish --boot-profile)',
+    },
+    { name: 'boot-profile-blocks', description: 'blocks in the boot profile' },
     ...rdpOutputSpecs,
     { name: 'accelerator', description: 'kvm or tcg' },
     { name: 'firmware', description: 'bios, uefi or uefi-secure' },
@@ -288,13 +329,20 @@ export default defineCommand({
       );
     }
     const tpmIn = inputs.string('tpm');
-    const image = await resolveImageSource(inputs.string('image'), {
+    const started = performance.now();
+    const { image, lazy } = await openSmokeImage(inputs.string('image'), {
+      fullPull: inputs.bool('full-pull'),
       log: ctx.log,
       signal: ctx.signal,
       progress: ctx.progress,
       store: storeOptions(inputs, storeSpecs, ctx),
       ...(inputs.optString('pull-dir') ? { pullDir: inputs.string('pull-dir') } : {}),
     });
+    const delivery: Delivery = {
+      ...(lazy ? { lazy } : {}),
+      ...(image.bytesFetched !== undefined ? { bytesFetched: image.bytesFetched } : {}),
+      before: 0,
+    };
     const evidenceDir =
       inputs.optString('evidence-dir') ?? join(process.env.RUNNER_TEMP || tmpdir(), `orb-smoke-${stamp()}`);
 
@@ -317,8 +365,10 @@ export default defineCommand({
     const manifest = image.manifest ?? given;
     let result: SmokeResult;
     try {
+      delivery.before = (performance.now() - started) / 1000;
       result = await smokeTest({
         image: image.path,
+        ...(lazy ? { disk: lazy.facts, onRdpReady: () => lazy.freezeProfile() } : {}),
         allowExternalFiles: inputs.list('allow-external-file'),
         ...(manifest ? { manifest } : {}),
         accelerator,
@@ -356,12 +406,18 @@ export default defineCommand({
         signal: ctx.signal,
         log: ctx.log,
       });
+      if (lazy) delivery.profile = await saveProfile(lazy, result, ctx.log);
     } finally {
       await image.dispose();
     }
 
     await writeSummary(ctx.summary, result);
-    const outputs = outputsOf(result);
+    const outputs = outputsOf(result, delivery);
+    if (lazy) ctx.summary.text(`Booted through orb serve: ${lazy.bytesFetched()} bytes fetched.`);
+    if (lazy)
+      ctx.log.info(
+        `lazy boot: ${formatBytes(lazy.bytesFetched())} of blocks fetched of ${formatBytes(lazy.compressedBytes)} compressed (${((100 * lazy.bytesFetched()) / Math.max(1, lazy.compressedBytes)).toFixed(1)}%), and ${formatBytes(lazy.metadataBytes)} of metadata${lazy.profileUsed ? '; boot profile prefetched' : ''}`,
+      );
     const upload = inputs.string('upload-evidence');
     if (ctx.uploadArtifact && (upload === 'always' || (upload === 'on-failure' && !result.passed))) {
       const name =

@@ -1,4 +1,6 @@
+import { createHash } from 'node:crypto';
 import { open, rename, rm } from 'node:fs/promises';
+import { OrbError } from '../core/errors.js';
 import type { DiskIndex } from '../formats/disk-index.js';
 
 /**
@@ -66,6 +68,77 @@ export class BlockMap {
   entryOf(block: number): number {
     const e = this.firstEntryAt(block);
     return e < this.idx.entryCount && this.idx.entryBlock[e] === block ? e : -1;
+  }
+
+  /** Runs of [offset, stop): zero blocks (holes) or data, as NBD block status reports them. */
+  runs(offset: number, stop: number): { length: number; zero: boolean }[] {
+    const { idx } = this;
+    const bs = idx.blockSize;
+    const runs: { length: number; zero: boolean }[] = [];
+    let e = this.firstEntryAt(Math.floor(offset / bs));
+    for (let pos = offset; pos < stop && runs.length < 4096;) {
+      const block = Math.floor(pos / bs);
+      let to: number;
+      if (e < idx.entryCount && idx.entryBlock[e] === block) {
+        let last = block;
+        while (e + 1 < idx.entryCount && idx.entryBlock[e + 1] === last + 1) {
+          e++;
+          last++;
+        }
+        e++;
+        to = Math.min((last + 1) * bs, stop);
+        runs.push({ length: to - pos, zero: false });
+      } else {
+        to = Math.min(e < idx.entryCount ? idx.entryBlock[e]! * bs : idx.virtualSize, stop);
+        runs.push({ length: to - pos, zero: true });
+      }
+      pos = to;
+    }
+    return runs;
+  }
+
+  /** Copies into `out` (disk bytes from `offset`) the blocks not local, from their decoded frames. */
+  copyNotLocal(out: Buffer, offset: number, frames: Map<number, Buffer>): void {
+    const { idx } = this;
+    const bs = idx.blockSize;
+    const end = Math.ceil((offset + out.length) / bs);
+    for (
+      let e = this.firstEntryAt(Math.floor(offset / bs));
+      e < idx.entryCount && idx.entryBlock[e]! < end;
+      e++
+    ) {
+      if (this.isLocal(e)) continue;
+      const data = frames.get(idx.entryFrame[e]!);
+      if (!data) throw new OrbError('internal', `block ${idx.entryBlock[e]} is neither local nor fetched`);
+      const blockStart = idx.entryBlock[e]! * bs;
+      const from = Math.max(offset, blockStart);
+      const to = Math.min(offset + out.length, blockStart + bs);
+      const slot = idx.entrySlot[e]! * bs;
+      data.copy(out, from - offset, slot + from - blockStart, slot + to - blockStart);
+    }
+  }
+
+  /** Every block frame f holds (decoded `data`) against its sha256 in the index. */
+  checkFrame(f: number, data: Buffer, display: string): void {
+    const { idx } = this;
+    const bs = idx.blockSize;
+    const seen = new Map<number, Buffer>();
+    for (let i = this.frameStart[f]!; i < this.frameStart[f + 1]!; i++) {
+      const e = this.frameEntries[i]!;
+      const slot = idx.entrySlot[e]!;
+      let d = seen.get(slot);
+      if (!d) {
+        d = createHash('sha256')
+          .update(data.subarray(slot * bs, (slot + 1) * bs))
+          .digest();
+        seen.set(slot, d);
+      }
+      if (!d.equals(idx.digests.subarray(e * 32, e * 32 + 32)))
+        throw new OrbError(
+          'integrity',
+          `${display}: block ${idx.entryBlock[e]} (frame ${f}, slot ${slot}) does not match its sha256 in the index`,
+        );
+    }
   }
 
   /** Bytes of local data (entries verified in the cache), for progress. */

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
@@ -165,58 +164,14 @@ export class LazyDisk {
       if (!bytesRead) break; // past the end of the file: zeros, as the disk is
       at += bytesRead;
     }
-    if (missing) this.overlay(out, offset, first, end, frames);
+    // Blocks the cache could not take (disk full) come from their verified frames.
+    if (missing) this.map.copyNotLocal(out, offset, frames);
     return out;
-  }
-
-  /** Copies blocks the cache could not take (disk full) from their verified frames. */
-  private overlay(
-    out: Buffer,
-    offset: number,
-    first: number,
-    end: number,
-    frames: Map<number, Buffer>,
-  ): void {
-    const { idx } = this.map;
-    const bs = idx.blockSize;
-    for (let e = this.map.firstEntryAt(first); e < idx.entryCount && idx.entryBlock[e]! < end; e++) {
-      if (this.map.isLocal(e)) continue;
-      const data = frames.get(idx.entryFrame[e]!);
-      if (!data) throw new OrbError('internal', `block ${idx.entryBlock[e]} is neither local nor fetched`);
-      const blockStart = idx.entryBlock[e]! * bs;
-      const from = Math.max(offset, blockStart);
-      const to = Math.min(offset + out.length, blockStart + bs);
-      const slot = idx.entrySlot[e]! * bs;
-      data.copy(out, from - offset, slot + from - blockStart, slot + to - blockStart);
-    }
   }
 
   /** Runs from `offset`: zero blocks (holes, never fetched) or data. */
   status(offset: number, length: number): { length: number; zero: boolean }[] {
-    const { idx } = this.map;
-    const bs = idx.blockSize;
-    const stop = Math.min(offset + length, this.size);
-    const runs: { length: number; zero: boolean }[] = [];
-    let e = this.map.firstEntryAt(Math.floor(offset / bs));
-    for (let pos = offset; pos < stop && runs.length < 4096;) {
-      const block = Math.floor(pos / bs);
-      let to: number;
-      if (e < idx.entryCount && idx.entryBlock[e] === block) {
-        let last = block;
-        while (e + 1 < idx.entryCount && idx.entryBlock[e + 1] === last + 1) {
-          e++;
-          last++;
-        }
-        e++;
-        to = Math.min((last + 1) * bs, stop);
-        runs.push({ length: to - pos, zero: false });
-      } else {
-        to = Math.min(e < idx.entryCount ? idx.entryBlock[e]! * bs : this.size, stop);
-        runs.push({ length: to - pos, zero: true });
-      }
-      pos = to;
-    }
-    return runs;
+    return this.map.runs(offset, Math.min(offset + length, this.size));
   }
 
   /**
@@ -339,27 +294,8 @@ export class LazyDisk {
   }
 
   private verify(f: number, compressed: Buffer): Buffer {
-    const { idx } = this.map;
-    const data = decodeIndexFrame(idx, f, compressed, this.o.display);
-    const bs = idx.blockSize;
-    const seen = new Map<number, Buffer>();
-    for (let i = this.map.frameStart[f]!; i < this.map.frameStart[f + 1]!; i++) {
-      const e = this.map.frameEntries[i]!;
-      const slot = idx.entrySlot[e]!;
-      let d = seen.get(slot);
-      if (!d)
-        seen.set(
-          slot,
-          (d = createHash('sha256')
-            .update(data.subarray(slot * bs, (slot + 1) * bs))
-            .digest()),
-        );
-      if (!d.equals(idx.digests.subarray(e * 32, e * 32 + 32)))
-        throw new OrbError(
-          'integrity',
-          `${this.o.display}: block ${idx.entryBlock[e]} (frame ${f}, slot ${slot}) does not match its sha256 in the index`,
-        );
-    }
+    const data = decodeIndexFrame(this.map.idx, f, compressed, this.o.display);
+    this.map.checkFrame(f, data, this.o.display);
     return data;
   }
 

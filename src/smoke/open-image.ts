@@ -23,6 +23,8 @@ export interface ImageSource {
   manifest?: string;
   /** what the user named, for messages */
   display: string;
+  /** bytes fetched from the store to get it (pulled references) */
+  bytesFetched?: number;
   dispose(): Promise<void>;
 }
 
@@ -38,7 +40,7 @@ export interface SourceOptions {
 
 const SCHEME_RE = /^[a-z][a-z0-9+.-]*:/;
 
-function looksLikeReference(text: string): boolean {
+export function looksLikeReference(text: string): boolean {
   return SCHEME_RE.test(text) && knownSchemes().some((s) => text.startsWith(s));
 }
 
@@ -100,6 +102,7 @@ async function pullImage(
         path: r.path,
         ...(r.manifestPath ? { manifest: r.manifestPath } : {}),
         display: opened.display,
+        bytesFetched: r.bytesDownloaded,
         dispose,
       };
     } finally {

@@ -48,7 +48,7 @@ function secs(ms: number): string {
 export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
   const log = o.log;
   const begin = performance.now();
-  const disk = await inspectDisk(o.image, o.signal, o.allowExternalFiles);
+  const disk = o.disk ?? (await inspectDisk(o.image, o.signal, o.allowExternalFiles));
   log.info(`image ${describeDisk(disk)}${disk.check ? `, metadata ${disk.check}` : ''}`);
   const manifest = await loadManifest(o);
   const build = manifest?.build;
@@ -91,6 +91,7 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
   let rdp: RdpProbeResult | undefined;
   let firstSerial: number | undefined;
   let rdpReady: number | undefined;
+  let launched: number | undefined;
   let referenceDifference: number | undefined;
   let recorder: ScreenshotRecorder | undefined;
   let interrupted = false;
@@ -106,6 +107,7 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
     const guestPorts = [...(rdpEnabled ? [rdpGuestPort] : []), ...ports];
     // Timings count from the launch of QEMU.
     const t0 = performance.now();
+    launched = (t0 - begin) / 1000;
     log.info(
       `starting the VM: ${arch}, ${firmware}${tpm ? ' + TPM' : ''}, ${accelerator}, ${memoryMiB} MiB, forwarding guest ports ${guestPorts.join(', ') || '(none)'} to 127.0.0.1`,
     );
@@ -202,6 +204,7 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
               },
             });
             rdpReady = since();
+            o.onRdpReady?.();
             const detail = `${rdp.description}${rdp.tls ? `; certificate ${rdp.tls.subject}` : ''}`;
             log.info(`RDP answered after ${rdpReady.toFixed(1)} s: ${detail}`);
             checks.push({
@@ -353,6 +356,7 @@ export async function smokeTest(o: SmokeOptions): Promise<SmokeResult> {
     timings: {
       ...(firstSerial !== undefined ? { firstSerial } : {}),
       ...(rdpReady !== undefined ? { rdpReady } : {}),
+      ...(launched !== undefined ? { launched } : {}),
       total,
     },
     ...(referenceDifference !== undefined ? { referenceDifference } : {}),

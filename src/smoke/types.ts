@@ -53,6 +53,13 @@ export interface SmokeOptions {
   /** ACPI power-off grace before QEMU is stopped hard, default 20 s */
   shutdownGraceMs?: number;
   qemuBinary?: string;
+  /**
+   * The disk, already inspected (a lazily served export has no local file to inspect); the
+   * caller vouches for it. `image` is then only a name.
+   */
+  disk?: DiskFacts;
+  /** called when RDP first answered (the boot is over: a boot profile stops recording) */
+  onRdpReady?: () => void;
   /** called once QEMU runs (tests inspect the forwards; callers can log the pid) */
   onVmStarted?: (vm: Vm) => void;
   signal?: AbortSignal;
@@ -88,6 +95,8 @@ export interface SmokeResult {
     firstSerial?: number;
     /** seconds from VM start to a successful RDP probe */
     rdpReady?: number;
+    /** seconds from the start of smokeTest to the launch of QEMU (inspection, overlay) */
+    launched?: number;
     total: number;
   };
   /** difference to the reference screenshot (best seen), 0..1 */

@@ -12,7 +12,7 @@ import { openStore } from '../../src/stores/open.js';
 import { NODE, ROOT } from '../helpers/cli.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
 import { pattern } from '../helpers/oci-images.js';
-import { startRegistry, type Registry } from '../helpers/registry.js';
+import { freePort, startRegistry, type Registry } from '../helpers/registry.js';
 import { buildV2Layout, pushV2, type V2Image } from '../helpers/v2-layout.js';
 
 /**
@@ -246,6 +246,68 @@ describe('orb serve', () => {
     expect((await qemuRead(s, 9 * MiB, 64 * 1024)).equals(disk.subarray(9 * MiB, 9 * MiB + 64 * 1024))).toBe(
       true,
     );
+    await s.stop();
+  }, 120_000);
+
+  it('serves several clients at once, a frame fetched once; --listen on 127.0.0.1', async () => {
+    const port = await freePort();
+    const s = await serve([
+      `oci://${proxy.host}/serve/disk:v1`,
+      '--cache',
+      join(root, 'tcp-cache', 'disk.raw'),
+      '--no-fill',
+      '--listen',
+      `127.0.0.1:${port}`,
+    ]);
+    expect(s.ready).toMatchObject({ listen: `127.0.0.1:${port}`, export: 'disk' });
+    const from = proxy.log.length;
+    const out = join(root, 'tcp');
+    const off = 12 * MiB;
+    const reads = [0, 1, 2].map(async (i) => {
+      const file = `${out}-${i}.raw`;
+      await run('qemu-img', [
+        'convert',
+        '--image-opts',
+        `driver=raw,offset=${off},size=${64 * 1024},file.driver=nbd,file.server.type=inet,file.server.host=127.0.0.1,file.server.port=${port},file.export=disk`,
+        '-O',
+        'raw',
+        file,
+      ]);
+      return readFileSync(file);
+    });
+    for (const got of await Promise.all(reads))
+      expect(got.equals(disk.subarray(off, off + 64 * 1024))).toBe(true);
+    const gets = proxy.log.slice(from).filter((e) => e.headers.range !== undefined);
+    expect(gets).toHaveLength(1);
+    const info = await run('nbdinfo', [`nbd://127.0.0.1:${port}/disk`]);
+    expect(info.stdout).toContain(`export-size: ${disk.length}`);
+    await s.stop();
+  }, 120_000);
+
+  it('fails a read with an I/O error when the store stays unreachable, then serves it when it is back', async () => {
+    const rule = proxy.add({
+      method: 'GET',
+      path: /\/blobs\//,
+      header: 'range',
+      action: { type: 'status', status: 503 },
+    });
+    const s = await serve([
+      `oci://${proxy.host}/serve/disk:v1`,
+      '--cache',
+      join(root, 'down-cache', 'disk.raw'),
+      '--no-fill',
+      '--retry-seconds',
+      '2',
+    ]);
+    const t0 = Date.now();
+    const bad = await qemuRead(s, 16 * MiB, 64 * 1024).catch((e: unknown) => e);
+    expect(bad).toBeInstanceOf(Error);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(2000);
+    expect(s.stderr()).toMatch(/could not be fetched for 2 s .* I\/O error/);
+    proxy.remove(rule);
+    expect(
+      (await qemuRead(s, 16 * MiB, 64 * 1024)).equals(disk.subarray(16 * MiB, 16 * MiB + 64 * 1024)),
+    ).toBe(true);
     await s.stop();
   }, 120_000);
 });
