@@ -10,7 +10,7 @@
 // Run standalone (`node bench/lazy-boot.bench.mjs`, after `npm run build`) or through bench/run.mjs.
 // Environment: ORB_BENCH_DIR (work folder), ORB_BENCH_ACCEL (default tcg), ORB_BENCH_TIMEOUT (s, default 1500).
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { registerHooks } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -31,8 +31,6 @@ registerHooks({
 });
 const { startRegistry } = await import(join(root, 'test/helpers/registry.ts'));
 const { buildDebianImage } = await import(join(root, 'lib/guest/debian.js'));
-const { buildV2LayoutFromFile } = await import(join(root, 'bench/fixtures/v2-layout.mjs'));
-const media = await import(join(root, 'lib/formats/oci-media.js'));
 
 const CLAIM = 0.25;
 const ACCEL = process.env.ORB_BENCH_ACCEL || 'tcg';
@@ -90,76 +88,20 @@ async function countingProxy(target) {
   };
 }
 
-/** Converts with orb; while orb convert writes chunked v1, builds the v2 layout from the disk instead. */
+/** `orb convert --format chunked`: the image every variant below boots. */
 async function convert(raw, dir) {
-  const build = { os: 'linux', arch: 'x86_64', firmware: 'bios' };
-  // The v1 encoder names no v2 media type: skip a conversion whose output would be thrown away.
-  const chunkedDir = join(root, 'lib/image/chunked');
-  const v2Encoder = readdirSync(chunkedDir).some((f) =>
-    readFileSync(join(chunkedDir, f), 'utf8').includes('DISK_V2_ARTIFACT'),
-  );
-  if (v2Encoder)
-    await orb(
-      ['convert', raw, '--format', 'chunked', '--output', join(dir, 'orb-convert'), '--tag', 'v1', '--json'],
-      'convert',
-    );
-  const idx = v2Encoder ? JSON.parse(readFileSync(join(dir, 'orb-convert', 'index.json'), 'utf8')) : {};
-  if (idx.manifests?.[0]?.artifactType === media.DISK_V2_ARTIFACT) {
-    const m = JSON.parse(
-      readFileSync(join(dir, 'orb-convert', 'blobs', 'sha256', idx.manifests[0].digest.slice(7)), 'utf8'),
-    );
-    const compressedBytes = [m.config, ...m.layers].reduce((n, d) => n + d.size, 0) + idx.manifests[0].size;
-    return { layout: join(dir, 'orb-convert'), compressedBytes, via: 'orb convert --format chunked' };
-  }
-  process.stderr.write(
-    'orb convert wrote chunked v1 on this branch: building the v2 layout with bench/fixtures/v2-layout.mjs\n',
-  );
-  rmSync(join(dir, 'orb-convert'), { recursive: true, force: true });
-  const layout = join(dir, 'layout');
-  const r = await buildV2LayoutFromFile(root, raw, layout, 'v1', build);
-  return {
-    layout,
-    compressedBytes: r.compressedBytes,
-    via: 'bench/fixtures/v2-layout.mjs (v2 encoder not merged)',
-  };
+  const out = join(dir, 'orb-convert');
+  await orb(['convert', raw, '--format', 'chunked', '--output', out, '--tag', 'v1', '--json'], 'convert');
+  const idx = JSON.parse(readFileSync(join(out, 'index.json'), 'utf8'));
+  const m = JSON.parse(readFileSync(join(out, 'blobs', 'sha256', idx.manifests[0].digest.slice(7)), 'utf8'));
+  const compressedBytes = [m.config, ...m.layers].reduce((n, d) => n + d.size, 0) + idx.manifests[0].size;
+  return { layout: out, compressedBytes, via: 'orb convert --format chunked' };
 }
 
-/** `orb pull` (everything, verified); while pull does not read v2 here, the serve fill fetches it all. */
+/** `orb pull` of everything (verified), the boot-after-download reference. */
 async function fullFetch(ref, out) {
-  try {
-    await orb(['pull', ref, '--output', out, '--json'], 'pull');
-    return 'orb pull';
-  } catch (err) {
-    if (!/content\.digest|not a digest|chunked/.test(err.message)) throw err;
-  }
-  process.stderr.write(
-    'orb pull does not read chunked v2 on this branch: fetching everything with the serve fill\n',
-  );
-  await import(join(root, 'lib/stores/schemes.js'));
-  const { openStore } = await import(join(root, 'lib/stores/open.js'));
-  const { openDiskV2, storeFetcher } = await import(join(root, 'lib/serve/open-image.js'));
-  const { LazyDisk } = await import(join(root, 'lib/serve/lazy-disk.js'));
-  const { Filler } = await import(join(root, 'lib/serve/fill.js'));
-  const log = {
-    info() {},
-    warn: (m) => process.stderr.write(`  ${m}\n`),
-    error: (m) => process.stderr.write(`  ${m}\n`),
-    debug() {},
-  };
-  const opened = await openStore(ref, { log, options: {} });
-  const img = await openDiskV2(opened.store, opened.tag ?? 'latest', opened.display);
-  const disk = await LazyDisk.open({
-    index: img.index,
-    display: ref,
-    cache: out,
-    fetch: storeFetcher(opened.store, log),
-    log,
-  });
-  await new Filler(disk, { concurrency: 6 }).start();
-  await disk.whenComplete();
-  await disk.close();
-  await opened.store.close?.();
-  return 'serve fill (orb pull of v2 not merged)';
+  await orb(['pull', ref, '--output', out, '--json'], 'pull');
+  return 'orb pull';
 }
 
 /** Where the lazy boot's bytes went: blocks read, frames touched, how compressible they were. */

@@ -7,6 +7,7 @@ import type { InputSpec, OutputSpec } from '../core/inputs.js';
 import { formatBytes } from '../core/progress.js';
 import { openStore, storeInputs } from '../stores/open.js';
 import { Filler } from '../serve/fill.js';
+import { loadBootProfile } from '../serve/boot-profile.js';
 import { LazyDisk } from '../serve/lazy-disk.js';
 import { startNbdServer } from '../serve/nbd-server.js';
 import { openDiskV2, storeFetcher } from '../serve/open-image.js';
@@ -124,9 +125,18 @@ export default defineCommand({
           signal: ctx.signal,
         });
         const where = socket ? { socket } : { listen: `${listen!.host}:${portOf(server.address)}` };
+        // a published boot profile is fetched first, so the next boot finds its blocks local
+        const profile =
+          inp.bool('fill') && !disk.complete
+            ? await loadBootProfile(opened.store, img.manifestDigest, img.index, {
+                tag: opened.tag ?? 'latest',
+                log: ctx.log,
+                display: opened.display,
+              })
+            : undefined;
         const filler =
           inp.bool('fill') && !disk.complete
-            ? new Filler(disk, { rate: inp.number('limit-rate') })
+            ? new Filler(disk, { rate: inp.number('limit-rate'), ...(profile ? { profile } : {}) })
             : undefined;
         void filler?.start();
         ctx.log.info(
