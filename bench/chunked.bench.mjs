@@ -70,7 +70,8 @@ function timed(cmd, args, opts = {}) {
 }
 const orb = async (args, env) => {
   const r = await timed(process.execPath, [orbBin, ...args, '--json'], { env });
-  return { ...r, json: JSON.parse(r.out.trim().split('\n').pop()) };
+  // --json prints one JSON document (pretty-printed)
+  return { ...r, json: JSON.parse(r.out.trim()) };
 };
 const dirBytes = (p) =>
   readdirSync(p, { recursive: true, withFileTypes: true })
