@@ -2,10 +2,10 @@ import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { formatBytes, type Progress } from '../core/progress.js';
 import type { RetryPolicy } from '../net/retry.js';
-import { entryDigest, type DiskIndex } from '../formats/disk-index.js';
+import type { DiskIndex } from '../formats/disk-index.js';
 import type { Descriptor } from '../formats/oci-media.js';
 import type { BlobStore } from '../stores/store.js';
-import type { FrameJob, FramesReply } from './block-ops.js';
+import { ownDigest, type FrameJob, type FramesReply } from './block-ops.js';
 import type { BlockPool } from './block-pool.js';
 import { RangeIgnored, readRange } from './range-read.js';
 import type { Base } from './pull-base.js';
@@ -139,12 +139,16 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
       hint: 'the pack is corrupt in the store or on the way; nothing of that frame was written',
     });
   };
-  const decode = async (data: Buffer, frames: number[], base: number) => {
-    const r = await c.pool.run<FramesReply>({
-      op: 'frames',
-      data,
-      frames: jobsOf(frames, base),
-    });
+  /** `give`: the caller owns `data` and does not use it again (it moves to a worker thread). */
+  const decode = async (data: Buffer, frames: number[], base: number, give = false) => {
+    const r = await c.pool.run<FramesReply>(
+      {
+        op: 'frames',
+        data,
+        frames: jobsOf(frames, base),
+      },
+      give,
+    );
     const bad = new Set(r.bad.map((b) => b.f));
     finished(
       frames.filter((f) => !bad.has(f)),
@@ -207,7 +211,7 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
           return toWhole(r);
         }
         st.ranges++;
-        await decode(data, r.frames, r.start);
+        await decode(data, r.frames, r.start, true);
       } finally {
         budget.release(hold);
       }
@@ -248,7 +252,7 @@ function frameUsers(idx: DiskIndex, done: Uint8Array): { slots(f: number): Frame
         const s = bySlot.get(slot);
         const offset = idx.entryBlock[i]! * idx.blockSize;
         if (s) s.offsets.push(offset);
-        else bySlot.set(slot, { slot, digest: entryDigest(idx, i), offsets: [offset] });
+        else bySlot.set(slot, { slot, digest: ownDigest(idx, i), offsets: [offset] });
       }
       return [...bySlot.values()];
     },

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { formatBytes } from '../core/progress.js';
 import { entryDigest } from '../formats/disk-index.js';
-import type { BaseReply, FrameJob, FramesReply } from './block-ops.js';
+import { ownDigest, type BaseReply, type FrameJob, type FramesReply } from './block-ops.js';
 import { DigestLookup } from './digest-lookup.js';
 import type { Base } from './pull-base.js';
 import type { DiskPullContext } from './pull-disk.js';
@@ -40,7 +40,7 @@ export async function fromBase(c: DiskPullContext, done: Uint8Array): Promise<nu
           size: b.size,
           items: batch.map((i) => ({
             src: idx.entryBlock[i]! * bs,
-            digest: entryDigest(idx, i),
+            digest: ownDigest(idx, i),
             dst: [idx.entryBlock[i]! * bs],
           })),
           write: !c.inPlace,
@@ -76,7 +76,7 @@ export async function fromBase(c: DiskPullContext, done: Uint8Array): Promise<nu
           size: b.size,
           items: batch.map(({ i, src }) => ({
             src,
-            digest: entryDigest(idx, i),
+            digest: ownDigest(idx, i),
             dst: [idx.entryBlock[i]! * bs],
           })),
           write: true,
@@ -158,7 +158,7 @@ async function fromLayout(
         const s = slots.get(slot);
         const off = idx.entryBlock[i]! * idx.blockSize;
         if (s) s.offsets.push(off);
-        else slots.set(slot, { slot, digest: entryDigest(idx, i), offsets: [off] });
+        else slots.set(slot, { slot, digest: ownDigest(idx, i), offsets: [off] });
       }
       const r = await c.pool.run<FramesReply>({
         op: 'frames',
