@@ -58,8 +58,9 @@ export async function fromBase(c: DiskPullContext, done: Uint8Array): Promise<nu
       },
       c.signal,
     );
-    // moved content: a needed block whose digest the base holds elsewhere (among those read)
-    const offsets = seenParts.flatMap((p) => p.offsets);
+    // moved content: a needed block whose digest the base holds elsewhere (among those read).
+    // Not when the base is the output device itself: a copy could overwrite the source of another.
+    const offsets = c.inPlace ? [] : seenParts.flatMap((p) => p.offsets);
     if (offsets.length) {
       const lookup = new DigestLookup(Buffer.concat(seenParts.map((p) => p.digests)), offsets.length);
       const moved: { i: number; src: number }[] = [];
