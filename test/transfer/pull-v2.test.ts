@@ -334,3 +334,33 @@ describe('v2 pull: resume inside ranges', () => {
     expect(r.ranges).toBeGreaterThan(0);
   });
 });
+
+describe('v2 pull: a disk whose size is not a multiple of the block size', () => {
+  it('the last block is clipped: the output has the exact size and bytes, fresh and with a base', async () => {
+    const size = 10 * B + 4096;
+    const a = join(dir, 'odd1.raw');
+    const b = join(dir, 'odd2.raw');
+    for (const [p, seed] of [
+      [a, 1],
+      [b, 2],
+    ] as const) {
+      const fd = openSync(p, 'w');
+      ftruncateSync(fd, size);
+      writeSync(fd, pattern(seed, 3 * B, true), 0, 3 * B, 0);
+      // the tail: data right up to the last byte
+      writeSync(fd, pattern(seed + 10, B + 4096, true), 0, B + 4096, 9 * B);
+      closeSync(fd);
+    }
+    const L = join(dir, 'odd');
+    const i1 = await writeV2Image(a, L, 'a');
+    await writeV2Image(b, L, 'b', { base: i1 });
+    const out = join(dir, 'odd-out.raw');
+    await pull(opts(layout(L), 'a', out));
+    expect(statSync(out).size).toBe(size);
+    expect(fileSha(out)).toBe(fileSha(a));
+    const out2 = join(dir, 'odd-out2.raw');
+    await pull({ ...opts(layout(L), 'b', out2), base: out });
+    expect(statSync(out2).size).toBe(size);
+    expect(fileSha(out2)).toBe(fileSha(b));
+  });
+});
