@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Study for the chunked format v2 (docs/chunked-format-v2.md): simulates candidate designs on the
+// Study for the chunked format v2 (docs/chunked-format.md): simulates candidate designs on the
 // update pair built by bench/fixtures/update-pair.mjs and prints one table.
 //
 //   nice npx node bench/studies/v2-blocks.mjs PAIRDIR [--sample 4] [--workers 2] [--json out.json]
@@ -199,7 +199,7 @@ const varint = (out, v) => {
 const zigzag = (v) => (v >= 0 ? 2 * v : -2 * v - 1);
 
 /**
- * The binary index as specified in the design (docs/chunked-format-v2.md), uncompressed:
+ * The binary index as specified in the design (docs/chunked-format.md), uncompressed:
  * frame table (pack delta, compressed length, block count) then one entry per non-zero block
  * (gap in blocks, sha256, frame reference). Tables are append-only across versions so an
  * index patch against the base is small.

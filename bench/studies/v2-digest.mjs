@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Prototype of `orb digest` for format v2 (docs/chunked-format-v2.md, "Content identity"), to
+// Prototype of `orb digest` for format v2 (docs/chunked-format.md, "Content identity"), to
 // measure that its cost follows the data, not the disk size:
 //
 //   nice npx node bench/studies/v2-digest.mjs DISK.raw [DISK2.raw ...] [--workers 2]

@@ -199,6 +199,14 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
       mode: 'cli',
       progress: (label, total, unit) =>
         new RateProgress(label, total, stderrSink(), progressInterval(), unit),
+      ...(parsed.json
+        ? {
+            emit: (v: Outputs) =>
+              void process.stdout.write(
+                JSON.stringify(v, (_k, x: unknown) => (typeof x === 'string' ? redact(x) : x)) + '\n',
+              ),
+          }
+        : {}),
     };
     const result: Outputs = await cmd.run(new Inputs(values, cmd.inputs), ctx);
     const secretKeys = new Set(cmd.outputs.filter((o) => o.secret).map((o) => o.name));
@@ -216,7 +224,9 @@ export async function runCli(argv: readonly string[] = process.argv.slice(2)): P
     if (parsed.json) {
       // JSON goes to stdout, which the user asked for: secrets included there and nowhere else.
       const shown = entries.map(([k, v]) => [k, secretKeys.has(k) || typeof v !== 'string' ? v : redact(v)]);
-      process.stdout.write(JSON.stringify(Object.fromEntries(shown), null, 2) + '\n');
+      process.stdout.write(
+        JSON.stringify(Object.fromEntries(shown), null, cmd.jsonLines ? undefined : 2) + '\n',
+      );
     } else {
       for (const [k, v] of entries) {
         process.stdout.write(

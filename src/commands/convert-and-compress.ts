@@ -3,7 +3,13 @@ import { UsageError } from '../core/errors.js';
 import type { InputSpec, OutputSpec } from '../core/inputs.js';
 import { formatBytes, formatDuration } from '../core/progress.js';
 import { benchInputs, benchOutputs, runBenchCommand } from '../image/bench/command.js';
-import { convertImage, DEFAULT_CHUNK_SIZE, OUTPUT_FORMATS, type OutputFormat } from '../image/convert.js';
+import {
+  convertImage,
+  DEFAULT_PACK_SIZE,
+  MIN_PACK_SIZE,
+  OUTPUT_FORMATS,
+  type OutputFormat,
+} from '../image/convert.js';
 import type { Qcow2Compression } from '../image/qcow2.js';
 
 const own: InputSpec[] = [
@@ -29,7 +35,7 @@ const own: InputSpec[] = [
     choices: OUTPUT_FORMATS,
     default: 'qcow2',
     description:
-      'qcow2 (compressed clusters), raw (sparse), raw.zst (one zstd stream) or chunked (OCI layout of zstd chunks)',
+      'qcow2 (compressed clusters), raw (sparse), raw.zst (one zstd stream) or chunked (OCI layout: 32 KiB blocks deduplicated by sha256, zstd frames in a few large packs, one index; docs/chunked-format-v2.md)',
   },
   {
     name: 'level',
@@ -54,19 +60,30 @@ const own: InputSpec[] = [
     description: 'qcow2 cluster size, a power of two',
   },
   {
-    name: 'chunk-size',
+    name: 'pack-size',
     type: 'size',
-    default: `${DEFAULT_CHUNK_SIZE >> 20}M`,
-    min: 1 << 20,
-    max: 128 << 20,
-    description: 'chunked: bytes of disk per chunk (see docs/chunked-format.md)',
+    default: `${DEFAULT_PACK_SIZE >> 30}G`,
+    min: MIN_PACK_SIZE,
+    max: 2 ** 36,
+    description:
+      'chunked: largest pack blob (compressed frames; a pack is closed before a frame would take it past this). ' +
+      'Replaces --chunk-size (the 32 KiB block size is fixed: it is part of the content identity). ' +
+      "Keep it under the target store's largest object: GitHub releases 2000000000 bytes, GitLab 5G, GHCR 10G; " +
+      'larger packs mean fewer layers (registries refuse ~500)',
   },
   { name: 'tag', type: 'string', default: 'latest', description: 'chunked: tag of the image in the layout' },
   {
     name: 'base',
     type: 'list',
     description:
-      'chunked: earlier version(s) (layout, oci-layout:DIR:TAG or orb manifest); unchanged chunks reuse their blobs without compressing',
+      'chunked: earlier version(s) (layout, oci-layout:DIR:TAG or orb manifest); blocks they hold are referenced (their packs linked into the output layout), only new blocks are compressed into new packs. Adding to an existing layout uses its --tag as a base too',
+  },
+  {
+    name: 'repack',
+    type: 'boolean',
+    default: false,
+    description:
+      'chunked with --base: compress every block again into fresh packs instead of referencing the base packs (done by itself when the base lists more than 400 packs; base packs less than half live are always rewritten)',
   },
   {
     name: 'threads',
@@ -107,18 +124,29 @@ const ownOutputs: OutputSpec[] = [
     name: 'sha256',
     description: 'sha256 of the output file (chunked: of its manifest, i.e. the manifest digest)',
   },
-  { name: 'content-sha256', description: 'sha256 of the disk content: the raw bytes the guest sees' },
+  {
+    name: 'content-sha256',
+    description: 'sha256 of the disk content (the raw bytes the guest sees); empty for chunked output',
+  },
+  {
+    name: 'content-digest',
+    description:
+      'chunked (output or input): the orb2 content root over the 32 KiB block digests and zero runs (the same as orb digest prints)',
+  },
   { name: 'seconds', description: 'wall time' },
   { name: 'mb-per-second', description: 'disk content converted per second (MB of virtual size)' },
   { name: 'verified', description: 'true when --verify proved the output' },
   { name: 'manifest', description: 'the orb stage manifest written beside the output (<output>.orb.json)' },
   { name: 'manifest-digest', description: 'chunked: digest of the OCI manifest' },
-  { name: 'chunks', description: 'chunked: chunks in the disk' },
-  { name: 'chunks-stored', description: 'chunked: non-zero chunks in the image' },
+  { name: 'blocks', description: 'chunked: 32 KiB blocks in the disk' },
+  { name: 'blocks-new', description: 'chunked: blocks compressed into new packs' },
   {
-    name: 'chunks-reused',
-    description: 'chunked: chunks whose blob came from --base (not compressed again)',
+    name: 'blocks-reused',
+    description: 'chunked: blocks a --base already held (referenced, not stored again)',
   },
+  { name: 'blocks-zero', description: 'chunked: zero blocks (never stored)' },
+  { name: 'packs', description: 'chunked: packs the manifest lists' },
+  { name: 'new-pack-bytes', description: 'chunked: bytes of the packs this conversion wrote' },
 ];
 
 export default defineCommand({
@@ -149,9 +177,10 @@ export default defineCommand({
       level: inp.optNumber('level'),
       compression: inp.string('compression') as Qcow2Compression,
       clusterSize: inp.number('cluster-size'),
-      chunkSize: inp.number('chunk-size'),
+      packSize: inp.number('pack-size'),
       tag: inp.string('tag'),
       base: inp.list('base'),
+      repack: inp.bool('repack'),
       threads: inp.optNumber('threads'),
       verify: inp.bool('verify'),
       allowExternalFiles: inp.list('allow-external-file'),
@@ -159,29 +188,32 @@ export default defineCommand({
       progress: (label, total) => ctx.progress(label, total),
       signal: ctx.signal,
     });
-    ctx.summary
-      .heading(`convert-and-compress: ${format}`)
-      .table(
-        ['', ''],
-        [
-          ['output', r.path],
-          ['input format', r.inputFormat],
-          ['virtual size', formatBytes(r.virtualSize)],
-          ['allocated in input', formatBytes(r.allocatedBytes)],
-          ['output size', `${formatBytes(r.outputBytes)} (ratio ${r.ratio.toFixed(2)})`],
-          ['time', `${formatDuration(r.seconds)} (${r.mbPerSecond.toFixed(0)} MB/s of disk)`],
-          ['content sha256', r.contentSha256],
-          ['verified', r.verified ? 'yes' : 'no (use verify: true)'],
-          ...(r.chunked
-            ? [
-                [
-                  'chunks',
-                  `${r.chunked.chunks} (${r.chunked.stored} stored, ${r.chunked.reused} reused, ${r.chunked.zero} zero)`,
-                ],
-              ]
-            : []),
-        ],
-      );
+    ctx.summary.heading(`convert-and-compress: ${format}`).table(
+      ['', ''],
+      [
+        ['output', r.path],
+        ['input format', r.inputFormat],
+        ['virtual size', formatBytes(r.virtualSize)],
+        ['allocated in input', formatBytes(r.allocatedBytes)],
+        ['output size', `${formatBytes(r.outputBytes)} (ratio ${r.ratio.toFixed(2)})`],
+        ['time', `${formatDuration(r.seconds)} (${r.mbPerSecond.toFixed(0)} MB/s of disk)`],
+        ...(r.contentSha256 ? [['content sha256', r.contentSha256]] : []),
+        ...(r.contentDigest ? [['content digest', r.contentDigest]] : []),
+        ['verified', r.verified ? 'yes' : 'no (use verify: true)'],
+        ...(r.chunked
+          ? [
+              [
+                'blocks',
+                `${r.chunked.blocks} of ${r.chunked.blockSize} bytes: ${r.chunked.fresh} new, ${r.chunked.reused} reused from the base, ${r.chunked.duplicate} repeated, ${r.chunked.zero} zero`,
+              ],
+              [
+                'packs',
+                `${r.chunked.packs} (${r.chunked.newPacks} new, ${formatBytes(r.chunked.newPackBytes)}); index ${formatBytes(r.chunked.indexBytes)}`,
+              ],
+            ]
+          : []),
+      ],
+    );
     Object.assign(out, {
       path: r.path,
       format: r.format,
@@ -190,7 +222,8 @@ export default defineCommand({
       'output-bytes': r.outputBytes,
       ratio: Number(r.ratio.toFixed(3)),
       sha256: r.sha256,
-      'content-sha256': r.contentSha256,
+      'content-sha256': r.contentSha256 ?? '',
+      'content-digest': r.contentDigest ?? '',
       seconds: Number(r.seconds.toFixed(2)),
       'mb-per-second': Number(r.mbPerSecond.toFixed(1)),
       verified: r.verified,
@@ -199,9 +232,12 @@ export default defineCommand({
     if (r.chunked) {
       Object.assign(out, {
         'manifest-digest': r.chunked.manifestDigest,
-        chunks: r.chunked.chunks,
-        'chunks-stored': r.chunked.stored + r.chunked.reused,
-        'chunks-reused': r.chunked.reused,
+        blocks: r.chunked.blocks,
+        'blocks-new': r.chunked.fresh,
+        'blocks-reused': r.chunked.reused,
+        'blocks-zero': r.chunked.zero,
+        packs: r.chunked.packs,
+        'new-pack-bytes': r.chunked.newPackBytes,
       });
     }
     return out;

@@ -13,6 +13,8 @@ import install from './install.js';
 import convertAndCompress from './convert-and-compress.js';
 import bench from './bench.js';
 import pipeline from './pipeline.js';
+import digest from './digest.js';
+import serve from './serve.js';
 
 /** Every command; the CLI, the action entry points and the generated docs all read this list. */
 export const commands: readonly CommandDef[] = [
@@ -29,6 +31,8 @@ export const commands: readonly CommandDef[] = [
   convertAndCompress,
   bench,
   pipeline,
+  digest,
+  serve,
 ];
 
 export function findCommand(name: string): CommandDef | undefined {

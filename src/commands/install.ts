@@ -1,11 +1,12 @@
 import '../stores/schemes.js';
-import { defineCommand } from '../core/command.js';
+import { defineCommand, type Inputs } from '../core/command.js';
 import { UsageError } from '../core/errors.js';
 import type { InputSpec, OutputSpec } from '../core/inputs.js';
 import { formatBytes } from '../core/progress.js';
 import type { DockurDiskType } from '../dockur/bundle.js';
 import { checkBind } from '../dockur/compose.js';
 import { connectInstructions, install } from '../install/install.js';
+import { installLazy } from '../install/lazy-install.js';
 import { storeInputs } from '../stores/open.js';
 import { accessInputs, storeOptions } from './publish.js';
 
@@ -57,6 +58,20 @@ const own: InputSpec[] = [
     description: 'download and write the files even when Docker or KVM are missing (reported as warnings)',
   },
   { name: 'start', type: 'boolean', default: false, description: 'run docker compose up -d at the end' },
+  {
+    name: 'lazy',
+    type: 'boolean',
+    default: false,
+    description:
+      "boot before the download finishes: the overlay reads what it lacks from orb serve over NBD (socket in DIR/storage) while the rest fills in the background; install serves until the disk is complete and then rebases the overlay onto it (with --start, the compose file's orb service serves instead)",
+  },
+  {
+    name: 'orb-image',
+    type: 'string',
+    default: 'node:24-slim',
+    description:
+      "with --lazy: the image of the compose file's orb service (Node.js 24; orb itself is mounted from DIR/orb)",
+  },
   {
     name: 'bind',
     type: 'string',
@@ -137,6 +152,26 @@ const own: InputSpec[] = [
   ...accessInputs,
 ];
 const inputs = [...own, ...storeInputs('pull', own)];
+/** the inputs `orb serve` takes from install: how to reach the store */
+const serveSpecs: InputSpec[] = [...accessInputs, ...storeInputs('pull', own)];
+
+/** Store inputs for the serve child: flags when public, environment variables when secret. */
+function serveInvocation(inp: Inputs): { args: string[]; env: Record<string, string> } {
+  const args: string[] = [];
+  const env: Record<string, string> = {};
+  for (const s of serveSpecs) {
+    if (!inp.has(s.name)) continue;
+    if (s.secret) {
+      if (!s.env?.[0]) throw new UsageError(`--${s.name} cannot be passed on to orb serve`, 'drop --lazy');
+      env[s.env[0]] = inp.string(s.name);
+    } else if (s.type === 'boolean') {
+      if (inp.bool(s.name) && s.default !== true) args.push(`--${s.name}`);
+    } else if (s.type === 'list') {
+      for (const v of inp.list(s.name)) args.push(`--${s.name}`, v);
+    } else if (inp.string(s.name) !== String(s.default)) args.push(`--${s.name}`, inp.string(s.name));
+  }
+  return { args, env };
+}
 
 const outputs: OutputSpec[] = [
   { name: 'dir', description: 'the installation directory' },
@@ -160,6 +195,15 @@ const outputs: OutputSpec[] = [
       'problems that do not stop the installation (Docker or KVM missing with --prepare-only, ...)',
   },
   { name: 'started', description: 'true when docker compose up -d ran' },
+  {
+    name: 'lazy',
+    description:
+      "with --lazy: 'complete' (the overlay is on the local base) or 'serving' (it still reads from the socket)",
+  },
+  {
+    name: 'socket',
+    description: 'with --lazy: the NBD socket the overlay reads from until the disk is complete',
+  },
 ];
 
 export default defineCommand({
@@ -168,9 +212,10 @@ export default defineCommand({
   description:
     'Checks Docker, /dev/kvm and free disk (with a fix for each), pulls the image (resumable, verified) as a read-only base, creates this ' +
     "client's qcow2 overlay on it and writes a docker-compose.yml for dockur/windows that boots the installed disk without reinstalling, " +
-    'ports on 127.0.0.1. --update moves to a new version downloading only the changed chunks.',
+    'ports on 127.0.0.1. --update moves to a new version downloading only the changed chunks. --lazy boots before the download ' +
+    'finishes: the overlay reads over NBD from orb serve, which fills the base in the background (docs/lazy-boot.md).',
   action: false,
-  usage: 'REF --dir DIR [--base-dir SHARE]',
+  usage: 'REF --dir DIR [--base-dir SHARE | --lazy]',
   inputs,
   outputs,
   async run(inp, ctx) {
@@ -187,7 +232,7 @@ export default defineCommand({
       );
     const password = inp.optString('admin-password');
     if (password) ctx.mask(password);
-    const r = await install({
+    const o = {
       ref: inp.string('ref'),
       dir: inp.string('dir'),
       update: inp.bool('update'),
@@ -214,7 +259,15 @@ export default defineCommand({
       log: ctx.log,
       progress: ctx.progress,
       signal: ctx.signal,
-    });
+    };
+    // --lazy: boot before the download finishes (the overlay reads from orb serve)
+    const serve = inp.bool('lazy') ? serveInvocation(inp) : undefined;
+    const r = serve
+      ? await installLazy({
+          ...o,
+          lazy: { serveArgs: serve.args, serveEnv: serve.env, orbImage: inp.string('orb-image') },
+        })
+      : await install(o);
     const text = connectInstructions(r, !!password);
     ctx.log.info('\n' + text);
     ctx.summary
@@ -248,6 +301,8 @@ export default defineCommand({
       'admin-user': r.adminUser ?? '',
       warnings: r.warnings.join('; '),
       started: r.started,
+      lazy: r.lazy ?? '',
+      socket: r.socket ?? '',
     };
   },
 });

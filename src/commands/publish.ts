@@ -137,7 +137,10 @@ const ownOutputs: OutputSpec[] = [
   { name: 'reference', description: 'pullable reference by digest (for orb pull)' },
   { name: 'tags', description: 'tags pushed, comma-separated' },
   { name: 'artifact-type', description: 'artifactType of the manifest' },
-  { name: 'content-digest', description: 'sha256 of the whole disk content or file' },
+  {
+    name: 'content-digest',
+    description: 'disk images: the orb2 content identity (orb digest); files: sha256 of the whole file',
+  },
   { name: 'bytes-uploaded', description: 'bytes of blobs uploaded' },
   { name: 'bytes-skipped', description: 'bytes of blobs the target already had (or mounted)' },
   { name: 'bytes-total', description: 'bytes of all blobs of the artifact' },

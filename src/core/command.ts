@@ -52,6 +52,11 @@ export interface RunContext {
    */
   signal: AbortSignal;
   mode: 'cli' | 'action';
+  /**
+   * CLI with --json only: writes one JSON line on stdout at once, for long-running commands
+   * (`orb serve`) whose callers wait for "ready" before the command returns.
+   */
+  emit?(values: Outputs): void;
   /** Actions: upload files as a workflow artifact (no-op in the CLI, which keeps them on disk) */
   uploadArtifact?(name: string, files: string[], rootDir: string): Promise<void>;
 }
@@ -117,6 +122,8 @@ export interface CommandDef {
   usage?: string;
   inputs: readonly InputSpec[];
   outputs: readonly OutputSpec[];
+  /** --json prints the result as one line (after lines the command emitted itself) */
+  jsonLines?: boolean;
   run(inputs: Inputs, ctx: RunContext): Promise<Outputs>;
 }
 

@@ -17,8 +17,6 @@ export const MAX_VIRTUAL_SIZE = 64 * 1024 ** 4;
 export const MAX_MANIFEST_BYTES = 8 << 20;
 /** Largest disk config blob (a few hundred bytes in practice). */
 export const MAX_CONFIG_BYTES = 1 << 20;
-/** Largest chunk (uncompressed) of a chunked disk: `--chunk-size` accepts 1M to 128M. */
-export const MAX_CHUNK_LENGTH = 128 << 20;
 /** Longest file name taken from an image (most file systems allow 255 bytes). */
 export const MAX_NAME_BYTES = 255;
 

@@ -37,6 +37,28 @@ export interface ComposeOptions {
   storageDir: string;
   /** more read-only mounts (a shared base, at the absolute path the overlay names) */
   extraVolumes?: string[];
+  /** `orb install --lazy`: the NBD server dockur's disk is backed by, and waits for */
+  orb?: OrbSidecar;
+}
+
+/**
+ * The `orb` service of a lazy install: `orb serve` on the socket in the storage folder. Every
+ * path it uses is mounted at the same absolute path as on the host (the overlay names the socket
+ * that way), so its command is the one the host would run. dockur starts once it is healthy.
+ */
+export interface OrbSidecar {
+  /** an image with Node.js 24; orb itself is mounted from the install directory */
+  image: string;
+  command: string[];
+  /** the socket the healthcheck connects to */
+  socket: string;
+  /** host:container mounts (same paths) */
+  volumes: string[];
+  /** extra mounts for the windows service (the storage folder at its host path) */
+  windowsVolumes: string[];
+  healthcheck: string[];
+  /** registry credentials for serve (0600), never inlined */
+  envFile?: string;
 }
 
 /** DISK_SIZE as dockur parses it (numfmt --from=iec): exact, in the largest unit that divides. */
@@ -92,7 +114,31 @@ export function composeObject(o: ComposeOptions): Record<string, unknown> {
     restart: 'unless-stopped',
     stop_grace_period: '2m',
   };
-  return { name: o.name, services: { windows: service } };
+  if (!o.orb) return { name: o.name, services: { windows: service } };
+  (service.volumes as string[]).push(...o.orb.windowsVolumes);
+  service.depends_on = { orb: { condition: 'service_healthy' } };
+  const orb: Record<string, unknown> = {
+    image: o.orb.image,
+    container_name: `${o.name}-orb`,
+    command: o.orb.command,
+    ...(o.orb.envFile ? { env_file: [o.orb.envFile] } : {}),
+    volumes: o.orb.volumes,
+    // the store is reached as orb on the host reaches it (a registry on 127.0.0.1, DNS, routes);
+    // the export is a Unix socket, so no port is published
+    network_mode: 'host',
+    init: true,
+    healthcheck: {
+      test: o.orb.healthcheck,
+      interval: '5s',
+      timeout: '10s',
+      retries: 3,
+      // the first start resolves the image and its index before the socket exists
+      start_period: '5m',
+    },
+    restart: 'unless-stopped',
+    stop_grace_period: '30s',
+  };
+  return { name: o.name, services: { orb, windows: service } };
 }
 
 export function composeYaml(o: ComposeOptions, header: string[] = []): string {

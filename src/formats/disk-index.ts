@@ -12,7 +12,7 @@ import zlib from 'node:zlib';
  */
 export const BLOCK_SHIFT = 15;
 export const BLOCK_SIZE = 1 << BLOCK_SHIFT;
-/** blocks per frame that writers use (256 KiB frames) */
+/** blocks per frame that writers use (256 KiB frames: docs/chunked-format.md, "Chosen parameters") */
 export const FRAME_BLOCKS = 8;
 export const MAX_VIRTUAL_SIZE_V2 = 2 ** 44;
 export const MAX_PACKS = 1000;
@@ -148,7 +148,8 @@ export class IndexBuilder {
   private block: number[] = [];
   private frame: number[] = [];
   private slot: number[] = [];
-  private digestParts: Buffer[] = [];
+  /** digests in pages of 2^16 (2 MiB): one Buffer per entry would cost ~100 bytes more each */
+  private digestPages: Buffer[] = [];
   private last = -1;
 
   constructor(
@@ -184,7 +185,9 @@ export class IndexBuilder {
     this.block.push(block);
     this.frame.push(frame);
     this.slot.push(slot);
-    this.digestParts.push(Buffer.from(digest.subarray(0, 32)));
+    const i = this.block.length - 1;
+    if ((i & 0xffff) === 0) this.digestPages.push(Buffer.allocUnsafe(32 << 16));
+    this.digestPages[i >> 16]!.set(digest.subarray(0, 32), (i & 0xffff) * 32);
   }
 
   finish(): DiskIndex {
@@ -205,7 +208,7 @@ export class IndexBuilder {
       entryBlock: Float64Array.from(this.block),
       entryFrame: Uint32Array.from(this.frame),
       entrySlot: Uint8Array.from(this.slot),
-      digests: Buffer.concat(this.digestParts),
+      digests: Buffer.concat(this.digestPages, this.block.length * 32),
     };
     let maxBlocks = FRAME_BLOCKS;
     for (const b of idx.frameBlocks) maxBlocks = Math.max(maxBlocks, b);

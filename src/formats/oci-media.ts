@@ -6,20 +6,11 @@ export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 export const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
 export const OCI_EMPTY = 'application/vnd.oci.empty.v1+json';
 
-/** artifactType of a chunked disk image */
-export const DISK_ARTIFACT = 'application/vnd.orb.disk.v1';
 /**
- * config blob media type: an OCI image config (architecture, os, rootfs with no diff_ids) whose
- * JSON also carries the DiskConfig fields. Not a custom type because `skopeo inspect` (and other
- * image tools) refuse manifests whose config is not an image config; `artifactType` still says
- * what this is, and the chunk layers' media types keep runtimes from unpacking it.
+ * artifactType of format v1 chunked disks (one chunk per layer), which no orb reads any more:
+ * known only so a pull of one says that instead of "not an orb image".
  */
-export const DISK_CONFIG = 'application/vnd.oci.image.config.v1+json';
-/** one chunk of the disk content, compressed with zstd on its own */
-export const DISK_CHUNK_ZSTD = 'application/vnd.orb.disk.chunk.v1.zstd';
-/** one chunk stored uncompressed (when zstd does not make it smaller) */
-export const DISK_CHUNK_RAW = 'application/vnd.orb.disk.chunk.v1';
-
+export const DISK_V1_ARTIFACT = 'application/vnd.orb.disk.v1';
 /**
  * Chunked disk format v2 (docs/chunked-format.md): an image-spec 1.1 artifact whose config type is
  * its own (container tools refuse it before fetching a layer), an index blob, then pack blobs.
@@ -44,12 +35,6 @@ export const FILE_CONFIG = 'application/vnd.orb.file.config.v1+json';
 export const ANN_TITLE = 'org.opencontainers.image.title';
 export const ANN_REF_NAME = 'org.opencontainers.image.ref.name';
 export const ANN_CREATED = 'org.opencontainers.image.created';
-/** byte offset of the chunk in the disk content */
-export const ANN_CHUNK_OFFSET = 'dev.orb.chunk.offset';
-/** uncompressed length of the chunk */
-export const ANN_CHUNK_LENGTH = 'dev.orb.chunk.length';
-/** sha256:<hex> of the uncompressed chunk */
-export const ANN_CHUNK_DIGEST = 'dev.orb.chunk.digest';
 /** for file parts: name of the whole file, part index, offset in the whole file */
 export const ANN_PART_FILE = 'dev.orb.part.file';
 export const ANN_PART_INDEX = 'dev.orb.part.index';
@@ -102,19 +87,6 @@ export interface FileConfig {
   virtualSize?: number;
   /** sha256:<hex> of the whole file */
   contentDigest: string;
-  build?: Record<string, unknown>;
-}
-
-/** The config blob of a chunked disk image. */
-export interface DiskConfig {
-  schema: 'orb-disk/v1';
-  virtualSize: number;
-  chunkSize: number;
-  /** sha256:<hex> of the whole disk content (the raw bytes the guest sees) */
-  contentDigest: string;
-  sourceFormat: string;
-  compression: 'zstd';
-  level: number;
   build?: Record<string, unknown>;
 }
 

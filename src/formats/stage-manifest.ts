@@ -23,13 +23,18 @@ export interface BuildInfo {
   [key: string]: unknown;
 }
 
+/** A chunked (format v2) layout: where, which tag, and what the conversion stored. */
 export interface ChunkInfo {
   layout: string;
   tag: string;
-  chunkSize: number;
-  chunks: number;
-  storedChunks: number;
   manifestDigest: string;
+  blockSize: number;
+  /** blocks of the disk (zero blocks included) */
+  blocks: number;
+  /** non-zero blocks the index lists */
+  storedBlocks: number;
+  /** packs the manifest lists */
+  packs: number;
 }
 
 export interface OrbManifest {
@@ -44,7 +49,11 @@ export interface OrbManifest {
     fileSize: number;
     sha256?: string;
     contentSha256?: string;
-    /** chunked disks (format v2): the orb2 content root, orb2:sha256:<hex> */
+    /**
+     * orb2:sha256:<hex>, the disk's content identity (docs/chunked-format.md): a root over its
+     * 32 KiB block digests and zero runs, computed without reading zeros. `orb digest` gives the
+     * same value for the disk in any format; chunked stages record it instead of contentSha256.
+     */
     contentDigest?: string;
     chunked?: ChunkInfo;
   };

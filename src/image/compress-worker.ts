@@ -1,22 +1,26 @@
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, openSync, readSync, renameSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { parentPort, threadId, workerData } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import zlib from 'node:zlib';
+import { zstdFrameHeader } from '../formats/zstd-frame.js';
 
 /**
  * The compression/hash worker thread (started by workers.ts; bundled as dist/orb/compress-worker.js).
  * Tasks work on views of SharedArrayBuffer slots that the main thread filled, so disk bytes are
  * never copied between threads. Results that are new bytes (compressed data) are transferred.
  *
- *   chunk    zero check, sha256 of the bytes; if that digest is in `base`, stop (reuse); else
- *            zstd at `level` (one frame), sha256 of the frame, and write it as a blob into `blobs`
+ *   blocks   per 32 KiB block of the unit (the last one zero-padded): zero flag and sha256
+ *            (chunked format v2: the main thread deduplicates by these digests)
+ *   frames   zstd frames (content size in the header, no checksum) of runs of blocks of the
+ *            unit, concatenated; the main thread appends them to a pack
+ *   unframe  decode one frame of a pack (bounds of src/formats/disk-index-decode.ts) and hash
+ *            each of its blocks; the main thread compares with the index and uses the bytes
  *   frame    zero check, else one zstd frame (raw.zst is a sequence of frames)
  *   clusters per qcow2 cluster: -1 zero, n compressed bytes, -2 stored uncompressed (cluster
  *            bytes included), all packed in one buffer
  *   zeromap  one bit per `block` bytes: 1 = holds data (for sparse raw output)
- *   inflate  zstd-decompress a chunk blob into a slot and check its sha256
  *   hash     whole-disk sha256, fed in order (dedicated worker)
  *   hashFile whole-disk sha256 of a raw file read by the hash worker itself, a bounded distance
  *            ahead of the conversion (see Hasher.readAhead)
@@ -28,14 +32,14 @@ export interface TaskMessage {
   off: number;
   len: number;
   level: number;
-  blobs: string;
   clusterSize: number;
   codec: 'zlib' | 'zstd' | 'none';
   block: number;
-  raw: boolean;
+  /** frames: [first block, block count] pairs, blocks counted from `off` */
+  runs: Uint32Array;
+  /** unframe: one compressed frame of `blocks` blocks of `block` bytes */
   data: Uint8Array;
-  offset: number;
-  digest: string;
+  blocks: number;
   zeros: number;
   path: string;
   fileSize: number;
@@ -72,10 +76,6 @@ function view(m: TaskMessage): Buffer {
   return Buffer.from(m.sab, m.off, m.len);
 }
 
-function sha256(b: Uint8Array): string {
-  return 'sha256:' + createHash('sha256').update(b).digest('hex');
-}
-
 /** Transferable only when the buffer owns its whole ArrayBuffer; otherwise copy. */
 function asTransfer(b: Buffer): Uint8Array<ArrayBuffer> {
   if (b.byteOffset === 0 && b.buffer.byteLength === b.length && b.buffer instanceof ArrayBuffer)
@@ -83,16 +83,6 @@ function asTransfer(b: Buffer): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(b.length);
   out.set(b);
   return out;
-}
-
-/** Content-addressed write: temp file, then rename (atomic; a concurrent equal write is harmless). */
-function putBlob(dir: string, digest: string, bytes: Uint8Array): boolean {
-  const path = `${dir}/${digest.slice(7)}`;
-  if (existsSync(path)) return false;
-  const tmp = `${path}.${process.pid}-${threadId}.partial`;
-  writeFileSync(tmp, bytes);
-  renameSync(tmp, path);
-  return true;
 }
 
 function hashZeros(h: ReturnType<typeof createHash>, n: number): void {
@@ -103,27 +93,83 @@ function hashZeros(h: ReturnType<typeof createHash>, n: number): void {
   }
 }
 
-/** One task per worker at a time; `base` and the running hash are the thread's state. */
-export function makeTasks(base: ReadonlySet<string>): Record<string, (m: TaskMessage) => Result> {
+/** Block `i` of a unit view, zero-padded to `bs` when the unit ends inside it (the disk's tail). */
+function blockOf(buf: Buffer, i: number, bs: number): Buffer {
+  const b = buf.subarray(i * bs, Math.min(buf.length, (i + 1) * bs));
+  if (b.length === bs) return b;
+  const pad = Buffer.alloc(bs);
+  b.copy(pad);
+  return pad;
+}
+
+/** One task per worker at a time; the running hash is the thread's state. */
+export function makeTasks(): Record<string, (m: TaskMessage) => Result> {
   let hash = createHash('sha256');
   return {
-    chunk(m) {
+    blocks(m) {
       const buf = view(m);
-      if (isZero(buf)) return { zero: true };
-      const digest = sha256(buf);
-      if (base.has(digest)) return { digest, reused: true };
-      const z = zstd(buf, m.level);
-      // the worker writes the blob itself: compressed bytes never travel to the main thread
-      if (z.length >= buf.length)
-        return {
-          digest,
-          raw: true,
-          blobDigest: digest,
-          size: buf.length,
-          created: putBlob(m.blobs, digest, buf),
-        };
-      const blobDigest = sha256(z);
-      return { digest, blobDigest, size: z.length, created: putBlob(m.blobs, blobDigest, z) };
+      const n = Math.ceil(buf.length / m.block);
+      const zero = new Uint8Array(n);
+      const digests = new Uint8Array(n * 32);
+      for (let i = 0; i < n; i++) {
+        const b = blockOf(buf, i, m.block);
+        if (isZero(b)) zero[i] = 1;
+        else digests.set(createHash('sha256').update(b).digest(), i * 32);
+      }
+      return { zero, digests, transfer: [zero.buffer, digests.buffer] };
+    },
+    frames(m) {
+      const buf = view(m);
+      const lengths = new Uint32Array(m.runs.length / 2);
+      const parts: Buffer[] = [];
+      let total = 0;
+      for (let r = 0; r < lengths.length; r++) {
+        const first = m.runs[2 * r]!;
+        const count = m.runs[2 * r + 1]!;
+        const end = (first + count) * m.block;
+        let plain = buf.subarray(first * m.block, Math.min(buf.length, end));
+        if (plain.length < count * m.block) {
+          const pad = Buffer.alloc(count * m.block);
+          plain.copy(pad);
+          plain = pad;
+        }
+        const z = zstd(plain, m.level);
+        lengths[r] = z.length;
+        parts.push(z);
+        total += z.length;
+      }
+      const data = new Uint8Array(total);
+      let p = 0;
+      for (const z of parts) {
+        data.set(z, p);
+        p += z.length;
+      }
+      return { lengths, data, transfer: [lengths.buffer, data.buffer] };
+    },
+    unframe(m) {
+      // The bounds of decodeFrame (src/formats/disk-index-decode.ts, not imported: its module
+      // does not load in a test's type-stripped worker); on any failure the main thread decodes
+      // the frame again with decodeFrame to raise the reader's own error.
+      const want = m.blocks * m.block;
+      const h = zstdFrameHeader(m.data);
+      if (!h || h.contentSize !== want || h.windowSize > 8 << 20) return { bad: 'frame header' };
+      let plain: Buffer;
+      try {
+        plain = zlib.zstdDecompressSync(m.data, { maxOutputLength: want });
+      } catch (err) {
+        return { bad: (err as Error).message };
+      }
+      if (plain.length !== want) return { bad: `decompressed to ${plain.length} bytes` };
+      const digests = new Uint8Array(m.blocks * 32);
+      for (let i = 0; i < m.blocks; i++)
+        digests.set(
+          createHash('sha256')
+            .update(plain.subarray(i * m.block, (i + 1) * m.block))
+            .digest(),
+          i * 32,
+        );
+      const data = asTransfer(plain);
+      return { data, digests, transfer: [data.buffer, digests.buffer] };
     },
     frame(m) {
       const buf = view(m);
@@ -181,34 +227,6 @@ export function makeTasks(base: ReadonlySet<string>): Record<string, (m: TaskMes
       for (let i = 0; i < n; i++)
         bits[i] = isZero(buf.subarray(i * m.block, Math.min(buf.length, (i + 1) * m.block))) ? 0 : 1;
       return { bits, transfer: [bits.buffer] };
-    },
-    inflate(m) {
-      const out = view(m);
-      let plain: Buffer;
-      if (m.raw) plain = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
-      else {
-        try {
-          plain = zlib.zstdDecompressSync(m.data, { maxOutputLength: Math.max(1, m.len) });
-        } catch (err) {
-          return {
-            error: `chunk at offset ${m.offset} does not decompress: ${(err as Error).message}`,
-            kind: 'integrity',
-          };
-        }
-      }
-      if (plain.length !== m.len)
-        return {
-          error: `chunk at offset ${m.offset} decompresses to ${plain.length} bytes, expected ${m.len}`,
-          kind: 'integrity',
-        };
-      const digest = sha256(plain);
-      if (digest !== m.digest)
-        return {
-          error: `chunk at offset ${m.offset} has digest ${digest}, expected ${m.digest}`,
-          kind: 'integrity',
-        };
-      out.set(plain);
-      return {};
     },
     hash(m) {
       if (m.zeros) hashZeros(hash, m.zeros);
@@ -301,7 +319,7 @@ function collector(): () => void {
 if (parentPort && (workerData as { role?: string } | undefined)?.role === 'orb-compress') {
   const port = parentPort;
   const collect = collector();
-  const tasks = makeTasks(new Set((workerData as { base?: string[] } | undefined)?.base ?? []));
+  const tasks = makeTasks();
   port.on('message', (m: TaskMessage) => {
     let res: Result;
     try {

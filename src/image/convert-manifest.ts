@@ -21,14 +21,15 @@ export interface ConvertedImage {
   virtualSize: number;
   outputBytes: number;
   sha256: string;
-  contentSha256: string;
+  contentSha256?: string;
+  contentDigest?: string;
   chunked?: {
     tag: string;
     manifestDigest: string;
-    chunkSize: number;
-    chunks: number;
+    blockSize: number;
+    blocks: number;
     stored: number;
-    reused: number;
+    packs: number;
   };
 }
 
@@ -43,17 +44,20 @@ export async function writeStageManifest(
     format: r.format as ImageFormat,
     virtualSize: r.virtualSize,
     fileSize: r.outputBytes,
-    contentSha256: r.contentSha256,
+    // plain files: the sha256 of the disk; chunked: the orb2 content root (no whole-disk hash)
+    ...(r.contentSha256 ? { contentSha256: r.contentSha256 } : {}),
+    ...(r.contentDigest ? { contentDigest: r.contentDigest } : {}),
   };
   if (r.format !== 'chunked') image.sha256 = r.sha256;
   if (r.chunked) {
     image.chunked = {
       layout: image.path,
       tag: r.chunked.tag,
-      chunkSize: r.chunked.chunkSize,
-      chunks: r.chunked.chunks,
-      storedChunks: r.chunked.stored + r.chunked.reused,
       manifestDigest: r.chunked.manifestDigest,
+      blockSize: r.chunked.blockSize,
+      blocks: r.chunked.blocks,
+      storedBlocks: r.chunked.stored,
+      packs: r.chunked.packs,
     };
   }
   const extra: Partial<OrbManifest> = {};

@@ -11,11 +11,20 @@ import {
   type StageInput,
 } from '../core/stage-manifest-file.js';
 import { nullProgress, type Progress } from '../core/progress.js';
-import { isChunkedLayout, parseLayoutRef, readChunkedLayout, type ChunkedImage } from './chunked/read.js';
+import {
+  isChunkedLayout,
+  LayoutReader,
+  parseLayoutRef,
+  readChunkedLayout,
+  type ChunkedImage,
+} from './chunked/read.js';
 import { inspectImage, type ImageInfo } from './inspect.js';
 import { estimateOutputBytes } from './estimate.js';
 import { openDiskReader, type DiskReader } from './reader.js';
-import { runOutput, type OutputDone } from './outputs.js';
+import { runOutput, type ChunkedSummary, type OutputDone } from './outputs.js';
+import { OciLayout } from '../oci/layout.js';
+import { MAX_PACK_SIZE } from '../formats/disk-index.js';
+import { DISK_V2_ARTIFACT } from '../formats/oci-media.js';
 import { verifyOutput } from './verify.js';
 import { writeStageManifest } from './convert-manifest.js';
 import { defaultThreads, WorkerPool } from './workers.js';
@@ -24,8 +33,14 @@ import { validateClusterSize, type Qcow2Compression } from './qcow2.js';
 export const OUTPUT_FORMATS = ['qcow2', 'raw', 'raw.zst', 'chunked'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 
-/** Default chunk size of the chunked format; docs/chunked-format.md gives the measurements. */
-export const DEFAULT_CHUNK_SIZE = 16 << 20;
+/**
+ * Default pack size of the chunked format (docs/chunked-format-v2.md, "Chosen parameters"): a
+ * 60 GB-compressed image is ~56 packs, far below registries' layer limits; each pack stays under
+ * every store's object cap.
+ */
+export const DEFAULT_PACK_SIZE = 1 << 30;
+/** smallest pack: a frame is at most ~256 KiB; smaller packs would only multiply layers */
+export const MIN_PACK_SIZE = 1 << 20;
 export const DEFAULT_ZSTD_LEVEL = 3;
 export const DEFAULT_ZLIB_LEVEL = 6;
 
@@ -39,10 +54,13 @@ export interface ConvertOptions {
   /** qcow2 cluster compression (default zstd) */
   compression?: Qcow2Compression;
   clusterSize?: number;
-  chunkSize?: number;
+  /** chunked: bytes per pack blob at most (default 1 GiB) */
+  packSize?: number;
   tag?: string;
-  /** earlier chunked version(s): unchanged chunks reuse their blobs */
+  /** earlier chunked version(s): blocks they hold are referenced, not stored again */
   base?: string[];
+  /** with bases: compress every block again into fresh packs (the repack policy's full repack) */
+  repack?: boolean;
   threads?: number;
   verify?: boolean;
   /** files the input image may name (backing, data file, extents): exactly these, nothing else */
@@ -68,24 +86,17 @@ export interface ConvertResult {
   ratio: number;
   /** sha256 (hex) of the output file; for chunked, of the manifest (its digest) */
   sha256: string;
-  /** sha256 (hex) of the disk content (the bytes the guest sees) */
-  contentSha256: string;
+  /** sha256 (hex) of the disk content (the bytes the guest sees); plain-file outputs only */
+  contentSha256?: string;
+  /** orb2:sha256:<hex>, the chunked format's content identity: chunked output or input */
+  contentDigest?: string;
   seconds: number;
   /** disk content converted per second, in MB (10^6) */
   mbPerSecond: number;
   verified: boolean;
   inputFormat: string;
   manifest?: string;
-  chunked?: {
-    tag: string;
-    manifestDigest: string;
-    chunkSize: number;
-    chunks: number;
-    stored: number;
-    reused: number;
-    compressed: number;
-    zero: number;
-  };
+  chunked?: ChunkedSummary;
 }
 
 interface ResolvedInput {
@@ -114,7 +125,7 @@ function validate(o: ConvertOptions): {
   level: number;
   compression: Qcow2Compression;
   clusterSize: number;
-  chunkSize: number;
+  packSize: number;
 } {
   const compression = o.compression ?? 'zstd';
   const zlib = o.format === 'qcow2' && compression === 'zlib';
@@ -128,16 +139,16 @@ function validate(o: ConvertOptions): {
   }
   const clusterSize = o.clusterSize ?? 65536;
   validateClusterSize(clusterSize);
-  const chunkSize = o.chunkSize ?? DEFAULT_CHUNK_SIZE;
-  if (chunkSize < 1 << 20 || chunkSize > 128 << 20 || chunkSize % 65536 !== 0) {
+  const packSize = o.packSize ?? DEFAULT_PACK_SIZE;
+  if (!Number.isInteger(packSize) || packSize < MIN_PACK_SIZE || packSize > MAX_PACK_SIZE) {
     throw new UsageError(
-      `chunk size ${chunkSize} is not valid`,
-      'use 1M to 128M, a multiple of 64K (default 16M)',
+      `pack size ${packSize} is not valid`,
+      "use 1M to 64G (default 1G; at most the target store's largest object: GitHub releases 2,000,000,000 bytes, GitLab 5G, GHCR 10G)",
     );
   }
   if (o.format !== 'chunked' && o.base?.length)
     throw new UsageError('--base only applies to --format chunked');
-  return { level, compression, clusterSize, chunkSize };
+  return { level, compression, clusterSize, packSize };
 }
 
 /** Refuse outputs that would destroy the input or cannot be written, before any work. */
@@ -197,25 +208,35 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   const build = o.build ?? src.manifest?.build;
   const threads = Math.max(1, o.threads ?? defaultThreads());
 
-  // Earlier versions whose blobs unchanged chunks can reuse.
+  // Earlier versions whose blocks are referenced instead of stored again.
   const bases: ChunkedImage[] = [];
   if (o.format === 'chunked') {
     for (const b of o.base ?? []) {
       const r = await resolveInput(b);
       const { dir, tag } = parseLayoutRef(r.path);
-      bases.push(await readChunkedLayout(dir, tag));
+      const base = await readChunkedLayout(dir, tag);
+      if (base.config.virtualSize !== info.virtualSize)
+        log.info(
+          `base ${dir}: ${base.config.virtualSize} bytes, the input ${info.virtualSize}: blocks are matched by content`,
+        );
+      bases.push(base);
     }
     if (mode === 'add-to-layout') {
-      const existing = await readChunkedLayout(o.output).catch(() => undefined);
-      if (existing) bases.push(existing);
+      // the natural base of a new version: the tag it replaces, else the layout's latest disk
+      const layout = new OciLayout(o.output);
+      const existing =
+        (await layout.resolve(o.tag ?? 'latest').catch(() => undefined)) ??
+        (await layout.readIndex()).manifests.filter((m) => m.artifactType === DISK_V2_ARTIFACT).at(-1);
+      if (existing) {
+        bases.push(await readChunkedLayout(o.output, existing.digest));
+        log.info(`base: ${o.output} manifest ${existing.digest} (blocks it holds are not stored again)`);
+      }
     }
   }
 
   const reader: DiskReader = await openDiskReader(info, { signal: o.signal });
-  const pool = new WorkerPool(
-    threads,
-    bases.flatMap((b) => b.chunks.map((c) => c.digest)),
-  );
+  const pool = new WorkerPool(threads);
+  if (reader instanceof LayoutReader) reader.pool = pool;
   let partial: PartialOutput | undefined;
   let done: OutputDone | undefined;
   try {
@@ -250,30 +271,15 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
       ...settings,
       tag: o.tag ?? 'latest',
       bases,
+      ...(o.repack ? { repack: true } : {}),
       build,
       progress: progress(`convert ${o.format}`, info.virtualSize),
       signal: o.signal,
       log,
     });
-    if (info.contentDigest && hex(info.contentDigest) !== hex(done.contentSha256)) {
-      throw new OrbError(
-        'integrity',
-        `${info.path}: the decoded disk (${hex(done.contentSha256)}) differs from the image's content digest (${hex(info.contentDigest)})`,
-        {
-          hint: 'every chunk matched its own digest, so the manifest itself is inconsistent: publish the image again',
-        },
-      );
-    }
-    const expected = src.manifest?.image.contentSha256;
-    if (expected && hex(expected) !== hex(done.contentSha256)) {
-      throw new OrbError(
-        'integrity',
-        `the input's content (${hex(done.contentSha256)}) differs from its manifest (${hex(expected)})`,
-        {
-          hint: 'the image changed after the previous stage wrote its manifest; rebuild it or give the image path instead',
-        },
-      );
-    }
+    // A chunked input needs no check here: its index's root was recomputed when it was read and
+    // every block was checked against its digest as it was decoded.
+    checkStageContent(src.manifest, done, info);
     let verified = false;
     if (o.verify) {
       await verifyOutput({
@@ -282,6 +288,7 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
         format: o.format,
         done,
         tag: o.tag ?? 'latest',
+        pool,
         progress,
         signal: o.signal,
         log,
@@ -300,7 +307,10 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
       outputBytes: done.outputBytes,
       ratio: done.outputBytes > 0 ? info.virtualSize / done.outputBytes : 0,
       sha256: hex(done.sha256),
-      contentSha256: hex(done.contentSha256),
+      ...(done.contentSha256 ? { contentSha256: hex(done.contentSha256) } : {}),
+      ...((done.contentDigest ?? info.contentDigest)
+        ? { contentDigest: done.contentDigest ?? info.contentDigest }
+        : {}),
       seconds,
       mbPerSecond: info.virtualSize / 1e6 / Math.max(seconds, 1e-6),
       verified,
@@ -323,6 +333,25 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
 }
 
 const hex = (d: string) => d.replace(/^sha256:/, '');
+
+/** The previous stage's manifest must describe the disk we read (it may have changed since). */
+function checkStageContent(m: OrbManifest | undefined, done: OutputDone, info: ImageInfo): void {
+  const pairs: [string | undefined, string | undefined][] = [
+    [m?.image.contentSha256, done.contentSha256],
+    [m?.image.contentDigest, done.contentDigest ?? info.contentDigest],
+  ];
+  for (const [want, got] of pairs) {
+    if (want && got && hex(want) !== hex(got)) {
+      throw new OrbError(
+        'integrity',
+        `the input's content (${hex(got)}) differs from its manifest (${hex(want)})`,
+        {
+          hint: 'the image changed after the previous stage wrote its manifest; rebuild it or give the image path instead',
+        },
+      );
+    }
+  }
+}
 
 /** ENOSPC and friends become errors that say what to do. */
 export function translateFsError(err: unknown, output: string): unknown {

@@ -1,4 +1,5 @@
 import type { Extents } from './extents.js';
+import type { ChunkedImage } from './chunked/read.js';
 
 /**
  * What a disk image is, found by reading its header (src/image/untrusted.ts, never QEMU's probe
@@ -19,8 +20,10 @@ export interface ImageInfo {
   compressionType?: string;
   /** chunked: the tag read */
   tag?: string;
-  /** chunked: sha256:<hex> of the whole disk, from its config (checked after decoding) */
+  /** chunked: orb2:sha256:<hex>, the content root of its index (every block is checked as read) */
   contentDigest?: string;
+  /** chunked: the layout as read and checked by inspect (not read twice) */
+  layout?: ChunkedImage;
   /** the name QEMU must open it by (format and every named file pinned); absent for chunked */
   qemu?: string;
   /** other files the image names that the user allowed (read as part of it) */

@@ -50,6 +50,7 @@ export async function inspectImage(
         fileBytes: img.storedBytes,
         tag: img.tag,
         contentDigest: img.config.contentDigest,
+        layout: img,
       };
     }
     throw new OrbError('input', `${path} is a directory, not a disk image or an orb chunked layout`, {

@@ -1,11 +1,13 @@
+import { rm } from 'node:fs/promises';
 import { OrbError } from '../core/errors.js';
 import { sha256File } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
 import type { BuildInfo } from '../core/stage-manifest-file.js';
 import type { Progress } from '../core/progress.js';
 import { OciLayout } from '../oci/layout.js';
-import type { DiskConfig } from '../formats/oci-media.js';
-import { ChunkedSink, reusableBlobs, writeChunkedManifest } from './chunked/encode.js';
+import { ChunkedSink } from './chunked/encode.js';
+import { linkBasePacks } from './chunked/encode-index.js';
+import { writeDiskV2Manifest } from './chunked/manifest.js';
 import type { ChunkedImage } from './chunked/read.js';
 import type { Qcow2Compression } from './qcow2.js';
 import type { DiskReader } from './reader.js';
@@ -24,29 +26,54 @@ export interface OutputRun {
   level: number;
   compression: Qcow2Compression;
   clusterSize: number;
-  chunkSize: number;
+  /** chunked: a pack is closed before a frame would take it past this many bytes */
+  packSize: number;
   tag: string;
+  /** chunked: earlier versions whose blocks are referenced instead of stored again */
   bases: ChunkedImage[];
+  /** chunked with bases: compress every base block again into fresh packs */
+  repack?: boolean;
   build?: BuildInfo | undefined;
   progress: Progress;
   signal?: AbortSignal | undefined;
   log: Logger;
 }
 
+/** What a chunked conversion stored (blocks are 32 KiB of disk). */
+export interface ChunkedSummary {
+  tag: string;
+  manifestDigest: string;
+  blockSize: number;
+  /** blocks of the disk, zero blocks included */
+  blocks: number;
+  zero: number;
+  /** blocks compressed into new frames */
+  fresh: number;
+  /** blocks equal to an earlier block of the disk (stored once) */
+  duplicate: number;
+  /** blocks a base already held */
+  reused: number;
+  /** blocks a base held in a pack the repack policy dropped (compressed again, in `fresh`) */
+  repacked: number;
+  /** index entries (non-zero blocks) */
+  stored: number;
+  /** new frames */
+  frames: number;
+  /** packs the manifest lists */
+  packs: number;
+  newPacks: number;
+  newPackBytes: number;
+  indexBytes: number;
+}
+
 export interface OutputDone {
   outputBytes: number;
   sha256: string;
-  contentSha256: string;
-  chunked?: {
-    tag: string;
-    manifestDigest: string;
-    chunkSize: number;
-    chunks: number;
-    stored: number;
-    reused: number;
-    compressed: number;
-    zero: number;
-  };
+  /** sha256:<hex> of the disk content: plain-file outputs (the whole-disk hash) */
+  contentSha256?: string;
+  /** orb2:sha256:<hex>: chunked outputs (the content root, no extra pass) */
+  contentDigest?: string;
+  chunked?: ChunkedSummary;
   /** undo what was written outside the .partial path (new blobs in an existing layout) */
   rollback?(): Promise<void>;
   /** make the result visible (tag it in an existing layout); run after verification */
@@ -59,15 +86,14 @@ const ZST_FRAME = 16 << 20;
 /** qcow2 and raw units: small enough to keep writes flowing, large enough to amortise messages */
 const FILE_UNIT = 8 << 20;
 
+/** chunked: units of 128 blocks; frames never cross a unit (one short frame per 4 MiB at worst) */
+const CHUNKED_UNIT = 4 << 20;
+
 /** Scan the input once, writing one output format; returns sizes and digests. */
 export async function runOutput(r: OutputRun): Promise<OutputDone> {
+  if (r.format === 'chunked') return chunked(r);
   const threads = r.pool.size;
-  const unit =
-    r.format === 'chunked'
-      ? r.chunkSize
-      : r.format === 'raw.zst'
-        ? ZST_FRAME
-        : Math.max(FILE_UNIT, r.clusterSize);
+  const unit = r.format === 'raw.zst' ? ZST_FRAME : Math.max(FILE_UNIT, r.clusterSize);
   const slots = new SlotPool(slotCount(unit, threads), unit);
   const hasher = new Hasher(r.signal);
   if (r.reader.file) hasher.readAhead(r.reader.file, r.reader.extents);
@@ -133,8 +159,6 @@ export async function runOutput(r: OutputRun): Promise<OutputDone> {
           throw err;
         }
       }
-      case 'chunked':
-        return await chunked(r, scan, hasher);
       default:
         throw new OrbError('internal', `unknown format ${String(r.format)}`);
     }
@@ -143,60 +167,77 @@ export async function runOutput(r: OutputRun): Promise<OutputDone> {
   }
 }
 
-async function chunked(
-  r: OutputRun,
-  scan: (s: UnitSink) => Promise<unknown>,
-  hasher: Hasher,
-): Promise<OutputDone> {
+async function chunked(r: OutputRun): Promise<OutputDone> {
   const layout = new OciLayout(r.target);
   await layout.init();
-  const reuse = reusableBlobs(r.bases);
-  const sink = new ChunkedSink(layout, r.pool, r.level, reuse);
+  const threads = r.pool.size;
+  const slots = new SlotPool(slotCount(CHUNKED_UNIT, threads), CHUNKED_UNIT);
+  const sink = new ChunkedSink({
+    layout,
+    pool: r.pool,
+    level: r.level,
+    packSize: r.packSize,
+    virtualSize: r.reader.virtualSize,
+    bases: r.bases,
+    ...(r.repack ? { repack: true } : {}),
+  });
+  for (const why of sink.repackReasons) r.log.info(`repack: ${why}`);
+  const created: string[] = [];
+  const rollback = async () => {
+    for (const p of [...sink.packs.created, ...created]) await rm(p, { force: true });
+  };
   try {
-    await scan(sink);
-    const content = await hasher.digest();
-    const config: DiskConfig = {
-      schema: 'orb-disk/v1',
-      virtualSize: r.reader.virtualSize,
-      chunkSize: r.chunkSize,
-      contentDigest: content,
+    // no whole-disk hash: the content identity is the root the sink feeds from block digests
+    await scanDisk({
+      reader: r.reader,
+      unitSize: CHUNKED_UNIT,
+      slots,
+      sink,
+      progress: r.progress,
+      signal: r.signal,
+    });
+    const { index, baseRefs } = await sink.finish();
+    created.push(...(await linkBasePacks(layout, baseRefs)));
+    const m = await writeDiskV2Manifest(layout, index, {
       sourceFormat: r.reader.info.format,
-      compression: 'zstd',
       level: r.level,
       ...(r.build ? { build: r.build as Record<string, unknown> } : {}),
-    };
-    const layers = sink.layerList;
-    const m = await writeChunkedManifest(layout, config, layers, r.addToLayout ? undefined : r.tag);
+    });
+    created.push(...m.created);
+    if (!r.addToLayout) await layout.tag(m.descriptor, r.tag);
     r.progress.done();
-    const unique = new Map(layers.map((l) => [l.digest, l.size]));
-    const blobBytes = [...unique.values()].reduce((a, b) => a + b, 0);
     const s = sink.stats;
-    if (m.size > 3_500_000) {
-      // registries commonly refuse manifests above about 4 MB (one descriptor per stored chunk)
-      r.log.warn(
-        `the manifest lists ${layers.length} chunks in ${m.size} bytes; registries often refuse manifests over 4 MB: use a larger --chunk-size`,
-      );
-    }
+    const newPackBytes = sink.packs.packs.reduce((n, p) => n + p.size, 0);
+    const packBytes = index.packs.reduce((n, p) => n + p.size, 0);
+    r.log.info(
+      `blocks: ${s.blocks} (${s.fresh} new in ${s.frames} frames${s.repacked ? `, ${s.repacked} of them repacked from the base` : ''}, ${s.reused} reused from the base, ${s.duplicate} repeated, ${s.zero} zero); new packs: ${sink.packs.packs.length} (${newPackBytes} bytes); index ${m.indexBytes} bytes`,
+    );
     return {
-      outputBytes: blobBytes + m.size + m.manifest.config.size,
+      outputBytes: packBytes + m.indexBytes + m.size + m.manifest.config.size,
       sha256: m.digest,
-      contentSha256: content,
+      contentDigest: index.contentDigest,
       chunked: {
         tag: r.tag,
         manifestDigest: m.digest,
-        chunkSize: r.chunkSize,
-        chunks: s.chunks,
-        stored: s.stored,
-        reused: s.reused,
-        compressed: s.compressed,
+        blockSize: index.blockSize,
+        blocks: s.blocks,
         zero: s.zero,
+        fresh: s.fresh,
+        duplicate: s.duplicate,
+        reused: s.reused,
+        repacked: s.repacked,
+        stored: index.entryCount,
+        frames: s.frames,
+        packs: index.packs.length,
+        newPacks: sink.packs.packs.length,
+        newPackBytes,
+        indexBytes: m.indexBytes,
       },
-      ...(r.addToLayout
-        ? { rollback: () => sink.removeCreated(), commit: () => layout.tag(m.descriptor, r.tag) }
-        : {}),
+      ...(r.addToLayout ? { rollback, commit: () => layout.tag(m.descriptor, r.tag) } : {}),
     };
   } catch (err) {
-    if (r.addToLayout) await sink.removeCreated();
+    await sink.abort();
+    if (r.addToLayout) await rollback();
     throw err;
   }
 }

@@ -42,13 +42,9 @@ export class WorkerPool {
   private failed: Error | undefined;
   private readonly unregister: () => void;
 
-  /** `base`: uncompressed chunk digests whose blobs already exist (not compressed again) */
-  constructor(
-    readonly size: number,
-    base: readonly string[] = [],
-  ) {
+  constructor(readonly size: number) {
     for (let i = 0; i < size; i++) {
-      const t = new Thread((th, r) => this.done(th, r), { role: 'orb-compress', base });
+      const t = new Thread((th, r) => this.done(th, r), { role: 'orb-compress' });
       this.threads.push(t);
       this.idle.push(t);
     }

@@ -23,6 +23,9 @@ export interface InstallResult {
   checks: Check[];
   warnings: string[];
   started: boolean;
+  /** --lazy: 'serving' while the overlay still reads from the NBD socket, 'complete' once rebased */
+  lazy?: 'serving' | 'complete';
+  socket?: string;
 }
 
 /** DIR/install.json (what is installed, for --update) and the closing instructions. */
@@ -39,6 +42,10 @@ export interface InstallState {
   installedAt: string;
   build?: BuildInfo;
   previous?: { digest: string; dir: string; base: string };
+  /** orb2 content root of a chunked v2 base (--lazy: from orb serve) */
+  contentDigest?: string;
+  /** --lazy, until the overlay is rebased onto the filled base (paths relative to DIR) */
+  lazy?: { socket: string; cache: string };
 }
 
 export async function readInstallState(dir: string): Promise<InstallState | undefined> {

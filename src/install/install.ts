@@ -128,6 +128,11 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
   if (o.adminPassword) mask(o.adminPassword);
 
   const state = await readInstallState(dir);
+  if (state?.lazy)
+    throw new UsageError(
+      `${dir} is a --lazy install still filling`,
+      `run it with --lazy: orb install ${o.ref} --dir ${o.dir} --lazy`,
+    );
   if (o.update && !state)
     throw new UsageError(
       `nothing is installed in ${dir} to update`,

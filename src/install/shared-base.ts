@@ -6,7 +6,7 @@ import { sha256File } from '../core/fsutil.js';
 import type { Logger } from '../core/log.js';
 import { readManifest, type OrbManifest } from '../core/stage-manifest-file.js';
 import { formatBytes } from '../core/progress.js';
-import { sha256Async } from '../transfer/check-chunk.js';
+import { sha256Async } from '../transfer/part-check.js';
 import { isZero } from '../transfer/pull-output.js';
 import { contentSegments, type Plan } from '../transfer/pull-plan.js';
 

@@ -438,6 +438,18 @@ export class RegistryClient {
       what: `push manifest ${this.repository}:${ref}`,
       accept: [200, 201, 202, 400, 404],
     });
+    if (res.status === 400) {
+      // A registry that does not take image-spec 1.1 artifacts (an own config media type,
+      // artifactType) says MANIFEST_INVALID or similar; the blobs stay for a retry elsewhere.
+      const detail = errorText(await res.text(64 << 10).catch(() => ''));
+      throw new OrbError(
+        'input',
+        `push manifest ${this.repository}:${ref}: ${this.host} refused the manifest (HTTP 400${detail ? ': ' + detail : ''})`,
+        {
+          hint: 'this registry may not accept OCI 1.1 artifacts (our own config media type and artifactType); the uploaded blobs stay there, so publishing again to a registry that does (or after upgrading it) uploads nothing twice',
+        },
+      );
+    }
     if (res.status >= 400) return this.unexpected(res, `push manifest ${this.repository}:${ref}`);
     await res.discard();
     const digest = sha256Digest(bytes);

@@ -281,7 +281,7 @@ export class GithubReleaseStore implements BlobStore {
     if (assets.size >= GITHUB_MAX_ASSETS) {
       throw new UsageError(
         `release ${this.ref.tag} already has ${assets.size} assets, GitHub's limit`,
-        'use larger chunks (orb convert --chunk-size) so the image needs fewer blobs',
+        'convert with a larger --pack-size so the image needs fewer blobs',
       );
     }
     return withRetries(

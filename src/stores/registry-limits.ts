@@ -121,7 +121,7 @@ export function checkRegistryLimits(limits: RegistryLimits, a: ArtifactShape, lo
     hints.push(
       a.singleFile
         ? `publish with a --part-size at least ${factor}x larger`
-        : `convert with a chunk size at least ${factor}x larger (orb convert --chunk-size), so the disk has at most ${limits.maxLayers} chunks`,
+        : `the disk image lists ${n - 1} packs: convert with a --pack-size at least ${factor}x larger, or convert it again with --repack (fresh packs of --pack-size each)`,
     );
   }
   const largest = a.layers.reduce((m, l) => Math.max(m, l.size), 0);
@@ -132,14 +132,18 @@ export function checkRegistryLimits(limits: RegistryLimits, a: ArtifactShape, lo
     hints.push(
       a.singleFile
         ? `publish with --part-size ${Math.floor(limits.maxLayerBytes / MiB)}MiB or smaller`
-        : 'convert with a smaller --chunk-size',
+        : `convert with --pack-size ${Math.floor(limits.maxLayerBytes / MiB)}MiB or smaller`,
     );
   }
   if (limits.maxManifestBytes !== undefined && a.manifestBytes > limits.maxManifestBytes) {
     problems.push(
       `a manifest of ${formatBytes(a.manifestBytes)}; ${limits.name} accepts at most ${formatBytes(limits.maxManifestBytes)}`,
     );
-    hints.push('convert with a larger --chunk-size (fewer chunks, a shorter manifest)');
+    hints.push(
+      a.singleFile
+        ? 'publish with a larger --part-size (fewer parts)'
+        : 'convert with a larger --pack-size (fewer packs)',
+    );
   }
   if (problems.length) {
     throw new UsageError(
@@ -155,7 +159,7 @@ export function checkRegistryLimits(limits: RegistryLimits, a: ArtifactShape, lo
     const rate = largest / limits.uploadSeconds;
     if (rate > 10e6)
       log.warn(
-        `${limits.name} gives one layer upload ${limits.uploadSeconds / 60} minutes: the largest (${formatBytes(largest)}) needs at least ${formatBytes(rate)}/s; a smaller --part-size or --chunk-size lowers that`,
+        `${limits.name} gives one layer upload ${limits.uploadSeconds / 60} minutes: the largest (${formatBytes(largest)}) needs at least ${formatBytes(rate)}/s; a smaller --part-size or --pack-size lowers that`,
       );
   }
 }

@@ -5,7 +5,7 @@ import type { Logger } from '../core/log.js';
 import type { RetryPolicy } from '../net/retry.js';
 import type { Descriptor } from '../formats/oci-media.js';
 import type { BlobStore } from '../stores/store.js';
-import { sha256Async } from './check-chunk.js';
+import { sha256Async } from './part-check.js';
 import { fetchBlob, type BlobSink } from './fetch.js';
 import type { Journal } from './pull-journal.js';
 import type { Region, Unit } from './pull-plan.js';

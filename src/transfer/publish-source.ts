@@ -22,7 +22,7 @@ import {
   ANN_PART_INDEX,
   ANN_PART_OFFSET,
   ANN_TITLE,
-  DISK_ARTIFACT,
+  DISK_V2_ARTIFACT,
   FILE_ARTIFACT,
   FILE_CONFIG,
   FILE_PART,
@@ -177,7 +177,7 @@ async function fromLayout(
     });
   }
   const artifactType = manifest.artifactType ?? manifest.config.mediaType;
-  if (artifactType !== DISK_ARTIFACT && artifactType !== FILE_ARTIFACT) {
+  if (artifactType !== DISK_V2_ARTIFACT && artifactType !== FILE_ARTIFACT) {
     opts.log.warn(`${dir}:${tag} is ${artifactType}, not an orb disk image; publishing it unchanged`);
   }
   const contentDigest = manifest.annotations?.[ANN_CONTENT_DIGEST];

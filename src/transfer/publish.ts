@@ -10,7 +10,8 @@ import {
 } from '../core/stage-manifest-file.js';
 import { formatBytes, type Progress } from '../core/progress.js';
 import { readSmallBlob } from '../stores/layout.js';
-import { DISK_ARTIFACT, OCI_MANIFEST, type DiskConfig, type ImageManifest } from '../formats/oci-media.js';
+import { DISK_V2_ARTIFACT, OCI_MANIFEST, type ImageManifest } from '../formats/oci-media.js';
+import { checkDiskV2Config } from '../oci/disk-v2.js';
 import { isDigest, TAG_RE } from '../oci/reference.js';
 import { checkRegistryLimits, type RegistryLimits } from '../stores/registry-limits.js';
 import type { BlobStore } from '../stores/store.js';
@@ -113,7 +114,7 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
         describe: prepared.describe,
         layers: prepared.manifest.layers,
         manifestBytes: prepared.manifestBytes.length,
-        singleFile: prepared.artifactType !== DISK_ARTIFACT,
+        singleFile: prepared.artifactType !== DISK_V2_ARTIFACT,
       },
       log,
     );
@@ -124,9 +125,21 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
     const factor = Math.ceil(prepared.blobs.length / target.maxBlobCount);
     throw new UsageError(
       `${prepared.describe} has ${prepared.blobs.length} blobs; ${target.describe()} holds at most ${target.maxBlobCount}`,
-      `convert with a chunk size at least ${factor}x larger (orb convert --chunk-size), or publish to a registry or S3`,
+      `convert with a --pack-size at least ${factor}x larger, or publish to a registry or S3`,
     );
   }
+
+  // A pack above the store's object cap (GitHub assets < 2 GiB, GitLab files 5 GB) is refused
+  // before anything goes up, with the convert option that makes it fit.
+  const cap = target.maxBlobSize;
+  const tooBig = cap === undefined ? undefined : prepared.blobs.find((b) => b.desc.size > cap);
+  if (tooBig && cap !== undefined)
+    throw new UsageError(
+      `${prepared.describe} has a blob of ${formatBytes(tooBig.desc.size)}; ${target.describe()} accepts at most ${formatBytes(cap)} per object`,
+      prepared.artifactType === DISK_V2_ARTIFACT
+        ? `convert with --pack-size ${Math.floor(cap / (1 << 20))}MiB or smaller; nothing was uploaded`
+        : `publish with --part-size ${Math.floor(cap / (1 << 20))}MiB or smaller; nothing was uploaded`,
+    );
 
   // 1. What does the target have already?
   const present = new Set<string>();
@@ -279,11 +292,11 @@ function rebase(m: OrbManifest, from: string, to: string): OrbManifest['image'] 
 async function describeImage(p: PreparedArtifact, target: BlobStore): Promise<OrbManifest> {
   if (p.image) return newManifest('publish', p.image);
   let virtualSize = 0;
-  let contentSha256: string | undefined;
-  if (p.artifactType === DISK_ARTIFACT) {
-    const cfg = JSON.parse((await readSmallBlob(target, p.manifest.config)).toString('utf8')) as DiskConfig;
+  let contentDigest: string | undefined;
+  if (p.artifactType === DISK_V2_ARTIFACT) {
+    const cfg = checkDiskV2Config(await readSmallBlob(target, p.manifest.config), p.describe);
     virtualSize = cfg.virtualSize;
-    contentSha256 = cfg.contentDigest?.replace(/^sha256:/, '');
+    contentDigest = cfg.contentDigest;
   }
   const fileSize = p.blobs.reduce((a, b) => a + b.desc.size, 0);
   return newManifest('publish', {
@@ -291,6 +304,6 @@ async function describeImage(p: PreparedArtifact, target: BlobStore): Promise<Or
     format: 'chunked',
     virtualSize,
     fileSize,
-    ...(contentSha256 ? { contentSha256 } : {}),
+    ...(contentDigest ? { contentDigest } : {}),
   });
 }

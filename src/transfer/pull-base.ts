@@ -5,7 +5,7 @@ import { MANIFEST_SCHEMA, manifestImagePath, type OrbManifest } from '../core/st
 import { LayoutStore } from '../stores/layout.js';
 import { parseLayoutRef } from '../oci/reference.js';
 import { deviceSize } from './block-device.js';
-import { sha256Async } from './check-chunk.js';
+import { sha256Async } from './part-check.js';
 import type { DiskIndex } from '../formats/disk-index.js';
 import { DigestLookup } from './digest-lookup.js';
 import { inspectImage } from '../image/inspect.js';

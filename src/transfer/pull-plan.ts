@@ -23,6 +23,7 @@ import {
   ANN_PART_INDEX,
   ANN_PART_OFFSET,
   ANN_TITLE,
+  DISK_V1_ARTIFACT,
   DISK_V2_ARTIFACT,
   FILE_ARTIFACT,
   FILE_CONFIG,
@@ -77,9 +78,6 @@ export interface Plan {
   fileFormat?: string;
 }
 
-/** Format v1 (one blob per 16 MiB chunk), named only to refuse it clearly: it is never read. */
-const V1_DISK_ARTIFACT = 'application/vnd.orb.disk.v1';
-
 /** Fetches the manifest behind `ref` (following an index to our artifact) and checks its type. */
 export async function resolveManifest(
   store: BlobStore,
@@ -107,10 +105,10 @@ export async function resolveManifest(
   if (!isObject(json.config) || !Array.isArray(json.layers))
     throw wrongType(display, `a ${clip(m.mediaType || 'manifest')} that is not an OCI image manifest`);
   const type = json.artifactType ?? json.config.mediaType;
-  if (type === V1_DISK_ARTIFACT)
+  if (type === DISK_V1_ARTIFACT)
     throw new OrbError(
       'input',
-      `${display} is an orb disk image of chunked format v1 (${V1_DISK_ARTIFACT}), which this orb no longer reads`,
+      `${display} is an orb disk image of chunked format v1 (${DISK_V1_ARTIFACT}), which this orb no longer reads`,
       { hint: 'convert and publish the disk again with this orb (format v2)' },
     );
   if (type !== DISK_V2_ARTIFACT && type !== FILE_ARTIFACT) {

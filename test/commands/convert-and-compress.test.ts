@@ -70,13 +70,17 @@ describe('orb convert', () => {
       out('layout'),
       '--format',
       'chunked',
-      '--chunk-size',
+      '--pack-size',
       '4M',
       '--tag',
       'v1',
       '--json',
     ]);
     expect(a.code, a.stderr).toBe(0);
+    const ja = JSON.parse(a.stdout);
+    expect(ja['content-digest']).toMatch(/^orb2:sha256:[0-9a-f]{64}$/);
+    expect(ja['content-sha256']).toBe('');
+    expect(ja.packs).toBeGreaterThan(1);
     const b = await orb([
       'convert',
       raw,
@@ -84,15 +88,26 @@ describe('orb convert', () => {
       out('layout2'),
       '--format',
       'chunked',
-      '--chunk-size',
-      '4M',
       '--base',
-      out('layout'),
+      `oci-layout:${out('layout')}:v1`,
       '--json',
     ]);
+    expect(b.code, b.stderr).toBe(0);
     const j = JSON.parse(b.stdout);
-    expect(j['chunks-reused']).toBe(j['chunks-stored']);
+    // the same disk again: every block is the base's, nothing new is stored
+    expect(j['blocks-new']).toBe(0);
+    expect(j['blocks-reused']).toBeGreaterThan(0);
+    expect(j['new-pack-bytes']).toBe(0);
+    expect(j['content-digest']).toBe(ja['content-digest']);
     expect(j['manifest-digest']).toMatch(/^sha256:/);
+    // orb digest: the same root from the raw disk, the layout (and JSON key content-digest)
+    for (const ref of [raw, out('layout2'), `oci-layout:${out('layout')}:v1`]) {
+      const d = await orb(['digest', ref, '--json']);
+      expect(d.code, d.stderr).toBe(0);
+      expect(JSON.parse(d.stdout)['content-digest']).toBe(ja['content-digest']);
+    }
+    const plain = await orb(['digest', raw]);
+    expect(plain.stdout).toContain(`content-digest: ${ja['content-digest']}`);
   });
 
   it('a level out of range is a usage error (exit 2) before any work', async () => {
@@ -215,7 +230,7 @@ describe('the action', () => {
       'dist/convert-and-compress/index.js',
       [],
       actionEnv(
-        { input: raw, output: out('action'), format: 'chunked', 'chunk-size': '8M', verify: 'true' },
+        { input: raw, output: out('action'), format: 'chunked', 'pack-size': '8M', verify: 'true' },
         files,
       ),
     );
@@ -223,7 +238,7 @@ describe('the action', () => {
     const o = parseGithubOutput(readFileSync(files.output, 'utf8'));
     for (const k of RESULT_KEYS) expect(o).toHaveProperty(k);
     expect(o.format).toBe('chunked');
-    expect(o['content-sha256']).toBe(sha256File(raw));
+    expect(o['content-digest']).toMatch(/^orb2:sha256:/);
     expect(o.verified).toBe('true');
     expect(readFileSync(files.summary, 'utf8')).toMatch(/convert-and-compress: chunked/);
     // progress goes to the log as plain lines (Actions has no terminal)

@@ -2,24 +2,21 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { zstdCompressSync } from 'node:zlib';
 import { OciLayout } from '../../src/oci/layout.js';
+import { BLOCK_SIZE, FRAME_BLOCKS, IndexBuilder, encodeIndex } from '../../src/formats/disk-index.js';
 import {
-  ANN_CHUNK_DIGEST,
-  ANN_CHUNK_LENGTH,
-  ANN_CHUNK_OFFSET,
   ANN_CONTENT_DIGEST,
-  DISK_ARTIFACT,
-  DISK_CHUNK_RAW,
-  DISK_CHUNK_ZSTD,
-  DISK_CONFIG,
+  DISK_V2_ARTIFACT,
+  DISK_V2_CONFIG,
+  DISK_V2_INDEX,
+  DISK_V2_PACK,
   OCI_MANIFEST,
   type Descriptor,
   type ImageManifest,
 } from '../../src/formats/oci-media.js';
 
 /**
- * Small test disks and chunked layouts in the distribution format (the same shape as
- * `orb convert --format chunked`): zero chunks absent, each other chunk a zstd blob (or raw when
- * zstd does not shrink it) annotated with offset, length and content digest.
+ * Small test disks and chunked (format v2) layouts in the distribution format, the same shape as
+ * `orb convert --format chunked` writes (docs/chunked-format.md).
  */
 export function sha256(data: Uint8Array): string {
   return 'sha256:' + createHash('sha256').update(data).digest('hex');
@@ -81,76 +78,127 @@ export interface BuiltLayout {
   dir: string;
   tag: string;
   manifestDigest: string;
+  /** the orb2 content identity (what pull and `orb digest` report) */
   contentDigest: string;
+  /** sha256:<hex> of the raw disk */
+  sha256: string;
   blobs: number;
   storedBytes: number;
 }
 
-/** Chunks a raw disk into an OCI layout under `tag`. */
+/**
+ * Converts a raw disk into a chunked (format v2) OCI layout under `tag`, written independently of
+ * `orb convert` (so tests of pull and the stores do not depend on the encoder): 32 KiB blocks,
+ * zero blocks absent, repeated blocks stored once, runs of up to 8 new blocks per zstd frame,
+ * frames appended to packs of about `packSize` bytes.
+ */
 export async function buildLayout(
   rawPath: string,
   dir: string,
   tag: string,
-  chunkSize: number,
+  packSize: number,
 ): Promise<BuiltLayout> {
   const layout = new OciLayout(dir);
   await layout.init();
   const data = readFileSync(rawPath);
-  const layers: Descriptor[] = [];
-  let storedBytes = 0;
-  for (let off = 0; off < data.length; off += chunkSize) {
-    const chunk = data.subarray(off, Math.min(data.length, off + chunkSize));
-    if (chunk.every((b) => b === 0)) continue;
-    const z = zstdCompressSync(chunk);
-    const raw = z.length >= chunk.length;
-    const blob = raw ? chunk : z;
-    const d = await layout.putBytes(blob);
-    storedBytes += d.size;
-    layers.push({
-      mediaType: raw ? DISK_CHUNK_RAW : DISK_CHUNK_ZSTD,
-      digest: d.digest,
-      size: d.size,
-      annotations: {
-        [ANN_CHUNK_OFFSET]: String(off),
-        [ANN_CHUNK_LENGTH]: String(chunk.length),
-        [ANN_CHUNK_DIGEST]: sha256(chunk),
-      },
+  const ib = new IndexBuilder(data.length);
+  const seen = new Map<string, { frame: number; slot: number }>();
+  const packs: Buffer[][] = [];
+  let cur: Buffer[] = [];
+  let curBytes = 0;
+  const frames: { pack: number; offset: number; length: number; blocks: number }[] = [];
+  const entries: { block: number; ref?: { frame: number; slot: number }; digest: Buffer }[] = [];
+  const blocks = Math.ceil(data.length / BLOCK_SIZE);
+  let run: { block: number; buf: Buffer; digest: Buffer }[] = [];
+  const flush = () => {
+    if (!run.length) return;
+    const z = zstdCompressSync(Buffer.concat(run.map((r) => r.buf)));
+    if (curBytes && curBytes + z.length > packSize) {
+      packs.push(cur);
+      cur = [];
+      curBytes = 0;
+    }
+    frames.push({ pack: packs.length, offset: curBytes, length: z.length, blocks: run.length });
+    cur.push(z);
+    curBytes += z.length;
+    run.forEach((r, slot) => {
+      const e = entries.find((x) => x.block === r.block)!;
+      e.ref = { frame: frames.length - 1, slot };
+      seen.set(r.digest.toString('hex'), e.ref);
     });
+    run = [];
+  };
+  for (let b = 0; b < blocks; b++) {
+    const buf = Buffer.alloc(BLOCK_SIZE);
+    data.copy(buf, 0, b * BLOCK_SIZE, Math.min(data.length, (b + 1) * BLOCK_SIZE));
+    if (buf.every((x) => x === 0)) {
+      flush();
+      continue;
+    }
+    const digest = createHash('sha256').update(buf).digest();
+    const known = seen.get(digest.toString('hex')) ?? run.find((r) => r.digest.equals(digest));
+    if (known && 'frame' in known) {
+      flush();
+      entries.push({ block: b, ref: known, digest });
+      continue;
+    }
+    if (known) {
+      // a repeat of a block waiting in the current run: it gets its slot when the run is flushed
+      flush();
+      entries.push({ block: b, ref: seen.get(digest.toString('hex'))!, digest });
+      continue;
+    }
+    entries.push({ block: b, digest });
+    run.push({ block: b, buf, digest });
+    if (run.length === FRAME_BLOCKS) flush();
   }
-  const contentDigest = sha256(data);
+  flush();
+  if (cur.length) packs.push(cur);
+  let storedBytes = 0;
+  const packDescs: Descriptor[] = [];
+  for (const p of packs) {
+    const d = await layout.putBytes(Buffer.concat(p));
+    storedBytes += d.size;
+    packDescs.push({ mediaType: DISK_V2_PACK, digest: d.digest, size: d.size });
+    ib.addPack({ digest: d.digest, size: d.size });
+  }
+  for (const f of frames) ib.addFrame(f.pack, f.offset, f.length, f.blocks);
+  for (const e of entries) ib.addEntry(e.block, e.ref!.frame, e.ref!.slot, e.digest);
+  const idx = ib.finish();
+  const indexBlob = await layout.putBytes(encodeIndex(idx));
+  storedBytes += indexBlob.size;
   const config = {
-    schema: 'orb-disk/v1',
+    schema: 'orb-disk/v2',
     virtualSize: data.length,
-    chunkSize,
-    contentDigest,
+    blockSize: BLOCK_SIZE,
+    contentDigest: idx.contentDigest,
+    index: indexBlob.digest,
     sourceFormat: 'raw',
     compression: 'zstd',
     level: 3,
     build: { os: 'test', arch: 'x86_64', firmware: 'bios' },
-    architecture: 'amd64',
-    os: 'linux',
-    rootfs: { type: 'layers', diff_ids: [] },
   };
   const cfg = await layout.putBytes(JSON.stringify(config));
   const manifest: ImageManifest = {
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
-    artifactType: DISK_ARTIFACT,
-    config: { mediaType: DISK_CONFIG, digest: cfg.digest, size: cfg.size },
-    layers,
-    annotations: { [ANN_CONTENT_DIGEST]: contentDigest },
+    artifactType: DISK_V2_ARTIFACT,
+    config: { mediaType: DISK_V2_CONFIG, digest: cfg.digest, size: cfg.size },
+    layers: [{ mediaType: DISK_V2_INDEX, digest: indexBlob.digest, size: indexBlob.size }, ...packDescs],
+    annotations: { [ANN_CONTENT_DIGEST]: idx.contentDigest },
   };
   const m = await layout.putBytes(JSON.stringify(manifest));
   await layout.tag(
-    { mediaType: OCI_MANIFEST, digest: m.digest, size: m.size, artifactType: DISK_ARTIFACT },
+    { mediaType: OCI_MANIFEST, digest: m.digest, size: m.size, artifactType: DISK_V2_ARTIFACT },
     tag,
   );
   return {
     dir,
     tag,
     manifestDigest: m.digest,
-    contentDigest,
-    blobs: layers.length + 1,
+    contentDigest: idx.contentDigest,
+    sha256: sha256(data),
+    blobs: packDescs.length + 2,
     storedBytes: storedBytes + cfg.size,
   };
 }

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseBandwidth, recommend } from '../../src/image/bench/report.js';
 import { runBench } from '../../src/image/bench/run.js';
+import { localContentDigest } from '../../src/image/digest.js';
 import { convertImage } from '../../src/image/convert.js';
 import { sampleRanges } from '../../src/image/estimate.js';
 import { Extents } from '../../src/image/extents.js';
@@ -167,12 +168,13 @@ describe('odd sizes', () => {
       input: p,
       output: join(dir, 'odd.chunked'),
       format: 'chunked',
-      chunkSize: MiB,
       verify: true,
     });
-    expect(c.contentSha256).toBe(sha256File(p));
+    // the last block is partial: hashed zero-padded, and the decoded disk keeps the odd size
+    expect(c.contentDigest).toBe((await localContentDigest(p)).contentDigest);
     const back = await convertImage({ input: c.path, output: join(dir, 'odd-back.raw'), format: 'raw' });
     expect(sha256File(back.path)).toBe(sha256File(p));
+    expect(back.contentDigest).toBe(c.contentDigest);
   });
 
   it('a raw file whose size is not a multiple of 512 is read as QEMU reads it (rounded up with zeros)', async () => {

@@ -14,6 +14,7 @@ import {
   ANN_PART_INDEX,
   ANN_PART_OFFSET,
   ANN_TITLE,
+  DISK_V1_ARTIFACT as DISK_ARTIFACT_V1,
   DISK_V2_ARTIFACT as DISK_ARTIFACT,
   EMPTY_CONFIG,
   FILE_ARTIFACT,
@@ -37,8 +38,6 @@ type Json = Record<string, unknown>;
 type Mutation = [what: string, field: RegExp, mutate: (m: Json, c: Json) => void];
 
 const CHUNK = 32 << 10;
-/** format v1's artifact type, which pull refuses by name */
-const DISK_ARTIFACT_V1 = 'application/vnd.orb.disk.v1';
 const LONG = 'x'.repeat(200_000);
 let root: string;
 let layout: OciLayout;

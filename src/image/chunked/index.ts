@@ -1,19 +1,15 @@
 /**
- * The chunked disk format (docs/chunked-format.md): public API for the other stages.
+ * The chunked disk format v2 (docs/chunked-format.md): public API for the other stages.
  *
- *   readChunkedLayout(dir, tag?)      → ChunkedImage: validated manifest, DiskConfig, chunk list
- *                                       (offset, length, uncompressed digest, blob descriptor) in
- *                                       disk order; gaps between chunks are zeros. `tag` defaults
- *                                       to the layout's only orb disk, else `latest`; a
+ *   readChunkedLayout(dir, tag?)      → ChunkedImage: manifest, DiskV2Config, DiskIndex and pack
+ *                                       descriptors, all checked by src/oci/disk-v2.ts. `tag`
+ *                                       defaults to the layout's only orb disk, else `latest`; a
  *                                       `sha256:...` manifest digest works too.
- *   decompressChunk(layout, chunk)    → Buffer: reads the blob, checks its digest, decompresses
- *                                       and checks the uncompressed sha256 (integrity errors).
- *   decodeChunkBlob(blob, chunk)      → Buffer: the same for a blob already in memory.
+ *   LayoutReader                      → DiskReader over a layout: frames read from the pack
+ *                                       files, every block checked against its sha256.
  *   decodeChunked({layout, tag, output, format: 'raw'|'qcow2'})
- *                                     → ConvertResult: a byte-identical sparse raw disk or a
- *                                       qcow2, written as <output>.partial and renamed only after
- *                                       the whole-disk sha256 matched DiskConfig.contentDigest.
- *   encodeChunked({input, output, tag, base, ...})
+ *                                     → ConvertResult: a byte-identical sparse raw disk or a qcow2.
+ *   encodeChunked({input, output, tag, base, packSize, ...})
  *                                     → ConvertResult: `orb convert --format chunked` as a function.
  *   parseLayoutRef('oci-layout:DIR:TAG') → { dir, tag }
  *
@@ -24,11 +20,10 @@ import type { Qcow2Compression } from '../qcow2.js';
 
 export {
   readChunkedLayout,
-  decompressChunk,
-  decodeChunkBlob,
   parseLayoutRef,
   isChunkedLayout,
-  type ChunkRef,
+  indexExtents,
+  LayoutReader,
   type ChunkedImage,
 } from './read.js';
 

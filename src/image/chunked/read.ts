@@ -1,8 +1,6 @@
-import { webcrypto } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { zstdDecompress } from 'node:zlib';
 import { OrbError } from '../../core/errors.js';
 import {
   MAX_CONFIG_BYTES,
@@ -11,36 +9,42 @@ import {
   checkDescriptor,
   checkTag,
   clip,
-  isObject,
   parseJsonObject,
   quoteUntrusted,
   untrustedError,
 } from '../../core/untrusted.js';
-import { checkDiskConfig, diskRegions } from '../../oci/disk-check.js';
-import { OciLayout } from '../../oci/layout.js';
+import { entryDigest, MAX_INDEX_BLOB, type DiskIndex } from '../../formats/disk-index.js';
 import {
-  DISK_ARTIFACT,
-  DISK_CHUNK_RAW,
-  DISK_CONFIG,
-  type DiskConfig,
+  DISK_V2_ARTIFACT,
+  type Descriptor,
+  type DiskV2Config,
   type ImageManifest,
 } from '../../formats/oci-media.js';
-import type { ChunkRef } from '../../formats/chunked-index.js';
+import {
+  checkDiskV2Config,
+  checkDiskV2Manifest,
+  decodeIndexFrame,
+  loadDiskIndex,
+} from '../../oci/disk-v2.js';
+import { OciLayout } from '../../oci/layout.js';
 import { Extents } from '../extents.js';
 import type { DiskReader, ImageInfo } from '../disk.js';
+import type { WorkerPool } from '../workers.js';
 
-export type { ChunkRef } from '../../formats/chunked-index.js';
-
+/** A chunked (v2) image in a local OCI layout, every part checked (src/oci/disk-v2.ts). */
 export interface ChunkedImage {
   layout: OciLayout;
   tag: string;
   manifest: ImageManifest;
   manifestDigest: string;
   manifestSize: number;
-  config: DiskConfig;
-  /** stored chunks in disk order; everything between them is zeros */
-  chunks: ChunkRef[];
-  /** sum of the stored blob sizes (compressed) */
+  config: DiskV2Config;
+  /** layers[0] */
+  indexDescriptor: Descriptor;
+  index: DiskIndex;
+  /** layers[1..]: the packs, in the index's pack-table order */
+  packs: Descriptor[];
+  /** index + packs (compressed bytes the image occupies) */
   storedBytes: number;
 }
 
@@ -56,11 +60,20 @@ export function parseLayoutRef(ref: string): { dir: string; tag?: string } {
   return i > 0 ? { dir: rest.slice(0, i), tag: rest.slice(i + 1) } : { dir: rest };
 }
 
+export interface ReadLayoutOptions {
+  /** check that every pack blob is present with its size (default true; `orb digest` needs none) */
+  packs?: boolean;
+}
+
 /**
- * Reads and validates the manifest, config and chunk list of a chunked image. `tag` defaults
- * to the layout's only orb disk, else `latest`.
+ * Reads and validates the manifest, config and index of a chunked image. `tag` defaults to the
+ * layout's only orb disk, else `latest`; a `sha256:...` manifest digest works too.
  */
-export async function readChunkedLayout(dir: string, tag?: string): Promise<ChunkedImage> {
+export async function readChunkedLayout(
+  dir: string,
+  tag?: string,
+  opts: ReadLayoutOptions = {},
+): Promise<ChunkedImage> {
   const layout = new OciLayout(dir);
   if (!(await layout.isLayout())) {
     throw new OrbError('input', `${dir} is not an OCI image layout (no oci-layout file)`, {
@@ -68,7 +81,7 @@ export async function readChunkedLayout(dir: string, tag?: string): Promise<Chun
     });
   }
   if (tag === undefined) {
-    const disks = (await layout.readIndex()).manifests.filter((m) => m.artifactType === DISK_ARTIFACT);
+    const disks = (await layout.readIndex()).manifests.filter((m) => m.artifactType === DISK_V2_ARTIFACT);
     tag =
       disks.length === 1
         ? checkTag(
@@ -83,17 +96,11 @@ export async function readChunkedLayout(dir: string, tag?: string): Promise<Chun
     throw untrustedError(`${where}: manifest size`, `is more than ${MAX_MANIFEST_BYTES} bytes`, desc.size);
   const bytes = await layout.readBytes(desc.digest);
   const json = parseJsonObject(bytes, `${where}: manifest`, MAX_MANIFEST_BYTES);
-  if (
-    json.artifactType !== DISK_ARTIFACT ||
-    !isObject(json.config) ||
-    json.config.mediaType !== DISK_CONFIG
-  ) {
+  if (json.artifactType !== DISK_V2_ARTIFACT) {
     throw new OrbError(
       'input',
-      `${where} is not an orb disk image (artifactType ${quoteUntrusted(json.artifactType)})`,
-      {
-        hint: 'give a layout written by orb convert --format chunked',
-      },
+      `${where} is not an orb disk image of format v2 (artifactType ${quoteUntrusted(json.artifactType)})`,
+      { hint: 'give a layout written by orb convert --format chunked (this version)' },
     );
   }
   if (!Array.isArray(json.layers))
@@ -105,19 +112,26 @@ export async function readChunkedLayout(dir: string, tag?: string): Promise<Chun
       checkDescriptor(l, `${where}: manifest layers[${i}]`, MAX_VIRTUAL_SIZE),
     ),
   };
-  const config = checkDiskConfig(await layout.readBytes(manifest.config.digest, MAX_CONFIG_BYTES), where);
-  if (!(config.chunkSize > 0))
-    throw untrustedError(`${where}: disk config chunkSize`, 'is missing', config.chunkSize);
-  const chunks: ChunkRef[] = diskRegions(manifest, config.virtualSize, where).map((c, index) => ({
-    index,
-    offset: c.region.offset,
-    length: c.region.length,
-    digest: c.region.digest,
-    blob: c.layer,
-  }));
-  // diskRegions checked overlaps in any order; readers walk the chunks in disk order.
-  chunks.sort((a, b) => a.offset - b.offset);
-  const storedBytes = chunks.reduce((n, c) => n + c.blob.size, 0);
+  const layers = checkDiskV2Manifest(manifest, where);
+  const config = checkDiskV2Config(await layout.readBytes(manifest.config.digest, MAX_CONFIG_BYTES), where);
+  const blob = await layout.readBytes(layers.index.digest, MAX_INDEX_BLOB);
+  if (blob.length !== layers.index.size)
+    throw untrustedError(
+      `${where}: index`,
+      `is ${blob.length} bytes, the manifest says ${layers.index.size}`,
+    );
+  const index = loadDiskIndex(blob, manifest, config, layers, where);
+  if (opts.packs !== false) {
+    for (const p of layers.packs) {
+      const size = await layout.blobSize(p.digest);
+      if (size !== p.size)
+        throw new OrbError(
+          'input',
+          `${where}: pack ${p.digest} is ${size === undefined ? 'missing' : `${size} bytes, the manifest says ${p.size}`}`,
+          { hint: 'the layout is incomplete or truncated: copy it again from its source' },
+        );
+    }
+  }
   return {
     layout,
     tag,
@@ -125,122 +139,183 @@ export async function readChunkedLayout(dir: string, tag?: string): Promise<Chun
     manifestDigest: desc.digest,
     manifestSize: bytes.length,
     config,
-    chunks,
-    storedBytes,
+    indexDescriptor: layers.index,
+    index,
+    packs: layers.packs,
+    storedBytes: layers.index.size + layers.packs.reduce((n, p) => n + p.size, 0),
   };
 }
 
-const inflate = promisify(zstdDecompress);
+/** The disk ranges of an index's entries (zero blocks are holes). */
+export function indexExtents(idx: DiskIndex): Extents {
+  const e = new Extents(idx.virtualSize);
+  for (let i = 0; i < idx.entryCount; i++) {
+    const start = idx.entryBlock[i]! * idx.blockSize;
+    e.add(start, Math.min(idx.blockSize, idx.virtualSize - start));
+  }
+  return e;
+}
+
+/** A decoded frame and which of its slots were checked against their digest. */
+interface Frame {
+  data: Buffer;
+  checked: Uint8Array;
+  /** sha256 of each slot, when a worker decoded the frame (else computed here on first use) */
+  digests?: Uint8Array;
+}
 
 /**
- * Reads one chunk's blob and returns its uncompressed bytes, after checking the blob digest and
- * the uncompressed sha256 (`ANN_CHUNK_DIGEST`). Decompression and hashing run off the main
- * thread (libuv pool), so several chunks decode in parallel.
+ * A DiskReader over a chunked layout: frames are read from the pack files with positioned reads,
+ * decoded (size bounds from the index), and each block is checked against its sha256 before any
+ * of its bytes are used. Blocks without an entry are zeros (and outside `extents`).
  */
-export async function decompressChunk(layout: OciLayout, chunk: ChunkRef): Promise<Buffer> {
-  const blob = await readFile(layout.blobPath(chunk.blob.digest)).catch((err: Error) => {
-    throw new OrbError(
-      'input',
-      `chunk at offset ${chunk.offset}: blob ${chunk.blob.digest} is missing from ${layout.dir}: ${err.message}`,
-    );
-  });
-  if (blob.length !== chunk.blob.size || (await sha256(blob)) !== chunk.blob.digest) {
-    throw new OrbError(
-      'integrity',
-      `chunk at offset ${chunk.offset}: blob ${chunk.blob.digest} in ${layout.dir} is corrupt (size or digest mismatch)`,
-    );
-  }
-  return decodeChunkBlob(blob, chunk);
-}
-
-/** Decompress and verify a blob already in memory (the OCI pull path has it from the wire). */
-export async function decodeChunkBlob(blob: Buffer, chunk: ChunkRef): Promise<Buffer> {
-  let plain: Buffer;
-  if (chunk.blob.mediaType === DISK_CHUNK_RAW) plain = blob;
-  else {
-    try {
-      plain = await inflate(blob, { maxOutputLength: chunk.length });
-    } catch (err) {
-      throw new OrbError(
-        'integrity',
-        `chunk at offset ${chunk.offset} does not decompress: ${(err as Error).message}`,
-      );
-    }
-  }
-  if (plain.length !== chunk.length || (await sha256(plain)) !== chunk.digest) {
-    throw new OrbError(
-      'integrity',
-      `chunk at offset ${chunk.offset} decodes to other bytes than its digest ${chunk.digest}`,
-    );
-  }
-  return plain;
-}
-
-async function sha256(data: Uint8Array): Promise<string> {
-  const d = await webcrypto.subtle.digest('SHA-256', data);
-  return 'sha256:' + Buffer.from(d).toString('hex');
-}
-
-/** A DiskReader over a chunked image: stored chunks are the data extents, gaps are zeros. */
-class ChunkedReader implements DiskReader {
+export class LayoutReader implements DiskReader {
   readonly extents: Extents;
-  private readonly cache = new Map<number, Promise<Buffer>>();
+  private readonly frames = new Map<number, Promise<Frame>>();
+  private readonly files = new Map<number, Promise<FileHandle>>();
+  private readonly display: string;
+  /** worker threads that decode and hash frames (set by the conversion; else the main thread does) */
+  pool: WorkerPool | undefined;
+
   constructor(
     readonly info: ImageInfo,
-    private readonly img: ChunkedImage,
+    readonly img: ChunkedImage,
   ) {
-    this.extents = new Extents(img.config.virtualSize);
-    for (const c of img.chunks) this.extents.add(c.offset, c.length);
+    this.extents = indexExtents(img.index);
+    this.display = `${img.layout.dir}:${clip(img.tag)}`;
   }
   get virtualSize(): number {
     return this.img.config.virtualSize;
   }
-  /** index of the first chunk that ends after `offset` */
-  private indexAt(offset: number): number {
-    const cs = this.img.chunks;
+
+  /** index of the first entry whose block is >= `block` */
+  private entryAt(block: number): number {
+    const b = this.img.index.entryBlock;
     let lo = 0;
-    let hi = cs.length;
+    let hi = this.img.index.entryCount;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (cs[mid]!.offset + cs[mid]!.length <= offset) lo = mid + 1;
+      if (b[mid]! < block) lo = mid + 1;
       else hi = mid;
     }
     return lo;
   }
-  private decoded(c: ChunkRef): Promise<Buffer> {
-    let p = this.cache.get(c.index);
+
+  private packFile(p: number): Promise<FileHandle> {
+    let f = this.files.get(p);
+    if (!f) {
+      const digest = this.img.packs[p]!.digest;
+      f = open(this.img.layout.blobPath(digest), 'r').catch((err: Error) => {
+        throw new OrbError('input', `${this.display}: pack ${digest} cannot be opened: ${err.message}`);
+      });
+      this.files.set(p, f);
+    }
+    return f;
+  }
+
+  private async load(f: number): Promise<Frame> {
+    const idx = this.img.index;
+    const p = idx.framePack[f]!;
+    const len = idx.frameLength[f]!;
+    const at = idx.frameOffset[f]!;
+    const buf = Buffer.allocUnsafe(len);
+    const fh = await this.packFile(p);
+    for (let got = 0; got < len;) {
+      const { bytesRead } = await fh.read(buf, got, len - got, at + got);
+      if (bytesRead === 0)
+        throw new OrbError(
+          'integrity',
+          `${this.display}: pack ${idx.packs[p]!.digest} ends at ${at + got} bytes, inside frame ${f} (${at}+${len})`,
+          { hint: 'the pack was truncated after the layout was written: copy the layout again' },
+        );
+      got += bytesRead;
+    }
+    const blocks = idx.frameBlocks[f]!;
+    if (this.pool) {
+      // not transferred: on a bad frame the bytes are decoded again here for the error message
+      const r = await this.pool.run({ task: 'unframe', data: buf, blocks, block: idx.blockSize });
+      if (r.bad !== undefined) decodeIndexFrame(idx, f, buf, this.display);
+      if (r.bad !== undefined)
+        throw new OrbError('integrity', `${this.display}: frame ${f}: ${String(r.bad)}`);
+      const data = r.data as Uint8Array;
+      return {
+        data: Buffer.from(data.buffer, data.byteOffset, data.byteLength),
+        checked: new Uint8Array(blocks),
+        digests: r.digests as Uint8Array,
+      };
+    }
+    return { data: decodeIndexFrame(idx, f, buf, this.display), checked: new Uint8Array(blocks) };
+  }
+
+  private frame(f: number): Promise<Frame> {
+    let p = this.frames.get(f);
     if (!p) {
-      p = decompressChunk(this.img.layout, c);
-      this.cache.set(c.index, p);
-      // keep the few most recent chunks: reads arrive in disk order
-      while (this.cache.size > 3) this.cache.delete(this.cache.keys().next().value!);
+      p = this.load(f);
+      this.frames.set(f, p);
+      // reads come in disk order: keep the few most recent frames
+      while (this.frames.size > 128) this.frames.delete(this.frames.keys().next().value!);
     }
     return p;
   }
+
+  /** The 32 KiB of entry `e`, checked against its digest. */
+  private async block(e: number): Promise<Buffer> {
+    const idx = this.img.index;
+    const f = idx.entryFrame[e]!;
+    const s = idx.entrySlot[e]!;
+    const fr = await this.frame(f);
+    const bytes = fr.data.subarray(s * idx.blockSize, (s + 1) * idx.blockSize);
+    if (!fr.checked[s]) {
+      const got = fr.digests
+        ? Buffer.from(fr.digests.buffer, fr.digests.byteOffset + s * 32, 32)
+        : createHash('sha256').update(bytes).digest();
+      if (!got.equals(entryDigest(idx, e)))
+        throw new OrbError(
+          'integrity',
+          `${this.display}: block ${idx.entryBlock[e]} (frame ${f}, slot ${s}) decodes to other bytes than its sha256 in the index`,
+          { hint: 'the pack is corrupt; nothing of that block was used' },
+        );
+      fr.checked[s] = 1;
+    }
+    return bytes;
+  }
+
   async read(offset: number, target: Uint8Array): Promise<void> {
-    let pos = offset;
+    const idx = this.img.index;
+    const bs = idx.blockSize;
     const end = offset + target.length;
+    let pos = offset;
+    let e = this.entryAt(Math.floor(offset / bs));
+    // start every frame this read needs at once, so workers decode them in parallel
+    for (let i = e; i < idx.entryCount && idx.entryBlock[i]! * bs < end; i++)
+      this.frame(idx.entryFrame[i]!).catch(() => undefined);
     while (pos < end) {
-      const c = this.img.chunks[this.indexAt(pos)];
-      if (!c || c.offset > pos) {
-        // between chunks: zeros up to the next chunk
-        const stop = Math.min(end, c ? c.offset : end);
+      const block = Math.floor(pos / bs);
+      while (e < idx.entryCount && idx.entryBlock[e]! < block) e++;
+      const next = e < idx.entryCount ? idx.entryBlock[e]! * bs : Infinity;
+      if (next > pos) {
+        const stop = Math.min(end, next);
         target.fill(0, pos - offset, stop - offset);
         pos = stop;
         continue;
       }
-      const data = await this.decoded(c);
-      const stop = Math.min(end, c.offset + c.length);
-      target.set(data.subarray(pos - c.offset, stop - c.offset), pos - offset);
+      const data = await this.block(e);
+      const stop = Math.min(end, (block + 1) * bs);
+      target.set(data.subarray(pos - block * bs, stop - block * bs), pos - offset);
       pos = stop;
+      e++;
     }
   }
+
   async close(): Promise<void> {
-    this.cache.clear();
+    this.frames.clear();
+    const files = [...this.files.values()];
+    this.files.clear();
+    for (const f of files) await f.then((h) => h.close()).catch(() => undefined);
   }
 }
 
 export async function openChunkedReader(info: ImageInfo): Promise<DiskReader> {
   const { dir, tag } = parseLayoutRef(info.path);
-  return new ChunkedReader(info, await readChunkedLayout(dir, info.tag ?? tag));
+  return new LayoutReader(info, info.layout ?? (await readChunkedLayout(dir, info.tag ?? tag)));
 }

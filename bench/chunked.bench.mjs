@@ -1,0 +1,344 @@
+#!/usr/bin/env node
+// Chunked format v2 benchmark (issue 15), every figure a ratio against a reference measured in
+// the same run, on the update pair of bench/fixtures/update-pair.mjs (a 4 GiB ext4 disk, 60% full,
+// updated through the mounted file system; the same two disks inside 32 GiB sparse files):
+//
+//   update download   `orb pull v2 --base v1.raw` bytes fetched / floor            <= 1.5
+//   update upload     `orb publish` of v2 (converted with --base v1) bytes / floor  <= 2.5
+//   first image       orb chunked size / `zstd -3 -T0` size                         <= 1.03
+//   convert time      orb convert / `zstd -3 -T0` wall time, 4 GiB disk            <= 1.10
+//   sparse convert    32 GiB variant / 4 GiB disk, orb convert wall time           <= 1.25
+//   sparse pull       32 GiB variant / 4 GiB disk, orb pull wall time              <= 1.25
+//   fresh pull        orb pull / curl | zstd -d of the same packs, 4 in parallel   <= 1.18
+//   peak memory       every orb run                                                < 512 MiB
+//   layers            150 GB disk with 60 GB compressed data, from this run's index <= 450
+//
+// floor = the 4 KiB blocks that differ between v1 and v2, compressed with zstd -3 (pair.json).
+// Bytes on the wire are counted by a small proxy in front of docker-registry on 127.0.0.1.
+// casync (64 KiB chunks) is measured beside it when installed. Needs root (the fixture mounts
+// ext4 through a loop device). Writes bench/results/chunked.json; exits 1 when a claim fails.
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { availableParallelism, loadavg } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const { RssSampler } = await import(join(root, 'lib/image/bench/rss.js'));
+const { startRegistry } = await import(join(root, 'test/helpers/registry.ts'));
+const MiB = 1 << 20;
+const GiB = 1 << 30;
+const cache = join(root, '.cache', 'bench');
+const pairDir = join(cache, 'update-pair');
+const work = join(cache, 'chunked-work');
+const orbBin = join(root, 'bin/orb.js');
+const log = (s) => process.stderr.write(s + '\n');
+const fmtB = (n) => (n >= GiB ? `${(n / GiB).toFixed(2)} GiB` : `${(n / MiB).toFixed(1)} MiB`);
+
+mkdirSync(cache, { recursive: true });
+rmSync(work, { recursive: true, force: true });
+mkdirSync(work, { recursive: true });
+process.on('SIGINT', () => {
+  rmSync(work, { recursive: true, force: true });
+  process.exit(130);
+});
+
+function timed(cmd, args, opts = {}) {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const child = spawn(cmd, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      shell: opts.shell ?? false,
+      env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '600000', ...(opts.env ?? {}) },
+    });
+    const rss = new RssSampler(child.pid, true, 50).start();
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      const peak = rss.stop();
+      if (code !== 0) reject(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${err.slice(-2000)}`));
+      else resolve({ seconds, peak, cpu: rss.cpuSeconds, out, err });
+    });
+  });
+}
+const orb = async (args, env) => {
+  const r = await timed(process.execPath, [orbBin, ...args, '--json'], { env });
+  return { ...r, json: JSON.parse(r.out.trim().split('\n').pop()) };
+};
+const dirBytes = (p) =>
+  readdirSync(p, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile() && !e.name.endsWith('.json') && e.name !== 'oci-layout')
+    .reduce((s, e) => s + statSync(join(e.parentPath, e.name)).size, 0);
+
+/** A forwarding proxy that counts request and response body bytes (what crossed the wire). */
+function countingProxy(target) {
+  const t = new URL(target);
+  const counts = { up: 0, down: 0, requests: 0, ranged: 0 };
+  const server = http.createServer((req, res) => {
+    counts.requests++;
+    if (req.headers.range) counts.ranged++;
+    const up = http.request(
+      { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: req.headers },
+      (r) => {
+        res.writeHead(r.statusCode, r.headers);
+        r.on('data', (d) => (counts.down += d.length));
+        r.pipe(res);
+      },
+    );
+    up.on('error', () => res.destroy());
+    req.on('data', (d) => (counts.up += d.length));
+    req.pipe(up);
+  });
+  return new Promise((resolve) =>
+    server.listen(0, '127.0.0.1', () =>
+      resolve({
+        url: `http://127.0.0.1:${server.address().port}`,
+        host: `127.0.0.1:${server.address().port}`,
+        counts,
+        reset() {
+          Object.assign(counts, { up: 0, down: 0, requests: 0, ranged: 0 });
+        },
+        close: () => new Promise((r) => server.close(r)),
+      }),
+    ),
+  );
+}
+
+// ---------------------------------------------------------------- the update pair
+log(`update pair in ${pairDir} (built once, cached by recipe)`);
+execFileSync(process.execPath, [join(root, 'bench/fixtures/update-pair.mjs'), pairDir], { stdio: 'inherit' });
+const pair = JSON.parse(readFileSync(join(pairDir, 'pair.json'), 'utf8'));
+const floor = pair.floorBytes;
+const v1 = join(pairDir, 'v1.raw');
+const v2 = join(pairDir, 'v2.raw');
+const v1big = join(pairDir, 'v1-32g.raw');
+log(
+  `floor: ${fmtB(floor)} (${pair.changedBlocks4k} changed 4 KiB blocks, zstd -3); ${availableParallelism()} cores`,
+);
+execFileSync('cat', [v1, v2], { stdio: ['ignore', 'ignore', 'ignore'] }); // same page cache for all sides
+
+const results = { floorBytes: floor, runs: {} };
+const claims = [];
+const claim = (name, value, limit) => {
+  claims.push({ claim: name, value: Number(value.toFixed(3)), limit, ok: value <= limit });
+  log(`  ${value <= limit ? 'ok  ' : 'FAIL'} ${name}: ${value.toFixed(3)} (limit ${limit})`);
+};
+let peak = 0;
+const keep = (name, r) => {
+  results.runs[name] = {
+    seconds: Number(r.seconds.toFixed(2)),
+    peakRss: r.peak,
+    cpu: Number(r.cpu.toFixed(1)),
+  };
+  peak = Math.max(peak, r.peak);
+  log(
+    `  ${name.padEnd(34)} ${r.seconds.toFixed(2).padStart(7)} s  cpu ${r.cpu.toFixed(1).padStart(5)} s  peak RSS ${fmtB(r.peak)}`,
+  );
+  return r;
+};
+
+// ---------------------------------------------------------------- first image and convert time
+const best = async (name, fn, rounds = 2) => {
+  let b;
+  for (let i = 0; i < rounds; i++) {
+    const r = await fn();
+    if (!b || r.seconds < b.seconds) b = r;
+  }
+  return keep(name, b);
+};
+const L = join(work, 'layout');
+const zst = join(work, 'v1.raw.zst');
+const zstd = await best('zstd -3 -T0 (4 GiB)', () => timed('zstd', ['-q', '-f', '-T0', '-3', v1, '-o', zst]));
+const conv = await best('orb convert chunked (4 GiB)', () => {
+  rmSync(L, { recursive: true, force: true });
+  return orb(['convert', v1, '--output', L, '--format', 'chunked', '--tag', 'v1']);
+});
+const firstBytes = dirBytes(L);
+results.firstImageBytes = firstBytes;
+results.zstdBytes = statSync(zst).size;
+claim('first image size / zstd -3 -T0', firstBytes / statSync(zst).size, 1.03);
+claim('convert time / zstd -3 -T0 (4 GiB)', conv.seconds / zstd.seconds, 1.1);
+const Lbig = join(work, 'layout-32g');
+const convBig = await best('orb convert chunked (32 GiB sparse)', () => {
+  rmSync(Lbig, { recursive: true, force: true });
+  return orb(['convert', v1big, '--output', Lbig, '--format', 'chunked', '--tag', 'v1']);
+});
+claim('convert time 32 GiB sparse / 4 GiB', convBig.seconds / conv.seconds, 1.25);
+const digest1 = conv.json['content-digest'];
+if (!digest1?.startsWith('orb2:sha256:')) throw new Error(`convert reported no content digest: ${conv.out}`);
+
+// ---------------------------------------------------------------- layers
+const digestOut = await orb(['digest', `oci-layout:${L}:v1`]);
+if (digestOut.json['content-digest'] !== digest1)
+  throw new Error('orb digest of the layout differs from convert');
+const manifestOf = (dir, tag) => {
+  const idx = JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8'));
+  const d = idx.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag).digest;
+  return JSON.parse(readFileSync(join(dir, 'blobs/sha256', d.slice(7)), 'utf8'));
+};
+const m1 = manifestOf(L, 'v1');
+const packBytes = m1.layers.slice(1).reduce((s, l) => s + l.size, 0);
+const packSize = 1 * GiB;
+// packs are cut at the pack size, so layers = index + ceil(compressed / pack size); this run's
+// image shows the rule holds before it is applied to 60 GB
+if (m1.layers.length - 1 !== Math.max(1, Math.ceil(packBytes / packSize)))
+  throw new Error(`expected ${Math.ceil(packBytes / packSize)} packs, the image has ${m1.layers.length - 1}`);
+const layers150 = 1 + Math.ceil(60e9 / packSize);
+results.layersFor150GB = layers150;
+log(
+  `  layers: this image ${m1.layers.length} (index + ${m1.layers.length - 1} packs, ${fmtB(packBytes)}); 60 GB compressed at 1 GiB packs -> ${layers150}`,
+);
+claim('layers for 150 GB disk with 60 GB compressed / 450', layers150 / 450, 1);
+
+// A synthetic large sparse image: 150 GB virtual, data scattered over it; packs follow the data.
+const synth = join(work, 'synthetic-150g.raw');
+execFileSync('truncate', ['-s', '150G', synth]);
+for (let i = 0; i < 48; i++)
+  execFileSync('dd', [
+    `if=${v1}`,
+    `of=${synth}`,
+    'bs=1M',
+    'count=16',
+    `skip=${i * 40}`,
+    `seek=${i * 3100}`,
+    'conv=notrunc,sparse',
+    'status=none',
+  ]);
+const Ls = join(work, 'layout-synth');
+const synthConv = keep(
+  'orb convert 150 GB sparse synthetic',
+  await orb(['convert', synth, '--output', Ls, '--format', 'chunked', '--pack-size', '64M']),
+);
+const ms = manifestOf(Ls, 'latest');
+const synthPacks = ms.layers.length - 1;
+const synthPackBytes = ms.layers.slice(1).reduce((s, l) => s + l.size, 0);
+results.synthetic = {
+  virtual: 150e9,
+  layers: ms.layers.length,
+  packBytes: synthPackBytes,
+  seconds: synthConv.seconds,
+};
+log(
+  `  synthetic 150 GB sparse: ${ms.layers.length} layers for ${fmtB(synthPackBytes)} of packs at 64 MiB packs (expected ~${1 + Math.ceil(synthPackBytes / (64 * MiB))})`,
+);
+rmSync(synth, { force: true });
+rmSync(Ls, { recursive: true, force: true });
+
+// ---------------------------------------------------------------- registry: publish, update, pull
+const reg = await startRegistry();
+const proxy = await countingProxy(reg.url);
+try {
+  const ref = (tag) => `${proxy.host}/bench/disk:${tag}`;
+  const insecure = [];
+  keep(
+    'orb publish v1',
+    await orb(['publish', `oci-layout:${L}:v1`, '--to', `oci://${ref('v1')}`, ...insecure]),
+  );
+  // v2 converted against v1 (into the same layout: only new blocks go into new packs)
+  const convUpd = keep(
+    'orb convert v2 --base v1',
+    await orb([
+      'convert',
+      v2,
+      '--output',
+      L,
+      '--format',
+      'chunked',
+      '--tag',
+      'v2',
+      '--base',
+      `oci-layout:${L}:v1`,
+    ]),
+  );
+  proxy.reset();
+  keep(
+    'orb publish v2',
+    await orb(['publish', `oci-layout:${L}:v2`, '--to', `oci://${ref('v2')}`, ...insecure]),
+  );
+  const uploaded = proxy.counts.up;
+  results.updateUploadBytes = uploaded;
+  claim('update upload / floor', uploaded / floor, 2.5);
+
+  // fresh pull of v1 against curl | zstd -d of the same packs, 4 in parallel
+  const out1 = join(work, 'pulled-v1.raw');
+  proxy.reset();
+  const pull1 = keep(
+    'orb pull v1 (fresh)',
+    await orb(['pull', `oci://${ref('v1')}`, '--output', out1, ...insecure]),
+  );
+  results.freshPullBytes = proxy.counts.down;
+  if (pull1.json['content-digest'] !== digest1) throw new Error('pulled v1 has another content digest');
+  const packs = m1.layers.slice(1).map((l) => l.digest);
+  const script = packs
+    .map(
+      (d) =>
+        `curl -sf ${reg.url}/v2/bench/disk/blobs/${d} | zstd -dq -o ${join(work, 'curl-' + d.slice(7, 19))} -f`,
+    )
+    .join('\n');
+  writeFileSync(join(work, 'curl.sh'), script + '\n');
+  const curl = keep(
+    'curl | zstd -d, 4 in parallel',
+    await timed('sh', ['-c', `xargs -P4 -I{} sh -c {} < ${join(work, 'curl.sh')}`]),
+  );
+  for (const d of packs) rmSync(join(work, 'curl-' + d.slice(7, 19)), { force: true });
+  claim('fresh pull / curl|zstd -d x4 (4 GiB)', pull1.seconds / curl.seconds, 1.18);
+
+  // update: pull v2 with the v1 disk as base, bytes on the wire
+  proxy.reset();
+  const out2 = join(work, 'pulled-v2.raw');
+  const pull2 = keep(
+    'orb pull v2 --base v1.raw',
+    await orb(['pull', `oci://${ref('v2')}`, '--output', out2, '--base', out1, ...insecure]),
+  );
+  results.updateDownloadBytes = proxy.counts.down;
+  results.updateRequests = proxy.counts.requests;
+  claim('update download / floor', proxy.counts.down / floor, 1.5);
+  if (pull2.json['content-digest'] !== convUpd.json['content-digest']) throw new Error('pulled v2 differs');
+  execFileSync('cmp', [out2, v2]);
+  rmSync(out2, { force: true });
+
+  // the same data in a 32 GiB sparse disk: pull time follows the data
+  keep(
+    'orb publish v1 (32 GiB sparse)',
+    await orb(['publish', `oci-layout:${Lbig}:v1`, '--to', `oci://${ref('big')}`, ...insecure]),
+  );
+  const outBig = join(work, 'pulled-big.raw');
+  const pullBig = keep(
+    'orb pull (32 GiB sparse)',
+    await orb(['pull', `oci://${ref('big')}`, '--output', outBig, ...insecure]),
+  );
+  claim('pull time 32 GiB sparse / 4 GiB', pullBig.seconds / pull1.seconds, 1.25);
+  rmSync(outBig, { force: true });
+  rmSync(out1, { force: true });
+} finally {
+  await proxy.close();
+  await reg.stop?.();
+}
+claim('peak RSS of any orb run / 512 MiB', peak / (512 * MiB), 1);
+
+// ---------------------------------------------------------------- casync beside it
+if (existsSync('/usr/bin/casync')) {
+  const store = join(work, 'casync.castr');
+  execFileSync('casync', ['make', '--store', store, '--chunk-size=65536', join(work, 'v1.caibx'), v1]);
+  const before = dirBytes(store);
+  execFileSync('casync', ['make', '--store', store, '--chunk-size=65536', join(work, 'v2.caibx'), v2]);
+  const newBytes = dirBytes(store) - before + statSync(join(work, 'v2.caibx')).size;
+  results.casyncUpdateBytes = newBytes;
+  log(
+    `  casync 64 KiB: update ${fmtB(newBytes)} (new chunks + index) = ${(newBytes / floor).toFixed(2)}x floor`,
+  );
+} else log('  casync not installed: not measured (apt-get install casync)');
+
+log(`load average ${loadavg()[0].toFixed(1)} at the end`);
+mkdirSync(join(root, 'bench/results'), { recursive: true });
+writeFileSync(
+  join(root, 'bench/results/chunked.json'),
+  JSON.stringify({ ...results, claims }, null, 2) + '\n',
+);
+rmSync(work, { recursive: true, force: true });
+process.exit(claims.every((c) => c.ok) ? 0 : 1);
