@@ -125,7 +125,8 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
       log: c.log,
       onBytes,
     });
-    let again = why;
+    // a store without Range cannot send the frame alone: the pack's own fetch was the only try
+    let again = `${why} (the store does not serve byte ranges, so it was not fetched again)`;
     if (!(data instanceof RangeIgnored)) {
       const r = await c.pool.run<FramesReply>({
         op: 'frames',
@@ -133,9 +134,9 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
         frames: jobsOf([f], idx.frameOffset[f]!),
       });
       if (!r.bad.length) return finished([f], r.blocks);
-      again = r.bad[0]!.why;
+      again = `${r.bad[0]!.why}, twice`;
     }
-    throw new OrbError('integrity', `${c.display}: ${where} ${again}, twice`, {
+    throw new OrbError('integrity', `${c.display}: ${where} ${again}`, {
       hint: 'the pack is corrupt in the store or on the way; nothing of that frame was written',
     });
   };

@@ -26,7 +26,7 @@ import { pull } from '../../src/transfer/pull.js';
 import { planFetches } from '../../src/transfer/pull-ranges.js';
 import { defaultRetryPolicy } from '../../src/net/retry.js';
 import { pattern } from '../helpers/oci-images.js';
-import { writeV2Image, type V2Image } from '../helpers/v2-images.js';
+import { pushV2, writeV2Image, writeV2Variant, type V2Image } from '../helpers/v2-images.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
 
@@ -362,5 +362,30 @@ describe('v2 pull: a disk whose size is not a multiple of the block size', () =>
     await pull({ ...opts(layout(L), 'b', out2), base: out });
     expect(statSync(out2).size).toBe(size);
     expect(fileSha(out2)).toBe(fileSha(b));
+  });
+});
+
+describe('v2 pull: a corrupt pack from a store that ignores Range', () => {
+  it('the frame cannot be fetched alone: an integrity error that says so, nothing at the output path', async () => {
+    const f = 2;
+    const p = v1.index.framePack[f]!;
+    const bytes = Buffer.from(v1.packBytes[p]!);
+    bytes[v1.index.frameOffset[f]! + 40] ^= 0xff;
+    const bad = await writeV2Variant(v1, join(dir, 'layout'), 'bad', {
+      packBytes: Object.assign([], { [p]: bytes }),
+    });
+    await pushV2(bad, registry('pv2/bad'), 'bad');
+    const rule = proxy.add({ header: 'range', action: { type: 'ignore-range' } });
+    const out = join(dir, 'bad.raw');
+    try {
+      const err = await pull(opts(registry('pv2/bad', proxy.host), 'bad', out)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OrbError);
+      expect((err as OrbError).kind).toBe('integrity');
+      expect((err as OrbError).message).toContain(`frame ${f} of pack ${bad.packs[p]!.digest}`);
+      expect((err as OrbError).message).toMatch(/does not serve byte ranges/);
+      expect(existsSync(out)).toBe(false);
+    } finally {
+      proxy.remove(rule);
+    }
   });
 });
