@@ -370,7 +370,8 @@ describe('v2 pull: a corrupt pack from a store that ignores Range', () => {
     const f = 2;
     const p = v1.index.framePack[f]!;
     const bytes = Buffer.from(v1.packBytes[p]!);
-    bytes[v1.index.frameOffset[f]! + 40] ^= 0xff;
+    const at = v1.index.frameOffset[f]! + 40;
+    bytes[at] = bytes[at]! ^ 0xff;
     const bad = await writeV2Variant(v1, join(dir, 'layout'), 'bad', {
       packBytes: Object.assign([], { [p]: bytes }),
     });
