@@ -69,11 +69,13 @@ function writeDisk(path: string, block: (i: number) => Buffer | undefined): stri
 // v1: compressible blocks, every 5th zero, blocks 40..47 repeat 0..7 (dedupe)
 const block1 = (i: number) =>
   i % 5 === 4 ? undefined : pattern(i >= 40 && i < 48 ? i - 40 + 1 : i + 1, B, true);
-// v2: 6 blocks changed, block 100's content moved to block 4 (a zero block of v1), one new zero
+// v2: 6 blocks changed, block 100's content copied to block 4 (a zero block of v1), one new
+// zero, and block 150's content moved to block 9 (zero in v1) leaving 150 zero
 const changed = new Set([10, 11, 12, 200, 201, 300]);
 const block2 = (i: number) => {
   if (i === 4) return block1(100);
-  if (i === 250) return undefined;
+  if (i === 9) return block1(150);
+  if (i === 250 || i === 150) return undefined;
   if (changed.has(i)) return pattern(5000 + i, B, true);
   return block1(i);
 };
