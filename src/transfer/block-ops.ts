@@ -17,6 +17,14 @@ import { zstdFrameHeader } from '../formats/zstd-frame.js';
  * Zero blocks are never written (the output is sparse; a device is zeroed by the caller). The
  * last block is clipped to the disk size. Pure Node built-ins plus the zstd header reader.
  */
+/**
+ * A digest that owns its 32 bytes: a view into the index's digest table would make every message
+ * to a worker copy the whole table (structured clone copies a view's entire buffer).
+ */
+export function ownDigest(idx: { digests: Buffer }, i: number): Uint8Array {
+  return new Uint8Array(idx.digests.subarray(i * 32, i * 32 + 32));
+}
+
 export interface SlotWrite {
   slot: number;
   /** sha256 of the block (32 bytes) */
@@ -90,7 +98,8 @@ export function decodeFrameBytes(compressed: Uint8Array, blocks: number, blockSi
   if (h.windowSize > MAX_WINDOW) throw new Error(`needs a ${h.windowSize}-byte window`);
   let out: Buffer;
   try {
-    out = zlib.zstdDecompressSync(compressed, { maxOutputLength: want });
+    // one output buffer of the declared size: no growing and joining of 16 KiB pieces
+    out = zlib.zstdDecompressSync(compressed, { maxOutputLength: want, chunkSize: want });
   } catch (err) {
     throw new Error(`does not decompress: ${(err as Error).message}`);
   }
@@ -137,11 +146,17 @@ export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockRepl
         bad.push({ f: j.f, why });
         continue;
       }
-      for (const s of j.slots) {
-        const b = raw.subarray(s.slot * bs, (s.slot + 1) * bs);
-        for (const o of s.offsets) write(b, o);
-        blocks += s.offsets.length;
+      // consecutive slots going to consecutive offsets (a frame is a run of the disk) in one write
+      const w: [offset: number, slot: number][] = [];
+      for (const s of j.slots) for (const o of s.offsets) w.push([o, s.slot]);
+      w.sort((a, b) => a[0] - b[0]);
+      for (let k = 0; k < w.length;) {
+        let e = k + 1;
+        while (e < w.length && w[e]![0] === w[e - 1]![0] + bs && w[e]![1] === w[e - 1]![1] + 1) e++;
+        write(raw.subarray(w[k]![1] * bs, (w[e - 1]![1] + 1) * bs), w[k]![0]);
+        k = e;
       }
+      blocks += w.length;
     }
     return { op: 'frames', bad, blocks };
   };

@@ -44,15 +44,27 @@ export class BlockPool {
     this.waiting.clear();
   }
 
-  run<R extends BlockReply>(m: BlockOp): Promise<R> {
+  /**
+   * `give`: the caller hands over the frame bytes (a buffer it owns whole and never touches again),
+   * so they move to the thread instead of being copied.
+   */
+  run<R extends BlockReply>(m: BlockOp, give = false): Promise<R> {
     if (this.failed) return Promise.reject(this.failed);
     const slot = this.workers.reduce((a, b) => (b.busy < a.busy ? b : a));
     const id = this.nextId++;
     slot.busy++;
-    // bytes are copied, not transferred: a buffer may still be referenced (stream chunks, tails)
+    const transfer: ArrayBuffer[] = [];
+    if (
+      give &&
+      m.op === 'frames' &&
+      m.data.byteOffset === 0 &&
+      m.data.byteLength === m.data.buffer.byteLength &&
+      m.data.buffer instanceof ArrayBuffer
+    )
+      transfer.push(m.data.buffer);
     return new Promise<R>((resolve, reject) => {
       this.waiting.set(id, { resolve: resolve as (r: BlockReply) => void, reject });
-      slot.w.postMessage({ id, m });
+      slot.w.postMessage({ id, m }, transfer);
     });
   }
 

@@ -1,7 +1,7 @@
 import { OrbError } from '../core/errors.js';
 import { formatBytes } from '../core/progress.js';
-import { entryDigest, type DiskIndex } from '../formats/disk-index.js';
-import type { FrameJob, FramesReply } from './block-ops.js';
+import type { DiskIndex } from '../formats/disk-index.js';
+import { ownDigest, type FrameJob, type FramesReply } from './block-ops.js';
 import { RangeIgnored, readRange } from './range-read.js';
 import { fromBase } from './pull-from-base.js';
 import { planFetches, type PackRange } from './pull-ranges.js';
@@ -103,7 +103,8 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
       log: c.log,
       onBytes,
     });
-    let again = why;
+    // a store without Range cannot send the frame alone: the pack's own fetch was the only try
+    let again = `${why} (the store does not serve byte ranges, so it was not fetched again)`;
     if (!(data instanceof RangeIgnored)) {
       const r = await c.pool.run<FramesReply>({
         op: 'frames',
@@ -111,18 +112,22 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
         frames: jobsOf([f], idx.frameOffset[f]!),
       });
       if (!r.bad.length) return finished([f], r.blocks);
-      again = r.bad[0]!.why;
+      again = `${r.bad[0]!.why}, twice`;
     }
-    throw new OrbError('integrity', `${c.display}: ${where} ${again}, twice`, {
+    throw new OrbError('integrity', `${c.display}: ${where} ${again}`, {
       hint: 'the pack is corrupt in the store or on the way; nothing of that frame was written',
     });
   };
-  const decode = async (data: Buffer, frames: number[], base: number) => {
-    const r = await c.pool.run<FramesReply>({
-      op: 'frames',
-      data,
-      frames: jobsOf(frames, base),
-    });
+  /** `give`: the caller owns `data` and does not use it again (it moves to a worker thread). */
+  const decode = async (data: Buffer, frames: number[], base: number, give = false) => {
+    const r = await c.pool.run<FramesReply>(
+      {
+        op: 'frames',
+        data,
+        frames: jobsOf(frames, base),
+      },
+      give,
+    );
     const bad = new Set(r.bad.map((b) => b.f));
     finished(
       frames.filter((f) => !bad.has(f)),
@@ -185,7 +190,7 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
           return toWhole(r);
         }
         st.ranges++;
-        await decode(data, r.frames, r.start);
+        await decode(data, r.frames, r.start, true);
       } finally {
         budget.release(hold);
       }
@@ -226,7 +231,7 @@ function frameUsers(idx: DiskIndex, done: Uint8Array): { slots(f: number): Frame
         const s = bySlot.get(slot);
         const offset = idx.entryBlock[i]! * idx.blockSize;
         if (s) s.offsets.push(offset);
-        else bySlot.set(slot, { slot, digest: entryDigest(idx, i), offsets: [offset] });
+        else bySlot.set(slot, { slot, digest: ownDigest(idx, i), offsets: [offset] });
       }
       return [...bySlot.values()];
     },

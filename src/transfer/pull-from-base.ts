@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
+import { mapImage } from '../image/extents.js';
 import { formatBytes } from '../core/progress.js';
 import { entryDigest } from '../formats/disk-index.js';
-import type { BaseReply, FrameJob, FramesReply } from './block-ops.js';
+import { ownDigest, type BaseReply, type FrameJob, type FramesReply } from './block-ops.js';
 import { DigestLookup } from './digest-lookup.js';
 import type { Base } from './pull-base.js';
 import type { DiskPullContext } from './pull-disk-context.js';
@@ -40,7 +41,7 @@ export async function fromBase(c: DiskPullContext, done: Uint8Array): Promise<nu
           size: b.size,
           items: batch.map((i) => ({
             src: idx.entryBlock[i]! * bs,
-            digest: entryDigest(idx, i),
+            digest: ownDigest(idx, i),
             dst: [idx.entryBlock[i]! * bs],
           })),
           write: !c.inPlace,
@@ -58,8 +59,12 @@ export async function fromBase(c: DiskPullContext, done: Uint8Array): Promise<nu
       },
       c.signal,
     );
-    // moved content: a needed block whose digest the base holds elsewhere (among those read)
-    const offsets = seenParts.flatMap((p) => p.offsets);
+    // The base's data where the new disk has none (content moved away from there): read only
+    // when blocks are still needed, and only the base's data extents (holes cost nothing).
+    if (!c.inPlace && todo.some((i) => !done[i])) seenParts.push(...(await elsewhere(c, b)));
+    // moved content: a needed block whose digest the base holds elsewhere (among those read).
+    // Not when the base is the output device itself: a copy could overwrite the source of another.
+    const offsets = c.inPlace ? [] : seenParts.flatMap((p) => p.offsets);
     if (offsets.length) {
       const lookup = new DigestLookup(Buffer.concat(seenParts.map((p) => p.digests)), offsets.length);
       const moved: { i: number; src: number }[] = [];
@@ -76,7 +81,7 @@ export async function fromBase(c: DiskPullContext, done: Uint8Array): Promise<nu
           size: b.size,
           items: batch.map(({ i, src }) => ({
             src,
-            digest: entryDigest(idx, i),
+            digest: ownDigest(idx, i),
             dst: [idx.entryBlock[i]! * bs],
           })),
           write: true,
@@ -158,7 +163,7 @@ async function fromLayout(
         const s = slots.get(slot);
         const off = idx.entryBlock[i]! * idx.blockSize;
         if (s) s.offsets.push(off);
-        else slots.set(slot, { slot, digest: entryDigest(idx, i), offsets: [off] });
+        else slots.set(slot, { slot, digest: ownDigest(idx, i), offsets: [off] });
       }
       const r = await c.pool.run<FramesReply>({
         op: 'frames',
@@ -172,4 +177,53 @@ async function fromLayout(
     c.signal,
   );
   return reused;
+}
+
+/**
+ * Digests of the base's data blocks at offsets the first pass did not read (where the new disk
+ * is zero), found through the base's allocation map (qemu-img map: SEEK_DATA/SEEK_HOLE), so a
+ * mostly empty base costs its data, not its size. A base whose map cannot be read is skipped.
+ */
+async function elsewhere(
+  c: DiskPullContext,
+  b: Extract<Base, { kind: 'raw' }>,
+): Promise<{ offsets: number[]; digests: Uint8Array }[]> {
+  const bs = c.index.blockSize;
+  let extents: [number, number][];
+  try {
+    if (!(await stat(b.path)).isFile()) return [];
+    extents = (await mapImage({ path: b.path, format: 'raw' }, b.size, c.signal)).within(0, b.size);
+  } catch {
+    return [];
+  }
+  // the first pass read the base at every entry's offset: skip those (entries are in block order)
+  const eb = c.index.entryBlock;
+  const isEntry = (blk: number) => {
+    let lo = 0;
+    let hi = c.index.entryCount;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (eb[mid]! < blk) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < c.index.entryCount && eb[lo] === blk;
+  };
+  const offsets: number[] = [];
+  for (const [s, e] of extents)
+    for (let o = Math.floor(s / bs) * bs; o < e; o += bs) if (!isEntry(o / bs)) offsets.push(o);
+  const out: { offsets: number[]; digests: Uint8Array }[] = [];
+  const none = new Uint8Array(32); // matches no block: the op only hashes
+  for (let k = 0; k < offsets.length; k += BASE_BATCH) {
+    const batch = offsets.slice(k, k + BASE_BATCH);
+    const r = await c.pool.run<BaseReply>({
+      op: 'base',
+      path: b.path,
+      size: b.size,
+      items: batch.map((src) => ({ src, digest: none, dst: [] })),
+      write: false,
+      collect: true,
+    });
+    if (r.digests) out.push({ offsets: batch, digests: r.digests });
+  }
+  return out;
 }

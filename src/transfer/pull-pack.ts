@@ -22,7 +22,7 @@ export interface WholePackOptions {
   /** needed frames of this pack */
   frames: number[];
   /** decodes, verifies and writes `frames`, which lie in `data` from pack offset `base` */
-  decode(data: Buffer, frames: number[], base: number): Promise<void>;
+  decode(data: Buffer, frames: number[], base: number, give?: boolean): Promise<void>;
   budget: ByteBudget;
   retry: RetryPolicy;
   log: Logger;
@@ -31,6 +31,8 @@ export interface WholePackOptions {
 }
 
 const BATCH = 8 << 20;
+/** batches of one pack being decoded at once */
+const IN_FLIGHT = 2;
 
 export async function fetchWholePack(o: WholePackOptions): Promise<void> {
   const idx = o.index;
@@ -43,9 +45,12 @@ export async function fetchWholePack(o: WholePackOptions): Promise<void> {
     let parts: Buffer[] = [];
     let start = 0;
     let len = 0;
+    const inflight: Promise<void>[] = [];
     const flush = async () => {
       if (!len) return;
-      const data = parts.length === 1 ? parts[0]! : Buffer.concat(parts, len);
+      // one part may be a view of a stream chunk; several are joined into a buffer of our own
+      const own = parts.length > 1;
+      const data = own ? Buffer.concat(parts, len) : parts[0]!;
       const ready: number[] = [];
       while (
         next < want.length &&
@@ -65,15 +70,22 @@ export async function fetchWholePack(o: WholePackOptions): Promise<void> {
         len = 0;
       }
       if (ready.length) {
+        // decoded by the worker threads while the next bytes arrive: a few batches in flight
         const hold = Math.min(data.length, o.budget.capacity);
         await o.budget.acquire(hold);
-        try {
-          await o.decode(data, ready, dataStart);
-        } finally {
-          o.budget.release(hold);
-        }
-        for (const f of ready) decoded.add(f);
+        const job = o
+          .decode(data, ready, dataStart, own)
+          .then(() => {
+            for (const f of ready) decoded.add(f);
+          })
+          .finally(() => o.budget.release(hold));
+        inflight.push(job);
+        job.catch(() => undefined);
+        while (inflight.length >= IN_FLIGHT) await inflight.shift();
       }
+    };
+    const drain = async () => {
+      while (inflight.length) await inflight.shift();
     };
     const sink: BlobSink = {
       write: async (chunk, at) => {
@@ -93,6 +105,7 @@ export async function fetchWholePack(o: WholePackOptions): Promise<void> {
       },
       flush,
       reset: async () => {
+        await drain();
         parts = [];
         len = 0;
         next = 0;
@@ -125,9 +138,16 @@ export async function fetchWholePack(o: WholePackOptions): Promise<void> {
         signal: o.signal,
       });
     } catch (err) {
+      await Promise.allSettled(inflight);
       throw refused ?? err;
     }
-    await flush();
+    try {
+      await flush();
+      await drain();
+    } catch (err) {
+      await Promise.allSettled(inflight);
+      throw err;
+    }
     if (r.digest === o.desc.digest) {
       if (next < want.length)
         throw new OrbError('internal', `pack ${o.desc.digest}: frames past the received bytes`);

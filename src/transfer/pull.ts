@@ -143,8 +143,9 @@ export async function pull(o: PullOptions): Promise<PullResult> {
         throw environmentError(err, `cannot make room for ${formatBytes(plan.size)} in ${partial}`);
       }
     }
+    // bytes fetched and not yet decoded (ranges, whole-pack batches): peak memory under 512 MiB
     const memoryBudget =
-      o.memoryBudget ?? Math.min(512 << 20, Math.max(128 << 20, o.concurrency * (32 << 20)));
+      o.memoryBudget ?? Math.min(256 << 20, Math.max(128 << 20, o.concurrency * (16 << 20)));
     if (o.base) base = await openBase(o.base);
     let stats: {
       bytesDownloaded: number;

@@ -1,7 +1,11 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import {
+  closeSync,
   copyFileSync,
   existsSync,
+  ftruncateSync,
+  openSync,
+  writeSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
@@ -14,15 +18,14 @@ import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OciLayout } from '../../src/oci/layout.js';
-import {
-  ANN_CONTENT_DIGEST,
-  DISK_ARTIFACT,
-  DISK_CONFIG,
-  OCI_MANIFEST,
-  type ImageManifest,
-} from '../../src/formats/oci-media.js';
+import { silentLogger } from '../../src/core/log.js';
+import { RegistryClient } from '../../src/oci/registry.js';
+import { RegistryStore } from '../../src/stores/registry.js';
 import { actionEnv, NODE, ROOT } from '../helpers/cli.js';
+import { pattern } from '../helpers/oci-images.js';
+import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
+import { startRegistry, type Registry } from '../helpers/registry.js';
+import { pushV2, writeV2Image } from '../helpers/v2-images.js';
 import { smokeGuestDisk } from '../helpers/smoke-guests.js';
 
 /**
@@ -39,9 +42,11 @@ beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'orb-signals-'));
 });
 const started: ChildProcess[] = [];
-afterAll(() => {
-  // a failed case must not leave its CLI running (hashing for minutes) after the file
+afterAll(async () => {
+  // a failed case must not leave its CLI running after the file
   for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await slow?.stop();
+  await reg?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -150,50 +155,59 @@ async function interrupt(s: Started, sig: 'SIGTERM' | 'SIGINT', owned: string): 
   expect(left).toEqual([]);
 }
 
-/** An oci-layout holding a disk manifest of `size` bytes with no layers: all zeros, hashed whole. */
-async function zeroDiskLayout(layoutDir: string, size: number): Promise<void> {
-  const layout = new OciLayout(layoutDir);
-  await layout.init();
-  const contentDigest = 'sha256:' + '0'.repeat(64);
-  const config = {
-    schema: 'orb-disk/v1',
-    virtualSize: size,
-    chunkSize: 64 << 20,
-    contentDigest,
-    sourceFormat: 'raw',
-    compression: 'zstd',
-    level: 3,
-    build: { os: 'test', arch: 'x86_64', firmware: 'bios' },
-    architecture: 'amd64',
-    os: 'linux',
-    rootfs: { type: 'layers', diff_ids: [] },
-  };
-  const cfg = await layout.putBytes(JSON.stringify(config));
-  const manifest: ImageManifest = {
-    schemaVersion: 2,
-    mediaType: OCI_MANIFEST,
-    artifactType: DISK_ARTIFACT,
-    config: { mediaType: DISK_CONFIG, digest: cfg.digest, size: cfg.size },
-    layers: [],
-    annotations: { [ANN_CONTENT_DIGEST]: contentDigest },
-  };
-  const m = await layout.putBytes(JSON.stringify(manifest));
-  await layout.tag(
-    { mediaType: OCI_MANIFEST, digest: m.digest, size: m.size, artifactType: DISK_ARTIFACT },
-    'big',
-  );
+/**
+ * A v2 disk image in a local registry behind a proxy that throttles blob downloads: a pull of it
+ * stays in its download phase for many seconds.
+ */
+let reg: Registry | undefined;
+let slow: FaultProxy | undefined;
+async function slowRegistryImage(): Promise<string> {
+  if (!slow) {
+    process.env.DOCKER_CONFIG ??= mkdtempSync(join(tmpdir(), 'orb-noauth-'));
+    const disk = join(dir, 'slow-disk.raw');
+    const B = 32 << 10;
+    const fd = openSync(disk, 'w');
+    ftruncateSync(fd, 256 * B);
+    for (let i = 0; i < 256; i++) if (i % 4 !== 3) writeSync(fd, pattern(i + 1, B), 0, B, i * B);
+    closeSync(fd);
+    const img = await writeV2Image(disk, join(dir, 'slow-layout'), 'v1', { packSize: 1 << 20 });
+    reg = await startRegistry();
+    slow = await startFaultProxy(reg.url);
+    const host = reg.host;
+    await pushV2(
+      img,
+      new RegistryStore(
+        new RegistryClient({
+          ref: { host, apiHost: host, repository: 'sig/disk' },
+          credentials: null,
+          log: silentLogger,
+        }),
+      ),
+      'v1',
+    );
+    slow.add({
+      method: 'GET',
+      path: /\/blobs\/sha256:/,
+      action: { type: 'slow', bytesPerSecond: 256 << 10 },
+    });
+  }
+  return `oci://${slow.host}/sig/disk:v1`;
 }
 
 describe('signals end every command within 2 s', () => {
-  it('pull: SIGTERM while hashing a huge all-zero disk exits 143 and keeps the resumable .partial', async () => {
-    const layout = join(dir, 'zero-layout');
-    await zeroDiskLayout(layout, 256 * GiB);
+  it('pull: SIGTERM while downloading exits 143 and keeps the resumable .partial and journal', async () => {
+    const ref = await slowRegistryImage();
     const out = join(dir, 'pulled.img');
-    const args = ['pull', `oci-layout:${layout}:big`, '--output', out];
-    const s = start('pull', args, { ORB_DEBUG: '1' });
-    // the downloads (none) are done: what is left is hashing 256 GiB of zeros (minutes)
-    await waitFor('the content-hash phase', s, () => /downloads done/.test(s.stderr()));
-    await new Promise((r) => setTimeout(r, 300));
+    const args = ['pull', ref, '--output', out];
+    const s = start('pull', args, { ORB_DEBUG: '1', ORB_JOURNAL_INTERVAL_MS: '100' });
+    // some frames written and journaled, many more to come at 256 KiB/s
+    await waitFor('frames in the journal', s, () => {
+      try {
+        return /"f":\[/.test(readFileSync(`${out}.partial.journal`, 'utf8'));
+      } catch {
+        return false;
+      }
+    });
     await interrupt(s, 'SIGTERM', dir);
     expect(s.stderr()).toMatch(/kept in .*pulled\.img\.partial: run the same command again to continue/);
     expect(existsSync(out)).toBe(false);
@@ -202,23 +216,26 @@ describe('signals end every command within 2 s', () => {
 
     // the rerun takes the partial up again, and SIGINT stops it the same way (exit 130)
     const again = start('pull-again', args, { ORB_DEBUG: '1' });
-    await waitFor('the content-hash phase', again, () => /downloads done/.test(again.stderr()));
+    await waitFor('the resumed download', again, () => /resuming: \d+ blocks/.test(again.stderr()));
     await interrupt(again, 'SIGINT', dir);
     expect(again.stderr()).not.toMatch(/error:.*(exists|stale|different manifest)/i);
     expect(existsSync(`${out}.partial`)).toBe(true);
   }, 120_000);
 
-  it('pull action: SIGTERM while hashing exits 143 with the error annotation and keeps the .partial', async () => {
-    const layout = join(dir, 'zero-layout-action');
-    await zeroDiskLayout(layout, 256 * GiB);
+  it('pull action: SIGTERM while downloading exits 143 with the error annotation and keeps the .partial', async () => {
+    const ref = await slowRegistryImage();
     const out = join(dir, 'action-pulled.img');
     const files = { output: join(dir, 'action-output'), summary: join(dir, 'action-summary') };
     const env = {
-      ...actionEnv({ ref: `oci-layout:${layout}:big`, output: out }, files),
+      ...actionEnv({ ref, output: out }, files),
       RUNNER_DEBUG: '1',
     };
     const s = start('pull-action', [], env, 'dist/pull/index.js');
-    await waitFor('the content-hash phase', s, () => /downloads done/.test(s.stdout()));
+    await waitFor(
+      'the download',
+      s,
+      () => existsSync(`${out}.partial`) && /downloading/.test(s.stdout() + s.stderr()),
+    );
     await interrupt(s, 'SIGTERM', dir);
     expect(s.stdout()).toMatch(/::error::interrupted by SIGTERM/);
     expect(existsSync(`${out}.partial`)).toBe(true);

@@ -26,7 +26,7 @@ import { pull } from '../../src/transfer/pull.js';
 import { planFetches } from '../../src/transfer/pull-ranges.js';
 import { defaultRetryPolicy } from '../../src/net/retry.js';
 import { pattern } from '../helpers/oci-images.js';
-import { writeV2Image, type V2Image } from '../helpers/v2-images.js';
+import { pushV2, writeV2Image, writeV2Variant, type V2Image } from '../helpers/v2-images.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
 
@@ -69,11 +69,13 @@ function writeDisk(path: string, block: (i: number) => Buffer | undefined): stri
 // v1: compressible blocks, every 5th zero, blocks 40..47 repeat 0..7 (dedupe)
 const block1 = (i: number) =>
   i % 5 === 4 ? undefined : pattern(i >= 40 && i < 48 ? i - 40 + 1 : i + 1, B, true);
-// v2: 6 blocks changed, block 100's content moved to block 4 (a zero block of v1), one new zero
+// v2: 6 blocks changed, block 100's content copied to block 4 (a zero block of v1), one new
+// zero, and block 150's content moved to block 9 (zero in v1) leaving 150 zero
 const changed = new Set([10, 11, 12, 200, 201, 300]);
 const block2 = (i: number) => {
   if (i === 4) return block1(100);
-  if (i === 250) return undefined;
+  if (i === 9) return block1(150);
+  if (i === 250 || i === 150) return undefined;
   if (changed.has(i)) return pattern(5000 + i, B, true);
   return block1(i);
 };
@@ -332,5 +334,61 @@ describe('v2 pull: resume inside ranges', () => {
     const ranged = proxy.log.slice(before).filter((e) => e.headers.range);
     expect(ranged.length).toBe(r.ranges);
     expect(r.ranges).toBeGreaterThan(0);
+  });
+});
+
+describe('v2 pull: a disk whose size is not a multiple of the block size', () => {
+  it('the last block is clipped: the output has the exact size and bytes, fresh and with a base', async () => {
+    const size = 10 * B + 4096;
+    const a = join(dir, 'odd1.raw');
+    const b = join(dir, 'odd2.raw');
+    for (const [p, seed] of [
+      [a, 1],
+      [b, 2],
+    ] as const) {
+      const fd = openSync(p, 'w');
+      ftruncateSync(fd, size);
+      writeSync(fd, pattern(seed, 3 * B, true), 0, 3 * B, 0);
+      // the tail: data right up to the last byte
+      writeSync(fd, pattern(seed + 10, B + 4096, true), 0, B + 4096, 9 * B);
+      closeSync(fd);
+    }
+    const L = join(dir, 'odd');
+    const i1 = await writeV2Image(a, L, 'a');
+    await writeV2Image(b, L, 'b', { base: i1 });
+    const out = join(dir, 'odd-out.raw');
+    await pull(opts(layout(L), 'a', out));
+    expect(statSync(out).size).toBe(size);
+    expect(fileSha(out)).toBe(fileSha(a));
+    const out2 = join(dir, 'odd-out2.raw');
+    await pull({ ...opts(layout(L), 'b', out2), base: out });
+    expect(statSync(out2).size).toBe(size);
+    expect(fileSha(out2)).toBe(fileSha(b));
+  });
+});
+
+describe('v2 pull: a corrupt pack from a store that ignores Range', () => {
+  it('the frame cannot be fetched alone: an integrity error that says so, nothing at the output path', async () => {
+    const f = 2;
+    const p = v1.index.framePack[f]!;
+    const bytes = Buffer.from(v1.packBytes[p]!);
+    const at = v1.index.frameOffset[f]! + 40;
+    bytes[at] = bytes[at]! ^ 0xff;
+    const bad = await writeV2Variant(v1, join(dir, 'layout'), 'bad', {
+      packBytes: Object.assign([], { [p]: bytes }),
+    });
+    await pushV2(bad, registry('pv2/bad'), 'bad');
+    const rule = proxy.add({ header: 'range', action: { type: 'ignore-range' } });
+    const out = join(dir, 'bad.raw');
+    try {
+      const err = await pull(opts(registry('pv2/bad', proxy.host), 'bad', out)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OrbError);
+      expect((err as OrbError).kind).toBe('integrity');
+      expect((err as OrbError).message).toContain(`frame ${f} of pack ${bad.packs[p]!.digest}`);
+      expect((err as OrbError).message).toMatch(/does not serve byte ranges/);
+      expect(existsSync(out)).toBe(false);
+    } finally {
+      proxy.remove(rule);
+    }
   });
 });
