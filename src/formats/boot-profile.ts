@@ -1,4 +1,3 @@
-import { OrbError } from '../core/errors.js';
 import { ROOT_PREFIX } from './disk-index.js';
 
 /**
@@ -36,11 +35,28 @@ export interface BootProfile {
   blocks: number[];
 }
 
+/**
+ * A malformed profile or a caller's mistake. This folder imports nothing of ours, so the serve
+ * layer turns it into the user-facing error (src/serve/boot-profile.ts, asProfileError).
+ */
+export class BootProfileError extends Error {
+  constructor(
+    message: string,
+    readonly internal = false,
+  ) {
+    super(message);
+    this.name = 'BootProfileError';
+  }
+}
+
 export function encodeBootProfile(p: BootProfile): Buffer {
   if (!p.contentDigest.startsWith(ROOT_PREFIX) || p.contentDigest.length !== ROOT_PREFIX.length + 64)
-    throw new OrbError('internal', `boot profile: ${p.contentDigest} is not an orb2 content digest`);
+    throw new BootProfileError(`boot profile: ${p.contentDigest} is not an orb2 content digest`, true);
   if (p.blocks.length > MAX_PROFILE_BLOCKS)
-    throw new OrbError('internal', `boot profile: ${p.blocks.length} blocks (at most ${MAX_PROFILE_BLOCKS})`);
+    throw new BootProfileError(
+      `boot profile: ${p.blocks.length} blocks (at most ${MAX_PROFILE_BLOCKS})`,
+      true,
+    );
   const runs: [number, number][] = [];
   for (const b of p.blocks) {
     const last = runs[runs.length - 1];
@@ -73,7 +89,7 @@ export interface ProfileExpect {
 }
 
 /**
- * Decodes a profile from a store, refusing (OrbError 'input') anything that is not a well-formed
+ * Decodes a profile from a store, refusing (BootProfileError) anything that is not a well-formed
  * profile of exactly the `expect`ed disk: another disk's profile must never steer a fetch.
  */
 export function decodeBootProfile(
@@ -81,10 +97,7 @@ export function decodeBootProfile(
   expect: ProfileExpect,
   display = 'boot profile',
 ): BootProfile {
-  const fail = (why: string) =>
-    new OrbError('input', `${display}: ${why}`, {
-      hint: 'record it again with orb smoke-test on this image and attach it with orb publish --boot-profile',
-    });
+  const fail = (why: string) => new BootProfileError(`${display}: ${why}`);
   if (blob.length > MAX_PROFILE_BYTES) throw fail(`${blob.length} bytes (at most ${MAX_PROFILE_BYTES})`);
   if (blob.length < HEADER || !blob.subarray(0, 8).equals(MAGIC))
     throw fail('not a boot profile (bad magic)');

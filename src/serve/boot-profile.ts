@@ -7,7 +7,8 @@ import { MAX_MANIFEST_BYTES, isObject, parseJsonObject } from '../core/untrusted
 import {
   BOOT_PROFILE_ARTIFACT,
   MAX_PROFILE_BYTES,
-  decodeBootProfile,
+  BootProfileError,
+  decodeBootProfile as decodeProfileBytes,
   type BootProfile,
 } from '../formats/boot-profile.js';
 import type { DiskIndex } from '../formats/disk-index.js';
@@ -23,6 +24,20 @@ import { readSmallBlob } from '../stores/layout.js';
 import type { BlobStore } from '../stores/store.js';
 import type { LazyDisk } from './lazy-disk.js';
 import { openDiskV2 } from './open-image.js';
+
+/** Decodes a stored profile; a malformed one is an input error that says how to get a good one. */
+function decodeBootProfile(
+  ...args: Parameters<typeof decodeProfileBytes>
+): ReturnType<typeof decodeProfileBytes> {
+  try {
+    return decodeProfileBytes(...args);
+  } catch (err) {
+    if (!(err instanceof BootProfileError)) throw err;
+    throw new OrbError(err.internal ? 'internal' : 'input', err.message, {
+      hint: 'record it again with orb smoke-test on this image and attach it with orb publish --boot-profile',
+    });
+  }
+}
 
 /**
  * Boot profiles in stores: attached to a published disk as an OCI referrer artifact (subject =
