@@ -41,7 +41,55 @@ const external_node_vm_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import
 const external_node_worker_threads_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:worker_threads");
 ;// CONCATENATED MODULE: external "node:zlib"
 const external_node_zlib_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:zlib");
+;// CONCATENATED MODULE: ./lib/formats/zstd-frame.js
+const MAGIC = 0xfd2fb528;
+/** undefined when `b` does not start with a zstd frame header. */
+function zstdFrameHeader(b) {
+    if (b.length < 6)
+        return undefined;
+    const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    if (v.getUint32(0, true) !== MAGIC)
+        return undefined;
+    const fhd = b[4];
+    if (fhd & 0x08)
+        return undefined; // reserved bit must be zero
+    const fcsFlag = fhd >> 6;
+    const single = (fhd >> 5) & 1;
+    const dictFlag = fhd & 3;
+    let at = 5;
+    let windowSize = 0;
+    if (!single) {
+        const wd = b[at++];
+        const exp = wd >> 3;
+        const base = 2 ** (10 + exp);
+        windowSize = base + (base / 8) * (wd & 7);
+    }
+    at += [0, 1, 2, 4][dictFlag];
+    const fcsBytes = fcsFlag === 0 ? single : [0, 2, 4, 8][fcsFlag];
+    if (at + fcsBytes > b.length)
+        return undefined;
+    let contentSize;
+    if (fcsBytes === 1)
+        contentSize = b[at];
+    else if (fcsBytes === 2)
+        contentSize = v.getUint16(at, true) + 256;
+    else if (fcsBytes === 4)
+        contentSize = v.getUint32(at, true);
+    else if (fcsBytes === 8) {
+        const big = v.getBigUint64(at, true);
+        contentSize = big > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(big);
+    }
+    if (single)
+        windowSize = contentSize ?? 0;
+    return { contentSize, windowSize };
+}
+/** The declared content size, or undefined (no header, or no size in it). */
+function zstdFrameContentSize(b) {
+    return zstdFrameHeader(b)?.contentSize;
+}
+
 ;// CONCATENATED MODULE: ./lib/image/compress-worker.js
+
 
 
 
@@ -69,9 +117,6 @@ function zstd(buf, level) {
 function view(m) {
     return Buffer.from(m.sab, m.off, m.len);
 }
-function sha256(b) {
-    return 'sha256:' + (0,external_node_crypto_namespaceObject.createHash)('sha256').update(b).digest('hex');
-}
 /** Transferable only when the buffer owns its whole ArrayBuffer; otherwise copy. */
 function asTransfer(b) {
     if (b.byteOffset === 0 && b.buffer.byteLength === b.length && b.buffer instanceof ArrayBuffer)
@@ -80,16 +125,6 @@ function asTransfer(b) {
     out.set(b);
     return out;
 }
-/** Content-addressed write: temp file, then rename (atomic; a concurrent equal write is harmless). */
-function putBlob(dir, digest, bytes) {
-    const path = `${dir}/${digest.slice(7)}`;
-    if ((0,external_node_fs_namespaceObject.existsSync)(path))
-        return false;
-    const tmp = `${path}.${process.pid}-${external_node_worker_threads_namespaceObject.threadId}.partial`;
-    (0,external_node_fs_namespaceObject.writeFileSync)(tmp, bytes);
-    (0,external_node_fs_namespaceObject.renameSync)(tmp, path);
-    return true;
-}
 function hashZeros(h, n) {
     while (n > 0) {
         const k = Math.min(n, ZERO.length);
@@ -97,29 +132,85 @@ function hashZeros(h, n) {
         n -= k;
     }
 }
-/** One task per worker at a time; `base` and the running hash are the thread's state. */
-function makeTasks(base) {
+/** Block `i` of a unit view, zero-padded to `bs` when the unit ends inside it (the disk's tail). */
+function blockOf(buf, i, bs) {
+    const b = buf.subarray(i * bs, Math.min(buf.length, (i + 1) * bs));
+    if (b.length === bs)
+        return b;
+    const pad = Buffer.alloc(bs);
+    b.copy(pad);
+    return pad;
+}
+/** One task per worker at a time; the running hash is the thread's state. */
+function makeTasks() {
     let hash = (0,external_node_crypto_namespaceObject.createHash)('sha256');
     return {
-        chunk(m) {
+        blocks(m) {
             const buf = view(m);
-            if (isZero(buf))
-                return { zero: true };
-            const digest = sha256(buf);
-            if (base.has(digest))
-                return { digest, reused: true };
-            const z = zstd(buf, m.level);
-            // the worker writes the blob itself: compressed bytes never travel to the main thread
-            if (z.length >= buf.length)
-                return {
-                    digest,
-                    raw: true,
-                    blobDigest: digest,
-                    size: buf.length,
-                    created: putBlob(m.blobs, digest, buf),
-                };
-            const blobDigest = sha256(z);
-            return { digest, blobDigest, size: z.length, created: putBlob(m.blobs, blobDigest, z) };
+            const n = Math.ceil(buf.length / m.block);
+            const zero = new Uint8Array(n);
+            const digests = new Uint8Array(n * 32);
+            for (let i = 0; i < n; i++) {
+                const b = blockOf(buf, i, m.block);
+                if (isZero(b))
+                    zero[i] = 1;
+                else
+                    digests.set((0,external_node_crypto_namespaceObject.createHash)('sha256').update(b).digest(), i * 32);
+            }
+            return { zero, digests, transfer: [zero.buffer, digests.buffer] };
+        },
+        frames(m) {
+            const buf = view(m);
+            const lengths = new Uint32Array(m.runs.length / 2);
+            const parts = [];
+            let total = 0;
+            for (let r = 0; r < lengths.length; r++) {
+                const first = m.runs[2 * r];
+                const count = m.runs[2 * r + 1];
+                const end = (first + count) * m.block;
+                let plain = buf.subarray(first * m.block, Math.min(buf.length, end));
+                if (plain.length < count * m.block) {
+                    const pad = Buffer.alloc(count * m.block);
+                    plain.copy(pad);
+                    plain = pad;
+                }
+                const z = zstd(plain, m.level);
+                lengths[r] = z.length;
+                parts.push(z);
+                total += z.length;
+            }
+            const data = new Uint8Array(total);
+            let p = 0;
+            for (const z of parts) {
+                data.set(z, p);
+                p += z.length;
+            }
+            return { lengths, data, transfer: [lengths.buffer, data.buffer] };
+        },
+        unframe(m) {
+            // The bounds of decodeFrame (src/formats/disk-index-decode.ts, not imported: its module
+            // does not load in a test's type-stripped worker); on any failure the main thread decodes
+            // the frame again with decodeFrame to raise the reader's own error.
+            const want = m.blocks * m.block;
+            const h = zstdFrameHeader(m.data);
+            if (!h || h.contentSize !== want || h.windowSize > 8 << 20)
+                return { bad: 'frame header' };
+            let plain;
+            try {
+                plain = external_node_zlib_namespaceObject.zstdDecompressSync(m.data, { maxOutputLength: want });
+            }
+            catch (err) {
+                return { bad: err.message };
+            }
+            if (plain.length !== want)
+                return { bad: `decompressed to ${plain.length} bytes` };
+            const digests = new Uint8Array(m.blocks * 32);
+            for (let i = 0; i < m.blocks; i++)
+                digests.set((0,external_node_crypto_namespaceObject.createHash)('sha256')
+                    .update(plain.subarray(i * m.block, (i + 1) * m.block))
+                    .digest(), i * 32);
+            const data = asTransfer(plain);
+            return { data, digests, transfer: [data.buffer, digests.buffer] };
         },
         frame(m) {
             const buf = view(m);
@@ -177,36 +268,6 @@ function makeTasks(base) {
             for (let i = 0; i < n; i++)
                 bits[i] = isZero(buf.subarray(i * m.block, Math.min(buf.length, (i + 1) * m.block))) ? 0 : 1;
             return { bits, transfer: [bits.buffer] };
-        },
-        inflate(m) {
-            const out = view(m);
-            let plain;
-            if (m.raw)
-                plain = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
-            else {
-                try {
-                    plain = external_node_zlib_namespaceObject.zstdDecompressSync(m.data, { maxOutputLength: Math.max(1, m.len) });
-                }
-                catch (err) {
-                    return {
-                        error: `chunk at offset ${m.offset} does not decompress: ${err.message}`,
-                        kind: 'integrity',
-                    };
-                }
-            }
-            if (plain.length !== m.len)
-                return {
-                    error: `chunk at offset ${m.offset} decompresses to ${plain.length} bytes, expected ${m.len}`,
-                    kind: 'integrity',
-                };
-            const digest = sha256(plain);
-            if (digest !== m.digest)
-                return {
-                    error: `chunk at offset ${m.offset} has digest ${digest}, expected ${m.digest}`,
-                    kind: 'integrity',
-                };
-            out.set(plain);
-            return {};
         },
         hash(m) {
             if (m.zeros)
@@ -300,7 +361,7 @@ function collector() {
 if (external_node_worker_threads_namespaceObject.parentPort && external_node_worker_threads_namespaceObject.workerData?.role === 'orb-compress') {
     const port = external_node_worker_threads_namespaceObject.parentPort;
     const collect = collector();
-    const tasks = makeTasks(new Set(external_node_worker_threads_namespaceObject.workerData?.base ?? []));
+    const tasks = makeTasks();
     port.on('message', (m) => {
         let res;
         try {

@@ -34,7 +34,206 @@ const external_node_crypto_namespaceObject = __WEBPACK_EXTERNAL_createRequire(im
 const external_node_fs_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:fs");
 ;// CONCATENATED MODULE: external "node:worker_threads"
 const external_node_worker_threads_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:worker_threads");
+;// CONCATENATED MODULE: external "node:zlib"
+const external_node_zlib_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:zlib");
+;// CONCATENATED MODULE: ./lib/formats/zstd-frame.js
+const MAGIC = 0xfd2fb528;
+/** undefined when `b` does not start with a zstd frame header. */
+function zstdFrameHeader(b) {
+    if (b.length < 6)
+        return undefined;
+    const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    if (v.getUint32(0, true) !== MAGIC)
+        return undefined;
+    const fhd = b[4];
+    if (fhd & 0x08)
+        return undefined; // reserved bit must be zero
+    const fcsFlag = fhd >> 6;
+    const single = (fhd >> 5) & 1;
+    const dictFlag = fhd & 3;
+    let at = 5;
+    let windowSize = 0;
+    if (!single) {
+        const wd = b[at++];
+        const exp = wd >> 3;
+        const base = 2 ** (10 + exp);
+        windowSize = base + (base / 8) * (wd & 7);
+    }
+    at += [0, 1, 2, 4][dictFlag];
+    const fcsBytes = fcsFlag === 0 ? single : [0, 2, 4, 8][fcsFlag];
+    if (at + fcsBytes > b.length)
+        return undefined;
+    let contentSize;
+    if (fcsBytes === 1)
+        contentSize = b[at];
+    else if (fcsBytes === 2)
+        contentSize = v.getUint16(at, true) + 256;
+    else if (fcsBytes === 4)
+        contentSize = v.getUint32(at, true);
+    else if (fcsBytes === 8) {
+        const big = v.getBigUint64(at, true);
+        contentSize = big > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(big);
+    }
+    if (single)
+        windowSize = contentSize ?? 0;
+    return { contentSize, windowSize };
+}
+/** The declared content size, or undefined (no header, or no size in it). */
+function zstdFrameContentSize(b) {
+    return zstdFrameHeader(b)?.contentSize;
+}
+
+;// CONCATENATED MODULE: ./lib/transfer/block-ops.js
+
+
+
+
+/**
+ * The work of a v2 pull that touches block bytes, run in worker threads (hash-worker.ts in
+ * `blocks` mode) so decoding and hashing gigabytes never occupy the main thread:
+ *
+ *   frames  decode zstd frames (the spec's rules: declared size = blocks x block size, output
+ *           capped, window bounded), check every needed slot's sha256 against its entry, and
+ *           only then write the slot to every disk offset that uses it;
+ *   base    read blocks of a local base disk, hash them, and write those that match the wanted
+ *           digest to their destinations (same offset or moved content); report every digest
+ *           read so the caller can find moved blocks.
+ *
+ * Zero blocks are never written (the output is sparse; a device is zeroed by the caller). The
+ * last block is clipped to the disk size. Pure Node built-ins plus the zstd header reader.
+ */
+/**
+ * A digest that owns its 32 bytes: a view into the index's digest table would make every message
+ * to a worker copy the whole table (structured clone copies a view's entire buffer).
+ */
+function ownDigest(idx, i) {
+    return new Uint8Array(idx.digests.subarray(i * 32, i * 32 + 32));
+}
+const MAX_WINDOW = 8 << 20;
+/**
+ * decodeFrame's rules (src/formats/disk-index-decode.ts), repeated because a worker thread run
+ * from the sources (tests) cannot load disk-index.ts under Node's type stripping: the declared
+ * content size must be blocks x block size, the window at most 8 MiB, the output capped.
+ */
+function decodeFrameBytes(compressed, blocks, blockSize) {
+    const want = blocks * blockSize;
+    const h = zstdFrameHeader(compressed);
+    if (!h)
+        throw new Error('is not a zstd frame');
+    if (h.contentSize !== want)
+        throw new Error(`declares ${h.contentSize ?? 'no'} bytes, the index says ${want}`);
+    if (h.windowSize > MAX_WINDOW)
+        throw new Error(`needs a ${h.windowSize}-byte window`);
+    let out;
+    try {
+        // one output buffer of the declared size: no growing and joining of 16 KiB pieces
+        out = external_node_zlib_namespaceObject.zstdDecompressSync(compressed, { maxOutputLength: want, chunkSize: want });
+    }
+    catch (err) {
+        throw new Error(`does not decompress: ${err.message}`);
+    }
+    if (out.length !== want)
+        throw new Error(`decompressed to ${out.length} bytes, not ${want}`);
+    return out;
+}
+function createBlockOps(d) {
+    let out;
+    const bases = new Map();
+    const bs = d.blockSize;
+    const block = Buffer.alloc(bs);
+    const write = (buf, offset) => {
+        out ??= (0,external_node_fs_namespaceObject.openSync)(d.out, 'r+');
+        const n = Math.min(buf.length, d.size - offset);
+        for (let done = 0; done < n;)
+            done += (0,external_node_fs_namespaceObject.writeSync)(out, buf, done, n - done, offset + done);
+    };
+    const frames = (data, jobs) => {
+        const bad = [];
+        let blocks = 0;
+        for (const j of jobs) {
+            let raw;
+            try {
+                if (j.at < 0 || j.at + j.length > data.length)
+                    throw new Error('lies outside the bytes received');
+                raw = decodeFrameBytes(data.subarray(j.at, j.at + j.length), j.blocks, bs);
+            }
+            catch (e) {
+                bad.push({ f: j.f, why: e.message });
+                continue;
+            }
+            // every slot verified before any is written: a bad frame leaves nothing behind
+            let why;
+            for (const s of j.slots) {
+                const got = (0,external_node_crypto_namespaceObject.createHash)('sha256')
+                    .update(raw.subarray(s.slot * bs, (s.slot + 1) * bs))
+                    .digest();
+                if (!got.equals(s.digest)) {
+                    why = `block ${s.slot} has sha256 ${got.toString('hex').slice(0, 12)}, the index says ${Buffer.from(s.digest).toString('hex').slice(0, 12)}`;
+                    break;
+                }
+            }
+            if (why) {
+                bad.push({ f: j.f, why });
+                continue;
+            }
+            // consecutive slots going to consecutive offsets (a frame is a run of the disk) in one write
+            const w = [];
+            for (const s of j.slots)
+                for (const o of s.offsets)
+                    w.push([o, s.slot]);
+            w.sort((a, b) => a[0] - b[0]);
+            for (let k = 0; k < w.length;) {
+                let e = k + 1;
+                while (e < w.length && w[e][0] === w[e - 1][0] + bs && w[e][1] === w[e - 1][1] + 1)
+                    e++;
+                write(raw.subarray(w[k][1] * bs, (w[e - 1][1] + 1) * bs), w[k][0]);
+                k = e;
+            }
+            blocks += w.length;
+        }
+        return { op: 'frames', bad, blocks };
+    };
+    const base = (m) => {
+        let fd = bases.get(m.path);
+        if (fd === undefined)
+            bases.set(m.path, (fd = (0,external_node_fs_namespaceObject.openSync)(m.path, 'r')));
+        const matched = new Uint8Array(m.items.length);
+        const digests = m.collect ? new Uint8Array(32 * m.items.length) : undefined;
+        m.items.forEach((it, i) => {
+            block.fill(0);
+            const n = Math.max(0, Math.min(bs, m.size - it.src));
+            for (let got = 0; got < n;) {
+                const r = (0,external_node_fs_namespaceObject.readSync)(fd, block, got, n - got, it.src + got);
+                if (r === 0)
+                    break;
+                got += r;
+            }
+            const h = (0,external_node_crypto_namespaceObject.createHash)('sha256').update(block).digest();
+            digests?.set(h, 32 * i);
+            if (!h.equals(it.digest))
+                return;
+            matched[i] = 1;
+            if (m.write)
+                for (const o of it.dst)
+                    write(block, o);
+        });
+        return { op: 'base', matched, ...(digests ? { digests } : {}) };
+    };
+    return {
+        run: (m) => (m.op === 'frames' ? frames(m.data, m.frames) : base(m)),
+        close: () => {
+            if (out !== undefined)
+                (0,external_node_fs_namespaceObject.closeSync)(out);
+            for (const fd of bases.values())
+                (0,external_node_fs_namespaceObject.closeSync)(fd);
+            out = undefined;
+            bases.clear();
+        },
+    };
+}
+
 ;// CONCATENATED MODULE: ./lib/transfer/hash-worker.js
+
 
 
 
@@ -79,7 +278,28 @@ function createSegmentHasher(path) {
         return undefined;
     };
 }
-if (external_node_worker_threads_namespaceObject.parentPort) {
+if (external_node_worker_threads_namespaceObject.parentPort && external_node_worker_threads_namespaceObject.workerData.mode === 'blocks') {
+    const port = external_node_worker_threads_namespaceObject.parentPort;
+    const ops = createBlockOps(external_node_worker_threads_namespaceObject.workerData);
+    port.on('message', (msg) => {
+        if ('close' in msg) {
+            ops.close();
+            port.postMessage({ closed: true });
+            return;
+        }
+        try {
+            const r = ops.run(msg.m);
+            const transfer = r.op === 'base'
+                ? [r.matched.buffer, ...(r.digests ? [r.digests.buffer] : [])]
+                : [];
+            port.postMessage({ id: msg.id, r }, transfer);
+        }
+        catch (e) {
+            port.postMessage({ id: msg.id, error: e instanceof Error ? e.message : String(e) });
+        }
+    });
+}
+else if (external_node_worker_threads_namespaceObject.parentPort) {
     const port = external_node_worker_threads_namespaceObject.parentPort;
     const step = createSegmentHasher(external_node_worker_threads_namespaceObject.workerData.path);
     port.on('message', (m) => {
