@@ -125,6 +125,12 @@ describe('orb convert --base REF (a published image)', () => {
     expect(r.blobsUploaded).toBe(want.length);
     expect(r.bytesUploaded).toBe(want.reduce((n, d) => n + d.size, 0));
     expect(r.blobsMounted).toBe(0);
+    // six 4 KiB changes: a small fraction of the image goes up
+    expect(r.bytesUploaded).toBeLessThan(r.bytesTotal / 10);
+    if (process.env.ORB_TEST_MEASURE)
+      console.log(
+        `MEASURE publish v2: ${r.bytesUploaded} of ${r.bytesTotal} bytes, ${r.blobsUploaded} of ${r.blobs} blobs`,
+      );
     // on the wire: one finishing PUT per uploaded blob, then the manifest
     const puts = proxy.log.slice(from).filter((e) => e.method === 'PUT');
     const blobPuts = puts
