@@ -187,8 +187,7 @@ export default defineCommand({
     const format = inp.string('format') as OutputFormat;
     const bases = inp.list('base');
     const remoteBases: BaseImage[] = [];
-    if (format !== 'chunked' && bases.length)
-      throw new UsageError('--base only applies to --format chunked');
+    if (format !== 'chunked' && bases.length) throw new UsageError('--base only applies to --format chunked');
     for (const ref of bases.filter(isStoreRef)) {
       const opened = await openStore(ref, storeOptions(inp, inputs, ctx));
       try {
