@@ -1,3 +1,4 @@
+import '../stores/schemes.js';
 import { defineCommand, type Outputs } from '../core/command.js';
 import { UsageError } from '../core/errors.js';
 import type { InputSpec, OutputSpec } from '../core/inputs.js';
@@ -11,6 +12,10 @@ import {
   type OutputFormat,
 } from '../image/convert.js';
 import type { Qcow2Compression } from '../image/qcow2.js';
+import type { BaseImage } from '../image/chunked/image.js';
+import { openStore, storeInputs } from '../stores/open.js';
+import { loadPublishedBase } from '../transfer/remote-base.js';
+import { accessInputs, storeOptions } from './publish.js';
 
 const own: InputSpec[] = [
   {
@@ -76,7 +81,9 @@ const own: InputSpec[] = [
     name: 'base',
     type: 'list',
     description:
-      'chunked: earlier version(s) (layout, oci-layout:DIR:TAG or orb manifest); blocks they hold are referenced (their packs linked into the output layout), only new blocks are compressed into new packs. Adding to an existing layout uses its --tag as a base too',
+      'chunked: earlier version(s) (layout, oci-layout:DIR:TAG, orb manifest, or one published image: oci://HOST/REPO:TAG, s3://..., any reference orb pull reads); blocks they hold are referenced, only new blocks are compressed into new packs. ' +
+      "A layout base's packs are linked into the output layout; a published base's packs stay in its store (only its manifest, config and index are downloaded) and the output manifest names it (dev.orb.base.reference), so orb publish skips them, or mounts them from the base's repository of the same registry. " +
+      'Adding to an existing layout uses its --tag as a base too',
   },
   {
     name: 'repack',
@@ -149,6 +156,14 @@ const ownOutputs: OutputSpec[] = [
   { name: 'new-pack-bytes', description: 'chunked: bytes of the packs this conversion wrote' },
 ];
 
+const local = [...own, ...benchInputs.filter((b) => !own.some((o) => o.name === b.name))];
+// a published --base is opened as orb pull opens its reference (same access inputs)
+const access = accessInputs.filter((a) => !local.some((o) => o.name === a.name));
+const inputs = [...local, ...access, ...storeInputs('pull', [...local, ...access])];
+
+/** A store reference (oci://, s3://, https://, ...) rather than a local layout or manifest. */
+const isStoreRef = (ref: string) => /^[a-z][a-z0-9+.-]*:\/\//.test(ref);
+
 export default defineCommand({
   name: 'convert-and-compress',
   aliases: ['convert'],
@@ -159,7 +174,7 @@ export default defineCommand({
     'orb pull updates incrementally. Checks free space first, writes <output>.partial and renames it only when complete.',
   action: true,
   usage: 'INPUT --output PATH [--format qcow2|raw|raw.zst|chunked]',
-  inputs: [...own, ...benchInputs.filter((b) => !own.some((o) => o.name === b.name))],
+  inputs,
   outputs: [...ownOutputs, ...benchOutputs],
   async run(inp, ctx) {
     const input = inp.string('input');
@@ -170,6 +185,17 @@ export default defineCommand({
       throw new UsageError("input 'output' is required: where to write the converted image");
     }
     const format = inp.string('format') as OutputFormat;
+    const bases = inp.list('base');
+    const remoteBases: BaseImage[] = [];
+    if (format !== 'chunked' && bases.length) throw new UsageError('--base only applies to --format chunked');
+    for (const ref of bases.filter(isStoreRef)) {
+      const opened = await openStore(ref, storeOptions(inp, inputs, ctx));
+      try {
+        remoteBases.push(await loadPublishedBase(opened));
+      } finally {
+        await opened.store.close?.();
+      }
+    }
     const r = await convertImage({
       input,
       output: inp.string('output'),
@@ -179,7 +205,8 @@ export default defineCommand({
       clusterSize: inp.number('cluster-size'),
       packSize: inp.number('pack-size'),
       tag: inp.string('tag'),
-      base: inp.list('base'),
+      base: bases.filter((b) => !isStoreRef(b)),
+      ...(remoteBases.length ? { remoteBases } : {}),
       repack: inp.bool('repack'),
       threads: inp.optNumber('threads'),
       verify: inp.bool('verify'),

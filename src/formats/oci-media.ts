@@ -42,6 +42,12 @@ export const ANN_PART_OFFSET = 'dev.orb.part.offset';
 /** on the manifest: sha256:<hex> of the whole disk content or file */
 export const ANN_CONTENT_DIGEST = 'dev.orb.content.digest';
 /** on a file artifact's manifest: format of the whole file (qcow2, raw.zst, raw, ...) and its size */
+/**
+ * A chunked layout converted with `--base REF` (a published image): its manifest lists packs of
+ * that image which are not in the layout. Publish skips or mounts them; readers say where they are.
+ */
+export const ANN_BASE_REFERENCE = 'dev.orb.base.reference';
+export const ANN_BASE_DIGEST = 'dev.orb.base.digest';
 export const ANN_FILE_FORMAT = 'dev.orb.file.format';
 export const ANN_FILE_SIZE = 'dev.orb.file.size';
 /** the OCI empty config `{}` (image-spec 1.1), used by file artifacts */

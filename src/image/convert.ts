@@ -11,13 +11,8 @@ import {
   type StageInput,
 } from '../core/stage-manifest-file.js';
 import { nullProgress, type Progress } from '../core/progress.js';
-import {
-  isChunkedLayout,
-  LayoutReader,
-  parseLayoutRef,
-  readChunkedLayout,
-  type ChunkedImage,
-} from './chunked/read.js';
+import { isChunkedLayout, LayoutReader, parseLayoutRef, readChunkedLayout } from './chunked/read.js';
+import { layoutBase, type BaseImage } from './chunked/image.js';
 import { inspectImage, type ImageInfo } from './inspect.js';
 import { estimateOutputBytes } from './estimate.js';
 import { openDiskReader, type DiskReader } from './reader.js';
@@ -59,6 +54,11 @@ export interface ConvertOptions {
   tag?: string;
   /** earlier chunked version(s): blocks they hold are referenced, not stored again */
   base?: string[];
+  /**
+   * published earlier versions, already resolved by the caller from their manifest, config and
+   * index (src/transfer/remote-base.ts): their packs stay in the store (at most one)
+   */
+  remoteBases?: BaseImage[];
   /** with bases: compress every block again into fresh packs (the repack policy's full repack) */
   repack?: boolean;
   threads?: number;
@@ -209,7 +209,19 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
   const threads = Math.max(1, o.threads ?? defaultThreads());
 
   // Earlier versions whose blocks are referenced instead of stored again.
-  const bases: ChunkedImage[] = [];
+  const bases: BaseImage[] = [];
+  if (o.format !== 'chunked' && o.remoteBases?.length)
+    throw new UsageError('--base only applies to --format chunked');
+  if (o.remoteBases?.length && o.verify)
+    throw new UsageError(
+      '--verify reads the output back, and a published --base leaves its packs in the store',
+      'verify after orb pull of the published version, or convert without --verify',
+    );
+  if ((o.remoteBases?.length ?? 0) > 1)
+    throw new UsageError(
+      'at most one published image (oci://, s3://, ...) can be a --base',
+      'give the others as local layouts',
+    );
   if (o.format === 'chunked') {
     for (const b of o.base ?? []) {
       const r = await resolveInput(b);
@@ -219,7 +231,15 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
         log.info(
           `base ${dir}: ${base.config.virtualSize} bytes, the input ${info.virtualSize}: blocks are matched by content`,
         );
-      bases.push(base);
+      bases.push(layoutBase(base));
+    }
+    for (const b of o.remoteBases ?? []) {
+      if (b.index.virtualSize !== info.virtualSize)
+        log.info(
+          `base ${b.display}: ${b.index.virtualSize} bytes, the input ${info.virtualSize}: blocks are matched by content`,
+        );
+      log.info(`base: ${b.display} (published; its packs stay there and are referenced)`);
+      bases.push(b);
     }
     if (mode === 'add-to-layout') {
       // the natural base of a new version: the tag it replaces, else the layout's latest disk
@@ -228,7 +248,7 @@ export async function convertImage(o: ConvertOptions): Promise<ConvertResult> {
         (await layout.resolve(o.tag ?? 'latest').catch(() => undefined)) ??
         (await layout.readIndex()).manifests.filter((m) => m.artifactType === DISK_V2_ARTIFACT).at(-1);
       if (existing) {
-        bases.push(await readChunkedLayout(o.output, existing.digest));
+        bases.push(layoutBase(await readChunkedLayout(o.output, existing.digest)));
         log.info(`base: ${o.output} manifest ${existing.digest} (blocks it holds are not stored again)`);
       }
     }

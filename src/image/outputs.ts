@@ -8,7 +8,8 @@ import { OciLayout } from '../oci/layout.js';
 import { ChunkedSink } from './chunked/encode.js';
 import { linkBasePacks } from './chunked/encode-index.js';
 import { writeDiskV2Manifest } from './chunked/manifest.js';
-import type { ChunkedImage } from './chunked/read.js';
+import type { BaseImage } from './chunked/image.js';
+import { ANN_BASE_DIGEST, ANN_BASE_REFERENCE } from '../formats/oci-media.js';
 import type { Qcow2Compression } from './qcow2.js';
 import type { DiskReader } from './reader.js';
 import { scanDisk, type UnitSink } from './scan.js';
@@ -30,7 +31,7 @@ export interface OutputRun {
   packSize: number;
   tag: string;
   /** chunked: earlier versions whose blocks are referenced instead of stored again */
-  bases: ChunkedImage[];
+  bases: BaseImage[];
   /** chunked with bases: compress every base block again into fresh packs */
   repack?: boolean;
   build?: BuildInfo | undefined;
@@ -198,9 +199,18 @@ async function chunked(r: OutputRun): Promise<OutputDone> {
     });
     const { index, baseRefs } = await sink.finish();
     created.push(...(await linkBasePacks(layout, baseRefs)));
+    const remote = r.bases.find((b) => !b.layout);
     const m = await writeDiskV2Manifest(layout, index, {
       sourceFormat: r.reader.info.format,
       level: r.level,
+      ...(remote?.reference
+        ? {
+            annotations: {
+              [ANN_BASE_REFERENCE]: remote.reference,
+              [ANN_BASE_DIGEST]: remote.manifestDigest,
+            },
+          }
+        : {}),
       ...(r.build ? { build: r.build as Record<string, unknown> } : {}),
     });
     created.push(...m.created);

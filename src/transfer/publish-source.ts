@@ -15,6 +15,7 @@ import {
 import type { Progress } from '../core/progress.js';
 import { LayoutStore } from '../stores/layout.js';
 import {
+  ANN_BASE_REFERENCE,
   ANN_CONTENT_DIGEST,
   ANN_FILE_FORMAT,
   ANN_FILE_SIZE,
@@ -46,6 +47,11 @@ export interface SourceBlob {
   open(offset: number): Readable;
   /** where the bytes lie in a local file, when they do */
   file?: { path: string; start: number };
+  /**
+   * not in the source: a pack of the published base the layout was converted on (its manifest's
+   * dev.orb.base.reference); publish finds it in the target or mounts it, never uploads it
+   */
+  inBase?: string;
 }
 
 export interface PreparedArtifact {
@@ -160,6 +166,17 @@ async function fromLayout(
     if (seen.has(d.digest)) continue;
     seen.add(d.digest);
     const size = await store.statBlob(d.digest);
+    const base = manifest.annotations?.[ANN_BASE_REFERENCE];
+    if (size === undefined && typeof base === 'string' && d !== manifest.config && d !== manifest.layers[0]) {
+      blobs.push({
+        desc: d,
+        inBase: base,
+        open: () => {
+          throw new OrbError('internal', `blob ${d.digest} lives in ${base}, not in ${dir}`);
+        },
+      });
+      continue;
+    }
     if (size === undefined) {
       throw new OrbError('input', `${dir} is incomplete: blob ${d.digest} named by ${tag} is missing`, {
         hint: 'convert the image again',

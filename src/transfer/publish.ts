@@ -1,5 +1,5 @@
 import { dirname, isAbsolute, relative, resolve } from 'node:path';
-import { UsageError } from '../core/errors.js';
+import { OrbError, UsageError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import {
   manifestImagePath,
@@ -16,7 +16,7 @@ import { isDigest, TAG_RE } from '../oci/reference.js';
 import { checkRegistryLimits, type RegistryLimits } from '../stores/registry-limits.js';
 import type { BlobStore } from '../stores/store.js';
 import { runPool } from './pool.js';
-import { prepareSource, type PreparedArtifact } from './publish-source.js';
+import { prepareSource, type PreparedArtifact, type SourceBlob } from './publish-source.js';
 
 /**
  * Publish engine, generic over BlobStore: prepare the artifact, ask the target which blobs it
@@ -179,6 +179,9 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
     if (mounted)
       log.info(`mounted ${mounted} blobs (${formatBytes(bytesMounted)}) from ${opts.mountFrom.join(', ')}`);
   }
+  const fromBase = await placeBaseBlobs(missing, opts);
+  missing = fromBase.missing;
+  mounted += fromBase.mounted;
   const toUpload = missing.reduce((a, b) => a + b.desc.size, 0);
   const skipped = bytesTotal - toUpload;
   log.info(
@@ -237,6 +240,55 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
     result.manifestPath = manifestPath;
   }
   return result;
+}
+
+/**
+ * Packs of a published base (`orb convert --base REF`) are not in the layout: each must already
+ * be in the target, or be mounted from the base's repository when the target is another
+ * repository of the same registry. Anything else is refused before a byte is uploaded.
+ */
+async function placeBaseBlobs(
+  missing: SourceBlob[],
+  opts: PublishOptions,
+): Promise<{ missing: SourceBlob[]; mounted: number }> {
+  const absent = missing.filter((b) => b.inBase);
+  if (!absent.length) return { missing, mounted: 0 };
+  const target = opts.target;
+  const done = new Set<string>();
+  const base = absent[0]!.inBase!;
+  const from = sameRegistryRepository(base, target.describe());
+  if (from && target.mountBlob) {
+    const mount = target.mountBlob.bind(target);
+    await runPool(
+      absent,
+      Math.min(8, opts.concurrency * 2),
+      async (b) => {
+        if (await mount(b.desc, from).catch(() => false)) done.add(b.desc.digest);
+      },
+      opts.signal,
+    );
+    const bytes = absent.filter((b) => done.has(b.desc.digest)).reduce((n, b) => n + b.desc.size, 0);
+    if (done.size) opts.log.info(`mounted ${done.size} base packs (${formatBytes(bytes)}) from ${from}`);
+  }
+  const left = absent.filter((b) => !done.has(b.desc.digest));
+  if (left.length)
+    throw new OrbError(
+      'input',
+      `${left.length} pack(s) of the base ${base} are neither in ${target.describe()} nor mountable from it (first: ${left[0]!.desc.digest}); nothing was uploaded`,
+      {
+        hint: from
+          ? `the registry refused to mount them from ${from}: check that the credentials can read it, or publish to the base's repository`
+          : "publish to the base's repository (or another repository of its registry, which mounts them), or convert with a local layout as --base",
+      },
+    );
+  return { missing: missing.filter((b) => !b.inBase), mounted: done.size };
+}
+
+/** The base's repository when `base` and `target` are oci:// references to one registry host. */
+function sameRegistryRepository(base: string, target: string): string | undefined {
+  const m = /^oci:\/\/([^/]+)\/([^:@]+)/.exec(base);
+  const t = /^oci:\/\/([^/]+)\//.exec(target);
+  return m && t && m[1] === t[1] ? m[2] : undefined;
 }
 
 function publishManifestPath(given: string | undefined, p: PreparedArtifact): string | undefined {

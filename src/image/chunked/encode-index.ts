@@ -2,14 +2,14 @@ import { copyFile, link, rename, rm, constants as fsc } from 'node:fs/promises';
 import { OrbError } from '../../core/errors.js';
 import { IndexBuilder, MAX_PACKS, type DiskIndex, type PackRef } from '../../formats/disk-index.js';
 import type { OciLayout } from '../../oci/layout.js';
-import type { ChunkedImage } from './read.js';
+import type { BaseImage } from './image.js';
 
 /** Base packs the new index references: where each is now, to link into the output layout. */
-export type BaseRefs = { from: OciLayout; pack: PackRef }[];
+export type BaseRefs = { from: OciLayout | undefined; pack: PackRef }[];
 
 export interface IndexParts {
   virtualSize: number;
-  bases: readonly ChunkedImage[];
+  bases: readonly BaseImage[];
   newPacks: readonly PackRef[];
   /** new frames by number; `pack` counts new packs from 0 */
   frames: { count: number; pack: Uint32Array; offset: Float64Array; length: Uint32Array; blocks: Uint8Array };
@@ -126,6 +126,8 @@ export function buildIndex(p: IndexParts): { index: DiskIndex; baseRefs: BaseRef
 export async function linkBasePacks(layout: OciLayout, refs: BaseRefs): Promise<string[]> {
   const created: string[] = [];
   for (const { from, pack } of refs) {
+    // a published base's packs stay in its store (the manifest's ANN_BASE_* say which)
+    if (!from) continue;
     if ((await layout.blobSize(pack.digest)) === pack.size) continue;
     const src = from.blobPath(pack.digest);
     if ((await from.blobSize(pack.digest)) !== pack.size)

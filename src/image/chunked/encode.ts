@@ -13,7 +13,7 @@ import { DigestPages, DigestTable } from './digest-table.js';
 import { buildIndex, type BaseRefs } from './encode-index.js';
 import { PackWriter } from './pack-writer.js';
 import { decideRepack, keepsFrame, type RepackDecision } from './repack.js';
-import type { ChunkedImage } from './read.js';
+import type { BaseImage } from './image.js';
 
 /**
  * `orb convert --format chunked` (docs/chunked-format-v2.md, "Publish: only new blocks"): the
@@ -96,7 +96,7 @@ export class ChunkedSink implements UnitSink {
       level: number;
       packSize: number;
       virtualSize: number;
-      bases: readonly ChunkedImage[];
+      bases: readonly BaseImage[];
       /** compress every base block again into fresh packs (`--repack`) */
       repack?: boolean;
     },
@@ -109,7 +109,16 @@ export class ChunkedSink implements UnitSink {
       const table = new DigestTable((i) => idx.digests.subarray(i * 32, i * 32 + 32), idx.entryCount);
       for (let i = 0; i < idx.entryCount; i++) table.add(i);
       const repack = decideRepack(idx, o.repack ?? false);
-      if (repack.reason) this.repackReasons.push(`${b.layout.dir}: ${repack.reason}`);
+      if (repack.reason && !b.layout)
+        // the packs to rewrite are not here; fetching their frames by Range is not built
+        throw new OrbError(
+          'usage',
+          `base ${b.display}: ${repack.reason}, but its packs are in the store, not local`,
+          {
+            hint: 'pull the base into a layout (orb pull REF --output DIR --format chunked) and give that layout as --base, or convert without --base',
+          },
+        );
+      if (repack.reason) this.repackReasons.push(`${b.display}: ${repack.reason}`);
       this.bases.push({ idx, table, first, repack });
       first += idx.frameCount;
     }

@@ -39,7 +39,13 @@ export interface WrittenManifest {
 export async function writeDiskV2Manifest(
   layout: OciLayout,
   index: DiskIndex,
-  facts: { sourceFormat: string; level: number; build?: Record<string, unknown> },
+  facts: {
+    sourceFormat: string;
+    level: number;
+    build?: Record<string, unknown>;
+    /** extra manifest annotations (ANN_BASE_* for a published base) */
+    annotations?: Record<string, string>;
+  },
 ): Promise<WrittenManifest> {
   const created: string[] = [];
   // putBytes keeps an existing blob: only what was not there is ours to remove on rollback
@@ -73,7 +79,11 @@ export async function writeDiskV2Manifest(
       { mediaType: DISK_V2_INDEX, digest: idx.digest, size: idx.size },
       ...index.packs.map((p) => ({ mediaType: DISK_V2_PACK, digest: p.digest, size: p.size })),
     ],
-    annotations: { [ANN_CONTENT_DIGEST]: index.contentDigest, [ANN_CREATED]: created2 },
+    annotations: {
+      ...facts.annotations,
+      [ANN_CONTENT_DIGEST]: index.contentDigest,
+      [ANN_CREATED]: created2,
+    },
   };
   const m = await put(JSON.stringify(manifest));
   const descriptor: Descriptor = {

@@ -14,7 +14,7 @@ import {
   untrustedError,
 } from '../../core/untrusted.js';
 import { entryDigest, MAX_INDEX_BLOB, type DiskIndex } from '../../formats/disk-index.js';
-import { DISK_V2_ARTIFACT, type ImageManifest } from '../../formats/oci-media.js';
+import { ANN_BASE_REFERENCE, DISK_V2_ARTIFACT, type ImageManifest } from '../../formats/oci-media.js';
 import {
   checkDiskV2Config,
   checkDiskV2Manifest,
@@ -105,6 +105,15 @@ export async function readChunkedLayout(
   if (opts.packs !== false) {
     for (const p of layers.packs) {
       const size = await layout.blobSize(p.digest);
+      const base = manifest.annotations?.[ANN_BASE_REFERENCE];
+      if (size === undefined && typeof base === 'string')
+        throw new OrbError(
+          'input',
+          `${where}: pack ${p.digest} is not in this layout: it lives in the base ${clip(base, 200)} (converted with --base from a published image)`,
+          {
+            hint: 'publish this layout (orb publish skips or mounts the base packs) and orb pull it, or convert again with a local layout as --base',
+          },
+        );
       if (size !== p.size)
         throw new OrbError(
           'input',
