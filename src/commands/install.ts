@@ -145,7 +145,11 @@ const outputs: OutputSpec[] = [
   { name: 'base', description: 'the read-only golden disk it is backed by' },
   { name: 'reference', description: 'the installed image by digest' },
   { name: 'digest', description: 'manifest digest of the installed image' },
-  { name: 'content-sha256', description: 'sha256 of the disk content, verified' },
+  {
+    name: 'content-digest',
+    description:
+      'content identity of the installed disk, verified: orb2:sha256:... (chunked image) or sha256:... (file image)',
+  },
   { name: 'virtual-size', description: 'disk size in bytes' },
   { name: 'bytes-downloaded', description: 'bytes downloaded' },
   { name: 'bytes-reused', description: 'bytes taken from the installed version (--update)' },
@@ -237,7 +241,7 @@ export default defineCommand({
       base: r.base,
       reference: r.reference,
       digest: r.digest,
-      'content-sha256': r.contentSha256,
+      'content-digest': r.contentDigest,
       'virtual-size': r.virtualSize,
       'bytes-downloaded': r.bytesDownloaded,
       'bytes-reused': r.bytesReused,

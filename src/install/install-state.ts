@@ -11,7 +11,8 @@ export interface InstallResult {
   base: string;
   reference: string;
   digest: string;
-  contentSha256: string;
+  /** content identity: the orb2 root of a chunked disk, sha256:<hex> of a file image */
+  contentDigest: string;
   virtualSize: number;
   bytesDownloaded: number;
   bytesReused: number;
@@ -35,7 +36,8 @@ export interface InstallState {
   /** relative to DIR */
   base: string;
   virtualSize: number;
-  contentSha256: string;
+  /** content identity: the orb2 root of a chunked disk, sha256:<hex> of a file image */
+  contentDigest: string;
   installedAt: string;
   build?: BuildInfo;
   previous?: { digest: string; dir: string; base: string };
