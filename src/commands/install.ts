@@ -145,11 +145,7 @@ const outputs: OutputSpec[] = [
   { name: 'base', description: 'the read-only golden disk it is backed by' },
   { name: 'reference', description: 'the installed image by digest' },
   { name: 'digest', description: 'manifest digest of the installed image' },
-  {
-    name: 'content-digest',
-    description:
-      'content identity of the installed disk, verified: orb2:sha256:... (chunked image) or sha256:... (file image)',
-  },
+  { name: 'content-sha256', description: 'sha256 of the disk content, verified' },
   { name: 'virtual-size', description: 'disk size in bytes' },
   { name: 'bytes-downloaded', description: 'bytes downloaded' },
   { name: 'bytes-reused', description: 'bytes taken from the installed version (--update)' },
@@ -241,7 +237,7 @@ export default defineCommand({
       base: r.base,
       reference: r.reference,
       digest: r.digest,
-      'content-digest': r.contentDigest,
+      'content-sha256': r.contentSha256,
       'virtual-size': r.virtualSize,
       'bytes-downloaded': r.bytesDownloaded,
       'bytes-reused': r.bytesReused,

@@ -11,8 +11,7 @@ export interface InstallResult {
   base: string;
   reference: string;
   digest: string;
-  /** content identity: the orb2 root of a chunked disk, sha256:<hex> of a file image */
-  contentDigest: string;
+  contentSha256: string;
   virtualSize: number;
   bytesDownloaded: number;
   bytesReused: number;
@@ -36,8 +35,7 @@ export interface InstallState {
   /** relative to DIR */
   base: string;
   virtualSize: number;
-  /** content identity: the orb2 root of a chunked disk, sha256:<hex> of a file image */
-  contentDigest: string;
+  contentSha256: string;
   installedAt: string;
   build?: BuildInfo;
   previous?: { digest: string; dir: string; base: string };

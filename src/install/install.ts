@@ -228,8 +228,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
     const stage =
       shared?.manifest ?? (await readManifest(stageManifestPath(basePath)).catch(() => undefined));
     const build = stage?.build ?? state?.build;
-    // the plan's content identity (orb2 root of a chunked disk, sha256 of a file), already verified
-    const contentDigest = plan.contentDigest;
+    const contentSha256 = stage?.image.contentSha256 ?? plan.contentDigest.replace(/^sha256:/, '');
 
     // This client's overlay: kept on reruns, set aside (not deleted) when moving to a new version.
     let previousDir: string | undefined;
@@ -331,7 +330,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       digest,
       base: shared ? basePath : relative(dir, basePath),
       virtualSize,
-      contentDigest,
+      contentSha256,
       installedAt: moving || !state ? new Date().toISOString() : state.installedAt,
       ...(build ? { build } : {}),
       ...(moving
@@ -382,7 +381,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       base: basePath,
       reference: `${opened.display.replace(/@sha256:.*/, '')}@${digest}`,
       digest,
-      contentDigest,
+      contentSha256,
       virtualSize,
       bytesDownloaded,
       bytesReused,

@@ -9,8 +9,6 @@ import { formatBytes } from '../core/progress.js';
 import { sha256Async } from '../transfer/part-check.js';
 import { isZero } from '../transfer/pull-output.js';
 import { contentSegments, type Plan } from '../transfer/pull-plan.js';
-import { entryDigest, type DiskIndex } from '../formats/disk-index.js';
-import { localContentDigest } from '../image/digest.js';
 
 /**
  * `orb install --base-dir PATH`: the golden disk lives once on a file share (NFS/SMB, mounted
@@ -65,17 +63,13 @@ export async function findSharedBase(
   plan: Plan,
   o: { verify: BaseVerify; log: Logger; signal?: AbortSignal },
 ): Promise<SharedBase> {
-  // a disk is named by its orb2 content root (pull records it as contentDigest), a file by sha256
-  const want = plan.contentDigest;
-  const short = (d: string) => d.replace(/^(orb2:)?sha256:/, '').slice(0, 12);
+  const want = plan.contentDigest.replace(/^sha256:/, '');
   const seen: string[] = [];
   for (const mp of await candidates(resolve(dir))) {
     const m = await readManifest(mp).catch(() => undefined);
-    const id =
-      m?.image.contentDigest ?? (m?.image.contentSha256 ? `sha256:${m.image.contentSha256}` : undefined);
-    if (!m || !id) continue;
-    seen.push(`${basename(mp)} (${short(id)})`);
-    if (id !== want) continue;
+    if (!m?.image.contentSha256) continue;
+    seen.push(`${basename(mp)} (${m.image.contentSha256.slice(0, 12)})`);
+    if (m.image.contentSha256 !== want) continue;
     if (m.image.format !== 'raw')
       throw new OrbError('input', `${mp} describes a ${m.image.format} disk; a shared base must be raw`, {
         hint: `pull it to the share again as raw: orb pull REF --output ${imagePathOnShare(mp, m)} --manifest ${mp}`,
@@ -85,7 +79,7 @@ export async function findSharedBase(
     o.log.info(`shared base ${path}: ${checked}`);
     return { path, manifestPath: mp, manifest: m, checked };
   }
-  throw new OrbError('input', `no disk in ${dir} is this image (content ${want.slice(0, 24)}…)`, {
+  throw new OrbError('input', `no disk in ${dir} is this image (content sha256 ${want.slice(0, 12)})`, {
     hint:
       (seen.length ? `the share holds ${seen.join(', ')}. ` : 'the share holds no orb manifest. ') +
       `Put the image there once (as its admin): orb pull REF --output ${join(dir, 'NAME.img')} --manifest ${join(dir, 'NAME.img.orb.json')}`,
@@ -112,16 +106,11 @@ export async function verifySharedBase(
   if (!st?.isFile()) throw refuse('no such regular file');
   if (st.size !== plan.size) throw refuse(`it has ${st.size} bytes, the image ${plan.size}`);
   if (o.verify === 'full') {
-    if (plan.index) {
-      const root = (await localContentDigest(path, o.signal ? { signal: o.signal } : {})).contentDigest;
-      if (root !== plan.contentDigest) throw refuse(`its content digest is ${root}`);
-    } else {
-      const sha = await sha256File(path);
-      if (`sha256:${sha}` !== plan.contentDigest) throw refuse(`its sha256 is ${sha}`);
-    }
+    const sha = await sha256File(path);
+    if (`sha256:${sha}` !== plan.contentDigest) throw refuse(`its sha256 is ${sha}`);
     return `whole disk verified (${formatBytes(plan.size)} read)`;
   }
-  const segments: Segment[] = plan.index ? indexSegments(plan.index, plan.size) : contentSegments(plan);
+  const segments = contentSegments(plan);
   const data = segments.filter((s) => !s.zero);
   const zeros = segments.filter((s) => s.zero);
   const fh = await open(path, 'r');
@@ -141,44 +130,16 @@ export async function verifySharedBase(
     };
     const sampled = pick(data, SAMPLES);
     for (const r of sampled) {
-      // the disk's last block is hashed zero-padded, as the index names it
-      const bytes = await readAt(r.offset, r.length);
-      const d = await sha256Async(r.pad ? Buffer.concat([bytes, Buffer.alloc(r.pad)]) : bytes);
-      if (d !== r.digest) throw refuse(`the ${plan.index ? 'block' : 'chunk'} at offset ${r.offset} differs`);
+      const d = await sha256Async(await readAt(r.offset, r.length));
+      if (d !== r.digest) throw refuse(`the chunk at offset ${r.offset} differs`);
     }
     const zsampled = pick(zeros, ZERO_SAMPLES);
     for (const z of zsampled) {
       if (!isZero(await readAt(z.offset, Math.min(z.length, ZERO_PROBE))))
         throw refuse(`offset ${z.offset} holds data where the image has none`);
     }
-    return `${sampled.length} of ${data.length} ${plan.index ? 'blocks' : 'chunks'} and ${zsampled.length} empty ranges match (${formatBytes(read)} read; --verify-base full reads it all)`;
+    return `${sampled.length} of ${data.length} chunks and ${zsampled.length} empty ranges match (${formatBytes(read)} read; --verify-base full reads it all)`;
   } finally {
     await fh.close();
   }
-}
-
-type Segment =
-  | { zero: true; offset: number; length: number }
-  | { zero: false; offset: number; length: number; digest: string; pad?: number };
-
-/** A chunked disk's blocks (with their sha256 from the index) and the zero runs between them. */
-function indexSegments(idx: DiskIndex, size: number): Segment[] {
-  const out: Segment[] = [];
-  let at = 0;
-  for (let i = 0; i < idx.entryCount; i++) {
-    const offset = idx.entryBlock[i]! * idx.blockSize;
-    if (offset > at) out.push({ zero: true, offset: at, length: offset - at });
-    const length = Math.min(idx.blockSize, size - offset);
-    const digest = 'sha256:' + entryDigest(idx, i).toString('hex');
-    out.push({
-      zero: false,
-      offset,
-      length,
-      digest,
-      ...(length < idx.blockSize ? { pad: idx.blockSize - length } : {}),
-    });
-    at = offset + length;
-  }
-  if (size > at) out.push({ zero: true, offset: at, length: size - at });
-  return out;
 }
