@@ -19,25 +19,13 @@ import {
   writeFileSync,
   writeSync,
 } from 'node:fs';
-import { registerHooks } from 'node:module';
 import { setPriority, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-// test/helpers/*.ts import each other as './x.js' (the TypeScript convention): Node's type
-// stripping does not map those to the .ts files, so this hook does
-registerHooks({
-  resolve(specifier, context, next) {
-    try {
-      return next(specifier, context);
-    } catch (err) {
-      if (specifier.endsWith('.js') && context.parentURL?.endsWith('.ts'))
-        return next(specifier.slice(0, -3) + '.ts', context);
-      throw err;
-    }
-  },
-});
+// test helpers are TypeScript importing `./x.js`: map those to the .ts files (Node strips types)
+await import(join(root, 'lib/core/worker-ts-hook.js'));
 const { startRegistry } = await import(join(root, 'test/helpers/registry.ts'));
 
 const MiB = 1 << 20;
