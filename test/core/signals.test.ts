@@ -14,8 +14,14 @@ import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OCI_MANIFEST, type ImageManifest } from '../../src/formats/oci-media.js';
-import { buildLayout, makeDisk } from '../helpers/oci-images.js';
+import { OciLayout } from '../../src/oci/layout.js';
+import {
+  ANN_CONTENT_DIGEST,
+  DISK_ARTIFACT,
+  DISK_CONFIG,
+  OCI_MANIFEST,
+  type ImageManifest,
+} from '../../src/formats/oci-media.js';
 import { actionEnv, NODE, ROOT } from '../helpers/cli.js';
 import { smokeGuestDisk } from '../helpers/smoke-guests.js';
 
@@ -144,120 +150,80 @@ async function interrupt(s: Started, sig: 'SIGTERM' | 'SIGINT', owned: string): 
   expect(left).toEqual([]);
 }
 
-/**
- * A registry on 127.0.0.1 serving one chunked (format v2) disk whose manifest, config and index
- * answer at once and whose packs never send a byte after their headers: a pull of it stays in its
- * download phase (the long phase of a v2 pull) until it is signalled.
- */
-async function stalledRegistry(
-  work: string,
-): Promise<{ server: Server; ref: string; packRequests: () => number }> {
-  const raw = join(work, 'disk.raw');
-  makeDisk(raw, { size: 4 << 20, chunkSize: 1 << 20 });
-  const built = await buildLayout(raw, join(work, 'layout'), 'big', 1 << 20);
-  const blob = (digest: string) => readFileSync(join(built.dir, 'blobs', 'sha256', digest.slice(7)));
-  const manifest = blob(built.manifestDigest);
-  const packs = new Set(
-    (JSON.parse(manifest.toString()) as ImageManifest).layers.slice(1).map((l) => l.digest),
+/** An oci-layout holding a disk manifest of `size` bytes with no layers: all zeros, hashed whole. */
+async function zeroDiskLayout(layoutDir: string, size: number): Promise<void> {
+  const layout = new OciLayout(layoutDir);
+  await layout.init();
+  const contentDigest = 'sha256:' + '0'.repeat(64);
+  const config = {
+    schema: 'orb-disk/v1',
+    virtualSize: size,
+    chunkSize: 64 << 20,
+    contentDigest,
+    sourceFormat: 'raw',
+    compression: 'zstd',
+    level: 3,
+    build: { os: 'test', arch: 'x86_64', firmware: 'bios' },
+    architecture: 'amd64',
+    os: 'linux',
+    rootfs: { type: 'layers', diff_ids: [] },
+  };
+  const cfg = await layout.putBytes(JSON.stringify(config));
+  const manifest: ImageManifest = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    artifactType: DISK_ARTIFACT,
+    config: { mediaType: DISK_CONFIG, digest: cfg.digest, size: cfg.size },
+    layers: [],
+    annotations: { [ANN_CONTENT_DIGEST]: contentDigest },
+  };
+  const m = await layout.putBytes(JSON.stringify(manifest));
+  await layout.tag(
+    { mediaType: OCI_MANIFEST, digest: m.digest, size: m.size, artifactType: DISK_ARTIFACT },
+    'big',
   );
-  let packRequests = 0;
-  const server = createServer((req, res) => {
-    const path = new URL(req.url ?? '/', 'http://x').pathname;
-    const m = /^\/v2\/signals\/disk\/(manifests|blobs)\/(.+)$/.exec(path);
-    if (path === '/v2/' || path === '/v2') {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      return res.end('{}');
-    }
-    if (!m) {
-      res.writeHead(404);
-      return res.end();
-    }
-    if (m[1] === 'manifests') {
-      res.writeHead(200, {
-        'content-type': OCI_MANIFEST,
-        'content-length': manifest.length,
-        'docker-content-digest': built.manifestDigest,
-      });
-      return res.end(req.method === 'HEAD' ? undefined : manifest);
-    }
-    const digest = decodeURIComponent(m[2]!);
-    if (packs.has(digest)) {
-      // headers, then nothing: the request stays open until the client gives up or exits
-      packRequests++;
-      res.flushHeaders();
-      return;
-    }
-    let data: Buffer;
-    try {
-      data = blob(digest);
-    } catch {
-      res.writeHead(404);
-      return res.end();
-    }
-    res.writeHead(200, {
-      'content-type': 'application/octet-stream',
-      'content-length': data.length,
-      'docker-content-digest': digest,
-    });
-    res.end(req.method === 'HEAD' ? undefined : data);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as { port: number }).port;
-  return { server, ref: `oci://127.0.0.1:${port}/signals/disk:big`, packRequests: () => packRequests };
 }
 
 describe('signals end every command within 2 s', () => {
-  describe('pull from a registry whose packs never arrive', () => {
-    let reg: Awaited<ReturnType<typeof stalledRegistry>>;
-    beforeAll(async () => {
-      const work = join(dir, 'stalled');
-      mkdirSync(work);
-      reg = await stalledRegistry(work);
-    });
-    afterAll(() => {
-      reg.server.closeAllConnections();
-      reg.server.close();
-    });
+  it('pull: SIGTERM while hashing a huge all-zero disk exits 143 and keeps the resumable .partial', async () => {
+    const layout = join(dir, 'zero-layout');
+    await zeroDiskLayout(layout, 256 * GiB);
+    const out = join(dir, 'pulled.img');
+    const args = ['pull', `oci-layout:${layout}:big`, '--output', out];
+    const s = start('pull', args, { ORB_DEBUG: '1' });
+    // the downloads (none) are done: what is left is hashing 256 GiB of zeros (minutes)
+    await waitFor('the content-hash phase', s, () => /downloads done/.test(s.stderr()));
+    await new Promise((r) => setTimeout(r, 300));
+    await interrupt(s, 'SIGTERM', dir);
+    expect(s.stderr()).toMatch(/kept in .*pulled\.img\.partial: run the same command again to continue/);
+    expect(existsSync(out)).toBe(false);
+    expect(existsSync(`${out}.partial`)).toBe(true);
+    expect(existsSync(`${out}.partial.journal`)).toBe(true);
 
-    it('pull: SIGTERM while downloading packs exits 143 and keeps the resumable .partial', async () => {
-      const out = join(dir, 'pulled.img');
-      const args = ['pull', reg.ref, '--output', out];
-      const s = start('pull', args, { ORB_DEBUG: '1' });
-      // manifest, config and index are in: what is left is the packs, which never come
-      const seen = reg.packRequests();
-      await waitFor('the download phase', s, () => reg.packRequests() > seen);
-      await new Promise((r) => setTimeout(r, 300));
-      await interrupt(s, 'SIGTERM', dir);
-      expect(s.stderr()).toMatch(/kept in .*pulled\.img\.partial: run the same command again to continue/);
-      expect(existsSync(out)).toBe(false);
-      expect(existsSync(`${out}.partial`)).toBe(true);
-      expect(existsSync(`${out}.partial.journal`)).toBe(true);
+    // the rerun takes the partial up again, and SIGINT stops it the same way (exit 130)
+    const again = start('pull-again', args, { ORB_DEBUG: '1' });
+    await waitFor('the content-hash phase', again, () => /downloads done/.test(again.stderr()));
+    await interrupt(again, 'SIGINT', dir);
+    expect(again.stderr()).not.toMatch(/error:.*(exists|stale|different manifest)/i);
+    expect(existsSync(`${out}.partial`)).toBe(true);
+  }, 120_000);
 
-      // the rerun takes the partial up again, and SIGINT stops it the same way (exit 130)
-      const again = start('pull-again', args, { ORB_DEBUG: '1' });
-      const before = reg.packRequests();
-      await waitFor('the download phase', again, () => reg.packRequests() > before);
-      await interrupt(again, 'SIGINT', dir);
-      expect(again.stderr()).not.toMatch(/error:.*(exists|stale|different manifest)/i);
-      expect(existsSync(`${out}.partial`)).toBe(true);
-    }, 120_000);
-
-    it('pull action: SIGTERM while downloading exits 143 with the error annotation and keeps the .partial', async () => {
-      const out = join(dir, 'action-pulled.img');
-      const files = { output: join(dir, 'action-output'), summary: join(dir, 'action-summary') };
-      const env = {
-        ...actionEnv({ ref: reg.ref, output: out }, files),
-        RUNNER_DEBUG: '1',
-      };
-      const s = start('pull-action', [], env, 'dist/pull/index.js');
-      const seen = reg.packRequests();
-      await waitFor('the download phase', s, () => reg.packRequests() > seen);
-      await interrupt(s, 'SIGTERM', dir);
-      expect(s.stdout()).toMatch(/::error::interrupted by SIGTERM/);
-      expect(existsSync(`${out}.partial`)).toBe(true);
-      expect(existsSync(out)).toBe(false);
-    }, 120_000);
-  });
+  it('pull action: SIGTERM while hashing exits 143 with the error annotation and keeps the .partial', async () => {
+    const layout = join(dir, 'zero-layout-action');
+    await zeroDiskLayout(layout, 256 * GiB);
+    const out = join(dir, 'action-pulled.img');
+    const files = { output: join(dir, 'action-output'), summary: join(dir, 'action-summary') };
+    const env = {
+      ...actionEnv({ ref: `oci-layout:${layout}:big`, output: out }, files),
+      RUNNER_DEBUG: '1',
+    };
+    const s = start('pull-action', [], env, 'dist/pull/index.js');
+    await waitFor('the content-hash phase', s, () => /downloads done/.test(s.stdout()));
+    await interrupt(s, 'SIGTERM', dir);
+    expect(s.stdout()).toMatch(/::error::interrupted by SIGTERM/);
+    expect(existsSync(`${out}.partial`)).toBe(true);
+    expect(existsSync(out)).toBe(false);
+  }, 120_000);
 
   it('a command that ignores its abort signal is still ended after 1.5 s, its children killed', async () => {
     // the guarantee under every other case: code that does not watch the signal cannot hold the exit

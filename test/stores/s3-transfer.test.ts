@@ -279,7 +279,7 @@ describe('S3 publish and pull (engines over the S3 store)', () => {
       progress,
     });
     expect(await sha256File(out)).toBe(sum);
-    expect(p.contentSha256?.replace(/^sha256:/, '')).toBe(sum);
+    expect(p.contentSha256.replace(/^sha256:/, '')).toBe(sum);
     expect(r.artifactType).toBe('application/vnd.orb.file.v1');
   });
 

@@ -320,7 +320,7 @@ describe('what orb convert writes', () => {
       input: join(dir, 'v1.raw'),
       output: out,
       tag: 'enc',
-      packSize: 1 << 20,
+      chunkSize: 1 << 20,
       manifest: false,
       log,
     });
@@ -436,11 +436,10 @@ describe('single files and local layouts', () => {
         chunked: {
           layout: 'layout',
           tag: 'v1',
+          chunkSize: CHUNK,
+          chunks: CHUNKS,
+          storedChunks: CHUNKS,
           manifestDigest: v1.manifestDigest,
-          blockSize: v1.index.blockSize,
-          blocks: (CHUNK * CHUNKS) / v1.index.blockSize,
-          storedBlocks: v1.index.entryCount,
-          packs: v1.packs.length,
         },
       }),
     );

@@ -16,7 +16,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OrbError } from '../../src/core/errors.js';
 import { silentLogger } from '../../src/core/log.js';
 import { nullProgress } from '../../src/core/progress.js';
-import { defaultRetryPolicy } from '../../src/net/retry.js';
 import { LayoutStore } from '../../src/stores/layout.js';
 import type { Descriptor } from '../../src/formats/oci-media.js';
 import type { BlobStore } from '../../src/stores/store.js';
@@ -51,7 +50,7 @@ beforeAll(async () => {
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const retry = { ...defaultRetryPolicy({}), attempts: 2, baseDelayMs: 1, maxDelayMs: 2 };
+const retry = { attempts: 2, baseDelayMs: 1, maxDelayMs: 2 };
 const run = (source: BlobStore, tag: string, out: string, base?: string) =>
   pull({
     source,
@@ -108,7 +107,7 @@ describe('hostile v2 images', () => {
     const p = img.index.framePack[f]!;
     const bytes = Buffer.from(img.packBytes[p]!);
     const at = img.index.frameOffset[f]! + Math.floor(img.index.frameLength[f]! / 2);
-    bytes[at] = bytes[at]! ^ 0xff;
+    bytes[at] ^= 0xff;
     // a pack whose digest matches its (corrupt) bytes: only the blocks can tell
     const bad = await writeV2Variant(img, L, 'corrupt', { packBytes: Object.assign([], { [p]: bytes }) });
     const o = outDir();
