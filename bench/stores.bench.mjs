@@ -9,6 +9,7 @@ import { createHash, randomFillSync } from 'node:crypto';
 import {
   createReadStream,
   createWriteStream,
+  readFileSync,
   mkdtempSync,
   rmSync,
   writeFileSync,
@@ -34,7 +35,6 @@ const { RemoteFile } = await lib('stores/https-file.js');
 const { publish } = await lib('transfer/publish.js');
 const { pull } = await lib('transfer/pull.js');
 const { OciLayout } = await lib('oci/layout.js');
-const media = await lib('formats/oci-media.js');
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -67,17 +67,14 @@ async function freePort() {
   });
 }
 
-// ---------- data: one random file, and the same bytes as a chunked layout (raw chunks) ----------
+// ---------- data: one random file, and the same disk as a chunked layout (orb convert) ----------
 log(`preparing a ${(SIZE / GiB).toFixed(1)} GiB image in ${dir}`);
 const file = join(dir, 'disk.img');
 const layoutDir = join(dir, 'layout');
 {
   const fd = openSync(file, 'w');
-  const layout = new OciLayout(layoutDir);
-  await layout.init();
   const whole = createHash('sha256');
   const first = createHash('sha256');
-  const layers = [];
   const buf = Buffer.allocUnsafe(CHUNK);
   for (let off = 0; off < SIZE; off += CHUNK) {
     const n = Math.min(CHUNK, SIZE - off);
@@ -86,46 +83,31 @@ const layoutDir = join(dir, 'layout');
     writeSync(fd, chunk, 0, n, off);
     whole.update(chunk);
     if (off < OBJECT) first.update(chunk.subarray(0, Math.min(n, OBJECT - off)));
-    const d = await layout.putBytes(chunk);
-    layers.push({
-      mediaType: media.DISK_CHUNK_RAW,
-      digest: d.digest,
-      size: d.size,
-      annotations: {
-        [media.ANN_CHUNK_OFFSET]: String(off),
-        [media.ANN_CHUNK_LENGTH]: String(n),
-        [media.ANN_CHUNK_DIGEST]: d.digest,
-      },
-    });
   }
   closeSync(fd);
-  const contentDigest = 'sha256:' + whole.digest('hex');
-  const config = {
-    schema: 'orb-disk/v1',
-    virtualSize: SIZE,
-    chunkSize: CHUNK,
-    contentDigest,
-    sourceFormat: 'raw',
-    compression: 'zstd',
-    level: 3,
-    architecture: 'amd64',
-    os: 'linux',
-    rootfs: { type: 'layers', diff_ids: [] },
-  };
-  const cfg = await layout.putBytes(JSON.stringify(config));
-  const manifest = {
-    schemaVersion: 2,
-    mediaType: media.OCI_MANIFEST,
-    artifactType: media.DISK_ARTIFACT,
-    config: { mediaType: media.DISK_CONFIG, ...cfg },
+  // the real encoder; 32 MiB packs keep about as many blobs as before for the per-blob SDK side
+  const args = ['convert', file, '--output', layoutDir, '--format', 'chunked', '--tag', 'v1'];
+  const conv = spawnSync(
+    process.execPath,
+    [join(root, 'bin/orb.js'), ...args, '--pack-size', String(CHUNK), '--json'],
+    { encoding: 'utf8', maxBuffer: 1 << 24, env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '600000' } },
+  );
+  if (conv.status !== 0) throw new Error(`orb convert failed: ${conv.stderr.slice(-800)}`);
+  const out = JSON.parse(conv.stdout);
+  const manifest = JSON.parse(
+    readFileSync(new OciLayout(layoutDir).blobPath(out['manifest-digest']), 'utf8'),
+  );
+  // index and packs: the blobs both sides move
+  const layers = manifest.layers;
+  var image = {
+    fileSha256: 'sha256:' + whole.digest('hex'),
+    contentDigest: out['content-digest'],
     layers,
-    annotations: { [media.ANN_CONTENT_DIGEST]: contentDigest },
+    bytes: layers.reduce((a, l) => a + l.size, 0),
+    objectDigest: 'sha256:' + first.digest('hex'),
   };
-  const m = await layout.putBytes(JSON.stringify(manifest));
-  await layout.tag({ mediaType: media.OCI_MANIFEST, ...m, artifactType: media.DISK_ARTIFACT }, 'v1');
-  var image = { contentDigest, layers, objectDigest: 'sha256:' + first.digest('hex') };
 }
-const fileHex = image.contentDigest.slice(7);
+const fileHex = image.fileSha256.slice(7);
 
 // ---------- s3rver in its own process (so it does not share our event loop) ----------
 const s3port = await freePort();
@@ -216,8 +198,8 @@ function measure(name, bytes, ours, reference, refName, claim = true) {
 // 1. chunked image: orb publish / orb pull (engines + S3 store) vs SDK Upload / GetObject per blob
 let round = 0;
 measure(
-  `S3 upload, chunked image (${image.layers.length} x 32 MiB, ${CONCURRENCY} at once)`,
-  SIZE,
+  `S3 upload, chunked image (${image.layers.length} blobs of <= 32 MiB, ${CONCURRENCY} at once)`,
+  image.bytes,
   async () => {
     const r = await publish({
       source: layoutDir,
@@ -228,7 +210,7 @@ measure(
       log: silent,
       progress,
     });
-    if (r.bytesUploaded < SIZE) throw new Error('not everything was uploaded');
+    if (r.bytesUploaded < image.bytes) throw new Error('not everything was uploaded');
   },
   async () => {
     await pool(image.layers, CONCURRENCY, async (l) => {
@@ -249,7 +231,7 @@ measure(
 );
 measure(
   `S3 download, chunked image (orb pull, verified, ${CONCURRENCY} at once)`,
-  SIZE,
+  image.bytes,
   async () => {
     const out = join(dir, 'pulled.raw');
     const r = await pull({
@@ -262,18 +244,21 @@ measure(
       log: silent,
       progress,
     });
-    if (r.contentSha256 !== fileHex) throw new Error('content digest mismatch');
+    if (r.contentDigest !== image.contentDigest) throw new Error('content digest mismatch');
     await rm(out, { force: true });
   },
   async () => {
+    // the same blobs into one file, each at its own offset (packs are zstd frames: no decoding)
     const out = join(dir, 'ref.raw');
     const fh = await open(out, 'w');
-    await fh.truncate(SIZE);
+    await fh.truncate(image.bytes);
+    const at = new Map();
+    image.layers.reduce((o, l) => (at.set(l.digest, o), o + l.size), 0);
     await pool(image.layers, CONCURRENCY, async (l) => {
       const r = await sdk.send(
         new GetObjectCommand({ Bucket: 'bench', Key: `ref${round}/blobs/${l.digest.slice(7)}` }),
       );
-      await writeAt(fh, r.Body, Number(l.annotations[media.ANN_CHUNK_OFFSET]));
+      await writeAt(fh, r.Body, at.get(l.digest));
     });
     await fh.datasync();
     await fh.close();

@@ -100,10 +100,11 @@ export async function runDemo(inputs: Inputs, ctx: RunContext): Promise<Outputs>
     ),
   );
   timings.push(['pull', tPull]);
-  if (pulled['content-sha256'] !== piped['convert-content-sha256']) {
+  // both name the chunked image's orb2 content root: empty on either side is a failure too
+  if (!pulled['content-digest'] || pulled['content-digest'] !== piped['convert-content-digest']) {
     throw new OrbError(
       'integrity',
-      `the pulled disk differs from the converted one (${String(pulled['content-sha256'])} vs ${String(piped['convert-content-sha256'])})`,
+      `the pulled disk differs from the converted one (${String(pulled['content-digest'])} vs ${String(piped['convert-content-digest'])})`,
     );
   }
 
@@ -114,15 +115,15 @@ export async function runDemo(inputs: Inputs, ctx: RunContext): Promise<Outputs>
     ],
     ['published', String(piped.reference)],
     [
-      'chunks stored / total',
-      `${String(piped['convert-chunks-stored'])} / ${String(piped['convert-chunks'])}`,
+      'blocks with data / total',
+      `${Number(piped['convert-blocks']) - Number(piped['convert-blocks-zero'])} / ${String(piped['convert-blocks'])}`,
     ],
     [
       'smoke test',
       `passed: RDP answered after ${String(piped['smoke-seconds-to-rdp'])} s, ` +
         `${String(piped['smoke-protocol'])} (${String(piped['smoke-tls-version'])}, ${String(piped['smoke-tls-subject'])})`,
     ],
-    ['pulled disk', `${output} (sha256 ${String(pulled['content-sha256'])}, identical)`],
+    ['pulled disk', `${output} (${String(pulled['content-digest'])}, identical)`],
     ...timings.map(([k, s]): [string, string] => [`time: ${k}`, formatDuration(s)]),
   ];
   ctx.log.info('\n### demo summary\n' + rows.map(([k, v]) => `  ${k.padEnd(24)} ${v}`).join('\n'));
@@ -131,7 +132,7 @@ export async function runDemo(inputs: Inputs, ctx: RunContext): Promise<Outputs>
     accelerator: setup.accelerator,
     reference: piped.reference,
     digest: piped.digest,
-    'content-sha256': pulled['content-sha256'],
+    'content-digest': pulled['content-digest'],
     'pulled-image': output,
     'smoke-passed': piped['smoke-passed'],
     'work-dir': work,

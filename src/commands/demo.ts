@@ -15,7 +15,10 @@ export default defineCommand({
     { name: 'accelerator', description: 'kvm or tcg' },
     { name: 'reference', description: 'the published image (oci-layout:DIR@DIGEST)' },
     { name: 'digest', description: 'manifest digest' },
-    { name: 'content-sha256', description: 'sha256 of the pulled disk content, equal to the converted one' },
+    {
+      name: 'content-digest',
+      description: 'orb2 content root of the pulled disk, equal to the converted one',
+    },
     { name: 'pulled-image', description: 'the raw disk pulled back' },
     { name: 'smoke-passed', description: 'true when the smoke test passed' },
     { name: 'work-dir', description: 'where everything was written' },

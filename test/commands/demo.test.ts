@@ -23,7 +23,7 @@ describe('orb demo', () => {
     expect(out.accelerator).toBe('tcg');
     expect(out['smoke-passed']).toBe(true);
     expect(out.reference).toMatch(/^oci-layout:.*@sha256:[0-9a-f]{64}$/);
-    expect(out['content-sha256']).toMatch(/^[0-9a-f]{64}$/);
+    expect(out['content-digest']).toMatch(/^orb2:sha256:[0-9a-f]{64}$/);
     // The real cloud-init ran orb's provisioning script inside Debian 12.
     expect(r.stderr).toMatch(/provisioning the demo image: Debian 12\.\d+/);
     expect(r.stderr).toContain('ORB-DONE generalized');

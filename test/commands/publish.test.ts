@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -50,7 +51,7 @@ describe('orb publish / pull / blob-url', () => {
     expect(out).toMatchObject({
       digest: layout.manifestDigest,
       tags: '2025-06,latest',
-      'artifact-type': 'application/vnd.orb.disk.v1',
+      'artifact-type': 'application/vnd.orb.disk.v2',
     });
     expect(out['bytes-uploaded']).toBe(out['bytes-total']);
     expect(out.reference).toBe(`oci-layout:${target}@${layout.manifestDigest}`);
@@ -60,7 +61,7 @@ describe('orb publish / pull / blob-url', () => {
     );
     expect(q.code, q.stderr).toBe(0);
     const pulled = JSON.parse(q.stdout) as Record<string, unknown>;
-    expect(pulled['content-sha256']).toBe(sum);
+    expect(pulled['content-digest']).toBe(layout.contentDigest);
     expect(pulled.format).toBe('raw');
     expect(await sha256File(join(dir, 'shelf.raw'))).toBe(sum);
   });
@@ -94,7 +95,17 @@ describe('orb publish / pull / blob-url', () => {
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const out = parseGithubOutput(readFileSync(files.output, 'utf8'));
     expect(out.format).toBe('qcow2');
-    expect(out['content-sha256']).toBe(sum);
+    expect(out['content-digest']).toBe(layout.contentDigest);
+    // the qcow2 holds the disk's bytes
+    execFileSync('qemu-img', [
+      'compare',
+      '-f',
+      'raw',
+      '-F',
+      'qcow2',
+      join(dir, 'disk.raw'),
+      join(dir, 'action.qcow2'),
+    ]);
     expect(readFileSync(files.summary, 'utf8')).toContain('pull');
   });
 

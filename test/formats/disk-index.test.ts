@@ -64,7 +64,7 @@ describe('disk index v2', () => {
     ['version', (b) => b.writeUInt16LE(3, 8), /version 3/],
     ['flags', (b) => b.writeUInt16LE(1, 10), /flags/],
     ['virtual size', (b) => b.writeBigUInt64LE(2n ** 50n, 16), /virtual size/],
-    ['root', (b) => (b[40] ^= 1), /content digest/],
+    ['root', (b) => (b[40] = b[40]! ^ 1), /content digest/],
     ['frame past its pack', (b) => b.writeBigUInt64LE(100n, 72 + 32), /after the end of pack/],
     ['too many entries', (b) => b.writeUInt32LE(99, 32), /lists 99 blocks/],
     ['trailing bytes', () => undefined, /after its last entry/],

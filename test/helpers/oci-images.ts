@@ -90,13 +90,14 @@ export interface BuiltLayout {
  * Converts a raw disk into a chunked (format v2) OCI layout under `tag`, written independently of
  * `orb convert` (so tests of pull and the stores do not depend on the encoder): 32 KiB blocks,
  * zero blocks absent, repeated blocks stored once, runs of up to 8 new blocks per zstd frame,
- * frames appended to packs of about `packSize` bytes.
+ * frames appended to packs of about `packSize` bytes. `build` is the config's build record.
  */
 export async function buildLayout(
   rawPath: string,
   dir: string,
   tag: string,
   packSize: number,
+  build: Record<string, unknown> = { os: 'test', arch: 'x86_64', firmware: 'bios' },
 ): Promise<BuiltLayout> {
   const layout = new OciLayout(dir);
   await layout.init();
@@ -176,7 +177,7 @@ export async function buildLayout(
     sourceFormat: 'raw',
     compression: 'zstd',
     level: 3,
-    build: { os: 'test', arch: 'x86_64', firmware: 'bios' },
+    build,
   };
   const cfg = await layout.putBytes(JSON.stringify(config));
   const manifest: ImageManifest = {

@@ -1,9 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { zstdCompressSync } from 'node:zlib';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256File } from '../../src/core/fsutil.js';
@@ -11,21 +9,9 @@ import { silentLogger, type Logger } from '../../src/core/log.js';
 import { nullProgress } from '../../src/core/progress.js';
 import { install, type InstallOptions } from '../../src/install/install.js';
 import type { Check } from '../../src/install/prereq.js';
-import { OciLayout } from '../../src/oci/layout.js';
-import {
-  ANN_CHUNK_DIGEST,
-  ANN_CHUNK_LENGTH,
-  ANN_CHUNK_OFFSET,
-  ANN_CONTENT_DIGEST,
-  DISK_ARTIFACT,
-  DISK_CHUNK_ZSTD,
-  DISK_CONFIG,
-  OCI_MANIFEST,
-  type Descriptor,
-} from '../../src/formats/oci-media.js';
 import { parseS3Ref, S3Store } from '../../src/stores/s3.js';
 import { publish } from '../../src/transfer/publish.js';
-import { makeDisk } from '../helpers/oci-images.js';
+import { buildLayout, makeDisk } from '../helpers/oci-images.js';
 import { startS3rver, type S3Server } from '../helpers/s3rver.js';
 
 const CHUNK = 1 << 20;
@@ -54,57 +40,15 @@ const allGood = async (): Promise<Check[]> => [
   { name: 'docker', ok: true, forFiles: false, detail: 'Docker Engine 27' },
 ];
 
-/** A chunked layout as `orb convert` writes it, with the build record of a Windows image. */
+/** A chunked (v2) layout as `orb convert` writes it, with the build record of a Windows image. */
 async function windowsLayout(raw: string, out: string, tag: string): Promise<string> {
-  const layout = new OciLayout(out);
-  await layout.init();
-  const data = readFileSync(raw);
-  const sha = (b: Uint8Array) => 'sha256:' + createHash('sha256').update(b).digest('hex');
-  const layers: Descriptor[] = [];
-  for (let off = 0; off < data.length; off += CHUNK) {
-    const chunk = data.subarray(off, off + CHUNK);
-    if (chunk.every((b) => b === 0)) continue;
-    const d = await layout.putBytes(zstdCompressSync(chunk));
-    layers.push({
-      mediaType: DISK_CHUNK_ZSTD,
-      ...d,
-      annotations: {
-        [ANN_CHUNK_OFFSET]: String(off),
-        [ANN_CHUNK_LENGTH]: String(chunk.length),
-        [ANN_CHUNK_DIGEST]: sha(chunk),
-      },
-    });
-  }
-  const config = {
-    schema: 'orb-disk/v1',
-    virtualSize: data.length,
-    chunkSize: CHUNK,
-    contentDigest: sha(data),
-    sourceFormat: 'raw',
-    compression: 'zstd',
-    level: 3,
-    build: {
-      os: 'windows',
-      arch: 'x86_64',
-      firmware: 'uefi',
-      adminUser: 'Operator',
-      diskInterface: 'virtio',
-    },
-    architecture: 'amd64',
+  await buildLayout(raw, out, tag, 4 * CHUNK, {
     os: 'windows',
-    rootfs: { type: 'layers', diff_ids: [] },
-  };
-  const cfg = await layout.putBytes(JSON.stringify(config));
-  const manifest = {
-    schemaVersion: 2,
-    mediaType: OCI_MANIFEST,
-    artifactType: DISK_ARTIFACT,
-    config: { mediaType: DISK_CONFIG, ...cfg },
-    layers,
-    annotations: { [ANN_CONTENT_DIGEST]: sha(data) },
-  };
-  const m = await layout.putBytes(JSON.stringify(manifest));
-  await layout.tag({ mediaType: OCI_MANIFEST, ...m, artifactType: DISK_ARTIFACT }, tag);
+    arch: 'x86_64',
+    firmware: 'uefi',
+    adminUser: 'Operator',
+    diskInterface: 'virtio',
+  });
   return out;
 }
 

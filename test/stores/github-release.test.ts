@@ -163,51 +163,21 @@ describe('GitHub release store (local API server)', () => {
   });
 
   it('refuses an image with more blobs than a release holds before uploading anything', async () => {
-    const { OciLayout } = await import('../../src/oci/layout.js');
-    const media = await import('../../src/formats/oci-media.js');
+    const { BLOCK_SIZE } = await import('../../src/formats/disk-index.js');
+    const { buildLayout, makeDisk } = await import('../helpers/oci-images.js');
     const { publish } = await import('../../src/transfer/publish.js');
     const { mkdtempSync, rmSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
     const { join } = await import('node:path');
     const dir = mkdtempSync(join(tmpdir(), 'orb-gh-many-'));
     try {
-      const layout = new OciLayout(dir);
-      await layout.init();
-      const chunk = 4096;
-      const count = 1000;
-      const whole = createHash('sha256');
-      const layers: Descriptor[] = [];
-      for (let i = 0; i < count; i++) {
-        const data = randomBytes(chunk);
-        whole.update(data);
-        const d = await layout.putBytes(data);
-        layers.push({
-          mediaType: media.DISK_CHUNK_RAW,
-          ...d,
-          annotations: {
-            [media.ANN_CHUNK_OFFSET]: String(i * chunk),
-            [media.ANN_CHUNK_LENGTH]: String(chunk),
-            [media.ANN_CHUNK_DIGEST]: d.digest,
-          },
-        });
-      }
-      const { writeChunkedManifest } = await import('../../src/image/chunked/encode.js');
-      await writeChunkedManifest(
-        layout,
-        {
-          schema: 'orb-disk/v1',
-          virtualSize: chunk * count,
-          chunkSize: chunk,
-          contentDigest: 'sha256:' + whole.digest('hex'),
-          sourceFormat: 'raw',
-          compression: 'zstd',
-          level: 3,
-        },
-        layers,
-        'v1',
-      );
+      // 999 packs (one frame each: a data block, then a zero block ends the run) + index + config
+      const raw = join(dir, 'disk.raw');
+      makeDisk(raw, { size: 999 * 2 * BLOCK_SIZE, chunkSize: BLOCK_SIZE, data: (i) => i % 2 === 0 });
+      const built = await buildLayout(raw, join(dir, 'layout'), 'v1', 1);
+      expect(built.blobs).toBe(1001);
       const err = await publish({
-        source: `oci-layout:${dir}:v1`,
+        source: `oci-layout:${join(dir, 'layout')}:v1`,
         target: store(),
         tags: ['v1'],
         concurrency: 2,
@@ -216,7 +186,7 @@ describe('GitHub release store (local API server)', () => {
         progress: () => nullProgress,
       }).catch((e: unknown) => e as Error);
       expect(String(err)).toMatch(/1001 blobs; .* holds at most 998/);
-      expect((err as { hint?: string }).hint).toMatch(/chunk size at least 2x larger/);
+      expect((err as { hint?: string }).hint).toMatch(/--pack-size at least 2x larger/);
       expect(gh.requests.filter((r) => r.method === 'POST')).toHaveLength(0);
     } finally {
       rmSync(dir, { recursive: true, force: true });

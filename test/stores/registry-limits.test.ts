@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger, type Logger } from '../../src/core/log.js';
+import { BLOCK_SIZE } from '../../src/formats/disk-index.js';
 import {
   checkRegistryLimits,
   partSizeForProfile,
@@ -41,7 +42,7 @@ describe('registry limits (unit)', () => {
     expect(() => resolveProfile('artifactory', 'oci://x/y:z')).toThrow(/unknown registry profile/);
   });
 
-  it('refuses too many layers for ECR with the chunk size to convert with', () => {
+  it('refuses too many layers for ECR with the pack size to convert with', () => {
     const shape = { describe: 'disk', layers: layers(1200), manifestBytes: 300_000, singleFile: false };
     expect(() => checkRegistryLimits(REGISTRY_PROFILES.ecr, shape, log)).toThrow(
       /1200 layers; Amazon ECR accepts at most 500/,
@@ -49,7 +50,7 @@ describe('registry limits (unit)', () => {
     try {
       checkRegistryLimits(REGISTRY_PROFILES.ecr, shape, log);
     } catch (e) {
-      expect((e as { hint?: string }).hint).toMatch(/chunk size at least 3x larger.*nothing was uploaded/);
+      expect((e as { hint?: string }).hint).toMatch(/--pack-size at least 3x larger.*nothing was uploaded/);
     }
     expect(() =>
       checkRegistryLimits(REGISTRY_PROFILES.ecr, { ...shape, layers: layers(500) }, log),
@@ -87,9 +88,15 @@ describe('orb publish --registry-profile ecr (local docker-registry)', () => {
   beforeAll(async () => {
     reg = await startRegistry();
     dir = mkdtempSync(join(tmpdir(), 'orb-limits-'));
-    // 520 data chunks of 4 KiB: over ECR's 500 layers, tiny on disk
-    makeDisk(join(dir, 'disk.raw'), { size: 520 * 4096, chunkSize: 4096, data: () => true });
-    await buildLayout(join(dir, 'disk.raw'), join(dir, 'layout'), 'v1', 4096);
+    // 519 packs (one data block each, zero blocks between them) + the index: 520 layers, over
+    // ECR's 500, small on disk
+    makeDisk(join(dir, 'disk.raw'), {
+      size: 519 * 2 * BLOCK_SIZE,
+      chunkSize: BLOCK_SIZE,
+      data: (i) => i % 2 === 0,
+    });
+    const built = await buildLayout(join(dir, 'disk.raw'), join(dir, 'layout'), 'v1', 1);
+    expect(built.blobs - 1).toBe(520);
   });
   afterAll(async () => {
     await reg?.stop();
@@ -111,7 +118,7 @@ describe('orb publish --registry-profile ecr (local docker-registry)', () => {
     );
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/520 layers; Amazon ECR accepts at most 500/);
-    expect(r.stderr).toMatch(/chunk size at least 2x larger/);
+    expect(r.stderr).toMatch(/--pack-size at least 2x larger/);
     // the registry's storage holds no blob and no repository: nothing was sent
     const blobs = join(reg.dir, 'data', 'docker', 'registry', 'v2');
     expect(existsSync(blobs) ? readdirSync(blobs) : []).toEqual([]);

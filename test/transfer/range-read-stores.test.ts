@@ -79,7 +79,7 @@ describe('oci-layout:', () => {
   it('reads ranges with positioned reads of the blob file', async () => {
     const s = new LayoutStore(join(dir, 'layout'));
     await s.putBlob(desc, open);
-    expect(s.httpSource).toBeUndefined();
+    expect((s as BlobStore).httpSource).toBeUndefined();
     await checkRanges(s);
     await checkGetBlob(s, 17, 1017);
     await checkGetBlob(s, desc.size - 3, desc.size);
