@@ -180,7 +180,14 @@ const outputs: OutputSpec[] = [
   { name: 'base', description: 'the read-only golden disk it is backed by' },
   { name: 'reference', description: 'the installed image by digest' },
   { name: 'digest', description: 'manifest digest of the installed image' },
-  { name: 'content-sha256', description: 'sha256 of the disk content, verified' },
+  {
+    name: 'content-sha256',
+    description: 'published files: sha256 of the file, verified (empty for a chunked disk)',
+  },
+  {
+    name: 'content-digest',
+    description: 'chunked disks: the orb2 content root (orb digest), verified block by block',
+  },
   { name: 'virtual-size', description: 'disk size in bytes' },
   { name: 'bytes-downloaded', description: 'bytes downloaded' },
   { name: 'bytes-reused', description: 'bytes taken from the installed version (--update)' },
@@ -291,6 +298,7 @@ export default defineCommand({
       reference: r.reference,
       digest: r.digest,
       'content-sha256': r.contentSha256,
+      'content-digest': r.contentDigest ?? '',
       'virtual-size': r.virtualSize,
       'bytes-downloaded': r.bytesDownloaded,
       'bytes-reused': r.bytesReused,

@@ -11,7 +11,10 @@ export interface InstallResult {
   base: string;
   reference: string;
   digest: string;
+  /** published files: sha256 of the file; '' for a chunked disk */
   contentSha256: string;
+  /** chunked disks: the orb2 content root */
+  contentDigest?: string;
   virtualSize: number;
   bytesDownloaded: number;
   bytesReused: number;

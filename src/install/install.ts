@@ -233,7 +233,10 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
     const stage =
       shared?.manifest ?? (await readManifest(stageManifestPath(basePath)).catch(() => undefined));
     const build = stage?.build ?? state?.build;
-    const contentSha256 = stage?.image.contentSha256 ?? plan.contentDigest.replace(/^sha256:/, '');
+    // a chunked disk is identified by its orb2 content root; a published file by its sha256
+    const contentDigest = plan.kind === 'disk' ? plan.contentDigest : undefined;
+    const contentSha256 =
+      plan.kind === 'disk' ? '' : (stage?.image.contentSha256 ?? plan.contentDigest.replace(/^sha256:/, ''));
 
     // This client's overlay: kept on reruns, set aside (not deleted) when moving to a new version.
     let previousDir: string | undefined;
@@ -336,6 +339,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       base: shared ? basePath : relative(dir, basePath),
       virtualSize,
       contentSha256,
+      ...(contentDigest ? { contentDigest } : {}),
       installedAt: moving || !state ? new Date().toISOString() : state.installedAt,
       ...(build ? { build } : {}),
       ...(moving
@@ -387,6 +391,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       reference: `${opened.display.replace(/@sha256:.*/, '')}@${digest}`,
       digest,
       contentSha256,
+      ...(contentDigest ? { contentDigest } : {}),
       virtualSize,
       bytesDownloaded,
       bytesReused,

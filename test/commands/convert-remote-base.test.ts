@@ -135,7 +135,7 @@ describe('orb convert --base REF (a published image)', () => {
     const puts = proxy.log.slice(from).filter((e) => e.method === 'PUT');
     const blobPuts = puts
       .filter((e) => /digest=sha256/.test(e.url))
-      .map((e) => /digest=(sha256[^&]+)/.exec(e.url)![1]);
+      .map((e) => /digest=(sha256[^&]+)/.exec(e.url)![1]!);
     expect(blobPuts.map(decodeURIComponent).sort()).toEqual(want.map((d) => d.digest).sort());
     expect(puts.filter((e) => /\/manifests\//.test(e.url))).toHaveLength(1);
   }, 120_000);
