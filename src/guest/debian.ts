@@ -73,22 +73,6 @@ const PATH_EXCLUDES = [
 // Console on the screen (what smoke-test screenshots) and on the serial port (what the build reads).
 const CMDLINE = `root=LABEL=${ROOT_LABEL} rw net.ifnames=0 console=tty0 console=ttyS0,115200`;
 
-/**
- * The initramfs holds only what mounting the root file system on QEMU's disks needs
- * (MODULES=list), not initramfs-tools' default "most" (34 MB, all storage drivers): a lazy boot
- * (orb serve) reads the whole initramfs, and it does not compress, so its size is most of what
- * a boot fetches. Written before the kernel is installed, so its first initramfs is the small one.
- */
-export const INITRAMFS_MODULES = [
-  'virtio_pci',
-  'virtio_blk',
-  'virtio_scsi',
-  'sd_mod',
-  'ahci',
-  'ata_piix',
-  'ext4',
-];
-
 /** Files written into the root file system after mmdebstrap; part of the recipe hash. */
 const FILES: Record<string, string> = {
   '/etc/fstab': `LABEL=${ROOT_LABEL} / ext4 defaults,discard,errors=remount-ro 0 1\n`,
@@ -238,7 +222,6 @@ export async function buildDebianImage(opts: DebianImageOptions = {}): Promise<s
     CMDLINE,
     FILES,
     MASKED,
-    INITRAMFS_MODULES,
   };
   const say = opts.log ?? (() => undefined);
   for (const [cmd, pkg] of [
@@ -284,9 +267,6 @@ export async function buildDebianImage(opts: DebianImageOptions = {}): Promise<s
               `--include=${DEBIAN_INCLUDE.join(',')}`,
               ...PATH_EXCLUDES.map((p) => `--dpkgopt=path-exclude=${p}`),
               '--dpkgopt=path-include=/usr/share/locale/locale.alias',
-              '--essential-hook=mkdir -p "$1"/etc/initramfs-tools/conf.d "$1"/usr/share/initramfs-tools/modules.d',
-              '--essential-hook=echo MODULES=list > "$1"/etc/initramfs-tools/conf.d/orb-modules.conf',
-              `--essential-hook=printf '%s\\n' ${INITRAMFS_MODULES.join(' ')} > "$1"/usr/share/initramfs-tools/modules.d/orb`,
               `--customize-hook=chroot "$1" systemctl enable systemd-networkd`,
               `--customize-hook=chroot "$1" systemctl mask ${MASKED.join(' ')}`,
               '--customize-hook=rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*',
