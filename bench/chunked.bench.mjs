@@ -218,7 +218,6 @@ const synthConv = keep(
   await orb(['convert', synth, '--output', Ls, '--format', 'chunked', '--pack-size', '64M']),
 );
 const ms = manifestOf(Ls, 'latest');
-const synthPacks = ms.layers.length - 1;
 const synthPackBytes = ms.layers.slice(1).reduce((s, l) => s + l.size, 0);
 results.synthetic = {
   virtual: 150e9,
