@@ -60,6 +60,8 @@ describe('smoke-test CLI and action', () => {
         'smoke-test',
         '--image',
         `oci-layout:${layout}:v1`,
+        // the pull-then-boot path (booting through the lazy export is test/smoke/lazy.test.ts)
+        '--full-pull',
         ...common,
         '--timeout',
         '90',
