@@ -98,6 +98,16 @@ function zstdFrameContentSize(b) {
 
 const ZERO = Buffer.alloc(1 << 20);
 const C = external_node_zlib_namespaceObject.constants;
+/** `parts` in one ArrayBuffer of their own, so it can be transferred back to the caller. */
+function joined(parts, total) {
+    const data = new Uint8Array(total);
+    let p = 0;
+    for (const z of parts) {
+        data.set(z, p);
+        p += z.length;
+    }
+    return data;
+}
 function isZero(buf) {
     for (let p = 0; p < buf.length; p += ZERO.length) {
         const n = Math.min(ZERO.length, buf.length - p);
@@ -179,12 +189,7 @@ function makeTasks() {
                 parts.push(z);
                 total += z.length;
             }
-            const data = new Uint8Array(total);
-            let p = 0;
-            for (const z of parts) {
-                data.set(z, p);
-                p += z.length;
-            }
+            const data = joined(parts, total);
             return { lengths, data, transfer: [lengths.buffer, data.buffer] };
         },
         unframe(m) {
@@ -253,12 +258,7 @@ function makeTasks() {
                 parts.push(z);
                 total += z.length;
             }
-            const data = new Uint8Array(total);
-            let p = 0;
-            for (const z of parts) {
-                data.set(z, p);
-                p += z.length;
-            }
+            const data = joined(parts, total);
             return { sizes, data, transfer: [sizes.buffer, data.buffer] };
         },
         zeromap(m) {

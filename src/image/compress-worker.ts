@@ -54,6 +54,17 @@ type Result = Record<string, unknown> & { transfer?: ArrayBuffer[] };
 const ZERO = Buffer.alloc(1 << 20);
 const C = zlib.constants;
 
+/** `parts` in one ArrayBuffer of their own, so it can be transferred back to the caller. */
+function joined(parts: readonly Uint8Array[], total: number): Uint8Array<ArrayBuffer> {
+  const data = new Uint8Array(total);
+  let p = 0;
+  for (const z of parts) {
+    data.set(z, p);
+    p += z.length;
+  }
+  return data;
+}
+
 export function isZero(buf: Buffer): boolean {
   for (let p = 0; p < buf.length; p += ZERO.length) {
     const n = Math.min(ZERO.length, buf.length - p);
@@ -138,12 +149,7 @@ export function makeTasks(): Record<string, (m: TaskMessage) => Result> {
         parts.push(z);
         total += z.length;
       }
-      const data = new Uint8Array(total);
-      let p = 0;
-      for (const z of parts) {
-        data.set(z, p);
-        p += z.length;
-      }
+      const data = joined(parts, total);
       return { lengths, data, transfer: [lengths.buffer, data.buffer] };
     },
     unframe(m) {
@@ -212,12 +218,7 @@ export function makeTasks(): Record<string, (m: TaskMessage) => Result> {
         parts.push(z);
         total += z.length;
       }
-      const data = new Uint8Array(total);
-      let p = 0;
-      for (const z of parts) {
-        data.set(z, p);
-        p += z.length;
-      }
+      const data = joined(parts, total);
       return { sizes, data, transfer: [sizes.buffer, data.buffer] };
     },
     zeromap(m) {

@@ -5,7 +5,7 @@ import type { Logger } from '../core/log.js';
 import type { BuildInfo } from '../core/stage-manifest-file.js';
 import type { Progress } from '../core/progress.js';
 import { OciLayout } from '../oci/layout.js';
-import { ChunkedSink } from './chunked/encode.js';
+import { ChunkedSink, type EncodeStats } from './chunked/encode.js';
 import { linkBasePacks } from './chunked/encode-index.js';
 import { writeDiskV2Manifest } from './chunked/manifest.js';
 import type { BaseImage } from './chunked/image.js';
@@ -40,26 +40,13 @@ export interface OutputRun {
   log: Logger;
 }
 
-/** What a chunked conversion stored (blocks are 32 KiB of disk). */
-export interface ChunkedSummary {
+/** What a chunked conversion stored (blocks are 32 KiB of disk): the encoder's counts and more. */
+export interface ChunkedSummary extends EncodeStats {
   tag: string;
   manifestDigest: string;
   blockSize: number;
-  /** blocks of the disk, zero blocks included */
-  blocks: number;
-  zero: number;
-  /** blocks compressed into new frames */
-  fresh: number;
-  /** blocks equal to an earlier block of the disk (stored once) */
-  duplicate: number;
-  /** blocks a base already held */
-  reused: number;
-  /** blocks a base held in a pack the repack policy dropped (compressed again, in `fresh`) */
-  repacked: number;
   /** index entries (non-zero blocks) */
   stored: number;
-  /** new frames */
-  frames: number;
   /** packs the manifest lists */
   packs: number;
   newPacks: number;

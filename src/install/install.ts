@@ -3,12 +3,18 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { OrbError, UsageError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fsutil.js';
 import { mask, type Logger } from '../core/log.js';
-import { readManifest, stageManifestPath } from '../core/stage-manifest-file.js';
+import { readManifest, stageManifestPath, type BuildInfo } from '../core/stage-manifest-file.js';
 import { requireTool, run } from '../core/proc.js';
 import type { Progress } from '../core/progress.js';
 import { formatBytes } from '../core/progress.js';
 import { dockurDiskType, dockurMode, type DockurDiskType } from '../dockur/bundle.js';
-import { DOCKUR_IMAGE, writeCompose, writeCredentialsEnv, writeDockurState } from '../dockur/compose.js';
+import {
+  DOCKUR_IMAGE,
+  writeCompose,
+  writeCredentialsEnv,
+  writeDockurState,
+  type ComposeOptions,
+} from '../dockur/compose.js';
 import '../stores/schemes.js';
 import { openStore, type StoreOptions } from '../stores/open.js';
 import { makePlan, resolveManifest } from '../transfer/pull-plan.js';
@@ -284,42 +290,18 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
     if (!(await stat(overlay).catch(() => undefined)))
       await createOverlay(overlay, basePath, !!shared, o.signal);
 
-    // dockur's view: boot the installed disk with the firmware and bus Windows was installed with.
-    const firmware = o.firmware ?? build?.firmware;
-    if (!firmware)
-      warn('the image does not say how it boots; assuming UEFI (give --firmware bios for a BIOS install)');
-    const mode = dockurMode(firmware ?? 'uefi');
-    const iface = build?.['diskInterface'] as 'virtio' | 'sata' | 'ide' | 'nvme' | undefined;
-    const diskType = o.diskType ?? (iface ? dockurDiskType(iface) : undefined);
-    if (!diskType)
-      warn(
-        'the image does not say which disk bus Windows was installed on; dockur will use SCSI. If Windows stops with INACCESSIBLE_BOOT_DEVICE, reinstall with --disk-type',
-      );
-    if (build?.os && build.os !== 'windows')
-      warn(`the image was built as ${build.os}, but dockur/windows runs Windows`);
-    await writeDockurState(storage, mode, diskType);
-
-    const envPath = join(dir, 'windows.env');
-    const adminUser = o.adminUser ?? build?.adminUser;
-    if (o.adminPassword) await writeCredentialsEnv(envPath, adminUser, o.adminPassword);
-    const hasEnv = !!(await stat(envPath).catch(() => undefined));
-    const composePath = join(dir, 'docker-compose.yml');
+    const { composePath, compose, adminUser } = await prepareDockur(
+      o,
+      dir,
+      storage,
+      build,
+      virtualSize,
+      warn,
+    );
     await writeCompose(
       composePath,
       {
-        name: o.name,
-        image: o.image ?? DOCKUR_IMAGE,
-        bind: o.bind,
-        rdpPort: o.rdpPort,
-        webPort: o.webPort,
-        ram: o.ram,
-        cpus: o.cpus,
-        diskSize: virtualSize,
-        ...(diskType ? { diskType } : {}),
-        mode,
-        ...(hasEnv ? { envFile: './windows.env' } : {}),
-        imagesDir: './images',
-        storageDir: './storage',
+        ...compose,
         ...(shared ? { extraVolumes: [`${dirname(basePath)}:${dirname(basePath)}:ro`] } : {}),
       },
       [
@@ -407,4 +389,55 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
   } finally {
     await opened.store.close?.();
   }
+}
+
+/**
+ * dockur's view of an installed disk, shared by `orb install` and `orb install --lazy`: boot it
+ * with the firmware and disk bus Windows was installed with (from the image's build facts, or
+ * the options), the administrator's credentials in windows.env (0600), and the compose settings.
+ */
+export async function prepareDockur(
+  o: InstallOptions,
+  dir: string,
+  storage: string,
+  build: BuildInfo | undefined,
+  virtualSize: number,
+  warn: (m: string) => void,
+): Promise<{ composePath: string; compose: ComposeOptions; adminUser: string | undefined }> {
+  const firmware = o.firmware ?? build?.firmware;
+  if (!firmware)
+    warn('the image does not say how it boots; assuming UEFI (give --firmware bios for a BIOS install)');
+  const mode = dockurMode(firmware ?? 'uefi');
+  const iface = build?.['diskInterface'] as 'virtio' | 'sata' | 'ide' | 'nvme' | undefined;
+  const diskType = o.diskType ?? (iface ? dockurDiskType(iface) : undefined);
+  if (!diskType)
+    warn(
+      'the image does not say which disk bus Windows was installed on; dockur will use SCSI. If Windows stops with INACCESSIBLE_BOOT_DEVICE, reinstall with --disk-type',
+    );
+  if (build?.os && build.os !== 'windows')
+    warn(`the image was built as ${build.os}, but dockur/windows runs Windows`);
+  await writeDockurState(storage, mode, diskType);
+  const envPath = join(dir, 'windows.env');
+  const adminUser = o.adminUser ?? build?.adminUser;
+  if (o.adminPassword) await writeCredentialsEnv(envPath, adminUser, o.adminPassword);
+  const hasEnv = !!(await stat(envPath).catch(() => undefined));
+  return {
+    adminUser,
+    composePath: join(dir, 'docker-compose.yml'),
+    compose: {
+      name: o.name,
+      image: o.image ?? DOCKUR_IMAGE,
+      bind: o.bind,
+      rdpPort: o.rdpPort,
+      webPort: o.webPort,
+      ram: o.ram,
+      cpus: o.cpus,
+      diskSize: virtualSize,
+      ...(diskType ? { diskType } : {}),
+      mode,
+      ...(hasEnv ? { envFile: './windows.env' } : {}),
+      imagesDir: './images',
+      storageDir: './storage',
+    },
+  };
 }

@@ -5,19 +5,11 @@ import { writeFileAtomic } from '../core/fsutil.js';
 import { mask } from '../core/log.js';
 import { requireTool, run } from '../core/proc.js';
 import type { BuildInfo } from '../core/stage-manifest-file.js';
-import { dockurDiskType, dockurMode } from '../dockur/bundle.js';
-import {
-  DOCKUR_IMAGE,
-  writeCompose,
-  writeCredentialsEnv,
-  writeDockurState,
-  type ComposeOptions,
-  type OrbSidecar,
-} from '../dockur/compose.js';
+import { writeCompose, type ComposeOptions, type OrbSidecar } from '../dockur/compose.js';
 import '../stores/schemes.js';
 import { readSmallBlob } from '../stores/layout.js';
 import { openStore, type OpenedStore } from '../stores/open.js';
-import type { InstallOptions } from './install.js';
+import { prepareDockur, type InstallOptions } from './install.js';
 import { INSTALL_SCHEMA, readInstallState, type InstallResult, type InstallState } from './install-state.js';
 import {
   checkSocketPath,
@@ -193,38 +185,11 @@ export async function installLazy(o: InstallOptions & { lazy: LazyOptions }): Pr
       await rename(`${overlay}.partial`, overlay);
     }
 
-    // dockur's view, as a full install writes it (install.ts), plus the sidecar while lazy.
+    // dockur's view, as a full install writes it, plus the sidecar while lazy.
     const build = imageBuild ?? state?.build;
-    const firmware = o.firmware ?? build?.firmware;
-    if (!firmware)
-      warn('the image does not say how it boots; assuming UEFI (give --firmware bios for a BIOS install)');
-    const mode = dockurMode(firmware ?? 'uefi');
-    const iface = build?.['diskInterface'] as 'virtio' | 'sata' | 'ide' | 'nvme' | undefined;
-    const diskType = o.diskType ?? (iface ? dockurDiskType(iface) : undefined);
-    if (!diskType)
-      warn('the image does not say which disk bus Windows was installed on; dockur will use SCSI');
-    await writeDockurState(storage, mode, diskType);
-    const envPath = join(dir, 'windows.env');
-    const adminUser = o.adminUser ?? build?.adminUser;
-    if (o.adminPassword) await writeCredentialsEnv(envPath, adminUser, o.adminPassword);
-    const hasEnv = !!(await stat(envPath).catch(() => undefined));
-    const composePath = join(dir, 'docker-compose.yml');
-    const compose = (orb?: OrbSidecar): ComposeOptions => ({
-      name: o.name,
-      image: o.image ?? DOCKUR_IMAGE,
-      bind: o.bind,
-      rdpPort: o.rdpPort,
-      webPort: o.webPort,
-      ram: o.ram,
-      cpus: o.cpus,
-      diskSize: virtualSize,
-      ...(diskType ? { diskType } : {}),
-      mode,
-      ...(hasEnv ? { envFile: './windows.env' } : {}),
-      imagesDir: './images',
-      storageDir: './storage',
-      ...(orb ? { orb } : {}),
-    });
+    const dockur = await prepareDockur(o, dir, storage, build, virtualSize, warn);
+    const { composePath, adminUser } = dockur;
+    const compose = (orb?: OrbSidecar): ComposeOptions => ({ ...dockur.compose, ...(orb ? { orb } : {}) });
     const header = [
       `Written by orb install --lazy: ${opened.display} (${digest})`,
       'Windows boots the installed disk in ./storage (an overlay on ./images); dockur does not reinstall it.',

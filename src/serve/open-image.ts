@@ -1,13 +1,10 @@
 import { OrbError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
-import { MAX_CONFIG_BYTES } from '../core/untrusted.js';
-import { MAX_INDEX_BLOB, type DiskIndex } from '../formats/disk-index.js';
+import type { DiskIndex } from '../formats/disk-index.js';
 import { DISK_V2_ARTIFACT, type DiskV2Config, type ImageManifest } from '../formats/oci-media.js';
-import { checkDiskV2Config, checkDiskV2Manifest, loadDiskIndex } from '../oci/disk-v2.js';
-import { readSmallBlob } from '../stores/layout.js';
 import type { BlobStore } from '../stores/store.js';
 import { readRange } from '../transfer/range-read.js';
-import { resolveManifest } from '../transfer/pull-plan.js';
+import { readDiskV2, resolveManifest } from '../transfer/pull-plan.js';
 import type { RangeFetcher } from './lazy-disk.js';
 
 /**
@@ -27,10 +24,7 @@ export async function openDiskV2(store: BlobStore, ref: string, display: string)
     throw new OrbError('input', `${display} is not a chunked disk image (${DISK_V2_ARTIFACT})`, {
       hint: 'orb serve serves images published from `orb convert --format chunked`; pull other kinds with orb pull',
     });
-  const layers = checkDiskV2Manifest(manifest, display);
-  const config = checkDiskV2Config(await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES), display);
-  const blob = await readSmallBlob(store, layers.index, MAX_INDEX_BLOB);
-  const index = loadDiskIndex(blob, manifest, config, layers, display);
+  const { config, index } = await readDiskV2(store, manifest, display);
   return { manifest, manifestDigest: digest, config, index };
 }
 

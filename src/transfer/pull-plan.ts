@@ -36,7 +36,7 @@ import {
 } from '../formats/oci-media.js';
 import type { BlobStore } from '../stores/store.js';
 import { MAX_INDEX_BLOB, type DiskIndex } from '../formats/disk-index.js';
-import { checkDiskV2Config, checkDiskV2Manifest, loadDiskIndex } from '../oci/disk-v2.js';
+import { checkDiskV2Config, checkDiskV2Manifest, loadDiskIndex, type DiskV2Layers } from '../oci/disk-v2.js';
 
 /**
  * What a pull must produce, derived from the manifest and checked before a byte is downloaded.
@@ -180,18 +180,31 @@ async function fileBuildInfo(
   return cfg.build;
 }
 
+/**
+ * A v2 disk's config and index: only those two blobs are fetched (each checked against its
+ * descriptor by readSmallBlob), then tied to the manifest by every rule of src/oci/disk-v2.ts.
+ * Pull, `orb serve`, `orb digest REF` and `convert --base REF` all read a published disk here.
+ */
+export async function readDiskV2(
+  store: BlobStore,
+  manifest: ImageManifest,
+  display: string,
+): Promise<{ layers: DiskV2Layers; config: DiskV2Config; index: DiskIndex; indexBytes: number }> {
+  // Layers first: they are in the manifest already, the config and the index cost requests.
+  const layers = checkDiskV2Manifest(manifest, display);
+  const config = checkDiskV2Config(await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES), display);
+  const blob = await readSmallBlob(store, layers.index, MAX_INDEX_BLOB);
+  const index = loadDiskIndex(blob, manifest, config, layers, display);
+  return { layers, config, index, indexBytes: blob.length };
+}
+
 async function diskPlan(
   store: BlobStore,
   manifest: ImageManifest,
   manifestDigest: string,
   display: string,
 ): Promise<Plan> {
-  // Layers first: they are in the manifest already, the config and the index cost requests.
-  const layers = checkDiskV2Manifest(manifest, display);
-  const config = checkDiskV2Config(await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES), display);
-  // readSmallBlob checks size and digest before the bytes are decoded
-  const blob = await readSmallBlob(store, layers.index, MAX_INDEX_BLOB);
-  const index = loadDiskIndex(blob, manifest, config, layers, display);
+  const { config, index } = await readDiskV2(store, manifest, display);
   return {
     kind: 'disk',
     artifactType: DISK_V2_ARTIFACT,

@@ -1,12 +1,8 @@
-import { OrbError } from '../core/errors.js';
-import { MAX_CONFIG_BYTES } from '../core/untrusted.js';
-import { MAX_INDEX_BLOB, type DiskIndex } from '../formats/disk-index.js';
+import type { DiskIndex } from '../formats/disk-index.js';
 import type { Descriptor } from '../formats/oci-media.js';
 import type { BaseImage } from '../image/chunked/image.js';
-import { checkDiskV2Config, checkDiskV2Manifest, loadDiskIndex } from '../oci/disk-v2.js';
-import { readSmallBlob } from '../stores/layout.js';
 import type { OpenedStore } from '../stores/open.js';
-import { resolveManifest } from './pull-plan.js';
+import { readDiskV2, resolveManifest } from './pull-plan.js';
 
 export interface PublishedIndex {
   manifestDigest: string;
@@ -23,16 +19,8 @@ export interface PublishedIndex {
 export async function readPublishedIndex(opened: OpenedStore): Promise<PublishedIndex> {
   const { store, display } = opened;
   const { manifest, digest } = await resolveManifest(store, opened.tag ?? 'latest', display);
-  const layers = checkDiskV2Manifest(manifest, display);
-  const config = checkDiskV2Config(await readSmallBlob(store, manifest.config, MAX_CONFIG_BYTES), display);
-  if (layers.index.size > MAX_INDEX_BLOB)
-    throw new OrbError(
-      'input',
-      `${display}: the index is ${layers.index.size} bytes, more than ${MAX_INDEX_BLOB}`,
-    );
-  const blob = await readSmallBlob(store, layers.index, MAX_INDEX_BLOB);
-  const index = loadDiskIndex(blob, manifest, config, layers, display);
-  return { manifestDigest: digest, index, packs: layers.packs, indexBytes: blob.length };
+  const { layers, index, indexBytes } = await readDiskV2(store, manifest, display);
+  return { manifestDigest: digest, index, packs: layers.packs, indexBytes };
 }
 
 /**

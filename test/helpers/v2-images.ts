@@ -24,7 +24,7 @@ import {
 } from '../../src/formats/oci-media.js';
 
 /**
- * Chunked v2 test images, written the way the format describes (docs/chunked-format-v2.md):
+ * Chunked v2 test images, written the way the format describes (docs/chunked-format.md):
  * 32 KiB blocks, zero blocks absent, blocks deduplicated by sha256 (against the disk itself and
  * an optional base image), runs of new blocks in zstd frames of at most 8 blocks, frames appended
  * to packs closed at `packSize`. A stand-in for `orb convert` until the encoder lands; the tests
@@ -49,6 +49,8 @@ export interface V2Options {
   /** reuse blocks of this image (they stay in its packs, which the new manifest lists again) */
   base?: V2Image;
   level?: number;
+  /** the config's build record (smoke tests read the firmware from it) */
+  build?: Record<string, unknown>;
 }
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest();
@@ -170,6 +172,7 @@ export async function writeV2Image(
     sourceFormat: 'raw',
     compression: 'zstd',
     level: o.level ?? 3,
+    ...(o.build ? { build: o.build } : {}),
   };
   const cfgBytes = Buffer.from(JSON.stringify(config));
   const cfg = await layout.putBytes(cfgBytes);
@@ -267,7 +270,11 @@ export async function writeV2Variant(
 export const digestOf = hex;
 
 /** Puts an image's blobs and manifest into any store (a stand-in for publish in pull tests). */
-export async function pushV2(img: V2Image, store: BlobStore, tag: string): Promise<void> {
+export async function pushV2(
+  img: Pick<V2Image, 'dir' | 'manifest' | 'manifestDigest'>,
+  store: BlobStore,
+  tag: string,
+): Promise<void> {
   const layout = new OciLayout(img.dir);
   const blobs = [img.manifest.config, ...img.manifest.layers];
   for (const d of blobs) {
