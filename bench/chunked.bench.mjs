@@ -266,15 +266,11 @@ try {
   results.updateUploadBytes = uploaded;
   claim('update upload / floor', uploaded / floor, 2.5);
 
-  // fresh pull of v1 against curl | zstd -d of the same packs, 4 in parallel
+  // fresh pull of v1 against curl | zstd -d of the same packs, 4 in parallel. Both sides talk to
+  // the registry directly: the counting proxy is a Node process on the same 2 cores, and curl does
+  // not pay for it either. Best of two rounds each, alternated, as for convert.
+  const direct = (tag) => `${new URL(reg.url).host}/bench/disk:${tag}`;
   const out1 = join(work, 'pulled-v1.raw');
-  proxy.reset();
-  const pull1 = keep(
-    'orb pull v1 (fresh)',
-    await orb(['pull', `oci://${ref('v1')}`, '--output', out1, ...insecure]),
-  );
-  results.freshPullBytes = proxy.counts.down;
-  if (pull1.json['content-digest'] !== digest1) throw new Error('pulled v1 has another content digest');
   const packs = m1.layers.slice(1).map((l) => l.digest);
   const script = packs
     .map(
@@ -283,11 +279,20 @@ try {
     )
     .join('\n');
   writeFileSync(join(work, 'curl.sh'), script + '\n');
-  const curl = keep(
-    'curl | zstd -d, 4 in parallel',
-    await timed('sh', ['-c', `xargs -P4 -I{} sh -c {} < ${join(work, 'curl.sh')}`]),
-  );
-  for (const d of packs) rmSync(join(work, 'curl-' + d.slice(7, 19)), { force: true });
+  let pull1;
+  let curl;
+  for (let round = 0; round < 2; round++) {
+    rmSync(out1, { force: true });
+    const p = await orb(['pull', `oci://${direct('v1')}`, '--output', out1, ...insecure]);
+    if (!pull1 || p.seconds < pull1.seconds) pull1 = p;
+    const c = await timed('sh', ['-c', `xargs -P4 -I{} sh -c {} < ${join(work, 'curl.sh')}`]);
+    if (!curl || c.seconds < curl.seconds) curl = c;
+    for (const d of packs) rmSync(join(work, 'curl-' + d.slice(7, 19)), { force: true });
+  }
+  keep('orb pull v1 (fresh)', pull1);
+  keep('curl | zstd -d, 4 in parallel', curl);
+  results.freshPullBytes = pull1.json['bytes-downloaded'];
+  if (pull1.json['content-digest'] !== digest1) throw new Error('pulled v1 has another content digest');
   claim('fresh pull / curl|zstd -d x4 (4 GiB)', pull1.seconds / curl.seconds, 1.18);
 
   // update: pull v2 with the v1 disk as base, bytes on the wire
@@ -310,10 +315,10 @@ try {
     await orb(['publish', `oci-layout:${Lbig}:v1`, '--to', `oci://${ref('big')}`, ...insecure]),
   );
   const outBig = join(work, 'pulled-big.raw');
-  const pullBig = keep(
-    'orb pull (32 GiB sparse)',
-    await orb(['pull', `oci://${ref('big')}`, '--output', outBig, ...insecure]),
-  );
+  const pullBig = await best('orb pull (32 GiB sparse)', () => {
+    rmSync(outBig, { force: true });
+    return orb(['pull', `oci://${direct('big')}`, '--output', outBig, ...insecure]);
+  });
   claim('pull time 32 GiB sparse / 4 GiB', pullBig.seconds / pull1.seconds, 1.25);
   rmSync(outBig, { force: true });
   rmSync(out1, { force: true });

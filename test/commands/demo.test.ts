@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -12,11 +12,12 @@ describe('orb demo', () => {
   it('runs the whole pipeline on a real Debian guest under TCG and pulls back an identical disk', async () => {
     const work = mkdtempSync(join(tmpdir(), 'orb-demo-'));
     const t0 = Date.now();
+    // the work folder holds 2 GB of disks: gone after the run, whatever its outcome
     const r = await orb(
       ['demo', '--no-install', '--accelerator', 'tcg', '--work-dir', work, '--json'],
       {},
       1_500_000,
-    );
+    ).finally(() => rmSync(work, { recursive: true, force: true }));
     console.error(`orb demo: ${Math.round((Date.now() - t0) / 1000)} s`);
     expect(r.code, r.stderr.slice(-3000)).toBe(0);
     const out = JSON.parse(r.stdout) as Record<string, string | boolean>;
