@@ -23,7 +23,7 @@ import { RegistryClient } from '../../src/oci/registry.js';
 import type { BlobStore } from '../../src/stores/store.js';
 import { publish } from '../../src/transfer/publish.js';
 import { pull } from '../../src/transfer/pull.js';
-import { planFetches } from '../../src/transfer/pull-ranges.js';
+import { planFetches, RANGE_CAP } from '../../src/transfer/pull-ranges.js';
 import { defaultRetryPolicy } from '../../src/net/retry.js';
 import { pattern } from '../helpers/oci-images.js';
 import { pushV2, writeV2Image, writeV2Variant, type V2Image } from '../helpers/v2-images.js';
@@ -166,12 +166,13 @@ describe('v2 pull', () => {
     expect(readdirSync(dir).filter((f) => f.includes('.partial'))).toEqual([]);
   });
 
-  it('a fresh pull through a registry is byte-identical; most packs come whole', async () => {
+  it('a fresh pull through a registry is byte-identical, by ranges', async () => {
     const out = join(dir, 'reg.raw');
     const r = await pull(opts(registry('pv2/disk'), 'v2', out));
     expect(fileSha(out)).toBe(sum2);
     expect(r.contentDigest).toBe(v2.index.contentDigest);
-    expect(r.wholePacks! + r.ranges!).toBeGreaterThan(0);
+    expect(r.wholePacks).toBe(0);
+    expect(r.ranges).toBeGreaterThan(0);
   });
 
   it('--base with the earlier disk fetches only the changed blocks; moved content is copied', async () => {
@@ -204,10 +205,17 @@ describe('v2 pull', () => {
     expect(r.chunksDownloaded).toBe(changed.size);
   });
 
-  it('coalesces adjacent frames into one range and caps ranges; a mostly needed pack comes whole', () => {
+  it('coalesces adjacent frames into one range and caps ranges; a pack comes whole only when asked', () => {
     const idx = v1.index;
     const need = new Uint8Array(idx.frameCount).fill(1);
-    const all = planFetches(idx, need);
+    // by default every needed byte comes by Range, in ranges of at most RANGE_CAP
+    const ranged = planFetches(idx, need);
+    expect(ranged.whole).toEqual([]);
+    expect(
+      ranged.ranges.every((r) => r.end - r.start <= Math.max(RANGE_CAP, idx.frameLength[r.frames[0]!]!)),
+    ).toBe(true);
+    expect(new Set(ranged.ranges.flatMap((r) => r.frames)).size).toBe(idx.frameCount);
+    const all = planFetches(idx, need, { whole: 0.75 });
     expect(all.whole.length).toBe(idx.packs.length);
     expect(all.ranges).toEqual([]);
     // every other frame of pack 0: gaps under 256 KiB merge into one range
