@@ -3,9 +3,9 @@ import type { DiskIndex } from '../formats/disk-index.js';
 /**
  * Needed frames -> what to ask the store for (docs/chunked-format.md, "Pull planning"): frames of
  * one pack closer than `gap` bytes share a request (reading the gap costs less than a round trip),
- * and a merged range stops growing at `cap`, so work spreads over the parallel connections and a
- * retry repeats little. A pack whose needed bytes are at least `whole` of it is fetched whole in
- * one stream; by default none is (whole packs are for stores that ignore Range, pull-disk.ts).
+ * a merged range stops growing at `cap` (work spreads over the parallel connections and a retry
+ * repeats little), and a pack whose needed bytes are at least `whole` of it is fetched whole and
+ * checked against its digest (pull-whole.ts: by consecutive ranges of `cap`, hashed in order).
  */
 export interface PackRange {
   pack: number;
@@ -31,11 +31,11 @@ export interface RangeOptions {
 
 export const RANGE_GAP = 256 << 10;
 // Measured on a fresh pull of an 860 MB pack from a registry on loopback (2 cores): 8 MiB ranges,
-// 4 at a time, took 1 s less CPU and 4-20% less time than streaming the pack whole, with peak RSS
-// about 400 MB; 32 MiB ranges went past 540 MB. A 60 GB image is 7,200 requests on keep-alive
-// connections: at a 50 ms round trip over 4 connections that is 90 s of a transfer of hours.
+// 4 at a time, took 1 s less CPU than streaming the pack whole, with peak RSS about 400 MB; 32 MiB
+// ranges went past 540 MB. A 60 GB image is 7,200 requests on keep-alive connections: at a 50 ms
+// round trip over 4 connections that is 90 s of a transfer of hours.
 export const RANGE_CAP = 8 << 20;
-export const WHOLE_PACK_SHARE = Infinity;
+export const WHOLE_PACK_SHARE = 0.75;
 
 export function planFetches(idx: DiskIndex, need: Uint8Array, o: RangeOptions = {}): FetchPlan {
   const gap = o.gap ?? RANGE_GAP;

@@ -24,6 +24,7 @@ import type { BlobStore } from '../../src/stores/store.js';
 import { publish } from '../../src/transfer/publish.js';
 import { pull } from '../../src/transfer/pull.js';
 import { planFetches, RANGE_CAP } from '../../src/transfer/pull-ranges.js';
+import { wholeRuns } from '../../src/transfer/pull-whole.js';
 import { defaultRetryPolicy } from '../../src/net/retry.js';
 import { pattern } from '../helpers/oci-images.js';
 import { pushV2, writeV2Image, writeV2Variant, type V2Image } from '../helpers/v2-images.js';
@@ -166,13 +167,13 @@ describe('v2 pull', () => {
     expect(readdirSync(dir).filter((f) => f.includes('.partial'))).toEqual([]);
   });
 
-  it('a fresh pull through a registry is byte-identical, by ranges', async () => {
+  it('a fresh pull through a registry is byte-identical; packs come whole, by ranges', async () => {
     const out = join(dir, 'reg.raw');
     const r = await pull(opts(registry('pv2/disk'), 'v2', out));
     expect(fileSha(out)).toBe(sum2);
     expect(r.contentDigest).toBe(v2.index.contentDigest);
-    expect(r.wholePacks).toBe(0);
-    expect(r.ranges).toBeGreaterThan(0);
+    expect(r.wholePacks).toBeGreaterThan(0);
+    expect(r.ranges).toBeGreaterThanOrEqual(r.wholePacks!);
   });
 
   it('--base with the earlier disk fetches only the changed blocks; moved content is copied', async () => {
@@ -205,19 +206,21 @@ describe('v2 pull', () => {
     expect(r.chunksDownloaded).toBe(changed.size);
   });
 
-  it('coalesces adjacent frames into one range and caps ranges; a pack comes whole only when asked', () => {
+  it('coalesces adjacent frames into one range and caps ranges; a mostly needed pack comes whole', () => {
     const idx = v1.index;
     const need = new Uint8Array(idx.frameCount).fill(1);
-    // by default every needed byte comes by Range, in ranges of at most RANGE_CAP
-    const ranged = planFetches(idx, need);
-    expect(ranged.whole).toEqual([]);
-    expect(
-      ranged.ranges.every((r) => r.end - r.start <= Math.max(RANGE_CAP, idx.frameLength[r.frames[0]!]!)),
-    ).toBe(true);
-    expect(new Set(ranged.ranges.flatMap((r) => r.frames)).size).toBe(idx.frameCount);
-    const all = planFetches(idx, need, { whole: 0.75 });
+    const all = planFetches(idx, need);
     expect(all.whole.length).toBe(idx.packs.length);
     expect(all.ranges).toEqual([]);
+    // a whole pack is fetched as consecutive pieces cut at frame starts, covering every byte
+    const runs = wholeRuns(idx, all.whole, 64 << 10);
+    for (const run of runs) {
+      expect(run.pieces[0]!.start).toBe(0);
+      expect(run.pieces.at(-1)!.end).toBe(idx.packs[run.pack]!.size);
+      for (let k = 1; k < run.pieces.length; k++) expect(run.pieces[k]!.start).toBe(run.pieces[k - 1]!.end);
+      expect(run.pieces.every((p) => p.end - p.start <= Math.max(64 << 10, RANGE_CAP))).toBe(true);
+    }
+    expect(runs.flatMap((r) => r.pieces.flatMap((p) => p.frames)).length).toBe(idx.frameCount);
     // every other frame of pack 0: gaps under 256 KiB merge into one range
     const some = new Uint8Array(idx.frameCount);
     for (let f = 0; f < idx.frameCount; f++) if (idx.framePack[f] === 0 && f % 2 === 0) some[f] = 1;
