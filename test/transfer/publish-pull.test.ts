@@ -209,7 +209,9 @@ describe('chunked images through a registry', () => {
       ...nullProgress,
       add(n: number) {
         seen += n;
-        if (seen > stored(v1) / 2) ac.abort();
+        // past the first two packs (fetched at once, each as one range): their frames are done,
+        // the last pack's range is in flight and lost (a range is decoded when it is complete)
+        if (seen > stored(v1) * 0.85) ac.abort();
       },
     });
     const err = await pull({
