@@ -73,6 +73,38 @@ const PATH_EXCLUDES = [
 // Console on the screen (what smoke-test screenshots) and on the serial port (what the build reads).
 const CMDLINE = `root=LABEL=${ROOT_LABEL} rw net.ifnames=0 console=tty0 console=ttyS0,115200`;
 
+/**
+ * The initramfs holds only what mounting the root file system on the disks QEMU gives a guest
+ * needs (MODULES=list), not initramfs-tools' default MODULES=most (34 MB: every storage, USB and
+ * RAID driver). A lazy boot (orb serve) reads all of the initramfs, and it is zstd-compressed so
+ * it does not compress again: it was most of what a boot fetched. MODULES=dep would pick these by
+ * itself but cannot see the hardware from mmdebstrap's chroot. One driver for each bus orb
+ * attaches a disk on (src/qemu/args.ts): virtio-blk (the build), AHCI for 'sata' and 'ide' on q35
+ * (the smoke test's default), NVMe, virtio-scsi (dockur), PIIX IDE for the i440fx machine; sd_mod
+ * for the SCSI-disk side of AHCI and virtio-scsi; ext4 (its crc32c is added by initramfs-tools).
+ * And sr_mod: the build attaches cloud-init's NoCloud seed as a CD-ROM, and cloud-init's systemd
+ * generator (ds-identify) looks for it with blkid a few seconds into the boot, before udev has
+ * loaded anything from the root file system. Without sr_mod here /dev/sr0 appeared 17 s later,
+ * ds-identify found no seed and turned cloud-init off: the build boot sat at the login prompt
+ * (why an earlier list without it "made no progress"). The NIC and DRM load from the root.
+ *
+ * Debian's cloud kernel (linux-image-cloud-amd64, what its genericcloud images ship) is not used:
+ * it has no AHCI and no e1000 driver, so it boots neither from the smoke test's default SATA
+ * disk nor gets a network on QEMU's default x86 NIC; and its vmlinuz is larger (14 MB, more built
+ * in) than the generic kernel's 8 MB.
+ */
+export const INITRAMFS_MODULES = [
+  'virtio_pci',
+  'virtio_blk',
+  'virtio_scsi',
+  'ahci',
+  'ata_piix',
+  'nvme',
+  'sd_mod',
+  'sr_mod',
+  'ext4',
+];
+
 /** Files written into the root file system after mmdebstrap; part of the recipe hash. */
 const FILES: Record<string, string> = {
   '/etc/fstab': `LABEL=${ROOT_LABEL} / ext4 defaults,discard,errors=remount-ro 0 1\n`,
@@ -222,6 +254,7 @@ export async function buildDebianImage(opts: DebianImageOptions = {}): Promise<s
     CMDLINE,
     FILES,
     MASKED,
+    INITRAMFS_MODULES,
   };
   const say = opts.log ?? (() => undefined);
   for (const [cmd, pkg] of [
@@ -267,6 +300,10 @@ export async function buildDebianImage(opts: DebianImageOptions = {}): Promise<s
               `--include=${DEBIAN_INCLUDE.join(',')}`,
               ...PATH_EXCLUDES.map((p) => `--dpkgopt=path-exclude=${p}`),
               '--dpkgopt=path-include=/usr/share/locale/locale.alias',
+              // Before the kernel is installed, so its postinst builds the small initramfs once.
+              '--essential-hook=mkdir -p "$1"/etc/initramfs-tools/conf.d "$1"/usr/share/initramfs-tools/modules.d',
+              '--essential-hook=echo MODULES=list > "$1"/etc/initramfs-tools/conf.d/orb-modules.conf',
+              `--essential-hook=printf '%s\\n' ${INITRAMFS_MODULES.join(' ')} > "$1"/usr/share/initramfs-tools/modules.d/orb`,
               `--customize-hook=chroot "$1" systemctl enable systemd-networkd`,
               `--customize-hook=chroot "$1" systemctl mask ${MASKED.join(' ')}`,
               '--customize-hook=rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*',
