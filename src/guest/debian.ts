@@ -36,6 +36,9 @@ export const DEBIAN_INCLUDE = [
   'dbus',
   'linux-image-amd64',
   'initramfs-tools',
+  // initramfs-tools compresses with zstd by default but only Recommends it: without it the
+  // initramfs silently falls back to gzip (7.2 MB instead of 5.9 MB; every boot reads it all).
+  'zstd',
   'cloud-init',
   'xrdp',
   'ssl-cert',
@@ -76,8 +79,8 @@ const CMDLINE = `root=LABEL=${ROOT_LABEL} rw net.ifnames=0 console=tty0 console=
 /**
  * The initramfs holds only what mounting the root file system on the disks QEMU gives a guest
  * needs (MODULES=list), not initramfs-tools' default MODULES=most (34 MB: every storage, USB and
- * RAID driver). A lazy boot (orb serve) reads all of the initramfs, and it is zstd-compressed so
- * it does not compress again: it was most of what a boot fetched. MODULES=dep would pick these by
+ * RAID driver). A lazy boot (orb serve) reads all of the initramfs, and being compressed already
+ * it does not shrink in the image: it was most of what a boot fetched. MODULES=dep would pick these by
  * itself but cannot see the hardware from mmdebstrap's chroot. One driver for each bus orb
  * attaches a disk on (src/qemu/args.ts): virtio-blk (the build), AHCI for 'sata' and 'ide' on q35
  * (the smoke test's default), NVMe, virtio-scsi (dockur), PIIX IDE for the i440fx machine; sd_mod
@@ -104,6 +107,18 @@ export const INITRAMFS_MODULES = [
   'sr_mod',
   'ext4',
 ];
+
+/**
+ * initramfs-tools settings (conf.d): only the modules above, compressed with zstd at level 19
+ * (default 9): 20 MB of files become 5.9 MB instead of 6.7 MB, and zstd decompresses as fast
+ * whatever the level, so the kernel unpacks it in the same time.
+ */
+const INITRAMFS_CONF = ['MODULES=list', 'COMPRESS=zstd', 'COMPRESSLEVEL=19'];
+
+// Rebuilds the initramfs unless it starts with zstd's magic (28 b5 2f fd).
+const ZSTD_OR_REBUILD =
+  'for f in "$1"/boot/initrd.img-*; do [ "$(od -An -tx1 -N4 "$f" | tr -d " ")" = 28b52ffd ] ' +
+  '|| chroot "$1" update-initramfs -u -k "${f##*/initrd.img-}"; done';
 
 /** Files written into the root file system after mmdebstrap; part of the recipe hash. */
 const FILES: Record<string, string> = {
@@ -255,6 +270,8 @@ export async function buildDebianImage(opts: DebianImageOptions = {}): Promise<s
     FILES,
     MASKED,
     INITRAMFS_MODULES,
+    INITRAMFS_CONF,
+    ZSTD_OR_REBUILD,
   };
   const say = opts.log ?? (() => undefined);
   for (const [cmd, pkg] of [
@@ -302,8 +319,10 @@ export async function buildDebianImage(opts: DebianImageOptions = {}): Promise<s
               '--dpkgopt=path-include=/usr/share/locale/locale.alias',
               // Before the kernel is installed, so its postinst builds the small initramfs once.
               '--essential-hook=mkdir -p "$1"/etc/initramfs-tools/conf.d "$1"/usr/share/initramfs-tools/modules.d',
-              '--essential-hook=echo MODULES=list > "$1"/etc/initramfs-tools/conf.d/orb-modules.conf',
+              `--essential-hook=printf '%s\\n' ${INITRAMFS_CONF.join(' ')} > "$1"/etc/initramfs-tools/conf.d/orb.conf`,
               `--essential-hook=printf '%s\\n' ${INITRAMFS_MODULES.join(' ')} > "$1"/usr/share/initramfs-tools/modules.d/orb`,
+              // apt may configure the kernel before zstd is unpacked; then build it again.
+              `--customize-hook=${ZSTD_OR_REBUILD}`,
               `--customize-hook=chroot "$1" systemctl enable systemd-networkd`,
               `--customize-hook=chroot "$1" systemctl mask ${MASKED.join(' ')}`,
               '--customize-hook=rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*',
