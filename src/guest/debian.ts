@@ -14,8 +14,8 @@ import { cached, guestCacheDir } from './initramfs.js';
  * real cloud-init and the smoke test meets a real RDP server that negotiates TLS.
  *
  * The disk boots by itself (BIOS and UEFI) without loop mounts: an MBR with syslinux's boot code,
- * a FAT partition holding syslinux (BIOS), systemd-boot (UEFI), the kernel and its initramfs, and
- * an ext4 root file system that mke2fs fills from the mmdebstrap directory (`-d`) at its offset in
+ * a FAT partition holding syslinux (BIOS), systemd-boot (UEFI), the kernel and its initramfs
+ * (mounted at /boot in the guest, so there is one copy of each), and an ext4 root file system that mke2fs fills from the mmdebstrap directory (`-d`) at its offset in
  * the image file. mmdebstrap itself needs root (or user namespaces); we run as root here and in CI.
  */
 
@@ -24,6 +24,7 @@ const exec = promisify(execFile);
 export const DEBIAN_SUITE = 'bookworm';
 const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
 const ROOT_LABEL = 'orbroot';
+const BOOT_LABEL = 'ORBBOOT';
 const BOOT_MIB = 64;
 const SYSTEMD_BOOT = '/usr/lib/systemd/boot/efi/systemd-bootx64.efi';
 const MBR_BIN = '/usr/lib/syslinux/mbr/mbr.bin';
@@ -122,7 +123,12 @@ const ZSTD_OR_REBUILD =
 
 /** Files written into the root file system after mmdebstrap; part of the recipe hash. */
 const FILES: Record<string, string> = {
-  '/etc/fstab': `LABEL=${ROOT_LABEL} / ext4 defaults,discard,errors=remount-ro 0 1\n`,
+  // /boot is the FAT partition the loaders read, as on an installed system: one copy of the
+  // kernel and initramfs (a second, never-read copy on the root was 14 MB of the compressed
+  // image), and an initramfs Debian's packages rebuild later is the one that boots.
+  '/etc/fstab':
+    `LABEL=${ROOT_LABEL} / ext4 defaults,discard,errors=remount-ro 0 1\n` +
+    `LABEL=${BOOT_LABEL} /boot vfat defaults,nofail,umask=0077 0 0\n`,
   '/etc/hostname': 'orb-debian\n',
   '/etc/hosts': '127.0.0.1 localhost\n127.0.1.1 orb-debian\n',
   // systemd-networkd brings up the first NIC with DHCP (QEMU's user network answers it).
@@ -195,7 +201,7 @@ async function writeBootPartition(root: string, fat: string, work: string): Prom
   const initrd = boot.filter((n) => n.startsWith('initrd.img-')).sort()[0];
   if (!kernel || !initrd)
     throw new OrbError('environment', `no kernel/initramfs in ${root}/boot after mmdebstrap`);
-  await exec('mkfs.fat', ['-C', '-h', '2048', '-n', 'ORBBOOT', fat, String(BOOT_MIB * 1024)]);
+  await exec('mkfs.fat', ['-C', '-h', '2048', '-n', BOOT_LABEL, fat, String(BOOT_MIB * 1024)]);
   // mtools' syslinux writes the boot sector and ldlinux.* into the image file, no mount.
   await exec('syslinux', ['--install', fat], { env: MTOOLS_ENV });
   const put = (src: string, dest: string) =>
@@ -207,20 +213,21 @@ async function writeBootPartition(root: string, fat: string, work: string): Prom
   await exec('mmd', ['-i', fat, '::/EFI', '::/EFI/BOOT', '::/loader', '::/loader/entries'], {
     env: MTOOLS_ENV,
   });
-  await put(join(root, 'boot', kernel), '/vmlinuz');
-  await put(join(root, 'boot', initrd), '/initrd.img');
+  // Everything Debian put in /boot moves to the partition mounted there (see /etc/fstab).
+  for (const n of boot) await put(join(root, 'boot', n), `/${n}`);
   await put(SYSTEMD_BOOT, '/EFI/BOOT/BOOTX64.EFI');
   await text(
     'syslinux.cfg',
-    `SERIAL 0 115200\nDEFAULT debian\nPROMPT 0\nTIMEOUT 0\nLABEL debian\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND ${CMDLINE}\n`,
+    `SERIAL 0 115200\nDEFAULT debian\nPROMPT 0\nTIMEOUT 0\nLABEL debian\n  LINUX /${kernel}\n  INITRD /${initrd}\n  APPEND ${CMDLINE}\n`,
     '/syslinux.cfg',
   );
   await text(
     'debian.conf',
-    `title Debian\nlinux /vmlinuz\ninitrd /initrd.img\noptions ${CMDLINE}\n`,
+    `title Debian\nlinux /${kernel}\ninitrd /${initrd}\noptions ${CMDLINE}\n`,
     '/loader/entries/debian.conf',
   );
   await text('loader.conf', 'default debian.conf\ntimeout 0\neditor no\n', '/loader/loader.conf');
+  for (const n of boot) await rm(join(root, 'boot', n), { recursive: true, force: true });
 }
 
 /** Certificate and key for xrdp, readable by the xrdp user (Debian runs xrdp unprivileged). */
@@ -374,6 +381,8 @@ export async function assembleDisk(
   img: string,
   work: string,
 ): Promise<{ totalMiB: number; usedMiB: number }> {
+  const fat = join(work, 'boot.fat');
+  await writeBootPartition(root, fat, work);
   const used = await duBytes(root);
   // Room for what cloud-init and provisioning add; the build grows the disk further.
   const rootMiB = Math.ceil((used * 1.25) / 2 ** 20) + 256;
@@ -384,8 +393,6 @@ export async function assembleDisk(
     `label: dos\nstart=2048, size=${BOOT_MIB * 2048}, type=ef, bootable\nstart=${(1 + BOOT_MIB) * 2048}, type=83\n`,
   );
   await exec('dd', [`if=${MBR_BIN}`, `of=${img}`, 'bs=440', 'count=1', 'conv=notrunc', 'status=none']);
-  const fat = join(work, 'boot.fat');
-  await writeBootPartition(root, fat, work);
   await exec('dd', [`if=${fat}`, `of=${img}`, 'bs=1M', 'seek=1', 'conv=notrunc,sparse', 'status=none']);
   await exec(
     'mke2fs',
