@@ -14,8 +14,8 @@ import { cached, guestCacheDir } from './initramfs.js';
  * real cloud-init and the smoke test meets a real RDP server that negotiates TLS.
  *
  * The disk boots by itself (BIOS and UEFI) without loop mounts: an MBR with syslinux's boot code,
- * a FAT partition holding syslinux (BIOS), systemd-boot (UEFI), the kernel and its initramfs, and
- * an ext4 root file system that mke2fs fills from the mmdebstrap directory (`-d`) at its offset in
+ * a FAT partition holding syslinux (BIOS), systemd-boot (UEFI), the kernel and its initramfs
+ * (mounted at /boot in the guest, so there is one copy of each), and an ext4 root file system that mke2fs fills from the mmdebstrap directory (`-d`) at its offset in
  * the image file. mmdebstrap itself needs root (or user namespaces); we run as root here and in CI.
  */
 
@@ -24,6 +24,7 @@ const exec = promisify(execFile);
 export const DEBIAN_SUITE = 'bookworm';
 const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
 const ROOT_LABEL = 'orbroot';
+const BOOT_LABEL = 'ORBBOOT';
 const BOOT_MIB = 64;
 const SYSTEMD_BOOT = '/usr/lib/systemd/boot/efi/systemd-bootx64.efi';
 const MBR_BIN = '/usr/lib/syslinux/mbr/mbr.bin';
@@ -36,6 +37,9 @@ export const DEBIAN_INCLUDE = [
   'dbus',
   'linux-image-amd64',
   'initramfs-tools',
+  // initramfs-tools compresses with zstd by default but only Recommends it: without it the
+  // initramfs silently falls back to gzip (7.2 MB instead of 5.9 MB; every boot reads it all).
+  'zstd',
   'cloud-init',
   'xrdp',
   'ssl-cert',
@@ -73,9 +77,58 @@ const PATH_EXCLUDES = [
 // Console on the screen (what smoke-test screenshots) and on the serial port (what the build reads).
 const CMDLINE = `root=LABEL=${ROOT_LABEL} rw net.ifnames=0 console=tty0 console=ttyS0,115200`;
 
+/**
+ * The initramfs holds only what mounting the root file system on the disks QEMU gives a guest
+ * needs (MODULES=list), not initramfs-tools' default MODULES=most (34 MB: every storage, USB and
+ * RAID driver). A lazy boot (orb serve) reads all of the initramfs, and being compressed already
+ * it does not shrink in the image: it was most of what a boot fetched. MODULES=dep would pick these by
+ * itself but cannot see the hardware from mmdebstrap's chroot. One driver for each bus orb
+ * attaches a disk on (src/qemu/args.ts): virtio-blk (the build), AHCI for 'sata' and 'ide' on q35
+ * (the smoke test's default), NVMe, virtio-scsi (dockur), PIIX IDE for the i440fx machine; sd_mod
+ * for the SCSI-disk side of AHCI and virtio-scsi; ext4 (its crc32c is added by initramfs-tools).
+ * And sr_mod: the build attaches cloud-init's NoCloud seed as a CD-ROM, and cloud-init's systemd
+ * generator (ds-identify) looks for it with blkid a few seconds into the boot, before udev has
+ * loaded anything from the root file system. Without sr_mod here /dev/sr0 appeared 17 s later,
+ * ds-identify found no seed and turned cloud-init off: the build boot sat at the login prompt
+ * (why an earlier list without it "made no progress"). The NIC and DRM load from the root.
+ *
+ * Debian's cloud kernel (linux-image-cloud-amd64, what its genericcloud images ship) is not used:
+ * it has no AHCI and no e1000 driver, so it boots neither from the smoke test's default SATA
+ * disk nor gets a network on QEMU's default x86 NIC; and its vmlinuz is larger (14 MB, more built
+ * in) than the generic kernel's 8 MB.
+ */
+export const INITRAMFS_MODULES = [
+  'virtio_pci',
+  'virtio_blk',
+  'virtio_scsi',
+  'ahci',
+  'ata_piix',
+  'nvme',
+  'sd_mod',
+  'sr_mod',
+  'ext4',
+];
+
+/**
+ * initramfs-tools settings (conf.d): only the modules above, compressed with zstd at level 19
+ * (default 9): 20 MB of files become 5.9 MB instead of 6.7 MB, and zstd decompresses as fast
+ * whatever the level, so the kernel unpacks it in the same time.
+ */
+const INITRAMFS_CONF = ['MODULES=list', 'COMPRESS=zstd', 'COMPRESSLEVEL=19'];
+
+// Rebuilds the initramfs unless it starts with zstd's magic (28 b5 2f fd).
+const ZSTD_OR_REBUILD =
+  'for f in "$1"/boot/initrd.img-*; do [ "$(od -An -tx1 -N4 "$f" | tr -d " ")" = 28b52ffd ] ' +
+  '|| chroot "$1" update-initramfs -u -k "${f##*/initrd.img-}"; done';
+
 /** Files written into the root file system after mmdebstrap; part of the recipe hash. */
 const FILES: Record<string, string> = {
-  '/etc/fstab': `LABEL=${ROOT_LABEL} / ext4 defaults,discard,errors=remount-ro 0 1\n`,
+  // /boot is the FAT partition the loaders read, as on an installed system: one copy of the
+  // kernel and initramfs (a second, never-read copy on the root was 14 MB of the compressed
+  // image), and an initramfs Debian's packages rebuild later is the one that boots.
+  '/etc/fstab':
+    `LABEL=${ROOT_LABEL} / ext4 defaults,discard,errors=remount-ro 0 1\n` +
+    `LABEL=${BOOT_LABEL} /boot vfat defaults,nofail,umask=0077 0 0\n`,
   '/etc/hostname': 'orb-debian\n',
   '/etc/hosts': '127.0.0.1 localhost\n127.0.1.1 orb-debian\n',
   // systemd-networkd brings up the first NIC with DHCP (QEMU's user network answers it).
@@ -148,7 +201,7 @@ async function writeBootPartition(root: string, fat: string, work: string): Prom
   const initrd = boot.filter((n) => n.startsWith('initrd.img-')).sort()[0];
   if (!kernel || !initrd)
     throw new OrbError('environment', `no kernel/initramfs in ${root}/boot after mmdebstrap`);
-  await exec('mkfs.fat', ['-C', '-h', '2048', '-n', 'ORBBOOT', fat, String(BOOT_MIB * 1024)]);
+  await exec('mkfs.fat', ['-C', '-h', '2048', '-n', BOOT_LABEL, fat, String(BOOT_MIB * 1024)]);
   // mtools' syslinux writes the boot sector and ldlinux.* into the image file, no mount.
   await exec('syslinux', ['--install', fat], { env: MTOOLS_ENV });
   const put = (src: string, dest: string) =>
@@ -160,20 +213,21 @@ async function writeBootPartition(root: string, fat: string, work: string): Prom
   await exec('mmd', ['-i', fat, '::/EFI', '::/EFI/BOOT', '::/loader', '::/loader/entries'], {
     env: MTOOLS_ENV,
   });
-  await put(join(root, 'boot', kernel), '/vmlinuz');
-  await put(join(root, 'boot', initrd), '/initrd.img');
+  // Everything Debian put in /boot moves to the partition mounted there (see /etc/fstab).
+  for (const n of boot) await put(join(root, 'boot', n), `/${n}`);
   await put(SYSTEMD_BOOT, '/EFI/BOOT/BOOTX64.EFI');
   await text(
     'syslinux.cfg',
-    `SERIAL 0 115200\nDEFAULT debian\nPROMPT 0\nTIMEOUT 0\nLABEL debian\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND ${CMDLINE}\n`,
+    `SERIAL 0 115200\nDEFAULT debian\nPROMPT 0\nTIMEOUT 0\nLABEL debian\n  LINUX /${kernel}\n  INITRD /${initrd}\n  APPEND ${CMDLINE}\n`,
     '/syslinux.cfg',
   );
   await text(
     'debian.conf',
-    `title Debian\nlinux /vmlinuz\ninitrd /initrd.img\noptions ${CMDLINE}\n`,
+    `title Debian\nlinux /${kernel}\ninitrd /${initrd}\noptions ${CMDLINE}\n`,
     '/loader/entries/debian.conf',
   );
   await text('loader.conf', 'default debian.conf\ntimeout 0\neditor no\n', '/loader/loader.conf');
+  for (const n of boot) await rm(join(root, 'boot', n), { recursive: true, force: true });
 }
 
 /** Certificate and key for xrdp, readable by the xrdp user (Debian runs xrdp unprivileged). */
@@ -222,6 +276,9 @@ export async function buildDebianImage(opts: DebianImageOptions = {}): Promise<s
     CMDLINE,
     FILES,
     MASKED,
+    INITRAMFS_MODULES,
+    INITRAMFS_CONF,
+    ZSTD_OR_REBUILD,
   };
   const say = opts.log ?? (() => undefined);
   for (const [cmd, pkg] of [
@@ -267,6 +324,12 @@ export async function buildDebianImage(opts: DebianImageOptions = {}): Promise<s
               `--include=${DEBIAN_INCLUDE.join(',')}`,
               ...PATH_EXCLUDES.map((p) => `--dpkgopt=path-exclude=${p}`),
               '--dpkgopt=path-include=/usr/share/locale/locale.alias',
+              // Before the kernel is installed, so its postinst builds the small initramfs once.
+              '--essential-hook=mkdir -p "$1"/etc/initramfs-tools/conf.d "$1"/usr/share/initramfs-tools/modules.d',
+              `--essential-hook=printf '%s\\n' ${INITRAMFS_CONF.join(' ')} > "$1"/etc/initramfs-tools/conf.d/orb.conf`,
+              `--essential-hook=printf '%s\\n' ${INITRAMFS_MODULES.join(' ')} > "$1"/usr/share/initramfs-tools/modules.d/orb`,
+              // apt may configure the kernel before zstd is unpacked; then build it again.
+              `--customize-hook=${ZSTD_OR_REBUILD}`,
               `--customize-hook=chroot "$1" systemctl enable systemd-networkd`,
               `--customize-hook=chroot "$1" systemctl mask ${MASKED.join(' ')}`,
               '--customize-hook=rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*',
@@ -318,6 +381,8 @@ export async function assembleDisk(
   img: string,
   work: string,
 ): Promise<{ totalMiB: number; usedMiB: number }> {
+  const fat = join(work, 'boot.fat');
+  await writeBootPartition(root, fat, work);
   const used = await duBytes(root);
   // Room for what cloud-init and provisioning add; the build grows the disk further.
   const rootMiB = Math.ceil((used * 1.25) / 2 ** 20) + 256;
@@ -328,8 +393,6 @@ export async function assembleDisk(
     `label: dos\nstart=2048, size=${BOOT_MIB * 2048}, type=ef, bootable\nstart=${(1 + BOOT_MIB) * 2048}, type=83\n`,
   );
   await exec('dd', [`if=${MBR_BIN}`, `of=${img}`, 'bs=440', 'count=1', 'conv=notrunc', 'status=none']);
-  const fat = join(work, 'boot.fat');
-  await writeBootPartition(root, fat, work);
   await exec('dd', [`if=${fat}`, `of=${img}`, 'bs=1M', 'seek=1', 'conv=notrunc,sparse', 'status=none']);
   await exec(
     'mke2fs',
