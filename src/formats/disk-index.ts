@@ -12,8 +12,8 @@ import zlib from 'node:zlib';
  */
 export const BLOCK_SHIFT = 15;
 export const BLOCK_SIZE = 1 << BLOCK_SHIFT;
-/** blocks per frame that writers use (256 KiB frames: docs/chunked-format.md, "Chosen parameters") */
-export const FRAME_BLOCKS = 8;
+/** blocks per frame that writers use (128 KiB frames: docs/chunked-format.md, "Chosen parameters") */
+export const FRAME_BLOCKS = 4;
 export const MAX_VIRTUAL_SIZE_V2 = 2 ** 44;
 export const MAX_PACKS = 1000;
 export const MAX_FRAMES = 2 ** 24;
