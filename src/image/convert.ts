@@ -34,7 +34,7 @@ export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
  * every store's object cap.
  */
 export const DEFAULT_PACK_SIZE = 1 << 30;
-/** smallest pack: a frame is at most ~256 KiB; smaller packs would only multiply layers */
+/** smallest pack: a frame is at most ~128 KiB; smaller packs would only multiply layers */
 export const MIN_PACK_SIZE = 1 << 20;
 export const DEFAULT_ZSTD_LEVEL = 3;
 export const DEFAULT_ZLIB_LEVEL = 6;

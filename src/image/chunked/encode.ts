@@ -20,7 +20,7 @@ import type { BaseImage } from './image.js';
  * scan loop hands units (a few MiB of disk, holes never read) to this sink. Per unit, a worker
  * tests every 32 KiB block for zeros and hashes it; the main thread then, in disk order, feeds the
  * content root, deduplicates (against earlier blocks of this disk and the bases' indexes) and cuts
- * runs of consecutive new blocks into frames of at most 8 blocks; a worker compresses those frames
+ * runs of consecutive new blocks into frames of at most FRAME_BLOCKS; a worker compresses those frames
  * and the main thread appends them to packs, again in disk order. Memory: the scan's slots, the
  * compressed frames of the units in flight, and ~60 bytes per non-zero block for the index.
  */
