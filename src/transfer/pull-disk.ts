@@ -4,8 +4,7 @@ import type { DiskIndex } from '../formats/disk-index.js';
 import { ownDigest, type FrameJob, type FramesReply } from './block-ops.js';
 import { RangeIgnored, readRange } from './range-read.js';
 import { fromBase } from './pull-from-base.js';
-import { planFetches, RANGE_CAP, type PackRange } from './pull-ranges.js';
-import { wholeRuns, type WholeRun } from './pull-whole.js';
+import { planFetches, type PackRange } from './pull-ranges.js';
 import { ByteBudget, runPool } from './pool.js';
 import { fetchWholePack } from './pull-pack.js';
 import type { DiskPullContext } from './pull-disk-context.js';
@@ -140,24 +139,18 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
   const budget = new ByteBudget(c.memoryBudget);
   let ignored = false;
   const fallback = new Map<number, number[]>();
-  /** `always`: the pack goes whole even without frames left in it (its digest is still owed) */
-  const toWhole = (r: PackRange, always = false) => {
-    if (!r.frames.length && !always) return;
+  const toWhole = (r: PackRange) => {
     const list = fallback.get(r.pack) ?? [];
     list.push(...r.frames);
     fallback.set(r.pack, list);
   };
-  // mostly needed packs: every byte, by consecutive ranges hashed in order (pull-whole.ts)
-  const runs = wholeRuns(idx, plan.whole, RANGE_CAP);
-  st.wholePacks = runs.length;
-  type Task = { range: PackRange; run?: WholeRun; piece?: number };
+  type Task = { range: PackRange } | { pack: number; frames: number[] };
   const tasks: Task[] = [
-    ...runs.flatMap((run) => run.pieces.map((range, piece) => ({ range, run, piece }))),
+    ...plan.whole.map((w) => ({ pack: w.pack, frames: w.frames })),
     ...plan.ranges.map((range) => ({ range })),
   ];
-  /** whole packs whose ranges did not hash to the pack's digest, checked again after the rest */
-  const mismatched: { pack: number; got: string }[] = [];
   const whole = async (pack: number, frames: number[]) => {
+    st.wholePacks++;
     await fetchWholePack({
       store: c.store,
       desc: c.packs[pack]!,
@@ -174,9 +167,10 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
   await runPool(
     tasks,
     c.concurrency,
-    async ({ range: r, run, piece }) => {
-      // a piece of a pack fetched whole goes with its pack when the store stops serving ranges
-      if (ignored || run?.digest.abandoned) return toWhole(r, run !== undefined);
+    async (t) => {
+      if ('pack' in t) return whole(t.pack, t.frames);
+      const r = t.range;
+      if (ignored) return toWhole(r);
       const len = r.end - r.start;
       const hold = Math.min(len, budget.capacity);
       await budget.acquire(hold);
@@ -193,21 +187,10 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
               `${c.store.describe()} ignores HTTP Range requests (${data.why}): fetching whole packs instead, each checked against its digest`,
             );
           ignored = true;
-          run?.digest.abandon();
-          return toWhole(r, run !== undefined);
-        }
-        if (run) {
-          // hashed before the bytes move to a worker thread
-          if (!(await run.digest.turn(piece!))) return toWhole(r, true);
-          const got = run.digest.feed(piece!, data);
-          if (got !== undefined && got !== c.packs[run.pack]!.digest)
-            mismatched.push({ pack: run.pack, got });
+          return toWhole(r);
         }
         st.ranges++;
         await decode(data, r.frames, r.start, true);
-      } catch (err) {
-        run?.digest.abandon();
-        throw err;
       } finally {
         budget.release(hold);
       }
@@ -215,27 +198,16 @@ export async function pullDisk(c: DiskPullContext): Promise<DiskPullStats> {
     c.signal,
   );
   // packs of a store that ignores Range: once each, whatever the ranges were
-  const planned = new Set(runs.map((r) => r.pack));
   await runPool(
     [...fallback.entries()],
     c.concurrency,
-    ([pack, frames]) => {
-      if (!planned.has(pack)) st.wholePacks++;
-      return whole(
+    ([pack, frames]) =>
+      whole(
         pack,
         frames.sort((a, b) => a - b),
-      );
-    },
+      ),
     c.signal,
   );
-  // Every block written was checked against its sha256; a pack whose bytes did not add up to
-  // its digest is fetched whole once more to tell a damaged transfer from a damaged store.
-  for (const { pack, got } of mismatched) {
-    c.log.warn(
-      `pack ${c.packs[pack]!.digest.slice(7, 19)}: the ranges received hash to ${got.slice(7, 19)}, not its digest; checking it again whole`,
-    );
-    await whole(pack, []);
-  }
   progress.add(unreported);
   progress.done();
   return st;

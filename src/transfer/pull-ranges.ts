@@ -4,8 +4,8 @@ import type { DiskIndex } from '../formats/disk-index.js';
  * Needed frames -> what to ask the store for (docs/chunked-format.md, "Pull planning"): frames of
  * one pack closer than `gap` bytes share a request (reading the gap costs less than a round trip),
  * a merged range stops growing at `cap` (work spreads over the parallel connections and a retry
- * repeats little), and a pack whose needed bytes are at least `whole` of it is fetched whole and
- * checked against its digest (pull-whole.ts: by consecutive ranges of `cap`, hashed in order).
+ * repeats little), and a pack whose needed bytes are at least `whole` of it is fetched whole, in
+ * one stream checked against its digest (pull-pack.ts).
  */
 export interface PackRange {
   pack: number;
@@ -30,10 +30,8 @@ export interface RangeOptions {
 }
 
 export const RANGE_GAP = 256 << 10;
-// Measured on a fresh pull of an 860 MB pack from a registry on loopback (2 cores): 8 MiB ranges,
-// 4 at a time, took 1 s less CPU than streaming the pack whole, with peak RSS about 400 MB; 32 MiB
-// ranges went past 540 MB. A 60 GB image is 7,200 requests on keep-alive connections: at a 50 ms
-// round trip over 4 connections that is 90 s of a transfer of hours.
+// Measured on an 860 MB pack from a registry on loopback (2 cores): 8 MiB ranges, 4 at a time,
+// at about 400 MB peak RSS; 32 MiB ranges went past 540 MB.
 export const RANGE_CAP = 8 << 20;
 export const WHOLE_PACK_SHARE = 0.75;
 

@@ -23,8 +23,7 @@ import { RegistryClient } from '../../src/oci/registry.js';
 import type { BlobStore } from '../../src/stores/store.js';
 import { publish } from '../../src/transfer/publish.js';
 import { pull } from '../../src/transfer/pull.js';
-import { planFetches, RANGE_CAP } from '../../src/transfer/pull-ranges.js';
-import { wholeRuns } from '../../src/transfer/pull-whole.js';
+import { planFetches } from '../../src/transfer/pull-ranges.js';
 import { defaultRetryPolicy } from '../../src/net/retry.js';
 import { pattern } from '../helpers/oci-images.js';
 import { pushV2, writeV2Image, writeV2Variant, type V2Image } from '../helpers/v2-images.js';
@@ -167,13 +166,12 @@ describe('v2 pull', () => {
     expect(readdirSync(dir).filter((f) => f.includes('.partial'))).toEqual([]);
   });
 
-  it('a fresh pull through a registry is byte-identical; packs come whole, by ranges', async () => {
+  it('a fresh pull through a registry is byte-identical; most packs come whole', async () => {
     const out = join(dir, 'reg.raw');
     const r = await pull(opts(registry('pv2/disk'), 'v2', out));
     expect(fileSha(out)).toBe(sum2);
     expect(r.contentDigest).toBe(v2.index.contentDigest);
-    expect(r.wholePacks).toBeGreaterThan(0);
-    expect(r.ranges).toBeGreaterThanOrEqual(r.wholePacks!);
+    expect(r.wholePacks! + r.ranges!).toBeGreaterThan(0);
   });
 
   it('--base with the earlier disk fetches only the changed blocks; moved content is copied', async () => {
@@ -212,15 +210,6 @@ describe('v2 pull', () => {
     const all = planFetches(idx, need);
     expect(all.whole.length).toBe(idx.packs.length);
     expect(all.ranges).toEqual([]);
-    // a whole pack is fetched as consecutive pieces cut at frame starts, covering every byte
-    const runs = wholeRuns(idx, all.whole, 64 << 10);
-    for (const run of runs) {
-      expect(run.pieces[0]!.start).toBe(0);
-      expect(run.pieces.at(-1)!.end).toBe(idx.packs[run.pack]!.size);
-      for (let k = 1; k < run.pieces.length; k++) expect(run.pieces[k]!.start).toBe(run.pieces[k - 1]!.end);
-      expect(run.pieces.every((p) => p.end - p.start <= Math.max(64 << 10, RANGE_CAP))).toBe(true);
-    }
-    expect(runs.flatMap((r) => r.pieces.flatMap((p) => p.frames)).length).toBe(idx.frameCount);
     // every other frame of pack 0: gaps under 256 KiB merge into one range
     const some = new Uint8Array(idx.frameCount);
     for (let f = 0; f < idx.frameCount; f++) if (idx.framePack[f] === 0 && f % 2 === 0) some[f] = 1;
