@@ -17,7 +17,7 @@
 // Bytes on the wire are counted by a small proxy in front of docker-registry on 127.0.0.1.
 // casync (64 KiB chunks) is measured beside it when installed. Needs root (the fixture mounts
 // ext4 through a loop device). Writes bench/results/chunked.json; exits 1 when a claim fails.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { availableParallelism, loadavg } from 'node:os';
@@ -25,7 +25,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const { RssSampler } = await import(join(root, 'lib/image/bench/rss.js'));
+const { timed } = await import(join(root, 'bench/timed.mjs'));
 // test helpers are TypeScript importing `./x.js`: map those to the .ts files (Node strips types)
 await import(join(root, 'lib/core/worker-ts-hook.js'));
 const { startRegistry } = await import(join(root, 'test/helpers/registry.ts'));
@@ -46,28 +46,6 @@ process.on('SIGINT', () => {
   process.exit(130);
 });
 
-function timed(cmd, args, opts = {}) {
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const child = spawn(cmd, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      shell: opts.shell ?? false,
-      env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '600000', ...(opts.env ?? {}) },
-    });
-    const rss = new RssSampler(child.pid, true, 50).start();
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      const peak = rss.stop();
-      if (code !== 0) reject(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${err.slice(-2000)}`));
-      else resolve({ seconds, peak, cpu: rss.cpuSeconds, out, err });
-    });
-  });
-}
 const orb = async (args, env) => {
   const r = await timed(process.execPath, [orbBin, ...args, '--json'], { env });
   // --json prints one JSON document (pretty-printed)
@@ -184,9 +162,10 @@ const pairs = async (a, b, rounds = 3) => {
   }
   return [keep(a.name, best[0]), keep(b.name, best[1])];
 };
-const best = async (name, fn, rounds = 2, warm = () => undefined) => {
+/** best of three runs of one command, each from a fresh state */
+const best = async (name, fn, warm) => {
   let b;
-  for (let i = 0; i < rounds; i++) {
+  for (let i = 0; i < 3; i++) {
     freshState(warm);
     const r = await fn();
     if (!b || r.seconds < b.seconds) b = r;
@@ -213,7 +192,7 @@ results.firstImageBytes = firstBytes;
 results.zstdBytes = statSync(zst).size;
 claim('first image size / zstd -3 -T0', firstBytes / statSync(zst).size, 1.03);
 claim('convert time / zstd -3 -T0 (4 GiB)', conv.seconds / zstd.seconds, 1.1);
-const convBig = await best('orb convert chunked (32 GiB sparse)', convertTo(Lbig, v1big), 3, readOnce(v1big));
+const convBig = await best('orb convert chunked (32 GiB sparse)', convertTo(Lbig, v1big), readOnce(v1big));
 claim('convert time 32 GiB sparse / 4 GiB', convBig.seconds / conv.seconds, 1.25);
 const digest1 = conv.json['content-digest'];
 if (!digest1?.startsWith('orb2:sha256:')) throw new Error(`convert reported no content digest: ${conv.out}`);
@@ -381,7 +360,6 @@ try {
       rmSync(outBig, { force: true });
       return orb(['pull', `oci://${direct('big')}`, '--output', outBig, ...insecure]);
     },
-    3,
     warmBig,
   );
   claim('pull time 32 GiB sparse / 4 GiB', pullBig.seconds / pull1.seconds, 1.25);

@@ -13,7 +13,7 @@
 // /usr, cached in .cache/bench/. Uses the built CLI (bin/orb.js -> dist/). Writes
 // bench/results/convert.json. Environment: ORB_BENCH_ROUNDS (default 2), ORB_BENCH_SPARSE_GIB
 // (default 64), ORB_BENCH_QUICK=1 (smaller image, for trying the script).
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   closeSync,
@@ -34,7 +34,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const { RssSampler } = await import(join(root, 'lib/image/bench/rss.js'));
+const { timed } = await import(join(root, 'bench/timed.mjs'));
 const MiB = 1 << 20;
 const GiB = 1 << 30;
 const QUICK = process.env.ORB_BENCH_QUICK === '1';
@@ -53,29 +53,6 @@ process.on('SIGINT', () => {
 
 const fmtB = (n) => (n >= GiB ? `${(n / GiB).toFixed(2)} GiB` : `${(n / MiB).toFixed(1)} MiB`);
 const log = (s) => process.stderr.write(s + '\n');
-
-/** Run a command, timing it and sampling the RSS of it and its children. */
-function timed(cmd, args) {
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const child = spawn(cmd, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '600000' },
-    });
-    const rss = new RssSampler(child.pid, true, 50).start();
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      const peak = rss.stop();
-      if (code !== 0) reject(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${err.slice(-1500)}`));
-      else resolve({ seconds, peak, cpu: rss.cpuSeconds, out, err });
-    });
-  });
-}
 
 const orb = (args) => timed(process.execPath, [orbBin, ...args]);
 const size = (p) => {

@@ -7,7 +7,6 @@
 //   downloaded when pulling it with --base, as fractions of the first publish / pull.
 // Run standalone (`node bench/oci.bench.mjs`, after `npm run build`) or through bench/run.mjs.
 // Environment: ORB_BENCH_OCI_MIB (image size, default 2048), ORB_BENCH_ROUNDS (default 3).
-import { spawn } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
 import {
   closeSync,
@@ -27,6 +26,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // test helpers are TypeScript importing `./x.js`: map those to the .ts files (Node strips types)
 await import(join(root, 'lib/core/worker-ts-hook.js'));
 const { startRegistry } = await import(join(root, 'test/helpers/registry.ts'));
+// `run` resolves with out, err and seconds (and peak RSS and CPU, unused here)
+const { timed: run } = await import(join(root, 'bench/timed.mjs'));
 
 const MiB = 1 << 20;
 const SIZE = Number(process.env.ORB_BENCH_OCI_MIB || 2048) * MiB;
@@ -77,27 +78,6 @@ async function buildLayout(dir, tag, image, base) {
     contentDigest: out['content-digest'],
     bytes: manifest.layers.reduce((a, l) => a + l.size, 0),
   };
-}
-
-function run(cmd, args) {
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const child = spawn(cmd, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, ORB_PROGRESS_INTERVAL_MS: '60000' },
-    });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      if (code !== 0)
-        reject(new Error(`${cmd} ${args.slice(0, 3).join(' ')} failed (${code}): ${err.slice(-800)}`));
-      else resolve({ out, err, seconds });
-    });
-  });
 }
 
 // orb's commands run in this process, exactly as the CLI runs them (same declarations, input

@@ -146,6 +146,15 @@ export async function pull(o: PullOptions): Promise<PullResult> {
     // bytes fetched and not yet decoded (ranges, whole-pack batches): peak memory under 512 MiB
     const memoryBudget =
       o.memoryBudget ?? Math.min(256 << 20, Math.max(128 << 20, o.concurrency * (16 << 20)));
+    // what a disk pull and a file pull take alike
+    const transfer = {
+      concurrency: o.concurrency,
+      retry: o.retry ?? defaultRetryPolicy(),
+      log,
+      progress: o.progress,
+      signal: o.signal,
+      memoryBudget,
+    };
     if (o.base) base = await openBase(o.base);
     let stats: {
       bytesDownloaded: number;
@@ -168,12 +177,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
         base,
         // --base naming the output device itself: a block found in place is already written
         inPlace: !!device && !!o.base && resolve(o.base) === out,
-        concurrency: o.concurrency,
-        retry: o.retry ?? defaultRetryPolicy(),
-        log,
-        progress: o.progress,
-        signal: o.signal,
-        memoryBudget,
+        ...transfer,
       });
       await pool.close();
       pool = undefined;
@@ -195,12 +199,7 @@ export async function pull(o: PullOptions): Promise<PullResult> {
         spoolDir,
         journal,
         base,
-        concurrency: o.concurrency,
-        retry: o.retry ?? defaultRetryPolicy(),
-        log,
-        progress: o.progress,
-        signal: o.signal,
-        memoryBudget,
+        ...transfer,
       });
       stats = { ...s, chunksDownloaded: s.partsDownloaded, chunksReused: s.partsReused };
     }
