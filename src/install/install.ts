@@ -363,8 +363,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       });
       started = true;
     }
-    const host =
-      o.bind === '0.0.0.0' || o.bind === '::' ? '127.0.0.1' : o.bind.includes(':') ? `[${o.bind}]` : o.bind;
+    const host = rdpHost(o.bind);
     return {
       dir,
       compose: composePath,
@@ -440,4 +439,10 @@ export async function prepareDockur(
       storageDir: './storage',
     },
   };
+}
+
+/** Where a client on this machine reaches the published RDP port bound to `bind`. */
+export function rdpHost(bind: string): string {
+  if (bind === '0.0.0.0' || bind === '::') return '127.0.0.1';
+  return bind.includes(':') ? `[${bind}]` : bind;
 }

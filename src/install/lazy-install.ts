@@ -9,7 +9,7 @@ import { writeCompose, type ComposeOptions, type OrbSidecar } from '../dockur/co
 import '../stores/schemes.js';
 import { readSmallBlob } from '../stores/layout.js';
 import { openStore, type OpenedStore } from '../stores/open.js';
-import { prepareDockur, type InstallOptions } from './install.js';
+import { prepareDockur, rdpHost, type InstallOptions } from './install.js';
 import { INSTALL_SCHEMA, readInstallState, type InstallResult, type InstallState } from './install-state.js';
 import {
   checkSocketPath,
@@ -217,8 +217,7 @@ export async function installLazy(o: InstallOptions & { lazy: LazyOptions }): Pr
       return result(bytesFetched, 'complete');
     };
     const result = (bytesFetched: number, lazy: 'complete' | 'serving'): InstallResult => {
-      const host =
-        o.bind === '0.0.0.0' || o.bind === '::' ? '127.0.0.1' : o.bind.includes(':') ? `[${o.bind}]` : o.bind;
+      const host = rdpHost(o.bind);
       return {
         dir,
         compose: composePath,
