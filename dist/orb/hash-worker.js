@@ -36,6 +36,59 @@ const external_node_fs_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import
 const external_node_worker_threads_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:worker_threads");
 ;// CONCATENATED MODULE: external "node:zlib"
 const external_node_zlib_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:zlib");
+;// CONCATENATED MODULE: ./lib/formats/zstd-decoder.js
+
+class ZstdFrameDecoder {
+    engine;
+    out = Buffer.alloc(0);
+    usable = true;
+    /** the largest window a frame may need (the caller also checks each header) */
+    windowLog;
+    // no parameter property: worker threads run from the sources in tests, under Node's type
+    // stripping, which does not take them
+    constructor(windowLog) {
+        this.windowLog = windowLog;
+    }
+    /**
+     * Decodes `frame` (exactly one whole frame) that must give exactly `want` bytes. The result
+     * is a view of a buffer the next call overwrites; undefined: use the one-shot path instead.
+     */
+    decode(frame, want) {
+        if (!this.usable)
+            return undefined;
+        const e = (this.engine ??= this.create());
+        const h = e._handle;
+        const state = e._writeState;
+        if (!h || typeof h.writeSync !== 'function' || !state || e._finishFlushFlag === undefined) {
+            this.usable = false; // this Node has another engine shape
+            return undefined;
+        }
+        // one byte more than wanted, so a frame that would give more cannot end on a full buffer
+        if (this.out.length < want + 1)
+            this.out = Buffer.allocUnsafe(want + 1);
+        try {
+            h.writeSync(e._finishFlushFlag, frame, 0, frame.length, this.out, 0, want + 1);
+        }
+        catch {
+            this.engine = undefined;
+            return undefined;
+        }
+        const got = want + 1 - state[0];
+        if (!e._handle || state[1] !== 0 || got !== want) {
+            this.engine = undefined;
+            return undefined;
+        }
+        return this.out.subarray(0, want);
+    }
+    create() {
+        const e = external_node_zlib_namespaceObject.createZstdDecompress({ params: { [external_node_zlib_namespaceObject.constants.ZSTD_d_windowLogMax]: this.windowLog } });
+        // a bad frame makes the engine emit 'error' on the next tick: already handled by returning
+        // undefined, so it must not become an uncaught exception
+        e.on('error', () => undefined);
+        return e;
+    }
+}
+
 ;// CONCATENATED MODULE: ./lib/formats/zstd-frame.js
 const MAGIC = 0xfd2fb528;
 /** undefined when `b` does not start with a zstd frame header. */
@@ -88,6 +141,7 @@ function zstdFrameContentSize(b) {
 
 
 
+
 /**
  * The work of a v2 pull that touches block bytes, run in worker threads (hash-worker.ts in
  * `blocks` mode) so decoding and hashing gigabytes never occupy the main thread:
@@ -109,13 +163,14 @@ function zstdFrameContentSize(b) {
 function ownDigest(idx, i) {
     return new Uint8Array(idx.digests.subarray(i * 32, i * 32 + 32));
 }
-const MAX_WINDOW = 8 << 20;
+const MAX_WINDOW_LOG = 23;
+const MAX_WINDOW = 2 ** MAX_WINDOW_LOG;
 /**
  * decodeFrame's rules (src/formats/disk-index-decode.ts), repeated because a worker thread run
  * from the sources (tests) cannot load disk-index.ts under Node's type stripping: the declared
  * content size must be blocks x block size, the window at most 8 MiB, the output capped.
  */
-function decodeFrameBytes(compressed, blocks, blockSize) {
+function decodeFrameBytes(compressed, blocks, blockSize, decoder) {
     const want = blocks * blockSize;
     const h = zstdFrameHeader(compressed);
     if (!h)
@@ -124,6 +179,10 @@ function decodeFrameBytes(compressed, blocks, blockSize) {
         throw new Error(`declares ${h.contentSize ?? 'no'} bytes, the index says ${want}`);
     if (h.windowSize > MAX_WINDOW)
         throw new Error(`needs a ${h.windowSize}-byte window`);
+    // the reused context; a frame it cannot decode whole is decoded again below for the error
+    const fast = decoder?.decode(compressed, want);
+    if (fast)
+        return fast;
     let out;
     try {
         // one output buffer of the declared size: no growing and joining of 16 KiB pieces
@@ -141,6 +200,7 @@ function createBlockOps(d) {
     const bases = new Map();
     const bs = d.blockSize;
     const block = Buffer.alloc(bs);
+    const decoder = new ZstdFrameDecoder(MAX_WINDOW_LOG);
     const write = (buf, offset) => {
         out ??= (0,external_node_fs_namespaceObject.openSync)(d.out, 'r+');
         const n = Math.min(buf.length, d.size - offset);
@@ -155,7 +215,7 @@ function createBlockOps(d) {
             try {
                 if (j.at < 0 || j.at + j.length > data.length)
                     throw new Error('lies outside the bytes received');
-                raw = decodeFrameBytes(data.subarray(j.at, j.at + j.length), j.blocks, bs);
+                raw = decodeFrameBytes(data.subarray(j.at, j.at + j.length), j.blocks, bs, decoder);
             }
             catch (e) {
                 bad.push({ f: j.f, why: e.message });
@@ -164,9 +224,7 @@ function createBlockOps(d) {
             // every slot verified before any is written: a bad frame leaves nothing behind
             let why;
             for (const s of j.slots) {
-                const got = (0,external_node_crypto_namespaceObject.createHash)('sha256')
-                    .update(raw.subarray(s.slot * bs, (s.slot + 1) * bs))
-                    .digest();
+                const got = (0,external_node_crypto_namespaceObject.hash)('sha256', raw.subarray(s.slot * bs, (s.slot + 1) * bs), 'buffer');
                 if (!got.equals(s.digest)) {
                     why = `block ${s.slot} has sha256 ${got.toString('hex').slice(0, 12)}, the index says ${Buffer.from(s.digest).toString('hex').slice(0, 12)}`;
                     break;
@@ -208,7 +266,7 @@ function createBlockOps(d) {
                     break;
                 got += r;
             }
-            const h = (0,external_node_crypto_namespaceObject.createHash)('sha256').update(block).digest();
+            const h = (0,external_node_crypto_namespaceObject.hash)('sha256', block, 'buffer');
             digests?.set(h, 32 * i);
             if (!h.equals(it.digest))
                 return;

@@ -12,6 +12,7 @@ import {
   signalExitCode,
 } from '../core/cleanup.js';
 import { findCommand } from '../commands/index.js';
+import { tuneGc } from '../core/gc.js';
 
 const actionsLogger: Logger = {
   info: (m) => core.info(redact(m)),
@@ -51,6 +52,7 @@ function setOutputs(cmd: CommandDef, outputs: Record<string, string | number | b
 
 /** The whole life of one action step: inputs, run, outputs, the job summary (written once), errors. */
 export async function runAction(name: string): Promise<void> {
+  tuneGc();
   onMask((s) => core.setSecret(s));
   // The runner cancels a job with SIGINT then SIGTERM: both abort this signal (see cleanup.ts).
   const command = commandSignal();

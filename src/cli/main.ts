@@ -13,6 +13,7 @@ import {
 } from '../core/cleanup.js';
 import { commands, findCommand } from '../commands/index.js';
 import { VERSION } from '../core/version.js';
+import { tuneGc } from '../core/gc.js';
 
 interface Parsed {
   raw: RawInputs;
@@ -162,6 +163,7 @@ function dotenvLine(key: string, value: string): string {
 }
 
 export async function runCli(argv: readonly string[] = process.argv.slice(2)): Promise<number> {
+  tuneGc();
   const log = new StderrLogger();
   // SIGINT/SIGTERM abort this signal; cleanup.ts forces the exit if the command does not return.
   const command = commandSignal();

@@ -1,6 +1,7 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import zlib from 'node:zlib';
+import { ZstdFrameDecoder } from '../formats/zstd-decoder.js';
 import { zstdFrameHeader } from '../formats/zstd-frame.js';
 
 /**
@@ -82,20 +83,29 @@ export interface BlockWorkerData {
   blockSize: number;
 }
 
-const MAX_WINDOW = 8 << 20;
+const MAX_WINDOW_LOG = 23;
+const MAX_WINDOW = 2 ** MAX_WINDOW_LOG;
 
 /**
  * decodeFrame's rules (src/formats/disk-index-decode.ts), repeated because a worker thread run
  * from the sources (tests) cannot load disk-index.ts under Node's type stripping: the declared
  * content size must be blocks x block size, the window at most 8 MiB, the output capped.
  */
-export function decodeFrameBytes(compressed: Uint8Array, blocks: number, blockSize: number): Buffer {
+export function decodeFrameBytes(
+  compressed: Uint8Array,
+  blocks: number,
+  blockSize: number,
+  decoder?: ZstdFrameDecoder,
+): Buffer {
   const want = blocks * blockSize;
   const h = zstdFrameHeader(compressed);
   if (!h) throw new Error('is not a zstd frame');
   if (h.contentSize !== want)
     throw new Error(`declares ${h.contentSize ?? 'no'} bytes, the index says ${want}`);
   if (h.windowSize > MAX_WINDOW) throw new Error(`needs a ${h.windowSize}-byte window`);
+  // the reused context; a frame it cannot decode whole is decoded again below for the error
+  const fast = decoder?.decode(compressed, want);
+  if (fast) return fast;
   let out: Buffer;
   try {
     // one output buffer of the declared size: no growing and joining of 16 KiB pieces
@@ -112,6 +122,7 @@ export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockRepl
   const bases = new Map<string, number>();
   const bs = d.blockSize;
   const block = Buffer.alloc(bs);
+  const decoder = new ZstdFrameDecoder(MAX_WINDOW_LOG);
 
   const write = (buf: Uint8Array, offset: number) => {
     out ??= openSync(d.out, 'r+');
@@ -126,7 +137,7 @@ export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockRepl
       let raw: Buffer;
       try {
         if (j.at < 0 || j.at + j.length > data.length) throw new Error('lies outside the bytes received');
-        raw = decodeFrameBytes(data.subarray(j.at, j.at + j.length), j.blocks, bs);
+        raw = decodeFrameBytes(data.subarray(j.at, j.at + j.length), j.blocks, bs, decoder);
       } catch (e) {
         bad.push({ f: j.f, why: (e as Error).message });
         continue;
@@ -134,9 +145,7 @@ export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockRepl
       // every slot verified before any is written: a bad frame leaves nothing behind
       let why: string | undefined;
       for (const s of j.slots) {
-        const got = createHash('sha256')
-          .update(raw.subarray(s.slot * bs, (s.slot + 1) * bs))
-          .digest();
+        const got = hash('sha256', raw.subarray(s.slot * bs, (s.slot + 1) * bs), 'buffer');
         if (!got.equals(s.digest)) {
           why = `block ${s.slot} has sha256 ${got.toString('hex').slice(0, 12)}, the index says ${Buffer.from(s.digest).toString('hex').slice(0, 12)}`;
           break;
@@ -174,7 +183,7 @@ export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockRepl
         if (r === 0) break;
         got += r;
       }
-      const h = createHash('sha256').update(block).digest();
+      const h = hash('sha256', block, 'buffer');
       digests?.set(h, 32 * i);
       if (!h.equals(it.digest)) return;
       matched[i] = 1;
