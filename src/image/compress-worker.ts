@@ -1,9 +1,10 @@
-import { createHash } from 'node:crypto';
+import { createHash, hash as sha256Of } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
 import zlib from 'node:zlib';
+import { ZstdFrameEncoder } from '../formats/zstd-context.js';
 import { zstdFrameHeader } from '../formats/zstd-frame.js';
 
 /**
@@ -83,6 +84,8 @@ function zstd(buf: Buffer, level: number): Buffer {
   });
 }
 
+const sha256 = (b: Uint8Array): Buffer => sha256Of('sha256', b, 'buffer');
+
 function view(m: TaskMessage): Buffer {
   return Buffer.from(m.sab, m.off, m.len);
 }
@@ -116,6 +119,9 @@ function blockOf(buf: Buffer, i: number, bs: number): Buffer {
 /** One task per worker at a time; the running hash is the thread's state. */
 export function makeTasks(): Record<string, (m: TaskMessage) => Result> {
   let hash = createHash('sha256');
+  // one compression context per level and one output buffer, reused task after task
+  const encoders: Record<number, ZstdFrameEncoder> = {};
+  let scratch = Buffer.alloc(0);
   return {
     blocks(m) {
       const buf = view(m);
@@ -125,14 +131,17 @@ export function makeTasks(): Record<string, (m: TaskMessage) => Result> {
       for (let i = 0; i < n; i++) {
         const b = blockOf(buf, i, m.block);
         if (isZero(b)) zero[i] = 1;
-        else digests.set(createHash('sha256').update(b).digest(), i * 32);
+        else digests.set(sha256(b), i * 32);
       }
       return { zero, digests, transfer: [zero.buffer, digests.buffer] };
     },
     frames(m) {
       const buf = view(m);
       const lengths = new Uint32Array(m.runs.length / 2);
-      const parts: Buffer[] = [];
+      let room = 0;
+      for (let r = 0; r < lengths.length; r++) room += ZstdFrameEncoder.bound(m.runs[2 * r + 1]! * m.block);
+      if (scratch.length < room) scratch = Buffer.allocUnsafe(room);
+      const enc = (encoders[m.level] ??= new ZstdFrameEncoder(m.level));
       let total = 0;
       for (let r = 0; r < lengths.length; r++) {
         const first = m.runs[2 * r]!;
@@ -144,12 +153,19 @@ export function makeTasks(): Record<string, (m: TaskMessage) => Result> {
           plain.copy(pad);
           plain = pad;
         }
-        const z = zstd(plain, m.level);
-        lengths[r] = z.length;
-        parts.push(z);
-        total += z.length;
+        // frames go one after another into the thread's scratch buffer, the task's result is
+        // one exact copy of them
+        let n = enc.encode(plain, scratch, total);
+        if (n === undefined) {
+          const z = zstd(plain, m.level);
+          scratch.set(z, total);
+          n = z.length;
+        }
+        lengths[r] = n;
+        total += n;
       }
-      const data = joined(parts, total);
+      const data = new Uint8Array(total);
+      data.set(scratch.subarray(0, total));
       return { lengths, data, transfer: [lengths.buffer, data.buffer] };
     },
     unframe(m) {
@@ -168,12 +184,7 @@ export function makeTasks(): Record<string, (m: TaskMessage) => Result> {
       if (plain.length !== want) return { bad: `decompressed to ${plain.length} bytes` };
       const digests = new Uint8Array(m.blocks * 32);
       for (let i = 0; i < m.blocks; i++)
-        digests.set(
-          createHash('sha256')
-            .update(plain.subarray(i * m.block, (i + 1) * m.block))
-            .digest(),
-          i * 32,
-        );
+        digests.set(sha256(plain.subarray(i * m.block, (i + 1) * m.block)), i * 32);
       const data = asTransfer(plain);
       return { data, digests, transfer: [data.buffer, digests.buffer] };
     },

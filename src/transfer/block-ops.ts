@@ -1,7 +1,7 @@
 import { hash } from 'node:crypto';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import zlib from 'node:zlib';
-import { ZstdFrameDecoder } from '../formats/zstd-decoder.js';
+import { ZstdFrameDecoder } from '../formats/zstd-context.js';
 import { zstdFrameHeader } from '../formats/zstd-frame.js';
 
 /**
