@@ -127,7 +127,10 @@ const keep = (name, r) => {
 // Each side of a ratio starts from the same state: earlier outputs written back, the page cache
 // emptied (as root: reclaiming gigabytes of cached files is otherwise charged to whichever side
 // allocates next; it moved both sides' system time by 2-5 s between runs), then its input read
-// once so it comes from memory. Best of three, in alternating order.
+// once so it comes from memory. Best of ROUNDS, in alternating order: this 2-core VM has phases
+// of minutes in which the same run takes 20-40% longer (page-cache copies slow down), and five
+// rounds let both sides of a ratio meet a quiet phase.
+const ROUNDS = 5;
 const settle = () => execFileSync('sync');
 const distFiles = readdirSync(join(root, 'dist/orb'))
   .filter((f) => f.endsWith('.js'))
@@ -150,7 +153,7 @@ const readOnce =
   () =>
     execFileSync('cat', files, { stdio: ['ignore', 'ignore', 'ignore'] });
 /** best of `rounds` of each side, alternating which goes first */
-const pairs = async (a, b, rounds = 3) => {
+const pairs = async (a, b, rounds = ROUNDS) => {
   const best = [undefined, undefined];
   for (let round = 0; round < rounds; round++) {
     for (const k of round % 2 ? [1, 0] : [0, 1]) {
@@ -162,10 +165,10 @@ const pairs = async (a, b, rounds = 3) => {
   }
   return [keep(a.name, best[0]), keep(b.name, best[1])];
 };
-/** best of three runs of one command, each from a fresh state */
+/** best of ROUNDS runs of one command, each from a fresh state */
 const best = async (name, fn, warm) => {
   let b;
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < ROUNDS; i++) {
     freshState(warm);
     const r = await fn();
     if (!b || r.seconds < b.seconds) b = r;

@@ -14,7 +14,47 @@ function rssOf(pid: number): number {
   }
 }
 
+/**
+ * Children of `pid` from /proc/PID/task/TID/children: a few small reads per sample instead of
+ * reading every process's stat (which cost the sampler ~4% of a core at 50 ms, taken from the
+ * measured side on a 2-core machine). undefined when the kernel lacks those files.
+ */
+function childrenOf(pid: number): number[] | undefined {
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return [];
+  }
+  const out: number[] = [];
+  for (const t of tasks) {
+    let list: string;
+    try {
+      list = readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT' && t === String(pid)) return undefined;
+      continue; // the thread ended meanwhile
+    }
+    for (const c of list.split(' ')) if (c.trim()) out.push(Number(c));
+  }
+  return out;
+}
+
 function descendants(root: number): number[] {
+  const direct = childrenOf(root);
+  if (!direct) return scanDescendants(root);
+  const out: number[] = [];
+  const stack = [...direct];
+  while (stack.length) {
+    const p = stack.pop()!;
+    out.push(p);
+    stack.push(...(childrenOf(p) ?? []));
+  }
+  return out;
+}
+
+/** The same from every process's stat, for kernels without the children files. */
+function scanDescendants(root: number): number[] {
   const children = new Map<number, number[]>();
   let entries: string[];
   try {
