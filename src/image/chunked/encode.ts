@@ -109,15 +109,8 @@ export class ChunkedSink implements UnitSink {
       const table = new DigestTable((i) => idx.digests.subarray(i * 32, i * 32 + 32), idx.entryCount);
       for (let i = 0; i < idx.entryCount; i++) table.add(i);
       const repack = decideRepack(idx, o.repack ?? false);
-      if (repack.reason && !b.layout)
-        // the packs to rewrite are not here; fetching their frames by Range is not built
-        throw new OrbError(
-          'usage',
-          `base ${b.display}: ${repack.reason}, but its packs are in the store, not local`,
-          {
-            hint: 'pull the base into a layout (orb pull REF --output DIR --format chunked) and give that layout as --base, or convert without --base',
-          },
-        );
+      // a published base repacks too: the blocks of the packs it drops are compressed again from
+      // the new disk's own bytes, so none of the base's packs is read
       if (repack.reason) this.repackReasons.push(`${b.display}: ${repack.reason}`);
       this.bases.push({ idx, table, first, repack });
       first += idx.frameCount;
