@@ -1,5 +1,4 @@
-import { constants } from 'node:fs';
-import { access, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { trackPath } from '../core/cleanup.js';
@@ -119,6 +118,27 @@ export interface ProbeOptions {
 }
 
 /**
+ * Why this process cannot use the KVM device, or undefined when it can open it read-write. Opens
+ * the device as QEMU will (effective ids, as open(2) checks them) rather than asking access(2),
+ * which answers for the real user.
+ */
+export async function kvmDeviceProblem(dev: string): Promise<string | undefined> {
+  if (!(await stat(dev).catch(() => undefined))) {
+    return `${dev} does not exist: this machine offers no hardware virtualization (enable VT-x/AMD-V, or nested virtualization for a VM runner)`;
+  }
+  try {
+    await (await open(dev, 'r+')).close();
+    return undefined;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EPERM') {
+      return `no permission to open ${dev} as ${process.env.USER ?? 'this user'}: add the user to the 'kvm' group or install a udev rule giving ${dev} mode 0666 (setup-qemu does this on GitHub-hosted runners)`;
+    }
+    return `${dev} cannot be opened (${code ?? String(e)}): KVM is not usable here`;
+  }
+}
+
+/**
  * Decides between KVM and TCG by evidence, not by the presence of /dev/kvm: nested
  * virtualization can expose a device whose guests crawl or never reach long mode.
  */
@@ -126,22 +146,8 @@ export async function probeAccelerator(opts: ProbeOptions): Promise<AccelDecisio
   const dev = opts.kvmDevice ?? '/dev/kvm';
   const timeoutMs = opts.timeoutMs ?? 12_000;
   const tcg = await bootProbe(opts.qemu, 'tcg', Math.max(timeoutMs, 10_000), opts.signal);
-  if (!(await stat(dev).catch(() => undefined))) {
-    return {
-      accelerator: 'tcg',
-      tcg,
-      reason: `${dev} does not exist: this machine offers no hardware virtualization (enable VT-x/AMD-V, or nested virtualization for a VM runner)`,
-    };
-  }
-  try {
-    await access(dev, constants.R_OK | constants.W_OK);
-  } catch {
-    return {
-      accelerator: 'tcg',
-      tcg,
-      reason: `no permission to open ${dev} as ${process.env.USER ?? 'this user'}: add the user to the 'kvm' group or install a udev rule giving ${dev} mode 0666 (setup-qemu does this on GitHub-hosted runners)`,
-    };
-  }
+  const problem = await kvmDeviceProblem(dev);
+  if (problem) return { accelerator: 'tcg', tcg, reason: problem };
   const kvm = await bootProbe(opts.qemu, 'kvm', timeoutMs, opts.signal);
   if (!kvm.ok) {
     const where = kvm.started

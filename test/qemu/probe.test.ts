@@ -1,9 +1,9 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { bootProbe, probeAccelerator, probeBootSector } from '../../src/qemu/probe.js';
+import { bootProbe, kvmDeviceProblem, probeAccelerator, probeBootSector } from '../../src/qemu/probe.js';
 import { which } from '../../src/core/proc.js';
 import { orb, ROOT } from '../helpers/cli.js';
 
@@ -39,13 +39,27 @@ describe('KVM probe', () => {
     const none = await probeAccelerator({ qemu, kvmDevice: '/nonexistent/kvm' });
     expect(none.accelerator).toBe('tcg');
     expect(none.reason).toMatch(/does not exist/);
+  });
+
+  it('says when the device is there but this user may not open it', async () => {
+    // A device file with mode 0000 stands in for a /dev/kvm without permission. Root bypasses
+    // file modes, so as root the check runs with the effective user 'nobody' (open(2) checks
+    // effective ids) and switches back.
     const dir = mkdtempSync(join(tmpdir(), 'orb-kvm-'));
-    // A file we may not open stands in for a /dev/kvm without permission (root bypasses modes, so use a directory).
-    const noPerm = await probeAccelerator({
-      qemu,
-      kvmDevice: process.getuid?.() === 0 ? '/proc/1/mem' : dir,
-    });
-    expect(noPerm.accelerator).toBe('tcg');
+    chmodSync(dir, 0o755);
+    const dev = join(dir, 'kvm');
+    writeFileSync(dev, '');
+    chmodSync(dev, 0);
+    const asRoot = process.getuid?.() === 0;
+    if (asRoot) process.seteuid!(65534);
+    let problem: string | undefined;
+    try {
+      problem = await kvmDeviceProblem(dev);
+    } finally {
+      if (asRoot) process.seteuid!(0);
+    }
+    expect(problem).toMatch(/^no permission to open .*kvm.*'kvm' group/);
+    expect(await kvmDeviceProblem(dir)).toMatch(/cannot be opened \(EISDIR\)/);
   });
 
   it('decides on this machine within 30 s and explains a tcg decision', async () => {
