@@ -46,9 +46,10 @@ export class ZstdFrameDecoder {
 
   /**
    * Decodes `frame` (exactly one whole frame) that must give exactly `want` bytes. The result
-   * is a view of a buffer the next call overwrites; undefined: use the one-shot path instead.
+   * is a view of a buffer the next call overwrites, or of `into` from `at` when given (it needs
+   * room for `want + 1` bytes there); undefined: use the one-shot path instead.
    */
-  decode(frame: Uint8Array, want: number): Buffer | undefined {
+  decode(frame: Uint8Array, want: number, into?: Buffer, at = 0): Buffer | undefined {
     if (!this.usable) return undefined;
     const e = (this.engine ??= this.create());
     const h = e._handle;
@@ -58,9 +59,14 @@ export class ZstdFrameDecoder {
       return undefined;
     }
     // one byte more than wanted, so a frame that would give more cannot end on a full buffer
-    if (this.out.length < want + 1) this.out = Buffer.allocUnsafe(want + 1);
+    let out = into;
+    if (!out || out.length < at + want + 1) {
+      if (this.out.length < want + 1) this.out = Buffer.allocUnsafe(want + 1);
+      out = this.out;
+      at = 0;
+    }
     try {
-      h.writeSync(e._finishFlushFlag, frame, 0, frame.length, this.out, 0, want + 1);
+      h.writeSync(e._finishFlushFlag, frame, 0, frame.length, out, at, want + 1);
     } catch {
       this.engine = undefined;
       return undefined;
@@ -70,7 +76,7 @@ export class ZstdFrameDecoder {
       this.engine = undefined;
       return undefined;
     }
-    return this.out.subarray(0, want);
+    return out.subarray(at, at + want);
   }
 
   private create(): ZstdEngine {

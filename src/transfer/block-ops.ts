@@ -1,8 +1,9 @@
 import { hash } from 'node:crypto';
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import zlib from 'node:zlib';
 import { ZstdFrameDecoder } from '../formats/zstd-context.js';
 import { zstdFrameHeader } from '../formats/zstd-frame.js';
+import { RunWriter } from './run-writer.js';
 
 /**
  * The work of a v2 pull that touches block bytes, run in worker threads (hash-worker.ts in
@@ -81,7 +82,12 @@ export interface BlockWorkerData {
   /** disk size: the last block is clipped to it */
   size: number;
   blockSize: number;
+  /** one Int32 in shared memory: the threads of one pull take turns writing the output */
+  writeLock?: Int32Array;
 }
+
+/** verified blocks gathered for one turn of writing (per thread) */
+const TURN_BYTES = 16 << 20;
 
 const MAX_WINDOW_LOG = 23;
 const MAX_WINDOW = 2 ** MAX_WINDOW_LOG;
@@ -96,6 +102,8 @@ export function decodeFrameBytes(
   blocks: number,
   blockSize: number,
   decoder?: ZstdFrameDecoder,
+  into?: Buffer,
+  at = 0,
 ): Buffer {
   const want = blocks * blockSize;
   const h = zstdFrameHeader(compressed);
@@ -104,7 +112,7 @@ export function decodeFrameBytes(
     throw new Error(`declares ${h.contentSize ?? 'no'} bytes, the index says ${want}`);
   if (h.windowSize > MAX_WINDOW) throw new Error(`needs a ${h.windowSize}-byte window`);
   // the reused context; a frame it cannot decode whole is decoded again below for the error
-  const fast = decoder?.decode(compressed, want);
+  const fast = decoder?.decode(compressed, want, into, at);
   if (fast) return fast;
   let out: Buffer;
   try {
@@ -118,54 +126,68 @@ export function decodeFrameBytes(
 }
 
 export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockReply; close(): void } {
-  let out: number | undefined;
   const bases = new Map<string, number>();
   const bs = d.blockSize;
-  const block = Buffer.alloc(bs);
   const decoder = new ZstdFrameDecoder(MAX_WINDOW_LOG);
-
-  const write = (buf: Uint8Array, offset: number) => {
-    out ??= openSync(d.out, 'r+');
-    const n = Math.min(buf.length, d.size - offset);
-    for (let done = 0; done < n;) done += writeSync(out, buf, done, n - done, offset + done);
+  const writer = new RunWriter(d.out, d.size, d.writeLock);
+  // verified blocks wait here for one turn of writing; grown only for a frame larger than it
+  let turn = Buffer.allocUnsafe(TURN_BYTES + 1);
+  let used = 0;
+  /** room for `n` more bytes (and the decoder's spare byte), writing out what waits if needed */
+  const room = (n: number) => {
+    if (used + n + 1 <= turn.length) return;
+    writer.flush(turn);
+    used = 0;
+    if (n + 1 > turn.length) turn = Buffer.allocUnsafe(n + 1);
+  };
+  const endTurn = () => {
+    writer.flush(turn);
+    used = 0;
   };
 
   const frames = (data: Uint8Array, jobs: FrameJob[]): BlockReply => {
     const bad: { f: number; why: string }[] = [];
     let blocks = 0;
-    for (const j of jobs) {
-      let raw: Buffer;
-      try {
-        if (j.at < 0 || j.at + j.length > data.length) throw new Error('lies outside the bytes received');
-        raw = decodeFrameBytes(data.subarray(j.at, j.at + j.length), j.blocks, bs, decoder);
-      } catch (e) {
-        bad.push({ f: j.f, why: (e as Error).message });
-        continue;
-      }
-      // every slot verified before any is written: a bad frame leaves nothing behind
-      let why: string | undefined;
-      for (const s of j.slots) {
-        const got = hash('sha256', raw.subarray(s.slot * bs, (s.slot + 1) * bs), 'buffer');
-        if (!got.equals(s.digest)) {
-          why = `block ${s.slot} has sha256 ${got.toString('hex').slice(0, 12)}, the index says ${Buffer.from(s.digest).toString('hex').slice(0, 12)}`;
-          break;
+    try {
+      for (const j of jobs) {
+        let raw: Buffer;
+        const want = j.blocks * bs;
+        try {
+          if (j.at < 0 || j.at + j.length > data.length) throw new Error('lies outside the bytes received');
+          // the index allows at most 1 MiB per frame; this thread cannot load its rules, so bound it here too
+          if (!Number.isSafeInteger(want) || want <= 0 || want > MAX_WINDOW)
+            throw new Error(`holds ${j.blocks} blocks`);
+          room(want);
+          raw = decodeFrameBytes(data.subarray(j.at, j.at + j.length), j.blocks, bs, decoder, turn, used);
+        } catch (e) {
+          bad.push({ f: j.f, why: (e as Error).message });
+          continue;
         }
+        // the one-shot fallback decodes elsewhere
+        if (raw.buffer !== turn.buffer || raw.byteOffset !== turn.byteOffset + used) turn.set(raw, used);
+        // every slot verified before any is queued: a bad frame leaves nothing behind
+        let why: string | undefined;
+        for (const s of j.slots) {
+          const got = hash('sha256', turn.subarray(used + s.slot * bs, used + (s.slot + 1) * bs), 'buffer');
+          if (!got.equals(s.digest)) {
+            why = `block ${s.slot} has sha256 ${got.toString('hex').slice(0, 12)}, the index says ${Buffer.from(s.digest).toString('hex').slice(0, 12)}`;
+            break;
+          }
+        }
+        if (why) {
+          bad.push({ f: j.f, why });
+          continue;
+        }
+        // in disk order, so the writer merges a frame's run of the disk (and the next frame's)
+        const w: [offset: number, slot: number][] = [];
+        for (const s of j.slots) for (const o of s.offsets) w.push([o, s.slot]);
+        w.sort((a, b) => a[0] - b[0]);
+        for (const [o, slot] of w) writer.add(o, used + slot * bs, bs);
+        blocks += w.length;
+        used += want;
       }
-      if (why) {
-        bad.push({ f: j.f, why });
-        continue;
-      }
-      // consecutive slots going to consecutive offsets (a frame is a run of the disk) in one write
-      const w: [offset: number, slot: number][] = [];
-      for (const s of j.slots) for (const o of s.offsets) w.push([o, s.slot]);
-      w.sort((a, b) => a[0] - b[0]);
-      for (let k = 0; k < w.length;) {
-        let e = k + 1;
-        while (e < w.length && w[e]![0] === w[e - 1]![0] + bs && w[e]![1] === w[e - 1]![1] + 1) e++;
-        write(raw.subarray(w[k]![1] * bs, (w[e - 1]![1] + 1) * bs), w[k]![0]);
-        k = e;
-      }
-      blocks += w.length;
+    } finally {
+      endTurn();
     }
     return { op: 'frames', bad, blocks };
   };
@@ -175,29 +197,36 @@ export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockRepl
     if (fd === undefined) bases.set(m.path, (fd = openSync(m.path, 'r')));
     const matched = new Uint8Array(m.items.length);
     const digests = m.collect ? new Uint8Array(32 * m.items.length) : undefined;
-    m.items.forEach((it, i) => {
-      block.fill(0);
-      const n = Math.max(0, Math.min(bs, m.size - it.src));
-      for (let got = 0; got < n;) {
-        const r = readSync(fd, block, got, n - got, it.src + got);
-        if (r === 0) break;
-        got += r;
-      }
-      const h = hash('sha256', block, 'buffer');
-      digests?.set(h, 32 * i);
-      if (!h.equals(it.digest)) return;
-      matched[i] = 1;
-      if (m.write) for (const o of it.dst) write(block, o);
-    });
+    try {
+      m.items.forEach((it, i) => {
+        room(bs);
+        const block = turn.subarray(used, used + bs);
+        block.fill(0);
+        const n = Math.max(0, Math.min(bs, m.size - it.src));
+        for (let got = 0; got < n;) {
+          const r = readSync(fd, block, got, n - got, it.src + got);
+          if (r === 0) break;
+          got += r;
+        }
+        const h = hash('sha256', block, 'buffer');
+        digests?.set(h, 32 * i);
+        if (!h.equals(it.digest)) return;
+        matched[i] = 1;
+        if (!m.write) return;
+        for (const o of it.dst) writer.add(o, used, bs);
+        used += bs;
+      });
+    } finally {
+      endTurn();
+    }
     return { op: 'base', matched, ...(digests ? { digests } : {}) };
   };
 
   return {
     run: (m) => (m.op === 'frames' ? frames(m.data, m.frames) : base(m)),
     close: () => {
-      if (out !== undefined) closeSync(out);
+      writer.close();
       for (const fd of bases.values()) closeSync(fd);
-      out = undefined;
       bases.clear();
     },
   };

@@ -18,10 +18,14 @@ export class BlockPool {
   /** the output the threads write */
   readonly outPath: string;
 
-  constructor(data: Omit<BlockWorkerData, 'mode'>, threads = defaultThreads()) {
+  constructor(data: Omit<BlockWorkerData, 'mode' | 'writeLock'>, threads = defaultThreads()) {
     this.outPath = data.out;
+    // the threads take turns writing the output (run-writer.ts says why)
+    const writeLock = new Int32Array(new SharedArrayBuffer(4));
     for (let i = 0; i < threads; i++) {
-      const w = startWorker('./hash-worker.js', import.meta.url, { workerData: { mode: 'blocks', ...data } });
+      const w = startWorker('./hash-worker.js', import.meta.url, {
+        workerData: { mode: 'blocks', ...data, writeLock },
+      });
       const slot = { w, busy: 0 };
       w.on('message', (msg: { id?: number; r?: BlockReply; error?: string }) => {
         if (msg.id === undefined) return;
