@@ -31,7 +31,7 @@ import { startRegistry, type Registry } from '../helpers/registry.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
 
 /**
- * The v2 pull engine end to end (docs/chunked-format-v2.md, "Pull planning"): exact bytes back
+ * The v2 pull engine end to end (docs/chunked-format.md, "Pull planning"): exact bytes back
  * from a layout and a registry, only the changed blocks fetched with a base, adjacent frames in
  * one request, stores that ignore Range, resumption, and hostile packs.
  */
