@@ -224,7 +224,7 @@ const PIECE = 32 << 10;
  */
 class RunWriter {
     fd;
-    /** queued writes: disk offset, offset in the caller's buffer, length */
+    /** queued pieces: disk offset, offset in the caller's buffer, length */
     runs = [];
     path;
     size;
@@ -239,12 +239,7 @@ class RunWriter {
     }
     /** Queues `length` bytes at `from` in the buffer the next `flush` gets, for disk offset `at`. */
     add(at, from, length) {
-        const r = this.runs;
-        const n = r.length;
-        if (n > 0 && r[n - 3] + r[n - 1] === at && r[n - 2] + r[n - 1] === from)
-            r[n - 1] += length;
-        else
-            r.push(at, from, length);
+        this.runs.push(at, from, length);
     }
     /** Writes the queued pieces of `buf` in one turn and forgets them. */
     flush(buf) {
@@ -358,21 +353,18 @@ function createBlockOps(d) {
     const bs = d.blockSize;
     const decoder = new ZstdFrameDecoder(MAX_WINDOW_LOG);
     const writer = new RunWriter(d.out, d.size, d.writeLock);
-    // verified blocks wait here for one turn of writing; grown only for a frame larger than it
-    let turn = Buffer.allocUnsafe(TURN_BYTES + 1);
+    // verified blocks wait here for one turn of writing; a frame (at most 8 MiB, checked below) and
+    // a block (at most 1 MiB, the index's rule) always fit
+    const turn = Buffer.allocUnsafe(TURN_BYTES + 1);
     let used = 0;
-    /** room for `n` more bytes (and the decoder's spare byte), writing out what waits if needed */
-    const room = (n) => {
-        if (used + n + 1 <= turn.length)
-            return;
-        writer.flush(turn);
-        used = 0;
-        if (n + 1 > turn.length)
-            turn = Buffer.allocUnsafe(n + 1);
-    };
     const endTurn = () => {
         writer.flush(turn);
         used = 0;
+    };
+    /** room for `n` more bytes and the decoder's spare byte: ends the turn when it is full */
+    const room = (n) => {
+        if (used + n + 1 > turn.length)
+            endTurn();
     };
     const frames = (data, jobs) => {
         const bad = [];
@@ -410,15 +402,11 @@ function createBlockOps(d) {
                     bad.push({ f: j.f, why });
                     continue;
                 }
-                // in disk order, so the writer merges a frame's run of the disk (and the next frame's)
-                const w = [];
-                for (const s of j.slots)
+                for (const s of j.slots) {
                     for (const o of s.offsets)
-                        w.push([o, s.slot]);
-                w.sort((a, b) => a[0] - b[0]);
-                for (const [o, slot] of w)
-                    writer.add(o, used + slot * bs, bs);
-                blocks += w.length;
+                        writer.add(o, used + s.slot * bs, bs);
+                    blocks += s.offsets.length;
+                }
                 used += want;
             }
         }

@@ -130,19 +130,17 @@ export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockRepl
   const bs = d.blockSize;
   const decoder = new ZstdFrameDecoder(MAX_WINDOW_LOG);
   const writer = new RunWriter(d.out, d.size, d.writeLock);
-  // verified blocks wait here for one turn of writing; grown only for a frame larger than it
-  let turn = Buffer.allocUnsafe(TURN_BYTES + 1);
+  // verified blocks wait here for one turn of writing; a frame (at most 8 MiB, checked below) and
+  // a block (at most 1 MiB, the index's rule) always fit
+  const turn = Buffer.allocUnsafe(TURN_BYTES + 1);
   let used = 0;
-  /** room for `n` more bytes (and the decoder's spare byte), writing out what waits if needed */
-  const room = (n: number) => {
-    if (used + n + 1 <= turn.length) return;
-    writer.flush(turn);
-    used = 0;
-    if (n + 1 > turn.length) turn = Buffer.allocUnsafe(n + 1);
-  };
   const endTurn = () => {
     writer.flush(turn);
     used = 0;
+  };
+  /** room for `n` more bytes and the decoder's spare byte: ends the turn when it is full */
+  const room = (n: number) => {
+    if (used + n + 1 > turn.length) endTurn();
   };
 
   const frames = (data: Uint8Array, jobs: FrameJob[]): BlockReply => {
@@ -178,12 +176,10 @@ export function createBlockOps(d: BlockWorkerData): { run(m: BlockOp): BlockRepl
           bad.push({ f: j.f, why });
           continue;
         }
-        // in disk order, so the writer merges a frame's run of the disk (and the next frame's)
-        const w: [offset: number, slot: number][] = [];
-        for (const s of j.slots) for (const o of s.offsets) w.push([o, s.slot]);
-        w.sort((a, b) => a[0] - b[0]);
-        for (const [o, slot] of w) writer.add(o, used + slot * bs, bs);
-        blocks += w.length;
+        for (const s of j.slots) {
+          for (const o of s.offsets) writer.add(o, used + s.slot * bs, bs);
+          blocks += s.offsets.length;
+        }
         used += want;
       }
     } finally {

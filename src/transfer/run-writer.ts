@@ -19,7 +19,7 @@ const PIECE = 32 << 10;
  */
 export class RunWriter {
   private fd: number | undefined;
-  /** queued writes: disk offset, offset in the caller's buffer, length */
+  /** queued pieces: disk offset, offset in the caller's buffer, length */
   private readonly runs: number[] = [];
   private readonly path: string;
   private readonly size: number;
@@ -36,10 +36,7 @@ export class RunWriter {
 
   /** Queues `length` bytes at `from` in the buffer the next `flush` gets, for disk offset `at`. */
   add(at: number, from: number, length: number): void {
-    const r = this.runs;
-    const n = r.length;
-    if (n > 0 && r[n - 3]! + r[n - 1]! === at && r[n - 2]! + r[n - 1]! === from) r[n - 1]! += length;
-    else r.push(at, from, length);
+    this.runs.push(at, from, length);
   }
 
   /** Writes the queued pieces of `buf` in one turn and forgets them. */

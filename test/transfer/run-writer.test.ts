@@ -11,13 +11,13 @@ describe('RunWriter', () => {
     return p;
   };
 
-  it('writes queued pieces to their offsets, merged or not, clipped to the disk size', () => {
+  it('writes queued pieces to their offsets (40,000 bytes in two calls), clipped to the disk size', () => {
     const p = file(100_000);
     const buf = Buffer.alloc(200_000);
     for (let i = 0; i < buf.length; i++) buf[i] = i % 251;
     const lock = new Int32Array(new SharedArrayBuffer(4));
     const w = new RunWriter(p, 100_000, lock);
-    w.add(0, 0, 40_000); // continued by the next: one run of 80,000 bytes, written in pieces
+    w.add(0, 0, 40_000); // more than one 32 KiB call each
     w.add(40_000, 40_000, 40_000);
     w.add(90_000, 150_000, 20_000); // runs past the end: clipped to 10,000 bytes
     w.flush(buf);
